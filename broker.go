@@ -1,0 +1,85 @@
+package herald
+
+import (
+	"context"
+	"time"
+)
+
+// Publication is one message published to a channel.
+//
+// A publication is immutable once handed to a Broker: the node encodes it
+// once per wire form and shares those bytes with every subscriber.
+type Publication struct {
+	// Channel the publication belongs to.
+	Channel string
+	// Data is the payload. For a text publication it is UTF-8 text, usually
+	// a JSON value; for a binary one, any bytes.
+	Data []byte
+	// Binary marks Data as binary: it travels in binary frames.
+	Binary bool
+	// Offset is the publication's position in the channel's history, 1 for
+	// the first; 0 when the channel keeps no history.
+	Offset uint64
+	// Origin is the client id of the connection that published it, empty for
+	// a server-side publish. Raw-mode connections use it to skip their own
+	// frames unless they asked for echo.
+	Origin string
+}
+
+// StreamPosition is a position in a channel's history: the offset of the last
+// publication and the epoch, which changes whenever continuity is lost.
+type StreamPosition struct {
+	Offset uint64
+	Epoch  string
+}
+
+// PublishOptions are per-publish settings a broker honours.
+type PublishOptions struct {
+	// HistorySize and HistoryTTL ask the broker to keep the publication in
+	// the channel's history (the history and recovery features build on it).
+	// Zero keeps no history and leaves Offset at 0.
+	HistorySize int
+	HistoryTTL  time.Duration
+}
+
+// BrokerHandler receives what a broker delivers. The Node implements it.
+type BrokerHandler interface {
+	// HandlePublication delivers a publication to this node's subscribers.
+	// The broker calls it for one channel from one goroutine at a time, in
+	// publish order (offset order when history is kept), and does not
+	// retain or modify pub afterwards.
+	HandlePublication(pub *Publication)
+	// HandleControl delivers a node-to-node control message (send to user,
+	// disconnect, broadcast to all) published by any node, this one included.
+	HandleControl(data []byte)
+}
+
+// Broker moves publications and control messages between nodes. The
+// in-memory broker serves a single node; the redisbroker and natsbroker
+// packages join several.
+//
+// Guarantees a Broker must give:
+//   - Ordering: publications of one channel reach HandlePublication in the
+//     order Publish calls for that channel returned on the publishing node,
+//     on every node subscribed to the channel.
+//   - Delivery is at most once: a publication may be lost while a node is cut
+//     off from the broker; the history (when kept) lets clients recover it.
+//   - Every method that can block takes a context and honours it.
+type Broker interface {
+	// Register binds the broker to the node's handler. New calls it once,
+	// before any other method.
+	Register(h BrokerHandler)
+	// Run connects and keeps delivering to the handler until ctx is done;
+	// it returns ctx's error then, or an error that made it stop.
+	Run(ctx context.Context) error
+	// Subscribe makes the broker deliver the channel's publications to this
+	// node. The node calls it when the channel gets its first local subscriber.
+	Subscribe(ctx context.Context, channel string) error
+	// Unsubscribe stops that, when the channel's last local subscriber leaves.
+	Unsubscribe(ctx context.Context, channel string) error
+	// Publish sends pub to every node subscribed to pub.Channel (this one
+	// included) and returns the publication's position in history.
+	Publish(ctx context.Context, pub *Publication, opts PublishOptions) (StreamPosition, error)
+	// PublishControl sends a control message to every node, this one included.
+	PublishControl(ctx context.Context, data []byte) error
+}

@@ -1,0 +1,120 @@
+package herald
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// Config configures a Node. The zero value is a working single-node setup:
+// every zero field means the default written next to it.
+type Config struct {
+	// Logger receives the node's logs. Nil means the node logs nothing.
+	Logger *slog.Logger
+
+	// Broker carries publications and node-to-node control messages. Nil means
+	// an in-memory broker: a single node, nothing else to run.
+	Broker Broker
+
+	// AllowedOrigins lists the browser origins, besides the server's own,
+	// that may open a WebSocket: exact origins ("https://app.example.com") or
+	// patterns with one leading wildcard label ("https://*.example.com", which
+	// matches any subdomain but not example.com itself). Empty means
+	// same-origin only. Requests without an Origin header (non-browser
+	// clients) are always accepted: Origin checks exist to stop other web
+	// sites from riding a browser's cookies (CSWSH), which needs a browser.
+	AllowedOrigins []string
+	// AllowAnyOrigin disables the origin check. It lets every web site open
+	// connections with your users' cookies; New logs a warning when it is set.
+	AllowAnyOrigin bool
+
+	// Authenticate, if set, is called with the upgrade request before the
+	// handshake. It returns the connection's credentials, or an error to
+	// refuse the connection with 401. Nil means every connection is anonymous.
+	Authenticate func(r *http.Request) (Credentials, error)
+
+	// ReadBufferSize is the per-connection read buffer in bytes. Zero means 512:
+	// client messages are small, and an idle connection should hold little.
+	ReadBufferSize int
+	// MaxMessageSize caps one incoming message in bytes, after decompression.
+	// A larger one closes the connection with 1009. Zero means 64 KiB.
+	MaxMessageSize int64
+
+	// PingInterval is how often the server pings each connection. Zero means 25s.
+	PingInterval time.Duration
+	// PongTimeout is how long past a ping interval the server waits for any
+	// frame (a pong at least) before closing the connection as dead (4002).
+	// Zero means 10s.
+	PongTimeout time.Duration
+	// WriteTimeout bounds every write to a socket. Zero means 10s.
+	WriteTimeout time.Duration
+	// HandshakeTimeout bounds writing the upgrade response. Zero means 10s.
+	// (Reading the request is the http.Server's job: set its ReadHeaderTimeout.)
+	HandshakeTimeout time.Duration
+	// CloseGrace is how long a closing connection may take to flush its queue
+	// and complete the close handshake before the socket is cut. Zero means 2s.
+	CloseGrace time.Duration
+
+	// MaxQueueBytes and MaxQueueMessages bound each connection's outbound
+	// queue. A connection whose queue would go past either is a slow
+	// consumer: its queue is dropped and it is closed with 4001, so that it
+	// never delays anyone else. Zero means 1 MiB and 8192 messages.
+	MaxQueueBytes    int
+	MaxQueueMessages int
+
+	// MaxChannelsPerConnection caps the channels one connection may hold.
+	// Zero means 256.
+	MaxChannelsPerConnection int
+
+	// EnableCompression negotiates permessage-deflate (RFC 7692, no context
+	// takeover) with clients that offer it. Off by default: on loopback and
+	// for small messages it costs more CPU than it saves.
+	EnableCompression bool
+	// CompressionMinSize is the smallest payload compressed when compression
+	// is on. Zero means 256 bytes.
+	CompressionMinSize int
+
+	// Shards is the number of shards of the channel and connection registries.
+	// Zero means 64.
+	Shards int
+}
+
+// Credentials identify the user behind a connection.
+type Credentials struct {
+	// UserID is empty for an anonymous connection.
+	UserID string
+	// Info is public JSON about the user (shown to others later, in presence).
+	Info json.RawMessage
+}
+
+func (c Config) withDefaults() Config {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.ReadBufferSize, 512)
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = 64 << 10
+	}
+	defDur(&c.PingInterval, 25*time.Second)
+	defDur(&c.PongTimeout, 10*time.Second)
+	defDur(&c.WriteTimeout, 10*time.Second)
+	defDur(&c.HandshakeTimeout, 10*time.Second)
+	defDur(&c.CloseGrace, 2*time.Second)
+	def(&c.MaxQueueBytes, 1<<20)
+	def(&c.MaxQueueMessages, 8192)
+	def(&c.MaxChannelsPerConnection, 256)
+	def(&c.CompressionMinSize, 256)
+	def(&c.Shards, 64)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}

@@ -1,0 +1,478 @@
+package herald
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/heraldhq/herald/internal/wsframe"
+	"github.com/heraldhq/herald/protocol"
+)
+
+// Wire forms: every publication is encoded at most once per form, and each
+// connection reads one of them. form = raw<<1 | deflate.
+const (
+	formProtocol        = 0
+	formProtocolDeflate = 1
+	formRaw             = 2
+	formRawDeflate      = 3
+	numForms            = 4
+)
+
+// conn is one WebSocket connection.
+//
+// Goroutines: exactly one reader (readLoop, started by the HTTP handler) owns
+// ws and the connection's teardown; at most one writer (writeLoop) exists
+// while the outbound queue is non-empty and is the only code that writes to
+// nc. Everything else — fan-out, replies, pings, pongs, close frames, and the
+// close frames gorilla/websocket itself emits on protocol errors (captured by
+// hijackedConn) — enqueues ready-to-send frames and never blocks.
+type conn struct {
+	node *Node
+	id   string
+	user string
+	info json.RawMessage
+	form uint8
+	raw  bool
+	// rawChannel and echo apply to raw-mode connections only.
+	rawChannel string
+	echo       bool
+
+	ws *websocket.Conn // reader goroutine only
+	nc net.Conn        // the socket; writer goroutine only (Close and read deadlines excepted)
+
+	mu sync.Mutex // guards the fields below
+	// queue holds complete frames, FIFO; spare is a drained queue kept for reuse.
+	queue, spare [][]byte
+	queuedBytes  int
+	writing      bool // a writeLoop goroutine is running
+	// closing: a close frame is queued (or the socket failed); no data frame
+	// is accepted any more.
+	closing bool
+	// flushed is closed once closing is set and no writer runs any more.
+	flushed     chan struct{}
+	flushedDone bool
+	channels    map[string]struct{}
+}
+
+var pingFrame = wsframe.Append(nil, wsframe.OpPing, nil, false)
+
+// enqueue appends a frame to the outbound queue without blocking. A frame
+// that would take the queue past its limits makes the connection a slow
+// consumer: its queue is dropped and it is closed with CloseSlowConsumer.
+// It reports whether the frame was queued. Safe from any goroutine.
+func (c *conn) enqueue(frame []byte) bool {
+	cfg := &c.node.cfg
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.queue) >= cfg.MaxQueueMessages || c.queuedBytes+len(frame) > cfg.MaxQueueBytes {
+		start := c.closeLocked(wsframe.Close(CloseSlowConsumer, "slow consumer"), true)
+		c.mu.Unlock()
+		c.node.log.Warn("slow consumer disconnected", "client", c.id, "user", c.user)
+		if start {
+			go c.writeLoop()
+		}
+		return false
+	}
+	c.queue = append(c.queue, frame)
+	c.queuedBytes += len(frame)
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+	return true
+}
+
+// close queues a close frame after whatever is already queued, so the client
+// receives everything sent before it. A no-op on a closing connection.
+func (c *conn) close(code int, reason string) {
+	c.closeFrame(wsframe.Close(code, reason), false)
+}
+
+func (c *conn) closeFrame(frame []byte, drop bool) {
+	c.mu.Lock()
+	start := c.closeLocked(frame, drop)
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+}
+
+// closeLocked marks the connection closing and queues frame (if not nil),
+// dropping the queue first if drop is set. It reports whether the caller must
+// start a writer. c.mu must be held.
+func (c *conn) closeLocked(frame []byte, drop bool) (startWriter bool) {
+	if c.closing {
+		return false
+	}
+	c.closing = true
+	if drop {
+		clear(c.queue)
+		c.queue = c.queue[:0]
+		c.queuedBytes = 0
+	}
+	if frame != nil {
+		c.queue = append(c.queue, frame)
+		c.queuedBytes += len(frame)
+	}
+	if c.writing {
+		return false
+	}
+	if len(c.queue) == 0 {
+		c.markFlushedLocked()
+		return false
+	}
+	c.writing = true
+	return true
+}
+
+func (c *conn) markFlushedLocked() {
+	if !c.flushedDone {
+		c.flushedDone = true
+		close(c.flushed)
+	}
+}
+
+// writeLoop writes queued frames until the queue is empty, taking everything
+// queued at once and writing it with one vectored write. It is the only
+// writer of nc.
+func (c *conn) writeLoop() {
+	cfg := &c.node.cfg
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 {
+			c.writing = false
+			if c.closing {
+				c.markFlushedLocked()
+			}
+			c.mu.Unlock()
+			return
+		}
+		batch := c.queue
+		c.queue, c.spare = c.spare, nil
+		c.queuedBytes = 0
+		closing := c.closing
+		c.mu.Unlock()
+
+		timeout := cfg.WriteTimeout
+		if closing {
+			timeout = min(timeout, cfg.CloseGrace)
+		}
+		_ = c.nc.SetWriteDeadline(time.Now().Add(timeout))
+		err := writeFrames(c.nc, batch)
+		c.node.metrics.framesOut.Add(uint64(len(batch)))
+		clear(batch)
+		if err != nil {
+			c.mu.Lock()
+			c.closing = true
+			clear(c.queue)
+			c.queue, c.queuedBytes = nil, 0
+			c.writing = false
+			c.markFlushedLocked()
+			c.mu.Unlock()
+			c.nc.Close() // wakes the reader, which tears the connection down
+			return
+		}
+		if closing {
+			// Our close frame is out: wait a little for the client's reply.
+			_ = c.nc.SetReadDeadline(time.Now().Add(cfg.CloseGrace))
+		}
+		c.mu.Lock()
+		if cap(batch) <= 256 && c.spare == nil {
+			c.spare = batch[:0]
+		}
+		c.mu.Unlock()
+	}
+}
+
+var writeBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// writeFrames writes all frames in one call: writev on a TCP socket, or one
+// coalesced Write elsewhere (TLS, which would otherwise write per buffer).
+func writeFrames(nc net.Conn, frames [][]byte) error {
+	if _, ok := nc.(*net.TCPConn); ok {
+		b := net.Buffers(frames)
+		_, err := b.WriteTo(nc)
+		return err
+	}
+	buf := writeBufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	for _, f := range frames {
+		buf.Write(f)
+	}
+	_, err := nc.Write(buf.Bytes())
+	if buf.Cap() <= 64<<10 {
+		writeBufs.Put(buf)
+	}
+	return err
+}
+
+var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// readLoop reads and dispatches messages until the connection ends, then
+// tears it down. It runs on its own goroutine, owned by the node (node.wg).
+func (c *conn) readLoop() {
+	defer c.finish()
+	cfg := &c.node.cfg
+	ws := c.ws
+	ws.SetReadLimit(cfg.MaxMessageSize)
+	ws.SetPingHandler(func(data string) error {
+		c.extendReadDeadline()
+		c.enqueue(wsframe.Append(nil, wsframe.OpPong, []byte(data), false))
+		return nil
+	})
+	ws.SetPongHandler(func(string) error {
+		c.extendReadDeadline()
+		return nil
+	})
+	ws.SetCloseHandler(func(code int, text string) error {
+		// Echo the client's code (RFC 6455 section 5.5.1), unless we sent ours.
+		if code == websocket.CloseNoStatusReceived {
+			c.closeFrame(wsframe.Append(nil, wsframe.OpClose, nil, false), false)
+		} else {
+			c.close(code, "")
+		}
+		return nil
+	})
+	c.extendReadDeadline()
+	for {
+		op, r, err := ws.NextReader()
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		c.extendReadDeadline()
+		buf := readBufs.Get().(*bytes.Buffer)
+		buf.Reset()
+		_, err = buf.ReadFrom(io.LimitReader(r, cfg.MaxMessageSize+1))
+		if err == nil && int64(buf.Len()) > cfg.MaxMessageSize {
+			// Only reachable with compression: gorilla's limit counts wire bytes.
+			c.close(websocket.CloseMessageTooBig, "message too big")
+			readBufs.Put(buf)
+			continue
+		}
+		if err != nil {
+			readBufs.Put(buf)
+			c.readFailed(err)
+			return
+		}
+		msg := buf.Bytes()
+		if c.isClosing() {
+			// Closing: read on only to see the client's close frame.
+		} else if op == websocket.TextMessage && !utf8.Valid(msg) {
+			c.close(websocket.CloseInvalidFramePayloadData, "invalid UTF-8 in text frame")
+		} else {
+			c.node.metrics.messagesIn.Add(1)
+			if c.raw {
+				c.handleRaw(msg, op == websocket.BinaryMessage)
+			} else {
+				c.handleCommand(msg, op == websocket.BinaryMessage)
+			}
+		}
+		if buf.Cap() <= 64<<10 {
+			readBufs.Put(buf)
+		}
+	}
+}
+
+func (c *conn) isClosing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing
+}
+
+// extendReadDeadline gives the client another ping interval plus the pong
+// timeout to send something (a pong at least). Reader goroutine only.
+func (c *conn) extendReadDeadline() {
+	if c.isClosing() {
+		return // the writer set the close handshake's deadline
+	}
+	cfg := &c.node.cfg
+	_ = c.nc.SetReadDeadline(time.Now().Add(cfg.PingInterval + cfg.PongTimeout))
+}
+
+// readFailed decides how the connection ends after a read error.
+func (c *conn) readFailed(err error) {
+	var ce *websocket.CloseError
+	var ne net.Error
+	switch {
+	case errors.As(err, &ce):
+		// The client closed; the close handler queued our echo.
+	case errors.Is(err, websocket.ErrReadLimit):
+		// gorilla queued close 1009 through hijackedConn.
+	case errors.As(err, &ne) && ne.Timeout() && !c.isClosing():
+		c.node.log.Debug("no pong within timeout", "client", c.id)
+		c.close(CloseNoPong, "no pong")
+	default:
+		// The socket failed (reset, EOF) or gorilla saw a protocol error and
+		// queued close 1002. Queue nothing more.
+		c.closeFrame(nil, false)
+	}
+}
+
+// finish tears the connection down: unregister, let the writer flush the
+// close frame (bounded by CloseGrace), close the socket, and wait for the
+// writer. Reader goroutine only.
+func (c *conn) finish() {
+	c.closeFrame(nil, false) // no-op if already closing; marks flushed when idle
+	c.node.unregister(c)
+	t := time.NewTimer(c.node.cfg.CloseGrace)
+	select {
+	case <-c.flushed:
+	case <-t.C:
+	}
+	t.Stop()
+	c.nc.Close()
+	<-c.flushed // the writer, if any, exits now that its socket is closed
+	c.node.wg.Done()
+}
+
+// send encodes a reply or push payload into a frame for this connection.
+func (c *conn) frame(op byte, payload []byte) []byte {
+	if c.form&1 == 1 && len(payload) >= c.node.cfg.CompressionMinSize {
+		d := wsframe.Deflate(nil, payload)
+		return wsframe.Append(make([]byte, 0, wsframe.HeaderLen(len(d))+len(d)), op, d, true)
+	}
+	return wsframe.Append(make([]byte, 0, wsframe.HeaderLen(len(payload))+len(payload)), op, payload, false)
+}
+
+func (c *conn) reply(id uint64, result any, perr *protocol.Error) {
+	r := protocol.Reply{ID: id, Error: perr}
+	if result != nil && perr == nil {
+		b, err := json.Marshal(result)
+		if err != nil {
+			r.Error = protocol.Errorf(protocol.CodeInternal, "cannot encode result")
+		} else {
+			r.Result = b
+		}
+	}
+	c.enqueue(c.frame(wsframe.OpText, protocol.AppendReply(nil, r)))
+}
+
+func (c *conn) handleCommand(msg []byte, binary bool) {
+	cmd, payload, err := protocol.DecodeCommand(msg, binary)
+	if err != nil {
+		var perr *protocol.Error
+		errors.As(err, &perr)
+		c.reply(cmd.ID, nil, perr)
+		return
+	}
+	n := c.node
+	switch cmd.Cmd {
+	case protocol.CmdPing:
+		c.reply(cmd.ID, nil, nil)
+	case protocol.CmdSubscribe:
+		c.reply(cmd.ID, nil, n.subscribeConn(c, cmd.Channel))
+	case protocol.CmdUnsubscribe:
+		c.reply(cmd.ID, nil, n.unsubscribeConn(c, cmd.Channel))
+	case protocol.CmdPublish:
+		if !protocol.ValidChannel(cmd.Channel) {
+			c.reply(cmd.ID, nil, badChannel(cmd.Channel))
+			return
+		}
+		pub := &Publication{Channel: cmd.Channel, Data: bytes.Clone(payload), Binary: binary, Origin: c.id}
+		pos, err := n.publish(n.ctx, pub)
+		if err != nil {
+			c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnavailable, "publish failed: %v", err))
+			return
+		}
+		if pos.Offset != 0 {
+			c.reply(cmd.ID, map[string]any{"offset": pos.Offset, "epoch": pos.Epoch}, nil)
+			return
+		}
+		c.reply(cmd.ID, nil, nil)
+	default:
+		c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnknownCommand, "unknown command %q", cmd.Cmd))
+	}
+}
+
+func badChannel(ch string) *protocol.Error {
+	if len(ch) > protocol.MaxChannelLen {
+		return protocol.Errorf(protocol.CodeBadChannel, "channel name longer than %d bytes", protocol.MaxChannelLen)
+	}
+	return protocol.Errorf(protocol.CodeBadChannel, "invalid channel name %q: use 1-255 of A-Z a-z 0-9 _ - . : @ # , = / !", ch)
+}
+
+// handleRaw relays a raw-mode message, verbatim and with its opcode, to the
+// connection's channel.
+func (c *conn) handleRaw(msg []byte, binary bool) {
+	pub := &Publication{Channel: c.rawChannel, Data: bytes.Clone(msg), Binary: binary, Origin: c.id}
+	if _, err := c.node.publish(c.node.ctx, pub); err != nil {
+		c.node.log.Warn("raw publish failed", "client", c.id, "channel", c.rawChannel, "err", err)
+		c.close(websocket.CloseTryAgainLater, "publish failed")
+	}
+}
+
+// hijackWriter wraps the ResponseWriter handed to gorilla's Upgrade so that
+// the hijacked socket is a hijackedConn.
+type hijackWriter struct {
+	http.ResponseWriter
+	hc *hijackedConn
+}
+
+func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.hc = &hijackedConn{Conn: nc}
+	return w.hc, brw, nil
+}
+
+// hijackedConn is the socket as gorilla/websocket sees it. During the
+// handshake it passes writes through. Once the connection is live (c set),
+// gorilla's own writes — the close frames it sends on a protocol error or an
+// oversize message — go into the connection's queue instead, so the writer
+// goroutine stays the only writer of the socket, and its write deadlines are
+// the writer's alone.
+type hijackedConn struct {
+	net.Conn
+	c       *conn // set by the handler after Upgrade, before the reader starts
+	deflate bool  // the handshake response accepted permessage-deflate
+}
+
+var deflateAccepted = []byte("\r\nSec-WebSocket-Extensions: permessage-deflate")
+
+func (h *hijackedConn) Write(p []byte) (int, error) {
+	if h.c == nil {
+		if bytes.Contains(p, deflateAccepted) {
+			h.deflate = true
+		}
+		return h.Conn.Write(p)
+	}
+	f := bytes.Clone(p)
+	if wsframe.IsClose(f) {
+		h.c.closeFrame(f, false)
+	} else {
+		h.c.enqueue(f)
+	}
+	return len(p), nil
+}
+
+func (h *hijackedConn) SetWriteDeadline(t time.Time) error {
+	if h.c == nil {
+		return h.Conn.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+func (h *hijackedConn) SetDeadline(t time.Time) error {
+	if h.c == nil {
+		return h.Conn.SetDeadline(t)
+	}
+	return h.Conn.SetReadDeadline(t)
+}

@@ -1,0 +1,44 @@
+package herald
+
+import (
+	"errors"
+	"fmt"
+)
+
+var (
+	// ErrNodeClosed is returned by operations on a node that is shutting down.
+	ErrNodeClosed = errors.New("herald: node closed")
+	// ErrBadChannel reports an invalid channel name (see protocol.ValidChannel).
+	ErrBadChannel = errors.New("herald: invalid channel name")
+	// ErrTooLarge reports a payload over Config.MaxMessageSize.
+	ErrTooLarge = errors.New("herald: payload too large")
+)
+
+// Close codes Herald sends, besides the RFC 6455 ones (1000 normal, 1001
+// going away, 1002 protocol error, 1007 invalid UTF-8, 1009 message too big,
+// 1011 internal error). Codes 4000-4499 mean the client may reconnect;
+// 4500-4999 mean it should not reconnect without a change (a new token, say).
+const (
+	// CloseSlowConsumer: the client did not read fast enough; its outbound
+	// queue went past the limit and was dropped. Reconnect and recover.
+	CloseSlowConsumer = 4001
+	// CloseNoPong: nothing arrived from the client within the heartbeat
+	// timeout; the connection is presumed dead.
+	CloseNoPong = 4002
+	// CloseDisconnected: the server application disconnected the client and
+	// allows it to reconnect.
+	CloseDisconnected = 4003
+	// CloseForbidden: the server application disconnected the client and asks
+	// it not to reconnect.
+	CloseForbidden = 4500
+)
+
+// DisconnectError describes why a connection was closed.
+type DisconnectError struct {
+	Code   int
+	Reason string
+}
+
+func (e *DisconnectError) Error() string {
+	return fmt.Sprintf("herald: disconnected: %d %s", e.Code, e.Reason)
+}

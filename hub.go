@@ -1,0 +1,190 @@
+package herald
+
+import (
+	"hash/maphash"
+	"sync"
+)
+
+// hub is the sharded registry of the node: channel -> local subscribers,
+// client id -> connection, and user id -> connections. A broadcast to one
+// channel read-locks one shard; no lock is ever held across I/O (enqueueing
+// to a connection never blocks).
+//
+// Lock order: a shard lock may be taken while holding node.subLocks[i]; a
+// conn.mu may be taken while holding a shard lock (enqueue during fan-out);
+// never the reverse.
+type hub struct {
+	seed     maphash.Seed
+	channels []chanShard
+	conns    []connShard
+}
+
+type chanShard struct {
+	mu   sync.RWMutex
+	subs map[string]map[*conn]struct{}
+	_    [40]byte // keep hot shard locks on separate cache lines
+}
+
+type connShard struct {
+	mu    sync.RWMutex
+	byID  map[string]*conn
+	users map[string]map[*conn]struct{}
+	_     [32]byte
+}
+
+func newHub(shards int) *hub {
+	h := &hub{seed: maphash.MakeSeed(), channels: make([]chanShard, shards), conns: make([]connShard, shards)}
+	for i := range h.channels {
+		h.channels[i].subs = make(map[string]map[*conn]struct{})
+		h.conns[i].byID = make(map[string]*conn)
+		h.conns[i].users = make(map[string]map[*conn]struct{})
+	}
+	return h
+}
+
+func (h *hub) index(key string) int {
+	return int(maphash.String(h.seed, key) % uint64(len(h.channels)))
+}
+
+// addSub adds c to channel and reports whether c is its first local subscriber.
+func (h *hub) addSub(channel string, c *conn) (first bool) {
+	s := &h.channels[h.index(channel)]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.subs[channel]
+	if m == nil {
+		m = make(map[*conn]struct{})
+		s.subs[channel] = m
+	}
+	m[c] = struct{}{}
+	return len(m) == 1
+}
+
+// removeSub removes c from channel and reports whether the channel has no
+// local subscriber left.
+func (h *hub) removeSub(channel string, c *conn) (last bool) {
+	s := &h.channels[h.index(channel)]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.subs[channel]
+	if m == nil {
+		return false
+	}
+	if _, ok := m[c]; !ok {
+		return false
+	}
+	delete(m, c)
+	if len(m) == 0 {
+		delete(s.subs, channel)
+		return true
+	}
+	return false
+}
+
+// forEachSub calls f for every local subscriber of channel, with the shard
+// read-locked: f must not block or take a hub lock.
+func (h *hub) forEachSub(channel string, f func(c *conn)) {
+	s := &h.channels[h.index(channel)]
+	s.mu.RLock()
+	for c := range s.subs[channel] {
+		f(c)
+	}
+	s.mu.RUnlock()
+}
+
+func (h *hub) numSubs(channel string) int {
+	s := &h.channels[h.index(channel)]
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.subs[channel])
+}
+
+// channelCounts returns every channel with local subscribers and their number.
+func (h *hub) channelCounts() map[string]int {
+	out := make(map[string]int)
+	for i := range h.channels {
+		s := &h.channels[i]
+		s.mu.RLock()
+		for ch, m := range s.subs {
+			out[ch] = len(m)
+		}
+		s.mu.RUnlock()
+	}
+	return out
+}
+
+func (h *hub) addConn(c *conn) {
+	s := &h.conns[h.index(c.id)]
+	s.mu.Lock()
+	s.byID[c.id] = c
+	s.mu.Unlock()
+	if c.user == "" {
+		return
+	}
+	u := &h.conns[h.index(c.user)]
+	u.mu.Lock()
+	m := u.users[c.user]
+	if m == nil {
+		m = make(map[*conn]struct{})
+		u.users[c.user] = m
+	}
+	m[c] = struct{}{}
+	u.mu.Unlock()
+}
+
+func (h *hub) removeConn(c *conn) {
+	s := &h.conns[h.index(c.id)]
+	s.mu.Lock()
+	delete(s.byID, c.id)
+	s.mu.Unlock()
+	if c.user == "" {
+		return
+	}
+	u := &h.conns[h.index(c.user)]
+	u.mu.Lock()
+	if m := u.users[c.user]; m != nil {
+		delete(m, c)
+		if len(m) == 0 {
+			delete(u.users, c.user)
+		}
+	}
+	u.mu.Unlock()
+}
+
+func (h *hub) conn(id string) *conn {
+	s := &h.conns[h.index(id)]
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.byID[id]
+}
+
+// forEachUserConn calls f for every connection of user, read-locked.
+func (h *hub) forEachUserConn(user string, f func(c *conn)) {
+	u := &h.conns[h.index(user)]
+	u.mu.RLock()
+	for c := range u.users[user] {
+		f(c)
+	}
+	u.mu.RUnlock()
+}
+
+// forEachConnInShard calls f for every connection of conn shard i, read-locked.
+func (h *hub) forEachConnInShard(i int, f func(c *conn)) {
+	s := &h.conns[i]
+	s.mu.RLock()
+	for _, c := range s.byID {
+		f(c)
+	}
+	s.mu.RUnlock()
+}
+
+func (h *hub) numConns() int {
+	n := 0
+	for i := range h.conns {
+		s := &h.conns[i]
+		s.mu.RLock()
+		n += len(s.byID)
+		s.mu.RUnlock()
+	}
+	return n
+}

@@ -1,0 +1,67 @@
+package herald
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// originChecker decides whether a handshake's Origin may connect.
+type originChecker struct {
+	any      bool
+	exact    map[string]bool
+	suffixes []originSuffix // from "scheme://*.domain[:port]"
+}
+
+type originSuffix struct{ scheme, suffix, port string }
+
+func newOriginChecker(allowed []string, any bool) (*originChecker, error) {
+	oc := &originChecker{any: any, exact: make(map[string]bool)}
+	for _, p := range allowed {
+		u, err := url.Parse(p)
+		if err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return nil, fmt.Errorf("herald: failed to parse allowed origin %q: want scheme://host[:port], optionally scheme://*.domain", p)
+		}
+		host := strings.ToLower(u.Hostname())
+		scheme := strings.ToLower(u.Scheme)
+		if rest, ok := strings.CutPrefix(host, "*."); ok {
+			if rest == "" || strings.Contains(rest, "*") {
+				return nil, fmt.Errorf("herald: bad wildcard in allowed origin %q", p)
+			}
+			oc.suffixes = append(oc.suffixes, originSuffix{scheme: scheme, suffix: "." + rest, port: u.Port()})
+			continue
+		}
+		if strings.Contains(host, "*") {
+			return nil, fmt.Errorf("herald: a wildcard may only be the first label in allowed origin %q", p)
+		}
+		oc.exact[scheme+"://"+strings.ToLower(u.Host)] = true
+	}
+	return oc, nil
+}
+
+// check implements the policy documented on Config.AllowedOrigins.
+func (oc *originChecker) check(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" || oc.any {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true // same origin
+	}
+	scheme := strings.ToLower(u.Scheme)
+	if oc.exact[scheme+"://"+strings.ToLower(u.Host)] {
+		return true
+	}
+	host := strings.ToLower(u.Hostname())
+	for _, s := range oc.suffixes {
+		if s.scheme == scheme && s.port == u.Port() && strings.HasSuffix(host, s.suffix) && len(host) > len(s.suffix) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,255 @@
+// Package protocol is Herald's wire format, herald.v1: the one contract that
+// the server and every client mirror. PROTOCOL.md at the repository root is
+// its human-readable specification; this package is the executable one.
+//
+// The format is WebSocket-agnostic: it describes message bodies, not frames.
+// A message travels either as a text frame holding one JSON object, or as a
+// binary frame holding a JSON header, one '\n' byte, and the raw payload bytes:
+//
+//	text:   {"id":1,"cmd":"publish","channel":"chat","data":{"text":"hi"}}
+//	binary: {"id":2,"cmd":"publish","channel":"files"}\n<raw bytes>
+//
+// Compact JSON never contains a raw newline (it is escaped inside strings), so
+// the first '\n' in a binary frame always ends the header.
+//
+// Compatibility: decoders ignore unknown fields and clients ignore unknown
+// push kinds, so later versions add fields, commands and pushes without
+// breaking v1 peers. A server answers a command it does not know with the
+// error code "unknown_command".
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Subprotocol is the WebSocket subprotocol name of this version.
+const Subprotocol = "herald.v1"
+
+// Command names a client may send.
+const (
+	CmdSubscribe   = "subscribe"
+	CmdUnsubscribe = "unsubscribe"
+	CmdPublish     = "publish"
+	CmdPing        = "ping"
+)
+
+// Push kinds the server sends without a request.
+const (
+	// PushPub carries a publication of a subscribed channel.
+	PushPub = "pub"
+	// PushMessage carries a message sent to this connection directly (to the
+	// connection, to its user, or to every connection) rather than through a
+	// channel.
+	PushMessage = "message"
+)
+
+// Command is a request from a client. Every command carries an ID chosen by
+// the client (1 or more, unique among its outstanding commands); the reply
+// carries the same ID.
+type Command struct {
+	ID      uint64 `json:"id"`
+	Cmd     string `json:"cmd"`
+	Channel string `json:"channel,omitempty"`
+	// Data is the payload of a text-frame publish: any JSON value, kept
+	// byte-for-byte. For a binary frame it is empty and the payload follows
+	// the header.
+	Data json.RawMessage `json:"data,omitempty"`
+}
+
+// Code is a typed error code carried in error replies. Codes are stable strings;
+// clients switch on them, never on the message text.
+type Code string
+
+// Error codes of herald.v1.
+const (
+	CodeBadRequest     Code = "bad_request"     // unparseable frame or missing field
+	CodeUnknownCommand Code = "unknown_command" // cmd not known to this server
+	CodeBadChannel     Code = "bad_channel"     // channel name invalid
+	CodeNotSubscribed  Code = "not_subscribed"  // unsubscribe from a channel not held
+	CodeAlreadySub     Code = "already_subscribed"
+	CodeTooLarge       Code = "too_large"      // payload over the configured limit
+	CodeLimitExceeded  Code = "limit_exceeded" // e.g. too many channels on one connection
+	CodeUnavailable    Code = "unavailable"    // broker unreachable or node shutting down
+	CodeInternal       Code = "internal"
+)
+
+// Error is the error object of a failed command's reply.
+type Error struct {
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }
+
+// Errorf builds an *Error with a formatted message.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Reply answers one Command. Exactly one of Result and Error is set; Result
+// may be absent when the command has nothing to return.
+type Reply struct {
+	ID     uint64          `json:"id"`
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  *Error          `json:"error,omitempty"`
+}
+
+// Push is a server-initiated message, decoded (clients use this; the server
+// encodes pushes with AppendPushHeader for speed).
+type Push struct {
+	Push    string          `json:"push"`
+	Channel string          `json:"channel,omitempty"`
+	Offset  uint64          `json:"offset,omitempty"`
+	Data    json.RawMessage `json:"data,omitempty"`
+}
+
+// ErrNoSeparator reports a binary frame without the '\n' that ends its header.
+var ErrNoSeparator = errors.New("binary frame has no '\\n' after its JSON header")
+
+// SplitBinary splits a binary frame into its JSON header and payload. The
+// payload aliases frame.
+func SplitBinary(frame []byte) (header, payload []byte, err error) {
+	i := bytes.IndexByte(frame, '\n')
+	if i < 0 {
+		return nil, nil, ErrNoSeparator
+	}
+	return frame[:i], frame[i+1:], nil
+}
+
+// DecodeCommand parses a client frame. For a binary frame the returned
+// payload is the bytes after the header (aliasing frame); for a text frame it
+// is Data. The error, when not nil, is always an *Error with CodeBadRequest,
+// and cmd.ID is filled in whenever the header held a readable id, so the
+// server can answer the right request.
+func DecodeCommand(frame []byte, binary bool) (cmd Command, payload []byte, err error) {
+	header := frame
+	if binary {
+		header, payload, err = SplitBinary(frame)
+		if err != nil {
+			return cmd, nil, &Error{Code: CodeBadRequest, Message: err.Error()}
+		}
+	}
+	if err := json.Unmarshal(header, &cmd); err != nil {
+		// Try to recover the id alone so the error reaches the right caller.
+		var idOnly struct {
+			ID uint64 `json:"id"`
+		}
+		_ = json.Unmarshal(header, &idOnly)
+		cmd.ID = idOnly.ID
+		return cmd, nil, &Error{Code: CodeBadRequest, Message: "malformed JSON: " + jsonErrText(err)}
+	}
+	if cmd.ID == 0 {
+		return cmd, nil, &Error{Code: CodeBadRequest, Message: `missing "id": every command needs an id of 1 or more`}
+	}
+	if cmd.Cmd == "" {
+		return cmd, nil, &Error{Code: CodeBadRequest, Message: `missing "cmd"`}
+	}
+	if binary {
+		if len(cmd.Data) != 0 {
+			return cmd, nil, &Error{Code: CodeBadRequest, Message: `a binary frame carries its payload after the header, not in "data"`}
+		}
+		return cmd, payload, nil
+	}
+	return cmd, cmd.Data, nil
+}
+
+func jsonErrText(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return se.Error() + " at byte " + strconv.FormatInt(se.Offset, 10)
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return "field " + strconv.Quote(te.Field) + " must be " + te.Type.String()
+	}
+	return err.Error()
+}
+
+// AppendReply appends the JSON encoding of a reply to dst.
+func AppendReply(dst []byte, r Reply) []byte {
+	b, err := json.Marshal(r)
+	if err != nil {
+		// Reply holds only encodable types; RawMessage is produced by us.
+		panic("protocol: cannot encode reply: " + err.Error())
+	}
+	return append(dst, b...)
+}
+
+// AppendPushHeader appends the opening of a push object, without its data and
+// without the closing brace:
+//
+//	{"push":"pub","channel":"chat","offset":7
+//
+// For a text frame the caller then appends `,"data":<json>}`; for a binary
+// frame it appends "}\n" and the payload. channel must already be valid
+// (ValidChannel), which guarantees it needs no JSON escaping.
+func AppendPushHeader(dst []byte, kind, channel string, offset uint64) []byte {
+	dst = append(dst, `{"push":"`...)
+	dst = append(dst, kind...)
+	dst = append(dst, '"')
+	if channel != "" {
+		dst = append(dst, `,"channel":"`...)
+		dst = append(dst, channel...)
+		dst = append(dst, '"')
+	}
+	if offset != 0 {
+		dst = append(dst, `,"offset":`...)
+		dst = strconv.AppendUint(dst, offset, 10)
+	}
+	return dst
+}
+
+// AppendTextPush appends a complete text-form push carrying JSON data.
+func AppendTextPush(dst []byte, kind, channel string, offset uint64, data []byte) []byte {
+	dst = AppendPushHeader(dst, kind, channel, offset)
+	dst = append(dst, `,"data":`...)
+	dst = append(dst, data...)
+	return append(dst, '}')
+}
+
+// AppendBinaryPush appends a complete binary-form push: header, '\n', payload.
+func AppendBinaryPush(dst []byte, kind, channel string, offset uint64, payload []byte) []byte {
+	dst = AppendPushHeader(dst, kind, channel, offset)
+	dst = append(dst, "}\n"...)
+	return append(dst, payload...)
+}
+
+// MaxChannelLen is the longest valid channel name, in bytes.
+const MaxChannelLen = 255
+
+// ValidChannel reports whether name is a valid channel name: 1 to 255 bytes of
+// ASCII letters, digits and the punctuation _ - . : @ # , = / !
+//
+// The part before the first ':' is the channel's namespace. The character set
+// is closed under JSON (no byte needs escaping) and URL query use is simple.
+func ValidChannel(name string) bool {
+	if len(name) == 0 || len(name) > MaxChannelLen {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if !channelByte[name[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+var channelByte = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+	}
+	for c := 'A'; c <= 'Z'; c++ {
+		t[c] = true
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for _, c := range "_-.:@#,=/!" {
+		t[c] = true
+	}
+	return t
+}()
