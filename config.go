@@ -34,6 +34,11 @@ type Config struct {
 	// refuse the connection with 401. Nil means every connection is anonymous.
 	Authenticate func(r *http.Request) (Credentials, error)
 
+	// OnConnect, if set, is called once a connection is registered, from the
+	// goroutine that accepted it; it must not block. Its ID is what Send and
+	// Disconnect take.
+	OnConnect func(ClientInfo)
+
 	// ReadBufferSize is the per-connection read buffer in bytes. Zero means 512:
 	// client messages are small, and an idle connection should hold little.
 	ReadBufferSize int
@@ -86,6 +91,16 @@ type Credentials struct {
 	UserID string
 	// Info is public JSON about the user (shown to others later, in presence).
 	Info json.RawMessage
+}
+
+// ClientInfo describes a connection.
+type ClientInfo struct {
+	ID     string
+	UserID string
+	// Raw is true for a raw-mode connection, whose channel is RawChannel.
+	Raw        bool
+	RawChannel string
+	RemoteAddr string
 }
 
 func (c Config) withDefaults() Config {

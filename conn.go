@@ -81,6 +81,9 @@ func (c *conn) enqueue(frame []byte) bool {
 		start := c.closeLocked(wsframe.Close(CloseSlowConsumer, "slow consumer"), true)
 		c.mu.Unlock()
 		c.node.log.Warn("slow consumer disconnected", "client", c.id, "user", c.user)
+		// A write in flight may be stuck on the client's full TCP window:
+		// give it only the close grace, not the full write timeout.
+		_ = c.nc.SetWriteDeadline(time.Now().Add(cfg.CloseGrace))
 		if start {
 			go c.writeLoop()
 		}
@@ -375,6 +378,8 @@ func (c *conn) handleCommand(msg []byte, binary bool) {
 	switch cmd.Cmd {
 	case protocol.CmdPing:
 		c.reply(cmd.ID, nil, nil)
+	case protocol.CmdConnect:
+		c.reply(cmd.ID, protocol.ConnectResult{Client: c.id}, nil)
 	case protocol.CmdSubscribe:
 		c.reply(cmd.ID, nil, n.subscribeConn(c, cmd.Channel))
 	case protocol.CmdUnsubscribe:

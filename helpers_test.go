@@ -171,6 +171,13 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
+}
+
+func newHTTPTestServer(n *Node) *httptest.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/ws", n.Handler())
+	mux.Handle("/ws/raw", n.RawHandler())
+	return httptest.NewServer(mux)
 }

@@ -299,6 +299,9 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	if n.isClosing() { // Shutdown began after our check above and may have missed c
 		c.close(websocket.CloseGoingAway, "server shutting down")
 	}
+	if n.cfg.OnConnect != nil {
+		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Raw: raw, RawChannel: rawChannel, RemoteAddr: r.RemoteAddr})
+	}
 	n.log.Debug("connected", "client", c.id, "user", c.user, "raw", raw, "remote", r.RemoteAddr)
 	go c.readLoop()
 }

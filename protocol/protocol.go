@@ -31,6 +31,9 @@ const Subprotocol = "herald.v1"
 
 // Command names a client may send.
 const (
+	// CmdConnect is optional in v1: its result tells the client its id
+	// ({"client":"..."}). Later versions carry credentials in it.
+	CmdConnect     = "connect"
 	CmdSubscribe   = "subscribe"
 	CmdUnsubscribe = "unsubscribe"
 	CmdPublish     = "publish"
@@ -96,6 +99,11 @@ type Reply struct {
 	ID     uint64          `json:"id"`
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  *Error          `json:"error,omitempty"`
+}
+
+// ConnectResult is the result of a connect command.
+type ConnectResult struct {
+	Client string `json:"client"`
 }
 
 // Push is a server-initiated message, decoded (clients use this; the server
