@@ -344,13 +344,9 @@ func (c *conn) finish() {
 	c.node.wg.Done()
 }
 
-// send encodes a reply or push payload into a frame for this connection.
+// frame builds the frame of a reply for this connection.
 func (c *conn) frame(op byte, payload []byte) []byte {
-	if c.form&1 == 1 && len(payload) >= c.node.cfg.CompressionMinSize {
-		d := wsframe.Deflate(nil, payload)
-		return wsframe.Append(make([]byte, 0, wsframe.HeaderLen(len(d))+len(d)), op, d, true)
-	}
-	return wsframe.Append(make([]byte, 0, wsframe.HeaderLen(len(payload))+len(payload)), op, payload, false)
+	return c.node.buildFrame(op, payload, c.form&1 == 1)
 }
 
 func (c *conn) reply(id uint64, result any, perr *protocol.Error) {

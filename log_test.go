@@ -16,3 +16,5 @@ func (w tLogWriter) Write(p []byte) (int, error) {
 func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+func nopLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

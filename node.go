@@ -148,7 +148,7 @@ func (n *Node) Run(ctx context.Context) error {
 // per connection, one ticker walks 1/16 of the connection shards per tick.
 func (n *Node) heartbeat(ctx context.Context) {
 	const slices = 16
-	t := time.NewTicker(n.cfg.PingInterval / slices)
+	t := time.NewTicker(max(n.cfg.PingInterval/slices, time.Millisecond))
 	defer t.Stop()
 	shards := len(n.hub.conns)
 	per := (shards + slices - 1) / slices
@@ -470,7 +470,13 @@ func (n *Node) encode(kind, channel string, offset uint64, data []byte, binary b
 			payload = protocol.AppendTextPush(nil, kind, channel, offset, s)
 		}
 	}
-	if form&1 == 1 && len(payload) >= n.cfg.CompressionMinSize {
+	return n.buildFrame(op, payload, form&1 == 1)
+}
+
+// buildFrame frames payload, deflated when the connection negotiated
+// compression and the payload is large enough to be worth it.
+func (n *Node) buildFrame(op byte, payload []byte, deflate bool) []byte {
+	if deflate && len(payload) >= n.cfg.CompressionMinSize {
 		d := wsframe.Deflate(nil, payload)
 		return wsframe.Append(make([]byte, 0, wsframe.HeaderLen(len(d))+len(d)), op, d, true)
 	}
