@@ -38,6 +38,12 @@ const (
 	CmdUnsubscribe = "unsubscribe"
 	CmdPublish     = "publish"
 	CmdPing        = "ping"
+	// CmdHistory reads a channel's history.
+	CmdHistory = "history"
+	// CmdPresence lists the clients present in a channel.
+	CmdPresence = "presence"
+	// CmdPresenceStats counts them.
+	CmdPresenceStats = "presence_stats"
 )
 
 // Push kinds the server sends without a request.
@@ -48,6 +54,10 @@ const (
 	// connection, to its user, or to every connection) rather than through a
 	// channel.
 	PushMessage = "message"
+	// PushJoin and PushLeave tell subscribers of a channel with join/leave
+	// events on that a client subscribed or left.
+	PushJoin  = "join"
+	PushLeave = "leave"
 )
 
 // Command is a request from a client. Every command carries an ID chosen by
@@ -61,6 +71,86 @@ type Command struct {
 	// byte-for-byte. For a binary frame it is empty and the payload follows
 	// the header.
 	Data json.RawMessage `json:"data,omitempty"`
+	// Since asks subscribe to recover the publications after this position,
+	// and history to return only those.
+	Since *Position `json:"since,omitempty"`
+	// IdempotencyKey makes a publish happen once within the server's window.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// Limit caps how many publications history returns (absent: all kept).
+	Limit *int `json:"limit,omitempty"`
+	// Reverse makes history return the newest first.
+	Reverse bool `json:"reverse,omitempty"`
+}
+
+// Position is a position in a channel's history: the offset of the last
+// publication seen and the epoch of the history it belongs to.
+type Position struct {
+	Offset uint64 `json:"offset"`
+	Epoch  string `json:"epoch"`
+}
+
+// Reasons a subscribe with since could not recover.
+const (
+	// ReasonEpochChanged: the channel's history was reset (the epoch differs).
+	ReasonEpochChanged = "epoch_changed"
+	// ReasonTooOld: publications after the offset have left the history.
+	ReasonTooOld = "too_old"
+	// ReasonNoHistory: the channel keeps no history.
+	ReasonNoHistory = "no_history"
+)
+
+// SubscribeResult is the result of subscribe. Offset and Epoch are present
+// when the channel keeps history: the position at the time of subscribing,
+// from which the client tracks offsets. Recovered is present when the
+// command had since.
+type SubscribeResult struct {
+	Offset    uint64 `json:"offset,omitempty"`
+	Epoch     string `json:"epoch,omitempty"`
+	Recovered *bool  `json:"recovered,omitempty"`
+	// Reason says why recovery failed (one of the Reason constants).
+	Reason string `json:"reason,omitempty"`
+}
+
+// PublishResult is the result of publish on a channel with history, or of a
+// publish with an idempotency key.
+type PublishResult struct {
+	Offset    uint64 `json:"offset,omitempty"`
+	Epoch     string `json:"epoch,omitempty"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+}
+
+// HistoryResult is the result of history.
+type HistoryResult struct {
+	Publications []HistoryPublication `json:"publications"`
+	Offset       uint64               `json:"offset"`
+	Epoch        string               `json:"epoch"`
+}
+
+// HistoryPublication is one publication in a history result. A text
+// publication has Data; a binary one has Binary, which JSON carries as
+// standard base64 (with padding).
+type HistoryPublication struct {
+	Offset uint64          `json:"offset"`
+	Data   json.RawMessage `json:"data,omitempty"`
+	Binary []byte          `json:"binary,omitempty"`
+}
+
+// ClientInfo describes a client in presence results and join/leave pushes.
+type ClientInfo struct {
+	Client string          `json:"client"`
+	User   string          `json:"user,omitempty"`
+	Info   json.RawMessage `json:"info,omitempty"`
+}
+
+// PresenceResult is the result of presence: clients by client id.
+type PresenceResult struct {
+	Clients map[string]ClientInfo `json:"clients"`
+}
+
+// PresenceStatsResult is the result of presence_stats.
+type PresenceStatsResult struct {
+	Clients int `json:"clients"`
+	Users   int `json:"users"`
 }
 
 // Code is a typed error code carried in error replies. Codes are stable strings;
@@ -77,6 +167,7 @@ const (
 	CodeTooLarge       Code = "too_large"      // payload over the configured limit
 	CodeLimitExceeded  Code = "limit_exceeded" // e.g. too many channels on one connection
 	CodeUnavailable    Code = "unavailable"    // broker unreachable or node shutting down
+	CodeNotEnabled     Code = "not_enabled"    // history or presence not enabled for the channel's namespace
 	CodeInternal       Code = "internal"
 )
 
@@ -113,6 +204,8 @@ type Push struct {
 	Channel string          `json:"channel,omitempty"`
 	Offset  uint64          `json:"offset,omitempty"`
 	Data    json.RawMessage `json:"data,omitempty"`
+	// Info is the client of a join or leave push.
+	Info *ClientInfo `json:"info,omitempty"`
 }
 
 // ErrNoSeparator reports a binary frame without the '\n' that ends its header.
@@ -130,9 +223,10 @@ func SplitBinary(frame []byte) (header, payload []byte, err error) {
 
 // DecodeCommand parses a client frame. For a binary frame the returned
 // payload is the bytes after the header (aliasing frame); for a text frame it
-// is Data. The error, when not nil, is always an *Error with CodeBadRequest,
-// and cmd.ID is filled in whenever the header held a readable id, so the
-// server can answer the right request.
+// is Data. The error, when not nil, is always an *Error with CodeBadRequest.
+// cmd.ID is filled in when the header is well-formed JSON with a valid id (a
+// field of the wrong type, say), so the server can answer the right request;
+// for JSON that does not parse it is 0: nothing in it can be trusted.
 func DecodeCommand(frame []byte, binary bool) (cmd Command, payload []byte, err error) {
 	header := frame
 	if binary {
@@ -142,12 +236,6 @@ func DecodeCommand(frame []byte, binary bool) (cmd Command, payload []byte, err 
 		}
 	}
 	if err := json.Unmarshal(header, &cmd); err != nil {
-		// Try to recover the id alone so the error reaches the right caller.
-		var idOnly struct {
-			ID uint64 `json:"id"`
-		}
-		_ = json.Unmarshal(header, &idOnly)
-		cmd.ID = idOnly.ID
 		return cmd, nil, &Error{Code: CodeBadRequest, Message: "malformed JSON: " + jsonErrText(err)}
 	}
 	if cmd.ID == 0 {
@@ -216,6 +304,15 @@ func AppendTextPush(dst []byte, kind, channel string, offset uint64, data []byte
 	dst = AppendPushHeader(dst, kind, channel, offset)
 	dst = append(dst, `,"data":`...)
 	dst = append(dst, data...)
+	return append(dst, '}')
+}
+
+// AppendInfoPush appends a complete join or leave push; info is the JSON of
+// a ClientInfo.
+func AppendInfoPush(dst []byte, kind, channel string, info []byte) []byte {
+	dst = AppendPushHeader(dst, kind, channel, 0)
+	dst = append(dst, `,"info":`...)
+	dst = append(dst, info...)
 	return append(dst, '}')
 }
 
