@@ -20,11 +20,26 @@ type Publication struct {
 	// Offset is the publication's position in the channel's history, 1 for
 	// the first; 0 when the channel keeps no history.
 	Offset uint64
+	// Kind tells a publication from a presence event (join or leave), which
+	// travels the same path so that it keeps its place in the channel's order.
+	Kind PubKind
+	// Presence is the client that joined or left, for KindJoin and KindLeave.
+	Presence *ClientPresence
 	// Origin is the client id of the connection that published it, empty for
 	// a server-side publish. Raw-mode connections use it to skip their own
 	// frames unless they asked for echo.
 	Origin string
 }
+
+// PubKind is the kind of a Publication.
+type PubKind uint8
+
+// Publication kinds.
+const (
+	KindPublication PubKind = iota
+	KindJoin
+	KindLeave
+)
 
 // StreamPosition is a position in a channel's history: the offset of the last
 // publication and the epoch, which changes whenever continuity is lost.
@@ -35,11 +50,50 @@ type StreamPosition struct {
 
 // PublishOptions are per-publish settings a broker honours.
 type PublishOptions struct {
-	// HistorySize and HistoryTTL ask the broker to keep the publication in
-	// the channel's history (the history and recovery features build on it).
-	// Zero keeps no history and leaves Offset at 0.
+	// HistorySize and HistoryTTL make the broker keep the publication in the
+	// channel's history: at most HistorySize publications, each for at most
+	// HistoryTTL. Zero size keeps no history and leaves Offset at 0.
 	HistorySize int
 	HistoryTTL  time.Duration
+	// IdempotencyKey, when not empty, makes the publish happen at most once
+	// per channel and key within IdempotencyWindow: a repeat publishes
+	// nothing and returns the first publish's result, marked Duplicate.
+	IdempotencyKey    string
+	IdempotencyWindow time.Duration
+}
+
+// PublishResult is what Publish returns.
+type PublishResult struct {
+	// StreamPosition of the publication: its offset and the channel's epoch
+	// (zero when the channel keeps no history).
+	StreamPosition
+	// Duplicate is true when the idempotency key was seen within the window
+	// and nothing was published this time.
+	Duplicate bool
+}
+
+// HistoryOptions select publications from a channel's history.
+type HistoryOptions struct {
+	// Since, when not nil, selects publications after Since.Offset (newer
+	// than it). If Since.Epoch is not the channel's epoch the broker returns
+	// no publications, only the current position, and the caller must treat
+	// continuity as lost.
+	Since *StreamPosition
+	// Limit caps the number of publications returned; 0 means none (only
+	// the position), a negative value means all.
+	Limit int
+	// Reverse returns the newest first (and, with Limit, the newest Limit).
+	Reverse bool
+}
+
+// HistoryResult is the answer to a History call.
+type HistoryResult struct {
+	// Publications in offset order (descending with Reverse).
+	Publications []*Publication
+	// Position is the channel's current top offset and epoch.
+	Position StreamPosition
+	// Oldest is the smallest offset still in history (0 when empty).
+	Oldest uint64
 }
 
 // BrokerHandler receives what a broker delivers. The Node implements it.
@@ -78,8 +132,15 @@ type Broker interface {
 	// Unsubscribe stops that, when the channel's last local subscriber leaves.
 	Unsubscribe(ctx context.Context, channel string) error
 	// Publish sends pub to every node subscribed to pub.Channel (this one
-	// included) and returns the publication's position in history.
-	Publish(ctx context.Context, pub *Publication, opts PublishOptions) (StreamPosition, error)
+	// included). With history options it first appends pub to the channel's
+	// history, assigning pub.Offset, atomically with respect to other
+	// publishes of the channel on every node: offsets of a channel are
+	// unique and delivered in increasing order.
+	Publish(ctx context.Context, pub *Publication, opts PublishOptions) (PublishResult, error)
+	// History reads a channel's history. It must be consistent with
+	// delivery: a publication delivered to HandlePublication before History
+	// was called is in the returned position.
+	History(ctx context.Context, channel string, opts HistoryOptions) (HistoryResult, error)
 	// PublishControl sends a control message to every node, this one included.
 	PublishControl(ctx context.Context, data []byte) error
 }

@@ -17,6 +17,18 @@ type Config struct {
 	// an in-memory broker: a single node, nothing else to run.
 	Broker Broker
 
+	// Presence keeps presence sets. Nil means the Broker if it implements
+	// PresenceManager (so presence spans nodes), else an in-memory one.
+	Presence PresenceManager
+
+	// Namespaces configure history, recovery and presence per channel
+	// namespace; see Namespace. Empty means every channel is accepted, with
+	// no history and no presence.
+	Namespaces []Namespace
+	// IdempotencyWindow is how long a publish's idempotency key is
+	// remembered. Zero means 2 minutes.
+	IdempotencyWindow time.Duration
+
 	// AllowedOrigins lists the browser origins, besides the server's own,
 	// that may open a WebSocket: exact origins ("https://app.example.com") or
 	// patterns with one leading wildcard label ("https://*.example.com", which
@@ -123,6 +135,7 @@ func (c Config) withDefaults() Config {
 	defDur(&c.WriteTimeout, 10*time.Second)
 	defDur(&c.HandshakeTimeout, 10*time.Second)
 	defDur(&c.CloseGrace, 2*time.Second)
+	defDur(&c.IdempotencyWindow, 2*time.Minute)
 	def(&c.MaxQueueBytes, 1<<20)
 	def(&c.MaxQueueMessages, 8192)
 	def(&c.MaxChannelsPerConnection, 256)

@@ -377,43 +377,131 @@ func (c *conn) handleCommand(msg []byte, binary bool) {
 	case protocol.CmdConnect:
 		c.reply(cmd.ID, protocol.ConnectResult{Client: c.id}, nil)
 	case protocol.CmdSubscribe:
-		c.reply(cmd.ID, nil, n.subscribeConn(c, cmd.Channel))
+		res, finish, perr := n.subscribeConn(c, cmd.Channel, cmd.Since)
+		if perr != nil {
+			c.reply(cmd.ID, nil, perr)
+			return
+		}
+		if res.Epoch == "" && res.Recovered == nil {
+			c.reply(cmd.ID, nil, nil)
+		} else {
+			c.reply(cmd.ID, res, nil)
+		}
+		finish()
 	case protocol.CmdUnsubscribe:
 		c.reply(cmd.ID, nil, n.unsubscribeConn(c, cmd.Channel))
 	case protocol.CmdPublish:
-		if !protocol.ValidChannel(cmd.Channel) {
-			c.reply(cmd.ID, nil, badChannel(cmd.Channel))
-			return
-		}
-		pub := &Publication{Channel: cmd.Channel, Data: bytes.Clone(payload), Binary: binary, Origin: c.id}
-		pos, err := n.publish(n.ctx, pub)
-		if err != nil {
-			c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnavailable, "publish failed: %v", err))
-			return
-		}
-		if pos.Offset != 0 {
-			c.reply(cmd.ID, map[string]any{"offset": pos.Offset, "epoch": pos.Epoch}, nil)
-			return
-		}
-		c.reply(cmd.ID, nil, nil)
+		c.handlePublish(cmd, payload, binary)
+	case protocol.CmdHistory:
+		c.handleHistory(cmd)
+	case protocol.CmdPresence, protocol.CmdPresenceStats:
+		c.handlePresence(cmd)
 	default:
 		c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnknownCommand, "unknown command %q", cmd.Cmd))
 	}
 }
 
-func badChannel(ch string) *protocol.Error {
-	if len(ch) > protocol.MaxChannelLen {
-		return protocol.Errorf(protocol.CodeBadChannel, "channel name longer than %d bytes", protocol.MaxChannelLen)
+func (c *conn) handlePublish(cmd protocol.Command, payload []byte, binary bool) {
+	n := c.node
+	ns, perr := n.channelNamespace(cmd.Channel)
+	if perr != nil {
+		c.reply(cmd.ID, nil, perr)
+		return
 	}
-	return protocol.Errorf(protocol.CodeBadChannel, "invalid channel name %q: use 1-255 of A-Z a-z 0-9 _ - . : @ # , = / !", ch)
+	if !binary && len(payload) == 0 {
+		c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeBadRequest, `publish needs "data" (or a binary frame)`))
+		return
+	}
+	pub := &Publication{Channel: cmd.Channel, Data: bytes.Clone(payload), Binary: binary, Origin: c.id}
+	res, err := n.publish(n.ctx, pub, ns.publishOptions(cmd.IdempotencyKey, n.cfg.IdempotencyWindow))
+	if err != nil {
+		n.log.Warn("publish failed", "channel", cmd.Channel, "err", err)
+		c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnavailable, "publish failed: broker unavailable"))
+		return
+	}
+	if res.Offset == 0 && !res.Duplicate {
+		c.reply(cmd.ID, nil, nil)
+		return
+	}
+	c.reply(cmd.ID, protocol.PublishResult{Offset: res.Offset, Epoch: res.Epoch, Duplicate: res.Duplicate}, nil)
+}
+
+func (c *conn) handleHistory(cmd protocol.Command) {
+	opts := HistoryOptions{Limit: -1, Reverse: cmd.Reverse}
+	if cmd.Limit != nil {
+		if *cmd.Limit < 0 {
+			c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeBadRequest, `"limit" must be 0 or more`))
+			return
+		}
+		opts.Limit = *cmd.Limit
+	}
+	if cmd.Since != nil {
+		opts.Since = &StreamPosition{Offset: cmd.Since.Offset, Epoch: cmd.Since.Epoch}
+	}
+	h, err := c.node.History(c.node.ctx, cmd.Channel, opts)
+	if err != nil {
+		c.reply(cmd.ID, nil, apiError(err))
+		return
+	}
+	out := protocol.HistoryResult{Publications: make([]protocol.HistoryPublication, len(h.Publications)), Offset: h.Position.Offset, Epoch: h.Position.Epoch}
+	for i, p := range h.Publications {
+		hp := protocol.HistoryPublication{Offset: p.Offset}
+		switch {
+		case p.Binary:
+			hp.Binary = p.Data
+		case json.Valid(p.Data):
+			hp.Data = p.Data
+		default:
+			hp.Data, _ = json.Marshal(string(p.Data))
+		}
+		out.Publications[i] = hp
+	}
+	c.reply(cmd.ID, out, nil)
+}
+
+func (c *conn) handlePresence(cmd protocol.Command) {
+	n := c.node
+	if cmd.Cmd == protocol.CmdPresenceStats {
+		st, err := n.PresenceStats(n.ctx, cmd.Channel)
+		if err != nil {
+			c.reply(cmd.ID, nil, apiError(err))
+			return
+		}
+		c.reply(cmd.ID, protocol.PresenceStatsResult{Clients: st.Clients, Users: st.Users}, nil)
+		return
+	}
+	m, err := n.Presence(n.ctx, cmd.Channel)
+	if err != nil {
+		c.reply(cmd.ID, nil, apiError(err))
+		return
+	}
+	out := protocol.PresenceResult{Clients: make(map[string]protocol.ClientInfo, len(m))}
+	for id, p := range m {
+		out.Clients[id] = protocol.ClientInfo{Client: p.Client, User: p.User, Info: p.Info}
+	}
+	c.reply(cmd.ID, out, nil)
+}
+
+// apiError maps a Node method's error to the protocol's error.
+func apiError(err error) *protocol.Error {
+	switch {
+	case errors.Is(err, ErrBadChannel):
+		return &protocol.Error{Code: protocol.CodeBadChannel, Message: err.Error()}
+	case errors.Is(err, ErrNotEnabled):
+		return &protocol.Error{Code: protocol.CodeNotEnabled, Message: err.Error()}
+	default:
+		return protocol.Errorf(protocol.CodeUnavailable, "temporarily unavailable")
+	}
 }
 
 // handleRaw relays a raw-mode message, verbatim and with its opcode, to the
 // connection's channel.
 func (c *conn) handleRaw(msg []byte, binary bool) {
+	n := c.node
 	pub := &Publication{Channel: c.rawChannel, Data: bytes.Clone(msg), Binary: binary, Origin: c.id}
-	if _, err := c.node.publish(c.node.ctx, pub); err != nil {
-		c.node.log.Warn("raw publish failed", "client", c.id, "channel", c.rawChannel, "err", err)
+	ns := n.ns.lookup(c.rawChannel) // validated at the handshake
+	if _, err := n.publish(n.ctx, pub, ns.publishOptions("", 0)); err != nil {
+		n.log.Warn("raw publish failed", "client", c.id, "channel", c.rawChannel, "err", err)
 		c.close(websocket.CloseTryAgainLater, "publish failed")
 	}
 }

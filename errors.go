@@ -10,6 +10,9 @@ var (
 	ErrNodeClosed = errors.New("herald: node closed")
 	// ErrBadChannel reports an invalid channel name (see protocol.ValidChannel).
 	ErrBadChannel = errors.New("herald: invalid channel name")
+	// ErrNotEnabled reports history or presence asked of a channel whose
+	// namespace does not keep it.
+	ErrNotEnabled = errors.New("herald: not enabled for this channel")
 	// ErrTooLarge reports a payload over Config.MaxMessageSize.
 	ErrTooLarge = errors.New("herald: payload too large")
 )

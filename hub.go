@@ -21,7 +21,7 @@ type hub struct {
 
 type chanShard struct {
 	mu   sync.RWMutex
-	subs map[string]map[*conn]struct{}
+	subs map[string]map[*conn]*subEntry
 	_    [40]byte // keep hot shard locks on separate cache lines
 }
 
@@ -35,7 +35,7 @@ type connShard struct {
 func newHub(shards int) *hub {
 	h := &hub{seed: maphash.MakeSeed(), channels: make([]chanShard, shards), conns: make([]connShard, shards)}
 	for i := range h.channels {
-		h.channels[i].subs = make(map[string]map[*conn]struct{})
+		h.channels[i].subs = make(map[string]map[*conn]*subEntry)
 		h.conns[i].byID = make(map[string]*conn)
 		h.conns[i].users = make(map[string]map[*conn]struct{})
 	}
@@ -47,16 +47,16 @@ func (h *hub) index(key string) int {
 }
 
 // addSub adds c to channel and reports whether c is its first local subscriber.
-func (h *hub) addSub(channel string, c *conn) (first bool) {
+func (h *hub) addSub(channel string, c *conn, e *subEntry) (first bool) {
 	s := &h.channels[h.index(channel)]
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m := s.subs[channel]
 	if m == nil {
-		m = make(map[*conn]struct{})
+		m = make(map[*conn]*subEntry)
 		s.subs[channel] = m
 	}
-	m[c] = struct{}{}
+	m[c] = e
 	return len(m) == 1
 }
 
@@ -83,11 +83,11 @@ func (h *hub) removeSub(channel string, c *conn) (last bool) {
 
 // forEachSub calls f for every local subscriber of channel, with the shard
 // read-locked: f must not block or take a hub lock.
-func (h *hub) forEachSub(channel string, f func(c *conn)) {
+func (h *hub) forEachSub(channel string, f func(c *conn, e *subEntry)) {
 	s := &h.channels[h.index(channel)]
 	s.mu.RLock()
-	for c := range s.subs[channel] {
-		f(c)
+	for c, e := range s.subs[channel] {
+		f(c, e)
 	}
 	s.mu.RUnlock()
 }

@@ -15,7 +15,6 @@
 package herald
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -27,7 +26,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 
@@ -49,6 +47,8 @@ type Node struct {
 	upgrader websocket.Upgrader
 	rawUp    websocket.Upgrader
 	metrics  nodeMetrics
+	ns       *namespaces
+	presence PresenceManager
 
 	// subLocks serialise subscribe/unsubscribe per channel (striped), so the
 	// broker sees Subscribe and Unsubscribe of one channel in the order the
@@ -80,9 +80,20 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, broker: cfg.Broker, hub: newHub(cfg.Shards), origins: oc}
+	ns, err := newNamespaces(cfg.Namespaces)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger, broker: cfg.Broker, hub: newHub(cfg.Shards), origins: oc, ns: ns, presence: cfg.Presence}
 	if n.broker == nil {
 		n.broker = NewMemoryBroker()
+	}
+	if n.presence == nil {
+		if pm, ok := n.broker.(PresenceManager); ok {
+			n.presence = pm
+		} else {
+			n.presence = NewMemoryPresence()
+		}
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	pool := &sync.Pool{}
@@ -233,8 +244,8 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	var rawChannel string
 	if raw {
 		rawChannel = r.URL.Query().Get("channel")
-		if !protocol.ValidChannel(rawChannel) {
-			http.Error(w, "Bad Request: "+badChannel(rawChannel).Message, http.StatusBadRequest)
+		if _, perr := n.channelNamespace(rawChannel); perr != nil {
+			http.Error(w, "Bad Request: "+perr.Message, http.StatusBadRequest)
 			return
 		}
 	}
@@ -292,8 +303,10 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	hc.c = c
 	n.hub.addConn(c)
 	if raw {
-		if perr := n.subscribeConn(c, rawChannel); perr != nil {
+		if _, finish, perr := n.subscribeConn(c, rawChannel, nil); perr != nil {
 			c.close(websocket.CloseTryAgainLater, perr.Message)
+		} else {
+			finish()
 		}
 	}
 	if n.isClosing() { // Shutdown began after our check above and may have missed c
@@ -310,167 +323,6 @@ func newID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
 	return base64.RawURLEncoding.EncodeToString(b[:])
-}
-
-// subscribeConn subscribes c to channel, telling the broker when the channel
-// gets its first local subscriber.
-func (n *Node) subscribeConn(c *conn, channel string) *protocol.Error {
-	if !protocol.ValidChannel(channel) {
-		return badChannel(channel)
-	}
-	c.mu.Lock()
-	_, dup := c.channels[channel]
-	count := len(c.channels)
-	c.mu.Unlock()
-	if dup {
-		return protocol.Errorf(protocol.CodeAlreadySub, "already subscribed to %q", channel)
-	}
-	if count >= n.cfg.MaxChannelsPerConnection {
-		return protocol.Errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d channels", n.cfg.MaxChannelsPerConnection)
-	}
-	l := &n.subLocks[n.hub.index(channel)%len(n.subLocks)]
-	l.Lock()
-	defer l.Unlock()
-	if n.hub.addSub(channel, c) {
-		if err := n.broker.Subscribe(n.ctx, channel); err != nil {
-			n.hub.removeSub(channel, c)
-			n.log.Warn("broker subscribe failed", "channel", channel, "err", err)
-			return protocol.Errorf(protocol.CodeUnavailable, "subscribe failed: broker unavailable")
-		}
-	}
-	c.mu.Lock()
-	if c.channels == nil {
-		c.channels = make(map[string]struct{})
-	}
-	c.channels[channel] = struct{}{}
-	c.mu.Unlock()
-	return nil
-}
-
-func (n *Node) unsubscribeConn(c *conn, channel string) *protocol.Error {
-	if !protocol.ValidChannel(channel) {
-		return badChannel(channel)
-	}
-	c.mu.Lock()
-	_, ok := c.channels[channel]
-	delete(c.channels, channel)
-	c.mu.Unlock()
-	if !ok {
-		return protocol.Errorf(protocol.CodeNotSubscribed, "not subscribed to %q", channel)
-	}
-	n.removeSub(c, channel)
-	return nil
-}
-
-func (n *Node) removeSub(c *conn, channel string) {
-	l := &n.subLocks[n.hub.index(channel)%len(n.subLocks)]
-	l.Lock()
-	defer l.Unlock()
-	if n.hub.removeSub(channel, c) {
-		if err := n.broker.Unsubscribe(n.ctx, channel); err != nil && n.ctx.Err() == nil {
-			n.log.Warn("broker unsubscribe failed", "channel", channel, "err", err)
-		}
-	}
-}
-
-// unregister removes c from every registry. Reader goroutine of c only.
-func (n *Node) unregister(c *conn) {
-	c.mu.Lock()
-	chans := c.channels
-	c.channels = nil
-	c.mu.Unlock()
-	for ch := range chans {
-		n.removeSub(c, ch)
-	}
-	n.hub.removeConn(c)
-	n.log.Debug("disconnected", "client", c.id, "user", c.user)
-}
-
-// PublishOption modifies one Publish, Send, SendToUser or Broadcast call.
-type PublishOption func(*publishSettings)
-
-type publishSettings struct{ binary bool }
-
-// Binary marks the payload as binary: it travels in binary frames.
-func Binary() PublishOption { return func(s *publishSettings) { s.binary = true } }
-
-func settings(opts []PublishOption) publishSettings {
-	var s publishSettings
-	for _, o := range opts {
-		o(&s)
-	}
-	return s
-}
-
-// Publish publishes data to channel on every node. Text data (the default)
-// should be a JSON value: protocol clients receive it as the push's "data";
-// text that is not valid JSON is delivered to them as a JSON string. Raw-mode
-// clients receive the bytes verbatim. It returns the publication's position
-// in the channel's history (zero when no history is kept) once the broker has
-// accepted it; on the in-memory broker, once it is in every local
-// subscriber's queue.
-func (n *Node) Publish(ctx context.Context, channel string, data []byte, opts ...PublishOption) (StreamPosition, error) {
-	if !protocol.ValidChannel(channel) {
-		return StreamPosition{}, fmt.Errorf("%w: %q", ErrBadChannel, channel)
-	}
-	s := settings(opts)
-	if !s.binary && !utf8.Valid(data) {
-		return StreamPosition{}, errors.New("herald: text data is not valid UTF-8; use Binary()")
-	}
-	return n.publish(ctx, &Publication{Channel: channel, Data: bytes.Clone(data), Binary: s.binary})
-}
-
-func (n *Node) publish(ctx context.Context, pub *Publication) (StreamPosition, error) {
-	if n.ctx.Err() != nil {
-		return StreamPosition{}, ErrNodeClosed
-	}
-	n.metrics.published.Add(1)
-	pos, err := n.broker.Publish(ctx, pub, PublishOptions{})
-	if err != nil {
-		return pos, fmt.Errorf("herald: failed to publish to %q: %w", pub.Channel, err)
-	}
-	return pos, nil
-}
-
-// HandlePublication implements BrokerHandler: it fans pub out to the local
-// subscribers of its channel. Each wire form is encoded at most once and the
-// same bytes are queued to every subscriber that reads that form; nothing is
-// allocated per subscriber, and nothing blocks (a full queue cuts that
-// subscriber alone).
-func (n *Node) HandlePublication(pub *Publication) {
-	var frames [numForms][]byte
-	n.hub.forEachSub(pub.Channel, func(c *conn) {
-		if c.raw && !c.echo && pub.Origin != "" && c.id == pub.Origin {
-			return
-		}
-		f := frames[c.form]
-		if f == nil {
-			f = n.encode(protocol.PushPub, pub.Channel, pub.Offset, pub.Data, pub.Binary, c.form)
-			frames[c.form] = f
-		}
-		c.enqueue(f)
-	})
-}
-
-// encode builds the frame of a push in one wire form.
-func (n *Node) encode(kind, channel string, offset uint64, data []byte, binary bool, form uint8) []byte {
-	op := byte(wsframe.OpText)
-	if binary {
-		op = wsframe.OpBinary
-	}
-	payload := data
-	if form&formRaw == 0 {
-		switch {
-		case binary:
-			payload = protocol.AppendBinaryPush(nil, kind, channel, offset, data)
-		case json.Valid(data):
-			payload = protocol.AppendTextPush(nil, kind, channel, offset, data)
-		default:
-			s, _ := json.Marshal(string(data))
-			payload = protocol.AppendTextPush(nil, kind, channel, offset, s)
-		}
-	}
-	return n.buildFrame(op, payload, form&1 == 1)
 }
 
 // buildFrame frames payload, deflated when the connection negotiated

@@ -291,7 +291,8 @@ func TestOrderingConcurrentPublishers(t *testing.T) {
 // does not delay the others, who receive everything.
 func TestSlowConsumerIsolated(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, Config{MaxQueueBytes: 512 << 10})
+	// A long CloseGrace lets the close frame wait until the slow client reads.
+	ts := newTestServer(t, Config{MaxQueueBytes: 512 << 10, CloseGrace: 30 * time.Second})
 	slow := ts.client(t)
 	slow.subscribe("firehose")
 	fast := ts.client(t)

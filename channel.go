@@ -1,0 +1,409 @@
+package herald
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"unicode/utf8"
+
+	"github.com/heraldhq/herald/internal/wsframe"
+	"github.com/heraldhq/herald/protocol"
+)
+
+// subEntry is one connection's subscription to one channel, the value of
+// the hub's channel -> subscribers map.
+type subEntry struct {
+	// rec is set while a subscription to a channel with history is being
+	// set up: what the fan-out delivers meanwhile is buffered here instead of
+	// queued, so that the subscriber gets its reply, then the history it
+	// missed, then the live stream — with no gap and no duplicate at the seam.
+	rec atomic.Pointer[recoverBuf]
+}
+
+type recoverBuf struct {
+	mu   sync.Mutex
+	pubs []*Publication
+}
+
+// buffer adds pub to e's recovery buffer and reports true, or reports false
+// if the subscription has gone live (then the caller queues pub itself).
+func (e *subEntry) buffer(rb *recoverBuf, pub *Publication) bool {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	if e.rec.Load() != rb {
+		return false
+	}
+	rb.pubs = append(rb.pubs, pub)
+	return true
+}
+
+// channelNamespace validates a channel name and returns its namespace.
+func (n *Node) channelNamespace(channel string) (*Namespace, *protocol.Error) {
+	if !protocol.ValidChannel(channel) {
+		return nil, badChannel(channel)
+	}
+	ns := n.ns.lookup(channel)
+	if ns == nil {
+		return nil, protocol.Errorf(protocol.CodeBadChannel, "channel %q is in no configured namespace", channel)
+	}
+	return ns, nil
+}
+
+func badChannel(ch string) *protocol.Error {
+	if len(ch) > protocol.MaxChannelLen {
+		return protocol.Errorf(protocol.CodeBadChannel, "channel name longer than %d bytes", protocol.MaxChannelLen)
+	}
+	return protocol.Errorf(protocol.CodeBadChannel, "invalid channel name %q: use 1-255 of A-Z a-z 0-9 _ - . : @ # , = / !", ch)
+}
+
+// subscribeConn subscribes c to channel and returns the reply's result and
+// a finish function that the caller must call right after queueing the
+// reply: it queues the recovered publications, then what arrived meanwhile,
+// and makes the subscription live. since asks for recovery.
+func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position) (*protocol.SubscribeResult, func(), *protocol.Error) {
+	ns, perr := n.channelNamespace(channel)
+	if perr != nil {
+		return nil, nil, perr
+	}
+	c.mu.Lock()
+	_, dup := c.channels[channel]
+	count := len(c.channels)
+	c.mu.Unlock()
+	if dup {
+		return nil, nil, protocol.Errorf(protocol.CodeAlreadySub, "already subscribed to %q", channel)
+	}
+	if count >= n.cfg.MaxChannelsPerConnection {
+		return nil, nil, protocol.Errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d channels", n.cfg.MaxChannelsPerConnection)
+	}
+
+	e := &subEntry{}
+	var rb *recoverBuf
+	if ns.HistorySize > 0 {
+		rb = &recoverBuf{}
+		e.rec.Store(rb)
+	}
+	if perr := n.addSub(c, channel, e); perr != nil {
+		return nil, nil, perr
+	}
+	res := &protocol.SubscribeResult{}
+	finish := func() {}
+	if rb != nil {
+		hopts := HistoryOptions{Limit: 0}
+		if since != nil {
+			hopts = HistoryOptions{Since: &StreamPosition{Offset: since.Offset, Epoch: since.Epoch}, Limit: -1}
+		}
+		h, err := n.broker.History(n.ctx, channel, hopts)
+		if err != nil {
+			n.removeSubscription(c, channel)
+			n.log.Warn("history read failed", "channel", channel, "err", err)
+			return nil, nil, protocol.Errorf(protocol.CodeUnavailable, "subscribe failed: history unavailable")
+		}
+		res.Offset, res.Epoch = h.Position.Offset, h.Position.Epoch
+		var recovered []*Publication
+		last := h.Position.Offset
+		if since != nil {
+			ok, reason := recoverable(since, h)
+			res.Recovered = &ok
+			res.Reason = reason
+			if ok {
+				recovered = h.Publications
+			}
+		}
+		finish = func() {
+			for _, p := range recovered {
+				c.enqueue(n.encodePub(p, c.form))
+			}
+			rb.mu.Lock()
+			for _, p := range rb.pubs {
+				if p.Offset == 0 || p.Offset > last { // presence events carry no offset
+					c.enqueue(n.encodePub(p, c.form))
+				}
+			}
+			rb.pubs = nil
+			e.rec.Store(nil)
+			rb.mu.Unlock()
+		}
+	} else if since != nil {
+		f := false
+		res.Recovered, res.Reason = &f, protocol.ReasonNoHistory
+	}
+	if ns.Presence {
+		p := ClientPresence{Client: c.id, User: c.user, Info: c.info}
+		if err := n.presence.AddPresence(n.ctx, channel, p); err != nil {
+			n.log.Warn("presence add failed", "channel", channel, "err", err)
+		}
+		if ns.JoinLeave {
+			join := finish
+			finish = func() {
+				join()
+				n.publishEvent(channel, KindJoin, &p)
+			}
+		}
+	}
+	return res, finish, nil
+}
+
+// recoverable decides whether a client at since can be given every
+// publication it missed from h, a history read with Since.
+func recoverable(since *protocol.Position, h HistoryResult) (bool, string) {
+	pos := h.Position
+	switch {
+	case since.Epoch != pos.Epoch || since.Offset > pos.Offset:
+		return false, protocol.ReasonEpochChanged
+	case since.Offset == pos.Offset:
+		return true, ""
+	case len(h.Publications) == 0 || h.Publications[0].Offset != since.Offset+1:
+		return false, protocol.ReasonTooOld
+	}
+	return true, ""
+}
+
+// addSub registers the subscription in the hub, telling the broker when the
+// channel gets its first local subscriber.
+func (n *Node) addSub(c *conn, channel string, e *subEntry) *protocol.Error {
+	l := &n.subLocks[n.hub.index(channel)%len(n.subLocks)]
+	l.Lock()
+	defer l.Unlock()
+	if n.hub.addSub(channel, c, e) {
+		if err := n.broker.Subscribe(n.ctx, channel); err != nil {
+			n.hub.removeSub(channel, c)
+			n.log.Warn("broker subscribe failed", "channel", channel, "err", err)
+			return protocol.Errorf(protocol.CodeUnavailable, "subscribe failed: broker unavailable")
+		}
+	}
+	c.mu.Lock()
+	if c.channels == nil {
+		c.channels = make(map[string]struct{})
+	}
+	c.channels[channel] = struct{}{}
+	c.mu.Unlock()
+	return nil
+}
+
+func (n *Node) unsubscribeConn(c *conn, channel string) *protocol.Error {
+	if !protocol.ValidChannel(channel) {
+		return badChannel(channel)
+	}
+	if !n.removeSubscription(c, channel) {
+		return protocol.Errorf(protocol.CodeNotSubscribed, "not subscribed to %q", channel)
+	}
+	return nil
+}
+
+// removeSubscription ends c's subscription to channel: hub, broker, presence
+// and leave event. It reports false if c was not subscribed.
+func (n *Node) removeSubscription(c *conn, channel string) bool {
+	c.mu.Lock()
+	_, ok := c.channels[channel]
+	delete(c.channels, channel)
+	c.mu.Unlock()
+	if !ok {
+		return false
+	}
+	l := &n.subLocks[n.hub.index(channel)%len(n.subLocks)]
+	l.Lock()
+	if n.hub.removeSub(channel, c) {
+		if err := n.broker.Unsubscribe(n.ctx, channel); err != nil && n.ctx.Err() == nil {
+			n.log.Warn("broker unsubscribe failed", "channel", channel, "err", err)
+		}
+	}
+	l.Unlock()
+	if ns := n.ns.lookup(channel); ns != nil && ns.Presence {
+		if err := n.presence.RemovePresence(n.ctx, channel, c.id); err != nil {
+			n.log.Warn("presence remove failed", "channel", channel, "err", err)
+		}
+		if ns.JoinLeave {
+			n.publishEvent(channel, KindLeave, &ClientPresence{Client: c.id, User: c.user, Info: c.info})
+		}
+	}
+	return true
+}
+
+// unregister removes c from every registry. Reader goroutine of c only.
+func (n *Node) unregister(c *conn) {
+	c.mu.Lock()
+	chans := make([]string, 0, len(c.channels))
+	for ch := range c.channels {
+		chans = append(chans, ch)
+	}
+	c.mu.Unlock()
+	for _, ch := range chans {
+		n.removeSubscription(c, ch)
+	}
+	n.hub.removeConn(c)
+	n.log.Debug("disconnected", "client", c.id, "user", c.user)
+}
+
+// publishEvent publishes a join or leave event. Events go through the
+// broker like publications, so they keep their place in the channel's order
+// on every node, but are not kept in history.
+func (n *Node) publishEvent(channel string, kind PubKind, p *ClientPresence) {
+	pub := &Publication{Channel: channel, Kind: kind, Presence: p}
+	if _, err := n.broker.Publish(n.ctx, pub, PublishOptions{}); err != nil && n.ctx.Err() == nil {
+		n.log.Warn("presence event publish failed", "channel", channel, "err", err)
+	}
+}
+
+// PublishOption modifies one Publish, Send, SendToUser or Broadcast call.
+type PublishOption func(*publishSettings)
+
+type publishSettings struct {
+	binary  bool
+	idemKey string
+}
+
+// Binary marks the payload as binary: it travels in binary frames.
+func Binary() PublishOption { return func(s *publishSettings) { s.binary = true } }
+
+// IdempotencyKey makes Publish happen at most once per channel and key
+// within Config.IdempotencyWindow; a repeat returns the first result with
+// Duplicate set. (Ignored by Send, SendToUser and Broadcast.)
+func IdempotencyKey(key string) PublishOption {
+	return func(s *publishSettings) { s.idemKey = key }
+}
+
+func settings(opts []PublishOption) publishSettings {
+	var s publishSettings
+	for _, o := range opts {
+		o(&s)
+	}
+	return s
+}
+
+// Publish publishes data to channel on every node. Text data (the default)
+// should be a JSON value: protocol clients receive it as the push's "data";
+// text that is not valid JSON is delivered to them as a JSON string. Raw-mode
+// clients receive the bytes verbatim. It returns once the broker has
+// accepted the publication (on the in-memory broker: once it is in every
+// local subscriber's queue) with its position in the channel's history, when
+// the channel's namespace keeps history.
+func (n *Node) Publish(ctx context.Context, channel string, data []byte, opts ...PublishOption) (PublishResult, error) {
+	ns, perr := n.channelNamespace(channel)
+	if perr != nil {
+		return PublishResult{}, fmt.Errorf("%w: %s", ErrBadChannel, perr.Message)
+	}
+	s := settings(opts)
+	if !s.binary && !utf8.Valid(data) {
+		return PublishResult{}, errors.New("herald: text data is not valid UTF-8; use Binary()")
+	}
+	pub := &Publication{Channel: channel, Data: bytes.Clone(data), Binary: s.binary}
+	return n.publish(ctx, pub, ns.publishOptions(s.idemKey, n.cfg.IdempotencyWindow))
+}
+
+func (n *Node) publish(ctx context.Context, pub *Publication, opts PublishOptions) (PublishResult, error) {
+	if n.ctx.Err() != nil {
+		return PublishResult{}, ErrNodeClosed
+	}
+	n.metrics.published.Add(1)
+	res, err := n.broker.Publish(ctx, pub, opts)
+	if err != nil {
+		return res, fmt.Errorf("herald: failed to publish to %q: %w", pub.Channel, err)
+	}
+	return res, nil
+}
+
+// HandlePublication implements BrokerHandler: it fans pub out to the local
+// subscribers of its channel. Each wire form is encoded at most once and the
+// same bytes are queued to every subscriber that reads that form; nothing is
+// allocated per subscriber, and nothing blocks (a full queue cuts that
+// subscriber alone).
+func (n *Node) HandlePublication(pub *Publication) {
+	var frames [numForms][]byte
+	n.hub.forEachSub(pub.Channel, func(c *conn, e *subEntry) {
+		if rb := e.rec.Load(); rb != nil && e.buffer(rb, pub) {
+			return
+		}
+		if c.raw && ((!c.echo && pub.Origin != "" && c.id == pub.Origin) || pub.Kind != KindPublication) {
+			return // raw clients get their own frames only with echo, and no presence events
+		}
+		f := frames[c.form]
+		if f == nil {
+			f = n.encodePub(pub, c.form)
+			frames[c.form] = f
+		}
+		c.enqueue(f)
+	})
+}
+
+// encodePub builds the frame of a publication or presence event in one wire form.
+func (n *Node) encodePub(pub *Publication, form uint8) []byte {
+	if pub.Kind == KindPublication {
+		return n.encode(protocol.PushPub, pub.Channel, pub.Offset, pub.Data, pub.Binary, form)
+	}
+	kind := protocol.PushJoin
+	if pub.Kind == KindLeave {
+		kind = protocol.PushLeave
+	}
+	info, _ := json.Marshal(protocol.ClientInfo{Client: pub.Presence.Client, User: pub.Presence.User, Info: pub.Presence.Info})
+	return n.buildFrame(wsframe.OpText, protocol.AppendInfoPush(nil, kind, pub.Channel, info), form&1 == 1)
+}
+
+// encode builds the frame of a push in one wire form.
+func (n *Node) encode(kind, channel string, offset uint64, data []byte, binary bool, form uint8) []byte {
+	op := byte(wsframe.OpText)
+	if binary {
+		op = wsframe.OpBinary
+	}
+	payload := data
+	if form&formRaw == 0 {
+		switch {
+		case binary:
+			payload = protocol.AppendBinaryPush(nil, kind, channel, offset, data)
+		case json.Valid(data):
+			payload = protocol.AppendTextPush(nil, kind, channel, offset, data)
+		default:
+			s, _ := json.Marshal(string(data))
+			payload = protocol.AppendTextPush(nil, kind, channel, offset, s)
+		}
+	}
+	return n.buildFrame(op, payload, form&1 == 1)
+}
+
+// History reads a channel's history; see HistoryOptions. It fails with
+// ErrNotEnabled when the channel's namespace keeps no history.
+func (n *Node) History(ctx context.Context, channel string, opts HistoryOptions) (HistoryResult, error) {
+	ns, perr := n.channelNamespace(channel)
+	if perr != nil {
+		return HistoryResult{}, fmt.Errorf("%w: %s", ErrBadChannel, perr.Message)
+	}
+	if ns.HistorySize == 0 {
+		return HistoryResult{}, fmt.Errorf("%w: no history in channel %q", ErrNotEnabled, channel)
+	}
+	res, err := n.broker.History(ctx, channel, opts)
+	if err != nil {
+		return res, fmt.Errorf("herald: failed to read history of %q: %w", channel, err)
+	}
+	return res, nil
+}
+
+// Presence returns the clients present in a channel, by client id. It fails
+// with ErrNotEnabled when the channel's namespace has no presence.
+func (n *Node) Presence(ctx context.Context, channel string) (map[string]ClientPresence, error) {
+	if err := n.presenceEnabled(channel); err != nil {
+		return nil, err
+	}
+	return n.presence.Presence(ctx, channel)
+}
+
+// PresenceStats counts the clients and distinct users present in a channel.
+func (n *Node) PresenceStats(ctx context.Context, channel string) (PresenceStats, error) {
+	if err := n.presenceEnabled(channel); err != nil {
+		return PresenceStats{}, err
+	}
+	return n.presence.PresenceStats(ctx, channel)
+}
+
+func (n *Node) presenceEnabled(channel string) error {
+	ns, perr := n.channelNamespace(channel)
+	if perr != nil {
+		return fmt.Errorf("%w: %s", ErrBadChannel, perr.Message)
+	}
+	if !ns.Presence {
+		return fmt.Errorf("%w: no presence in channel %q", ErrNotEnabled, channel)
+	}
+	return nil
+}
