@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+)
+
+// version is the release version, set at build time with
+//
+//	go build -ldflags "-X main.version=v1.2.3" ./cmd/herald
+//
+// When it is empty, the module version from the build info is used.
+var version string
+
+const usage = `Herald is a real-time messaging server over WebSocket.
+
+Usage:
+  herald serve [flags]    run the server
+  herald version          print the version
+  herald help [command]   print help (herald help serve lists every setting)
+`
+
+// run is the whole program but for the process: it takes the arguments
+// (without the program name), the environment and the output stream, and
+// returns instead of exiting, so that tests can run it in-process. Logs go
+// to standard error.
+func run(ctx context.Context, args, env []string, stdout io.Writer) error {
+	return execute(ctx, args, env, stdout, os.Stderr)
+}
+
+// execute is run with the log output as a parameter, for tests that read the
+// logs (the listening address, for one).
+func execute(ctx context.Context, args, env []string, stdout, logOut io.Writer) error {
+	if len(args) == 0 {
+		_, _ = io.WriteString(stdout, usage)
+		return errors.New("no command given")
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "serve":
+		cfg, err := parseServeConfig(rest, env, stdout)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return serve(ctx, cfg, logOut)
+	case "version", "-version", "--version":
+		_, err := fmt.Fprintln(stdout, "herald", versionString())
+		return err
+	case "help", "-h", "-help", "--help":
+		return help(rest, stdout)
+	default:
+		return fmt.Errorf("unknown command %q; run herald help", cmd)
+	}
+}
+
+func help(topics []string, w io.Writer) error {
+	if len(topics) == 0 {
+		_, err := io.WriteString(w, usage)
+		return err
+	}
+	switch topics[0] {
+	case "serve":
+		writeServeUsage(w)
+		return nil
+	case "version":
+		_, err := io.WriteString(w, "Usage: herald version\n\nPrints the version, the commit and the Go version of this build.\n")
+		return err
+	case "help":
+		_, err := io.WriteString(w, usage)
+		return err
+	}
+	return fmt.Errorf("no help for unknown command %q; run herald help", topics[0])
+}
+
+// versionString describes this build: the version (from -ldflags, else the
+// module's), the commit if the build recorded one, and the toolchain.
+func versionString() string {
+	v := version
+	info, ok := debug.ReadBuildInfo()
+	if v == "" && ok && info.Main.Version != "" {
+		v = info.Main.Version
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	if ok {
+		var rev, dirty string
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				if s.Value == "true" {
+					dirty = "-dirty"
+				}
+			}
+		}
+		// A pseudo-version (v0.0.0-date-commit) already names the commit.
+		if short := rev[:min(len(rev), 12)]; short != "" && (!strings.Contains(v, short) || dirty != "") {
+			v += " commit " + short + dirty
+		}
+	}
+	return fmt.Sprintf("%s %s %s/%s", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
