@@ -1,0 +1,229 @@
+// Real-browser test of the demo chat page: builds the herald binary, runs
+// `herald serve` on a free loopback port, and has two Chromium pages, loaded
+// from that server, chat with each other over the real WebSocket endpoint.
+// Then it restarts the server on the same port and checks that both pages
+// reconnect and chat again.
+//
+// Chromium is the system one (/usr/bin/chromium, or $CHROMIUM_PATH): this
+// test never downloads a browser. Run it with `npm test` in this folder.
+
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { mkdtemp, mkdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, '..', '..');
+const chromiumPath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const screenshot = path.join(repo, 'artifacts', 'demo.png');
+
+// Bounds, so that a hang fails the test instead of holding CI.
+const BUILD_TIMEOUT = 300_000;
+const START_TIMEOUT = 30_000;
+const STOP_TIMEOUT = 20_000;
+const UI_TIMEOUT = 20_000;
+
+const work = await mkdtemp(path.join(tmpdir(), 'herald-e2e-'));
+const servers = new Set();
+let browser;
+
+// Whatever happens, stop the browser and every server, and remove the build.
+after(async () => {
+  await browser?.close().catch(() => {});
+  for (const s of servers) s.proc.kill('SIGKILL');
+  await rm(work, { recursive: true, force: true });
+});
+
+async function buildHerald() {
+  const bin = path.join(work, 'herald');
+  await promisify(execFile)('go', ['build', '-ldflags', '-X main.version=e2e', '-o', bin, './cmd/herald'], {
+    cwd: repo,
+    timeout: BUILD_TIMEOUT,
+    maxBuffer: 16 << 20,
+  });
+  return bin;
+}
+
+/**
+ * Starts `herald serve` and resolves once it logs its address. The server's
+ * environment has no HERALD_ variables, so only the flags given here apply.
+ */
+function startHerald(bin, addr) {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HERALD_')));
+  const proc = spawn(bin, ['serve', '--addr', addr, '--log-format', 'json', '--shutdown-timeout', '5s'], {
+    env,
+    stdio: ['ignore', 'inherit', 'pipe'],
+  });
+  const server = { proc, logs: [], exited: null };
+  servers.add(server);
+  server.exited = new Promise((resolve) => proc.once('exit', (code, signal) => {
+    servers.delete(server);
+    resolve({ code, signal });
+  }));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => fail(new Error(`herald did not log "listening" within ${START_TIMEOUT} ms`)), START_TIMEOUT);
+    function fail(err) {
+      clearTimeout(timer);
+      proc.kill('SIGKILL');
+      reject(new Error(`${err.message}\nherald logs:\n${server.logs.join('\n')}`));
+    }
+    proc.once('error', fail);
+    proc.once('exit', (code, signal) => fail(new Error(`herald exited early (code ${code}, signal ${signal})`)));
+    readline.createInterface({ input: proc.stderr }).on('line', (line) => {
+      server.logs.push(line);
+      let entry;
+      try {
+        entry = JSON.parse(line);
+      } catch {
+        return;
+      }
+      if (entry.msg === 'listening') {
+        clearTimeout(timer);
+        server.addr = entry.addr;
+        resolve(server);
+      }
+    });
+  });
+}
+
+/** Sends SIGTERM and waits for the server to exit; returns its exit status. */
+async function stopHerald(server) {
+  server.proc.kill('SIGTERM');
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`herald did not stop within ${STOP_TIMEOUT} ms`)), STOP_TIMEOUT);
+  });
+  try {
+    return await Promise.race([server.exited, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Opens a page in its own browser context: separate storage, like another person. */
+async function openPage(url, problems) {
+  const context = await browser.newContext({ viewport: { width: 900, height: 640 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(UI_TIMEOUT);
+  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') problems.push(`console error: ${msg.text()}`);
+  });
+  const resp = await page.goto(url);
+  assert.equal(resp.status(), 200);
+  return page;
+}
+
+async function join(page, name) {
+  await page.fill('#name', name);
+  assert.equal(await page.inputValue('#channel'), 'chat:lobby', 'default channel');
+  await page.click('#join');
+  await page.waitForSelector('#status[data-state="connected"]');
+}
+
+async function say(page, text) {
+  await page.fill('#text', text);
+  await page.click('#send');
+  // The input clears once the server accepted the publish.
+  await page.waitForFunction(() => document.querySelector('#text').value === '');
+}
+
+/** Waits for a message with exactly this text and returns its sender's name. */
+async function receive(page, text) {
+  const msg = page.locator('#messages li.message').filter({ has: page.locator('.text', { hasText: text }) });
+  await msg.waitFor();
+  assert.equal(await msg.count(), 1, `one message "${text}"`);
+  assert.equal(await msg.locator('.text').textContent(), text);
+  return msg.locator('.name').textContent();
+}
+
+test('two browsers chat through herald serve', { timeout: 240_000 }, async (t) => {
+  let bin, server, alice, bob;
+  const problems = [];
+
+  await t.test('build and start the server', async () => {
+    bin = await buildHerald();
+    const { stdout } = await promisify(execFile)(bin, ['version'], { timeout: 10_000 });
+    assert.match(stdout, /^herald e2e (commit [0-9a-f]+(-dirty)? )?go\S+ \S+\/\S+\n$/, 'version set with -ldflags');
+    server = await startHerald(bin, '127.0.0.1:0');
+    assert.match(server.addr, /^127\.0\.0\.1:\d+$/);
+  });
+
+  await t.test('launch Chromium', async () => {
+    browser = await chromium.launch({
+      executablePath: chromiumPath,
+      headless: true,
+      timeout: 60_000,
+      // Playwright gives the browser a fresh temporary profile (user data
+      // dir) and deletes it on close.
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+    });
+  });
+
+  await t.test('both pages join chat:lobby', async () => {
+    const url = `http://${server.addr}/`;
+    alice = await openPage(url, problems);
+    bob = await openPage(url, problems);
+    assert.equal(await alice.getAttribute('#status', 'data-state'), 'idle');
+    assert.ok(await alice.isDisabled('#send'), 'send is disabled before joining');
+    await join(alice, 'Alice');
+    await join(bob, 'Bob');
+  });
+
+  await t.test('a message typed in one page appears in the other', async () => {
+    // Markup in a message must show as text, never become HTML.
+    const hello = 'Hello Bob! <b>not bold</b> <img src=x onerror="window.pwned=1">';
+    await say(alice, hello);
+    assert.equal(await receive(bob, hello), 'Alice');
+    assert.equal(await receive(alice, hello), 'Alice', 'the sender sees its message too');
+    assert.equal(await bob.locator('#messages b, #messages img').count(), 0, 'no HTML from message text');
+    assert.equal(await bob.evaluate(() => window.pwned), undefined);
+
+    await say(bob, 'Hi Alice — ça va ?');
+    assert.equal(await receive(alice, 'Hi Alice — ça va ?'), 'Bob');
+    assert.ok(await alice.locator('#messages li.message.mine').count() >= 1, 'own messages are marked');
+
+    await mkdir(path.dirname(screenshot), { recursive: true });
+    await bob.screenshot({ path: screenshot });
+    assert.deepEqual(problems, [], 'no page or console errors');
+  });
+
+  await t.test('SIGTERM: the server stops cleanly and pages start reconnecting', async () => {
+    const { code, signal } = await stopHerald(server);
+    assert.equal(signal, null);
+    assert.equal(code, 0, `herald exit code; logs:\n${server.logs.join('\n')}`);
+    assert.ok(server.logs.some((l) => l.includes('"msg":"stopped"')), 'logged "stopped"');
+    for (const page of [alice, bob]) {
+      await page.waitForSelector('#status[data-state="reconnecting"]');
+      assert.match(await page.textContent('#status'), /restarting/, 'close 1001 is explained');
+    }
+  });
+
+  await t.test('after a restart on the same address, pages reconnect and chat again', async () => {
+    server = await startHerald(bin, server.addr);
+    await alice.waitForSelector('#status[data-state="connected"]');
+    await bob.waitForSelector('#status[data-state="connected"]');
+    await say(bob, 'Back again');
+    assert.equal(await receive(alice, 'Back again'), 'Bob');
+    const { code } = await stopHerald(server);
+    assert.equal(code, 0);
+  });
+
+  await browser.close();
+  browser = undefined;
+});
