@@ -119,6 +119,14 @@ func TestPresenceDeadClientExpires(t *testing.T) {
 	if st := watcher.presenceStats("stats:1"); st.Clients != 2 {
 		t.Fatalf("stats %+v", st)
 	}
+	// The watcher keeps reading, which answers the server's pings.
+	go func() {
+		for {
+			if _, _, err := watcher.ws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
 	// ghost stops reading and never answers a ping, and sends no close frame:
 	// the heartbeat timeout removes it.
 	waitFor(t, "ghost to leave presence", func() bool {
