@@ -70,6 +70,10 @@ type Config struct {
 	// requests finish. Whatever is left when it runs out is cut. Zero means 10s.
 	ShutdownTimeout time.Duration
 
+	// Namespaces configure history, recovery and presence per channel
+	// namespace (file only: `namespaces:` is a list). See herald.Namespace.
+	Namespaces []herald.Namespace
+
 	// LogFormat is "text" (logfmt-like, for people) or "json" (for log
 	// collectors). LogLevel is debug, info, warn or error.
 	LogFormat string
@@ -111,6 +115,7 @@ func (c Config) nodeConfig(logger *slog.Logger) herald.Config {
 		MaxQueueMessages:         c.MaxQueueMessages,
 		MaxChannelsPerConnection: c.MaxChannelsPerConnection,
 		EnableCompression:        c.Compression,
+		Namespaces:               c.Namespaces,
 	}
 }
 
@@ -424,6 +429,20 @@ type fileSettings struct {
 	ShutdownTimeout          yaml.Node `yaml:"shutdown_timeout"`
 	LogFormat                yaml.Node `yaml:"log_format"`
 	LogLevel                 yaml.Node `yaml:"log_level"`
+
+	// Namespaces is structured, so it lives in the file only (no flag or
+	// variable) and is decoded directly, unknown keys included as errors.
+	Namespaces []namespaceSetting `yaml:"namespaces"`
+}
+
+// namespaceSetting is one entry of the file's namespaces list; see
+// herald.Namespace for the meaning of each field.
+type namespaceSetting struct {
+	Name        string        `yaml:"name"`
+	HistorySize int           `yaml:"history_size"`
+	HistoryTTL  time.Duration `yaml:"history_ttl"`
+	Presence    bool          `yaml:"presence"`
+	JoinLeave   bool          `yaml:"join_leave"`
 }
 
 // nodes returns the file's nodes by setting name.
@@ -431,7 +450,9 @@ func (f *fileSettings) nodes() map[string]*yaml.Node {
 	m := make(map[string]*yaml.Node)
 	v := reflect.ValueOf(f).Elem()
 	for i := range v.NumField() {
-		m[v.Type().Field(i).Tag.Get("yaml")] = v.Field(i).Addr().Interface().(*yaml.Node)
+		if n, ok := v.Field(i).Addr().Interface().(*yaml.Node); ok {
+			m[v.Type().Field(i).Tag.Get("yaml")] = n
+		}
 	}
 	return m
 }
@@ -447,6 +468,12 @@ func applyConfigFile(cfg *Config, path string) error {
 	dec.KnownFields(true)
 	if err := dec.Decode(&fset); err != nil && !errors.Is(err, io.EOF) { // EOF: an empty file
 		return fmt.Errorf("failed to parse config file %s: %w", path, err)
+	}
+	for _, ns := range fset.Namespaces {
+		cfg.Namespaces = append(cfg.Namespaces, herald.Namespace{
+			Name: ns.Name, HistorySize: ns.HistorySize, HistoryTTL: ns.HistoryTTL,
+			Presence: ns.Presence, JoinLeave: ns.JoinLeave,
+		})
 	}
 	nodes := fset.nodes()
 	for _, s := range settings {

@@ -175,8 +175,6 @@ log_level: debug
 	}
 }
 
-// TestConfigSchemaMatchesSettings keeps the file schema and the settings
-// table in step: a setting without a file field, or the reverse, fails here.
 // TestConfigExampleFile keeps the documented example valid.
 func TestConfigExampleFile(t *testing.T) {
 	t.Parallel()
@@ -190,11 +188,31 @@ func TestConfigExampleFile(t *testing.T) {
 	want.PingInterval, want.PongTimeout = 25*time.Second, 10*time.Second
 	want.WriteTimeout, want.HandshakeTimeout, want.CloseGrace = 10*time.Second, 10*time.Second, 2*time.Second
 	want.MaxQueueBytes, want.MaxQueueMessages, want.MaxChannelsPerConnection = 1<<20, 8192, 256
+	want.Namespaces = []herald.Namespace{{Name: ""}, {Name: "chat", HistorySize: 100, HistoryTTL: 10 * time.Minute, Presence: true, JoinLeave: true}}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("got  %+v\nwant %+v", cfg, want)
 	}
 }
 
+func TestConfigNamespacesStrict(t *testing.T) {
+	t.Parallel()
+	for _, body := range []string{
+		"namespaces:\n  - name: chat\n    histroy_size: 10\n", // typo
+		"namespaces:\n  - name: chat\n    history_ttl: soon\n",
+		"namespaces: chat\n",
+	} {
+		path := filepath.Join(t.TempDir(), "herald.yaml")
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := parseServeConfig([]string{"--config", path}, nil, io.Discard); err == nil {
+			t.Errorf("%q: accepted", body)
+		}
+	}
+}
+
+// TestConfigSchemaMatchesSettings keeps the file schema and the settings
+// table in step: a setting without a file field, or the reverse, fails here.
 func TestConfigSchemaMatchesSettings(t *testing.T) {
 	t.Parallel()
 	nodes := (&fileSettings{}).nodes()
