@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
@@ -64,9 +65,20 @@ func badChannel(ch string) *protocol.Error {
 // a finish function that the caller must call right after queueing the
 // reply: it queues the recovered publications, then what arrived meanwhile,
 // and makes the subscription live. since asks for recovery.
-func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position) (*protocol.SubscribeResult, func(), *protocol.Error) {
+//
+// subToken, when not empty, is a subscription token: verified, it grants
+// the channel to c (see PermGranted).
+func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, subToken string) (*protocol.SubscribeResult, func(), *protocol.Error) {
 	ns, perr := n.channelNamespace(channel)
 	if perr != nil {
+		return nil, nil, perr
+	}
+	if subToken != "" {
+		if perr := n.grantSubscription(c, channel, subToken); perr != nil {
+			return nil, nil, perr
+		}
+	}
+	if perr := n.permit(c.user, c.grants, channel, ns.AllowSubscribe); perr != nil {
 		return nil, nil, perr
 	}
 	c.mu.Lock()
@@ -145,6 +157,41 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position) 
 		}
 	}
 	return res, finish, nil
+}
+
+// grantSubscription verifies a subscription token for channel and, if it is
+// valid, for this channel and for c's user, grants the channel to c.
+func (n *Node) grantSubscription(c *conn, channel, token string) *protocol.Error {
+	if n.cfg.Tokens == nil {
+		return protocol.Errorf(protocol.CodeBadRequest, "this server checks no tokens")
+	}
+	claims, err := n.cfg.Tokens.Verify(n.ctx, token)
+	switch {
+	case err != nil:
+		n.metrics.authFailures.Add(1)
+		return protocol.Errorf(protocol.CodePermission, "subscription token refused: %s", strings.TrimPrefix(err.Error(), "herald: "))
+	case claims.Channel != channel:
+		n.metrics.authFailures.Add(1)
+		return protocol.Errorf(protocol.CodePermission, "subscription token is for another channel")
+	case claims.UserID != c.user:
+		n.metrics.authFailures.Add(1)
+		return protocol.Errorf(protocol.CodePermission, "subscription token is for another user")
+	}
+	if c.grants == nil {
+		c.grants = make(map[string]struct{})
+	}
+	c.grants[channel] = struct{}{}
+	return nil
+}
+
+// permitOn checks c's permission on a channel for the namespace setting
+// that perm selects.
+func (n *Node) permitOn(c *conn, channel string, perm func(*Namespace) Permission) *protocol.Error {
+	ns, perr := n.channelNamespace(channel)
+	if perr != nil {
+		return perr
+	}
+	return n.permit(c.user, c.grants, channel, perm(ns))
 }
 
 // recoverable decides whether a client at since can be given every

@@ -3,6 +3,7 @@ package herald
 import (
 	"encoding/json"
 	"log/slog"
+	"math"
 	"net/http"
 	"time"
 )
@@ -45,6 +46,39 @@ type Config struct {
 	// handshake. It returns the connection's credentials, or an error to
 	// refuse the connection with 401. Nil means every connection is anonymous.
 	Authenticate func(r *http.Request) (Credentials, error)
+
+	// Tokens, if set, turns token authentication on: clients authenticate
+	// with a token in the protocol's connect command (the first command), an
+	// Authorization: Bearer header, or raw mode's token query parameter, and
+	// namespaces default to PermAuthenticated. Nil means no token checks:
+	// every client is anonymous (unless Authenticate says otherwise) and
+	// namespaces default to PermAnyone.
+	Tokens TokenVerifier
+	// ConnectTimeout is how long a connection may take to authenticate with
+	// connect when Tokens is set; past it, it is closed with 4005. Zero
+	// means 10s.
+	ConnectTimeout time.Duration
+
+	// MaxConnections caps this node's connections; past it the handshake
+	// gets 503. Zero means 100,000.
+	MaxConnections int
+	// MaxConnectionsPerUser caps one user's connections on this node (429
+	// at the handshake, or close 1008 at connect). Zero means 100.
+	MaxConnectionsPerUser int
+	// MaxConnectionsPerIP caps the connections from one IP address (429).
+	// Zero means no cap: behind a NAT or a proxy many users share one.
+	MaxConnectionsPerIP int
+	// ConnectRatePerIP caps new connections per second from one IP address,
+	// with bursts of as many (429 with Retry-After). Zero means 1,000;
+	// negative means no cap.
+	ConnectRatePerIP float64
+	// MessageRate caps the messages per second one connection may send, with
+	// bursts of MessageBurst (zero: the rate, rounded up). A protocol client
+	// over it gets a rate_limited error for each refused message, and is
+	// closed with 1008 when it keeps sending at over twice the rate; a raw
+	// client over it is closed with 1008 at once. Zero means no cap.
+	MessageRate  float64
+	MessageBurst int
 
 	// OnConnect, if set, is called once a connection is registered, from the
 	// goroutine that accepted it; it must not block. Its ID is what Send and
@@ -136,6 +170,15 @@ func (c Config) withDefaults() Config {
 	defDur(&c.HandshakeTimeout, 10*time.Second)
 	defDur(&c.CloseGrace, 2*time.Second)
 	defDur(&c.IdempotencyWindow, 2*time.Minute)
+	defDur(&c.ConnectTimeout, 10*time.Second)
+	def(&c.MaxConnections, 100_000)
+	def(&c.MaxConnectionsPerUser, 100)
+	if c.ConnectRatePerIP == 0 {
+		c.ConnectRatePerIP = 1000
+	}
+	if c.MessageRate > 0 && c.MessageBurst <= 0 {
+		c.MessageBurst = int(math.Ceil(c.MessageRate))
+	}
 	def(&c.MaxQueueBytes, 1<<20)
 	def(&c.MaxQueueMessages, 8192)
 	def(&c.MaxChannelsPerConnection, 256)

@@ -8,11 +8,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
 
 	"github.com/heraldhq/herald/internal/wsframe"
 	"github.com/heraldhq/herald/protocol"
@@ -47,6 +50,22 @@ type conn struct {
 	rawChannel string
 	echo       bool
 
+	ip string
+	// Authentication state, reader goroutine only (and serve, before it
+	// starts): grants are channels granted by tokens; connected is set by
+	// the connect command; timers close the connection when it does not
+	// authenticate in time or its token expires.
+	grants    map[string]struct{}
+	connected bool
+	authTimer *time.Timer
+	expTimer  *time.Timer
+	// authed is set once the client may send commands (read by the timer).
+	authed atomic.Bool
+	// limiter paces incoming messages (nil without Config.MessageRate);
+	// refusals paces the refused ones: a client that exhausts it too, by
+	// sending over twice the rate for a while, is closed.
+	limiter, refusals *rate.Limiter
+
 	ws *websocket.Conn // reader goroutine only
 	nc net.Conn        // the socket; writer goroutine only (Close and read deadlines excepted)
 
@@ -62,6 +81,7 @@ type conn struct {
 	flushed     chan struct{}
 	flushedDone bool
 	channels    map[string]struct{}
+	expiresUnix int64
 }
 
 var pingFrame = wsframe.Append(nil, wsframe.OpPing, nil, false)
@@ -80,7 +100,8 @@ func (c *conn) enqueue(frame []byte) bool {
 	if len(c.queue) >= cfg.MaxQueueMessages || c.queuedBytes+len(frame) > cfg.MaxQueueBytes {
 		start := c.closeLocked(wsframe.Close(CloseSlowConsumer, "slow consumer"), true)
 		c.mu.Unlock()
-		c.node.log.Warn("slow consumer disconnected", "client", c.id, "user", c.user)
+		c.node.metrics.slowConsumers.Add(1)
+		c.node.log.Warn("slow consumer disconnected", "client", c.id)
 		// A write in flight may be stuck on the client's full TCP window:
 		// give it only the close grace, not the full write timeout.
 		_ = c.nc.SetWriteDeadline(time.Now().Add(cfg.CloseGrace))
@@ -332,6 +353,7 @@ func (c *conn) readFailed(err error) {
 // writer. Reader goroutine only.
 func (c *conn) finish() {
 	c.closeFrame(nil, false) // no-op if already closing; marks flushed when idle
+	c.stopAuthTimers()
 	c.node.unregister(c)
 	t := time.NewTimer(c.node.cfg.CloseGrace)
 	select {
@@ -341,7 +363,7 @@ func (c *conn) finish() {
 	t.Stop()
 	c.nc.Close()
 	<-c.flushed // the writer, if any, exits now that its socket is closed
-	c.node.wg.Done()
+	c.node.release(c.ip)
 }
 
 // frame builds the frame of a reply for this connection.
@@ -364,6 +386,9 @@ func (c *conn) reply(id uint64, result any, perr *protocol.Error) {
 
 func (c *conn) handleCommand(msg []byte, binary bool) {
 	cmd, payload, err := protocol.DecodeCommand(msg, binary)
+	if c.rateLimited(cmd.ID) { // before anything else, so garbage floods are paced too
+		return
+	}
 	if err != nil {
 		var perr *protocol.Error
 		errors.As(err, &perr)
@@ -371,13 +396,17 @@ func (c *conn) handleCommand(msg []byte, binary bool) {
 		return
 	}
 	n := c.node
+	if !c.authed.Load() && cmd.Cmd != protocol.CmdConnect && cmd.Cmd != protocol.CmdPing {
+		c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnauthorized, "send connect (with your token) first"))
+		return
+	}
 	switch cmd.Cmd {
 	case protocol.CmdPing:
 		c.reply(cmd.ID, nil, nil)
-	case protocol.CmdConnect:
-		c.reply(cmd.ID, protocol.ConnectResult{Client: c.id}, nil)
+	case protocol.CmdConnect, protocol.CmdRefresh:
+		c.handleConnect(cmd)
 	case protocol.CmdSubscribe:
-		res, finish, perr := n.subscribeConn(c, cmd.Channel, cmd.Since)
+		res, finish, perr := n.subscribeConn(c, cmd.Channel, cmd.Since, cmd.Token)
 		if perr != nil {
 			c.reply(cmd.ID, nil, perr)
 			return
@@ -404,6 +433,9 @@ func (c *conn) handleCommand(msg []byte, binary bool) {
 func (c *conn) handlePublish(cmd protocol.Command, payload []byte, binary bool) {
 	n := c.node
 	ns, perr := n.channelNamespace(cmd.Channel)
+	if perr == nil {
+		perr = n.permit(c.user, c.grants, cmd.Channel, ns.AllowPublish)
+	}
 	if perr != nil {
 		c.reply(cmd.ID, nil, perr)
 		return
@@ -438,6 +470,10 @@ func (c *conn) handleHistory(cmd protocol.Command) {
 	if cmd.Since != nil {
 		opts.Since = &StreamPosition{Offset: cmd.Since.Offset, Epoch: cmd.Since.Epoch}
 	}
+	if perr := c.node.permitOn(c, cmd.Channel, func(ns *Namespace) Permission { return ns.AllowHistory }); perr != nil {
+		c.reply(cmd.ID, nil, perr)
+		return
+	}
 	h, err := c.node.History(c.node.ctx, cmd.Channel, opts)
 	if err != nil {
 		c.reply(cmd.ID, nil, apiError(err))
@@ -461,6 +497,10 @@ func (c *conn) handleHistory(cmd protocol.Command) {
 
 func (c *conn) handlePresence(cmd protocol.Command) {
 	n := c.node
+	if perr := n.permitOn(c, cmd.Channel, func(ns *Namespace) Permission { return ns.AllowPresence }); perr != nil {
+		c.reply(cmd.ID, nil, perr)
+		return
+	}
 	if cmd.Cmd == protocol.CmdPresenceStats {
 		st, err := n.PresenceStats(n.ctx, cmd.Channel)
 		if err != nil {
@@ -482,6 +522,135 @@ func (c *conn) handlePresence(cmd protocol.Command) {
 	c.reply(cmd.ID, out, nil)
 }
 
+// handleConnect authenticates the connection (connect) or renews its token
+// (refresh). A token that fails verification closes the connection with
+// CloseUnauthorized after the error reply.
+func (c *conn) handleConnect(cmd protocol.Command) {
+	n := c.node
+	refresh := cmd.Cmd == protocol.CmdRefresh
+	switch {
+	case refresh && n.cfg.Tokens == nil:
+		c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeBadRequest, "this server checks no tokens"))
+		return
+	case refresh && cmd.Token == "":
+		c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeBadRequest, `refresh needs "token"`))
+		return
+	case !refresh && c.connected:
+		c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeBadRequest, "already connected; use refresh to renew the token"))
+		return
+	}
+	if cmd.Token != "" && n.cfg.Tokens != nil {
+		claims, err := n.cfg.Tokens.Verify(n.ctx, cmd.Token)
+		if err == nil && claims.Channel != "" {
+			err = errors.New("a subscription token cannot authenticate a connection")
+		}
+		if err == nil && (refresh || c.user != "") && claims.UserID != c.user {
+			err = errors.New("token is for another user")
+		}
+		if err != nil {
+			n.metrics.authFailures.Add(1)
+			n.log.Info("token refused", "client", c.id, "err", err)
+			c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnauthorized, "%s", strings.TrimPrefix(err.Error(), "herald: ")))
+			c.close(CloseUnauthorized, "invalid token")
+			return
+		}
+		if claims.UserID != c.user && n.hub.numUserConns(claims.UserID) >= n.cfg.MaxConnectionsPerUser {
+			n.metrics.limitHits.Add(1)
+			c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeLimitExceeded, "too many connections for this user"))
+			c.close(websocket.ClosePolicyViolation, "too many connections for this user")
+			return
+		}
+		n.hub.setUser(c, claims.UserID)
+		if claims.Info != nil {
+			c.info = claims.Info
+		}
+		for ch := range grantSet(claims.Channels) {
+			if c.grants == nil {
+				c.grants = make(map[string]struct{})
+			}
+			c.grants[ch] = struct{}{}
+		}
+		c.setExpiry(claims.ExpiresAt)
+	}
+	c.connected = true
+	if !c.authed.Load() {
+		c.authed.Store(true)
+		c.stopTimer(&c.authTimer)
+	}
+	res := protocol.ConnectResult{Client: c.id, User: c.user}
+	c.mu.Lock()
+	if c.expTimer != nil {
+		res.Expires = c.expiresUnix
+	}
+	c.mu.Unlock()
+	c.reply(cmd.ID, res, nil)
+}
+
+// startAuthTimers arms the connect timeout (when a connect is needed) and
+// the token expiry (when the handshake's token has one).
+func (c *conn) startAuthTimers(id identity) {
+	if id.authed {
+		c.authed.Store(true)
+	} else {
+		c.mu.Lock()
+		c.authTimer = time.AfterFunc(c.node.cfg.ConnectTimeout, func() {
+			if !c.authed.Load() {
+				c.close(CloseConnectTimeout, "no connect within the timeout")
+			}
+		})
+		c.mu.Unlock()
+	}
+	c.setExpiry(id.expires)
+}
+
+// setExpiry (re)arms the token expiry timer: an expired token closes the
+// connection with CloseTokenExpired unless refreshed before.
+func (c *conn) setExpiry(exp time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.expTimer != nil {
+		c.expTimer.Stop()
+		c.expTimer = nil
+	}
+	if exp.IsZero() {
+		return
+	}
+	c.expiresUnix = exp.Unix()
+	c.expTimer = time.AfterFunc(time.Until(exp), func() { c.close(CloseTokenExpired, "token expired") })
+}
+
+func (c *conn) stopTimer(t **time.Timer) {
+	c.mu.Lock()
+	if *t != nil {
+		(*t).Stop()
+		*t = nil
+	}
+	c.mu.Unlock()
+}
+
+func (c *conn) stopAuthTimers() {
+	c.stopTimer(&c.authTimer)
+	c.stopTimer(&c.expTimer)
+}
+
+// rateLimited applies Config.MessageRate to one incoming message (command
+// id, 0 for raw) and reports whether it is refused. A refused command gets a
+// rate_limited error reply. A client whose refused messages also go over
+// the rate (more than twice the rate, sustained past a burst), and any raw
+// client over the rate, is closed with 1008. Reader goroutine only.
+func (c *conn) rateLimited(id uint64) bool {
+	if c.limiter == nil || c.limiter.Allow() {
+		return false
+	}
+	c.node.metrics.rateLimited.Add(1)
+	if c.raw || !c.refusals.Allow() {
+		c.close(websocket.ClosePolicyViolation, "message rate limit exceeded")
+		return true
+	}
+	c.reply(id, nil, protocol.Errorf(protocol.CodeRateLimited, "more than %g messages per second; slow down", c.node.cfg.MessageRate))
+	return true
+}
+
 // apiError maps a Node method's error to the protocol's error.
 func apiError(err error) *protocol.Error {
 	switch {
@@ -498,8 +667,15 @@ func apiError(err error) *protocol.Error {
 // connection's channel.
 func (c *conn) handleRaw(msg []byte, binary bool) {
 	n := c.node
-	pub := &Publication{Channel: c.rawChannel, Data: bytes.Clone(msg), Binary: binary, Origin: c.id}
+	if c.rateLimited(0) {
+		return
+	}
 	ns := n.ns.lookup(c.rawChannel) // validated at the handshake
+	if perr := n.permit(c.user, c.grants, c.rawChannel, ns.AllowPublish); perr != nil {
+		c.close(websocket.ClosePolicyViolation, "not allowed to publish to this channel")
+		return
+	}
+	pub := &Publication{Channel: c.rawChannel, Data: bytes.Clone(msg), Binary: binary, Origin: c.id}
 	if _, err := n.publish(n.ctx, pub, ns.publishOptions("", 0)); err != nil {
 		n.log.Warn("raw publish failed", "client", c.id, "channel", c.rawChannel, "err", err)
 		c.close(websocket.CloseTryAgainLater, "publish failed")

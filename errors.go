@@ -31,9 +31,18 @@ const (
 	// CloseDisconnected: the server application disconnected the client and
 	// allows it to reconnect.
 	CloseDisconnected = 4003
+	// CloseTokenExpired: the connection's token expired without a refresh.
+	// Reconnect with a fresh token.
+	CloseTokenExpired = 4004
+	// CloseConnectTimeout: the server checks tokens and the client did not
+	// send connect within Config.ConnectTimeout.
+	CloseConnectTimeout = 4005
 	// CloseForbidden: the server application disconnected the client and asks
 	// it not to reconnect.
 	CloseForbidden = 4500
+	// CloseUnauthorized: the client's token was refused (garbled, expired,
+	// wrongly signed, for another user). Do not reconnect with the same token.
+	CloseUnauthorized = 4501
 )
 
 // DisconnectError describes why a connection was closed.

@@ -3,6 +3,7 @@ package herald
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -181,3 +182,5 @@ func newHTTPTestServer(n *Node) *httptest.Server {
 	mux.Handle("/ws/raw", n.RawHandler())
 	return httptest.NewServer(mux)
 }
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }

@@ -178,6 +178,44 @@ func (h *hub) forEachConnInShard(i int, f func(c *conn)) {
 	s.mu.RUnlock()
 }
 
+func (h *hub) numUserConns(user string) int {
+	u := &h.conns[h.index(user)]
+	u.mu.RLock()
+	defer u.mu.RUnlock()
+	return len(u.users[user])
+}
+
+// setUser moves c to user in the user index. c.user may change only here,
+// on c's reader goroutine.
+func (h *hub) setUser(c *conn, user string) {
+	if c.user == user {
+		return
+	}
+	if c.user != "" {
+		u := &h.conns[h.index(c.user)]
+		u.mu.Lock()
+		if m := u.users[c.user]; m != nil {
+			delete(m, c)
+			if len(m) == 0 {
+				delete(u.users, c.user)
+			}
+		}
+		u.mu.Unlock()
+	}
+	c.user = user
+	if user != "" {
+		u := &h.conns[h.index(user)]
+		u.mu.Lock()
+		m := u.users[user]
+		if m == nil {
+			m = make(map[*conn]struct{})
+			u.users[user] = m
+		}
+		m[c] = struct{}{}
+		u.mu.Unlock()
+	}
+}
+
 func (h *hub) numConns() int {
 	n := 0
 	for i := range h.conns {

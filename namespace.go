@@ -33,6 +33,54 @@ type Namespace struct {
 	// JoinLeave sends join and leave pushes to a channel's subscribers when
 	// a client subscribes or leaves. It implies Presence.
 	JoinLeave bool
+
+	// Who may subscribe, publish, read presence and read history. The zero
+	// value, PermDefault, means PermAnyone when the node checks no tokens
+	// (Config.Tokens is nil) and PermAuthenticated when it does. Publishing
+	// from the server (Node.Publish, the HTTP API) is always allowed.
+	//
+	// A channel whose name contains '#' is user-limited: the comma-separated
+	// user ids after the last '#' ("dm:#alice,bob") may do all four, and
+	// nobody else may do any, whatever these say.
+	AllowSubscribe Permission
+	AllowPublish   Permission
+	AllowPresence  Permission
+	AllowHistory   Permission
+}
+
+// Permission says who may do something on a namespace's channels.
+type Permission string
+
+// Permissions.
+const (
+	PermDefault Permission = ""
+	// PermAnyone: every client, anonymous ones included.
+	PermAnyone Permission = "anyone"
+	// PermAuthenticated: clients with a user id.
+	PermAuthenticated Permission = "authenticated"
+	// PermGranted: clients whose connection token lists the channel in its
+	// "channels" claim, or who subscribed with a subscription token for it
+	// (a token whose "channel" is the channel and whose "sub" is their user).
+	PermGranted Permission = "granted"
+	// PermNobody: no client.
+	PermNobody Permission = "nobody"
+)
+
+func (p Permission) valid() bool {
+	switch p {
+	case PermDefault, PermAnyone, PermAuthenticated, PermGranted, PermNobody:
+		return true
+	}
+	return false
+}
+
+// userLimit returns the users of a user-limited channel ("dm:#alice,bob").
+func userLimit(channel string) (users []string, limited bool) {
+	i := strings.LastIndexByte(channel, '#')
+	if i < 0 {
+		return nil, false
+	}
+	return strings.Split(channel[i+1:], ","), true
 }
 
 type namespaces struct {
@@ -50,6 +98,11 @@ func newNamespaces(list []Namespace) (*namespaces, error) {
 		}
 		if _, dup := ns.byName[n.Name]; dup {
 			return nil, fmt.Errorf("herald: namespace %q configured twice", n.Name)
+		}
+		for _, p := range []Permission{n.AllowSubscribe, n.AllowPublish, n.AllowPresence, n.AllowHistory} {
+			if !p.valid() {
+				return nil, fmt.Errorf("herald: namespace %q: unknown permission %q (want anyone, authenticated, granted or nobody)", n.Name, p)
+			}
 		}
 		if n.HistorySize < 0 || n.HistoryTTL < 0 {
 			return nil, fmt.Errorf("herald: namespace %q: negative history size or TTL", n.Name)

@@ -23,11 +23,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
 
 	"github.com/heraldhq/herald/internal/wsframe"
 	"github.com/heraldhq/herald/protocol"
@@ -59,8 +62,10 @@ type Node struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu       sync.Mutex // guards closing and wg.Add
+	mu       sync.Mutex // guards closing, conns and wg.Add
 	closing  bool
+	conns    int // connections admitted and not yet finished
+	ips      *ipLimits
 	wg       sync.WaitGroup // one per live connection (its reader)
 	runMu    sync.Mutex
 	runDone  chan struct{} // closed when Run returns; nil until Run starts
@@ -68,9 +73,13 @@ type Node struct {
 }
 
 type nodeMetrics struct {
-	messagesIn atomic.Uint64
-	framesOut  atomic.Uint64
-	published  atomic.Uint64
+	authFailures  atomic.Uint64
+	limitHits     atomic.Uint64
+	rateLimited   atomic.Uint64
+	slowConsumers atomic.Uint64
+	messagesIn    atomic.Uint64
+	framesOut     atomic.Uint64
+	published     atomic.Uint64
 }
 
 // New returns a Node for cfg. It starts no goroutine; see Run.
@@ -84,7 +93,8 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, broker: cfg.Broker, hub: newHub(cfg.Shards), origins: oc, ns: ns, presence: cfg.Presence}
+	n := &Node{cfg: cfg, log: cfg.Logger, broker: cfg.Broker, hub: newHub(cfg.Shards), origins: oc, ns: ns, presence: cfg.Presence,
+		ips: newIPLimits(cfg.MaxConnectionsPerIP, cfg.ConnectRatePerIP)}
 	if n.broker == nil {
 		n.broker = NewMemoryBroker()
 	}
@@ -241,31 +251,34 @@ func (n *Node) RawHandler() http.Handler {
 }
 
 func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
+	q := r.URL.Query()
 	var rawChannel string
+	var rawNS *Namespace
 	if raw {
-		rawChannel = r.URL.Query().Get("channel")
-		if _, perr := n.channelNamespace(rawChannel); perr != nil {
+		rawChannel = q.Get("channel")
+		var perr *protocol.Error
+		if rawNS, perr = n.channelNamespace(rawChannel); perr != nil {
 			http.Error(w, "Bad Request: "+perr.Message, http.StatusBadRequest)
 			return
 		}
 	}
-	var creds Credentials
-	if n.cfg.Authenticate != nil {
-		var err error
-		if creds, err = n.cfg.Authenticate(r); err != nil {
-			n.log.Info("connection refused by Authenticate", "remote", r.RemoteAddr, "err", err)
-			http.Error(w, "Unauthorized", http.StatusUnauthorized)
+	id, status, msg := n.authenticateRequest(r, raw)
+	if status != 0 {
+		n.metrics.authFailures.Add(1)
+		http.Error(w, msg, status)
+		return
+	}
+	if raw {
+		if perr := n.permit(id.user, id.grants, rawChannel, rawNS.AllowSubscribe); perr != nil {
+			http.Error(w, "Forbidden: "+perr.Message, http.StatusForbidden)
 			return
 		}
 	}
-	n.mu.Lock()
-	if n.closing {
-		n.mu.Unlock()
-		http.Error(w, "Service Unavailable: server shutting down", http.StatusServiceUnavailable)
+	ip := clientIP(r)
+	if status, msg := n.admit(w, ip, id.user); status != 0 {
+		http.Error(w, msg, status)
 		return
 	}
-	n.wg.Add(1)
-	n.mu.Unlock()
 
 	hw := &hijackWriter{ResponseWriter: w}
 	up := &n.upgrader
@@ -278,18 +291,20 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		if hw.hc != nil {
 			n.log.Info("websocket handshake failed", "remote", r.RemoteAddr, "err", err)
 		}
-		n.wg.Done()
+		n.release(ip)
 		return
 	}
 	hc := hw.hc
 	c := &conn{
 		node:       n,
 		id:         newID(),
-		user:       creds.UserID,
-		info:       creds.Info,
+		user:       id.user,
+		info:       id.info,
+		grants:     id.grants,
+		ip:         ip,
 		raw:        raw,
 		rawChannel: rawChannel,
-		echo:       raw && r.URL.Query().Get("echo") == "1",
+		echo:       raw && q.Get("echo") == "1",
 		ws:         ws,
 		nc:         hc.Conn,
 		flushed:    make(chan struct{}),
@@ -300,16 +315,21 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	if hc.deflate {
 		c.form |= 1
 	}
+	if n.cfg.MessageRate > 0 {
+		c.limiter = rate.NewLimiter(rate.Limit(n.cfg.MessageRate), n.cfg.MessageBurst)
+		c.refusals = rate.NewLimiter(rate.Limit(n.cfg.MessageRate), n.cfg.MessageBurst)
+	}
 	hc.c = c
 	n.hub.addConn(c)
+	c.startAuthTimers(id)
 	if raw {
-		if _, finish, perr := n.subscribeConn(c, rawChannel, nil); perr != nil {
+		if _, finish, perr := n.subscribeConn(c, rawChannel, nil, ""); perr != nil {
 			c.close(websocket.CloseTryAgainLater, perr.Message)
 		} else {
 			finish()
 		}
 	}
-	if n.isClosing() { // Shutdown began after our check above and may have missed c
+	if n.isClosing() { // Shutdown began after admit and may have missed c
 		c.close(websocket.CloseGoingAway, "server shutting down")
 	}
 	if n.cfg.OnConnect != nil {
@@ -317,6 +337,144 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	}
 	n.log.Debug("connected", "client", c.id, "user", c.user, "raw", raw, "remote", r.RemoteAddr)
 	go c.readLoop()
+}
+
+// identity is who a handshake says the client is.
+type identity struct {
+	user   string
+	info   json.RawMessage
+	grants map[string]struct{}
+	// authed: no connect command is needed (no token checks, or a valid
+	// token came with the handshake).
+	authed  bool
+	expires time.Time
+}
+
+// authenticateRequest runs Config.Authenticate and, with token checks on,
+// verifies a token sent with the handshake: an Authorization: Bearer header,
+// or for raw mode the token query parameter. A non-zero status refuses the
+// handshake with msg.
+func (n *Node) authenticateRequest(r *http.Request, raw bool) (id identity, status int, msg string) {
+	if n.cfg.Authenticate != nil {
+		creds, err := n.cfg.Authenticate(r)
+		if err != nil {
+			n.log.Info("connection refused by Authenticate", "remote", r.RemoteAddr, "err", err)
+			return id, http.StatusUnauthorized, "Unauthorized"
+		}
+		id.user, id.info = creds.UserID, creds.Info
+	}
+	if n.cfg.Tokens == nil {
+		id.authed = true
+		return id, 0, ""
+	}
+	token := bearerToken(r.Header.Get("Authorization"))
+	if token == "" && raw {
+		token = r.URL.Query().Get("token")
+	}
+	if token == "" {
+		// Protocol clients send their token in connect; raw clients
+		// without one are anonymous, and namespaces decide what they may do.
+		id.authed = raw
+		return id, 0, ""
+	}
+	claims, err := n.cfg.Tokens.Verify(r.Context(), token)
+	if err != nil {
+		n.log.Info("handshake token refused", "remote", r.RemoteAddr, "err", err)
+		return id, http.StatusUnauthorized, "Unauthorized: " + strings.TrimPrefix(err.Error(), "herald: ")
+	}
+	if id.user != "" && claims.UserID != id.user {
+		return id, http.StatusUnauthorized, "Unauthorized: token is for another user"
+	}
+	id.user, id.authed, id.expires = claims.UserID, true, claims.ExpiresAt
+	if claims.Info != nil {
+		id.info = claims.Info
+	}
+	id.grants = grantSet(claims.Channels)
+	return id, 0, ""
+}
+
+func grantSet(chans []string) map[string]struct{} {
+	if len(chans) == 0 {
+		return nil
+	}
+	m := make(map[string]struct{}, len(chans))
+	for _, ch := range chans {
+		m[ch] = struct{}{}
+	}
+	return m
+}
+
+// admit applies the connection limits before an upgrade and counts the
+// connection in; a zero status must be paired with release(ip).
+func (n *Node) admit(w http.ResponseWriter, ip, user string) (status int, msg string) {
+	n.mu.Lock()
+	switch {
+	case n.closing:
+		n.mu.Unlock()
+		return http.StatusServiceUnavailable, "Service Unavailable: server shutting down"
+	case n.conns >= n.cfg.MaxConnections:
+		n.mu.Unlock()
+		n.metrics.limitHits.Add(1)
+		return http.StatusServiceUnavailable, "Service Unavailable: too many connections"
+	}
+	n.conns++
+	n.wg.Add(1)
+	n.mu.Unlock()
+	if st, secs := n.ips.acquire(ip, time.Now()); st != 0 {
+		n.mu.Lock()
+		n.conns--
+		n.mu.Unlock()
+		n.wg.Done()
+		n.metrics.limitHits.Add(1)
+		retryAfter(w, secs)
+		return st, "Too Many Requests: too many connections from this address"
+	}
+	if user != "" && n.hub.numUserConns(user) >= n.cfg.MaxConnectionsPerUser {
+		n.release(ip)
+		n.metrics.limitHits.Add(1)
+		return http.StatusTooManyRequests, "Too Many Requests: too many connections for this user"
+	}
+	return 0, ""
+}
+
+// release counts a connection out (after admit).
+func (n *Node) release(ip string) {
+	n.ips.release(ip)
+	n.mu.Lock()
+	n.conns--
+	n.mu.Unlock()
+	n.wg.Done()
+}
+
+// permit checks a client's permission p on channel; see Namespace.
+func (n *Node) permit(user string, grants map[string]struct{}, channel string, p Permission) *protocol.Error {
+	if users, limited := userLimit(channel); limited {
+		if user != "" && slices.Contains(users, user) {
+			return nil
+		}
+		return protocol.Errorf(protocol.CodePermission, "channel %q is limited to the users it names", channel)
+	}
+	if p == PermDefault {
+		p = PermAnyone
+		if n.cfg.Tokens != nil {
+			p = PermAuthenticated
+		}
+	}
+	switch p {
+	case PermAnyone:
+		return nil
+	case PermAuthenticated:
+		if user != "" {
+			return nil
+		}
+		return protocol.Errorf(protocol.CodePermission, "channel %q needs an authenticated user", channel)
+	case PermGranted:
+		if _, ok := grants[channel]; ok {
+			return nil
+		}
+		return protocol.Errorf(protocol.CodePermission, "channel %q needs a token that grants it", channel)
+	}
+	return protocol.Errorf(protocol.CodePermission, "not allowed on channel %q", channel)
 }
 
 func newID() string {

@@ -31,9 +31,13 @@ const Subprotocol = "herald.v1"
 
 // Command names a client may send.
 const (
-	// CmdConnect is optional in v1: its result tells the client its id
-	// ({"client":"..."}). Later versions carry credentials in it.
-	CmdConnect     = "connect"
+	// CmdConnect authenticates the connection with "token" (required first
+	// when the server checks tokens, optional otherwise); its result tells
+	// the client its id.
+	CmdConnect = "connect"
+	// CmdRefresh replaces the connection's token with a fresh one ("token")
+	// for the same user before the old one expires.
+	CmdRefresh     = "refresh"
 	CmdSubscribe   = "subscribe"
 	CmdUnsubscribe = "unsubscribe"
 	CmdPublish     = "publish"
@@ -74,6 +78,9 @@ type Command struct {
 	// Since asks subscribe to recover the publications after this position,
 	// and history to return only those.
 	Since *Position `json:"since,omitempty"`
+	// Token is a connection token (connect, refresh) or a subscription token
+	// (subscribe to a channel that needs one).
+	Token string `json:"token,omitempty"`
 	// IdempotencyKey makes a publish happen once within the server's window.
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
 	// Limit caps how many publications history returns (absent: all kept).
@@ -164,10 +171,13 @@ const (
 	CodeBadChannel     Code = "bad_channel"     // channel name invalid
 	CodeNotSubscribed  Code = "not_subscribed"  // unsubscribe from a channel not held
 	CodeAlreadySub     Code = "already_subscribed"
-	CodeTooLarge       Code = "too_large"      // payload over the configured limit
-	CodeLimitExceeded  Code = "limit_exceeded" // e.g. too many channels on one connection
-	CodeUnavailable    Code = "unavailable"    // broker unreachable or node shutting down
-	CodeNotEnabled     Code = "not_enabled"    // history or presence not enabled for the channel's namespace
+	CodeTooLarge       Code = "too_large"         // payload over the configured limit
+	CodeLimitExceeded  Code = "limit_exceeded"    // e.g. too many channels on one connection
+	CodeUnavailable    Code = "unavailable"       // broker unreachable or node shutting down
+	CodeUnauthorized   Code = "unauthorized"      // no valid token where one is needed
+	CodePermission     Code = "permission_denied" // the client may not do this on this channel
+	CodeRateLimited    Code = "rate_limited"      // too many messages; slow down
+	CodeNotEnabled     Code = "not_enabled"       // history or presence not enabled for the channel's namespace
 	CodeInternal       Code = "internal"
 )
 
@@ -192,9 +202,14 @@ type Reply struct {
 	Error  *Error          `json:"error,omitempty"`
 }
 
-// ConnectResult is the result of a connect command.
+// ConnectResult is the result of connect and refresh.
 type ConnectResult struct {
 	Client string `json:"client"`
+	// User is the authenticated user id; absent for an anonymous client.
+	User string `json:"user,omitempty"`
+	// Expires is the token's expiry in Unix seconds; absent if it has none.
+	// The client must refresh before then.
+	Expires int64 `json:"expires,omitempty"`
 }
 
 // Push is a server-initiated message, decoded (clients use this; the server
