@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/heraldhq/herald/internal/wsframe"
@@ -264,7 +265,10 @@ func (n *Node) removeSubscription(c *conn, channel string) bool {
 			n.log.Warn("presence remove failed", "channel", channel, "err", err)
 		}
 		if ns.JoinLeave {
-			n.publishEvent(channel, KindLeave, &ClientPresence{Client: c.id, User: c.user, Info: c.info})
+			c.mu.Lock() // may run off c's reader goroutine (unsubscribe_user)
+			p := &ClientPresence{Client: c.id, User: c.user, Info: c.info}
+			c.mu.Unlock()
+			n.publishEvent(channel, KindLeave, p)
 		}
 	}
 	return true
@@ -338,6 +342,7 @@ func (n *Node) Publish(ctx context.Context, channel string, data []byte, opts ..
 		return PublishResult{}, errors.New("herald: text data is not valid UTF-8; use Binary()")
 	}
 	pub := &Publication{Channel: channel, Data: bytes.Clone(data), Binary: s.binary}
+	n.metrics.pubServer.Add(1)
 	return n.publish(ctx, pub, ns.publishOptions(s.idemKey, n.cfg.IdempotencyWindow))
 }
 
@@ -345,7 +350,6 @@ func (n *Node) publish(ctx context.Context, pub *Publication, opts PublishOption
 	if n.ctx.Err() != nil {
 		return PublishResult{}, ErrNodeClosed
 	}
-	n.metrics.published.Add(1)
 	res, err := n.broker.Publish(ctx, pub, opts)
 	if err != nil {
 		return res, fmt.Errorf("herald: failed to publish to %q: %w", pub.Channel, err)
@@ -359,6 +363,8 @@ func (n *Node) publish(ctx context.Context, pub *Publication, opts PublishOption
 // allocated per subscriber, and nothing blocks (a full queue cuts that
 // subscriber alone).
 func (n *Node) HandlePublication(pub *Publication) {
+	start := time.Now()
+	defer n.metrics.observeBroadcast(start)
 	var frames [numForms][]byte
 	n.hub.forEachSub(pub.Channel, func(c *conn, e *subEntry) {
 		if rb := e.rec.Load(); rb != nil && e.buffer(rb, pub) {

@@ -98,9 +98,11 @@ func (c *conn) enqueue(frame []byte) bool {
 		return false
 	}
 	if len(c.queue) >= cfg.MaxQueueMessages || c.queuedBytes+len(frame) > cfg.MaxQueueBytes {
+		dropped := len(c.queue) + 1
 		start := c.closeLocked(wsframe.Close(CloseSlowConsumer, "slow consumer"), true)
 		c.mu.Unlock()
 		c.node.metrics.slowConsumers.Add(1)
+		c.node.metrics.dropped.Add(uint64(dropped))
 		c.node.log.Warn("slow consumer disconnected", "client", c.id)
 		// A write in flight may be stuck on the client's full TCP window:
 		// give it only the close grace, not the full write timeout.
@@ -197,8 +199,9 @@ func (c *conn) writeLoop() {
 			timeout = min(timeout, cfg.CloseGrace)
 		}
 		_ = c.nc.SetWriteDeadline(time.Now().Add(timeout))
-		err := writeFrames(c.nc, batch)
+		written, err := writeFrames(c.nc, batch)
 		c.node.metrics.framesOut.Add(uint64(len(batch)))
+		c.node.metrics.bytesOut.Add(uint64(written))
 		clear(batch)
 		if err != nil {
 			c.mu.Lock()
@@ -227,22 +230,21 @@ var writeBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // writeFrames writes all frames in one call: writev on a TCP socket, or one
 // coalesced Write elsewhere (TLS, which would otherwise write per buffer).
-func writeFrames(nc net.Conn, frames [][]byte) error {
+func writeFrames(nc net.Conn, frames [][]byte) (int64, error) {
 	if _, ok := nc.(*net.TCPConn); ok {
 		b := net.Buffers(frames)
-		_, err := b.WriteTo(nc)
-		return err
+		return b.WriteTo(nc)
 	}
 	buf := writeBufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	for _, f := range frames {
 		buf.Write(f)
 	}
-	_, err := nc.Write(buf.Bytes())
+	n, err := nc.Write(buf.Bytes())
 	if buf.Cap() <= 64<<10 {
 		writeBufs.Put(buf)
 	}
-	return err
+	return int64(n), err
 }
 
 var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
@@ -301,6 +303,7 @@ func (c *conn) readLoop() {
 			c.close(websocket.CloseInvalidFramePayloadData, "invalid UTF-8 in text frame")
 		} else {
 			c.node.metrics.messagesIn.Add(1)
+			c.node.metrics.bytesIn.Add(uint64(len(msg)))
 			if c.raw {
 				c.handleRaw(msg, op == websocket.BinaryMessage)
 			} else {
@@ -445,6 +448,7 @@ func (c *conn) handlePublish(cmd protocol.Command, payload []byte, binary bool) 
 		return
 	}
 	pub := &Publication{Channel: cmd.Channel, Data: bytes.Clone(payload), Binary: binary, Origin: c.id}
+	n.metrics.pubClient.Add(1)
 	res, err := n.publish(n.ctx, pub, ns.publishOptions(cmd.IdempotencyKey, n.cfg.IdempotencyWindow))
 	if err != nil {
 		n.log.Warn("publish failed", "channel", cmd.Channel, "err", err)
@@ -476,22 +480,10 @@ func (c *conn) handleHistory(cmd protocol.Command) {
 	}
 	h, err := c.node.History(c.node.ctx, cmd.Channel, opts)
 	if err != nil {
-		c.reply(cmd.ID, nil, apiError(err))
+		c.reply(cmd.ID, nil, protoError(err))
 		return
 	}
-	out := protocol.HistoryResult{Publications: make([]protocol.HistoryPublication, len(h.Publications)), Offset: h.Position.Offset, Epoch: h.Position.Epoch}
-	for i, p := range h.Publications {
-		hp := protocol.HistoryPublication{Offset: p.Offset}
-		switch {
-		case p.Binary:
-			hp.Binary = p.Data
-		case json.Valid(p.Data):
-			hp.Data = p.Data
-		default:
-			hp.Data, _ = json.Marshal(string(p.Data))
-		}
-		out.Publications[i] = hp
-	}
+	out := historyResult(h)
 	c.reply(cmd.ID, out, nil)
 }
 
@@ -504,7 +496,7 @@ func (c *conn) handlePresence(cmd protocol.Command) {
 	if cmd.Cmd == protocol.CmdPresenceStats {
 		st, err := n.PresenceStats(n.ctx, cmd.Channel)
 		if err != nil {
-			c.reply(cmd.ID, nil, apiError(err))
+			c.reply(cmd.ID, nil, protoError(err))
 			return
 		}
 		c.reply(cmd.ID, protocol.PresenceStatsResult{Clients: st.Clients, Users: st.Users}, nil)
@@ -512,7 +504,7 @@ func (c *conn) handlePresence(cmd protocol.Command) {
 	}
 	m, err := n.Presence(n.ctx, cmd.Channel)
 	if err != nil {
-		c.reply(cmd.ID, nil, apiError(err))
+		c.reply(cmd.ID, nil, protoError(err))
 		return
 	}
 	out := protocol.PresenceResult{Clients: make(map[string]protocol.ClientInfo, len(m))}
@@ -562,7 +554,9 @@ func (c *conn) handleConnect(cmd protocol.Command) {
 		}
 		n.hub.setUser(c, claims.UserID)
 		if claims.Info != nil {
+			c.mu.Lock()
 			c.info = claims.Info
+			c.mu.Unlock()
 		}
 		for ch := range grantSet(claims.Channels) {
 			if c.grants == nil {
@@ -651,8 +645,8 @@ func (c *conn) rateLimited(id uint64) bool {
 	return true
 }
 
-// apiError maps a Node method's error to the protocol's error.
-func apiError(err error) *protocol.Error {
+// protoError maps a Node method's error to the protocol's error.
+func protoError(err error) *protocol.Error {
 	switch {
 	case errors.Is(err, ErrBadChannel):
 		return &protocol.Error{Code: protocol.CodeBadChannel, Message: err.Error()}
@@ -676,6 +670,7 @@ func (c *conn) handleRaw(msg []byte, binary bool) {
 		return
 	}
 	pub := &Publication{Channel: c.rawChannel, Data: bytes.Clone(msg), Binary: binary, Origin: c.id}
+	n.metrics.pubRaw.Add(1)
 	if _, err := n.publish(n.ctx, pub, ns.publishOptions("", 0)); err != nil {
 		n.log.Warn("raw publish failed", "client", c.id, "channel", c.rawChannel, "err", err)
 		c.close(websocket.CloseTryAgainLater, "publish failed")

@@ -113,6 +113,21 @@ func (h *hub) channelCounts() map[string]int {
 	return out
 }
 
+// subscriptionCounts returns the number of channels with local subscribers
+// and the number of subscriptions.
+func (h *hub) subscriptionCounts() (channels, subs int) {
+	for i := range h.channels {
+		s := &h.channels[i]
+		s.mu.RLock()
+		channels += len(s.subs)
+		for _, m := range s.subs {
+			subs += len(m)
+		}
+		s.mu.RUnlock()
+	}
+	return channels, subs
+}
+
 func (h *hub) addConn(c *conn) {
 	s := &h.conns[h.index(c.id)]
 	s.mu.Lock()
@@ -202,7 +217,9 @@ func (h *hub) setUser(c *conn, user string) {
 		}
 		u.mu.Unlock()
 	}
+	c.mu.Lock() // others read c.user under c.mu
 	c.user = user
+	c.mu.Unlock()
 	if user != "" {
 		u := &h.conns[h.index(user)]
 		u.mu.Lock()

@@ -26,7 +26,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -62,6 +61,9 @@ type Node struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	id      string // random, for logs and the API's info
+	started time.Time
+
 	mu       sync.Mutex // guards closing, conns and wg.Add
 	closing  bool
 	conns    int // connections admitted and not yet finished
@@ -70,16 +72,6 @@ type Node struct {
 	runMu    sync.Mutex
 	runDone  chan struct{} // closed when Run returns; nil until Run starts
 	shutOnce sync.Once
-}
-
-type nodeMetrics struct {
-	authFailures  atomic.Uint64
-	limitHits     atomic.Uint64
-	rateLimited   atomic.Uint64
-	slowConsumers atomic.Uint64
-	messagesIn    atomic.Uint64
-	framesOut     atomic.Uint64
-	published     atomic.Uint64
 }
 
 // New returns a Node for cfg. It starts no goroutine; see Run.
@@ -106,6 +98,8 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.id, n.started = newID(), time.Now()
+	n.initMetrics()
 	pool := &sync.Pool{}
 	n.upgrader = websocket.Upgrader{
 		HandshakeTimeout:  cfg.HandshakeTimeout,
@@ -495,13 +489,14 @@ func (n *Node) buildFrame(op byte, payload []byte, deflate bool) []byte {
 
 // control is a node-to-node command carried by Broker.PublishControl.
 type control struct {
-	Op     string `json:"op"` // "send", "user", "all", "disconnect", "disconnect_user"
-	Client string `json:"client,omitempty"`
-	User   string `json:"user,omitempty"`
-	Data   []byte `json:"data,omitempty"`
-	Binary bool   `json:"binary,omitempty"`
-	Code   int    `json:"code,omitempty"`
-	Reason string `json:"reason,omitempty"`
+	Op      string `json:"op"` // "send", "user", "all", "disconnect", "disconnect_user"
+	Client  string `json:"client,omitempty"`
+	User    string `json:"user,omitempty"`
+	Data    []byte `json:"data,omitempty"`
+	Binary  bool   `json:"binary,omitempty"`
+	Code    int    `json:"code,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	Channel string `json:"channel,omitempty"`
 }
 
 func (n *Node) publishControl(ctx context.Context, m control) error {
@@ -546,6 +541,12 @@ func (n *Node) HandleControl(data []byte) {
 	case "disconnect":
 		if c := n.hub.conn(m.Client); c != nil {
 			c.close(m.Code, m.Reason)
+		}
+	case "unsubscribe_user":
+		var conns []*conn
+		n.hub.forEachUserConn(m.User, func(c *conn) { conns = append(conns, c) })
+		for _, c := range conns { // outside the hub lock: this takes other locks
+			n.removeSubscription(c, m.Channel)
 		}
 	case "disconnect_user":
 		n.hub.forEachUserConn(m.User, func(c *conn) { c.close(m.Code, m.Reason) })
@@ -595,19 +596,22 @@ type Stats struct {
 	// Channels maps every channel with local subscribers to their number.
 	Channels map[string]int `json:"channels"`
 	// MessagesIn counts messages received from clients; FramesOut frames
-	// written to sockets; Published publications made through this node.
-	MessagesIn uint64 `json:"messages_in"`
-	FramesOut  uint64 `json:"frames_out"`
-	Published  uint64 `json:"published"`
+	// written to sockets; Published publications made through this node;
+	// SlowConsumers clients cut as slow.
+	MessagesIn    uint64 `json:"messages_in"`
+	FramesOut     uint64 `json:"frames_out"`
+	Published     uint64 `json:"published"`
+	SlowConsumers uint64 `json:"slow_consumers"`
 }
 
 // Stats returns a snapshot of the node's connections and channels.
 func (n *Node) Stats() Stats {
 	return Stats{
-		Connections: n.hub.numConns(),
-		Channels:    n.hub.channelCounts(),
-		MessagesIn:  n.metrics.messagesIn.Load(),
-		FramesOut:   n.metrics.framesOut.Load(),
-		Published:   n.metrics.published.Load(),
+		Connections:   n.hub.numConns(),
+		Channels:      n.hub.channelCounts(),
+		MessagesIn:    n.metrics.messagesIn.Load(),
+		FramesOut:     n.metrics.framesOut.Load(),
+		Published:     n.metrics.pubClient.Load() + n.metrics.pubRaw.Load() + n.metrics.pubServer.Load(),
+		SlowConsumers: n.metrics.slowConsumers.Load(),
 	}
 }

@@ -134,12 +134,48 @@ type HistoryResult struct {
 }
 
 // HistoryPublication is one publication in a history result. A text
-// publication has Data; a binary one has Binary, which JSON carries as
-// standard base64 (with padding).
+// publication has "data"; a binary one has "binary", standard base64 (with
+// padding), present even when the payload is empty.
 type HistoryPublication struct {
+	Offset uint64
+	// Data is the JSON of a text publication.
+	Data json.RawMessage
+	// Binary is the payload of a binary publication (IsBinary set).
+	Binary   []byte
+	IsBinary bool
+}
+
+type historyPublicationJSON struct {
 	Offset uint64          `json:"offset"`
 	Data   json.RawMessage `json:"data,omitempty"`
-	Binary []byte          `json:"binary,omitempty"`
+	Binary *[]byte         `json:"binary,omitempty"`
+}
+
+// MarshalJSON implements json.Marshaler.
+func (p HistoryPublication) MarshalJSON() ([]byte, error) {
+	j := historyPublicationJSON{Offset: p.Offset, Data: p.Data}
+	if p.IsBinary {
+		b := p.Binary
+		if b == nil {
+			b = []byte{}
+		}
+		j.Binary = &b
+		j.Data = nil
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (p *HistoryPublication) UnmarshalJSON(b []byte) error {
+	var j historyPublicationJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*p = HistoryPublication{Offset: j.Offset, Data: j.Data}
+	if j.Binary != nil {
+		p.Binary, p.IsBinary = *j.Binary, true
+	}
+	return nil
 }
 
 // ClientInfo describes a client in presence results and join/leave pushes.

@@ -514,3 +514,24 @@ func TestErrorString(t *testing.T) {
 		t.Errorf("Error() = %q, want %q", got, want)
 	}
 }
+
+func TestHistoryPublicationJSON(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		p    protocol.HistoryPublication
+		want string
+	}{
+		{protocol.HistoryPublication{Offset: 1, Data: json.RawMessage(`{"a":1}`)}, `{"offset":1,"data":{"a":1}}`},
+		{protocol.HistoryPublication{Offset: 2, Binary: []byte{0xff, 0}, IsBinary: true}, `{"offset":2,"binary":"/wA="}`},
+		{protocol.HistoryPublication{Offset: 3, IsBinary: true}, `{"offset":3,"binary":""}`}, // empty binary stays binary
+	} {
+		b, err := json.Marshal(tc.p)
+		if err != nil || string(b) != tc.want {
+			t.Errorf("marshal %+v: %s %v, want %s", tc.p, b, err, tc.want)
+		}
+		var back protocol.HistoryPublication
+		if err := json.Unmarshal(b, &back); err != nil || back.IsBinary != tc.p.IsBinary || back.Offset != tc.p.Offset || string(back.Binary) != string(tc.p.Binary) {
+			t.Errorf("round trip of %s: %+v %v", b, back, err)
+		}
+	}
+}

@@ -1,0 +1,97 @@
+package herald
+
+import (
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// nodeMetrics are the node's counters. The hot paths bump plain atomics;
+// Prometheus reads them only when scraped (CounterFunc), so metrics cost
+// the fan-out nothing but the broadcast-duration histogram.
+type nodeMetrics struct {
+	messagesIn    atomic.Uint64
+	bytesIn       atomic.Uint64
+	framesOut     atomic.Uint64
+	bytesOut      atomic.Uint64
+	pubClient     atomic.Uint64 // publications by protocol clients
+	pubRaw        atomic.Uint64 // by raw-mode clients
+	pubServer     atomic.Uint64 // by Node.Publish (Go code, the HTTP API)
+	slowConsumers atomic.Uint64
+	dropped       atomic.Uint64 // frames dropped from the queues of cut clients
+	authFailures  atomic.Uint64
+	rateLimited   atomic.Uint64
+	limitHits     atomic.Uint64
+
+	broadcast prometheus.Histogram
+	registry  *prometheus.Registry
+}
+
+func (n *Node) initMetrics() {
+	m := &n.metrics
+	m.broadcast = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "herald_broadcast_duration_seconds",
+		Help:    "Time to fan one publication out to this node's subscribers (encode and enqueue, not the socket writes).",
+		Buckets: prometheus.ExponentialBuckets(1e-6, 4, 12), // 1µs .. 4s
+	})
+	reg := prometheus.NewRegistry()
+	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	published := func(source string, v *atomic.Uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "herald_publications_total", Help: "Publications made through this node, by source.",
+			ConstLabels: prometheus.Labels{"source": source},
+		}, func() float64 { return float64(v.Load()) })
+	}
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.broadcast,
+		counter("herald_messages_received_total", "WebSocket messages received from clients.", &m.messagesIn),
+		counter("herald_received_bytes_total", "Bytes of WebSocket messages received from clients.", &m.bytesIn),
+		counter("herald_messages_sent_total", "WebSocket frames written to clients (pushes, replies, control frames).", &m.framesOut),
+		counter("herald_sent_bytes_total", "Bytes written to client sockets.", &m.bytesOut),
+		published("client", &m.pubClient),
+		published("raw", &m.pubRaw),
+		published("server", &m.pubServer),
+		counter("herald_slow_consumer_disconnects_total", "Clients cut because their outbound queue overflowed (close 4001).", &m.slowConsumers),
+		counter("herald_dropped_messages_total", "Frames dropped from the queues of clients cut as slow consumers.", &m.dropped),
+		counter("herald_auth_failures_total", "Refused tokens and failed authentications.", &m.authFailures),
+		counter("herald_rate_limited_total", "Client messages refused by the per-connection message rate limit.", &m.rateLimited),
+		counter("herald_connection_limit_rejections_total", "Handshakes and connects refused by a connection limit.", &m.limitHits),
+		gauge("herald_connections", "Open WebSocket connections.", func() float64 { return float64(n.hub.numConns()) }),
+		gauge("herald_channels", "Channels with local subscribers.", func() float64 { c, _ := n.hub.subscriptionCounts(); return float64(c) }),
+		gauge("herald_subscriptions", "Local channel subscriptions.", func() float64 { _, s := n.hub.subscriptionCounts(); return float64(s) }),
+		gauge("herald_queued_bytes", "Bytes waiting in connections' outbound queues.", func() float64 { return float64(n.queuedBytes()) }),
+	)
+	m.registry = reg
+}
+
+// MetricsHandler serves the node's metrics in the Prometheus exposition
+// format, with the Go runtime and process metrics. Names follow Prometheus
+// conventions: herald_*_total counters, base units (bytes, seconds).
+func (n *Node) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(n.metrics.registry, promhttp.HandlerOpts{})
+}
+
+func (n *Node) queuedBytes() int {
+	total := 0
+	n.forEachConn(func(c *conn) {
+		c.mu.Lock()
+		total += c.queuedBytes
+		c.mu.Unlock()
+	})
+	return total
+}
+
+func (m *nodeMetrics) observeBroadcast(start time.Time) {
+	m.broadcast.Observe(time.Since(start).Seconds())
+}
