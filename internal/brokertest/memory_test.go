@@ -1,0 +1,22 @@
+package brokertest_test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/internal/brokertest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// The reference implementations pass their own suite; the multi-node and
+// expiry tests skip, since each memory broker is a cluster of one.
+func TestMemoryBroker(t *testing.T) {
+	brokertest.Run(t, func(t *testing.T) herald.Broker { return herald.NewMemoryBroker() })
+}
+
+func TestMemoryPresence(t *testing.T) {
+	brokertest.RunPresence(t, func(t *testing.T) herald.PresenceManager { return herald.NewMemoryPresence() })
+}

@@ -1,0 +1,615 @@
+package natsbroker
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/internal/pubcodec"
+)
+
+var (
+	// ErrNoJetStream is returned by History, by Publish with history or an
+	// idempotency key, and by the presence methods when the broker runs
+	// live-only: the server has no JetStream, or Options.LiveOnly is set.
+	ErrNoJetStream = errors.New("natsbroker: JetStream not available: history, idempotency and presence are off (live-only)")
+	// ErrNotConnected is what Healthy reports while the connection is down.
+	ErrNotConnected = errors.New("natsbroker: not connected")
+)
+
+// Options configure a Broker. The zero value connects to
+// nats://127.0.0.1:4222 with the defaults written next to each field.
+type Options struct {
+	// URL of the NATS server(s), comma-separated. Empty means
+	// nats://127.0.0.1:4222. Ignored when Conn is set.
+	URL string
+	// NATSOptions are added to the connection's options (credentials, TLS,
+	// reconnect settings). Ignored when Conn is set.
+	NATSOptions []nats.Option
+	// Conn, when not nil, is the connection to use; Close does not close
+	// it. Set its reconnect handlers yourself if you want them logged.
+	Conn *nats.Conn
+
+	// Prefix starts every subject, and names the stream (Prefix_history)
+	// and KV buckets (Prefix_presence, Prefix_idem), so several clusters
+	// or parallel tests share one NATS. Letters, digits, '_' and '-' only.
+	// Empty means "herald".
+	Prefix string
+
+	// LiveOnly skips JetStream: publications and control messages only.
+	// The broker is live-only as well when the server has no JetStream.
+	LiveOnly bool
+	// Storage is the storage of the stream and buckets. Zero means file.
+	Storage jetstream.StorageType
+	// Replicas of the stream and buckets. Zero means 1.
+	Replicas int
+
+	// MaxHistorySize caps the publications kept per channel in the stream
+	// (its MaxMsgsPerSubject): a namespace's HistorySize above it gets only
+	// this many. Zero means 1000.
+	MaxHistorySize int
+	// HistoryRetention is the stream's MaxAge: how long a channel's last
+	// publication, and with it the channel's position (offset and epoch),
+	// is kept after its last publish. Each publication leaves history
+	// after its own HistoryTTL, checked on read; HistoryRetention only has
+	// to be longer. Zero means 24 hours.
+	HistoryRetention time.Duration
+	// IdempotencyWindow is how long idempotency keys are remembered (the
+	// stream's duplicate window and the idem bucket's TTL):
+	// PublishOptions.IdempotencyWindow cannot be honoured per publish
+	// here. Zero means 2 minutes, herald.Config's default.
+	IdempotencyWindow time.Duration
+	// PresenceTTL is the presence bucket's TTL: an entry not refreshed
+	// within it disappears. The node that added it refreshes it every
+	// PresenceTTL/3 while its Run runs. Zero means 60 seconds.
+	PresenceTTL time.Duration
+
+	// Logger receives disconnects, reconnects and refresh failures. Nil logs
+	// nothing.
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.URL == "" {
+		o.URL = nats.DefaultURL
+	}
+	if o.Prefix == "" {
+		o.Prefix = "herald"
+	}
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.MaxHistorySize <= 0 {
+		o.MaxHistorySize = 1000
+	}
+	if o.HistoryRetention <= 0 {
+		o.HistoryRetention = 24 * time.Hour
+	}
+	if o.IdempotencyWindow <= 0 {
+		o.IdempotencyWindow = 2 * time.Minute
+	}
+	if o.PresenceTTL <= 0 {
+		o.PresenceTTL = time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// Headers of history messages.
+const (
+	hdrOffset  = "Herald-Offset"
+	hdrEpoch   = "Herald-Epoch"
+	hdrExpires = "Herald-Expires" // unix ms
+	hdrSize    = "Herald-Size"
+	hdrMeta    = "Herald-Meta" // a position-only message: no publication
+)
+
+// Broker is a herald.Broker and herald.PresenceManager over NATS, with
+// history, idempotency and presence in JetStream. See the package
+// documentation for the design.
+//
+// Goroutines: nats.go runs each subscription's handler in that
+// subscription's own goroutine, one message at a time, so a channel's
+// deliveries are sequential and in arrival order. Run owns the presence
+// refresher. All methods are safe for concurrent use.
+//
+// Locks: mu guards subs; deliverMu (by channel hash, taken before mu) is
+// held by a delivery and by Unsubscribe; each stripe's mu serialises this node's history
+// publishes of the channels hashing to it (held across the JetStream round
+// trips, never across a handler call); pmu guards the local presence
+// entries; refreshMu is taken before pmu.
+type Broker struct {
+	opts    Options
+	log     *slog.Logger
+	nc      *nats.Conn
+	ownConn bool
+	h       herald.BrokerHandler
+
+	js     jetstream.JetStream
+	stream jetstream.Stream   // nil when live-only
+	idemKV jetstream.KeyValue // nil when live-only
+	presKV jetstream.KeyValue // nil when live-only
+	ctrl   *nats.Subscription
+
+	subjDeliver string // prefix of delivery subjects
+	subjHistory string // prefix of history subjects
+	subjControl string
+
+	epochSeed string
+	epochSeq  atomic.Uint64
+
+	mu   sync.Mutex
+	subs map[string]*nats.Subscription
+
+	seed      maphash.Seed
+	stripes   [64]stripe
+	deliverMu [64]sync.Mutex // by channel hash; taken before mu
+
+	pmu       sync.Mutex
+	local     map[string]map[string]herald.ClientPresence
+	refreshMu sync.RWMutex
+}
+
+// stripe caches the last history message this node knows of each channel,
+// so that a node publishing alone to a channel needs one round trip.
+type stripe struct {
+	mu   sync.Mutex
+	last map[string]lastMsg
+}
+
+type lastMsg struct {
+	seq    uint64 // stream sequence of the channel's last message
+	offset uint64
+	epoch  string
+}
+
+var (
+	_ herald.Broker          = (*Broker)(nil)
+	_ herald.PresenceManager = (*Broker)(nil)
+)
+
+// New connects to NATS (unless Options.Conn is given), creates or updates
+// the history stream and the KV buckets, and subscribes to the control
+// subject. When the server has no JetStream the broker is live-only (see
+// ErrNoJetStream).
+func New(ctx context.Context, opts Options) (*Broker, error) {
+	opts = opts.withDefaults()
+	for _, r := range opts.Prefix {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-') {
+			return nil, fmt.Errorf("natsbroker: prefix %q: use letters, digits, '_' and '-'", opts.Prefix)
+		}
+	}
+	b := &Broker{
+		opts:        opts,
+		log:         opts.Logger,
+		nc:          opts.Conn,
+		subjDeliver: opts.Prefix + ".d.",
+		subjHistory: opts.Prefix + ".h.",
+		subjControl: opts.Prefix + ".control",
+		subs:        make(map[string]*nats.Subscription),
+		seed:        maphash.MakeSeed(),
+		local:       make(map[string]map[string]herald.ClientPresence),
+	}
+	var seed [6]byte
+	_, _ = crand.Read(seed[:])
+	b.epochSeed = base64.RawURLEncoding.EncodeToString(seed[:])
+	if b.nc == nil {
+		nopts := append([]nats.Option{
+			nats.Name("herald " + opts.Prefix),
+			nats.MaxReconnects(-1),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+				if err != nil {
+					b.log.Warn("nats disconnected", "err", err)
+				}
+			}),
+			nats.ReconnectHandler(func(c *nats.Conn) { b.log.Info("nats reconnected", "url", c.ConnectedUrl()) }),
+		}, opts.NATSOptions...)
+		nc, err := nats.Connect(opts.URL, nopts...)
+		if err != nil {
+			return nil, fmt.Errorf("natsbroker: failed to connect: %w", err)
+		}
+		b.nc, b.ownConn = nc, true
+	}
+	if err := b.setup(ctx); err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *Broker) setup(ctx context.Context) error {
+	var err error
+	b.ctrl, err = b.nc.Subscribe(b.subjControl, func(m *nats.Msg) {
+		if h := b.handler(); h != nil {
+			h.HandleControl(m.Data)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("natsbroker: failed to subscribe to control: %w", err)
+	}
+	if err := b.flush(ctx); err != nil {
+		return fmt.Errorf("natsbroker: failed to flush: %w", err)
+	}
+	if b.opts.LiveOnly {
+		return nil
+	}
+	if b.js, err = jetstream.New(b.nc); err != nil {
+		return fmt.Errorf("natsbroker: %w", err)
+	}
+	if _, err := b.js.AccountInfo(ctx); err != nil {
+		if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+			b.log.Warn("JetStream not enabled: live-only, no history, idempotency or presence")
+			b.js = nil
+			return nil
+		}
+		return fmt.Errorf("natsbroker: failed to query JetStream: %w", err)
+	}
+	p := b.opts.Prefix
+	b.stream, err = b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              p + "_history",
+		Description:       "Herald channel history",
+		Subjects:          []string{b.subjHistory + ">"},
+		MaxMsgsPerSubject: int64(b.opts.MaxHistorySize),
+		MaxAge:            b.opts.HistoryRetention,
+		Duplicates:        min(b.opts.IdempotencyWindow, b.opts.HistoryRetention),
+		Discard:           jetstream.DiscardOld,
+		Storage:           b.opts.Storage,
+		Replicas:          b.opts.Replicas,
+		AllowDirect:       true,
+		// Stored messages only, in stream order: delivery order is offset order.
+		RePublish: &jetstream.RePublish{Source: b.subjHistory + ">", Destination: b.subjDeliver + ">"},
+	})
+	if err != nil {
+		return fmt.Errorf("natsbroker: failed to create the history stream: %w", err)
+	}
+	kv := func(name string, ttl time.Duration) (jetstream.KeyValue, error) {
+		return b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: p + "_" + name, History: 1, TTL: ttl, Storage: b.opts.Storage, Replicas: b.opts.Replicas,
+		})
+	}
+	if b.idemKV, err = kv("idem", b.opts.IdempotencyWindow); err != nil {
+		return fmt.Errorf("natsbroker: failed to create the idempotency bucket: %w", err)
+	}
+	if b.presKV, err = kv("presence", b.opts.PresenceTTL); err != nil {
+		return fmt.Errorf("natsbroker: failed to create the presence bucket: %w", err)
+	}
+	return nil
+}
+
+// Close unsubscribes and closes the connection if New opened it. Call it
+// after Run has returned.
+func (b *Broker) Close() {
+	b.mu.Lock()
+	for ch, s := range b.subs {
+		_ = s.Unsubscribe()
+		delete(b.subs, ch)
+	}
+	b.mu.Unlock()
+	if b.ctrl != nil {
+		_ = b.ctrl.Unsubscribe()
+	}
+	if b.ownConn {
+		b.nc.Close()
+	}
+}
+
+// Register implements herald.Broker.
+func (b *Broker) Register(h herald.BrokerHandler) {
+	b.mu.Lock()
+	b.h = h
+	b.mu.Unlock()
+}
+
+func (b *Broker) handler() herald.BrokerHandler {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.h
+}
+
+// Healthy reports nil while the connection to NATS is up (for a readiness
+// probe); nats.go reconnects and re-subscribes by itself.
+func (b *Broker) Healthy() error {
+	if s := b.nc.Status(); s != nats.CONNECTED {
+		return fmt.Errorf("%w: %v", ErrNotConnected, s)
+	}
+	return nil
+}
+
+// Run refreshes this node's presence entries until ctx is done, and returns
+// ctx's error. Delivery needs no goroutine of ours: nats.go's subscriptions
+// deliver, and nats.go reconnects (with backoff, forever) and re-subscribes
+// every subscription by itself after a connection loss; what is published
+// while disconnected is not delivered (at most once).
+func (b *Broker) Run(ctx context.Context) error {
+	if b.presKV == nil {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	t := time.NewTicker(b.opts.PresenceTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			b.refreshPresence(ctx)
+		}
+	}
+}
+
+// token turns a channel name into one subject token: bytes that NATS gives
+// a meaning ('.', '*', '>', '%' itself, spaces, controls) become %XX.
+// Channel names never contain '%', so the mapping is one-to-one.
+func token(channel string) string {
+	safe := true
+	for i := 0; i < len(channel); i++ {
+		if c := channel[i]; c <= ' ' || c == '.' || c == '*' || c == '>' || c == '%' || c >= 0x7f {
+			safe = false
+			break
+		}
+	}
+	if safe && channel != "" {
+		return channel
+	}
+	var sb strings.Builder
+	for i := 0; i < len(channel); i++ {
+		if c := channel[i]; c <= ' ' || c == '.' || c == '*' || c == '>' || c == '%' || c >= 0x7f {
+			fmt.Fprintf(&sb, "%%%02X", c)
+		} else {
+			sb.WriteByte(c)
+		}
+	}
+	if sb.Len() == 0 {
+		return "%"
+	}
+	return sb.String()
+}
+
+// Subscribe implements herald.Broker. It returns once the server has the
+// subscription (a flush round trip), so every later publication reaches it.
+func (b *Broker) Subscribe(ctx context.Context, channel string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.subs[channel]; ok {
+		return nil
+	}
+	sub, err := b.nc.Subscribe(b.subjDeliver+token(channel), func(m *nats.Msg) { b.deliver(channel, m) })
+	if err != nil {
+		return fmt.Errorf("natsbroker: failed to subscribe to %q: %w", channel, err)
+	}
+	_ = sub.SetPendingLimits(-1, 64<<20)
+	if err := b.flush(ctx); err != nil {
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("natsbroker: failed to subscribe to %q: %w", channel, err)
+	}
+	b.subs[channel] = sub
+	return nil
+}
+
+// flushTimeout bounds a flush when ctx has no deadline (the node's own
+// context has none).
+const flushTimeout = 10 * time.Second
+
+// flush waits until the server has processed everything sent so far.
+func (b *Broker) flush(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, flushTimeout)
+		defer cancel()
+	}
+	return b.nc.FlushWithContext(ctx)
+}
+
+// Unsubscribe implements herald.Broker.
+func (b *Broker) Unsubscribe(ctx context.Context, channel string) error {
+	l := b.deliverLock(channel)
+	l.Lock()
+	b.mu.Lock()
+	sub := b.subs[channel]
+	delete(b.subs, channel)
+	b.mu.Unlock()
+	l.Unlock()
+	if sub == nil {
+		return nil
+	}
+	if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		return fmt.Errorf("natsbroker: failed to unsubscribe from %q: %w", channel, err)
+	}
+	return nil
+}
+
+// deliver runs in the channel subscription's goroutine.
+func (b *Broker) deliver(channel string, m *nats.Msg) {
+	var offset uint64
+	if m.Header != nil {
+		if m.Header.Get(hdrMeta) != "" {
+			return
+		}
+		if o := m.Header.Get(hdrOffset); o != "" {
+			offset, _ = strconv.ParseUint(o, 10, 64)
+		}
+	}
+	pub, err := pubcodec.Decode(channel, offset, m.Data)
+	if err != nil {
+		b.log.Warn("malformed publication from nats", "channel", channel, "err", err)
+		return
+	}
+	// The channel's delivery lock, also taken by Unsubscribe, makes
+	// deliveries of one channel sequential even across an Unsubscribe and
+	// Subscribe (two subscriptions, two goroutines), and ensures nothing
+	// is delivered after Unsubscribe returns.
+	l := b.deliverLock(channel)
+	l.Lock()
+	defer l.Unlock()
+	b.mu.Lock()
+	current := b.subs[channel] == m.Sub
+	b.mu.Unlock()
+	if current {
+		b.h.HandlePublication(pub)
+	}
+}
+
+func (b *Broker) deliverLock(channel string) *sync.Mutex {
+	return &b.deliverMu[maphash.String(b.seed, channel)%uint64(len(b.deliverMu))]
+}
+
+func (b *Broker) newEpoch() string {
+	return b.epochSeed + strconv.FormatUint(b.epochSeq.Add(1), 36)
+}
+
+// idemID is the JetStream message id, or KV key, of an idempotency key.
+func idemID(channel, key string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(channel)) + "." + base64.RawURLEncoding.EncodeToString([]byte(key))
+}
+
+// Publish implements herald.Broker.
+//
+// Without history: a core NATS publish on the delivery subject (after a KV
+// Create of the idempotency key, if any). With history: a JetStream publish
+// to the channel's history subject expecting the last sequence this node
+// knows for that subject (optimistic concurrency): if another node
+// published meanwhile, the server refuses it, and Publish reads the last
+// message again and retries with the next offset. The stream republishes
+// each stored message, in stream order, on the delivery subject.
+func (b *Broker) Publish(ctx context.Context, pub *herald.Publication, opts herald.PublishOptions) (herald.PublishResult, error) {
+	if err := ctx.Err(); err != nil {
+		return herald.PublishResult{}, err
+	}
+	history := opts.HistorySize > 0 && pub.Kind == herald.KindPublication
+	if (history || opts.IdempotencyKey != "") && b.stream == nil {
+		return herald.PublishResult{}, ErrNoJetStream
+	}
+	body := pubcodec.Append(make([]byte, 0, pubcodec.Size(pub)), pub)
+	if !history {
+		if opts.IdempotencyKey != "" {
+			if _, err := b.idemKV.Create(ctx, idemID(pub.Channel, opts.IdempotencyKey), nil); err != nil {
+				if errors.Is(err, jetstream.ErrKeyExists) {
+					return herald.PublishResult{Duplicate: true}, nil
+				}
+				return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to record idempotency key: %w", err)
+			}
+		}
+		if err := b.nc.Publish(b.subjDeliver+token(pub.Channel), body); err != nil {
+			return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to publish: %w", err)
+		}
+		return herald.PublishResult{}, nil
+	}
+	return b.publishHistory(ctx, pub, body, opts)
+}
+
+const maxAttempts = 200
+
+func (b *Broker) stripe(channel string) *stripe {
+	return &b.stripes[maphash.String(b.seed, channel)%uint64(len(b.stripes))]
+}
+
+func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, body []byte, opts herald.PublishOptions) (herald.PublishResult, error) {
+	subj := b.subjHistory + token(pub.Channel)
+	st := b.stripe(pub.Channel)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var popts []jetstream.PublishOpt
+	if opts.IdempotencyKey != "" {
+		popts = append(popts, jetstream.WithMsgID(idemID(pub.Channel, opts.IdempotencyKey)))
+	}
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		last, ok := st.last[pub.Channel]
+		if !ok {
+			var err error
+			if last, err = b.lastMsg(ctx, subj); err != nil {
+				return herald.PublishResult{}, err
+			}
+		}
+		hdr := nats.Header{}
+		hdr.Set(hdrOffset, strconv.FormatUint(last.offset+1, 10))
+		hdr.Set(hdrEpoch, last.epoch)
+		hdr.Set(hdrExpires, strconv.FormatInt(time.Now().Add(max(opts.HistoryTTL, 0)).UnixMilli(), 10))
+		hdr.Set(hdrSize, strconv.Itoa(opts.HistorySize))
+		msg := &nats.Msg{Subject: subj, Header: hdr, Data: body}
+		ack, err := b.js.PublishMsg(ctx, msg, append(popts, jetstream.WithExpectLastSequencePerSubject(last.seq))...)
+		if isWrongLastSeq(err) {
+			delete(st.last, pub.Channel) // another node published: read again
+			if attempt > 3 {
+				time.Sleep(time.Duration(attempt) * time.Millisecond)
+			}
+			continue
+		}
+		if err != nil {
+			delete(st.last, pub.Channel)
+			return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to publish to history: %w", err)
+		}
+		if ack.Duplicate {
+			return b.duplicate(ctx, ack.Sequence)
+		}
+		if st.last == nil || len(st.last) > 10000 {
+			st.last = make(map[string]lastMsg)
+		}
+		st.last[pub.Channel] = lastMsg{seq: ack.Sequence, offset: last.offset + 1, epoch: last.epoch}
+		pub.Offset = last.offset + 1
+		return herald.PublishResult{StreamPosition: herald.StreamPosition{Offset: pub.Offset, Epoch: last.epoch}}, nil
+	}
+	return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to publish to %q: %d conflicting attempts", pub.Channel, maxAttempts)
+}
+
+func isWrongLastSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// duplicate returns the result of the publication stored at seq.
+func (b *Broker) duplicate(ctx context.Context, seq uint64) (herald.PublishResult, error) {
+	m, err := b.stream.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		// The first publish has left history already: its position is gone.
+		return herald.PublishResult{Duplicate: true}, nil
+	}
+	if err != nil {
+		return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to read the first publish of a duplicate: %w", err)
+	}
+	off, _ := strconv.ParseUint(m.Header.Get(hdrOffset), 10, 64)
+	return herald.PublishResult{StreamPosition: herald.StreamPosition{Offset: off, Epoch: m.Header.Get(hdrEpoch)}, Duplicate: true}, nil
+}
+
+// lastMsg reads the last message of a history subject; for a subject
+// without messages it returns offset 0 and a new epoch (not stored).
+func (b *Broker) lastMsg(ctx context.Context, subj string) (lastMsg, error) {
+	m, err := b.stream.GetLastMsgForSubject(ctx, subj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return lastMsg{epoch: b.newEpoch()}, nil
+	}
+	if err != nil {
+		return lastMsg{}, fmt.Errorf("natsbroker: failed to read the last history message: %w", err)
+	}
+	off, err := strconv.ParseUint(m.Header.Get(hdrOffset), 10, 64)
+	if err != nil {
+		return lastMsg{}, fmt.Errorf("natsbroker: history message without offset on %s", subj)
+	}
+	return lastMsg{seq: m.Sequence, offset: off, epoch: m.Header.Get(hdrEpoch)}, nil
+}
+
+// PublishControl implements herald.Broker: a core publish on the control
+// subject, flushed so that it is on its way when PublishControl returns.
+func (b *Broker) PublishControl(ctx context.Context, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := b.nc.Publish(b.subjControl, data); err != nil {
+		return fmt.Errorf("natsbroker: failed to publish control message: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,146 @@
+package natsbroker
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald"
+)
+
+// Presence lives in the KV bucket Prefix_presence, one key per client and
+// channel: base64url(channel) "." base64url(client), value the JSON of the
+// herald.ClientPresence. The bucket's TTL expires entries not refreshed.
+
+func presenceKey(channel, client string) string {
+	return presenceFilter(channel) + base64.RawURLEncoding.EncodeToString([]byte(client))
+}
+
+func presenceFilter(channel string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(channel)) + "."
+}
+
+// AddPresence implements herald.PresenceManager: a KV Put, refreshed by
+// this Broker's Run every PresenceTTL/3 until removed.
+func (b *Broker) AddPresence(ctx context.Context, channel string, p herald.ClientPresence) error {
+	if b.presKV == nil {
+		return ErrNoJetStream
+	}
+	v, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("natsbroker: failed to encode presence: %w", err)
+	}
+	if _, err := b.presKV.Put(ctx, presenceKey(channel, p.Client), v); err != nil {
+		return fmt.Errorf("natsbroker: failed to add presence: %w", err)
+	}
+	b.pmu.Lock()
+	m := b.local[channel]
+	if m == nil {
+		m = make(map[string]herald.ClientPresence)
+		b.local[channel] = m
+	}
+	m[p.Client] = p
+	b.pmu.Unlock()
+	return nil
+}
+
+// RemovePresence implements herald.PresenceManager: a KV Delete.
+func (b *Broker) RemovePresence(ctx context.Context, channel, clientID string) error {
+	if b.presKV == nil {
+		return ErrNoJetStream
+	}
+	b.refreshMu.RLock()
+	defer b.refreshMu.RUnlock()
+	b.pmu.Lock()
+	if m := b.local[channel]; m != nil {
+		delete(m, clientID)
+		if len(m) == 0 {
+			delete(b.local, channel)
+		}
+	}
+	b.pmu.Unlock()
+	if err := b.presKV.Delete(ctx, presenceKey(channel, clientID)); err != nil {
+		return fmt.Errorf("natsbroker: failed to remove presence: %w", err)
+	}
+	return nil
+}
+
+// Presence implements herald.PresenceManager: a KV watch of the channel's
+// keys, read up to the current state (an ordered consumer, one per call).
+func (b *Broker) Presence(ctx context.Context, channel string) (map[string]herald.ClientPresence, error) {
+	if b.presKV == nil {
+		return nil, ErrNoJetStream
+	}
+	w, err := b.presKV.Watch(ctx, presenceFilter(channel)+"*", jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("natsbroker: failed to read presence: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+	out := make(map[string]herald.ClientPresence)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, errors.New("natsbroker: presence watch ended early")
+			}
+			if e == nil { // caught up
+				return out, nil
+			}
+			var p herald.ClientPresence
+			if err := json.Unmarshal(e.Value(), &p); err != nil {
+				continue
+			}
+			out[p.Client] = p
+		}
+	}
+}
+
+// PresenceStats implements herald.PresenceManager. It reads the whole set
+// (as Presence does) and counts distinct users.
+func (b *Broker) PresenceStats(ctx context.Context, channel string) (herald.PresenceStats, error) {
+	set, err := b.Presence(ctx, channel)
+	if err != nil {
+		return herald.PresenceStats{}, err
+	}
+	users := make(map[string]struct{})
+	for _, p := range set {
+		if p.User != "" {
+			users[p.User] = struct{}{}
+		}
+	}
+	return herald.PresenceStats{Clients: len(set), Users: len(users)}, nil
+}
+
+// refreshPresence re-puts this node's entries, holding refreshMu so that a
+// concurrent RemovePresence cannot be undone.
+func (b *Broker) refreshPresence(ctx context.Context) {
+	b.refreshMu.Lock()
+	defer b.refreshMu.Unlock()
+	b.pmu.Lock()
+	type entry struct {
+		key string
+		p   herald.ClientPresence
+	}
+	var entries []entry
+	for ch, m := range b.local {
+		for _, p := range m {
+			entries = append(entries, entry{presenceKey(ch, p.Client), p})
+		}
+	}
+	b.pmu.Unlock()
+	for _, e := range entries {
+		v, _ := json.Marshal(e.p)
+		if _, err := b.presKV.Put(ctx, e.key, v); err != nil {
+			if ctx.Err() == nil {
+				b.log.Warn("presence refresh failed", "err", err)
+			}
+			return
+		}
+	}
+}
