@@ -1,0 +1,245 @@
+// Type declarations for herald-client, written by hand to match index.js.
+// The wire protocol is herald.v1 (PROTOCOL.md in the Herald repository).
+
+/** The WebSocket subprotocol this client speaks. */
+export declare const SUBPROTOCOL: 'herald.v1';
+
+/** Error codes the server sends (see PROTOCOL.md, "Error codes"). */
+export type ServerErrorCode =
+  | 'bad_request'
+  | 'unknown_command'
+  | 'bad_channel'
+  | 'already_subscribed'
+  | 'not_subscribed'
+  | 'not_enabled'
+  | 'limit_exceeded'
+  | 'too_large'
+  | 'unavailable'
+  | 'internal';
+
+/**
+ * Codes of the client's own failures: "timeout" (no reply in time),
+ * "disconnected" (no connection, or it was lost before the reply) and
+ * "unsubscribed" (Subscription.ready of a subscription ended before it
+ * was subscribed). subscribe() throws "already_subscribed" for a channel the
+ * client already has a Subscription for.
+ */
+export type ClientErrorCode = 'timeout' | 'disconnected' | 'unsubscribed';
+
+/** A failed request: a server error reply, or a failure of the client's own. */
+export declare class HeraldError extends Error {
+  constructor(code: string, message: string);
+  readonly name: 'HeraldError';
+  /** The code to switch on; a newer server may send codes not listed here. */
+  readonly code: ServerErrorCode | ClientErrorCode | (string & {});
+}
+
+/** Any JSON value. */
+export type JSONValue = string | number | boolean | null | JSONValue[] | { [key: string]: JSONValue };
+
+/** A payload as received: a JSON value (text frame) or bytes (binary frame). */
+export type Payload = JSONValue | Uint8Array;
+
+/** What publish() accepts: bytes travel in a binary frame, anything else as JSON. */
+export type PublishData = JSONValue | Uint8Array | ArrayBuffer | ArrayBufferView;
+
+/** A position in a channel's history: an offset means something only with its epoch. */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+/** The minimal WebSocket this client needs (the browser's, Node's, or the ws package's). */
+export interface WebSocketLike {
+  binaryType: string;
+  send(data: string | Uint8Array): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: any) => void) | null;
+  onmessage: ((ev: { data: any }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: any) => void) | null;
+}
+
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+export interface HeraldOptions {
+  /** Sent in the connect command of the first attempt. */
+  token?: string;
+  /**
+   * Called for a fresh token before every reconnect attempt (and before the
+   * first one when no token is given). A rejection counts as a failed attempt.
+   */
+  getToken?: () => string | Promise<string>;
+  /** Milliseconds for each request's reply and for each connection attempt. Default 10000. */
+  timeout?: number;
+  /**
+   * Reconnect delays, in milliseconds: the k-th retry after a loss waits a
+   * random time between 0 and min(max, min·2^k) (full jitter). Default {min: 500, max: 20000}.
+   */
+  backoff?: { min?: number; max?: number };
+  /** The WebSocket class to use. Default: globalThis.WebSocket, else the ws package. */
+  WebSocket?: WebSocketConstructor;
+}
+
+export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
+
+export type StateEvent =
+  | { state: 'connecting'; /** failed attempts since the last connection (0 for the first) */ attempt: number }
+  | { state: 'connected'; clientId: string | null }
+  | {
+      state: 'disconnected';
+      /** The close code; 1006 when the connection failed or the client dropped it (timeouts). */
+      code: number;
+      reason: string;
+      /** Whether the client will try again by itself. */
+      reconnect: boolean;
+      /** Milliseconds until the next attempt, when reconnect is true. */
+      delay?: number;
+    };
+
+/** A client in presence results and join/leave pushes. */
+export interface ClientInfo {
+  client: string;
+  /** Absent for anonymous clients. */
+  user?: string;
+  info?: JSONValue;
+}
+
+export interface MessageContext {
+  channel: string;
+  /** The publication's offset, on a channel with history. */
+  offset?: number;
+  /** True when data came in a binary frame (data is then a Uint8Array). */
+  binary: boolean;
+}
+
+/** The result of a (re)subscribe. */
+export interface SubscribeResult {
+  /** On a channel with history: its last offset (absent when 0) and its epoch. */
+  offset?: number;
+  epoch?: string;
+  /** Present when the subscribe asked to recover (a resubscribe, or options.since). */
+  recovered?: boolean;
+  reason?: 'epoch_changed' | 'too_old' | 'no_history' | (string & {});
+}
+
+export interface SubscribeOptions<T = Payload> {
+  /** A publication on the channel: T is what the app expects, not checked. */
+  onMessage?: (data: T, ctx: MessageContext) => void;
+  /** A client subscribed (namespaces with join/leave; you see your own join too). */
+  onJoin?: (info: ClientInfo) => void;
+  /** A client unsubscribed or disconnected. */
+  onLeave?: (info: ClientInfo) => void;
+  /**
+   * A resubscribe could not deliver what was missed: reload your state,
+   * then go on from the new position (already tracked).
+   */
+  onRecoveryFailed?: (reason: 'epoch_changed' | 'too_old' | 'no_history' | (string & {}), result: SubscribeResult) => void;
+  /** Every successful subscribe and resubscribe. */
+  onSubscribed?: (result: SubscribeResult) => void;
+  /** The server refused the subscription for good (e.g. bad_channel); it has ended. */
+  onError?: (error: HeraldError) => void;
+  /** Start from this position: the first subscribe then recovers what followed it. */
+  since?: Position;
+}
+
+export interface PublishOptions {
+  /** Publish at most once per channel and key within the server's window (2 minutes by default). */
+  idempotencyKey?: string;
+}
+
+/** Empty on a channel without history. */
+export interface PublishResult {
+  offset?: number;
+  epoch?: string;
+  /** The key was seen before: nothing was published; offset and epoch are the first publish's. */
+  duplicate?: boolean;
+}
+
+export interface HistoryOptions {
+  /** At most this many publications (absent: all that are kept). */
+  limit?: number;
+  /** Only the publications after this position. */
+  since?: Position;
+  /** Newest first. */
+  reverse?: boolean;
+}
+
+export type HistoryPublication =
+  | { offset: number; data: JSONValue; binary: false }
+  | { offset: number; data: Uint8Array; binary: true };
+
+export interface HistoryResult {
+  publications: HistoryPublication[];
+  /** The channel's current position. */
+  offset: number;
+  epoch: string;
+}
+
+export interface PresenceResult {
+  /** Present clients by client id. */
+  clients: Record<string, ClientInfo>;
+}
+
+export interface PresenceStats {
+  /** Connections present. */
+  clients: number;
+  /** Distinct user ids among them (anonymous clients are not counted). */
+  users: number;
+}
+
+/** A client of one Herald server. */
+export declare class Herald {
+  constructor(url: string, options?: HeraldOptions);
+  readonly url: string;
+  /** This connection's id (from the connect reply); null while not connected. */
+  readonly clientId: string | null;
+  readonly state: ConnectionState;
+
+  /**
+   * Connects, then keeps the connection up (reconnecting with backoff) until
+   * disconnect() or a final close code (1008, 4500-4999). Resolves once
+   * connected; rejects if the client gives up first, with the server's error
+   * reply to connect if there was one (e.g. "unauthorized"), else with
+   * "disconnected".
+   */
+  connect(): Promise<void>;
+  /** Closes the connection and stops reconnecting; outstanding requests reject with "disconnected". */
+  disconnect(): void;
+
+  on(event: 'state', listener: (event: StateEvent) => void): () => void;
+  /** A message the server sent to this connection directly (not through a channel). */
+  on(event: 'message', listener: (data: Payload, ctx: { binary: boolean }) => void): () => void;
+  off(event: 'state' | 'message', listener: (...args: any[]) => void): void;
+
+  /** Subscribes now if connected, and again after every reconnect. Throws if channel already has a Subscription. */
+  subscribe<T = Payload>(channel: string, options?: SubscribeOptions<T>): Subscription<T>;
+  getSubscription(channel: string): Subscription | null;
+
+  publish(channel: string, data: PublishData, options?: PublishOptions): Promise<PublishResult>;
+  history(channel: string, options?: HistoryOptions): Promise<HistoryResult>;
+  presence(channel: string): Promise<PresenceResult>;
+  presenceStats(channel: string): Promise<PresenceStats>;
+  /** An application-level round trip. */
+  ping(): Promise<void>;
+}
+
+/** A subscription to one channel; it survives reconnects. */
+export declare class Subscription<T = Payload> {
+  readonly client: Herald;
+  readonly channel: string;
+  readonly state: 'subscribing' | 'subscribed' | 'unsubscribed';
+  /** The offset of the last publication received (or of the subscribe result), on a channel with history. */
+  readonly offset: number | undefined;
+  readonly epoch: string | undefined;
+  /**
+   * Settles with the first subscribe: resolves with its result, or rejects
+   * with the server's error, "unsubscribed", or "disconnected" when the
+   * client gives up before subscribing.
+   */
+  readonly ready: Promise<SubscribeResult>;
+  publish(data: PublishData, options?: PublishOptions): Promise<PublishResult>;
+  unsubscribe(): Promise<void>;
+}
+
+export default Herald;

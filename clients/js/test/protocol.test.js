@@ -1,0 +1,435 @@
+// Protocol behaviour that `herald serve` cannot be made to show on demand:
+// tokens on the wire, `message` pushes (the server sends them only through
+// its Go API), pushes for unknown channels, every close code, a server that
+// never answers the handshake. A scripted herald.v1 server built on the `ws`
+// package plays the server's part; herald.test.js covers the real one.
+
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { once } from 'node:events';
+import { WebSocketServer } from 'ws';
+
+import { Herald, HeraldError } from '../index.js';
+import { Inbox, recordStates, within } from './util.js';
+
+const cleanups = [];
+afterEach(async () => {
+  for (const f of cleanups.splice(0).reverse()) await f();
+});
+
+/**
+ * A herald.v1 server whose replies a test scripts: reply(cmd, conn) returns
+ * the result, or {error}, or false for no reply; by default connect gets a
+ * client id and every other command an empty success.
+ */
+async function scriptedServer(reply = () => undefined) {
+  const wss = new WebSocketServer({
+    host: '127.0.0.1',
+    port: 0,
+    handleProtocols: (protocols) => (protocols.has('herald.v1') ? 'herald.v1' : false),
+  });
+  await once(wss, 'listening');
+  const conns = new Inbox();
+  wss.on('connection', (ws) => {
+    const conn = { ws, n: conns.items.length + 1, commands: new Inbox() };
+    conn.send = (msg) => ws.send(typeof msg === 'string' || msg instanceof Uint8Array ? msg : JSON.stringify(msg));
+    conns.push(conn);
+    ws.on('message', (data, isBinary) => {
+      let cmd;
+      if (isBinary) {
+        const nl = data.indexOf(0x0a);
+        cmd = { ...JSON.parse(data.subarray(0, nl).toString()), payload: data.subarray(nl + 1) };
+      } else {
+        cmd = JSON.parse(data.toString());
+      }
+      conn.commands.push(cmd);
+      let out = reply(cmd, conn);
+      if (out === false) return;
+      if (out === undefined) out = cmd.cmd === 'connect' ? { client: `client-${conn.n}` } : undefined;
+      if (out?.error) conn.send({ id: cmd.id, error: out.error });
+      else conn.send(out === undefined ? { id: cmd.id } : { id: cmd.id, result: out });
+    });
+  });
+  const server = {
+    url: `ws://127.0.0.1:${wss.address().port}/ws`,
+    conns,
+    close: () =>
+      new Promise((resolve) => {
+        for (const ws of wss.clients) ws.terminate();
+        wss.close(resolve);
+      }),
+  };
+  cleanups.push(server.close);
+  return server;
+}
+
+function newClient(url, options = {}) {
+  const c = new Herald(url, { timeout: 2000, backoff: { min: 10, max: 20 }, ...options });
+  cleanups.push(() => c.disconnect());
+  return c;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+test('connect carries the token; getToken gives a fresh one before each reconnect; since tracks the last offset', async () => {
+  const s = await scriptedServer((cmd, conn) => {
+    if (cmd.cmd !== 'subscribe') return undefined;
+    return conn.n === 1 ? { offset: 5, epoch: 'E1' } : { offset: 7, epoch: 'E1', recovered: true };
+  });
+  let n = 0;
+  const c = newClient(s.url, { token: 'first', getToken: async () => `fresh-${++n}` });
+  await c.connect();
+  const inbox = new Inbox();
+  const sub = c.subscribe('room', { onMessage: inbox.push });
+  assert.deepEqual(await sub.ready, { offset: 5, epoch: 'E1' });
+
+  const [c1] = s.conns.items;
+  await c1.commands.count(2);
+  assert.deepEqual(c1.commands.items, [
+    { id: 1, cmd: 'connect', token: 'first' },
+    { id: 2, cmd: 'subscribe', channel: 'room' },
+  ]);
+  assert.equal(c.clientId, 'client-1');
+  assert.equal(n, 0, 'the first attempt uses the given token');
+
+  c1.send({ push: 'pub', channel: 'room', offset: 6, data: 'six' });
+  await inbox.count(1);
+  assert.equal(sub.offset, 6);
+  c1.ws.close(4003, 'go away for a moment');
+
+  const c2 = (await s.conns.count(2, 5000, 'a reconnect'))[1];
+  await c2.commands.count(2);
+  assert.deepEqual(c2.commands.items[0], { id: c2.commands.items[0].id, cmd: 'connect', token: 'fresh-1' });
+  assert.deepEqual(c2.commands.items[1].since, { offset: 6, epoch: 'E1' });
+
+  // Recovered: the reply says offset 7, but publication 7 has not arrived
+  // yet; were the connection lost now, the next resubscribe must still ask
+  // for everything after 6.
+  await sub.ready;
+  c2.ws.close(4001, 'slow consumer');
+  const c3 = (await s.conns.count(3, 5000, 'a second reconnect'))[2];
+  await c3.commands.count(2);
+  assert.equal(c3.commands.items[0].token, 'fresh-2');
+  assert.deepEqual(c3.commands.items[1].since, { offset: 6, epoch: 'E1' });
+  assert.equal(n, 2);
+});
+
+// An unmasked server text frame, built by hand so that several can go out
+// in one TCP write (and so be read by the client in one chunk).
+function textFrame(obj) {
+  const payload = Buffer.from(JSON.stringify(obj));
+  assert.ok(payload.length < 126);
+  return Buffer.concat([Buffer.from([0x81, payload.length]), payload]);
+}
+
+test('a reply and the pushes after it in one TCP chunk are handled in order', async () => {
+  // The ws package may emit every message of a chunk in the same tick: the
+  // reply must take effect before the next frame, not in a later microtask.
+  const s = await scriptedServer((cmd, conn) => {
+    if (cmd.cmd !== 'subscribe') return undefined;
+    const reply = conn.n === 1 ? { offset: 5, epoch: 'E1' } : { offset: 9, epoch: 'E2', recovered: false, reason: 'epoch_changed' };
+    const next = conn.n === 1 ? 6 : 10;
+    conn.ws._socket.write(
+      Buffer.concat([
+        textFrame({ id: cmd.id, result: reply }),
+        textFrame({ push: 'pub', channel: cmd.channel, offset: next, data: next }),
+      ]),
+    );
+    return false;
+  });
+  const c = newClient(s.url);
+  await c.connect();
+  const events = [];
+  const sub = c.subscribe('room', {
+    onSubscribed: (r) => events.push(['subscribed', sub.offset, r.offset]),
+    onRecoveryFailed: (reason) => events.push(['recovery failed', reason]),
+    onMessage: (data) => events.push(['message', data, sub.offset]),
+  });
+  await sub.ready;
+  await c.ping();
+  assert.equal(sub.offset, 6);
+
+  s.conns.items[0].ws.close(4003, 'again');
+  await s.conns.count(2, 5000, 'a reconnect');
+  await s.conns.items[1].commands.count(2);
+  await c.ping();
+  assert.deepEqual(s.conns.items[1].commands.items[1].since, { offset: 6, epoch: 'E1' });
+  assert.equal(sub.offset, 10);
+  assert.equal(sub.epoch, 'E2');
+  assert.deepEqual(events, [
+    ['subscribed', 5, 5],
+    ['message', 6, 6],
+    ['recovery failed', 'epoch_changed'],
+    ['subscribed', 9, 9],
+    ['message', 10, 10],
+  ]);
+});
+
+test('an attempt whose getToken fails is retried with backoff', async () => {
+  const s = await scriptedServer();
+  let calls = 0;
+  const c = newClient(s.url, {
+    getToken: async () => {
+      if (++calls === 1) throw new Error('auth service down');
+      return 'ok';
+    },
+  });
+  const states = recordStates(c);
+  await within(5000, 'connect', c.connect());
+  assert.equal(calls, 2);
+  assert.match(states.items.find((e) => e.state === 'disconnected').reason, /getToken failed: auth service down/);
+  assert.equal((await s.conns.items[0].commands.count(1))[0].token, 'ok');
+});
+
+test('message pushes, text and binary, reach on("message"); unknown push kinds are ignored', async (t) => {
+  const warn = t.mock.method(console, 'warn', () => {});
+  const s = await scriptedServer();
+  const c = newClient(s.url);
+  const messages = new Inbox();
+  const off = c.on('message', messages.push);
+  await c.connect();
+  const [conn] = s.conns.items;
+  conn.send({ push: 'future-kind', data: 1 });
+  conn.send({ push: 'message', data: { x: 1 }, extra: 'unknown fields are fine' });
+  conn.send(Buffer.concat([Buffer.from('{"push":"message"}\n'), Buffer.from([0x00, 0xff, 0x0a])]));
+  const got = await messages.count(2);
+  assert.deepEqual(got[0], [{ x: 1 }, { binary: false }]);
+  assert.deepEqual(got[1], [Uint8Array.from([0x00, 0xff, 0x0a]), { binary: true }]);
+
+  off();
+  conn.send({ push: 'message', data: 'after off()' });
+  await c.ping(); // the reply comes after the push: it has been handled
+  assert.equal(messages.items.length, 2);
+  assert.equal(warn.mock.callCount(), 0);
+});
+
+test('a push for an unknown subscription is ignored and logged once per channel', async (t) => {
+  const warn = t.mock.method(console, 'warn', () => {});
+  const s = await scriptedServer((cmd, conn) => {
+    // A publication in flight when the unsubscribe arrives: expected, not logged.
+    if (cmd.cmd === 'unsubscribe') conn.send({ push: 'pub', channel: cmd.channel, data: 'late' });
+    return undefined;
+  });
+  const c = newClient(s.url);
+  await c.connect();
+  const [conn] = s.conns.items;
+  const inbox = new Inbox();
+  const sub = c.subscribe('real', { onMessage: inbox.push });
+  await sub.ready;
+  conn.send({ push: 'pub', channel: 'ghost', data: 1 });
+  conn.send({ push: 'pub', channel: 'ghost', data: 2 });
+  conn.send({ push: 'join', channel: 'ghost', info: { client: 'x' } });
+  conn.send({ push: 'pub', channel: 'ghost2', data: 3 });
+  conn.send({ push: 'pub', channel: 'real', data: 4 });
+  await c.ping();
+  assert.deepEqual(inbox.items, [[4, { channel: 'real', offset: undefined, binary: false }]]);
+  assert.equal(warn.mock.callCount(), 2);
+  assert.match(warn.mock.calls[0].arguments[0], /"ghost"/);
+  assert.match(warn.mock.calls[1].arguments[0], /"ghost2"/);
+
+  await sub.unsubscribe();
+  await c.ping();
+  assert.equal(inbox.items.length, 1, 'no callback after unsubscribe');
+  assert.equal(warn.mock.callCount(), 2, 'pushes in flight at unsubscribe are not logged');
+
+  // Subscribed again at once: the push in flight at the unsubscribe is the
+  // old subscription's, not the new one's; what follows is the new one's.
+  await c.subscribe('real').ready;
+  const again = new Inbox();
+  const leaving = c.getSubscription('real').unsubscribe();
+  const sub2 = c.subscribe('real', { onMessage: again.push });
+  await leaving;
+  await sub2.ready;
+  conn.send({ push: 'pub', channel: 'real', data: 'new' });
+  await c.ping();
+  assert.deepEqual(
+    again.items.map(([data]) => data),
+    ['new'],
+  );
+  assert.equal(warn.mock.callCount(), 2);
+});
+
+for (const code of [1008, 4500, 4999]) {
+  test(`close ${code} stops reconnecting`, async () => {
+    const s = await scriptedServer();
+    const c = newClient(s.url);
+    const states = recordStates(c);
+    const sub = c.subscribe('room');
+    await c.connect();
+    await sub.ready;
+    s.conns.items[0].ws.close(code, 'forbidden');
+    const ev = await states.find((e) => e.state === 'disconnected', 5000, 'disconnected');
+    assert.deepEqual(ev, { state: 'disconnected', code, reason: 'forbidden', reconnect: false });
+    await sleep(200); // ten times the longest backoff delay
+    assert.equal(s.conns.items.length, 1, 'no new connection');
+    assert.equal(c.state, 'disconnected');
+    assert.equal(sub.state, 'subscribing', 'kept, for a later connect()');
+    await assert.rejects(c.publish('room', 1), { code: 'disconnected' });
+
+    // connect() starts over, and the subscription comes back.
+    await c.connect();
+    await s.conns.items[1].commands.find((cmd) => cmd.cmd === 'subscribe', 5000, 'the resubscribe');
+  });
+}
+
+for (const code of [1001, 1011, 4001, 4003, 4499]) {
+  test(`close ${code} reconnects`, async () => {
+    const s = await scriptedServer();
+    const c = newClient(s.url);
+    const states = recordStates(c);
+    await c.connect();
+    s.conns.items[0].ws.close(code, 'bye');
+    const ev = await states.find((e) => e.state === 'disconnected', 5000, 'disconnected');
+    assert.equal(ev.code, code);
+    assert.equal(ev.reconnect, true);
+    assert.ok(ev.delay >= 0 && ev.delay < 10);
+    await s.conns.count(2, 5000, 'a reconnect');
+    await states.find((e) => e.state === 'connected', 5000, 'connected', 3);
+  });
+}
+
+test('connect() rejects when the server closes for good before the client is connected', async () => {
+  const s = await scriptedServer((cmd, conn) => {
+    conn.ws.close(4500, 'no entry');
+    return false;
+  });
+  const c = newClient(s.url);
+  const sub = c.subscribe('room');
+  await assert.rejects(c.connect(), (err) => err instanceof HeraldError && err.code === 'disconnected' && /4500/.test(err.message));
+  await assert.rejects(sub.ready, { code: 'disconnected' });
+});
+
+test('a refused connect: the server\'s close decides; connect() rejects with its error', async () => {
+  // As Herald does for a bad token: an "unauthorized" reply, then close 4501.
+  const s = await scriptedServer((cmd, conn) => {
+    if (cmd.cmd !== 'connect') return undefined;
+    conn.send({ id: cmd.id, error: { code: 'unauthorized', message: 'token expired' } });
+    setTimeout(() => conn.ws.close(4501, 'invalid token'), 20);
+    return false;
+  });
+  const c = newClient(s.url, { token: 'stale' });
+  const states = recordStates(c);
+  await assert.rejects(c.connect(), (err) => err instanceof HeraldError && err.code === 'unauthorized' && err.message === 'token expired');
+  assert.deepEqual(states.items.at(-1), { state: 'disconnected', code: 4501, reason: 'invalid token', reconnect: false });
+  await sleep(100);
+  assert.equal(s.conns.items.length, 1, 'not again with the same token');
+});
+
+test('a refused connect that the server leaves open ends at the attempt timeout', async () => {
+  const s = await scriptedServer((cmd) => (cmd.cmd === 'connect' ? { error: { code: 'unavailable', message: 'try later' } } : undefined));
+  const c = newClient(s.url, { timeout: 200 });
+  const states = recordStates(c);
+  c.connect();
+  const ev = await states.find((e) => e.state === 'disconnected', 5000, 'disconnected');
+  assert.equal(ev.reason, 'connect refused: unavailable: try later');
+  assert.equal(ev.reconnect, true);
+  await s.conns.count(2, 5000, 'a new attempt');
+});
+
+test('a request made while reconnecting waits for the connection and follows the resubscribe', async () => {
+  const s = await scriptedServer((cmd, conn) => {
+    if (cmd.cmd === 'publish') return { offset: 1, epoch: 'E' };
+    if (cmd.cmd === 'subscribe' && conn.n === 1) setTimeout(() => conn.ws.close(4003, 'moved'), 0);
+    return undefined;
+  });
+  const c = newClient(s.url, { backoff: { min: 50, max: 50 } });
+  const states = recordStates(c);
+  await c.connect();
+  c.subscribe('room');
+  await states.find((e) => e.state === 'disconnected', 5000, 'disconnected');
+  const result = await c.publish('room', { queued: true }, { idempotencyKey: 'k1' });
+  assert.deepEqual(result, { offset: 1, epoch: 'E' });
+  const [, c2] = s.conns.items;
+  assert.deepEqual(
+    c2.commands.items.map((cmd) => cmd.cmd),
+    ['connect', 'subscribe', 'publish'],
+  );
+  assert.deepEqual(c2.commands.items[2].data, { queued: true });
+  assert.equal(c2.commands.items[2].idempotency_key, 'k1');
+});
+
+test('binary publish frames: JSON header, newline, the bytes', async () => {
+  const s = await scriptedServer();
+  const c = newClient(s.url);
+  await c.connect();
+  await c.publish('files', Uint8Array.from([0x0a, 0xff, 0x00]));
+  const cmd = (await s.conns.items[0].commands.count(2))[1];
+  assert.deepEqual(cmd.payload, Buffer.from([0x0a, 0xff, 0x00]));
+  assert.deepEqual(Object.keys(cmd).sort(), ['channel', 'cmd', 'id', 'payload'], 'no data field in the header');
+});
+
+test('a subscribe answered "unavailable" is retried after a backoff delay', async () => {
+  let tries = 0;
+  const s = await scriptedServer((cmd) => {
+    if (cmd.cmd === 'subscribe' && ++tries < 3) return { error: { code: 'unavailable', message: 'broker down' } };
+    return undefined;
+  });
+  const c = newClient(s.url);
+  await c.connect();
+  const errors = new Inbox();
+  const sub = c.subscribe('room', { onError: errors.push });
+  await within(5000, 'subscribed', sub.ready);
+  assert.equal(tries, 3);
+  assert.deepEqual(errors.items, []);
+});
+
+test('disconnect() fails outstanding requests and clears every timer', async (t) => {
+  t.mock.method(Math, 'random', () => 0.5);
+  const s = await scriptedServer();
+  const c = newClient(s.url, { backoff: { min: 60_000, max: 60_000 }, timeout: 60_000 });
+  const states = recordStates(c);
+  await c.connect();
+  s.conns.items[0].ws.close(4003, 'later');
+  const ev = await states.find((e) => e.state === 'disconnected', 5000, 'disconnected');
+  assert.equal(ev.delay, 30_000);
+  const queued = c.publish('room', 'waits for the connection');
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+  const before = timers();
+  c.disconnect();
+  await assert.rejects(queued, { code: 'disconnected' });
+  assert.ok(timers() <= before - 2, 'the reconnect timer and the request timer are gone');
+  assert.equal(c._reconnectTimer, null);
+  assert.equal(c._openTimer, null);
+  assert.equal(c._pending.size + c._queue.size, 0);
+  assert.deepEqual(states.items.at(-1), { state: 'disconnected', code: 1000, reason: 'disconnect() called', reconnect: false });
+});
+
+test('connect timeout: a server that accepts TCP but never answers the handshake', async () => {
+  const sockets = new Set();
+  const tcp = net.createServer((sock) => sockets.add(sock));
+  tcp.listen(0, '127.0.0.1');
+  await once(tcp, 'listening');
+  cleanups.push(() => {
+    for (const sock of sockets) sock.destroy();
+    return new Promise((resolve) => tcp.close(resolve));
+  });
+  const c = newClient(`ws://127.0.0.1:${tcp.address().port}/ws`, { timeout: 200 });
+  const states = recordStates(c);
+  const start = Date.now();
+  c.connect();
+  const ev = await states.find((e) => e.state === 'disconnected', 5000, 'disconnected');
+  assert.deepEqual({ ...ev, delay: 0 }, { state: 'disconnected', code: 1006, reason: 'connect timeout', reconnect: true, delay: 0 });
+  assert.ok(Date.now() - start >= 190);
+});
+
+test('backoff: full jitter, below min·2^attempt, capped at max', async (t) => {
+  // A port with nothing listening: every attempt is refused at once.
+  const tcp = net.createServer().listen(0, '127.0.0.1');
+  await once(tcp, 'listening');
+  const { port } = tcp.address();
+  await new Promise((resolve) => tcp.close(resolve));
+
+  const delays = async (random) => {
+    t.mock.method(Math, 'random', () => random);
+    const c = newClient(`ws://127.0.0.1:${port}/ws`, { backoff: { min: 10, max: 80 } });
+    const states = recordStates(c);
+    c.connect();
+    await states.until(() => states.items.filter((e) => e.state === 'disconnected').length >= 6, 5000, '6 attempts');
+    c.disconnect();
+    t.mock.restoreAll();
+    return states.items.filter((e) => e.state === 'disconnected' && e.reconnect).slice(0, 6).map((e) => e.delay);
+  };
+  assert.deepEqual(await delays(0.999), [9, 19, 39, 79, 79, 79], 'the ceilings: 10, 20, 40, then max');
+  assert.deepEqual(await delays(0), [0, 0, 0, 0, 0, 0], 'full jitter: from zero');
+});
