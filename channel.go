@@ -109,7 +109,9 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 		if since != nil {
 			hopts = HistoryOptions{Since: &StreamPosition{Offset: since.Offset, Epoch: since.Epoch}, Limit: -1}
 		}
-		h, err := n.broker.History(n.ctx, channel, hopts)
+		ctx, cancel := n.opCtx()
+		defer cancel()
+		h, err := n.broker.History(ctx, channel, hopts)
 		if err != nil {
 			n.removeSubscription(c, channel)
 			n.log.Warn("history read failed", "channel", channel, "err", err)
@@ -146,7 +148,9 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 	}
 	if ns.Presence {
 		p := ClientPresence{Client: c.id, User: c.user, Info: c.info}
-		if err := n.presence.AddPresence(n.ctx, channel, p); err != nil {
+		ctx, cancel := n.opCtx()
+		defer cancel()
+		if err := n.presence.AddPresence(ctx, channel, p); err != nil {
 			n.log.Warn("presence add failed", "channel", channel, "err", err)
 		}
 		if ns.JoinLeave {
@@ -166,7 +170,9 @@ func (n *Node) grantSubscription(c *conn, channel, token string) *protocol.Error
 	if n.cfg.Tokens == nil {
 		return protocol.Errorf(protocol.CodeBadRequest, "this server checks no tokens")
 	}
-	claims, err := n.cfg.Tokens.Verify(n.ctx, token)
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	claims, err := n.cfg.Tokens.Verify(ctx, token)
 	switch {
 	case err != nil:
 		n.metrics.authFailures.Add(1)
@@ -217,7 +223,9 @@ func (n *Node) addSub(c *conn, channel string, e *subEntry) *protocol.Error {
 	l.Lock()
 	defer l.Unlock()
 	if n.hub.addSub(channel, c, e) {
-		if err := n.broker.Subscribe(n.ctx, channel); err != nil {
+		ctx, cancel := n.opCtx()
+		defer cancel()
+		if err := n.broker.Subscribe(ctx, channel); err != nil {
 			n.hub.removeSub(channel, c)
 			n.log.Warn("broker subscribe failed", "channel", channel, "err", err)
 			return protocol.Errorf(protocol.CodeUnavailable, "subscribe failed: broker unavailable")
@@ -255,13 +263,17 @@ func (n *Node) removeSubscription(c *conn, channel string) bool {
 	l := &n.subLocks[n.hub.index(channel)%len(n.subLocks)]
 	l.Lock()
 	if n.hub.removeSub(channel, c) {
-		if err := n.broker.Unsubscribe(n.ctx, channel); err != nil && n.ctx.Err() == nil {
+		ctx, cancel := n.opCtx()
+		defer cancel()
+		if err := n.broker.Unsubscribe(ctx, channel); err != nil && n.ctx.Err() == nil {
 			n.log.Warn("broker unsubscribe failed", "channel", channel, "err", err)
 		}
 	}
 	l.Unlock()
 	if ns := n.ns.lookup(channel); ns != nil && ns.Presence {
-		if err := n.presence.RemovePresence(n.ctx, channel, c.id); err != nil {
+		ctx, cancel := n.opCtx()
+		defer cancel()
+		if err := n.presence.RemovePresence(ctx, channel, c.id); err != nil {
 			n.log.Warn("presence remove failed", "channel", channel, "err", err)
 		}
 		if ns.JoinLeave {
@@ -294,7 +306,9 @@ func (n *Node) unregister(c *conn) {
 // on every node, but are not kept in history.
 func (n *Node) publishEvent(channel string, kind PubKind, p *ClientPresence) {
 	pub := &Publication{Channel: channel, Kind: kind, Presence: p}
-	if _, err := n.broker.Publish(n.ctx, pub, PublishOptions{}); err != nil && n.ctx.Err() == nil {
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	if _, err := n.broker.Publish(ctx, pub, PublishOptions{}); err != nil && n.ctx.Err() == nil {
 		n.log.Warn("presence event publish failed", "channel", channel, "err", err)
 	}
 }

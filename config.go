@@ -26,6 +26,10 @@ type Config struct {
 	// namespace; see Namespace. Empty means every channel is accepted, with
 	// no history and no presence.
 	Namespaces []Namespace
+	// BrokerTimeout bounds each broker, presence and token-verification call
+	// made for a client (subscribe, publish, history, presence, connect).
+	// Zero means 5s.
+	BrokerTimeout time.Duration
 	// IdempotencyWindow is how long a publish's idempotency key is
 	// remembered. Zero means 2 minutes.
 	IdempotencyWindow time.Duration
@@ -170,6 +174,7 @@ func (c Config) withDefaults() Config {
 	defDur(&c.HandshakeTimeout, 10*time.Second)
 	defDur(&c.CloseGrace, 2*time.Second)
 	defDur(&c.IdempotencyWindow, 2*time.Minute)
+	defDur(&c.BrokerTimeout, 5*time.Second)
 	defDur(&c.ConnectTimeout, 10*time.Second)
 	def(&c.MaxConnections, 100_000)
 	def(&c.MaxConnectionsPerUser, 100)

@@ -449,7 +449,9 @@ func (c *conn) handlePublish(cmd protocol.Command, payload []byte, binary bool) 
 	}
 	pub := &Publication{Channel: cmd.Channel, Data: bytes.Clone(payload), Binary: binary, Origin: c.id}
 	n.metrics.pubClient.Add(1)
-	res, err := n.publish(n.ctx, pub, ns.publishOptions(cmd.IdempotencyKey, n.cfg.IdempotencyWindow))
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	res, err := n.publish(ctx, pub, ns.publishOptions(cmd.IdempotencyKey, n.cfg.IdempotencyWindow))
 	if err != nil {
 		n.log.Warn("publish failed", "channel", cmd.Channel, "err", err)
 		c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnavailable, "publish failed: broker unavailable"))
@@ -478,7 +480,9 @@ func (c *conn) handleHistory(cmd protocol.Command) {
 		c.reply(cmd.ID, nil, perr)
 		return
 	}
-	h, err := c.node.History(c.node.ctx, cmd.Channel, opts)
+	ctx, cancel := c.node.opCtx()
+	defer cancel()
+	h, err := c.node.History(ctx, cmd.Channel, opts)
 	if err != nil {
 		c.reply(cmd.ID, nil, protoError(err))
 		return
@@ -494,7 +498,9 @@ func (c *conn) handlePresence(cmd protocol.Command) {
 		return
 	}
 	if cmd.Cmd == protocol.CmdPresenceStats {
-		st, err := n.PresenceStats(n.ctx, cmd.Channel)
+		ctx, cancel := n.opCtx()
+		defer cancel()
+		st, err := n.PresenceStats(ctx, cmd.Channel)
 		if err != nil {
 			c.reply(cmd.ID, nil, protoError(err))
 			return
@@ -502,7 +508,9 @@ func (c *conn) handlePresence(cmd protocol.Command) {
 		c.reply(cmd.ID, protocol.PresenceStatsResult{Clients: st.Clients, Users: st.Users}, nil)
 		return
 	}
-	m, err := n.Presence(n.ctx, cmd.Channel)
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	m, err := n.Presence(ctx, cmd.Channel)
 	if err != nil {
 		c.reply(cmd.ID, nil, protoError(err))
 		return
@@ -532,7 +540,9 @@ func (c *conn) handleConnect(cmd protocol.Command) {
 		return
 	}
 	if cmd.Token != "" && n.cfg.Tokens != nil {
-		claims, err := n.cfg.Tokens.Verify(n.ctx, cmd.Token)
+		ctx, cancel := n.opCtx()
+		defer cancel()
+		claims, err := n.cfg.Tokens.Verify(ctx, cmd.Token)
 		if err == nil && claims.Channel != "" {
 			err = errors.New("a subscription token cannot authenticate a connection")
 		}
@@ -671,7 +681,9 @@ func (c *conn) handleRaw(msg []byte, binary bool) {
 	}
 	pub := &Publication{Channel: c.rawChannel, Data: bytes.Clone(msg), Binary: binary, Origin: c.id}
 	n.metrics.pubRaw.Add(1)
-	if _, err := n.publish(n.ctx, pub, ns.publishOptions("", 0)); err != nil {
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	if _, err := n.publish(ctx, pub, ns.publishOptions("", 0)); err != nil {
 		n.log.Warn("raw publish failed", "client", c.id, "channel", c.rawChannel, "err", err)
 		c.close(websocket.CloseTryAgainLater, "publish failed")
 	}

@@ -615,3 +615,9 @@ func (n *Node) Stats() Stats {
 		SlowConsumers: n.metrics.slowConsumers.Load(),
 	}
 }
+
+// opCtx bounds one broker, presence or token operation made for a client:
+// it ends at Config.BrokerTimeout or when the node shuts down.
+func (n *Node) opCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(n.ctx, n.cfg.BrokerTimeout)
+}

@@ -29,8 +29,10 @@ type PresenceStats struct {
 // namespace has presence, and removes it when it unsubscribes or its
 // connection ends (a connection that dies without a close frame ends at the
 // heartbeat timeout). Managers shared by several nodes must also expire the
-// entries of a node that stops without removing them; the node re-adds its
-// live entries periodically (AddPresence is idempotent) for that.
+// entries of a node that stops without removing them: such a manager keeps
+// the entries added through it alive (redisbroker and natsbroker refresh
+// them from their Run) and lets them expire when that stops. AddPresence is
+// idempotent.
 //
 // Consistency: Presence reflects every Add and Remove that returned before it
 // was called.
