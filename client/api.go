@@ -1,0 +1,179 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"unicode/utf8"
+
+	"github.com/heraldhq/herald/protocol"
+)
+
+// PublishOption modifies one Publish or PublishBinary.
+type PublishOption func(*publishSettings)
+
+type publishSettings struct {
+	idempotencyKey string
+}
+
+// WithIdempotencyKey makes the publish happen at most once per channel and
+// key within the server's window (2 minutes by default): a repeat publishes
+// nothing and returns the first publish's result with Duplicate set. Use it
+// to retry safely after ErrTimeout or ErrDisconnected.
+func WithIdempotencyKey(key string) PublishOption {
+	return func(s *publishSettings) { s.idempotencyKey = key }
+}
+
+// PublishResult is where a publication landed, on a channel with history
+// (zero otherwise, unless Duplicate).
+type PublishResult struct {
+	Offset uint64
+	Epoch  string
+	// Duplicate: the idempotency key was seen; nothing was published, and
+	// Offset and Epoch are the first publish's.
+	Duplicate bool
+}
+
+var errNotJSON = errors.New("data is not a valid UTF-8 JSON value (use PublishBinary for bytes)")
+
+// Publish publishes data, a JSON value, to channel in a text frame; it
+// reaches subscribers byte for byte. It returns once the server has queued
+// the publication to the subscribers on its node (so a subscribed publisher
+// receives its own publication before Publish returns). Publishing does not
+// require being subscribed.
+func (c *Client) Publish(ctx context.Context, channel string, data []byte, opts ...PublishOption) (PublishResult, error) {
+	if !utf8.Valid(data) || !json.Valid(data) {
+		return PublishResult{}, fmt.Errorf("failed to publish to %q: %w", channel, errNotJSON)
+	}
+	return c.publish(ctx, channel, data, false, opts)
+}
+
+// PublishBinary publishes raw bytes, any values, in a binary frame; they
+// reach subscribers untouched, as a Publication with Binary set.
+func (c *Client) PublishBinary(ctx context.Context, channel string, data []byte, opts ...PublishOption) (PublishResult, error) {
+	if data == nil {
+		data = []byte{}
+	}
+	return c.publish(ctx, channel, data, true, opts)
+}
+
+func (c *Client) publish(ctx context.Context, channel string, data []byte, binary bool, opts []PublishOption) (PublishResult, error) {
+	var set publishSettings
+	for _, o := range opts {
+		o(&set)
+	}
+	cmd := &command{Command: protocol.Command{Cmd: protocol.CmdPublish, Channel: channel, IdempotencyKey: set.idempotencyKey}}
+	raw, err := c.call(ctx, cmd, data, binary)
+	if err != nil {
+		return PublishResult{}, fmt.Errorf("failed to publish to %q: %w", channel, err)
+	}
+	var res protocol.PublishResult
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &res); err != nil {
+			return PublishResult{}, fmt.Errorf("failed to decode the publish result %q: %w", raw, err)
+		}
+	}
+	return PublishResult{Offset: res.Offset, Epoch: res.Epoch, Duplicate: res.Duplicate}, nil
+}
+
+// HistoryOptions select what History returns.
+type HistoryOptions struct {
+	// Limit caps the number of publications: 0 means all the history keeps;
+	// a negative Limit returns none, only the current Position.
+	Limit int
+	// Since returns only the publications after this position (it must
+	// carry the history's current epoch).
+	Since *Position
+	// Reverse returns the newest first.
+	Reverse bool
+}
+
+// HistoryResult is a slice of a channel's history and the channel's
+// current position (the offset of its last publication, and its epoch).
+type HistoryResult struct {
+	Publications []Publication
+	Position     Position
+}
+
+// History reads a channel's history. It fails with an *Error of code
+// protocol.CodeNotEnabled on a channel whose namespace keeps no history.
+func (c *Client) History(ctx context.Context, channel string, opts HistoryOptions) (HistoryResult, error) {
+	cmd := &command{Command: protocol.Command{Cmd: protocol.CmdHistory, Channel: channel, Since: opts.Since, Reverse: opts.Reverse}}
+	if opts.Limit != 0 {
+		limit := max(opts.Limit, 0)
+		cmd.Limit = &limit
+	}
+	raw, err := c.call(ctx, cmd, nil, false)
+	if err != nil {
+		return HistoryResult{}, fmt.Errorf("failed to read the history of %q: %w", channel, err)
+	}
+	var res protocol.HistoryResult
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return HistoryResult{}, fmt.Errorf("failed to decode the history of %q: %w", channel, err)
+	}
+	out := HistoryResult{Publications: make([]Publication, len(res.Publications)), Position: Position{Offset: res.Offset, Epoch: res.Epoch}}
+	for i, hp := range res.Publications {
+		p := Publication{Channel: channel, Offset: hp.Offset, Data: hp.Data}
+		if len(hp.Data) == 0 {
+			// Binary travels as base64 in "binary", omitted when empty; a
+			// text publication always has data.
+			p.Data, p.Binary = hp.Binary, true
+			if p.Data == nil {
+				p.Data = []byte{}
+			}
+		}
+		out.Publications[i] = p
+	}
+	return out, nil
+}
+
+// Presence returns the clients subscribed to channel, by client id. It
+// fails with an *Error of code protocol.CodeNotEnabled on a channel whose
+// namespace keeps no presence.
+func (c *Client) Presence(ctx context.Context, channel string) (map[string]ClientInfo, error) {
+	raw, err := c.call(ctx, &command{Command: protocol.Command{Cmd: protocol.CmdPresence, Channel: channel}}, nil, false)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read the presence of %q: %w", channel, err)
+	}
+	var res protocol.PresenceResult
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return nil, fmt.Errorf("failed to decode the presence of %q: %w", channel, err)
+	}
+	if res.Clients == nil {
+		res.Clients = map[string]ClientInfo{}
+	}
+	return res.Clients, nil
+}
+
+// PresenceStats counts the clients in a channel's presence.
+type PresenceStats struct {
+	// Clients counts connections; Users distinct user ids (a user with
+	// several connections counts once; anonymous clients count only in
+	// Clients).
+	Clients, Users int
+}
+
+// PresenceStats counts the clients and users subscribed to channel.
+func (c *Client) PresenceStats(ctx context.Context, channel string) (PresenceStats, error) {
+	raw, err := c.call(ctx, &command{Command: protocol.Command{Cmd: protocol.CmdPresenceStats, Channel: channel}}, nil, false)
+	if err != nil {
+		return PresenceStats{}, fmt.Errorf("failed to read the presence stats of %q: %w", channel, err)
+	}
+	var res protocol.PresenceStatsResult
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return PresenceStats{}, fmt.Errorf("failed to decode the presence stats of %q: %w", channel, err)
+	}
+	return PresenceStats{Clients: res.Clients, Users: res.Users}, nil
+}
+
+// Ping makes an application-level round trip to the server. The server
+// answers in order, and the client reads in order: when Ping returns, every
+// push the server sent before its reply has been queued for the handlers
+// (not necessarily handled yet).
+func (c *Client) Ping(ctx context.Context) error {
+	if _, err := c.call(ctx, &command{Command: protocol.Command{Cmd: protocol.CmdPing}}, nil, false); err != nil {
+		return fmt.Errorf("failed to ping: %w", err)
+	}
+	return nil
+}

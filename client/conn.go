@@ -1,0 +1,646 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/heraldhq/herald/protocol"
+)
+
+// session is one WebSocket connection. Its socket is read only by the
+// client's connection goroutine; data frames are written by any goroutine
+// under wmu (gorilla allows one writer at a time), control frames with
+// gorilla's WriteControl, which is safe alongside them.
+type session struct {
+	c   *Client
+	ws  *websocket.Conn
+	wmu sync.Mutex // serialises data writes
+
+	mu      sync.Mutex
+	pending map[uint64]*pending // requests awaiting their reply, by id
+	dead    bool                // the connection ended: no new requests
+
+	// dmu guards the read deadline against the race between the reader
+	// extending it and Close shortening it: once closing, only Close's stands.
+	dmu     sync.Mutex
+	closing bool
+
+	// Connection goroutine only.
+	live       bool      // the connect reply came: frames extend the read deadline
+	lastExtend time.Time // when the read deadline was last pushed back
+}
+
+// pending is a request awaiting its reply.
+type pending struct {
+	// done receives the reply, or ErrDisconnected if the connection ends
+	// first. 1-buffered, so the reader never blocks on a caller that gave
+	// up; nil when nobody waits (fire-and-forget commands).
+	done chan result
+	// onReply, if set, runs on the connection goroutine when the reply is
+	// read, before any later frame is handled: state that must be in step
+	// with the stream (a subscription's position) is updated there, not by
+	// the waiting caller, which may run later.
+	onReply func(protocol.Reply) error
+}
+
+type result struct {
+	reply protocol.Reply
+	err   error
+}
+
+// command is a protocol command plus the connect command's token, which
+// herald.v1 servers ignore and later ones read.
+type command struct {
+	protocol.Command
+	Token string `json:"token,omitempty"`
+}
+
+// establish makes one connection attempt: token, dial, connect command and
+// reply, then the resubscription of every active subscription. On success
+// the session is live and requests go to it.
+func (c *Client) establish(ctx context.Context) (*session, error) {
+	token := c.opts.Token
+	if c.opts.GetToken != nil {
+		t, err := c.opts.GetToken(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("failed to get a token: %w", err)
+		}
+		token = t
+	}
+	ws, err := c.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := &session{c: c, ws: ws, pending: make(map[uint64]*pending)}
+	ws.SetPingHandler(s.onPing)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		_ = ws.Close()
+		return nil, ErrClosed
+	}
+	c.cur = s
+	c.mu.Unlock()
+
+	id, err := s.handshake(ctx, token)
+	if err != nil {
+		c.teardown(s)
+		return nil, err
+	}
+
+	c.mu.Lock()
+	c.live = s
+	c.id = id
+	if !c.closed {
+		c.state = StateConnected
+	}
+	// Resubscribe from the last position seen. A channel without history
+	// has no epoch; since is sent anyway, and the server's no_history answer
+	// tells the app what it may have missed.
+	type resub struct {
+		sub   *Subscription
+		since Position
+	}
+	var resubs []resub
+	for _, sub := range c.subs {
+		if sub.state == subActive {
+			sub.inflight++
+			resubs = append(resubs, resub{sub, sub.pos})
+		}
+	}
+	c.mu.Unlock()
+	c.log.Info("connected", "client", id, "resubscribing", len(resubs))
+	c.emit(StateChange{State: StateConnected, ClientID: id})
+
+	// Pipelined: the replies are handled by the read loop as they come.
+	for _, r := range resubs {
+		sub, since := r.sub, r.since
+		cmd := &command{Command: protocol.Command{Cmd: protocol.CmdSubscribe, Channel: sub.channel, Since: &since}}
+		p := &pending{onReply: func(rep protocol.Reply) error { return c.subscribeReplied(s, sub, rep) }}
+		if _, err := s.start(cmd, nil, false, p); err != nil {
+			break // the connection is failing; the reader will see it and reconnect
+		}
+	}
+	return s, nil
+}
+
+// dial opens the WebSocket within ctx and RequestTimeout.
+func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, c.opts.RequestTimeout)
+	defer cancel()
+
+	// gorilla honours ctx while connecting but not while it waits for the
+	// HTTP response (only the deadline bounds that). Closing the socket when
+	// ctx ends keeps Close prompt even against a server that accepted the
+	// TCP connection and went silent.
+	d := c.dialer
+	inner := d.NetDialContext
+	if inner == nil {
+		if nd := d.NetDial; nd != nil {
+			inner = func(_ context.Context, network, addr string) (net.Conn, error) { return nd(network, addr) }
+		} else {
+			inner = (&net.Dialer{}).DialContext
+		}
+	}
+	var (
+		mu     sync.Mutex
+		nc     net.Conn
+		killed bool
+	)
+	d.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := inner(ctx, network, addr)
+		mu.Lock()
+		nc = conn
+		mu.Unlock()
+		return conn, err
+	}
+	stop := onCancel(dctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		killed = true
+		if nc != nil {
+			_ = nc.Close()
+		}
+	})
+	ws, resp, err := d.DialContext(dctx, c.url, c.opts.Header)
+	stop()
+	if err == nil && killed {
+		_ = ws.Close()
+		err = context.Cause(dctx)
+	}
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			return nil, &HandshakeError{StatusCode: resp.StatusCode, Err: err}
+		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+		}
+		return nil, fmt.Errorf("failed to dial: %w", err)
+	}
+	if p := ws.Subprotocol(); p != protocol.Subprotocol {
+		_ = ws.Close()
+		return nil, fmt.Errorf("failed to dial: the server chose subprotocol %q, not %q", p, protocol.Subprotocol)
+	}
+	return ws, nil
+}
+
+// handshake sends the connect command and reads until its reply, handling
+// any push that comes first. It returns the connection's client id.
+func (s *session) handshake(ctx context.Context, token string) (string, error) {
+	c := s.c
+	_ = s.ws.SetReadDeadline(time.Now().Add(c.opts.RequestTimeout))
+	stop := onCancel(ctx, func() { s.interrupt(time.Now()) })
+	reply, err := s.awaitConnect(token)
+	stop()
+	// Checked after stop: once ctx has fired, the session is interrupted
+	// and unusable even if the reply made it in.
+	if ctx.Err() != nil {
+		return "", fmt.Errorf("failed to connect: %w", context.Cause(ctx))
+	}
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return "", fmt.Errorf("failed to connect: no connect reply: %w", ErrTimeout)
+		}
+		if ch := lostChange(err); ch.Code != 0 && ch.Code != websocket.CloseAbnormalClosure {
+			// A close frame (a *CloseError): 4500 here stops reconnecting too.
+			return "", fmt.Errorf("failed to connect: %w", ch.Err)
+		}
+		return "", fmt.Errorf("failed to connect: %w", err)
+	}
+	if reply.Error != nil {
+		return "", fmt.Errorf("failed to connect: %w", replyError(reply.Error))
+	}
+	var res protocol.ConnectResult
+	if err := json.Unmarshal(reply.Result, &res); err != nil {
+		return "", fmt.Errorf("failed to decode the connect result %q: %w", reply.Result, err)
+	}
+	s.live = true
+	s.lastExtend = time.Time{}
+	s.extendDeadline()
+	return res.Client, nil
+}
+
+func (s *session) awaitConnect(token string) (*protocol.Reply, error) {
+	var reply *protocol.Reply
+	p := &pending{onReply: func(r protocol.Reply) error { reply = &r; return nil }}
+	cmd := &command{Command: protocol.Command{Cmd: protocol.CmdConnect}, Token: token}
+	if _, err := s.start(cmd, nil, false, p); err != nil {
+		return nil, err
+	}
+	for reply == nil {
+		if err := s.readOne(); err != nil {
+			return nil, err
+		}
+	}
+	return reply, nil
+}
+
+// serve reads and handles frames until the connection fails.
+func (c *Client) serve(s *session) error {
+	for {
+		if err := s.readOne(); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *session) readOne() error {
+	mt, data, err := s.ws.ReadMessage()
+	if err != nil {
+		return err
+	}
+	s.extendDeadline()
+	if err := s.c.handleFrame(s, mt, data); err != nil {
+		if s.c.ctx.Err() == nil { // on Close, Close says goodbye
+			s.goodbye(err)
+		}
+		return &localDrop{err}
+	}
+	return nil
+}
+
+// localDrop is a connection the client ends itself: its handlers did not
+// keep up, or the server refused a resubscribe for now.
+type localDrop struct{ err error }
+
+func (e *localDrop) Error() string { return "dropped the connection: " + e.err.Error() }
+func (e *localDrop) Unwrap() error { return e.err }
+
+// goodbye tells the server why the client drops the connection (a close
+// frame 1000 with the reason), best effort: the socket is closed right after.
+func (s *session) goodbye(why error) {
+	reason := why.Error()
+	if len(reason) > 123 { // a close frame's payload is at most 125 bytes
+		// Cut at a rune boundary: an invalid UTF-8 reason is a protocol error.
+		reason = strings.ToValidUTF8(reason[:123], "")
+	}
+	_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, reason), time.Now().Add(closeGrace))
+}
+
+// extendDeadline gives the server another ReadTimeout to send something.
+// It is throttled: resetting a timer per frame would cost more than it buys.
+func (s *session) extendDeadline() {
+	if !s.live {
+		return // the handshake's own deadline stands
+	}
+	now := time.Now()
+	if now.Sub(s.lastExtend) < s.c.opts.ReadTimeout/16 {
+		return
+	}
+	s.lastExtend = now
+	s.dmu.Lock()
+	if !s.closing {
+		_ = s.ws.SetReadDeadline(now.Add(s.c.opts.ReadTimeout))
+	}
+	s.dmu.Unlock()
+}
+
+// interrupt sets a final read deadline: the reader gives up by then.
+func (s *session) interrupt(t time.Time) {
+	s.dmu.Lock()
+	s.closing = true
+	_ = s.ws.SetReadDeadline(t)
+	s.dmu.Unlock()
+}
+
+// onPing answers a server ping (from inside ReadMessage, on the connection
+// goroutine) and counts as a sign of life.
+func (s *session) onPing(data string) error {
+	s.extendDeadline()
+	err := s.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(s.c.opts.RequestTimeout))
+	var ne net.Error
+	if err == nil || errors.Is(err, websocket.ErrCloseSent) || (errors.As(err, &ne) && ne.Timeout()) {
+		return nil // as gorilla's default handler: a lost pong is not fatal
+	}
+	return err
+}
+
+// closeGracefully sends close 1000 and gives the server closeGrace to answer
+// it, after which the reader gives up. Called by Close, on its goroutine.
+func (s *session) closeGracefully() {
+	deadline := time.Now().Add(closeGrace)
+	_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), deadline)
+	s.interrupt(deadline)
+}
+
+// teardown ends a session: no new requests, the pending ones fail with
+// ErrDisconnected, subscriptions not yet confirmed are dropped (the server
+// lost them with the connection), and the socket is closed.
+func (c *Client) teardown(s *session) {
+	s.mu.Lock()
+	s.dead = true
+	pend := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+
+	c.mu.Lock()
+	if c.cur == s {
+		c.cur = nil
+	}
+	if c.live == s {
+		c.live = nil
+		if c.state == StateConnected {
+			c.state = StateDisconnected
+		}
+	}
+	for ch, sub := range c.subs {
+		if sub.state == subActive {
+			sub.inflight = 0
+			continue
+		}
+		sub.state = subClosing
+		sub.closed.Store(true)
+		delete(c.subs, ch)
+	}
+	c.mu.Unlock()
+
+	_ = s.ws.Close()
+	fail := ErrDisconnected
+	if c.ctx.Err() != nil {
+		fail = errClosedPending // matches ErrClosed and ErrDisconnected
+	}
+	for _, p := range pend {
+		if p.done != nil {
+			p.done <- result{err: fail}
+		}
+	}
+}
+
+var errClosedPending = fmt.Errorf("%w while the request was pending (%w)", ErrClosed, ErrDisconnected)
+
+// inFrame is any frame from the server: a reply (id) or a push (push).
+type inFrame struct {
+	ID      uint64               `json:"id"`
+	Result  json.RawMessage      `json:"result"`
+	Error   *protocol.Error      `json:"error"`
+	Push    string               `json:"push"`
+	Channel string               `json:"channel"`
+	Offset  uint64               `json:"offset"`
+	Data    json.RawMessage      `json:"data"`
+	Info    *protocol.ClientInfo `json:"info"`
+}
+
+// handleFrame handles one frame on the connection goroutine. A non-nil
+// error ends the connection.
+func (c *Client) handleFrame(s *session, mt int, frame []byte) error {
+	header, payload := frame, []byte(nil)
+	binary := mt == websocket.BinaryMessage
+	if binary {
+		var err error
+		if header, payload, err = protocol.SplitBinary(frame); err != nil {
+			c.log.Warn("ignoring a malformed binary frame from the server", "err", err)
+			return nil
+		}
+	}
+	var f inFrame
+	if err := json.Unmarshal(header, &f); err != nil {
+		c.log.Warn("ignoring a malformed frame from the server", "err", err)
+		return nil
+	}
+	if f.Push != "" {
+		data := []byte(f.Data)
+		if binary {
+			data = payload // ReadMessage allocates each frame: no copy needed
+		}
+		return c.handlePush(&f, data, binary)
+	}
+	return s.handleReply(protocol.Reply{ID: f.ID, Result: f.Result, Error: f.Error})
+}
+
+func (s *session) handleReply(r protocol.Reply) error {
+	if r.ID == 0 {
+		// The server could not read one of our commands: a client bug.
+		s.c.log.Error("the server could not read a command", "err", r.Error)
+		return nil
+	}
+	s.mu.Lock()
+	p := s.pending[r.ID]
+	delete(s.pending, r.ID)
+	s.mu.Unlock()
+	if p == nil {
+		s.c.log.Debug("reply to a request nobody waits for any more", "id", r.ID)
+		return nil
+	}
+	var err error
+	if p.onReply != nil {
+		err = p.onReply(r)
+	}
+	if p.done != nil {
+		p.done <- result{reply: r}
+	}
+	return err
+}
+
+// handlePush queues a push for the handlers, and moves the subscription's
+// position past a publication once it is queued — so that after a
+// reconnect, recovery starts right after the last publication the handlers
+// will see.
+func (c *Client) handlePush(f *inFrame, data []byte, binary bool) error {
+	switch f.Push {
+	case protocol.PushMessage:
+		if c.opts.OnMessage == nil {
+			return nil
+		}
+		return c.queueEvent(event{kind: evMessage, msg: Message{Data: data, Binary: binary}})
+	case protocol.PushPub, protocol.PushJoin, protocol.PushLeave:
+	default:
+		return nil // unknown kinds are ignored: later versions add some
+	}
+	c.mu.Lock()
+	sub := c.subs[f.Channel]
+	c.mu.Unlock()
+	if sub == nil {
+		c.logUnknown(f)
+		return nil
+	}
+	if sub.closed.Load() {
+		return nil // unsubscribing: pushes already on their way are expected
+	}
+	switch f.Push {
+	case protocol.PushPub:
+		if sub.opts.OnPublication != nil {
+			pub := Publication{Channel: f.Channel, Offset: f.Offset, Data: data, Binary: binary}
+			if err := c.queueEvent(event{kind: evPub, sub: sub, pub: pub}); err != nil {
+				return err
+			}
+		}
+		if f.Offset > 0 {
+			c.mu.Lock()
+			sub.pos.Offset = f.Offset
+			c.mu.Unlock()
+		}
+	case protocol.PushJoin, protocol.PushLeave:
+		h, kind := sub.opts.OnJoin, evJoin
+		if f.Push == protocol.PushLeave {
+			h, kind = sub.opts.OnLeave, evLeave
+		}
+		if h == nil || f.Info == nil {
+			return nil
+		}
+		return c.queueEvent(event{kind: kind, sub: sub, info: *f.Info})
+	}
+	return nil
+}
+
+// queueEvent queues a push's event, waiting for room up to QueueTimeout.
+func (c *Client) queueEvent(ev event) error {
+	err := c.q.push(ev, true, c.opts.QueueTimeout, c.ctx.Done())
+	if errors.Is(err, errQueueFull) {
+		c.log.Warn("handlers too slow: dropping the connection to recover later", "queued", c.opts.QueueSize, "waited", c.opts.QueueTimeout)
+		return ErrSlowHandler
+	}
+	return err
+}
+
+// logUnknown logs a push for a channel this client does not hold, once per
+// channel (up to a bound, so a confused server cannot grow the set forever).
+func (c *Client) logUnknown(f *inFrame) {
+	if _, seen := c.unknown[f.Channel]; seen || len(c.unknown) >= 1024 {
+		return
+	}
+	c.unknown[f.Channel] = struct{}{}
+	c.log.Warn("ignoring pushes for a channel without subscription (logged once per channel)", "channel", f.Channel, "push", f.Push)
+}
+
+// start registers p under a fresh id and writes cmd. payload is the data of
+// a publish: raw bytes after the header when binary, else a JSON value.
+func (s *session) start(cmd *command, payload []byte, binary bool, p *pending) (uint64, error) {
+	cmd.ID = s.c.nextID.Add(1)
+	mt, frame, err := encodeCommand(cmd, payload, binary)
+	if err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	if s.dead {
+		s.mu.Unlock()
+		return 0, ErrDisconnected
+	}
+	s.pending[cmd.ID] = p
+	s.mu.Unlock()
+	if err := s.write(mt, frame); err != nil {
+		s.forget(cmd.ID)
+		return 0, fmt.Errorf("%w: %w", ErrDisconnected, err)
+	}
+	return cmd.ID, nil
+}
+
+func (s *session) forget(id uint64) {
+	s.mu.Lock()
+	delete(s.pending, id)
+	s.mu.Unlock()
+}
+
+// write writes one data frame with a deadline.
+func (s *session) write(mt int, frame []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	_ = s.ws.SetWriteDeadline(time.Now().Add(s.c.opts.RequestTimeout))
+	if err := s.ws.WriteMessage(mt, frame); err != nil {
+		// gorilla fails every write after a failed one: end the connection,
+		// so the reader notices and the client reconnects.
+		_ = s.ws.Close()
+		return fmt.Errorf("failed to write to the server: %w", err)
+	}
+	return nil
+}
+
+// encodeCommand builds a command's frame. A text publish's data is spliced
+// in as is — json.Marshal would re-encode (compact) it, and the protocol
+// promises delivery byte for byte.
+func encodeCommand(cmd *command, payload []byte, binary bool) (int, []byte, error) {
+	header, err := json.Marshal(cmd)
+	if err != nil {
+		return 0, nil, fmt.Errorf("failed to encode %s command: %w", cmd.Cmd, err)
+	}
+	switch {
+	case binary:
+		// Compact JSON holds no raw newline: this '\n' ends the header.
+		frame := make([]byte, 0, len(header)+1+len(payload))
+		frame = append(append(append(frame, header...), '\n'), payload...)
+		return websocket.BinaryMessage, frame, nil
+	case payload != nil:
+		frame := make([]byte, 0, len(header)+len(payload)+9)
+		frame = append(frame, header[:len(header)-1]...) // drop the closing '}'
+		frame = append(frame, `,"data":`...)
+		frame = append(frame, bytes.TrimSpace(payload)...)
+		return websocket.TextMessage, append(frame, '}'), nil
+	}
+	return websocket.TextMessage, header, nil
+}
+
+// session returns the live connection for a request.
+func (c *Client) session() (*session, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sessionLocked()
+}
+
+func (c *Client) sessionLocked() (*session, error) {
+	if err := c.stoppedLocked(); err != nil {
+		return nil, err
+	}
+	if c.live == nil {
+		return nil, ErrDisconnected
+	}
+	return c.live, nil
+}
+
+// call sends a command and returns its reply's result, or its error as an
+// *Error.
+func (c *Client) call(ctx context.Context, cmd *command, payload []byte, binary bool) (json.RawMessage, error) {
+	s, err := c.session()
+	if err != nil {
+		return nil, err
+	}
+	p := &pending{done: make(chan result, 1)}
+	id, err := s.start(cmd, payload, binary, p)
+	if err != nil {
+		return nil, err
+	}
+	r, err := c.wait(ctx, s, id, p)
+	if err != nil {
+		return nil, err
+	}
+	if r.Error != nil {
+		return nil, replyError(r.Error)
+	}
+	return r.Result, nil
+}
+
+// gaveUp is wait's error when the deadline or ctx came before any result:
+// p.done has not been read, and will still receive one if p.onReply is set.
+type gaveUp struct{ cause error }
+
+func (e *gaveUp) Error() string { return e.cause.Error() }
+func (e *gaveUp) Unwrap() error { return e.cause }
+
+// wait waits for the reply to request id, up to ctx and RequestTimeout.
+func (c *Client) wait(ctx context.Context, s *session, id uint64, p *pending) (protocol.Reply, error) {
+	tctx, cancel := context.WithTimeoutCause(ctx, c.opts.RequestTimeout, ErrTimeout)
+	defer cancel()
+	select {
+	case res := <-p.done:
+		return res.reply, res.err
+	case <-tctx.Done():
+	}
+	select {
+	case res := <-p.done: // the reply won the race after all: it counts
+		return res.reply, res.err
+	default:
+	}
+	if p.onReply == nil {
+		s.forget(id) // a late reply is then dropped; with onReply it must still run
+	}
+	return protocol.Reply{}, &gaveUp{context.Cause(tctx)}
+}

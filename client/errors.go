@@ -1,0 +1,103 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/heraldhq/herald/protocol"
+)
+
+var (
+	// ErrDisconnected reports a request made while the client has no live
+	// connection (before Connect, or while it reconnects), or a request
+	// whose connection was lost before its reply arrived. The request may or
+	// may not have taken effect on the server; a publish can be retried
+	// safely with an idempotency key.
+	ErrDisconnected = errors.New("herald client: not connected")
+
+	// ErrClosed reports a call on a client that was closed by Close, or that
+	// stopped for good because the server asked it not to reconnect (see
+	// Client.Err for why).
+	ErrClosed = errors.New("herald client: closed")
+
+	// ErrTimeout reports a request that got no reply within
+	// Options.RequestTimeout. It matches context.DeadlineExceeded too
+	// (errors.Is), so callers can treat both deadlines alike.
+	ErrTimeout error = timeoutError{}
+
+	// ErrSlowHandler is the cause of a disconnect the client initiated
+	// itself because the handlers did not keep up: the event queue stayed
+	// full for Options.QueueTimeout. The client reconnects and recovers the
+	// publications it could not queue, like a server-side slow consumer.
+	ErrSlowHandler = errors.New("herald client: handlers too slow, event queue full")
+)
+
+// timeoutError is ErrTimeout: a net.Error-style timeout that also matches
+// context.DeadlineExceeded, so one errors.Is check covers both deadlines.
+type timeoutError struct{}
+
+func (timeoutError) Error() string        { return "herald client: no reply within the request timeout" }
+func (timeoutError) Timeout() bool        { return true }
+func (timeoutError) Is(target error) bool { return target == context.DeadlineExceeded }
+
+// Error is an error reply from the server, typed by its Code (see
+// protocol.Code and PROTOCOL.md). Switch on Code, never on Message, which is
+// for humans and may change. Request methods wrap it, so use errors.As:
+//
+//	var herr *client.Error
+//	if errors.As(err, &herr) && herr.Code == protocol.CodeBadChannel { … }
+//
+// The client also returns an *Error with CodeAlreadySub, without asking the
+// server, when Subscribe is called for a channel this client already holds.
+type Error struct {
+	Code    protocol.Code
+	Message string
+}
+
+func (e *Error) Error() string { return "herald: " + string(e.Code) + ": " + e.Message }
+
+func replyError(pe *protocol.Error) *Error { return &Error{Code: pe.Code, Message: pe.Message} }
+
+// CloseError is a connection closed by the server with a close frame: its
+// WebSocket close code (4003 disconnected, 4500 forbidden, 1001 going away…;
+// see PROTOCOL.md) and reason. It is StateChange.Err of a disconnect, and
+// Client.Err after a close code that forbids reconnecting.
+type CloseError struct {
+	Code   int
+	Reason string
+}
+
+func (e *CloseError) Error() string {
+	return fmt.Sprintf("herald client: connection closed by the server: %d %s", e.Code, e.Reason)
+}
+
+// HandshakeError is a WebSocket handshake the server refused with an HTTP
+// status (401, 403, 503…). 401 and 403 stop the client's reconnecting.
+type HandshakeError struct {
+	StatusCode int
+	Err        error // the dialer's error, websocket.ErrBadHandshake
+}
+
+func (e *HandshakeError) Error() string {
+	return fmt.Sprintf("herald client: handshake refused: %d %s", e.StatusCode, http.StatusText(e.StatusCode))
+}
+
+func (e *HandshakeError) Unwrap() error { return e.Err }
+
+// terminal reports whether err means "do not reconnect": the server closed
+// with a code from 4500 to 4999 or 1008 (policy violation), or refused the
+// handshake with 401 or 403. Reconnecting would only repeat the refusal;
+// the app must change something (credentials, say) and make a new Client.
+func terminal(err error) bool {
+	var ce *CloseError
+	if errors.As(err, &ce) {
+		return ce.Code == 1008 || (ce.Code >= 4500 && ce.Code <= 4999)
+	}
+	var he *HandshakeError
+	if errors.As(err, &he) {
+		return he.StatusCode == http.StatusUnauthorized || he.StatusCode == http.StatusForbidden
+	}
+	return false
+}
