@@ -249,10 +249,10 @@ func writeFrames(nc net.Conn, frames [][]byte) (int64, error) {
 
 var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// readLoop reads and dispatches messages until the connection ends, then
-// tears it down. It runs on its own goroutine, owned by the node (node.wg).
-func (c *conn) readLoop() {
-	defer c.finish()
+// startReader sets up the read side and starts the reader. The reader
+// goroutine is owned by the node (node.wg counts the connection until
+// finish).
+func (c *conn) startReader() {
 	cfg := &c.node.cfg
 	ws := c.ws
 	ws.SetReadLimit(cfg.MaxMessageSize)
@@ -275,45 +275,73 @@ func (c *conn) readLoop() {
 		return nil
 	})
 	c.extendReadDeadline()
+	go c.readLoop()
+}
+
+// readLoop reads and dispatches messages until the connection ends, then
+// tears it down. After a message that needed handling it hands the loop to
+// a fresh goroutine and exits: handling (encoding/json, the broker) grows a
+// goroutine's stack to 8 KB or more, and Go does not give that back while
+// the goroutine lives, whereas an idle connection should wait for its next
+// message on a small stack. The hand-off costs one goroutine start per
+// message; at most one reader goroutine exists per connection at any time.
+func (c *conn) readLoop() {
 	for {
-		op, r, err := ws.NextReader()
-		if err != nil {
-			c.readFailed(err)
+		handled, ok := c.readOne()
+		if !ok {
+			c.finish()
 			return
 		}
-		c.extendReadDeadline()
-		buf := readBufs.Get().(*bytes.Buffer)
-		buf.Reset()
-		_, err = buf.ReadFrom(io.LimitReader(r, cfg.MaxMessageSize+1))
-		if err == nil && int64(buf.Len()) > cfg.MaxMessageSize {
-			// Only reachable with compression: gorilla's limit counts wire bytes.
-			c.close(websocket.CloseMessageTooBig, "message too big")
-			readBufs.Put(buf)
-			continue
-		}
-		if err != nil {
-			readBufs.Put(buf)
-			c.readFailed(err)
+		if handled {
+			go c.readLoop()
 			return
 		}
-		msg := buf.Bytes()
-		if c.isClosing() {
-			// Closing: read on only to see the client's close frame.
-		} else if op == websocket.TextMessage && !utf8.Valid(msg) {
-			c.close(websocket.CloseInvalidFramePayloadData, "invalid UTF-8 in text frame")
-		} else {
-			c.node.metrics.messagesIn.Add(1)
-			c.node.metrics.bytesIn.Add(uint64(len(msg)))
-			if c.raw {
-				c.handleRaw(msg, op == websocket.BinaryMessage)
-			} else {
-				c.handleCommand(msg, op == websocket.BinaryMessage)
-			}
-		}
+	}
+}
+
+// readOne reads one message and handles it. It reports whether a message
+// was handled (not only read), and false in ok when the connection ended.
+func (c *conn) readOne() (handled, ok bool) {
+	cfg := &c.node.cfg
+	op, r, err := c.ws.NextReader()
+	if err != nil {
+		c.readFailed(err)
+		return false, false
+	}
+	c.extendReadDeadline()
+	buf := readBufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
 		if buf.Cap() <= 64<<10 {
 			readBufs.Put(buf)
 		}
+	}()
+	_, err = buf.ReadFrom(io.LimitReader(r, cfg.MaxMessageSize+1))
+	if err != nil {
+		c.readFailed(err)
+		return false, false
 	}
+	msg := buf.Bytes()
+	switch {
+	case c.isClosing():
+		// Closing: read on only to see the client's close frame.
+		return false, true
+	case int64(len(msg)) > cfg.MaxMessageSize:
+		// Only reachable with compression: gorilla's limit counts wire bytes.
+		c.close(websocket.CloseMessageTooBig, "message too big")
+		return false, true
+	case op == websocket.TextMessage && !utf8.Valid(msg):
+		c.close(websocket.CloseInvalidFramePayloadData, "invalid UTF-8 in text frame")
+		return false, true
+	}
+	c.node.metrics.messagesIn.Add(1)
+	c.node.metrics.bytesIn.Add(uint64(len(msg)))
+	if c.raw {
+		c.handleRaw(msg, op == websocket.BinaryMessage)
+	} else {
+		c.handleCommand(msg, op == websocket.BinaryMessage)
+	}
+	return true, true
 }
 
 func (c *conn) isClosing() bool {

@@ -330,7 +330,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Raw: raw, RawChannel: rawChannel, RemoteAddr: r.RemoteAddr})
 	}
 	n.log.Debug("connected", "client", c.id, "user", c.user, "raw", raw, "remote", r.RemoteAddr)
-	go c.readLoop()
+	c.startReader()
 }
 
 // identity is who a handshake says the client is.
