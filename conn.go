@@ -394,7 +394,7 @@ func (c *conn) finish() {
 	t.Stop()
 	c.nc.Close()
 	<-c.flushed // the writer, if any, exits now that its socket is closed
-	c.node.release(c.ip)
+	c.node.release(c.ip, c.user)
 }
 
 // frame builds the frame of a reply for this connection.
@@ -584,7 +584,7 @@ func (c *conn) handleConnect(cmd protocol.Command) {
 			c.close(CloseUnauthorized, "invalid token")
 			return
 		}
-		if claims.UserID != c.user && n.hub.numUserConns(claims.UserID) >= n.cfg.MaxConnectionsPerUser {
+		if !n.moveUser(c.user, claims.UserID) {
 			n.metrics.limitHits.Add(1)
 			c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeLimitExceeded, "too many connections for this user"))
 			c.close(websocket.ClosePolicyViolation, "too many connections for this user")

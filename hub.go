@@ -193,13 +193,6 @@ func (h *hub) forEachConnInShard(i int, f func(c *conn)) {
 	s.mu.RUnlock()
 }
 
-func (h *hub) numUserConns(user string) int {
-	u := &h.conns[h.index(user)]
-	u.mu.RLock()
-	defer u.mu.RUnlock()
-	return len(u.users[user])
-}
-
 // setUser moves c to user in the user index. c.user may change only here,
 // on c's reader goroutine.
 func (h *hub) setUser(c *conn, user string) {

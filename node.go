@@ -66,7 +66,8 @@ type Node struct {
 
 	mu       sync.Mutex // guards closing, conns and wg.Add
 	closing  bool
-	conns    int // connections admitted and not yet finished
+	conns    int            // connections admitted and not yet finished
+	users    map[string]int // of those, per user id
 	ips      *ipLimits
 	wg       sync.WaitGroup // one per live connection (its reader)
 	runMu    sync.Mutex
@@ -285,7 +286,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		if hw.hc != nil {
 			n.log.Info("websocket handshake failed", "remote", r.RemoteAddr, "err", err)
 		}
-		n.release(ip)
+		n.release(ip, id.user)
 		return
 	}
 	hc := hw.hc
@@ -423,21 +424,53 @@ func (n *Node) admit(w http.ResponseWriter, ip, user string) (status int, msg st
 		retryAfter(w, secs)
 		return st, "Too Many Requests: too many connections from this address"
 	}
-	if user != "" && n.hub.numUserConns(user) >= n.cfg.MaxConnectionsPerUser {
-		n.release(ip)
+	if !n.moveUser("", user) {
+		n.release(ip, "")
 		n.metrics.limitHits.Add(1)
 		return http.StatusTooManyRequests, "Too Many Requests: too many connections for this user"
 	}
 	return 0, ""
 }
 
-// release counts a connection out (after admit).
-func (n *Node) release(ip string) {
+// release counts a connection of user (may be "") out, after admit.
+func (n *Node) release(ip, user string) {
 	n.ips.release(ip)
 	n.mu.Lock()
 	n.conns--
+	n.moveUserLocked(user, "")
 	n.mu.Unlock()
 	n.wg.Done()
+}
+
+// moveUser moves one connection's slot from user from to user to (either
+// may be "" for anonymous), unless to already has MaxConnectionsPerUser
+// connections. Counting under n.mu, from admission on, means two
+// handshakes of one user at the same instant cannot both pass the cap.
+func (n *Node) moveUser(from, to string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if to != "" && n.users[to] >= n.cfg.MaxConnectionsPerUser {
+		return false
+	}
+	n.moveUserLocked(from, to)
+	return true
+}
+
+func (n *Node) moveUserLocked(from, to string) {
+	if from == to {
+		return
+	}
+	if from != "" {
+		if n.users[from]--; n.users[from] <= 0 {
+			delete(n.users, from)
+		}
+	}
+	if to != "" {
+		if n.users == nil {
+			n.users = make(map[string]int)
+		}
+		n.users[to]++
+	}
 }
 
 // permit checks a client's permission p on channel; see Namespace.
