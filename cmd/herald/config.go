@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"reflect"
@@ -70,14 +71,86 @@ type Config struct {
 	// requests finish. Whatever is left when it runs out is cut. Zero means 10s.
 	ShutdownTimeout time.Duration
 
-	// Namespaces configure history, recovery and presence per channel
-	// namespace (file only: `namespaces:` is a list). See herald.Namespace.
+	// Namespaces configure history, recovery, presence and permissions per
+	// channel namespace (file only: `namespaces:` is a list). See
+	// herald.Namespace.
 	Namespaces []herald.Namespace
+
+	// Token authentication (docs/security.md). Setting any key — JWTSecret,
+	// JWTSecretFile, JWTRSAPublicKey, JWTECDSAPublicKey or JWKSURL — turns
+	// it on: serve builds a herald.JWTVerifier and sets herald.Config.Tokens.
+	// With none, the server is open to anyone, and says so in its log.
+	//
+	// JWTSecret is the HMAC secret (HS256/384/512), used as the bytes
+	// written. It is never logged, nor echoed in errors.
+	JWTSecret secret
+	// JWTSecretFile names a file holding the HMAC secret (trailing newlines
+	// are ignored), so the secret stays out of the process list and the
+	// environment. At most one of JWTSecret and JWTSecretFile may be set.
+	JWTSecretFile string
+	// JWTRSAPublicKey and JWTECDSAPublicKey name PEM files (a public key or
+	// a certificate) that verify RS256 and ES256 tokens.
+	JWTRSAPublicKey   string
+	JWTECDSAPublicKey string
+	// JWKSURL is a JSON Web Key Set (RS256, ES256 keys by "kid").
+	JWKSURL string
+	// JWTIssuer and JWTAudience, when set, must match "iss" and "aud".
+	JWTIssuer   string
+	JWTAudience string
+	// ConnectTimeout is herald.Config.ConnectTimeout.
+	ConnectTimeout time.Duration
+
+	// Limits: see herald.Config. ConnectRatePerIP is negative for no cap
+	// ("off" in every source).
+	MaxConnections        int
+	MaxConnectionsPerUser int
+	MaxConnectionsPerIP   int
+	ConnectRatePerIP      float64
+	MessageRate           float64
+	MessageBurst          int
+
+	// TLSCert and TLSKey name the PEM files of the server's certificate
+	// (chain) and private key: set both to serve https:// and wss://, or
+	// neither for plain HTTP (behind a TLS-terminating proxy, say).
+	TLSCert string
+	TLSKey  string
 
 	// LogFormat is "text" (logfmt-like, for people) or "json" (for log
 	// collectors). LogLevel is debug, info, warn or error.
 	LogFormat string
 	LogLevel  slog.Level
+
+	// secretOnCommandLine is set when JWTSecret came from a flag, where
+	// every user of the machine can read it (ps); serve warns about it.
+	secretOnCommandLine bool
+}
+
+// secret is a string that does not print: fmt and slog show it redacted,
+// so that a Config logged or printed by mistake does not leak it.
+type secret string
+
+const redacted = "(redacted)"
+
+func (s secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return redacted
+}
+
+func (s secret) GoString() string { return `"` + s.String() + `"` }
+
+func (s secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// minHMACSecret is the shortest HMAC secret accepted: RFC 7518 section 3.2
+// requires a key at least as long as the hash, 256 bits for HS256.
+const minHMACSecret = 32
+
+func checkHMACSecret(b []byte) error {
+	if len(b) < minHMACSecret {
+		return fmt.Errorf("too short (%d bytes): HS256 needs at least %d bytes (RFC 7518 section 3.2); generate one with: openssl rand -base64 32", len(b), minHMACSecret)
+	}
+	return nil
 }
 
 // Defaults of the settings that the command itself owns. The node's
@@ -116,6 +189,13 @@ func (c Config) nodeConfig(logger *slog.Logger) herald.Config {
 		MaxChannelsPerConnection: c.MaxChannelsPerConnection,
 		EnableCompression:        c.Compression,
 		Namespaces:               c.Namespaces,
+		ConnectTimeout:           c.ConnectTimeout,
+		MaxConnections:           c.MaxConnections,
+		MaxConnectionsPerUser:    c.MaxConnectionsPerUser,
+		MaxConnectionsPerIP:      c.MaxConnectionsPerIP,
+		ConnectRatePerIP:         c.ConnectRatePerIP,
+		MessageRate:              c.MessageRate,
+		MessageBurst:             c.MessageBurst,
 	}
 }
 
@@ -130,6 +210,8 @@ type setting struct {
 	def   string // the default, for the usage text
 	// isBool settings take no value on the command line (--compression).
 	isBool bool
+	// isSecret settings are never echoed: errors show their value redacted.
+	isSecret bool
 	// set parses a value written as a string (a flag, a variable, a scalar in
 	// the file) into c. Its error says what a valid value looks like.
 	set func(c *Config, v string) error
@@ -150,6 +232,46 @@ var settings = []*setting{
 		"same origin only", func(c *Config) *[]string { return &c.AllowedOrigins }, checkOrigin),
 	boolSetting("allow_any_origin", "disable the origin check (lets any web site use your users' cookies)",
 		func(c *Config) *bool { return &c.AllowAnyOrigin }),
+	stringSetting("tls_cert", "FILE", "PEM certificate (chain) to serve https:// and wss://; needs tls_key", "none (plain HTTP)",
+		func(c *Config) *string { return &c.TLSCert }),
+	stringSetting("tls_key", "FILE", "PEM private key of tls_cert", "none",
+		func(c *Config) *string { return &c.TLSKey }),
+	{
+		name: "jwt_secret", arg: "SECRET", def: "none", isSecret: true,
+		usage: "HMAC secret (at least 32 bytes) that verifies HS256 tokens and turns authentication on; a flag shows in ps: prefer the variable or jwt_secret_file",
+		set: func(c *Config, v string) error {
+			if err := checkHMACSecret([]byte(v)); err != nil {
+				return err
+			}
+			c.JWTSecret = secret(v)
+			return nil
+		},
+	},
+	stringSetting("jwt_secret_file", "FILE", "file holding the HMAC secret (trailing newlines ignored); instead of jwt_secret", "none",
+		func(c *Config) *string { return &c.JWTSecretFile }),
+	stringSetting("jwt_rsa_public_key", "FILE", "PEM RSA public key (or certificate) that verifies RS256 tokens", "none",
+		func(c *Config) *string { return &c.JWTRSAPublicKey }),
+	stringSetting("jwt_ecdsa_public_key", "FILE", "PEM ECDSA P-256 public key (or certificate) that verifies ES256 tokens", "none",
+		func(c *Config) *string { return &c.JWTECDSAPublicKey }),
+	{
+		name: "jwks_url", arg: "URL", def: "none",
+		usage: "JSON Web Key Set to fetch RS256 and ES256 keys from, by kid (refreshed hourly, and at most every 5 minutes on an unknown kid)",
+		set: func(c *Config, v string) error {
+			v = strings.TrimSpace(v)
+			u, err := url.Parse(v)
+			if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+				return errors.New("want an http:// or https:// URL")
+			}
+			c.JWKSURL = v
+			return nil
+		},
+	},
+	stringSetting("jwt_issuer", "ISS", "issuer that tokens must name in iss", "any",
+		func(c *Config) *string { return &c.JWTIssuer }),
+	stringSetting("jwt_audience", "AUD", "audience that tokens must name in aud", "any",
+		func(c *Config) *string { return &c.JWTAudience }),
+	durationSetting("connect_timeout", "with token authentication, time a protocol client has to send connect before close 4005", "10s",
+		func(c *Config) *time.Duration { return &c.ConnectTimeout }),
 	intSetting("read_buffer_size", "per-connection read buffer in bytes", "512",
 		func(c *Config) *int { return &c.ReadBufferSize }),
 	{
@@ -180,6 +302,42 @@ var settings = []*setting{
 		func(c *Config) *int { return &c.MaxQueueMessages }),
 	intSetting("max_channels_per_connection", "channels one connection may subscribe to", "256",
 		func(c *Config) *int { return &c.MaxChannelsPerConnection }),
+	intSetting("max_connections", "connections this server accepts; past it the handshake gets 503", "100000",
+		func(c *Config) *int { return &c.MaxConnections }),
+	intSetting("max_connections_per_user", "connections of one user (429 at the handshake, or close 1008 at connect)", "100",
+		func(c *Config) *int { return &c.MaxConnectionsPerUser }),
+	intSetting("max_connections_per_ip", "connections from one IP address (429); behind a proxy, all clients share the proxy's IP", "0 (no cap)",
+		func(c *Config) *int { return &c.MaxConnectionsPerIP }),
+	{
+		name: "connect_rate_per_ip", arg: "RATE", def: "1000",
+		usage: "new connections per second from one IP address, in bursts of as many (429 with Retry-After); off for no cap",
+		set: func(c *Config, v string) error {
+			if strings.EqualFold(strings.TrimSpace(v), "off") {
+				c.ConnectRatePerIP = -1
+				return nil
+			}
+			r, err := parseRate(v)
+			if err != nil {
+				return fmt.Errorf("%w, or off", err)
+			}
+			c.ConnectRatePerIP = r
+			return nil
+		},
+	},
+	{
+		name: "message_rate", arg: "RATE", def: "0 (no cap)",
+		usage: "messages per second one connection may send; over it: rate_limited errors, then close 1008 (raw: 1008 at once)",
+		set: func(c *Config, v string) error {
+			r, err := parseRate(v)
+			if err != nil {
+				return err
+			}
+			c.MessageRate = r
+			return nil
+		},
+	},
+	intSetting("message_burst", "messages a connection may send at once within message_rate", "message_rate rounded up",
+		func(c *Config) *int { return &c.MessageBurst }),
 	boolSetting("compression", "negotiate permessage-deflate with clients that offer it",
 		func(c *Config) *bool { return &c.Compression }),
 	durationSetting("read_header_timeout", "time a client has to send a request's headers (stops slowloris)", defaultReadHeaderTimeout.String(),
@@ -300,6 +458,19 @@ func parseNonNegative(v string) (int64, error) {
 	return n, nil
 }
 
+// parseRate parses a number of events per second. Zero is allowed: it means
+// the library default.
+func parseRate(v string) (float64, error) {
+	r, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	if err != nil || math.IsNaN(r) || math.IsInf(r, 0) {
+		return 0, errors.New("want a number per second, such as 50 or 0.5")
+	}
+	if r < 0 {
+		return 0, errors.New("must not be negative")
+	}
+	return r, nil
+}
+
 // checkOrigin catches malformed origins early, with the source of the
 // setting in the error. herald.New remains the authority on what matches.
 func checkOrigin(o string) error {
@@ -324,6 +495,14 @@ func (e *SettingError) Error() string {
 }
 
 func (e *SettingError) Unwrap() error { return e.Err }
+
+// settingError builds the SettingError of s, with a secret's value redacted.
+func settingError(s *setting, source, value string, err error) *SettingError {
+	if s.isSecret {
+		value = redacted
+	}
+	return &SettingError{Setting: s.name, Source: source, Value: value, Err: err}
+}
 
 // parseServeConfig builds the configuration of `herald serve` from its
 // arguments, the environment (as os.Environ returns it) and the config file
@@ -393,18 +572,62 @@ func parseServeConfig(args, env []string, usageOut io.Writer) (Config, error) {
 	for _, s := range settings {
 		if v := envVars[s.envName()]; v != "" {
 			if err := s.set(&cfg, v); err != nil {
-				return Config{}, &SettingError{Setting: s.name, Source: "env " + s.envName(), Value: v, Err: err}
+				return Config{}, settingError(s, "env "+s.envName(), v, err)
 			}
 		}
 	}
 
 	for _, f := range flagged {
 		if err := f.s.set(&cfg, f.v); err != nil {
-			return Config{}, &SettingError{Setting: f.s.name, Source: "flag --" + f.s.flagName(), Value: f.v, Err: err}
+			return Config{}, settingError(f.s, "flag --"+f.s.flagName(), f.v, err)
 		}
+		if f.s.name == "jwt_secret" {
+			cfg.secretOnCommandLine = true
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return Config{}, err
 	}
 	return cfg, nil
 }
+
+// authEnabled reports whether a key is configured: token authentication is on.
+func (c *Config) authEnabled() bool {
+	return c.JWTSecret != "" || c.JWTSecretFile != "" || c.JWTRSAPublicKey != "" || c.JWTECDSAPublicKey != "" || c.JWKSURL != ""
+}
+
+// validate checks the rules that span several settings, once every source
+// has been applied.
+func (c *Config) validate() error {
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("tls_cert and tls_key go together: set both to serve https:// and wss://, or neither for plain HTTP")
+	}
+	if c.JWTSecret != "" && c.JWTSecretFile != "" {
+		return errors.New("jwt_secret and jwt_secret_file both set: set one of them")
+	}
+	if !c.authEnabled() {
+		var orphans []string
+		if c.JWTIssuer != "" {
+			orphans = append(orphans, "jwt_issuer")
+		}
+		if c.JWTAudience != "" {
+			orphans = append(orphans, "jwt_audience")
+		}
+		if c.ConnectTimeout != 0 {
+			orphans = append(orphans, "connect_timeout")
+		}
+		if len(orphans) > 0 {
+			return fmt.Errorf("%s set, but token authentication is off: set a key too (%s)", strings.Join(orphans, " and "), keySettings)
+		}
+	}
+	if c.MessageBurst != 0 && c.MessageRate == 0 {
+		return errors.New("message_burst set without message_rate: set message_rate too")
+	}
+	return nil
+}
+
+// keySettings lists the settings that turn token authentication on.
+const keySettings = "jwt_secret_file, jwt_secret, jwt_rsa_public_key, jwt_ecdsa_public_key or jwks_url"
 
 // fileSettings is the config file's schema. Each field holds the raw YAML
 // node so that file values go through the same parsers as flags and
@@ -425,6 +648,22 @@ type fileSettings struct {
 	MaxQueueMessages         yaml.Node `yaml:"max_queue_messages"`
 	MaxChannelsPerConnection yaml.Node `yaml:"max_channels_per_connection"`
 	Compression              yaml.Node `yaml:"compression"`
+	TLSCert                  yaml.Node `yaml:"tls_cert"`
+	TLSKey                   yaml.Node `yaml:"tls_key"`
+	JWTSecret                yaml.Node `yaml:"jwt_secret"`
+	JWTSecretFile            yaml.Node `yaml:"jwt_secret_file"`
+	JWTRSAPublicKey          yaml.Node `yaml:"jwt_rsa_public_key"`
+	JWTECDSAPublicKey        yaml.Node `yaml:"jwt_ecdsa_public_key"`
+	JWKSURL                  yaml.Node `yaml:"jwks_url"`
+	JWTIssuer                yaml.Node `yaml:"jwt_issuer"`
+	JWTAudience              yaml.Node `yaml:"jwt_audience"`
+	ConnectTimeout           yaml.Node `yaml:"connect_timeout"`
+	MaxConnections           yaml.Node `yaml:"max_connections"`
+	MaxConnectionsPerUser    yaml.Node `yaml:"max_connections_per_user"`
+	MaxConnectionsPerIP      yaml.Node `yaml:"max_connections_per_ip"`
+	ConnectRatePerIP         yaml.Node `yaml:"connect_rate_per_ip"`
+	MessageRate              yaml.Node `yaml:"message_rate"`
+	MessageBurst             yaml.Node `yaml:"message_burst"`
 	ReadHeaderTimeout        yaml.Node `yaml:"read_header_timeout"`
 	ShutdownTimeout          yaml.Node `yaml:"shutdown_timeout"`
 	LogFormat                yaml.Node `yaml:"log_format"`
@@ -436,13 +675,64 @@ type fileSettings struct {
 }
 
 // namespaceSetting is one entry of the file's namespaces list; see
-// herald.Namespace for the meaning of each field.
+// herald.Namespace for the meaning of each field. The permissions are kept
+// as nodes so that an invalid one is reported with its line.
 type namespaceSetting struct {
-	Name        string        `yaml:"name"`
-	HistorySize int           `yaml:"history_size"`
-	HistoryTTL  time.Duration `yaml:"history_ttl"`
-	Presence    bool          `yaml:"presence"`
-	JoinLeave   bool          `yaml:"join_leave"`
+	Name           string        `yaml:"name"`
+	HistorySize    int           `yaml:"history_size"`
+	HistoryTTL     time.Duration `yaml:"history_ttl"`
+	Presence       bool          `yaml:"presence"`
+	JoinLeave      bool          `yaml:"join_leave"`
+	AllowSubscribe yaml.Node     `yaml:"allow_subscribe"`
+	AllowPublish   yaml.Node     `yaml:"allow_publish"`
+	AllowPresence  yaml.Node     `yaml:"allow_presence"`
+	AllowHistory   yaml.Node     `yaml:"allow_history"`
+}
+
+// namespace converts the entry, checking its permissions.
+func (ns *namespaceSetting) namespace(path string) (herald.Namespace, error) {
+	n := herald.Namespace{
+		Name: ns.Name, HistorySize: ns.HistorySize, HistoryTTL: ns.HistoryTTL,
+		Presence: ns.Presence, JoinLeave: ns.JoinLeave,
+	}
+	for _, p := range []struct {
+		key  string
+		node *yaml.Node
+		dst  *herald.Permission
+	}{
+		{"allow_subscribe", &ns.AllowSubscribe, &n.AllowSubscribe},
+		{"allow_publish", &ns.AllowPublish, &n.AllowPublish},
+		{"allow_presence", &ns.AllowPresence, &n.AllowPresence},
+		{"allow_history", &ns.AllowHistory, &n.AllowHistory},
+	} {
+		if p.node.Kind == 0 || (p.node.Kind == yaml.ScalarNode && p.node.Tag == "!!null") {
+			continue // absent or empty: the default (see herald.Namespace)
+		}
+		value := p.node.Value
+		if p.node.Kind != yaml.ScalarNode {
+			value = "(" + kindName(p.node.Kind) + ")"
+		}
+		perm, err := parsePermission(p.node)
+		if err != nil {
+			return n, &SettingError{
+				Setting: fmt.Sprintf("%s of namespace %q", p.key, ns.Name),
+				Source:  fmt.Sprintf("config file %s line %d", path, p.node.Line),
+				Value:   value, Err: err,
+			}
+		}
+		*p.dst = perm
+	}
+	return n, nil
+}
+
+func parsePermission(n *yaml.Node) (herald.Permission, error) {
+	if n.Kind == yaml.ScalarNode {
+		switch p := herald.Permission(strings.ToLower(strings.TrimSpace(n.Value))); p {
+		case herald.PermAnyone, herald.PermAuthenticated, herald.PermGranted, herald.PermNobody:
+			return p, nil
+		}
+	}
+	return "", errors.New("want anyone, authenticated, granted or nobody")
 }
 
 // nodes returns the file's nodes by setting name.
@@ -469,11 +759,12 @@ func applyConfigFile(cfg *Config, path string) error {
 	if err := dec.Decode(&fset); err != nil && !errors.Is(err, io.EOF) { // EOF: an empty file
 		return fmt.Errorf("failed to parse config file %s: %w", path, err)
 	}
-	for _, ns := range fset.Namespaces {
-		cfg.Namespaces = append(cfg.Namespaces, herald.Namespace{
-			Name: ns.Name, HistorySize: ns.HistorySize, HistoryTTL: ns.HistoryTTL,
-			Presence: ns.Presence, JoinLeave: ns.JoinLeave,
-		})
+	for i := range fset.Namespaces {
+		ns, err := fset.Namespaces[i].namespace(path)
+		if err != nil {
+			return err
+		}
+		cfg.Namespaces = append(cfg.Namespaces, ns)
 	}
 	nodes := fset.nodes()
 	for _, s := range settings {
@@ -488,7 +779,7 @@ func applyConfigFile(cfg *Config, path string) error {
 		switch {
 		case n.Kind == yaml.ScalarNode:
 			if err := s.set(cfg, n.Value); err != nil {
-				return &SettingError{Setting: s.name, Source: source, Value: n.Value, Err: err}
+				return settingError(s, source, n.Value, err)
 			}
 		case n.Kind == yaml.SequenceNode && s.setList != nil:
 			items := make([]string, 0, len(n.Content))
@@ -499,7 +790,7 @@ func applyConfigFile(cfg *Config, path string) error {
 				items = append(items, it.Value)
 			}
 			if err := s.setList(cfg, items); err != nil {
-				return &SettingError{Setting: s.name, Source: source, Value: strings.Join(items, ","), Err: err}
+				return settingError(s, source, strings.Join(items, ","), err)
 			}
 		default:
 			want := "a single value"
@@ -532,7 +823,15 @@ func writeServeUsage(w io.Writer) {
 
 Runs a Herald server: the WebSocket protocol endpoint at /ws (subprotocol
 herald.v1), raw relay mode at /ws/raw?channel=NAME, a demo chat page at /,
-and a health check at /healthz.
+and a health check at /healthz. With --tls-cert and --tls-key it serves
+https:// and wss://.
+
+Without a key (jwt_secret_file, jwt_secret, jwt_rsa_public_key,
+jwt_ecdsa_public_key or jwks_url) the server is OPEN: anyone who reaches it
+may connect, subscribe and publish on every channel. With one, clients
+authenticate with tokens (herald token mints one for development), and
+namespaces admit authenticated users only unless their allow_* settings say
+otherwise. See docs/security.md.
 
 Each setting is read from its flag, else from its environment variable, else
 from the YAML config file (same name as the flag, with underscores), else

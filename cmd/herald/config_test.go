@@ -3,11 +3,13 @@ package main
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -34,30 +36,54 @@ func TestConfigPrecedence(t *testing.T) {
 		get             func(Config) any
 		def, inFile     any
 		inEnv, inFlag   any
+		// also holds variables set in every case, for settings that need
+		// another one (a key, for jwt_issuer).
+		also []string
 	}
+	const key = "HERALD_JWT_SECRET=0123456789abcdef0123456789abcdef"
 	rows := []row{
 		{"addr", `":9000"`, ":9001", ":9002", func(c Config) any { return c.Addr },
-			":8080", ":9000", ":9001", ":9002"},
+			":8080", ":9000", ":9001", ":9002", nil},
 		{"ping_interval", "5s", "6s", "7s", func(c Config) any { return c.PingInterval },
-			time.Duration(0), 5 * time.Second, 6 * time.Second, 7 * time.Second},
+			time.Duration(0), 5 * time.Second, 6 * time.Second, 7 * time.Second, nil},
 		{"read_header_timeout", "1s", "2s", "200ms", func(c Config) any { return c.ReadHeaderTimeout },
-			10 * time.Second, time.Second, 2 * time.Second, 200 * time.Millisecond},
+			10 * time.Second, time.Second, 2 * time.Second, 200 * time.Millisecond, nil},
 		{"shutdown_timeout", "1m", "2m", "3m", func(c Config) any { return c.ShutdownTimeout },
-			10 * time.Second, time.Minute, 2 * time.Minute, 3 * time.Minute},
+			10 * time.Second, time.Minute, 2 * time.Minute, 3 * time.Minute, nil},
 		{"max_message_size", "1000", "2000", "3000", func(c Config) any { return c.MaxMessageSize },
-			int64(0), int64(1000), int64(2000), int64(3000)},
+			int64(0), int64(1000), int64(2000), int64(3000), nil},
 		{"max_queue_messages", "10", "20", "30", func(c Config) any { return c.MaxQueueMessages },
-			0, 10, 20, 30},
+			0, 10, 20, 30, nil},
 		{"compression", "true", "false", "true", func(c Config) any { return c.Compression },
-			false, true, false, true},
+			false, true, false, true, nil},
 		{"allowed_origins", "[https://a.example, 'https://*.b.example']", "https://c.example", "https://d.example,https://e.example",
 			func(c Config) any { return c.AllowedOrigins },
 			[]string(nil), []string{"https://a.example", "https://*.b.example"}, []string{"https://c.example"},
-			[]string{"https://d.example", "https://e.example"}},
+			[]string{"https://d.example", "https://e.example"}, nil},
 		{"log_level", "debug", "warn", "error", func(c Config) any { return c.LogLevel },
-			slog.LevelInfo, slog.LevelDebug, slog.LevelWarn, slog.LevelError},
+			slog.LevelInfo, slog.LevelDebug, slog.LevelWarn, slog.LevelError, nil},
 		{"log_format", "json", "text", "json", func(c Config) any { return c.LogFormat },
-			"text", "json", "text", "json"},
+			"text", "json", "text", "json", nil},
+		{"jwt_secret", "file-secret-of-at-least-32-bytes!", "env-secret-of-at-least-32-bytes!!", "flag-secret-of-at-least-32-bytes!",
+			func(c Config) any { return string(c.JWTSecret) },
+			"", "file-secret-of-at-least-32-bytes!", "env-secret-of-at-least-32-bytes!!", "flag-secret-of-at-least-32-bytes!", nil},
+		{"jwt_secret_file", "/a", "/b", "/c", func(c Config) any { return c.JWTSecretFile }, "", "/a", "/b", "/c", nil},
+		{"jwt_rsa_public_key", "/a.pem", "/b.pem", "/c.pem", func(c Config) any { return c.JWTRSAPublicKey },
+			"", "/a.pem", "/b.pem", "/c.pem", nil},
+		{"jwt_ecdsa_public_key", "/a.pem", "/b.pem", "/c.pem", func(c Config) any { return c.JWTECDSAPublicKey },
+			"", "/a.pem", "/b.pem", "/c.pem", nil},
+		{"jwks_url", "https://a.example/jwks", "https://b.example/jwks", "http://127.0.0.1:1/jwks", func(c Config) any { return c.JWKSURL },
+			"", "https://a.example/jwks", "https://b.example/jwks", "http://127.0.0.1:1/jwks", nil},
+		{"jwt_issuer", "iss-a", "iss-b", "iss-c", func(c Config) any { return c.JWTIssuer }, "", "iss-a", "iss-b", "iss-c", []string{key}},
+		{"jwt_audience", "aud-a", "aud-b", "aud-c", func(c Config) any { return c.JWTAudience }, "", "aud-a", "aud-b", "aud-c", []string{key}},
+		{"connect_timeout", "1s", "2s", "3s", func(c Config) any { return c.ConnectTimeout },
+			time.Duration(0), time.Second, 2 * time.Second, 3 * time.Second, []string{key}},
+		{"max_connections", "10", "20", "30", func(c Config) any { return c.MaxConnections }, 0, 10, 20, 30, nil},
+		{"max_connections_per_user", "1", "2", "3", func(c Config) any { return c.MaxConnectionsPerUser }, 0, 1, 2, 3, nil},
+		{"max_connections_per_ip", "4", "5", "6", func(c Config) any { return c.MaxConnectionsPerIP }, 0, 4, 5, 6, nil},
+		{"connect_rate_per_ip", "0.5", "off", "7", func(c Config) any { return c.ConnectRatePerIP }, 0.0, 0.5, -1.0, 7.0, nil},
+		{"message_rate", "10", "2.5", "100", func(c Config) any { return c.MessageRate }, 0.0, 10.0, 2.5, 100.0, nil},
+		{"message_burst", "10", "20", "30", func(c Config) any { return c.MessageBurst }, 0, 10, 20, 30, []string{"HERALD_MESSAGE_RATE=1"}},
 	}
 	for _, r := range rows {
 		s := lookupSetting(t, r.setting)
@@ -79,7 +105,7 @@ func TestConfigPrecedence(t *testing.T) {
 			{"file named by env", nil, []string{"HERALD_CONFIG=" + file}, r.inFile},
 		} {
 			t.Run(r.setting+"/"+c.name, func(t *testing.T) {
-				cfg, err := parseServeConfig(c.args, c.env, io.Discard)
+				cfg, err := parseServeConfig(c.args, append(slices.Clip(r.also), c.env...), io.Discard)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -140,6 +166,29 @@ read_header_timeout: 2s
 shutdown_timeout: 30s
 log_format: json
 log_level: debug
+tls_cert: /etc/herald/cert.pem
+tls_key: /etc/herald/key.pem
+jwt_secret_file: /run/secrets/herald
+jwt_rsa_public_key: /etc/herald/rsa.pem
+jwt_ecdsa_public_key: /etc/herald/ec.pem
+jwks_url: https://auth.example/jwks.json
+jwt_issuer: https://auth.example
+jwt_audience: herald
+connect_timeout: 3s
+max_connections: 5000
+max_connections_per_user: 7
+max_connections_per_ip: 50
+connect_rate_per_ip: 2.5
+message_rate: 30
+message_burst: 60
+namespaces:
+  - name: ""
+  - name: chat
+    history_size: 10
+    allow_subscribe: anyone
+    allow_publish: Authenticated
+    allow_presence: granted
+    allow_history: nobody
 `)
 	cfg, err := parseServeConfig([]string{"--config", file}, nil, io.Discard)
 	if err != nil {
@@ -162,13 +211,29 @@ log_level: debug
 		MaxQueueMessages:         100,
 		MaxChannelsPerConnection: 8,
 		EnableCompression:        true,
+		ConnectTimeout:           3 * time.Second,
+		MaxConnections:           5000,
+		MaxConnectionsPerUser:    7,
+		MaxConnectionsPerIP:      50,
+		ConnectRatePerIP:         2.5,
+		MessageRate:              30,
+		MessageBurst:             60,
+		Namespaces: []herald.Namespace{{Name: ""}, {Name: "chat", HistorySize: 10,
+			AllowSubscribe: herald.PermAnyone, AllowPublish: herald.PermAuthenticated,
+			AllowPresence: herald.PermGranted, AllowHistory: herald.PermNobody}},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("node config\n got %+v\nwant %+v", got, want)
 	}
 	if cfg.Addr != "127.0.0.1:7000" || cfg.ReadHeaderTimeout != 2*time.Second || cfg.ShutdownTimeout != 30*time.Second ||
-		cfg.LogFormat != "json" || cfg.LogLevel != slog.LevelDebug {
+		cfg.LogFormat != "json" || cfg.LogLevel != slog.LevelDebug ||
+		cfg.TLSCert != "/etc/herald/cert.pem" || cfg.TLSKey != "/etc/herald/key.pem" {
 		t.Fatalf("server settings: %+v", cfg)
+	}
+	if cfg.JWTSecretFile != "/run/secrets/herald" || cfg.JWTRSAPublicKey != "/etc/herald/rsa.pem" ||
+		cfg.JWTECDSAPublicKey != "/etc/herald/ec.pem" || cfg.JWKSURL != "https://auth.example/jwks.json" ||
+		cfg.JWTIssuer != "https://auth.example" || cfg.JWTAudience != "herald" {
+		t.Fatalf("auth settings: %+v", cfg)
 	}
 	if _, err := herald.New(got); err != nil {
 		t.Fatalf("herald.New rejects the mapped config: %v", err)
@@ -188,7 +253,14 @@ func TestConfigExampleFile(t *testing.T) {
 	want.PingInterval, want.PongTimeout = 25*time.Second, 10*time.Second
 	want.WriteTimeout, want.HandshakeTimeout, want.CloseGrace = 10*time.Second, 10*time.Second, 2*time.Second
 	want.MaxQueueBytes, want.MaxQueueMessages, want.MaxChannelsPerConnection = 1<<20, 8192, 256
-	want.Namespaces = []herald.Namespace{{Name: ""}, {Name: "chat", HistorySize: 100, HistoryTTL: 10 * time.Minute, Presence: true, JoinLeave: true}}
+	want.MaxConnections, want.MaxConnectionsPerUser, want.ConnectRatePerIP = 100000, 100, 1000
+	want.Namespaces = []herald.Namespace{
+		{Name: ""},
+		{Name: "chat", HistorySize: 100, HistoryTTL: 10 * time.Minute, Presence: true, JoinLeave: true},
+		{Name: "news", AllowSubscribe: herald.PermAnyone, AllowPublish: herald.PermNobody, AllowHistory: herald.PermAnyone, HistorySize: 20},
+		{Name: "private", AllowSubscribe: herald.PermGranted, AllowPublish: herald.PermGranted},
+		{Name: "dm"},
+	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("got  %+v\nwant %+v", cfg, want)
 	}
@@ -290,6 +362,36 @@ func TestConfigErrors(t *testing.T) {
 			want: []string{"failed to parse serve arguments: flag provided but not defined: -bogus"}},
 		{name: "stray argument", args: []string{"--addr", ":1", "extra"},
 			want: []string{`serve takes no arguments, got ["extra"]`}},
+		{name: "permission in namespace", file: "namespaces:\n  - name: chat\n    allow_publish: everyone\n",
+			want: []string{`invalid allow_publish of namespace "chat" "everyone" (from config file `, `line 3): want anyone, authenticated, granted or nobody`}},
+		{name: "permission as a list", file: "namespaces:\n  - name: chat\n    allow_history: [anyone]\n",
+			want: []string{`invalid allow_history of namespace "chat" "(a list)"`, `want anyone, authenticated, granted or nobody`}},
+		{name: "empty permission", file: "namespaces:\n  - name: \"\"\n    allow_subscribe: ''\n",
+			want: []string{`invalid allow_subscribe of namespace "" ""`}},
+		{name: "tls cert without key", args: []string{"--tls-cert", "/c.pem"},
+			want: []string{"tls_cert and tls_key go together: set both to serve https:// and wss://, or neither for plain HTTP"}},
+		{name: "tls key without cert", env: []string{"HERALD_TLS_KEY=/k.pem"},
+			want: []string{"tls_cert and tls_key go together"}},
+		{name: "secret and secret file", env: []string{"HERALD_JWT_SECRET=0123456789abcdef0123456789abcdef", "HERALD_JWT_SECRET_FILE=/s"},
+			want: []string{"jwt_secret and jwt_secret_file both set: set one of them"}},
+		{name: "short secret", env: []string{"HERALD_JWT_SECRET=hunter2"},
+			want: []string{`invalid jwt_secret "(redacted)" (from env HERALD_JWT_SECRET): too short (7 bytes): HS256 needs at least 32 bytes`}},
+		{name: "issuer without key", args: []string{"--jwt-issuer", "me", "--connect-timeout", "1s"},
+			want: []string{"jwt_issuer and connect_timeout set, but token authentication is off: set a key too (jwt_secret_file, jwt_secret, jwt_rsa_public_key, jwt_ecdsa_public_key or jwks_url)"}},
+		{name: "audience without key", file: "jwt_audience: herald\n",
+			want: []string{"jwt_audience set, but token authentication is off"}},
+		{name: "jwks url without scheme", args: []string{"--jwks-url", "auth.example/jwks"},
+			want: []string{`invalid jwks_url "auth.example/jwks" (from flag --jwks-url): want an http:// or https:// URL`}},
+		{name: "connect rate", env: []string{"HERALD_CONNECT_RATE_PER_IP=fast"},
+			want: []string{`invalid connect_rate_per_ip "fast" (from env HERALD_CONNECT_RATE_PER_IP): want a number per second, such as 50 or 0.5, or off`}},
+		{name: "negative message rate", args: []string{"--message-rate=-1"},
+			want: []string{`invalid message_rate "-1" (from flag --message-rate): must not be negative`}},
+		{name: "infinite message rate", args: []string{"--message-rate=Inf"},
+			want: []string{`invalid message_rate "Inf"`}},
+		{name: "burst without rate", file: "message_burst: 5\n",
+			want: []string{"message_burst set without message_rate: set message_rate too"}},
+		{name: "negative connection cap", args: []string{"--max-connections-per-ip=-2"},
+			want: []string{`invalid max_connections_per_ip "-2" (from flag --max-connections-per-ip): must not be negative`}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			args := c.args
@@ -319,5 +421,67 @@ func TestConfigHelpFlag(t *testing.T) {
 	_, err := parseServeConfig([]string{"-h"}, nil, &out)
 	if !errors.Is(err, flag.ErrHelp) || !strings.Contains(out.String(), "--read-header-timeout DURATION") {
 		t.Fatalf("err %v, usage %q", err, out.String())
+	}
+}
+
+// TestConfigSecretNeverEchoed: wherever an invalid jwt_secret comes from,
+// the error names the setting and the source but not the value, and a
+// printed Config shows the secret redacted.
+func TestConfigSecretNeverEchoed(t *testing.T) {
+	t.Parallel()
+	const short = "sh0rt-s3cret"
+	for _, c := range []struct {
+		args []string
+		env  []string
+	}{
+		{args: []string{"--jwt-secret", short}},
+		{env: []string{"HERALD_JWT_SECRET=" + short}},
+		{args: []string{"--config", writeFile(t, "jwt_secret: "+short+"\n")}},
+	} {
+		_, err := parseServeConfig(c.args, c.env, io.Discard)
+		if err == nil || strings.Contains(err.Error(), short) || !strings.Contains(err.Error(), "jwt_secret") {
+			t.Errorf("%v %v: error %v", c.args, c.env, err)
+		}
+	}
+	const long = "a-secret-of-at-least-32-bytes-long!"
+	cfg, err := parseServeConfig(nil, []string{"HERALD_JWT_SECRET=" + long}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(cfg.JWTSecret) != long {
+		t.Fatalf("secret %q", string(cfg.JWTSecret))
+	}
+	var logged strings.Builder
+	slog.New(slog.NewTextHandler(&logged, nil)).Info("config", "secret", cfg.JWTSecret)
+	for _, printed := range []string{fmt.Sprintf("%v %+v %#v %s", cfg, cfg, cfg, cfg.JWTSecret), logged.String()} {
+		if strings.Contains(printed, long) || !strings.Contains(printed, "(redacted)") {
+			t.Errorf("printed config shows the secret or no redaction: %s", printed)
+		}
+	}
+}
+
+// TestConfigPermissions: each permission is read from the namespaces
+// entries, in any case; absent means the library default.
+func TestConfigPermissions(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseServeConfig([]string{"--config", writeFile(t, `namespaces:
+  - name: a
+    allow_subscribe: anyone
+    allow_publish: " NOBODY "
+    allow_presence: authenticated
+    allow_history: granted
+  - name: b
+    allow_publish:
+`)}, nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []herald.Namespace{
+		{Name: "a", AllowSubscribe: herald.PermAnyone, AllowPublish: herald.PermNobody,
+			AllowPresence: herald.PermAuthenticated, AllowHistory: herald.PermGranted},
+		{Name: "b"},
+	}
+	if !reflect.DeepEqual(cfg.Namespaces, want) {
+		t.Fatalf("got %+v\nwant %+v", cfg.Namespaces, want)
 	}
 }

@@ -1,6 +1,7 @@
 // Command herald runs a Herald real-time messaging server.
 //
 //	herald serve [flags]    run the server (see herald help serve)
+//	herald token [flags]    mint a token for development (see herald help token)
 //	herald version          print the version
 //	herald help [command]   print help
 package main

@@ -23,6 +23,7 @@ const usage = `Herald is a real-time messaging server over WebSocket.
 
 Usage:
   herald serve [flags]    run the server
+  herald token [flags]    mint a token for development (herald help token)
   herald version          print the version
   herald help [command]   print help (herald help serve lists every setting)
 `
@@ -52,6 +53,12 @@ func execute(ctx context.Context, args, env []string, stdout, logOut io.Writer) 
 			return err
 		}
 		return serve(ctx, cfg, logOut)
+	case "token":
+		err := mintToken(rest, env, stdout)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
 	case "version", "-version", "--version":
 		_, err := fmt.Fprintln(stdout, "herald", versionString())
 		return err
@@ -71,6 +78,9 @@ func help(topics []string, w io.Writer) error {
 	case "serve":
 		writeServeUsage(w)
 		return nil
+	case "token":
+		_, err := io.WriteString(w, tokenUsage)
+		return err
 	case "version":
 		_, err := io.WriteString(w, "Usage: herald version\n\nPrints the version, the commit and the Go version of this build.\n")
 		return err

@@ -170,14 +170,23 @@ func readMessage(t *testing.T, ws *websocket.Conn) (int, []byte) {
 
 type wireMsg struct {
 	ID      uint64          `json:"id"`
+	Result  json.RawMessage `json:"result"`
 	Error   json.RawMessage `json:"error"`
 	Push    string          `json:"push"`
 	Channel string          `json:"channel"`
 	Data    json.RawMessage `json:"data"`
 }
 
-// call sends a protocol command and returns the reply, which must come next.
-func call(t *testing.T, ws *websocket.Conn, cmd string) wireMsg {
+// errorCode is the code of a failed reply's error, "" for a success.
+func (m wireMsg) errorCode() string {
+	var e struct{ Code string }
+	_ = json.Unmarshal(m.Error, &e)
+	return e.Code
+}
+
+// request sends a protocol command and returns the reply, which must come
+// next, whether it succeeded or not.
+func request(t *testing.T, ws *websocket.Conn, cmd string) wireMsg {
 	t.Helper()
 	if err := ws.WriteMessage(websocket.TextMessage, []byte(cmd)); err != nil {
 		t.Fatalf("write: %v", err)
@@ -187,10 +196,34 @@ func call(t *testing.T, ws *websocket.Conn, cmd string) wireMsg {
 	if err := json.Unmarshal(b, &m); err != nil || m.ID == 0 {
 		t.Fatalf("want a reply to %s, got %s", cmd, b)
 	}
+	return m
+}
+
+// call sends a protocol command and returns the reply, which must succeed.
+func call(t *testing.T, ws *websocket.Conn, cmd string) wireMsg {
+	t.Helper()
+	m := request(t, ws, cmd)
 	if m.Error != nil {
 		t.Fatalf("%s failed: %s", cmd, m.Error)
 	}
 	return m
+}
+
+// expectClose reads until the server closes the connection and returns
+// the close code.
+func expectClose(t *testing.T, ws *websocket.Conn) int {
+	t.Helper()
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		_, _, err := ws.ReadMessage()
+		if err != nil {
+			var ce *websocket.CloseError
+			if !errors.As(err, &ce) {
+				t.Fatalf("want a close frame, got %v", err)
+			}
+			return ce.Code
+		}
+	}
 }
 
 // TestServe runs the real server: demo page, health check, protocol and raw
@@ -247,6 +280,10 @@ func TestServe(t *testing.T) {
 	_, resp, err := dialWS(t, wsURL+"/ws", http.Header{"Origin": {"http://evil.example"}})
 	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("dial from a foreign origin: err %v, response %v; want 403", err, resp)
+	}
+	if !strings.Contains(s.logs.String(), `"level":"INFO","msg":"websocket handshake refused","status":403,`) ||
+		!strings.Contains(s.logs.String(), `"origin":"http://evil.example"`) {
+		t.Errorf("the refused origin is not logged:\n%s", s.logs)
 	}
 
 	// SIGTERM: every client is told 1001 going away; run returns nil.

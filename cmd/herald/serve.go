@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -34,16 +35,39 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		cfg.ShutdownTimeout = defaultShutdownTimeout
 	}
 
-	node, err := herald.New(cfg.nodeConfig(logger))
+	tlsConfig, err := cfg.tlsConfig()
+	if err != nil {
+		return err
+	}
+	// The verifier's JWKS fetches, if any, end with serve, or as soon as
+	// ctx is done: SIGTERM must not wait for a JWKS host that hangs at start.
+	authCtx, stopAuth := context.WithCancel(context.Background())
+	defer stopAuth()
+	defer context.AfterFunc(ctx, stopAuth)()
+	tokens, err := cfg.tokenVerifier(authCtx, logger)
+	if err != nil {
+		return err
+	}
+	nodeCfg := cfg.nodeConfig(logger)
+	if tokens != nil {
+		nodeCfg.Tokens = tokens
+	}
+	node, err := herald.New(nodeCfg)
 	if err != nil {
 		return fmt.Errorf("failed to create node: %w", err)
 	}
+	logAuth(logger, &cfg)
 	// Listen before serving so that the address actually bound (port 0
 	// picks one) can be logged, and a busy port fails here, clearly.
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		_ = node.Shutdown(context.Background()) // nothing runs yet: returns at once
 		return fmt.Errorf("failed to listen on %s: %w", cfg.Addr, err)
+	}
+	if tlsConfig != nil {
+		// The TLS handshake runs on each connection's goroutine, bounded
+		// by ReadHeaderTimeout like the request headers.
+		ln = tls.NewListener(ln, tlsConfig)
 	}
 
 	var draining atomic.Bool
@@ -69,7 +93,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		defer close(serveDone)
 		serveErr = srv.Serve(ln)
 	}()
-	logger.Info("listening", "addr", ln.Addr().String(), "version", versionString())
+	logger.Info("listening", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "version", versionString())
 
 	select {
 	case <-ctx.Done():
@@ -110,6 +134,27 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// tlsConfig loads the certificate and key, or returns nil for plain HTTP.
+//
+// The server speaks HTTP/1.1 only over TLS: a WebSocket upgrade (RFC 6455)
+// needs HTTP/1.1, and offering h2 would let a client try WebSocket over
+// HTTP/2 (RFC 8441), which Herald does not serve. The demo page and the
+// health check lose nothing that matters.
+func (c *Config) tlsConfig() (*tls.Config, error) {
+	if c.TLSCert == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("failed to load tls_cert %s and tls_key %s: %w", c.TLSCert, c.TLSKey, err)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+		NextProtos:   []string{"http/1.1"},
+	}, nil
 }
 
 // newMux routes the server's endpoints.
