@@ -169,6 +169,7 @@ export class Herald {
     this._refusal = null; // the error reply to this attempt's connect, if any
     this._openTimer = null;
     this._reconnectTimer = null;
+    this._refreshTimer = null; // renews the token before it expires
     this._waiters = []; // connect() promises waiting for "connected"
   }
 
@@ -305,7 +306,42 @@ export class Herald {
       this._queue.clear();
       this._setState('connected', { clientId: this.clientId });
       for (const w of this._waiters.splice(0)) w.resolve();
+      this._scheduleRefresh(result?.expires, gen);
     });
+  }
+
+  /**
+   * Renews the connection's token before it expires: when four fifths of its
+   * remaining life have passed, getToken() is asked for a fresh one and sent
+   * with `refresh`. Without getToken the server closes the connection at
+   * expiry (4004) and the reconnect asks for nothing new, so it would fail:
+   * give getToken whenever tokens expire.
+   */
+  _scheduleRefresh(expires, gen) {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!expires || !this._getToken) return;
+    const delay = Math.max(1000, Math.floor((expires * 1000 - Date.now()) * 0.8));
+    this._refreshTimer = setTimeout(async () => {
+      this._refreshTimer = null;
+      if (gen !== this._generation) return;
+      let token;
+      try {
+        token = await this._getToken();
+      } catch (err) {
+        console.warn(`herald: getToken failed, token not refreshed: ${err?.message ?? err}`);
+        return; // the server closes at expiry (4004); the reconnect tries again
+      }
+      if (gen !== this._generation) return;
+      this._command({ cmd: 'refresh', token }, null, { now: true }, (err, result) => {
+        if (err) {
+          // A refused token: the server closes with 4501 and we stop there.
+          if (err.code !== 'disconnected') console.warn(`herald: token refresh refused: ${err.code}: ${err.message}`);
+          return;
+        }
+        this._scheduleRefresh(result?.expires, gen);
+      });
+    }, delay);
   }
 
   /** Ends the current attempt or connection from our side, then backs off. */
@@ -338,7 +374,8 @@ export class Herald {
     this.clientId = null;
     this._generation++;
     clearTimeout(this._openTimer);
-    this._openTimer = null;
+    clearTimeout(this._refreshTimer);
+    this._openTimer = this._refreshTimer = null;
     this._failSent();
     for (const sub of this._subs.values()) sub._connectionLost();
     if (isFinalClose(code)) {
@@ -359,7 +396,8 @@ export class Herald {
     this._generation++;
     clearTimeout(this._openTimer);
     clearTimeout(this._reconnectTimer);
-    this._openTimer = this._reconnectTimer = null;
+    clearTimeout(this._refreshTimer);
+    this._openTimer = this._reconnectTimer = this._refreshTimer = null;
     const ws = this._socket;
     this._socket = null;
     this.clientId = null;

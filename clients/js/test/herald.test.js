@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { WebSocket as WsWebSocket } from 'ws';
 
 import { Herald, HeraldError } from '../index.js';
-import { startHerald, cleanup } from './herald-server.js';
+import { startHerald, cleanup, CONFIG } from './herald-server.js';
 import { Inbox, recordStates, uniq, within } from './util.js';
 
 let server; // shared by the tests that do not stop their server
@@ -433,4 +433,35 @@ test('recovery succeeds after the client loses its socket: every publication onc
   assert.equal(sub.offset, published);
   const lost = states.items.find((s) => s.state === 'disconnected');
   assert.equal(lost.reconnect, true);
+});
+
+/** An HS256 JWT, signed here with node:crypto (the server checks it). */
+async function hs256(secret, claims) {
+  const { createHmac } = await import('node:crypto');
+  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
+}
+
+test('token refresh: getToken renews the token before it expires, and the connection stays', async (t) => {
+  const secret = 'a-test-secret-that-is-at-least-32-bytes-long';
+  const authed = await startHerald({ config: `${CONFIG}\njwt_secret: ${secret}\n` });
+  t.after(() => authed.stop());
+  let issued = 0;
+  const getToken = () => {
+    issued++;
+    // jwt exp has second precision: 3 s from now expires in 2-3 s.
+    return hs256(secret, { sub: 'ada', exp: Math.floor(Date.now() / 1000) + 3 });
+  };
+  const c = newClient(authed.url, { getToken });
+  const states = recordStates(c);
+  await within(5000, 'connect', c.connect());
+  // Past the first token's expiry: without a refresh the server would have
+  // closed with 4004 by now.
+  await new Promise((r) => setTimeout(r, 4500));
+  assert.equal(c.state, 'connected');
+  assert.ok(issued >= 2, `getToken called ${issued} times`);
+  assert.deepEqual(states.items.filter((s) => s.state === 'disconnected'), []);
+  const sub = c.subscribe('lobby', { onMessage() {} });
+  await within(5000, 'subscribe', sub.ready);
 });
