@@ -69,13 +69,14 @@ import (
 // Options configure a Client. The zero value works: every zero field means
 // the default written next to it.
 type Options struct {
-	// Token is sent in the connect command as "token". GetToken, when set,
-	// replaces it. (Servers of herald.v1 ignore it; later ones authenticate
-	// with it. Today's servers authenticate the HTTP upgrade request: use
-	// Header for that.)
+	// Token is sent in the connect command as "token" (the server's
+	// connection token). GetToken, when set, replaces it.
 	Token string
 	// GetToken is called before every connection attempt, the first and each
-	// reconnect, on the connection goroutine, so it can fetch a fresh token.
+	// reconnect, on the connection goroutine, so it can fetch a fresh token;
+	// and, while connected, to renew an expiring token: when four fifths of
+	// its remaining life have passed, the client sends refresh with a fresh
+	// one (from a goroutine of its own), so the server never closes with 4004.
 	// It must return when ctx is done (Close cancels it). An error counts as
 	// a failed attempt: Connect returns it, a reconnect retries after backoff.
 	GetToken func(ctx context.Context) (string, error)

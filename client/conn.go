@@ -35,6 +35,10 @@ type session struct {
 	dmu     sync.Mutex
 	closing bool
 
+	// gone is closed by teardown: the session's helpers (the token
+	// refresher) stop on it.
+	gone chan struct{}
+
 	// Connection goroutine only.
 	live       bool      // the connect reply came: frames extend the read deadline
 	lastExtend time.Time // when the read deadline was last pushed back
@@ -81,7 +85,7 @@ func (c *Client) establish(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &session{c: c, ws: ws, pending: make(map[uint64]*pending)}
+	s := &session{c: c, ws: ws, pending: make(map[uint64]*pending), gone: make(chan struct{})}
 	ws.SetPingHandler(s.onPing)
 	c.mu.Lock()
 	if c.closed {
@@ -92,11 +96,12 @@ func (c *Client) establish(ctx context.Context) (*session, error) {
 	c.cur = s
 	c.mu.Unlock()
 
-	id, err := s.handshake(ctx, token)
+	res, err := s.handshake(ctx, token)
 	if err != nil {
 		c.teardown(s)
 		return nil, err
 	}
+	id := res.Client
 
 	c.mu.Lock()
 	c.live = s
@@ -121,6 +126,11 @@ func (c *Client) establish(ctx context.Context) (*session, error) {
 	c.mu.Unlock()
 	c.log.Info("connected", "client", id, "resubscribing", len(resubs))
 	c.emit(StateChange{State: StateConnected, ClientID: id})
+
+	if res.Expires != 0 && c.opts.GetToken != nil {
+		c.wg.Add(1)
+		go c.refreshToken(s, res.Expires)
+	}
 
 	// Pipelined: the replies are handled by the read loop as they come.
 	for _, r := range resubs {
@@ -196,7 +206,8 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 
 // handshake sends the connect command and reads until its reply, handling
 // any push that comes first. It returns the connection's client id.
-func (s *session) handshake(ctx context.Context, token string) (string, error) {
+func (s *session) handshake(ctx context.Context, token string) (protocol.ConnectResult, error) {
+	var none protocol.ConnectResult
 	c := s.c
 	_ = s.ws.SetReadDeadline(time.Now().Add(c.opts.RequestTimeout))
 	stop := onCancel(ctx, func() { s.interrupt(time.Now()) })
@@ -205,30 +216,30 @@ func (s *session) handshake(ctx context.Context, token string) (string, error) {
 	// Checked after stop: once ctx has fired, the session is interrupted
 	// and unusable even if the reply made it in.
 	if ctx.Err() != nil {
-		return "", fmt.Errorf("failed to connect: %w", context.Cause(ctx))
+		return none, fmt.Errorf("failed to connect: %w", context.Cause(ctx))
 	}
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			return "", fmt.Errorf("failed to connect: no connect reply: %w", ErrTimeout)
+			return none, fmt.Errorf("failed to connect: no connect reply: %w", ErrTimeout)
 		}
 		if ch := lostChange(err); ch.Code != 0 && ch.Code != websocket.CloseAbnormalClosure {
 			// A close frame (a *CloseError): 4500 here stops reconnecting too.
-			return "", fmt.Errorf("failed to connect: %w", ch.Err)
+			return none, fmt.Errorf("failed to connect: %w", ch.Err)
 		}
-		return "", fmt.Errorf("failed to connect: %w", err)
+		return none, fmt.Errorf("failed to connect: %w", err)
 	}
 	if reply.Error != nil {
-		return "", fmt.Errorf("failed to connect: %w", replyError(reply.Error))
+		return none, fmt.Errorf("failed to connect: %w", replyError(reply.Error))
 	}
 	var res protocol.ConnectResult
 	if err := json.Unmarshal(reply.Result, &res); err != nil {
-		return "", fmt.Errorf("failed to decode the connect result %q: %w", reply.Result, err)
+		return none, fmt.Errorf("failed to decode the connect result %q: %w", reply.Result, err)
 	}
 	s.live = true
 	s.lastExtend = time.Time{}
 	s.extendDeadline()
-	return res.Client, nil
+	return res, nil
 }
 
 func (s *session) awaitConnect(token string) (*protocol.Reply, error) {
@@ -244,6 +255,46 @@ func (s *session) awaitConnect(token string) (*protocol.Reply, error) {
 		}
 	}
 	return reply, nil
+}
+
+// refreshToken renews the session's token before it expires: when four
+// fifths of its remaining life have passed it asks GetToken for a fresh one
+// and sends refresh. It runs until the session ends or the client closes
+// (owned by c.wg). A refused refresh makes the server close the connection
+// (4501), which the connection goroutine handles.
+func (c *Client) refreshToken(s *session, expires int64) {
+	defer c.wg.Done()
+	for {
+		wait := max(time.Second, time.Until(time.Unix(expires, 0))*4/5)
+		t := time.NewTimer(wait)
+		select {
+		case <-s.gone:
+			t.Stop()
+			return
+		case <-c.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, c.opts.RequestTimeout)
+		token, err := c.opts.GetToken(ctx)
+		if err != nil {
+			cancel()
+			c.log.Warn("token not refreshed: GetToken failed", "err", err)
+			return // the server closes at expiry (4004); the reconnect tries again
+		}
+		raw, err := c.call(ctx, &command{Command: protocol.Command{Cmd: protocol.CmdRefresh}, Token: token}, nil, false)
+		cancel()
+		var res protocol.ConnectResult
+		if err == nil {
+			err = json.Unmarshal(raw, &res)
+		}
+		if err != nil || res.Expires == 0 {
+			c.log.Warn("token refresh failed", "err", err)
+			return
+		}
+		expires = res.Expires
+	}
 }
 
 // serve reads and handles frames until the connection fails.
@@ -339,6 +390,9 @@ func (s *session) closeGracefully() {
 // lost them with the connection), and the socket is closed.
 func (c *Client) teardown(s *session) {
 	s.mu.Lock()
+	if !s.dead {
+		close(s.gone)
+	}
 	s.dead = true
 	pend := s.pending
 	s.pending = nil
