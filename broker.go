@@ -106,6 +106,13 @@ type BrokerHandler interface {
 	// HandleControl delivers a node-to-node control message (send to user,
 	// disconnect, broadcast to all) published by any node, this one included.
 	HandleControl(data []byte)
+	// HandleReconnect tells the node that the broker's connection came back
+	// after an outage, with every channel subscribed again: publications
+	// made meanwhile were not delivered. The node then finds which of its
+	// channels missed some and has their subscribers recover (see
+	// Node.HandleReconnect). Brokers call it from any goroutine, once per
+	// restored connection; it may do broker I/O (History).
+	HandleReconnect()
 }
 
 // Broker moves publications and control messages between nodes. The
@@ -139,7 +146,9 @@ type Broker interface {
 	Publish(ctx context.Context, pub *Publication, opts PublishOptions) (PublishResult, error)
 	// History reads a channel's history. It must be consistent with
 	// delivery: a publication delivered to HandlePublication before History
-	// was called is in the returned position.
+	// was called is in the returned position. (The converse need not hold:
+	// a networked broker may deliver a publication after History returned
+	// it; the node drops such repeats by offset.)
 	History(ctx context.Context, channel string, opts HistoryOptions) (HistoryResult, error)
 	// PublishControl sends a control message to every node, this one included.
 	PublishControl(ctx context.Context, data []byte) error

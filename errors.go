@@ -34,6 +34,11 @@ const (
 	// CloseTokenExpired: the connection's token expired without a refresh.
 	// Reconnect with a fresh token.
 	CloseTokenExpired = 4004
+	// CloseResubscribe: the node's broker connection was interrupted and
+	// publications of a subscribed channel may have been missed. Reconnect
+	// and resubscribe with since: the history recovers them, or the reply
+	// says recovered:false.
+	CloseResubscribe = 4006
 	// CloseConnectTimeout: the server checks tokens and the client did not
 	// send connect within Config.ConnectTimeout.
 	CloseConnectTimeout = 4005

@@ -61,6 +61,10 @@ type Node struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// offsets: channel -> *atomic.Uint64, the highest offset delivered
+	// here, for channels with local subscribers (see HandleReconnect).
+	offsets sync.Map
+
 	id      string // random, for logs and the API's info
 	started time.Time
 

@@ -217,7 +217,14 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 					b.log.Warn("nats disconnected", "err", err)
 				}
 			}),
-			nats.ReconnectHandler(func(c *nats.Conn) { b.log.Info("nats reconnected", "url", c.ConnectedUrl()) }),
+			nats.ReconnectHandler(func(c *nats.Conn) {
+				b.log.Info("nats reconnected", "url", c.ConnectedUrl())
+				// nats.go has re-subscribed; publications of the outage were
+				// not delivered: the node finds the gaps.
+				if h := b.handler(); h != nil {
+					h.HandleReconnect()
+				}
+			}),
 		}, opts.NATSOptions...)
 		nc, err := nats.Connect(opts.URL, nopts...)
 		if err != nil {

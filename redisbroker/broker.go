@@ -108,6 +108,8 @@ type Broker struct {
 	log    *slog.Logger
 	client rueidis.Client
 	h      herald.BrokerHandler
+	// sessions counts pub/sub connections made (Run's goroutine only).
+	sessions int
 
 	pubPrefix string // pub/sub channel name of herald channel c: pubPrefix + c
 	ctrlChan  string
@@ -275,6 +277,12 @@ func (b *Broker) session(ctx context.Context) (err error) {
 	close(b.up)
 	b.mu.Unlock()
 	b.log.Info("redis pub/sub connected", "channels", len(names)-1)
+	if b.sessions++; b.sessions > 1 {
+		// A reconnect: what was published while the connection was down
+		// was not delivered here. The node finds the gaps (it reads
+		// history on the command connection, not this one).
+		b.h.HandleReconnect()
+	}
 
 	select {
 	case <-ctx.Done():

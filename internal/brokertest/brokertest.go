@@ -66,11 +66,12 @@ const waitFor = 10 * time.Second
 // Recorder is a herald.BrokerHandler that keeps what it is handed. It fails
 // the test if HandlePublication runs concurrently for one channel.
 type Recorder struct {
-	t        testing.TB
-	mu       sync.Mutex
-	pubs     map[string][]*herald.Publication
-	controls [][]byte
-	inFlight sync.Map // channel -> *atomic.Int32
+	t          testing.TB
+	mu         sync.Mutex
+	pubs       map[string][]*herald.Publication
+	controls   [][]byte
+	inFlight   sync.Map // channel -> *atomic.Int32
+	reconnects atomic.Int32
 }
 
 // NewRecorder returns an empty Recorder that reports to t.
@@ -93,6 +94,12 @@ func (r *Recorder) HandlePublication(pub *herald.Publication) {
 }
 
 // HandleControl implements herald.BrokerHandler.
+// HandleReconnect implements herald.BrokerHandler; it counts the calls.
+func (r *Recorder) HandleReconnect() { r.reconnects.Add(1) }
+
+// Reconnects counts HandleReconnect calls.
+func (r *Recorder) Reconnects() int { return int(r.reconnects.Load()) }
+
 func (r *Recorder) HandleControl(data []byte) {
 	r.mu.Lock()
 	r.controls = append(r.controls, append([]byte(nil), data...))
