@@ -1,10 +1,13 @@
 package web
 
 import (
+	"bytes"
 	"io"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -21,10 +24,10 @@ func get(t *testing.T, path string) (*http.Response, string) {
 
 func TestHandlerServesThePage(t *testing.T) {
 	for path, ctype := range map[string]string{
-		"/":          "text/html",
-		"/app.js":    "text/javascript",
-		"/herald.js": "text/javascript",
-		"/style.css": "text/css",
+		"/":                 "text/html",
+		"/app.js":           "text/javascript",
+		"/herald-client.js": "text/javascript",
+		"/style.css":        "text/css",
 	} {
 		resp, body := get(t, path)
 		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), ctype) || body == "" {
@@ -72,5 +75,37 @@ func TestNoRemoteOrUnsafeContent(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestVendoredClientIsUnchanged keeps the page on the project's real client:
+// static/herald-client.js must be a byte-for-byte copy of clients/js/index.js
+// (the herald-client package), never a fork of it.
+func TestVendoredClientIsUnchanged(t *testing.T) {
+	const fix = "re-copy it, from the repository root: cp clients/js/index.js web/static/herald-client.js"
+	want, err := os.ReadFile(filepath.Join("..", "clients", "js", "index.js"))
+	if err != nil {
+		t.Fatalf("reading the client's source: %v", err)
+	}
+	got, err := fs.ReadFile(FS, "herald-client.js")
+	if err != nil {
+		t.Fatalf("the page's copy of herald-client is missing (%v); %s", err, fix)
+	}
+	if !bytes.Equal(got, want) {
+		n := 0
+		for n < len(got) && n < len(want) && got[n] == want[n] {
+			n++
+		}
+		line := 1 + bytes.Count(want[:n], []byte("\n"))
+		t.Fatalf("web/static/herald-client.js (%d bytes) differs from clients/js/index.js (%d bytes) from line %d on; %s",
+			len(got), len(want), line, fix)
+	}
+	// The page must load the copy, not some other client.
+	app, err := fs.ReadFile(FS, "app.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(app, []byte(`from './herald-client.js'`)) {
+		t.Error("app.js does not import ./herald-client.js")
 	}
 }

@@ -1,6 +1,7 @@
 // Real-browser test of the demo chat page: builds the herald binary, runs
 // `herald serve` on a free loopback port, and has two Chromium pages, loaded
-// from that server, chat with each other over the real WebSocket endpoint.
+// from that server, chat with each other over the real WebSocket endpoint
+// (the page runs on herald-client, clients/js), then move to another channel.
 // Then it restarts the server on the same port and checks that both pages
 // reconnect and chat again.
 //
@@ -106,7 +107,10 @@ async function stopHerald(server) {
   }
 }
 
-/** Opens a page in its own browser context: separate storage, like another person. */
+/**
+ * Opens a page in its own browser context: separate storage, like another
+ * person. page.scripts lists the paths of the scripts it loaded, with status.
+ */
 async function openPage(url, problems) {
   const context = await browser.newContext({ viewport: { width: 900, height: 640 } });
   const page = await context.newPage();
@@ -115,8 +119,13 @@ async function openPage(url, problems) {
   page.on('console', (msg) => {
     if (msg.type() === 'error') problems.push(`console error: ${msg.text()}`);
   });
+  page.scripts = [];
+  page.on('response', (resp) => {
+    if (resp.request().resourceType() === 'script') page.scripts.push(`${new URL(resp.url()).pathname} ${resp.status()}`);
+  });
   const resp = await page.goto(url);
   assert.equal(resp.status(), 200);
+  await page.waitForLoadState('load');
   return page;
 }
 
@@ -132,6 +141,15 @@ async function say(page, text) {
   await page.click('#send');
   // The input clears once the server accepted the publish.
   await page.waitForFunction(() => document.querySelector('#text').value === '');
+}
+
+/** Joins another channel from a page that has joined one, and waits until it is subscribed. */
+async function switchTo(page, channel) {
+  await page.fill('#channel', channel);
+  await page.click('#join');
+  await page.locator('#messages li.notice', { hasText: `You joined ${channel} as` }).waitFor();
+  await page.waitForSelector('#status[data-state="connected"]');
+  assert.equal(await page.textContent('#room-title'), `#${channel}`);
 }
 
 /** Waits for a message with exactly this text and returns its sender's name. */
@@ -179,8 +197,20 @@ test('two browsers chat through herald serve', { timeout: 240_000 }, async (t) =
     const url = `http://${server.addr}/`;
     alice = await openPage(url, problems);
     bob = await openPage(url, problems);
+    // The page runs on herald-client, the copy in web/static (web_test.go
+    // keeps it identical to clients/js/index.js), and on nothing else.
+    assert.deepEqual(alice.scripts.sort(), ['/app.js 200', '/herald-client.js 200']);
     assert.equal(await alice.getAttribute('#status', 'data-state'), 'idle');
     assert.ok(await alice.isDisabled('#send'), 'send is disabled before joining');
+
+    // An invalid channel name is refused by the page itself, before any connection.
+    await alice.fill('#name', 'Alice');
+    await alice.fill('#channel', 'chat lobby');
+    await alice.click('#join');
+    assert.equal(await alice.$eval('#channel', (e) => e.validity.customError), true, 'invalid channel flagged');
+    assert.equal(await alice.getAttribute('#status', 'data-state'), 'idle', 'no connection for an invalid channel');
+    await alice.fill('#channel', 'chat:lobby');
+
     await join(alice, 'Alice');
     await join(bob, 'Bob');
   });
@@ -203,6 +233,20 @@ test('two browsers chat through herald serve', { timeout: 240_000 }, async (t) =
     assert.deepEqual(problems, [], 'no page or console errors');
   });
 
+  await t.test('switching channels: a page sees the new channel only', async () => {
+    await switchTo(alice, 'chat:side');
+    assert.equal(await alice.locator('#messages li.message').count(), 0, 'the old channel\'s messages are cleared');
+    // Alice's unsubscribe from chat:lobby is done: what Bob says there now
+    // must not reach her.
+    await say(bob, 'Lobby only');
+    assert.equal(await receive(bob, 'Lobby only'), 'Bob');
+    await switchTo(bob, 'chat:side');
+    await say(bob, 'Over here');
+    assert.equal(await receive(alice, 'Over here'), 'Bob');
+    assert.equal(await alice.locator('#messages li.message', { hasText: 'Lobby only' }).count(), 0);
+    assert.deepEqual(problems, [], 'no page or console errors');
+  });
+
   await t.test('SIGTERM: the server stops cleanly and pages start reconnecting', async () => {
     const { code, signal } = await stopHerald(server);
     assert.equal(signal, null);
@@ -220,6 +264,11 @@ test('two browsers chat through herald serve', { timeout: 240_000 }, async (t) =
     await bob.waitForSelector('#status[data-state="connected"]');
     await say(bob, 'Back again');
     assert.equal(await receive(alice, 'Back again'), 'Bob');
+    assert.equal(await alice.textContent('#room-title'), '#chat:side', 'still in the channel joined before the restart');
+    // Attempts made while the server was down are logged by Chromium itself;
+    // anything else (a page error, say) is a problem.
+    const refused = /^console error: WebSocket connection to '.*' failed: .*ERR_CONNECTION_REFUSED/;
+    assert.deepEqual(problems.filter((p) => !refused.test(p)), [], 'no page or console errors');
     const { code } = await stopHerald(server);
     assert.equal(code, 0);
   });

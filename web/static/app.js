@@ -3,12 +3,21 @@
 // the sender included, receives each one from the server, so what the page
 // shows is what the channel carried.
 //
+// It runs on herald-client, Herald's JavaScript client: herald-client.js is
+// a verbatim copy of clients/js/index.js (web_test.go checks that it stays
+// one). The client reconnects with backoff and resubscribes by itself; this
+// page only shows what it reports.
+//
 // User data is only ever put in the page with textContent, never as HTML.
 
-import { HeraldClient, validChannel } from './herald.js';
+import { Herald } from './herald-client.js';
 
 const MAX_MESSAGES = 500; // older ones are dropped from the page
 const MAX_NAME = 32;
+
+// A channel name, per PROTOCOL.md ("Channels"): 1 to 255 of these characters.
+const CHANNEL_RE = /^[A-Za-z0-9_\-.:@#,=/!]{1,255}$/;
+const CHANNEL_HINT = 'Use 1-255 of A-Z a-z 0-9 _ - . : @ # , = / !';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -25,22 +34,35 @@ const ui = {
   send: $('send'),
 };
 
-let client = null;
+let client = null; // a Herald, made on the first join
+let conn = { state: 'idle' }; // the client's last state event
+let everConnected = false;
+// While the page is away from the server: the close that ended the last
+// connection (or the first failed attempt), the reason shown until it is back.
+let lost = null;
 let me = '';
-let channel = '';
-let connState = 'idle';
-let connDetail = {}; // the last state event's detail: close code, retry delay
+let channel = ''; // the channel joined, or being joined
+let sub = null; // its Subscription
+let joined = false; // whether sub has been subscribed once (later ones are rejoins)
 
-// The server's close codes, as a person would put them.
+// Close codes, as a person would put them.
 const CLOSE_REASONS = {
   1001: 'the server is restarting',
   1006: 'the connection was lost',
+  1008: 'the server refused this page',
   1009: 'a message was too large',
   1011: 'the server hit an error',
+  1012: 'the server is restarting',
   4001: 'this page fell behind',
   4002: 'the connection timed out',
   4003: 'the server disconnected this page',
+  4004: 'the session expired',
 };
+
+function closeReason({ code, reason }) {
+  if (code === 1006 && !everConnected) return 'the server cannot be reached';
+  return CLOSE_REASONS[code] ?? (reason || `the connection closed (${code})`);
+}
 
 function storage(key, value) {
   try {
@@ -55,28 +77,35 @@ function storage(key, value) {
 function setStatus(state, text) {
   ui.status.dataset.state = state;
   ui.status.textContent = text;
-  const live = state === 'connected';
+  const live = state === 'connected' && sub !== null;
   ui.text.disabled = !live;
   ui.send.disabled = !live;
 }
 
+/** Shows the connection's state, and allows sending only when connected and joined. */
 function renderStatus() {
-  const detail = connDetail;
-  switch (connState) {
+  switch (client ? conn.state : 'idle') {
     case 'connecting':
-      setStatus('connecting', 'Connecting…');
+      if (lost) setStatus('reconnecting', `Disconnected: ${closeReason(lost)}. Reconnecting…`);
+      else setStatus('connecting', 'Connecting…');
       break;
     case 'connected':
-      setStatus('connected', `Connected as ${me}`);
+      if (sub && sub.state !== 'subscribed') {
+        setStatus('joining', `${joined ? 'Rejoining' : 'Joining'} ${channel}…`);
+      } else {
+        setStatus('connected', sub ? `Connected as ${me}` : 'Connected. Join a channel to chat.');
+      }
       break;
-    case 'reconnecting': {
-      const why = CLOSE_REASONS[detail.code] ?? 'the connection closed';
-      const secs = Math.max(1, Math.round((detail.delay ?? 0) / 1000));
-      setStatus('reconnecting', `Disconnected: ${why}. Reconnecting in ${secs}s…`);
-      break;
-    }
-    case 'closed':
-      setStatus('closed', `Disconnected${detail.reason ? ': ' + detail.reason : ''}. Reload the page to reconnect.`);
+    case 'disconnected':
+      if (conn.reconnect) {
+        const secs = Math.round((conn.delay ?? 0) / 1000);
+        const when = secs >= 1 ? ` in ${secs}s` : '';
+        setStatus('reconnecting', `Disconnected: ${closeReason(lost ?? conn)}. Reconnecting${when}…`);
+      } else {
+        // The server asked the page not to come back by itself (or there is
+        // no WebSocket at all): only the person can decide to try again.
+        setStatus('closed', `Disconnected: ${closeReason(conn)}. Press Join to reconnect.`);
+      }
       break;
     default:
       setStatus('idle', 'Not connected');
@@ -117,7 +146,11 @@ function hue(name) {
   return h % 360;
 }
 
-function showMessage(data) {
+function showMessage(data, { binary }) {
+  if (binary) {
+    showNotice(`Unrecognised message: ${data.length} bytes of binary data`);
+    return;
+  }
   if (data === null || typeof data !== 'object' || typeof data.name !== 'string' || typeof data.text !== 'string') {
     // Someone published something else to this channel: show it, as text.
     showNotice(`Unrecognised message: ${JSON.stringify(data)}`);
@@ -138,33 +171,88 @@ function showNotice(text) {
   append(li);
 }
 
+function onState(ev) {
+  const wasConnected = conn.state === 'connected';
+  conn = ev;
+  if (ev.state === 'connected') {
+    lost = null;
+    everConnected = true;
+  } else if (ev.state === 'disconnected' && ev.reconnect) {
+    if (wasConnected) {
+      lost = ev;
+      showNotice('Connection lost. Reconnecting…');
+    } else {
+      lost ??= ev; // an attempt failed: keep the first reason
+    }
+  } else if (ev.state === 'disconnected' && wasConnected) {
+    showNotice(`Disconnected: ${closeReason(ev)}.`);
+  }
+  renderStatus();
+}
+
 function ensureClient() {
-  if (client) return client;
-  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  client = new HeraldClient(`${scheme}//${location.host}/ws`);
-  let prev = 'idle';
-  let everConnected = false;
-  client.addEventListener('state', (ev) => {
-    connState = ev.detail.state;
-    connDetail = ev.detail;
-    renderStatus();
-    if (connState === 'reconnecting' && prev === 'connected') {
-      showNotice('Connection lost. Messages sent until it is back will not be shown.');
-    }
-    if (connState === 'connected') {
-      if (everConnected) showNotice('Reconnected.');
-      everConnected = true;
-    }
-    prev = connState;
-  });
-  client.addEventListener('publication', (ev) => {
-    if (ev.detail.channel === channel) showMessage(ev.detail.data);
-  });
-  client.connect();
+  if (!client) {
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    client = new Herald(`${scheme}//${location.host}/ws`);
+    client.on('state', onState);
+  }
+  if (client.state === 'disconnected' && !conn.reconnect) {
+    // The first join, or a join after the client stopped for good. (Not
+    // awaited: connect() handles its own rejection, and the state events
+    // tell the page everything.)
+    lost = null;
+    client.connect();
+  }
   return client;
 }
 
-async function join(ev) {
+/** Subscribes to name; the page shows its messages until another join replaces it. */
+function subscribe(name) {
+  const s = client.subscribe(name, {
+    onMessage(data, info) {
+      if (s === sub) showMessage(data, info);
+    },
+    onSubscribed(res) {
+      if (s !== sub) return;
+      if (joined) {
+        // A resubscribe after a reconnect: say whether anything was missed.
+        if (res.recovered === true) showNotice('Reconnected. Nothing was missed.');
+        else if (res.recovered === false) showNotice('Reconnected. Messages sent meanwhile may be missing.');
+        else showNotice('Reconnected. Messages sent while disconnected are not shown.');
+        renderStatus();
+        return;
+      }
+      joined = true;
+      showNotice(`You joined ${name} as ${me}.`);
+      ui.join.textContent = 'Update';
+      renderStatus();
+      ui.text.focus();
+    },
+    onError(err) {
+      // The server refused the subscription (a namespace it does not
+      // serve, no permission): it has ended.
+      if (s !== sub) return;
+      showNotice(`${joined ? 'Removed from' : 'Could not join'} ${name}: ${err.message}`);
+      leave();
+    },
+  });
+  return s;
+}
+
+/** Leaves the current channel, if any. */
+function leave() {
+  const s = sub;
+  sub = null;
+  joined = false;
+  channel = '';
+  ui.roomTitle.textContent = 'No channel joined';
+  ui.join.textContent = 'Join';
+  // The subscription ends here at once; an error in the reply changes nothing.
+  if (s && s.state !== 'unsubscribed') s.unsubscribe().catch(() => {});
+  renderStatus();
+}
+
+function join(ev) {
   ev.preventDefault();
   const name = ui.name.value.trim();
   const next = ui.channel.value.trim();
@@ -174,8 +262,8 @@ async function join(ev) {
     return;
   }
   ui.name.setCustomValidity('');
-  if (!validChannel(next)) {
-    ui.channel.setCustomValidity('Use 1-255 of A-Z a-z 0-9 _ - . : @ # , = / !');
+  if (!CHANNEL_RE.test(next)) {
+    ui.channel.setCustomValidity(CHANNEL_HINT);
     ui.channel.reportValidity();
     return;
   }
@@ -183,41 +271,32 @@ async function join(ev) {
   me = name;
   storage('herald.name', name);
   storage('herald.channel', next);
-  const c = ensureClient();
-  renderStatus();
-  if (next === channel) return; // a new name only
-  const prev = channel;
+  ensureClient();
+  if (next === channel) {
+    renderStatus(); // a new name only
+    return;
+  }
+  leave();
   channel = next;
   ui.roomTitle.textContent = `#${next}`;
   ui.messages.replaceChildren();
-  if (connState === 'connected') setStatus('joining', `Joining ${next}…`);
-  try {
-    if (prev) await c.unsubscribe(prev);
-    await c.subscribe(next);
-  } catch (err) {
-    showNotice(`Could not join ${next}: ${err.message}`);
-    return;
-  } finally {
-    renderStatus();
-  }
-  showNotice(`You joined ${next} as ${name}.`);
-  ui.join.textContent = 'Update';
-  if (!ui.text.disabled) ui.text.focus();
+  sub = subscribe(next); // subscribes now if connected, else once connected
+  renderStatus();
 }
 
 async function send(ev) {
   ev.preventDefault();
   const text = ui.text.value.trim();
-  if (!text || !client || !channel) return;
+  if (!text || !sub) return;
   ui.send.disabled = true;
   try {
-    await client.publish(channel, { name: me, text });
+    await sub.publish({ name: me, text });
     ui.text.value = '';
   } catch (err) {
     showNotice(`Not sent: ${err.message}`);
   } finally {
-    ui.send.disabled = connState !== 'connected';
-    ui.text.focus();
+    renderStatus();
+    if (!ui.text.disabled) ui.text.focus();
   }
 }
 
