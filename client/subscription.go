@@ -38,6 +38,11 @@ type SubscribeOptions struct {
 	// *Error. (A temporary refusal, CodeUnavailable, makes the client
 	// reconnect and retry instead.)
 	OnError func(err error)
+	// Since, if set, makes the first subscribe recover from this position
+	// (one saved by the app, or read from another client's
+	// Subscription.Position): the publications after it arrive first, or
+	// OnRecoveryFailed says they cannot.
+	Since *Position
 }
 
 type subState uint8
@@ -100,7 +105,7 @@ func (c *Client) Subscribe(ctx context.Context, channel string, opts SubscribeOp
 
 	p := &pending{done: make(chan result, 1)}
 	p.onReply = func(r protocol.Reply) error { return c.subscribeReplied(s, sub, r) }
-	id, err := s.start(&command{Command: protocol.Command{Cmd: protocol.CmdSubscribe, Channel: channel}}, nil, false, p)
+	id, err := s.start(&command{Command: protocol.Command{Cmd: protocol.CmdSubscribe, Channel: channel, Since: opts.Since}}, nil, false, p)
 	if err != nil {
 		c.mu.Lock()
 		if sub.state == subSubscribing {
@@ -164,9 +169,17 @@ func (c *Client) subscribeReplied(s *session, sub *Subscription, r protocol.Repl
 	case sub.state == subSubscribing && r.Error != nil:
 		sub.state = subClosing
 		sub.closed.Store(true)
+	case sub.state == subSubscribing && res.Recovered != nil && *res.Recovered:
+		// Subscribed with Since and recovered: the missed publications
+		// follow, and the position moves with them.
+		sub.state = subActive
+		sub.pos = Position{Offset: sub.opts.Since.Offset, Epoch: res.Epoch}
 	case sub.state == subSubscribing:
 		sub.state = subActive
 		sub.pos = Position{Offset: res.Offset, Epoch: res.Epoch}
+		if res.Recovered != nil { // Since was given and could not be honoured
+			ev = &event{kind: evRecoveryFailed, sub: sub, reason: res.Reason}
+		}
 	case r.Error != nil && r.Error.Code == protocol.CodeUnavailable:
 		dropErr = fmt.Errorf("failed to resubscribe to %q: %w", sub.channel, replyError(r.Error))
 	case r.Error != nil:

@@ -43,7 +43,7 @@ func killByName(t *testing.T, admin rueidis.Client, name string) {
 func startGapNode(t *testing.T, b herald.Broker) (*herald.Node, string) {
 	t.Helper()
 	n, err := herald.New(herald.Config{Broker: b, Logger: logger(t, false), Namespaces: []herald.Namespace{
-		{Name: "chat", HistorySize: 10000, HistoryTTL: time.Minute},
+		{Name: "chat", HistorySize: 10000, HistoryTTL: time.Minute, Presence: true},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -143,5 +143,126 @@ func TestNoSilentLossAcrossPubSubReconnect(t *testing.T) {
 	}
 	if len(offsets) != total {
 		t.Fatalf("got %d publications, want %d", len(offsets), total)
+	}
+}
+
+// TestNodeCrash: a node dies without a clean shutdown (its broker and its
+// sockets cut, nothing unregistered). Its client moves to another node and
+// recovers what was published meanwhile from the shared history, and its
+// presence entry expires from the shared presence after PresenceTTL.
+func TestNodeCrash(t *testing.T) {
+	u := redisURL(t)
+	t.Parallel()
+	p := prefix(t)
+	mk := func() *redisbroker.Broker {
+		b, err := redisbroker.New(redisbroker.Options{URL: u, Prefix: p, PresenceTTL: time.Second, Logger: logger(t, false)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		return b
+	}
+	cfg := func(b herald.Broker) herald.Config {
+		return herald.Config{Broker: b, Logger: logger(t, false), Namespaces: []herald.Namespace{
+			{Name: "chat", HistorySize: 1000, HistoryTTL: time.Minute, Presence: true},
+		}}
+	}
+	// Node A, run by hand so that it can be killed rather than shut down.
+	brokerA := mk()
+	nodeA, err := herald.New(cfg(brokerA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvA := httptest.NewServer(nodeA.Handler())
+	runCtx, stopRun := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() { defer close(runDone); _ = nodeA.Run(runCtx) }()
+	nodeB, urlB := startGapNode(t, mk())
+	_ = nodeB
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var got []uint64
+	onPub := func(p client.Publication) { mu.Lock(); got = append(got, p.Offset); mu.Unlock() }
+	ca := client.New("ws"+strings.TrimPrefix(srvA.URL, "http")+"/ws", client.Options{Backoff: client.Backoff{Min: time.Hour, Max: time.Hour}})
+	defer ca.Close()
+	if err := ca.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	subA, err := ca.Subscribe(ctx, "chat:crash", client.SubscribeOptions{OnPublication: onPub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(n int) {
+		for range n {
+			if _, err := nodeB.Publish(ctx, "chat:crash", []byte(`1`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	publish(10)
+	waitUntil(t, "10 publications on node A", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 10 })
+	if st, err := nodeB.PresenceStats(ctx, "chat:crash"); err != nil || st.Clients != 1 {
+		t.Fatalf("presence seen from node B before the crash: %+v %v", st, err)
+	}
+
+	// The crash: the broker goes first (so nothing is removed from Redis),
+	// then the sockets, with no close handshake; Run stops.
+	brokerA.Close()
+	srvA.CloseClientConnections()
+	srvA.Close()
+	stopRun()
+	<-runDone
+	publish(15) // published while the client is between nodes
+
+	// The client moves to node B and resubscribes from where it was.
+	pos := subA.Position()
+	cb := client.New(urlB+"/ws", client.Options{})
+	defer cb.Close()
+	if err := cb.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var mu2 sync.Mutex
+	var recovered []uint64
+	var failed []string
+	if _, err := cb.Subscribe(ctx, "chat:crash", client.SubscribeOptions{
+		Since:            &pos,
+		OnPublication:    func(p client.Publication) { mu2.Lock(); recovered = append(recovered, p.Offset); mu2.Unlock() },
+		OnRecoveryFailed: func(r string) { mu2.Lock(); failed = append(failed, r); mu2.Unlock() },
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "15 recovered publications on node B", func() bool { mu2.Lock(); defer mu2.Unlock(); return len(recovered) >= 15 })
+	mu2.Lock()
+	for i, off := range recovered {
+		if off != pos.Offset+uint64(i)+1 {
+			t.Fatalf("recovered offsets %v after %d", recovered, pos.Offset)
+		}
+	}
+	if len(failed) > 0 {
+		t.Fatalf("recovery failed: %v", failed)
+	}
+	mu2.Unlock()
+
+	// Node A's presence entry was never removed: it expires.
+	waitUntil(t, "the dead node's presence entry to expire", func() bool {
+		st, err := nodeB.PresenceStats(ctx, "chat:crash")
+		return err == nil && st.Clients == 1 // only the client on node B
+	})
+	// Shut node A's node down for the leak check; its sockets are gone already.
+	sctx, scancel := context.WithTimeout(context.Background(), time.Second)
+	defer scancel()
+	_ = nodeA.Shutdown(sctx)
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
