@@ -33,8 +33,9 @@ const (
 
 // conn is one WebSocket connection.
 //
-// Goroutines: exactly one reader (readLoop, started by the HTTP handler) owns
-// ws and the connection's teardown; at most one writer (writeLoop) exists
+// Goroutines: exactly one reader at a time (readLoop, started by the HTTP
+// handler, handing itself to a fresh goroutine after each handled message)
+// owns ws and the connection's teardown; at most one writer (writeLoop) exists
 // while the outbound queue is non-empty and is the only code that writes to
 // nc. Everything else — fan-out, replies, pings, pongs, close frames, and the
 // close frames gorilla/websocket itself emits on protocol errors (captured by
@@ -42,6 +43,8 @@ const (
 type conn struct {
 	node *Node
 	id   string
+	// user and info change only on the reader (connect), under mu; other
+	// goroutines read them under mu.
 	user string
 	info json.RawMessage
 	form uint8
