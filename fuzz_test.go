@@ -36,8 +36,11 @@ func FuzzCommand(f *testing.F) {
 	f.Add([]byte("no separator"), true)
 
 	ts := newTestServer(f, Config{
-		Logger:     nopLogger(),
-		Namespaces: []Namespace{{Name: ""}, {Name: "h", HistorySize: 10}, {Name: "p", Presence: true, JoinLeave: true}},
+		Logger: nopLogger(),
+		// The fuzzer redials after every frame that closes the connection,
+		// far faster than the default per-IP connect rate allows.
+		ConnectRatePerIP: -1,
+		Namespaces:       []Namespace{{Name: ""}, {Name: "h", HistorySize: 10}, {Name: "p", Presence: true, JoinLeave: true}},
 	})
 	var c *websocket.Conn
 	dial := func(t *testing.T) {
