@@ -36,7 +36,7 @@ func (c *Config) jwtConfig() (jc herald.JWTConfig, ok bool, err error) {
 		jc.HMACSecret = []byte(c.JWTSecret)
 	}
 	if c.JWTSecretFile != "" {
-		if jc.HMACSecret, err = readSecretFile(c.JWTSecretFile); err != nil {
+		if jc.HMACSecret, err = readSecret(c.JWTSecretFile, checkHMACSecret); err != nil {
 			return jc, false, fmt.Errorf("invalid jwt_secret_file %s: %w", c.JWTSecretFile, err)
 		}
 	}
@@ -73,15 +73,15 @@ func (c *Config) jwtConfig() (jc herald.JWTConfig, ok bool, err error) {
 	return jc, true, nil
 }
 
-// readSecretFile reads an HMAC secret, without the trailing newline that
-// editors and `echo` add.
-func readSecretFile(path string) ([]byte, error) {
+// readSecret reads a secret from a file, without the trailing newline that
+// editors and `echo` add, and checks it.
+func readSecret(path string, check func([]byte) error) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
 	b = []byte(strings.TrimRight(string(b), "\r\n"))
-	if err := checkHMACSecret(b); err != nil {
+	if err := check(b); err != nil {
 		return nil, err
 	}
 	return b, nil

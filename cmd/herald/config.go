@@ -8,9 +8,11 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -115,6 +117,42 @@ type Config struct {
 	TLSCert string
 	TLSKey  string
 
+	// DrainWindow is how long the drain before the shutdown lasts: on
+	// SIGINT or SIGTERM the server first fails /readyz, then closes its
+	// WebSocket clients with 1012 (service restart: reconnect elsewhere)
+	// spread over this window, so that they do not all reconnect to the
+	// other nodes in the same instant. Zero means 10s; negative ("off" in
+	// every source) skips the drain: every client is sent 1001 at once.
+	// ShutdownTimeout starts after the drain.
+	DrainWindow time.Duration
+
+	// Broker joins nodes: "memory" (one node, the default), "redis" or
+	// "nats". RedisURL, RedisAddr and NATSURL say where; each may be set
+	// only with its broker (empty: the default address). RedisAddr is the
+	// host:port shorthand for redis://HOST:PORT/0; at most one of RedisURL
+	// and RedisAddr. BrokerPrefix starts every key and subject, so that
+	// several Herald clusters share one Redis or NATS; empty means "herald".
+	Broker       string
+	RedisURL     string
+	RedisAddr    string
+	NATSURL      string
+	BrokerPrefix string
+
+	// APIKey turns the HTTP API on at /api/ (herald.APIConfig.Key): every
+	// request must carry it. APIKeyFile names a file holding it instead
+	// (trailing newlines ignored). At most one of them; neither: no API.
+	// Both are re-read on SIGHUP.
+	APIKey     secret
+	APIKeyFile string
+	// Metrics serves the Prometheus metrics at /metrics. On by default.
+	Metrics bool
+
+	// AdminPassword turns the admin dashboard on at /admin; AdminPasswordFile
+	// names a file holding it instead. At most one; neither: no dashboard.
+	// Re-read on SIGHUP (a new password ends every session).
+	AdminPassword     secret
+	AdminPasswordFile string
+
 	// LogFormat is "text" (logfmt-like, for people) or "json" (for log
 	// collectors). LogLevel is debug, info, warn or error.
 	LogFormat string
@@ -122,7 +160,9 @@ type Config struct {
 
 	// secretOnCommandLine is set when JWTSecret came from a flag, where
 	// every user of the machine can read it (ps); serve warns about it.
+	// onCommandLine lists the other secrets that did (api_key, admin_password).
 	secretOnCommandLine bool
+	onCommandLine       []string
 }
 
 // secret is a string that does not print: fmt and slog show it redacted,
@@ -159,6 +199,17 @@ const (
 	defaultAddr              = ":8080"
 	defaultReadHeaderTimeout = 10 * time.Second
 	defaultShutdownTimeout   = 10 * time.Second
+	defaultDrainWindow       = 10 * time.Second
+	defaultRedisURL          = "redis://127.0.0.1:6379/0"
+	defaultNATSURL           = "nats://127.0.0.1:4222"
+	defaultBrokerPrefix      = "herald"
+
+	// minAPIKey and minAdminPassword are the shortest secrets accepted: the
+	// API key publishes as the server, and the dashboard can too, so a key
+	// guessable online would hand that over. Both are compared in constant
+	// time; the dashboard also limits login attempts.
+	minAPIKey        = 16
+	minAdminPassword = 12
 )
 
 func defaultConfig() Config {
@@ -166,6 +217,10 @@ func defaultConfig() Config {
 		Addr:              defaultAddr,
 		ReadHeaderTimeout: defaultReadHeaderTimeout,
 		ShutdownTimeout:   defaultShutdownTimeout,
+		DrainWindow:       defaultDrainWindow,
+		Broker:            "memory",
+		BrokerPrefix:      defaultBrokerPrefix,
+		Metrics:           true,
 		LogFormat:         "text",
 		LogLevel:          slog.LevelInfo,
 	}
@@ -212,12 +267,19 @@ type setting struct {
 	isBool bool
 	// isSecret settings are never echoed: errors show their value redacted.
 	isSecret bool
+	// redact, if set, is how errors show a value that may hold a secret
+	// (a password in a URL).
+	redact func(v string) string
 	// set parses a value written as a string (a flag, a variable, a scalar in
 	// the file) into c. Its error says what a valid value looks like.
 	set func(c *Config, v string) error
 	// setList, for list settings only, takes the items of a YAML sequence.
 	// set then takes a comma-separated list.
 	setList func(c *Config, items []string) error
+	// get returns the setting's value in c, in a form that set accepts, so
+	// that a reload can tell which settings a new file changes. Secrets are
+	// returned as they are: compare them, never print them.
+	get func(c *Config) string
 }
 
 func (s *setting) flagName() string { return strings.ReplaceAll(s.name, "_", "-") }
@@ -246,6 +308,7 @@ var settings = []*setting{
 			c.JWTSecret = secret(v)
 			return nil
 		},
+		get: func(c *Config) string { return string(c.JWTSecret) },
 	},
 	stringSetting("jwt_secret_file", "FILE", "file holding the HMAC secret (trailing newlines ignored); instead of jwt_secret", "none",
 		func(c *Config) *string { return &c.JWTSecretFile }),
@@ -265,6 +328,7 @@ var settings = []*setting{
 			c.JWKSURL = v
 			return nil
 		},
+		get: func(c *Config) string { return c.JWKSURL },
 	},
 	stringSetting("jwt_issuer", "ISS", "issuer that tokens must name in iss", "any",
 		func(c *Config) *string { return &c.JWTIssuer }),
@@ -285,6 +349,7 @@ var settings = []*setting{
 			c.MaxMessageSize = n
 			return nil
 		},
+		get: func(c *Config) string { return strconv.FormatInt(c.MaxMessageSize, 10) },
 	},
 	durationSetting("ping_interval", "how often the server pings each connection", "25s",
 		func(c *Config) *time.Duration { return &c.PingInterval }),
@@ -323,6 +388,12 @@ var settings = []*setting{
 			c.ConnectRatePerIP = r
 			return nil
 		},
+		get: func(c *Config) string {
+			if c.ConnectRatePerIP < 0 {
+				return "off"
+			}
+			return strconv.FormatFloat(c.ConnectRatePerIP, 'g', -1, 64)
+		},
 	},
 	{
 		name: "message_rate", arg: "RATE", def: "0 (no cap)",
@@ -335,6 +406,7 @@ var settings = []*setting{
 			c.MessageRate = r
 			return nil
 		},
+		get: func(c *Config) string { return strconv.FormatFloat(c.MessageRate, 'g', -1, 64) },
 	},
 	intSetting("message_burst", "messages a connection may send at once within message_rate", "message_rate rounded up",
 		func(c *Config) *int { return &c.MessageBurst }),
@@ -342,8 +414,105 @@ var settings = []*setting{
 		func(c *Config) *bool { return &c.Compression }),
 	durationSetting("read_header_timeout", "time a client has to send a request's headers (stops slowloris)", defaultReadHeaderTimeout.String(),
 		func(c *Config) *time.Duration { return &c.ReadHeaderTimeout }),
-	durationSetting("shutdown_timeout", "bound on the graceful shutdown after SIGINT or SIGTERM", defaultShutdownTimeout.String(),
+	{
+		name: "drain_window", arg: "DURATION", def: defaultDrainWindow.String(),
+		usage: "on SIGINT or SIGTERM, fail /readyz and close WebSocket clients with 1012 spread over this window before shutting down; off: 1001 to all at once",
+		set: func(c *Config, v string) error {
+			if strings.EqualFold(strings.TrimSpace(v), "off") {
+				c.DrainWindow = -1
+				return nil
+			}
+			d, err := time.ParseDuration(strings.TrimSpace(v))
+			if err != nil || d < 0 {
+				return errors.New("want a duration such as 10s or 1m, or off")
+			}
+			c.DrainWindow = d
+			return nil
+		},
+		get: func(c *Config) string {
+			if c.DrainWindow < 0 {
+				return "off"
+			}
+			return c.DrainWindow.String()
+		},
+	},
+	durationSetting("shutdown_timeout", "bound on the graceful shutdown after SIGINT or SIGTERM (after the drain)", defaultShutdownTimeout.String(),
 		func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
+	{
+		name: "broker", arg: "KIND", def: "memory",
+		usage: "what joins nodes: memory (this node alone), redis or nats",
+		set: func(c *Config, v string) error {
+			switch v = strings.ToLower(strings.TrimSpace(v)); v {
+			case "memory", "redis", "nats":
+				c.Broker = v
+				return nil
+			}
+			return errors.New("want memory, redis or nats")
+		},
+		get: func(c *Config) string { return c.Broker },
+	},
+	urlSetting("redis_url", "Redis server for broker redis: redis://[user:password@]host:port/db, or rediss:// for TLS", defaultRedisURL,
+		[]string{"redis", "rediss", "unix"}, func(c *Config) *string { return &c.RedisURL }),
+	{
+		name: "redis_addr", arg: "HOST:PORT", def: "none",
+		usage: "shorthand for redis_url redis://HOST:PORT/0",
+		set: func(c *Config, v string) error {
+			v = strings.TrimSpace(v)
+			if _, _, err := net.SplitHostPort(v); err != nil || strings.ContainsAny(v, "/@?#") {
+				return errors.New("want host:port, such as 127.0.0.1:6379")
+			}
+			c.RedisAddr = v
+			return nil
+		},
+		get: func(c *Config) string { return c.RedisAddr },
+	},
+	urlSetting("nats_url", "NATS server(s) for broker nats, comma-separated: nats://[user:password@]host:port", defaultNATSURL,
+		[]string{"nats", "tls", "ws", "wss"}, func(c *Config) *string { return &c.NATSURL }),
+	{
+		name: "broker_prefix", arg: "PREFIX", def: defaultBrokerPrefix,
+		usage: "starts every Redis key and NATS subject, so that several Herald clusters share one server: letters, digits, '_' and '-'",
+		set: func(c *Config, v string) error {
+			v = strings.TrimSpace(v)
+			if v == "" || strings.IndexFunc(v, func(r rune) bool {
+				return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-')
+			}) >= 0 {
+				return errors.New("want letters, digits, '_' and '-' (it names NATS streams and Redis keys)")
+			}
+			c.BrokerPrefix = v
+			return nil
+		},
+		get: func(c *Config) string { return c.BrokerPrefix },
+	},
+	{
+		name: "api_key", arg: "KEY", def: "none (no API)", isSecret: true,
+		usage: "key (at least 16 bytes) of the HTTP API, which it turns on at /api/; a flag shows in ps: prefer the variable or api_key_file",
+		set: func(c *Config, v string) error {
+			if err := checkAPIKey([]byte(v)); err != nil {
+				return err
+			}
+			c.APIKey = secret(v)
+			return nil
+		},
+		get: func(c *Config) string { return string(c.APIKey) },
+	},
+	stringSetting("api_key_file", "FILE", "file holding the API key (trailing newlines ignored); instead of api_key", "none",
+		func(c *Config) *string { return &c.APIKeyFile }),
+	withDefault(boolSetting("metrics", "serve Prometheus metrics at /metrics (--metrics=false to turn them off)",
+		func(c *Config) *bool { return &c.Metrics }), "true"),
+	{
+		name: "admin_password", arg: "PASSWORD", def: "none (no dashboard)", isSecret: true,
+		usage: "password (at least 12 bytes) of the admin dashboard, which it turns on at /admin; a flag shows in ps: prefer the variable or admin_password_file",
+		set: func(c *Config, v string) error {
+			if err := checkAdminPassword([]byte(v)); err != nil {
+				return err
+			}
+			c.AdminPassword = secret(v)
+			return nil
+		},
+		get: func(c *Config) string { return string(c.AdminPassword) },
+	},
+	stringSetting("admin_password_file", "FILE", "file holding the admin password (trailing newlines ignored); instead of admin_password", "none",
+		func(c *Config) *string { return &c.AdminPasswordFile }),
 	{
 		name: "log_format", arg: "FORMAT", def: "text", usage: "log format: text or json",
 		set: func(c *Config, v string) error {
@@ -354,6 +523,7 @@ var settings = []*setting{
 			}
 			return errors.New("want text or json")
 		},
+		get: func(c *Config) string { return c.LogFormat },
 	},
 	{
 		name: "log_level", arg: "LEVEL", def: "info", usage: "least severe level logged: debug, info, warn or error",
@@ -372,6 +542,7 @@ var settings = []*setting{
 			}
 			return nil
 		},
+		get: func(c *Config) string { return strings.ToLower(c.LogLevel.String()) },
 	},
 }
 
@@ -383,7 +554,31 @@ func stringSetting(name, arg, usage, def string, field func(*Config) *string) *s
 		}
 		*field(c) = v
 		return nil
-	}}
+	}, get: func(c *Config) string { return *field(c) }}
+}
+
+// withDefault sets the default shown in the usage text, for a setting whose
+// default is not its type's zero value.
+func withDefault(s *setting, def string) *setting {
+	s.def = def
+	return s
+}
+
+// urlSetting is a URL whose scheme must be one of schemes. Comma-separated
+// lists (NATS takes several servers) are checked item by item.
+func urlSetting(name, usage, def string, schemes []string, field func(*Config) *string) *setting {
+	return &setting{name: name, arg: "URL", usage: usage, def: def, redact: redactURLs, set: func(c *Config, v string) error {
+		v = strings.TrimSpace(v)
+		for _, item := range strings.Split(v, ",") {
+			u, err := url.Parse(strings.TrimSpace(item))
+			if err != nil || !slices.Contains(schemes, u.Scheme) || (u.Host == "" && u.Scheme != "unix") {
+				// The URL may hold a password: the error does not quote it.
+				return fmt.Errorf("want a URL with scheme %s", strings.Join(schemes, ", "))
+			}
+		}
+		*field(c) = v
+		return nil
+	}, get: func(c *Config) string { return *field(c) }}
 }
 
 func boolSetting(name, usage string, field func(*Config) *bool) *setting {
@@ -394,7 +589,7 @@ func boolSetting(name, usage string, field func(*Config) *bool) *setting {
 		}
 		*field(c) = b
 		return nil
-	}}
+	}, get: func(c *Config) string { return strconv.FormatBool(*field(c)) }}
 }
 
 func intSetting(name, usage, def string, field func(*Config) *int) *setting {
@@ -408,7 +603,7 @@ func intSetting(name, usage, def string, field func(*Config) *int) *setting {
 		}
 		*field(c) = int(n)
 		return nil
-	}}
+	}, get: func(c *Config) string { return strconv.Itoa(*field(c)) }}
 }
 
 func durationSetting(name, usage, def string, field func(*Config) *time.Duration) *setting {
@@ -422,11 +617,12 @@ func durationSetting(name, usage, def string, field func(*Config) *time.Duration
 		}
 		*field(c) = d
 		return nil
-	}}
+	}, get: func(c *Config) string { return field(c).String() }}
 }
 
 func listSetting(name, arg, usage, def string, field func(*Config) *[]string, check func(string) error) *setting {
-	s := &setting{name: name, arg: arg, usage: usage, def: def}
+	s := &setting{name: name, arg: arg, usage: usage, def: def,
+		get: func(c *Config) string { return strings.Join(*field(c), ",") }}
 	s.setList = func(c *Config, items []string) error {
 		list := make([]string, 0, len(items))
 		for _, it := range items {
@@ -498,8 +694,11 @@ func (e *SettingError) Unwrap() error { return e.Err }
 
 // settingError builds the SettingError of s, with a secret's value redacted.
 func settingError(s *setting, source, value string, err error) *SettingError {
-	if s.isSecret {
+	switch {
+	case s.isSecret:
 		value = redacted
+	case s.redact != nil:
+		value = s.redact(value)
 	}
 	return &SettingError{Setting: s.name, Source: source, Value: value, Err: err}
 }
@@ -581,8 +780,11 @@ func parseServeConfig(args, env []string, usageOut io.Writer) (Config, error) {
 		if err := f.s.set(&cfg, f.v); err != nil {
 			return Config{}, settingError(f.s, "flag --"+f.s.flagName(), f.v, err)
 		}
-		if f.s.name == "jwt_secret" {
+		switch f.s.name {
+		case "jwt_secret":
 			cfg.secretOnCommandLine = true
+		case "api_key", "admin_password":
+			cfg.onCommandLine = append(cfg.onCommandLine, f.s.name)
 		}
 	}
 	if err := cfg.validate(); err != nil {
@@ -623,7 +825,103 @@ func (c *Config) validate() error {
 	if c.MessageBurst != 0 && c.MessageRate == 0 {
 		return errors.New("message_burst set without message_rate: set message_rate too")
 	}
+	if c.APIKey != "" && c.APIKeyFile != "" {
+		return errors.New("api_key and api_key_file both set: set one of them")
+	}
+	if c.AdminPassword != "" && c.AdminPasswordFile != "" {
+		return errors.New("admin_password and admin_password_file both set: set one of them")
+	}
+	if c.RedisURL != "" && c.RedisAddr != "" {
+		return errors.New("redis_url and redis_addr both set: set one of them (redis_addr HOST:PORT means redis_url redis://HOST:PORT/0)")
+	}
+	// An address for a broker that is not used means the operator thinks
+	// the nodes are joined when they are not: refuse rather than run alone.
+	if (c.RedisURL != "" || c.RedisAddr != "") && c.Broker != "redis" {
+		return fmt.Errorf("redis_url or redis_addr set, but broker is %s: set broker redis too, or remove them", c.Broker)
+	}
+	if c.NATSURL != "" && c.Broker != "nats" {
+		return fmt.Errorf("nats_url set, but broker is %s: set broker nats too, or remove it", c.Broker)
+	}
 	return nil
+}
+
+// redisURL is the Redis server to use with broker redis.
+func (c *Config) redisURL() string {
+	switch {
+	case c.RedisAddr != "":
+		return "redis://" + c.RedisAddr + "/0"
+	case c.RedisURL != "":
+		return c.RedisURL
+	}
+	return defaultRedisURL
+}
+
+// natsURL is the NATS server (or servers) to use with broker nats.
+func (c *Config) natsURL() string {
+	if c.NATSURL != "" {
+		return c.NATSURL
+	}
+	return defaultNATSURL
+}
+
+// drainWindow is the drain's length, 0 for none.
+func (c *Config) drainWindow() time.Duration {
+	switch {
+	case c.DrainWindow < 0:
+		return 0
+	case c.DrainWindow == 0:
+		return defaultDrainWindow
+	}
+	return c.DrainWindow
+}
+
+func checkAPIKey(b []byte) error {
+	if len(b) < minAPIKey {
+		return fmt.Errorf("too short (%d bytes): use at least %d; generate one with: openssl rand -base64 32", len(b), minAPIKey)
+	}
+	return nil
+}
+
+func checkAdminPassword(b []byte) error {
+	if len(b) < minAdminPassword {
+		return fmt.Errorf("too short (%d bytes): use at least %d; generate one with: openssl rand -base64 18", len(b), minAdminPassword)
+	}
+	return nil
+}
+
+// apiKey returns the API key, read from api_key_file if that is set; ""
+// means the API is off.
+func (c *Config) apiKey() (string, error) {
+	if c.APIKeyFile == "" {
+		return string(c.APIKey), nil
+	}
+	b, err := readSecret(c.APIKeyFile, checkAPIKey)
+	if err != nil {
+		return "", fmt.Errorf("invalid api_key_file %s: %w", c.APIKeyFile, err)
+	}
+	return string(b), nil
+}
+
+// adminPassword returns the dashboard's password, read from
+// admin_password_file if that is set; "" means the dashboard is off.
+func (c *Config) adminPassword() (string, error) {
+	if c.AdminPasswordFile == "" {
+		return string(c.AdminPassword), nil
+	}
+	b, err := readSecret(c.AdminPasswordFile, checkAdminPassword)
+	if err != nil {
+		return "", fmt.Errorf("invalid admin_password_file %s: %w", c.AdminPasswordFile, err)
+	}
+	return string(b), nil
+}
+
+// redactURLs hides the passwords in a comma-separated list of URLs.
+func redactURLs(v string) string {
+	items := strings.Split(v, ",")
+	for i, it := range items {
+		items[i] = redactURL(strings.TrimSpace(it))
+	}
+	return strings.Join(items, ",")
 }
 
 // keySettings lists the settings that turn token authentication on.
@@ -666,6 +964,17 @@ type fileSettings struct {
 	MessageBurst             yaml.Node `yaml:"message_burst"`
 	ReadHeaderTimeout        yaml.Node `yaml:"read_header_timeout"`
 	ShutdownTimeout          yaml.Node `yaml:"shutdown_timeout"`
+	DrainWindow              yaml.Node `yaml:"drain_window"`
+	Broker                   yaml.Node `yaml:"broker"`
+	RedisURL                 yaml.Node `yaml:"redis_url"`
+	RedisAddr                yaml.Node `yaml:"redis_addr"`
+	NATSURL                  yaml.Node `yaml:"nats_url"`
+	BrokerPrefix             yaml.Node `yaml:"broker_prefix"`
+	APIKey                   yaml.Node `yaml:"api_key"`
+	APIKeyFile               yaml.Node `yaml:"api_key_file"`
+	Metrics                  yaml.Node `yaml:"metrics"`
+	AdminPassword            yaml.Node `yaml:"admin_password"`
+	AdminPasswordFile        yaml.Node `yaml:"admin_password_file"`
 	LogFormat                yaml.Node `yaml:"log_format"`
 	LogLevel                 yaml.Node `yaml:"log_level"`
 
@@ -823,8 +1132,16 @@ func writeServeUsage(w io.Writer) {
 
 Runs a Herald server: the WebSocket protocol endpoint at /ws (subprotocol
 herald.v1), raw relay mode at /ws/raw?channel=NAME, a demo chat page at /,
-and a health check at /healthz. With --tls-cert and --tls-key it serves
-https:// and wss://.
+health checks at /healthz (alive) and /readyz (ready for new clients), and
+Prometheus metrics at /metrics. With api_key, the HTTP API at /api/ (see
+herald help pub); with admin_password, the admin dashboard at /admin. With
+--tls-cert and --tls-key it serves https:// and wss://.
+
+With broker redis or nats, several servers share channels, presence and
+history. On SIGINT or SIGTERM the server drains (drain_window), then shuts
+down (shutdown_timeout). SIGHUP reloads log_level, api_key, admin_password,
+metrics, drain_window, shutdown_timeout and the TLS certificate, and logs
+every other changed setting as needing a restart.
 
 Without a key (jwt_secret_file, jwt_secret, jwt_rsa_public_key,
 jwt_ecdsa_public_key or jwks_url) the server is OPEN: anyone who reaches it

@@ -84,6 +84,22 @@ func TestConfigPrecedence(t *testing.T) {
 		{"connect_rate_per_ip", "0.5", "off", "7", func(c Config) any { return c.ConnectRatePerIP }, 0.0, 0.5, -1.0, 7.0, nil},
 		{"message_rate", "10", "2.5", "100", func(c Config) any { return c.MessageRate }, 0.0, 10.0, 2.5, 100.0, nil},
 		{"message_burst", "10", "20", "30", func(c Config) any { return c.MessageBurst }, 0, 10, 20, 30, []string{"HERALD_MESSAGE_RATE=1"}},
+		{"drain_window", "1s", "off", "0s", func(c Config) any { return c.DrainWindow },
+			10 * time.Second, time.Second, time.Duration(-1), time.Duration(0), nil},
+		{"broker", "redis", "nats", "memory", func(c Config) any { return c.Broker }, "memory", "redis", "nats", "memory", nil},
+		{"redis_url", "redis://a:1/0", "rediss://u:p@b:2/1", "redis://c:3", func(c Config) any { return c.RedisURL },
+			"", "redis://a:1/0", "rediss://u:p@b:2/1", "redis://c:3", []string{"HERALD_BROKER=redis"}},
+		{"redis_addr", "a:1", "b:2", "c:3", func(c Config) any { return c.RedisAddr }, "", "a:1", "b:2", "c:3", []string{"HERALD_BROKER=redis"}},
+		{"nats_url", "nats://a:1", "nats://b:2,nats://c:3", "tls://d:4", func(c Config) any { return c.NATSURL },
+			"", "nats://a:1", "nats://b:2,nats://c:3", "tls://d:4", []string{"HERALD_BROKER=nats"}},
+		{"broker_prefix", "a", "b_2", "c-3", func(c Config) any { return c.BrokerPrefix }, "herald", "a", "b_2", "c-3", nil},
+		{"api_key", "file-api-key-0123456789", "env-api-key-0123456789", "flag-api-key-0123456789",
+			func(c Config) any { return string(c.APIKey) }, "", "file-api-key-0123456789", "env-api-key-0123456789", "flag-api-key-0123456789", nil},
+		{"api_key_file", "/a", "/b", "/c", func(c Config) any { return c.APIKeyFile }, "", "/a", "/b", "/c", nil},
+		{"metrics", "false", "true", "false", func(c Config) any { return c.Metrics }, true, false, true, false, nil},
+		{"admin_password", "file password!", "env password!!", "flag password!",
+			func(c Config) any { return string(c.AdminPassword) }, "", "file password!", "env password!!", "flag password!", nil},
+		{"admin_password_file", "/a", "/b", "/c", func(c Config) any { return c.AdminPasswordFile }, "", "/a", "/b", "/c", nil},
 	}
 	for _, r := range rows {
 		s := lookupSetting(t, r.setting)
@@ -392,6 +408,32 @@ func TestConfigErrors(t *testing.T) {
 			want: []string{"message_burst set without message_rate: set message_rate too"}},
 		{name: "negative connection cap", args: []string{"--max-connections-per-ip=-2"},
 			want: []string{`invalid max_connections_per_ip "-2" (from flag --max-connections-per-ip): must not be negative`}},
+		{name: "drain window", env: []string{"HERALD_DRAIN_WINDOW=soon"},
+			want: []string{`invalid drain_window "soon" (from env HERALD_DRAIN_WINDOW): want a duration such as 10s or 1m, or off`}},
+		{name: "unknown broker", args: []string{"--broker", "kafka"},
+			want: []string{`invalid broker "kafka" (from flag --broker): want memory, redis or nats`}},
+		{name: "redis url scheme, password hidden", args: []string{"--broker", "redis", "--redis-url", "http://user:hunter2@host:6379"},
+			want: []string{`invalid redis_url "http://user:xxxxx@host:6379" (from flag --redis-url): want a URL with scheme redis, rediss, unix`}},
+		{name: "redis addr", env: []string{"HERALD_BROKER=redis", "HERALD_REDIS_ADDR=redis://h:1"},
+			want: []string{`invalid redis_addr "redis://h:1" (from env HERALD_REDIS_ADDR): want host:port`}},
+		{name: "redis url and addr", args: []string{"--broker", "redis", "--redis-url", "redis://a:1/0", "--redis-addr", "b:2"},
+			want: []string{"redis_url and redis_addr both set: set one of them"}},
+		{name: "redis url without broker redis", file: "redis_url: redis://a:1/0\n",
+			want: []string{"redis_url or redis_addr set, but broker is memory: set broker redis too, or remove them"}},
+		{name: "nats url with broker redis", args: []string{"--broker", "redis", "--nats-url", "nats://a:1"},
+			want: []string{"nats_url set, but broker is redis: set broker nats too, or remove it"}},
+		{name: "broker prefix", args: []string{"--broker-prefix", "a.b"},
+			want: []string{`invalid broker_prefix "a.b" (from flag --broker-prefix): want letters, digits`}},
+		{name: "short api key", env: []string{"HERALD_API_KEY=short"},
+			want: []string{`invalid api_key "(redacted)" (from env HERALD_API_KEY): too short (5 bytes): use at least 16`}},
+		{name: "api key and file", env: []string{"HERALD_API_KEY=0123456789abcdef", "HERALD_API_KEY_FILE=/k"},
+			want: []string{"api_key and api_key_file both set: set one of them"}},
+		{name: "short admin password", file: "admin_password: hunter2\n",
+			want: []string{`invalid admin_password "(redacted)" (from config file `, `too short (7 bytes): use at least 12`}},
+		{name: "admin password and file", args: []string{"--admin-password-file", "/p"}, env: []string{"HERALD_ADMIN_PASSWORD=0123456789abcdef"},
+			want: []string{"admin_password and admin_password_file both set: set one of them"}},
+		{name: "metrics", args: []string{"--metrics=sometimes"},
+			want: []string{`invalid metrics "sometimes" (from flag --metrics): want true or false`}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			args := c.args
@@ -483,5 +525,31 @@ func TestConfigPermissions(t *testing.T) {
 	}
 	if !reflect.DeepEqual(cfg.Namespaces, want) {
 		t.Fatalf("got %+v\nwant %+v", cfg.Namespaces, want)
+	}
+}
+
+// TestConfigBrokerURLs: redis_addr is the short form of redis_url, and the
+// defaults apply when neither is set.
+func TestConfigBrokerURLs(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--broker", "redis"}, "redis://127.0.0.1:6379/0"},
+		{[]string{"--broker", "redis", "--redis-addr", "10.0.0.5:6380"}, "redis://10.0.0.5:6380/0"},
+		{[]string{"--broker", "redis", "--redis-url", "rediss://u:p@h:1/2"}, "rediss://u:p@h:1/2"},
+	} {
+		cfg, err := parseServeConfig(c.args, nil, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.redisURL(); got != c.want {
+			t.Errorf("%q: redis URL %q, want %q", c.args, got, c.want)
+		}
+	}
+	cfg, err := parseServeConfig([]string{"--broker", "nats"}, nil, io.Discard)
+	if err != nil || cfg.natsURL() != "nats://127.0.0.1:4222" {
+		t.Fatalf("nats default: %q, %v", cfg.natsURL(), err)
 	}
 }

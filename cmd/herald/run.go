@@ -23,6 +23,7 @@ const usage = `Herald is a real-time messaging server over WebSocket.
 
 Usage:
   herald serve [flags]    run the server
+  herald pub [flags] JSON publish to a channel through a server's HTTP API (herald help pub)
   herald token [flags]    mint a token for development (herald help token)
   herald version          print the version
   herald help [command]   print help (herald help serve lists every setting)
@@ -33,12 +34,22 @@ Usage:
 // returns instead of exiting, so that tests can run it in-process. Logs go
 // to standard error.
 func run(ctx context.Context, args, env []string, stdout io.Writer) error {
-	return execute(ctx, args, env, stdout, os.Stderr)
+	return runWithReload(ctx, args, env, stdout, nil)
+}
+
+// runWithReload is run with the channel on which main delivers SIGHUP:
+// `herald serve` then reloads what it can (see reload.go).
+func runWithReload(ctx context.Context, args, env []string, stdout io.Writer, reload <-chan os.Signal) error {
+	return executeWith(ctx, args, env, stdout, os.Stderr, reload)
 }
 
 // execute is run with the log output as a parameter, for tests that read the
 // logs (the listening address, for one).
 func execute(ctx context.Context, args, env []string, stdout, logOut io.Writer) error {
+	return executeWith(ctx, args, env, stdout, logOut, nil)
+}
+
+func executeWith(ctx context.Context, args, env []string, stdout, logOut io.Writer, reload <-chan os.Signal) error {
 	if len(args) == 0 {
 		_, _ = io.WriteString(stdout, usage)
 		return errors.New("no command given")
@@ -52,7 +63,19 @@ func execute(ctx context.Context, args, env []string, stdout, logOut io.Writer) 
 		if err != nil {
 			return err
 		}
-		return serve(ctx, cfg, logOut)
+		return serve(ctx, cfg, serveOptions{
+			logOut: logOut,
+			reload: reload,
+			// A reload reads the same flags and environment again, and
+			// the file as it is now: flags and variables still win.
+			load: func() (Config, error) { return parseServeConfig(rest, env, io.Discard) },
+		})
+	case "pub":
+		err := publish(ctx, rest, env, os.Stdin, stdout)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
 	case "token":
 		err := mintToken(rest, env, stdout)
 		if errors.Is(err, flag.ErrHelp) {
@@ -80,6 +103,9 @@ func help(topics []string, w io.Writer) error {
 		return nil
 	case "token":
 		_, err := io.WriteString(w, tokenUsage)
+		return err
+	case "pub":
+		_, err := io.WriteString(w, pubUsage)
 		return err
 	case "version":
 		_, err := io.WriteString(w, "Usage: herald version\n\nPrints the version, the commit and the Go version of this build.\n")

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -60,15 +61,22 @@ type server struct {
 	done   chan error         // receives run's result
 }
 
-// startServer runs `herald serve` with args (plus a loopback port and JSON
-// logs) and env, and waits until it logs its listening address. Cleanup
-// stops it if the test has not.
+// startServer runs `herald serve` with args (plus a loopback port, JSON
+// logs and a short drain window, which args may override) and env, and
+// waits until it logs its listening address. Cleanup stops it if the test
+// has not.
 func startServer(t *testing.T, env []string, args ...string) *server {
+	t.Helper()
+	return startServerReload(t, nil, env, args...)
+}
+
+// startServerReload is startServer with a channel that stands for SIGHUP.
+func startServerReload(t *testing.T, reload <-chan os.Signal, env []string, args ...string) *server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &server{logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
-	args = append([]string{"serve", "--addr", "127.0.0.1:0", "--log-format", "json"}, args...)
-	go func() { s.done <- execute(ctx, args, env, io.Discard, s.logs) }()
+	args = append([]string{"serve", "--addr", "127.0.0.1:0", "--log-format", "json", "--drain-window", "100ms"}, args...)
+	go func() { s.done <- executeWith(ctx, args, env, io.Discard, s.logs, reload) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -234,11 +242,13 @@ func TestServe(t *testing.T) {
 	s := startServer(t, []string{"HERALD_ALLOWED_ORIGINS=http://app.example"})
 	base := "http://" + s.addr
 
-	resp, body := httpGet(t, base+"/healthz")
-	if resp.StatusCode != http.StatusOK || body != "ok" {
-		t.Fatalf("/healthz: %d %q", resp.StatusCode, body)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, body := httpGet(t, base+path)
+		if resp.StatusCode != http.StatusOK || body != "ok" {
+			t.Fatalf("%s: %d %q", path, resp.StatusCode, body)
+		}
 	}
-	resp, body = httpGet(t, base+"/")
+	resp, body := httpGet(t, base+"/")
 	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `id="messages"`) {
 		t.Fatalf("/: %d, want the chat page, got %.200q", resp.StatusCode, body)
 	}
@@ -286,14 +296,15 @@ func TestServe(t *testing.T) {
 		t.Errorf("the refused origin is not logged:\n%s", s.logs)
 	}
 
-	// SIGTERM: every client is told 1001 going away; run returns nil.
+	// SIGTERM: every client is told 1012 service restart (the drain,
+	// whose spread TestServeDrainSpread measures); run returns nil.
 	s.cancel()
 	for _, ws := range []*websocket.Conn{sub, raw, pub} {
 		_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
 		_, _, err := ws.ReadMessage()
 		var ce *websocket.CloseError
-		if !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway {
-			t.Errorf("want close 1001, got %v", err)
+		if !errors.As(err, &ce) || ce.Code != websocket.CloseServiceRestart {
+			t.Errorf("want close 1012, got %v", err)
 		}
 	}
 	if err := s.stop(t); err != nil {
@@ -304,28 +315,37 @@ func TestServe(t *testing.T) {
 	}
 }
 
-// TestServeShutdownTimeout: while the server drains, /healthz answers 503 so
-// that load balancers move on; a client that never answers the close
-// handshake holds the drain until shutdown_timeout cuts it, and run then
-// reports the unclean shutdown instead of hanging.
+// TestServeShutdownTimeout: while the server shuts down, /readyz answers
+// 503 so that load balancers move on (and /healthz stays 200: the process
+// is alive); a client that never answers the close handshake holds the
+// shutdown until shutdown_timeout cuts it, and run then reports the unclean
+// shutdown instead of hanging. With drain_window off it is sent 1001 at once.
 func TestServeShutdownTimeout(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, nil, "--shutdown-timeout", "1s", "--close-grace", "30s")
+	s := startServer(t, nil, "--shutdown-timeout", "1s", "--close-grace", "30s", "--drain-window", "off")
 	mustDialWS(t, "ws://"+s.addr+"/ws", nil) // never reads: never answers the close frame
 	start := time.Now()
 	s.cancel()
 
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	waitFor(t, "/healthz to answer 503 while draining", func() bool {
-		resp, err := client.Get("http://" + s.addr + "/healthz")
+	waitFor(t, "/readyz to answer 503 while shutting down", func() bool {
+		resp, err := client.Get("http://" + s.addr + "/readyz")
 		if err != nil {
-			t.Fatalf("GET /healthz while draining: %v", err)
+			t.Fatalf("GET /readyz while shutting down: %v", err)
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusServiceUnavailable
 	})
+	resp, err := client.Get("http://" + s.addr + "/healthz")
+	if err != nil {
+		t.Fatalf("GET /healthz while shutting down: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz while shutting down: %d, want 200 (alive)", resp.StatusCode)
+	}
 
-	err := s.stop(t)
+	err = s.stop(t)
 	if err == nil || !strings.Contains(err.Error(), "failed to drain WebSocket connections within 1s") ||
 		!errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("want a drain timeout error, got %v", err)
@@ -341,12 +361,14 @@ func TestServeReadHeaderTimeout(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, nil, "--read-header-timeout", "200ms")
 
+	// The clock starts before the dial: the server's starts when it
+	// accepts, which may be before Dial returns here on a loaded machine.
+	start := time.Now()
 	nc, err := net.Dial("tcp", s.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	start := time.Now()
 	if _, err := io.WriteString(nc, "GET /healthz HTTP/1.1\r\nHost: x\r\n"); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -21,24 +23,65 @@ import (
 // hijacked from the HTTP server and have their own heartbeat instead.
 const idleTimeout = 120 * time.Second
 
-// serve runs the server until ctx is done, then shuts it down gracefully:
-// WebSocket clients get close 1001 ("going away", so they reconnect
-// elsewhere) after what is already queued for them, then in-flight HTTP
-// requests finish. It returns nil after a clean shutdown, and an error if
-// the server failed or the shutdown ran out of time.
-func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
-	logger := newLogger(cfg, logOut)
-	if cfg.ReadHeaderTimeout <= 0 {
-		cfg.ReadHeaderTimeout = defaultReadHeaderTimeout
-	}
-	if cfg.ShutdownTimeout <= 0 {
-		cfg.ShutdownTimeout = defaultShutdownTimeout
-	}
+// serveOptions are what serve needs besides the configuration: where the
+// logs go, and for SIGHUP the signal channel and how to read the
+// configuration again (from the same flags, environment and file).
+type serveOptions struct {
+	logOut io.Writer
+	reload <-chan os.Signal
+	load   func() (Config, error)
+}
 
-	tlsConfig, err := cfg.tlsConfig()
+// instance is one running `herald serve`: the node and what the binary owns
+// around it, some of which SIGHUP may change (see reload.go). Fields that
+// HTTP handlers read while a reload writes them are atomic; the rest are
+// used by serve's goroutine only.
+type instance struct {
+	cfg    Config // as running: reloadable fields follow each reload
+	logger *slog.Logger
+	level  *slog.LevelVar
+	recent *recentLogs
+	node   *herald.Node
+	admin  *admin
+
+	draining atomic.Bool                     // /readyz fails from the first signal on
+	api      atomic.Pointer[http.Handler]    // nil: the API is off
+	apiKey   string                          // the key api serves with
+	metrics  atomic.Bool                     // serve /metrics
+	cert     atomic.Pointer[tls.Certificate] // with TLS: the certificate served
+	// fileSums are digests of the files read at start only (JWT keys), so a
+	// reload can tell that one changed and needs a restart.
+	fileSums map[string]string
+}
+
+// serve runs the server until ctx is done, then drains and shuts it down:
+// /readyz fails at once (load balancers stop sending new clients), WebSocket
+// clients get close 1012 (service restart: reconnect, to another node)
+// spread over drain_window, then the rest get 1001 after what is already
+// queued for them, and in-flight HTTP requests finish, within
+// shutdown_timeout. SIGHUP (opts.reload) reloads what can change while
+// running. It returns nil after a clean shutdown, and an error if the server
+// failed or the shutdown ran out of time.
+func serve(ctx context.Context, cfg Config, opts serveOptions) error {
+	in := &instance{cfg: cfg, level: new(slog.LevelVar), recent: newRecentLogs(recentLogsSize)}
+	in.logger = newLogger(cfg, opts.logOut, in.level, in.recent)
+	logger := in.logger
+	in.cfg.normalize()
+	cfg = in.cfg
+
+	tlsConfig, err := in.tlsConfig()
 	if err != nil {
 		return err
 	}
+	apiKey, err := cfg.apiKey()
+	if err != nil {
+		return err
+	}
+	adminPassword, err := cfg.adminPassword()
+	if err != nil {
+		return err
+	}
+	in.fileSums = startFileSums(&cfg)
 	// The verifier's JWKS fetches, if any, end with serve, or as soon as
 	// ctx is done: SIGTERM must not wait for a JWKS host that hangs at start.
 	authCtx, stopAuth := context.WithCancel(context.Background())
@@ -48,7 +91,15 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
+	broker, closeBroker, err := cfg.newBroker(ctx, logger)
+	if err != nil {
+		return err
+	}
+	// The broker is closed after the node has stopped (Run has returned),
+	// as both brokers require.
+	defer closeBroker()
 	nodeCfg := cfg.nodeConfig(logger)
+	nodeCfg.Broker = broker
 	if tokens != nil {
 		nodeCfg.Tokens = tokens
 	}
@@ -56,7 +107,14 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("failed to create node: %w", err)
 	}
+	in.node = node
+	in.metrics.Store(cfg.Metrics)
+	in.setAPIKey(apiKey)
+	in.admin = newAdmin(adminDeps{node: node, recent: in.recent, logger: logger, secure: tlsConfig != nil,
+		ready: in.ready, broker: cfg.Broker})
+	in.admin.setPassword(adminPassword)
 	logAuth(logger, &cfg)
+	in.logOps()
 	// Listen before serving so that the address actually bound (port 0
 	// picks one) can be logged, and a busy port fails here, clearly.
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -70,9 +128,8 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		ln = tls.NewListener(ln, tlsConfig)
 	}
 
-	var draining atomic.Bool
 	srv := &http.Server{
-		Handler:           newMux(node, &draining),
+		Handler:           in.routes(),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
@@ -80,11 +137,11 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 
 	// The node runs on its own context rather than ctx: were ctx to stop it,
 	// Run would shut the node down itself with only CloseGrace to drain, racing
-	// the Shutdown below, which allows ShutdownTimeout. Shutdown ends Run.
+	// the Drain and Shutdown below. Shutdown ends Run.
 	runCtx, stopRun := context.WithCancel(context.Background())
 	defer stopRun()
 	var runErr, serveErr error
-	runDone, serveDone := make(chan struct{}), make(chan struct{})
+	runDone, serveDone, samplerDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(runDone)
 		runErr = node.Run(runCtx)
@@ -93,28 +150,60 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		defer close(serveDone)
 		serveErr = srv.Serve(ln)
 	}()
+	// The dashboard's charts sample the node's counters once a second, so
+	// that a page opened now shows the last minutes, not an empty chart.
+	go func() {
+		defer close(samplerDone)
+		in.admin.sample(runCtx)
+	}()
+	defer func() { stopRun(); <-samplerDone }()
 	logger.Info("listening", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "version", versionString())
 
-	select {
-	case <-ctx.Done():
-		logger.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
-	case <-serveDone:
-		logger.Error("HTTP server stopped unexpectedly; shutting down", "err", serveErr)
-	case <-runDone:
-		logger.Error("node stopped unexpectedly; shutting down", "err", runErr)
+	signalled := false
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			signalled = true
+			logger.Info("shutting down", "drain_window", cfg.drainWindow().String(), "timeout", in.cfg.ShutdownTimeout.String())
+			break wait
+		case <-opts.reload:
+			in.reload(opts.load)
+		case <-serveDone:
+			logger.Error("HTTP server stopped unexpectedly; shutting down", "err", serveErr)
+			break wait
+		case <-runDone:
+			logger.Error("node stopped unexpectedly; shutting down", "err", runErr)
+			break wait
+		}
 	}
 
-	// One deadline for the whole shutdown: it is what an operator (or a
-	// container runtime's kill timeout) plans around.
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
-	draining.Store(true) // health checks fail first, so load balancers move on
+	// Readiness fails first, before any client is told to go, so that load
+	// balancers stop sending new ones here while the others leave.
+	in.draining.Store(true)
 	var errs []error
+	if window := in.cfg.drainWindow(); signalled && window > 0 {
+		// Drain returns once every client has been told, about window
+		// from now; the extra ShutdownTimeout only guards against a drain
+		// that would not end.
+		dctx, cancel := context.WithTimeout(context.Background(), window+in.cfg.ShutdownTimeout)
+		start := time.Now()
+		if err := node.Drain(dctx, window); err != nil {
+			errs = append(errs, fmt.Errorf("failed to drain within %s: %w", window+in.cfg.ShutdownTimeout, err))
+		}
+		cancel()
+		logger.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
+	}
+
+	// One deadline for the rest of the shutdown: it is what an operator (or
+	// a container runtime's kill timeout, minus drain_window) plans around.
+	sctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
+	defer cancel()
 	if err := node.Shutdown(sctx); err != nil {
-		errs = append(errs, fmt.Errorf("failed to drain WebSocket connections within %s: %w", cfg.ShutdownTimeout, err))
+		errs = append(errs, fmt.Errorf("failed to drain WebSocket connections within %s: %w", in.cfg.ShutdownTimeout, err))
 	}
 	if err := srv.Shutdown(sctx); err != nil {
-		errs = append(errs, fmt.Errorf("failed to finish HTTP requests within %s: %w", cfg.ShutdownTimeout, err))
+		errs = append(errs, fmt.Errorf("failed to finish HTTP requests within %s: %w", in.cfg.ShutdownTimeout, err))
 		_ = srv.Close()
 	}
 	stopRun()
@@ -125,7 +214,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}
 	if runErr != nil {
 		errs = append(errs, fmt.Errorf("failed to run node: %w", runErr))
-	} else if ctx.Err() == nil && len(errs) == 0 {
+	} else if !signalled && len(errs) == 0 {
 		errs = append(errs, errors.New("failed to keep serving: node stopped without an error"))
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -136,50 +225,143 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	return nil
 }
 
+// setAPIKey mounts the HTTP API with key, or unmounts it for "". Building
+// the handler is cheap, so a new key simply gets a new handler.
+func (in *instance) setAPIKey(key string) {
+	in.apiKey = key
+	if key == "" {
+		in.api.Store(nil)
+		return
+	}
+	h := in.node.APIHandler(herald.APIConfig{Key: key})
+	in.api.Store(&h)
+}
+
+// logOps says at start what the operator endpoints are, so that a missing
+// one is not a mystery. Secrets are never logged, only whether they are set.
+func (in *instance) logOps() {
+	attrs := []any{"healthz", "/healthz", "readyz", "/readyz"}
+	if in.metrics.Load() {
+		attrs = append(attrs, "metrics", "/metrics")
+	}
+	if in.api.Load() != nil {
+		attrs = append(attrs, "api", "/api/")
+	}
+	if in.admin.enabled() {
+		attrs = append(attrs, "admin", "/admin")
+	}
+	in.logger.Info("operator endpoints", attrs...)
+	for _, name := range in.cfg.onCommandLine {
+		in.logger.Warn(name + " was given as a flag: every user of this machine can read it in the process list; use HERALD_" +
+			strings.ToUpper(name) + " or " + name + "_file instead")
+	}
+	if in.api.Load() != nil && in.cfg.TLSCert == "" {
+		in.logger.Info("the HTTP API is served over plain HTTP: keep it on a private network, or behind a proxy that terminates TLS")
+	}
+}
+
 // tlsConfig loads the certificate and key, or returns nil for plain HTTP.
+// The certificate is served through GetCertificate, so that SIGHUP can
+// swap in a renewed one without a restart.
 //
 // The server speaks HTTP/1.1 only over TLS: a WebSocket upgrade (RFC 6455)
 // needs HTTP/1.1, and offering h2 would let a client try WebSocket over
 // HTTP/2 (RFC 8441), which Herald does not serve. The demo page and the
 // health check lose nothing that matters.
-func (c *Config) tlsConfig() (*tls.Config, error) {
+func (in *instance) tlsConfig() (*tls.Config, error) {
+	c := &in.cfg
 	if c.TLSCert == "" {
 		return nil, nil
 	}
+	cert, err := c.loadCertificate()
+	if err != nil {
+		return nil, err
+	}
+	in.cert.Store(cert)
+	return &tls.Config{
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return in.cert.Load(), nil },
+		MinVersion:     tls.VersionTLS12,
+		NextProtos:     []string{"http/1.1"},
+	}, nil
+}
+
+func (c *Config) loadCertificate() (*tls.Certificate, error) {
 	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
 	if err != nil {
 		return nil, fmt.Errorf("failed to load tls_cert %s and tls_key %s: %w", c.TLSCert, c.TLSKey, err)
 	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		MinVersion:   tls.VersionTLS12,
-		NextProtos:   []string{"http/1.1"},
-	}, nil
+	return &cert, nil
 }
 
-// newMux routes the server's endpoints.
-func newMux(node *herald.Node, draining *atomic.Bool) *http.ServeMux {
+// routes routes the server's endpoints. The API, metrics and dashboard
+// are always routed and answer 404 while off, so that SIGHUP can turn them
+// on and off.
+func (in *instance) routes() *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("GET /ws", node.Handler())
-	mux.Handle("GET /ws/raw", node.RawHandler())
+	mux.Handle("GET /ws", in.node.Handler())
+	mux.Handle("GET /ws/raw", in.node.RawHandler())
+	// Liveness: the process answers. It stays 200 while draining, so that
+	// an orchestrator does not kill a server that is leaving on purpose.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		if draining.Load() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, "shutting down")
+		plain(w, http.StatusOK, "ok")
+	})
+	mux.HandleFunc("GET /readyz", in.readyz)
+	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		h := in.api.Load()
+		if h == nil {
+			http.NotFound(w, r)
 			return
 		}
-		_, _ = io.WriteString(w, "ok")
+		(*h).ServeHTTP(w, r)
 	})
-	mux.Handle("GET /", web.Handler())
+	metrics := in.node.MetricsHandler()
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		if !in.metrics.Load() {
+			http.NotFound(w, r)
+			return
+		}
+		metrics.ServeHTTP(w, r)
+	})
+	mux.Handle("/admin", in.admin)
+	mux.Handle("/admin/", in.admin)
+	// "/" rather than "GET /": a method-less pattern for every path would
+	// conflict with "/api/" and "/admin/" in the mux's rules.
+	files := web.Handler()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, http.StatusText(http.StatusMethodNotAllowed), http.StatusMethodNotAllowed)
+			return
+		}
+		files.ServeHTTP(w, r)
+	})
 	return mux
 }
 
-func newLogger(cfg Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
-	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+// readyz is the readiness probe: 200 while the node should get new
+// clients, 503 with the reason once it drains or while its broker is down.
+func (in *instance) readyz(w http.ResponseWriter, r *http.Request) {
+	if err := in.ready(r.Context()); err != nil {
+		plain(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+		return
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	plain(w, http.StatusOK, "ok")
+}
+
+// errDraining is what readiness says from the signal on; the node's own
+// herald.ErrDraining follows once Drain starts.
+var errDraining = errors.New("draining: the server is shutting down")
+
+func (in *instance) ready(ctx context.Context) error {
+	if in.draining.Load() {
+		return errDraining
+	}
+	return in.node.Ready(ctx)
+}
+
+func plain(w http.ResponseWriter, status int, body string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, body)
 }

@@ -121,7 +121,7 @@ func mintToken(args, env []string, out io.Writer) error {
 	}
 	if keyFile != "" {
 		var err error
-		if key, err = readSecretFile(keyFile); err != nil {
+		if key, err = readSecret(keyFile, checkHMACSecret); err != nil {
 			return fmt.Errorf("invalid secret file %s: %w", keyFile, err)
 		}
 	} else if err := checkHMACSecret(key); err != nil {

@@ -1,0 +1,285 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+const pubUsage = `Usage: herald pub --channel CHANNEL [flags] JSON
+       herald pub --channel CHANNEL --binary @FILE   (or --binary - for stdin)
+
+Publishes to a channel through a Herald server's HTTP API (POST
+/api/v1/publish), as the server: namespace permissions do not apply. The
+server needs an API key (its api_key or api_key_file setting).
+
+JSON is the payload, any JSON value: '{"text":"hi"}', '"plain text"', 42.
+--binary publishes bytes instead, which subscribers get in a binary frame.
+
+Prints where the publication landed: on a channel with history, its offset
+and the channel's epoch. An HTTP error is reported with the API's error
+code, message and field, and a non-zero exit status.
+
+Flags:
+  --channel CHANNEL         channel to publish to (required)
+  --binary @FILE | -        publish the bytes of FILE, or of standard input
+  --idempotency-key KEY     publish at most once per channel and key within
+                            the server's window (2 minutes): a repeat prints
+                            "duplicate" and the first publish's offset
+  --url URL                 the server (env HERALD_URL, default http://127.0.0.1:8080)
+  --api-key KEY             the API key (env HERALD_API_KEY); a flag shows in
+                            ps: prefer the variable or --api-key-file
+  --api-key-file FILE       file holding the API key (env HERALD_API_KEY_FILE)
+  --timeout DURATION        bound on the request (default 10s)
+  --json                    print the API's JSON response instead
+`
+
+const defaultPubURL = "http://127.0.0.1:8080"
+
+// apiErrorBody is the API's error response: {"error":{"code","message","field"}}.
+type apiErrorBody struct {
+	Error *struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+		Field   string `json:"field"`
+	} `json:"error"`
+}
+
+// PubError is an error answer of the HTTP API.
+type PubError struct {
+	Status  int
+	Code    string // the API's error code, e.g. "bad_channel"; "" if the body was not the API's
+	Message string
+	Field   string
+}
+
+func (e *PubError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "publish failed: HTTP %d %s", e.Status, http.StatusText(e.Status))
+	if e.Code != "" {
+		fmt.Fprintf(&b, ": %s", e.Code)
+	}
+	if e.Message != "" {
+		fmt.Fprintf(&b, ": %s", e.Message)
+	}
+	if e.Field != "" {
+		fmt.Fprintf(&b, " (field %s)", e.Field)
+	}
+	switch {
+	case e.Status == http.StatusUnauthorized:
+		b.WriteString("; check --api-key or HERALD_API_KEY against the server's api_key")
+	case e.Status == http.StatusNotFound && e.Code == "":
+		b.WriteString("; is the HTTP API on? The server needs api_key (or api_key_file)")
+	}
+	return b.String()
+}
+
+// publish runs `herald pub`; stdin is read for --binary -.
+func publish(ctx context.Context, args, env []string, stdin io.Reader, stdout io.Writer) error {
+	fs := flag.NewFlagSet("pub", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	channel := fs.String("channel", "", "")
+	binary := fs.String("binary", "", "")
+	idemKey := fs.String("idempotency-key", "", "")
+	serverURL := fs.String("url", "", "")
+	apiKey := fs.String("api-key", "", "")
+	apiKeyFile := fs.String("api-key-file", "", "")
+	timeout := fs.Duration("timeout", 10*time.Second, "")
+	asJSON := fs.Bool("json", false, "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			_, _ = io.WriteString(stdout, pubUsage)
+			return err
+		}
+		return fmt.Errorf("failed to parse pub arguments: %w (see herald help pub)", err)
+	}
+	vars := envMap(env)
+	if *serverURL == "" {
+		*serverURL = vars["HERALD_URL"]
+	}
+	if *serverURL == "" {
+		*serverURL = defaultPubURL
+	}
+	if *apiKeyFile == "" {
+		*apiKeyFile = vars["HERALD_API_KEY_FILE"]
+	}
+	if *apiKey == "" && *apiKeyFile == "" {
+		*apiKey = vars["HERALD_API_KEY"]
+	}
+
+	if *channel == "" {
+		return errors.New("pub needs --channel (see herald help pub)")
+	}
+	body := map[string]any{"channel": *channel}
+	switch {
+	case *binary != "" && fs.NArg() > 0:
+		return errors.New("pub takes either a JSON argument or --binary, not both")
+	case *binary != "":
+		data, err := readBinary(*binary, stdin)
+		if err != nil {
+			return err
+		}
+		body["data_base64"] = base64.StdEncoding.EncodeToString(data)
+	case fs.NArg() == 1:
+		data := []byte(fs.Arg(0))
+		if !json.Valid(data) {
+			return fmt.Errorf(`the payload %q is not JSON; to publish text, quote it: '"hello"' (or use --binary for bytes)`, truncate(fs.Arg(0), 60))
+		}
+		body["data"] = json.RawMessage(data)
+	case fs.NArg() == 0:
+		return errors.New("pub needs a payload: a JSON argument, or --binary @FILE (see herald help pub)")
+	default:
+		return fmt.Errorf("pub takes one JSON argument, got %d (quote the JSON: '{\"text\":\"hi\"}')", fs.NArg())
+	}
+	if *idemKey != "" {
+		body["idempotency_key"] = *idemKey
+	}
+
+	key := *apiKey
+	if *apiKeyFile != "" {
+		b, err := readSecret(*apiKeyFile, func(b []byte) error {
+			if len(b) == 0 {
+				return errors.New("empty")
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("failed to read the API key file: %w", err)
+		}
+		key = string(b)
+	}
+	if key == "" {
+		return errors.New("pub needs the server's API key: set HERALD_API_KEY (or --api-key-file, --api-key)")
+	}
+
+	endpoint, err := apiEndpoint(*serverURL, "/api/v1/publish")
+	if err != nil {
+		return err
+	}
+	raw, err := postAPI(ctx, endpoint, key, body, *timeout)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		_, err := stdout.Write(raw)
+		return err
+	}
+	var res struct {
+		Offset    uint64 `json:"offset"`
+		Epoch     string `json:"epoch"`
+		Duplicate bool   `json:"duplicate"`
+	}
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return fmt.Errorf("failed to read the API's answer %q: %w", truncate(string(raw), 200), err)
+	}
+	switch {
+	case res.Duplicate:
+		_, err = fmt.Fprintf(stdout, "duplicate: already published to %s with this idempotency key: offset %d, epoch %s\n", *channel, res.Offset, res.Epoch)
+	case res.Offset != 0:
+		_, err = fmt.Fprintf(stdout, "published to %s: offset %d, epoch %s\n", *channel, res.Offset, res.Epoch)
+	default:
+		_, err = fmt.Fprintf(stdout, "published to %s (the channel keeps no history: no offset)\n", *channel)
+	}
+	return err
+}
+
+func envMap(env []string) map[string]string {
+	m := make(map[string]string)
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && v != "" {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// readBinary reads the --binary payload: "@FILE", or "-" (or "@-") for
+// standard input.
+func readBinary(arg string, stdin io.Reader) ([]byte, error) {
+	if arg == "-" || arg == "@-" {
+		b, err := io.ReadAll(stdin)
+		if err != nil {
+			return nil, fmt.Errorf("failed to read standard input: %w", err)
+		}
+		return b, nil
+	}
+	path, ok := strings.CutPrefix(arg, "@")
+	if !ok {
+		return nil, fmt.Errorf("--binary takes @FILE or - (standard input), got %q", arg)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read --binary file: %w", err)
+	}
+	return b, nil
+}
+
+// apiEndpoint joins the server's base URL and an API path.
+func apiEndpoint(base, path string) (string, error) {
+	u, err := url.Parse(strings.TrimSpace(base))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", fmt.Errorf("invalid server URL %q: want http://HOST:PORT or https://HOST:PORT", redactURL(base))
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + path
+	u.RawQuery, u.Fragment = "", ""
+	return u.String(), nil
+}
+
+// postAPI posts body as JSON with the API key and returns the response body
+// of a 2xx answer; any other answer is a *PubError.
+func postAPI(ctx context.Context, endpoint, key string, body any, timeout time.Duration) ([]byte, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("failed to encode the request: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("failed to build the request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("User-Agent", "herald-pub")
+	// One request: no connection is kept, so nothing outlives the call.
+	tr := &http.Transport{DisableKeepAlives: true, TLSHandshakeTimeout: timeout}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("failed to reach the server: %w", err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("failed to read the server's answer: %w", err)
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return raw, nil
+	}
+	pe := &PubError{Status: resp.StatusCode}
+	var eb apiErrorBody
+	if json.Unmarshal(raw, &eb) == nil && eb.Error != nil {
+		pe.Code, pe.Message, pe.Field = eb.Error.Code, eb.Error.Message, eb.Error.Field
+	} else {
+		pe.Message = strings.TrimSpace(truncate(string(raw), 200))
+	}
+	return nil, pe
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

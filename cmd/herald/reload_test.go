@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/pem"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// TestServeReload: SIGHUP applies what the binary owns (log level, API key
+// from its file, admin password, metrics), logs each setting that changed
+// in the file but needs a restart, and leaves everything as it was when
+// the new file is invalid. No secret reaches the log.
+func TestServeReload(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	const (
+		key1, key2 = "first-api-key-0123456789", "second-api-key-0123456789"
+		pw1, pw2   = "first admin password", "second admin password"
+	)
+	keyFile := write("api_key", key1+"\n")
+	pwFile := write("admin_password", pw1+"\n")
+	cfgFile := write("herald.yaml", `log_level: info
+api_key_file: `+keyFile+`
+admin_password_file: `+pwFile+`
+ping_interval: 25s
+namespaces:
+  - name: chat
+`)
+	hup := make(chan os.Signal, 1)
+	s := startServerReload(t, hup, nil, "--config", cfgFile)
+	base := "http://" + s.addr
+	reload := func(t *testing.T, n int) {
+		t.Helper()
+		hup <- syscall.SIGHUP
+		waitFor(t, "the reload", func() bool {
+			return strings.Count(s.logs.String(), `"msg":"configuration reloaded"`)+
+				strings.Count(s.logs.String(), `"msg":"reload failed: the running configuration is unchanged"`) >= n
+		})
+	}
+	admin := &adminClient{t: t, base: base}
+	if admin.login(pw1); admin.cookie == "" {
+		t.Fatal("login with the first password failed")
+	}
+
+	// Change everything: what can change, and what cannot.
+	write("api_key", key2+"\n")
+	write("admin_password", pw2+"\n")
+	write("herald.yaml", `log_level: debug
+api_key_file: `+keyFile+`
+admin_password_file: `+pwFile+`
+metrics: false
+ping_interval: 10s
+max_connections: 7
+namespaces:
+  - name: chat
+    history_size: 10
+`)
+	reload(t, 1)
+	logs := s.logs.String()
+	for _, want := range []string{
+		`"msg":"reloaded","setting":"log_level"`,
+		`"msg":"reloaded","setting":"api_key"`,
+		`"msg":"reloaded","setting":"admin_password"`,
+		`"msg":"reloaded","setting":"metrics"`,
+		`"msg":"changed in the file but needs a restart: the running value stays in force","setting":"ping_interval","running":"25s","file":"10s"`,
+		`"setting":"max_connections","running":"0","file":"7"`,
+		`"msg":"changed in the file but needs a restart: the running value stays in force","setting":"namespaces"`,
+		`"applied":"log_level,api_key,admin_password,metrics","needs_restart":"ping_interval,max_connections,namespaces"`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the reload did not log %s", want)
+		}
+	}
+	// The new key works, the old one no longer does.
+	if resp, _ := httpDo(t, "GET", base+"/api/v1/info", bearer(key1), ""); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("old API key after reload: %d, want 401", resp.StatusCode)
+	}
+	if resp, _ := httpDo(t, "GET", base+"/api/v1/info", bearer(key2), ""); resp.StatusCode != http.StatusOK {
+		t.Errorf("new API key after reload: %d, want 200", resp.StatusCode)
+	}
+	// A new password ends the sessions of the old one.
+	if resp, _ := admin.do("GET", "/admin/api/stats", nil, ""); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a session of the old password after reload: %d, want 401", resp.StatusCode)
+	}
+	admin.cookie = ""
+	if admin.login(pw2); admin.cookie == "" {
+		t.Error("login with the new password failed")
+	}
+	if resp, _ := httpGet(t, base+"/metrics"); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("/metrics after metrics: false: %d, want 404", resp.StatusCode)
+	}
+	// Debug level is on: a WebSocket connection logs "connected" at debug.
+	mustDialWS(t, "ws://"+s.addr+"/ws", nil)
+	waitFor(t, "a debug line", func() bool { return strings.Contains(s.logs.String(), `"level":"DEBUG"`) })
+
+	// An invalid file changes nothing.
+	write("herald.yaml", "log_level: loud\n")
+	reload(t, 2)
+	if !strings.Contains(s.logs.String(), `invalid log_level \"loud\"`) {
+		t.Errorf("the failed reload does not say why:\n%s", s.logs)
+	}
+	if resp, _ := httpDo(t, "GET", base+"/api/v1/info", bearer(key2), ""); resp.StatusCode != http.StatusOK {
+		t.Errorf("API key after a failed reload: %d, want 200", resp.StatusCode)
+	}
+	// A file that names an unreadable key file changes nothing either.
+	write("herald.yaml", "api_key_file: "+filepath.Join(dir, "missing")+"\n")
+	reload(t, 3)
+	if resp, _ := httpDo(t, "GET", base+"/api/v1/info", bearer(key2), ""); resp.StatusCode != http.StatusOK {
+		t.Errorf("API key after a failed reload: %d, want 200", resp.StatusCode)
+	}
+
+	if err := s.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{key1, key2, pw1, pw2} {
+		if strings.Contains(s.logs.String(), secret) {
+			t.Errorf("a secret is in the log: %q", secret)
+		}
+	}
+}
+
+// TestReloadEverySettingComparable: every setting can be compared by a
+// reload (it has a getter), and its getter's value parses back to itself,
+// so that a reload never reports a change that is not one.
+func TestReloadEverySettingComparable(t *testing.T) {
+	t.Parallel()
+	cfg := defaultConfig()
+	for _, s := range settings {
+		if s.get == nil {
+			t.Errorf("setting %s has no get: a reload could not compare it", s.name)
+			continue
+		}
+		v := s.get(&cfg)
+		if v == "" {
+			continue // unset: nothing to parse
+		}
+		c2 := defaultConfig()
+		if err := s.set(&c2, v); err != nil {
+			t.Errorf("%s: its value %q does not parse: %v", s.name, v, err)
+			continue
+		}
+		if got := s.get(&c2); got != v {
+			t.Errorf("%s: %q parsed back as %q", s.name, v, got)
+		}
+	}
+}
+
+// TestServeReloadTLS: SIGHUP swaps in a renewed certificate (new files at
+// the same paths): the next TLS handshake gets it, without a restart.
+func TestServeReloadTLS(t *testing.T) {
+	t.Parallel()
+	certA, keyA, _ := selfSigned(t)
+	certB, keyB, _ := selfSigned(t)
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	install := func(c, k string) {
+		t.Helper()
+		for src, dst := range map[string]string{c: cert, k: key} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	der := func(path string) []byte {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		block, _ := pem.Decode(b)
+		return block.Bytes
+	}
+	install(certA, keyA)
+	hup := make(chan os.Signal, 1)
+	s := startServerReload(t, hup, nil, "--tls-cert", cert, "--tls-key", key)
+	served := func() []byte {
+		t.Helper()
+		// Only the certificate is looked at, not trusted: verification is
+		// TestServeTLS's business.
+		c, err := tls.Dial("tcp", s.addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Raw
+	}
+	if !bytes.Equal(served(), der(certA)) {
+		t.Fatal("the server does not serve its first certificate")
+	}
+	install(certB, keyB)
+	hup <- syscall.SIGHUP
+	waitFor(t, "the reload", func() bool { return strings.Contains(s.logs.String(), `"msg":"configuration reloaded"`) })
+	if !strings.Contains(s.logs.String(), `"msg":"reloaded","setting":"tls_cert"`) {
+		t.Errorf("the reload does not say it applied tls_cert:\n%s", s.logs)
+	}
+	if !bytes.Equal(served(), der(certB)) {
+		t.Fatal("after SIGHUP the server still serves the old certificate")
+	}
+}
