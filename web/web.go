@@ -1,8 +1,10 @@
-// Package web holds Herald's demo chat page: static files embedded in the
-// binary, so that `herald serve` shows a working client at / with nothing
-// else to install. The page is plain HTML, CSS and an ES module that speaks
-// the herald.v1 protocol over the browser's WebSocket; there is no build
-// step and nothing is loaded from another site.
+// Package web holds Herald's demo chat page and the admin dashboard's
+// files: static files embedded in the binary, so that `herald serve` shows a
+// working client at / (and, with an admin password, the dashboard at
+// /admin) with nothing else to install. The pages are plain HTML, CSS and
+// ES modules; there is no build step and nothing is loaded from another
+// site. The dashboard's two libraries are vendored in admin/vendor (see its
+// README.md for their versions and licenses).
 package web
 
 import (
@@ -14,8 +16,15 @@ import (
 //go:embed static
 var static embed.FS
 
+//go:embed admin
+var adminFiles embed.FS
+
 // FS holds the demo's files, index.html at its root.
 var FS fs.FS = mustSub(static, "static")
+
+// AdminFS holds the dashboard's files: index.html (the dashboard),
+// login.html, their scripts and styles, and vendor/.
+var AdminFS fs.FS = mustSub(adminFiles, "admin")
 
 func mustSub(f fs.FS, dir string) fs.FS {
 	sub, err := fs.Sub(f, dir)
@@ -42,6 +51,30 @@ func Handler() http.Handler {
 		h.Set("Content-Security-Policy", contentSecurityPolicy)
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Cache-Control", "no-cache")
+		files.ServeHTTP(w, r)
+	})
+}
+
+// adminContentSecurityPolicy is the demo's policy, but for the login form,
+// which posts to its own origin.
+const adminContentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; " +
+	"img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
+// AdminHandler serves the dashboard's files, by paths relative to the
+// dashboard's root (the caller strips /admin). They hold no data, so they
+// need no session; the caller guards the data routes.
+func AdminHandler() http.Handler {
+	files := http.FileServerFS(AdminFS)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", adminContentSecurityPolicy)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		// same-origin, not no-referrer: with no-referrer, browsers send
+		// "Origin: null" on the dashboard's own POSTs, and the server's
+		// same-origin check needs the real origin.
+		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Cache-Control", "no-cache")
 		files.ServeHTTP(w, r)
 	})

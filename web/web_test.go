@@ -2,6 +2,8 @@ package web
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"io/fs"
 	"net/http"
@@ -107,5 +109,103 @@ func TestVendoredClientIsUnchanged(t *testing.T) {
 	}
 	if !bytes.Contains(app, []byte(`from './herald-client.js'`)) {
 		t.Error("app.js does not import ./herald-client.js")
+	}
+}
+
+// TestAdminHeraldClientIsACopy keeps the dashboard's copy of the JavaScript
+// client identical to clients/js/index.js, so that the two cannot drift.
+// After changing the client: cp clients/js/index.js web/admin/vendor/herald-client.js
+func TestAdminHeraldClientIsACopy(t *testing.T) {
+	want, err := os.ReadFile(filepath.Join("..", "clients", "js", "index.js"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := fs.ReadFile(AdminFS, "vendor/herald-client.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("web/admin/vendor/herald-client.js differs from clients/js/index.js: cp clients/js/index.js web/admin/vendor/herald-client.js")
+	}
+}
+
+// TestAdminVendor checks the vendored uPlot files against the digests that
+// vendor/README.md records with their version, and that its license ships.
+func TestAdminVendor(t *testing.T) {
+	readme, err := fs.ReadFile(AdminFS, "vendor/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"uPlot.iife.min.js", "uPlot.min.css"} {
+		b, err := fs.ReadFile(AdminFS, "vendor/"+name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(b)
+		if line := hex.EncodeToString(sum[:]) + "  " + name; !strings.Contains(string(readme), line) {
+			t.Errorf("vendor/README.md does not record %q", line)
+		}
+	}
+	if lic, err := fs.ReadFile(AdminFS, "vendor/uPlot.LICENSE"); err != nil || !strings.Contains(string(lic), "MIT License") {
+		t.Errorf("uPlot's license: %v", err)
+	}
+}
+
+func TestAdminHandler(t *testing.T) {
+	for path, ctype := range map[string]string{
+		"/":                         "text/html",
+		"/login.html":               "text/html",
+		"/admin.js":                 "text/javascript",
+		"/login.js":                 "text/javascript",
+		"/admin.css":                "text/css",
+		"/vendor/uPlot.iife.min.js": "text/javascript",
+		"/vendor/herald-client.js":  "text/javascript",
+	} {
+		rec := httptest.NewRecorder()
+		AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		resp := rec.Result()
+		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), ctype) {
+			t.Errorf("%s: %d %q", path, resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		if resp.Header.Get("Content-Security-Policy") != adminContentSecurityPolicy || resp.Header.Get("X-Frame-Options") != "DENY" {
+			t.Errorf("%s: headers %v", path, resp.Header)
+		}
+	}
+	page, _ := fs.ReadFile(AdminFS, "index.html")
+	// The browser test relies on these ids.
+	for _, id := range []string{"connections", "chart-connections", "chart-rates", "chart-slow", "channels", "presence-channel",
+		"publish-channel", "publish-data", "publish-send", "publish-result", "errors", "logout", "tap-channel"} {
+		if !strings.Contains(string(page), `id="`+id+`"`) {
+			t.Errorf("admin/index.html has no #%s", id)
+		}
+	}
+}
+
+// TestAdminNoRemoteOrUnsafeContent: the dashboard's own files load nothing
+// from another site and never turn data into HTML (the vendored files are
+// checked for remote loads only: they are minified by their authors).
+func TestAdminNoRemoteOrUnsafeContent(t *testing.T) {
+	remote := regexp.MustCompile(`(?i)(src|href)\s*=\s*["']?(https?:)?//`)
+	unsafe := regexp.MustCompile(`innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(|new Function`)
+	err := fs.WalkDir(AdminFS, ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasSuffix(path, ".md") {
+			return err
+		}
+		b, err := fs.ReadFile(AdminFS, path)
+		if err != nil {
+			return err
+		}
+		if m := remote.Find(b); m != nil {
+			t.Errorf("%s loads from another site: %s", path, m)
+		}
+		if strings.HasSuffix(path, ".js") && !strings.HasPrefix(path, "vendor/") {
+			if m := unsafe.Find(b); m != nil {
+				t.Errorf("%s uses %s", path, m)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,0 +1,752 @@
+// herald-client: a client for Herald's herald.v1 WebSocket protocol
+// (PROTOCOL.md in the Herald repository is the contract this file follows).
+//
+// One file, no build step, no runtime dependency: it uses the platform's
+// WebSocket (browsers, Deno, Bun, Node 22+) and loads the optional `ws`
+// package only where there is none (Node 20).
+//
+// Shape of the code: a Herald owns at most one socket at a time. Every
+// request gets an id and a promise that settles on the reply with that id,
+// or on a timeout. When a socket is lost the client reconnects with backoff
+// and resubscribes every Subscription from the last position it saw, so
+// that the server can deliver what was missed (or say that it cannot).
+
+export const SUBPROTOCOL = 'herald.v1';
+
+/**
+ * An error reply from the server (code is the protocol's code string, such as
+ * "bad_channel"), or a local failure: "timeout", "disconnected" or
+ * "unsubscribed".
+ */
+export class HeraldError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = 'HeraldError';
+    this.code = code;
+  }
+}
+
+const DEFAULT_TIMEOUT = 10_000;
+const DEFAULT_BACKOFF = { min: 500, max: 20_000 };
+
+// The client drops a socket itself when an attempt or a subscribe takes too
+// long; state events then report this code, as for any connection that ended
+// without a close frame.
+const ABNORMAL_CLOSURE = 1006;
+
+// Close codes after which the server asks us not to come back by ourselves:
+// 1008 (policy violation) and the protocol's 4500-4999.
+function isFinalClose(code) {
+  return code === 1008 || (code >= 4500 && code <= 4999);
+}
+
+/**
+ * Full-jitter exponential backoff: a uniformly random delay between 0 and
+ * min·2^attempt, capped at max. The randomness spreads out the clients that a
+ * server restart disconnected all at once, so they do not return together.
+ */
+function backoffDelay(attempt, { min, max }) {
+  const ceiling = Math.min(max, min * 2 ** Math.min(attempt, 30));
+  return Math.floor(Math.random() * ceiling);
+}
+
+// Never a string literal: bundlers would otherwise try to bundle `ws` into
+// browser builds, where it is neither needed nor installed.
+const WS_PACKAGE = 'ws';
+let wsPackage;
+
+async function defaultWebSocket() {
+  if (typeof globalThis.WebSocket === 'function') return globalThis.WebSocket;
+  wsPackage ??= import(/* webpackIgnore: true */ WS_PACKAGE).then(
+    (m) => m.WebSocket ?? m.default,
+    () => {
+      wsPackage = undefined; // let a later attempt try again
+      throw new Error('herald-client: no WebSocket in this runtime; install the "ws" package or pass options.WebSocket');
+    },
+  );
+  return wsPackage;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Returns the bytes of a binary payload, or null for a JSON one. */
+function asBytes(data) {
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  return null;
+}
+
+/** Encodes a message: JSON text, or a binary frame (JSON header, '\n', bytes). */
+function encodeFrame(msg, bytes) {
+  const json = JSON.stringify(msg);
+  if (!bytes) return json;
+  // Compact JSON holds no raw newline, so the first 0x0A ends the header.
+  const header = encoder.encode(json);
+  const frame = new Uint8Array(header.length + 1 + bytes.length);
+  frame.set(header);
+  frame[header.length] = 0x0a;
+  frame.set(bytes, header.length + 1);
+  return frame;
+}
+
+/** Decodes a frame; the payload of a binary one becomes msg.data, a Uint8Array. */
+function decodeFrame(raw) {
+  if (typeof raw === 'string') return JSON.parse(raw);
+  const bytes = asBytes(raw);
+  if (!bytes) throw new Error('unsupported frame type (set binaryType to "arraybuffer")');
+  const nl = bytes.indexOf(0x0a);
+  if (nl < 0) throw new Error('binary frame without a header');
+  const msg = JSON.parse(decoder.decode(bytes.subarray(0, nl)));
+  // A copy, so that data.buffer holds the payload alone, not the header.
+  if (msg && typeof msg === 'object') msg.data = bytes.slice(nl + 1);
+  return msg;
+}
+
+function base64ToBytes(b64) {
+  const bin = atob(b64);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+/**
+ * Calls an application callback. A callback that throws must not break the
+ * frame loop, nor be hidden: its error is rethrown on its own, where the
+ * runtime reports uncaught errors.
+ */
+function invoke(fn, ...args) {
+  if (typeof fn !== 'function') return;
+  try {
+    fn(...args);
+  } catch (err) {
+    queueMicrotask(() => {
+      throw err;
+    });
+  }
+}
+
+// Replace a dropped socket's handlers so that its late events reach nothing.
+// (They are no-ops, not null: the `ws` package throws on an 'error' event
+// that has no listener.)
+function detach(ws) {
+  const noop = () => {};
+  ws.onopen = ws.onmessage = ws.onclose = ws.onerror = noop;
+}
+
+/**
+ * A client of one Herald server. See README.md for the whole API.
+ *
+ * Events (c.on(name, fn)):
+ *   state    ({state, ...}) connecting {attempt} | connected {clientId} |
+ *            disconnected {code, reason, reconnect, delay}
+ *   message  (data, {binary}) a message the server sent to this connection
+ */
+export class Herald {
+  constructor(url, options = {}) {
+    this.url = url;
+    this.clientId = null;
+    this._token = options.token;
+    this._getToken = options.getToken;
+    this._timeout = options.timeout ?? DEFAULT_TIMEOUT;
+    this._backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this._WebSocket = options.WebSocket;
+
+    this._state = 'disconnected';
+    this._listeners = new Map(); // event -> Set of functions
+    this._subs = new Map(); // channel -> Subscription
+    this._leaving = new Map(); // channel -> unsubscribes awaiting their reply
+    this._warned = new Set(); // channels of unexpected pushes already logged
+    this._pending = new Map(); // id -> request sent on the current socket
+    this._queue = new Set(); // requests waiting for a connection, in order
+    this._nextId = 1;
+
+    this._socket = null;
+    this._active = false; // between connect() and disconnect() or a final close
+    this._attempt = 0; // failed attempts since the last successful connect
+    this._firstAttempt = false;
+    this._generation = 0; // bumped per attempt: stale async steps notice it
+    this._refusal = null; // the error reply to this attempt's connect, if any
+    this._openTimer = null;
+    this._reconnectTimer = null;
+    this._refreshTimer = null; // renews the token before it expires
+    this._waiters = []; // connect() promises waiting for "connected"
+  }
+
+  /** connecting, connected or disconnected. */
+  get state() {
+    return this._state;
+  }
+
+  /** Adds an event listener; returns a function that removes it. */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+
+  off(event, fn) {
+    this._listeners.get(event)?.delete(fn);
+  }
+
+  _emit(event, ...args) {
+    for (const fn of [...(this._listeners.get(event) ?? [])]) invoke(fn, ...args);
+  }
+
+  _setState(state, details = {}) {
+    this._state = state;
+    this._emit('state', { state, ...details });
+  }
+
+  /**
+   * Connects, and keeps reconnecting until disconnect() is called or the
+   * server closes with a final code. Resolves once connected; rejects if the
+   * client gives up first.
+   */
+  connect() {
+    if (this._state === 'connected') return Promise.resolve();
+    const p = new Promise((resolve, reject) => this._waiters.push({ resolve, reject }));
+    // Handled here so that a caller who does not await cannot crash Node with
+    // an unhandled rejection; one who awaits still sees it.
+    p.catch(() => {});
+    if (!this._active) {
+      this._active = true;
+      this._attempt = 0;
+      this._firstAttempt = true;
+      this._open();
+    }
+    return p;
+  }
+
+  /** Closes the connection and stops reconnecting. Subscriptions are kept for a later connect(). */
+  disconnect() {
+    if (!this._active && !this._socket) return;
+    this._giveUp(1000, 'disconnect() called', new HeraldError('disconnected', 'disconnect() called'));
+  }
+
+  /** One connection attempt: token, WebSocket handshake, connect command. */
+  async _open() {
+    this._reconnectTimer = null;
+    const gen = ++this._generation;
+    this._refusal = null;
+    this._setState('connecting', { attempt: this._attempt });
+    // One bound for the whole attempt, so that a server that accepts TCP but
+    // never answers cannot hold the client.
+    this._openTimer = setTimeout(() => {
+      const r = this._refusal;
+      this._attemptFailed(gen, r ? `connect refused: ${r.code}: ${r.message}` : 'connect timeout');
+    }, this._timeout);
+
+    // A reconnect asks for a fresh token: the old one may have expired.
+    let token = this._token;
+    if (this._getToken && (!this._firstAttempt || token == null)) {
+      try {
+        token = await this._getToken();
+      } catch (err) {
+        this._attemptFailed(gen, `getToken failed: ${err?.message ?? err}`);
+        return;
+      }
+    }
+    let WS = this._WebSocket;
+    if (!WS) {
+      try {
+        WS = await defaultWebSocket();
+      } catch (err) {
+        // No WebSocket implementation at all: retrying cannot help.
+        if (gen === this._generation) this._giveUp(ABNORMAL_CLOSURE, err.message, err);
+        return;
+      }
+    }
+    if (gen !== this._generation) return; // disconnect() or the attempt's timer came first
+    this._firstAttempt = false;
+
+    let ws;
+    try {
+      ws = new WS(this.url, SUBPROTOCOL);
+    } catch (err) {
+      this._giveUp(ABNORMAL_CLOSURE, err.message, err); // a bad URL: retrying cannot help
+      return;
+    }
+    this._socket = ws;
+    ws.binaryType = 'arraybuffer';
+    ws.onopen = () => this._onOpen(ws, gen, token);
+    ws.onmessage = (ev) => this._onFrame(ws, ev.data);
+    ws.onclose = (ev) => this._onClose(ws, ev.code, ev.reason);
+    // An error means the connection failed. Browsers and `ws` follow it with
+    // a close event (code 1006), but Node 20's built-in WebSocket may not: a
+    // refused connection stays CONNECTING forever. So the error ends it here.
+    ws.onerror = (ev) => {
+      if (ws === this._socket) this._attemptFailed(this._generation, ev?.message ? `connection error: ${ev.message}` : 'connection error');
+    };
+  }
+
+  _onOpen(ws, gen, token) {
+    if (ws !== this._socket) return;
+    const cmd = { cmd: 'connect' };
+    if (token != null) cmd.token = token;
+    // No timeout of its own: the attempt's timer covers it.
+    this._command(cmd, null, { now: true, timeout: 0 }, (err, result) => {
+      if (err) {
+        // Refused (a bad token, say). The server closes the connection
+        // itself, with the code that says whether to come back (4501: not
+        // with this token), so wait for it; the attempt's timer bounds that.
+        if (ws === this._socket && err.code !== 'disconnected' && err.code !== 'timeout') this._refusal = err;
+        return;
+      }
+      if (ws !== this._socket) return;
+      clearTimeout(this._openTimer);
+      this._openTimer = null;
+      this._attempt = 0;
+      this.clientId = result?.client ?? null;
+      this._state = 'connected';
+      // Subscriptions first, then requests made meanwhile: replies come in
+      // command order, so a queued publish sees its channel subscribed.
+      for (const sub of this._subs.values()) this._subscribe(sub);
+      for (const req of this._queue) this._transmit(req);
+      this._queue.clear();
+      this._setState('connected', { clientId: this.clientId });
+      for (const w of this._waiters.splice(0)) w.resolve();
+      this._scheduleRefresh(result?.expires, gen);
+    });
+  }
+
+  /**
+   * Renews the connection's token before it expires: when four fifths of its
+   * remaining life have passed, getToken() is asked for a fresh one and sent
+   * with `refresh`. Without getToken the server closes the connection at
+   * expiry (4004) and the reconnect asks for nothing new, so it would fail:
+   * give getToken whenever tokens expire.
+   */
+  _scheduleRefresh(expires, gen) {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!expires || !this._getToken) return;
+    const delay = Math.max(1000, Math.floor((expires * 1000 - Date.now()) * 0.8));
+    this._refreshTimer = setTimeout(async () => {
+      this._refreshTimer = null;
+      if (gen !== this._generation) return;
+      let token;
+      try {
+        token = await this._getToken();
+      } catch (err) {
+        console.warn(`herald: getToken failed, token not refreshed: ${err?.message ?? err}`);
+        return; // the server closes at expiry (4004); the reconnect tries again
+      }
+      if (gen !== this._generation) return;
+      this._command({ cmd: 'refresh', token }, null, { now: true }, (err, result) => {
+        if (err) {
+          // A refused token: the server closes with 4501 and we stop there.
+          if (err.code !== 'disconnected') console.warn(`herald: token refresh refused: ${err.code}: ${err.message}`);
+          return;
+        }
+        this._scheduleRefresh(result?.expires, gen);
+      });
+    }, delay);
+  }
+
+  /** Ends the current attempt or connection from our side, then backs off. */
+  _attemptFailed(gen, reason) {
+    if (gen !== this._generation || !this._active) return;
+    const ws = this._socket;
+    if (ws) {
+      detach(ws);
+      // The server is not answering: a close handshake would only wait for
+      // it (the ws package keeps such a socket 30 s). Cut it where we can.
+      try {
+        if (typeof ws.terminate === 'function') ws.terminate();
+        else ws.close(); // no reason: browsers throw on one over 123 bytes
+      } catch {
+        // nothing more to do: the socket is detached and forgotten
+      }
+    }
+    this._lost(ABNORMAL_CLOSURE, reason);
+  }
+
+  _onClose(ws, code, reason) {
+    if (ws !== this._socket) return;
+    detach(ws);
+    this._lost(code, reason);
+  }
+
+  /** The socket is gone: fail what was sent on it, then reconnect or stop. */
+  _lost(code, reason) {
+    this._socket = null;
+    this.clientId = null;
+    this._generation++;
+    clearTimeout(this._openTimer);
+    clearTimeout(this._refreshTimer);
+    this._openTimer = this._refreshTimer = null;
+    this._failSent();
+    for (const sub of this._subs.values()) sub._connectionLost();
+    if (isFinalClose(code)) {
+      // connect() callers learn why: the connect's error reply if there was one.
+      const err = this._refusal ?? new HeraldError('disconnected', `the server closed the connection for good (${code} ${reason})`);
+      this._giveUp(code, reason, err);
+      return;
+    }
+    const delay = backoffDelay(this._attempt, this._backoff);
+    this._attempt++;
+    this._reconnectTimer = setTimeout(() => this._open(), delay);
+    this._setState('disconnected', { code, reason, reconnect: true, delay });
+  }
+
+  /** Stops for good: clears every timer and fails everything outstanding. */
+  _giveUp(code, reason, err) {
+    this._active = false;
+    this._generation++;
+    clearTimeout(this._openTimer);
+    clearTimeout(this._reconnectTimer);
+    clearTimeout(this._refreshTimer);
+    this._openTimer = this._reconnectTimer = this._refreshTimer = null;
+    const ws = this._socket;
+    this._socket = null;
+    this.clientId = null;
+    if (ws) {
+      detach(ws);
+      try {
+        ws.close(1000, 'bye');
+      } catch {
+        // still connecting: nothing to say goodbye to
+      }
+    }
+    this._failSent();
+    for (const req of this._queue) this._settle(req, new HeraldError('disconnected', 'the client is disconnected'));
+    this._queue.clear();
+    for (const sub of this._subs.values()) sub._connectionLost(true);
+    for (const w of this._waiters.splice(0)) w.reject(err);
+    this._setState('disconnected', { code, reason, reconnect: false });
+  }
+
+  _failSent() {
+    for (const req of this._pending.values()) {
+      this._settle(req, new HeraldError('disconnected', `connection lost before the reply to ${req.cmd}`));
+    }
+    this._pending.clear();
+  }
+
+  _settle(req, err, result) {
+    clearTimeout(req.timer);
+    req.done(err, result);
+  }
+
+  /**
+   * Sends a command; done(err, result) is called once, with the reply or a
+   * failure. It runs synchronously as the reply is read, before the frames
+   * that follow it: the ws package may deliver several frames in one tick,
+   * and a subscribe reply must take effect before the pushes behind it (a
+   * promise's then() would run after them). While the client is
+   * (re)connecting the command waits for the connection; the timeout counts
+   * from the call either way. now: send at once (the socket is open).
+   */
+  _command(cmd, bytes, { now = false, timeout = this._timeout }, done) {
+    if (!this._active) {
+      done(new HeraldError('disconnected', 'not connected: call connect() first'));
+      return;
+    }
+    const id = this._nextId++;
+    let frame;
+    try {
+      frame = encodeFrame({ id, ...cmd }, bytes);
+    } catch (err) {
+      done(err); // e.g. a BigInt in data
+      return;
+    }
+    const req = { id, cmd: cmd.cmd, frame, done, timer: null };
+    if (timeout > 0) {
+      req.timer = setTimeout(() => {
+        this._pending.delete(id); // a late reply is then ignored
+        this._queue.delete(req);
+        done(new HeraldError('timeout', `no reply to ${cmd.cmd} within ${timeout} ms`));
+      }, timeout);
+    }
+    if (now || this._state === 'connected') this._transmit(req);
+    else this._queue.add(req);
+  }
+
+  /** _command as a promise, for the public methods. */
+  _request(cmd, bytes = null) {
+    return new Promise((resolve, reject) => this._command(cmd, bytes, {}, (err, result) => (err ? reject(err) : resolve(result))));
+  }
+
+  _transmit(req) {
+    this._pending.set(req.id, req);
+    try {
+      this._socket.send(req.frame);
+    } catch (err) {
+      this._pending.delete(req.id);
+      this._settle(req, new HeraldError('disconnected', `send failed: ${err.message}`));
+    }
+  }
+
+  _onFrame(ws, raw) {
+    if (ws !== this._socket) return;
+    let msg;
+    try {
+      msg = decodeFrame(raw);
+    } catch (err) {
+      console.warn('herald-client: ignoring an undecodable frame:', err.message);
+      return;
+    }
+    if (msg === null || typeof msg !== 'object') return;
+    if (typeof msg.push === 'string') {
+      this._onPush(msg);
+      return;
+    }
+    const req = this._pending.get(msg.id);
+    if (!req) {
+      // id 0 answers a command the server could not read: a bug on our side.
+      if (msg.id === 0) console.warn('herald-client: the server could not read a command:', msg.error?.message);
+      return; // otherwise, the reply to a request that already timed out
+    }
+    this._pending.delete(msg.id);
+    if (msg.error) this._settle(req, new HeraldError(msg.error.code, msg.error.message));
+    else this._settle(req, null, msg.result);
+  }
+
+  _onPush(msg) {
+    if (msg.push === 'message') {
+      this._emit('message', msg.data, { binary: msg.data instanceof Uint8Array });
+      return;
+    }
+    if (msg.push !== 'pub' && msg.push !== 'join' && msg.push !== 'leave') return; // a newer kind: ignore
+    // Until the unsubscribe reply, pushes are the old subscription's (in
+    // flight when we unsubscribed), even if the channel was subscribed again.
+    if (this._leaving.has(msg.channel)) return;
+    const sub = this._subs.get(msg.channel);
+    if (sub) {
+      sub._onPush(msg);
+    } else if (!this._warned.has(msg.channel)) {
+      this._warned.add(msg.channel);
+      console.warn(`herald-client: ignoring ${msg.push} pushes for "${msg.channel}": no subscription (logged once per channel)`);
+    }
+  }
+
+  /**
+   * Subscribes to channel, now if connected and after every reconnect. Throws
+   * if this client already has a Subscription for channel.
+   */
+  subscribe(channel, options = {}) {
+    if (typeof channel !== 'string') throw new TypeError('channel must be a string');
+    if (this._subs.has(channel)) throw new HeraldError('already_subscribed', `already subscribed to "${channel}"`);
+    const sub = new Subscription(this, channel, options);
+    this._subs.set(channel, sub);
+    if (this._state === 'connected') this._subscribe(sub);
+    return sub;
+  }
+
+  /** Sends sub's subscribe command, with since when it has a position. */
+  _subscribe(sub) {
+    clearTimeout(sub._retryTimer);
+    sub._retryTimer = null;
+    sub._state = 'subscribing';
+    const cmd = { cmd: 'subscribe', channel: sub.channel };
+    if (sub.epoch !== undefined) cmd.since = { offset: sub.offset ?? 0, epoch: sub.epoch };
+    const ws = this._socket;
+    this._command(cmd, null, { now: true }, (err, result) => {
+      if (this._subs.get(sub.channel) !== sub || ws !== this._socket) return; // superseded
+      if (!err) {
+        sub._subscribed(result ?? {});
+      } else if (err.code === 'timeout') {
+        // The server's view of this subscription is unknown now; a fresh
+        // connection makes it known again (and resubscribes everything).
+        this._attemptFailed(this._generation, `subscribe to "${sub.channel}" timed out`);
+      } else if (err.code === 'unavailable') {
+        // Transient on the server's side: try again after a backoff delay.
+        sub._retryTimer = setTimeout(() => {
+          if (this._state === 'connected' && this._subs.get(sub.channel) === sub) this._subscribe(sub);
+        }, backoffDelay(sub._retries++, this._backoff));
+      } else if (err.code !== 'disconnected') {
+        this._subs.delete(sub.channel);
+        sub._failed(err);
+      }
+    });
+  }
+
+  _unsubscribe(sub) {
+    if (this._subs.get(sub.channel) !== sub) return Promise.resolve();
+    this._subs.delete(sub.channel);
+    sub._ended(new HeraldError('unsubscribed', `unsubscribed from "${sub.channel}"`));
+    if (this._state !== 'connected') return Promise.resolve(); // the server forgot it with the last connection
+    const ch = sub.channel;
+    this._leaving.set(ch, (this._leaving.get(ch) ?? 0) + 1);
+    return new Promise((resolve, reject) => {
+      this._command({ cmd: 'unsubscribe', channel: ch }, null, {}, (err) => {
+        const n = this._leaving.get(ch) - 1;
+        if (n > 0) this._leaving.set(ch, n);
+        else this._leaving.delete(ch);
+        // not_subscribed: the subscribe had failed or was never made; done either way.
+        if (err && err.code !== 'not_subscribed' && err.code !== 'disconnected') reject(err);
+        else resolve();
+      });
+    });
+  }
+
+  /** The Subscription of this client for channel, if any. */
+  getSubscription(channel) {
+    return this._subs.get(channel) ?? null;
+  }
+
+  /**
+   * Publishes data to channel: a Uint8Array, another ArrayBufferView or an
+   * ArrayBuffer goes as bytes (a binary frame); anything else as JSON (a
+   * string travels as a JSON string). Resolves with {offset, epoch} on a
+   * channel with history, plus duplicate: true for a repeated idempotency key.
+   */
+  publish(channel, data, { idempotencyKey } = {}) {
+    const bytes = asBytes(data);
+    const cmd = { cmd: 'publish', channel };
+    if (!bytes) {
+      if (data === undefined || typeof data === 'function' || typeof data === 'symbol') {
+        return Promise.reject(new TypeError('publish: data must be a JSON value, a Uint8Array or an ArrayBuffer'));
+      }
+      cmd.data = data;
+    }
+    if (idempotencyKey !== undefined) cmd.idempotency_key = idempotencyKey;
+    return this._request(cmd, bytes).then((r) => r ?? {});
+  }
+
+  /**
+   * Reads a channel's history: {publications: [{offset, data, binary}], offset, epoch}.
+   * Binary publications come back as Uint8Array.
+   */
+  async history(channel, { limit, since, reverse } = {}) {
+    const cmd = { cmd: 'history', channel };
+    if (limit !== undefined) cmd.limit = limit;
+    if (since) cmd.since = { offset: since.offset, epoch: since.epoch };
+    if (reverse) cmd.reverse = true;
+    const res = await this._request(cmd);
+    const publications = (res.publications ?? []).map((p) =>
+      // Text publications always have data (a JSON value is never empty); an
+      // empty binary payload comes with neither field.
+      p.data !== undefined
+        ? { offset: p.offset, data: p.data, binary: false }
+        : { offset: p.offset, data: base64ToBytes(p.binary ?? ''), binary: true },
+    );
+    return { publications, offset: res.offset ?? 0, epoch: res.epoch };
+  }
+
+  /** The clients present in channel: {clients: {[clientId]: {client, user, info}}}. */
+  async presence(channel) {
+    const res = await this._request({ cmd: 'presence', channel });
+    return { clients: res?.clients ?? {} };
+  }
+
+  /** Counts of the clients present in channel: {clients, users}. */
+  async presenceStats(channel) {
+    const res = await this._request({ cmd: 'presence_stats', channel });
+    return { clients: res?.clients ?? 0, users: res?.users ?? 0 };
+  }
+
+  /** An application-level round trip to the server. */
+  async ping() {
+    await this._request({ cmd: 'ping' });
+  }
+}
+
+/**
+ * A client's subscription to one channel, from Herald#subscribe until
+ * unsubscribe(). It survives reconnects: it tracks the channel's position
+ * (offset and epoch) so that a resubscribe recovers what was missed.
+ */
+export class Subscription {
+  constructor(client, channel, options) {
+    this.client = client;
+    this.channel = channel;
+    this.offset = options.since?.offset;
+    this.epoch = options.since?.epoch;
+    this._handlers = options;
+    this._state = 'subscribing';
+    this._retries = 0;
+    this._retryTimer = null;
+    this._settled = false;
+    this.ready = new Promise((resolve, reject) => {
+      this._resolveReady = resolve;
+      this._rejectReady = reject;
+    });
+    this.ready.catch(() => {}); // an app that never awaits ready must not crash Node
+  }
+
+  /** subscribing, subscribed or unsubscribed. */
+  get state() {
+    return this._state;
+  }
+
+  /** Publishes to this subscription's channel; see Herald#publish. */
+  publish(data, options) {
+    return this.client.publish(this.channel, data, options);
+  }
+
+  /** Stops the subscription (its callbacks are not called any more). */
+  unsubscribe() {
+    return this.client._unsubscribe(this);
+  }
+
+  _subscribed(res) {
+    if (res.epoch !== undefined) {
+      // After a successful recovery, the pushes that follow the reply carry
+      // the missed publications and advance the offset themselves: jumping to
+      // the reply's offset now would skip them if the connection broke meanwhile.
+      if (res.recovered !== true) this.offset = res.offset ?? 0; // 0 is omitted on the wire
+      this.epoch = res.epoch;
+    }
+    this._state = 'subscribed';
+    this._retries = 0;
+    if (!this._settled) {
+      this._settled = true;
+      this._resolveReady(res);
+    }
+    if (res.recovered === false) invoke(this._handlers.onRecoveryFailed, res.reason, res);
+    invoke(this._handlers.onSubscribed, res);
+  }
+
+  _onPush(msg) {
+    if (this._state === 'unsubscribed') return;
+    switch (msg.push) {
+      case 'pub':
+        if (typeof msg.offset === 'number') this.offset = msg.offset;
+        invoke(this._handlers.onMessage, msg.data, {
+          channel: this.channel,
+          offset: msg.offset,
+          binary: msg.data instanceof Uint8Array,
+        });
+        break;
+      case 'join':
+        invoke(this._handlers.onJoin, msg.info);
+        break;
+      case 'leave':
+        invoke(this._handlers.onLeave, msg.info);
+        break;
+    }
+  }
+
+  // The connection ended: resubscribe on the next one. final: the client
+  // stopped, so a pending ready fails rather than wait for a connect() that
+  // may never come.
+  _connectionLost(final = false) {
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    if (this._state === 'unsubscribed') return;
+    this._state = 'subscribing';
+    if (final && !this._settled) {
+      this._settled = true;
+      this._rejectReady(new HeraldError('disconnected', `disconnected before subscribing to "${this.channel}"`));
+    }
+  }
+
+  _failed(err) {
+    this._ended(err);
+    invoke(this._handlers.onError, err);
+  }
+
+  _ended(err) {
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    this._state = 'unsubscribed';
+    if (!this._settled) {
+      this._settled = true;
+      this._rejectReady(err);
+    }
+  }
+}
+
+export default Herald;
