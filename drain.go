@@ -41,7 +41,7 @@ func (n *Node) Ready(ctx context.Context) error {
 // been told, or ctx is done. Call Shutdown afterwards.
 func (n *Node) Drain(ctx context.Context, window time.Duration) error {
 	n.mu.Lock()
-	n.closing = true
+	n.closing, n.draining = true, true
 	n.mu.Unlock()
 	var conns []*conn
 	n.forEachConn(func(c *conn) { conns = append(conns, c) })

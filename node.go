@@ -70,6 +70,7 @@ type Node struct {
 
 	mu       sync.Mutex // guards closing, conns and wg.Add
 	closing  bool
+	draining bool // Drain began: late connections get 1012 too, not 1001
 	conns    int            // connections admitted and not yet finished
 	users    map[string]int // of those, per user id
 	ips      *ipLimits
@@ -328,7 +329,13 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 			finish()
 		}
 	}
-	if n.isClosing() { // Shutdown began after admit and may have missed c
+	n.mu.Lock()
+	closing, draining := n.closing, n.draining
+	n.mu.Unlock()
+	switch { // Drain or Shutdown began after admit and may have missed c
+	case draining:
+		c.close(websocket.CloseServiceRestart, "server restarting, reconnect")
+	case closing:
 		c.close(websocket.CloseGoingAway, "server shutting down")
 	}
 	if n.cfg.OnConnect != nil {
