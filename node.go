@@ -70,7 +70,7 @@ type Node struct {
 
 	mu       sync.Mutex // guards closing, conns and wg.Add
 	closing  bool
-	draining bool // Drain began: late connections get 1012 too, not 1001
+	draining bool           // Drain began: late connections get 1012 too, not 1001
 	conns    int            // connections admitted and not yet finished
 	users    map[string]int // of those, per user id
 	ips      *ipLimits
