@@ -68,7 +68,9 @@ export async function startHerald({ addr = '127.0.0.1:0', config = CONFIG } = {}
   const configFile = path.join(dir, 'herald.yaml');
   await writeFile(configFile, config);
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HERALD_')));
-  const proc = spawn(bin, ['serve', '--addr', addr, '--config', configFile, '--shutdown-timeout', '5s'], {
+  // --drain-window off: a stop closes every client with 1001 at once (the
+  // default spreads 1012 closes over 10 s, which these tests need not wait for).
+  const proc = spawn(bin, ['serve', '--addr', addr, '--config', configFile, '--shutdown-timeout', '5s', '--drain-window', 'off'], {
     env,
     stdio: ['ignore', 'ignore', 'pipe'],
   });
