@@ -62,11 +62,9 @@ type result struct {
 	err   error
 }
 
-// command is a protocol command plus the connect command's token, which
-// herald.v1 servers ignore and later ones read.
+// command is a protocol command as the client sends it.
 type command struct {
 	protocol.Command
-	Token string `json:"token,omitempty"`
 }
 
 // establish makes one connection attempt: token, dial, connect command and
@@ -135,7 +133,11 @@ func (c *Client) establish(ctx context.Context) (*session, error) {
 	// Pipelined: the replies are handled by the read loop as they come.
 	for _, r := range resubs {
 		sub, since := r.sub, r.since
-		cmd := &command{Command: protocol.Command{Cmd: protocol.CmdSubscribe, Channel: sub.channel, Since: &since}}
+		token, err := sub.token(ctx)
+		if err != nil {
+			c.log.Warn("no subscription token for the resubscribe", "channel", sub.channel, "err", err)
+		}
+		cmd := &command{Command: protocol.Command{Cmd: protocol.CmdSubscribe, Channel: sub.channel, Since: &since, Token: token}}
 		p := &pending{onReply: func(rep protocol.Reply) error { return c.subscribeReplied(s, sub, rep) }}
 		if _, err := s.start(cmd, nil, false, p); err != nil {
 			break // the connection is failing; the reader will see it and reconnect
@@ -245,7 +247,7 @@ func (s *session) handshake(ctx context.Context, token string) (protocol.Connect
 func (s *session) awaitConnect(token string) (*protocol.Reply, error) {
 	var reply *protocol.Reply
 	p := &pending{onReply: func(r protocol.Reply) error { reply = &r; return nil }}
-	cmd := &command{Command: protocol.Command{Cmd: protocol.CmdConnect}, Token: token}
+	cmd := &command{Command: protocol.Command{Cmd: protocol.CmdConnect, Token: token}}
 	if _, err := s.start(cmd, nil, false, p); err != nil {
 		return nil, err
 	}
@@ -283,7 +285,7 @@ func (c *Client) refreshToken(s *session, expires int64) {
 			c.log.Warn("token not refreshed: GetToken failed", "err", err)
 			return // the server closes at expiry (4004); the reconnect tries again
 		}
-		raw, err := c.call(ctx, &command{Command: protocol.Command{Cmd: protocol.CmdRefresh}, Token: token}, nil, false)
+		raw, err := c.call(ctx, &command{Command: protocol.Command{Cmd: protocol.CmdRefresh, Token: token}}, nil, false)
 		cancel()
 		var res protocol.ConnectResult
 		if err == nil {

@@ -38,6 +38,12 @@ type SubscribeOptions struct {
 	// *Error. (A temporary refusal, CodeUnavailable, makes the client
 	// reconnect and retry instead.)
 	OnError func(err error)
+	// Token is a subscription token, for channels that need one (see
+	// PROTOCOL.md, Authentication). GetToken, when set, replaces it: it is
+	// called before the subscribe and before every resubscribe after a
+	// reconnect, so it can fetch a fresh one.
+	Token    string
+	GetToken func(ctx context.Context) (string, error)
 	// Since, if set, makes the first subscribe recover from this position
 	// (one saved by the app, or read from another client's
 	// Subscription.Position): the publications after it arrive first, or
@@ -105,7 +111,15 @@ func (c *Client) Subscribe(ctx context.Context, channel string, opts SubscribeOp
 
 	p := &pending{done: make(chan result, 1)}
 	p.onReply = func(r protocol.Reply) error { return c.subscribeReplied(s, sub, r) }
-	id, err := s.start(&command{Command: protocol.Command{Cmd: protocol.CmdSubscribe, Channel: channel, Since: opts.Since}}, nil, false, p)
+	token, err := sub.token(ctx)
+	if err != nil {
+		c.mu.Lock()
+		sub.inflight--
+		c.endLocked(sub)
+		c.mu.Unlock()
+		return fail(fmt.Errorf("failed to get a subscription token: %w", err))
+	}
+	id, err := s.start(&command{Command: protocol.Command{Cmd: protocol.CmdSubscribe, Channel: channel, Since: opts.Since, Token: token}}, nil, false, p)
 	if err != nil {
 		c.mu.Lock()
 		if sub.state == subSubscribing {
@@ -234,6 +248,14 @@ func (c *Client) endLocked(sub *Subscription) {
 
 // Channel returns the subscription's channel.
 func (sub *Subscription) Channel() string { return sub.channel }
+
+// token returns the subscription token to send, if any.
+func (sub *Subscription) token(ctx context.Context) (string, error) {
+	if sub.opts.GetToken != nil {
+		return sub.opts.GetToken(ctx)
+	}
+	return sub.opts.Token, nil
+}
 
 // Position returns the position the subscription has reached: the epoch of
 // the channel's history and the offset of the last publication received
