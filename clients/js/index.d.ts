@@ -141,6 +141,8 @@ export interface SubscribeOptions<T = Payload> {
   onError?: (error: HeraldError) => void;
   /** Start from this position: the first subscribe then recovers what followed it. */
   since?: Position;
+  /** A subscription token, for channels that need one; sent with every (re)subscribe. */
+  token?: string;
 }
 
 export interface PublishOptions {

@@ -541,6 +541,7 @@ export class Herald {
     sub._state = 'subscribing';
     const cmd = { cmd: 'subscribe', channel: sub.channel };
     if (sub.epoch !== undefined) cmd.since = { offset: sub.offset ?? 0, epoch: sub.epoch };
+    if (sub._handlers.token) cmd.token = sub._handlers.token; // a subscription token
     const ws = this._socket;
     this._command(cmd, null, { now: true }, (err, result) => {
       if (this._subs.get(sub.channel) !== sub || ws !== this._socket) return; // superseded

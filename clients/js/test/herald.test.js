@@ -465,3 +465,29 @@ test('token refresh: getToken renews the token before it expires, and the connec
   const sub = c.subscribe('lobby', { onMessage() {} });
   await within(5000, 'subscribe', sub.ready);
 });
+
+test('subscription token: a granted channel needs it, and it is sent again on resubscribe', async (t) => {
+  const secret = 'a-test-secret-that-is-at-least-32-bytes-long';
+  const config = `
+jwt_secret: ${secret}
+namespaces:
+  - name: private
+    history_size: 10
+    history_ttl: 1m
+    allow_subscribe: granted
+`;
+  const authed = await startHerald({ config });
+  t.after(() => authed.stop());
+  const token = await hs256(secret, { sub: 'bo' });
+  const c = newClient(authed.url, { token });
+  await within(5000, 'connect', c.connect());
+  const denied = c.subscribe('private:x', {});
+  await assert.rejects(denied.ready, (err) => err instanceof HeraldError && err.code === 'permission_denied');
+  const inbox = new Inbox();
+  const sub = c.subscribe('private:x', { token: await hs256(secret, { sub: 'bo', channel: 'private:x' }), onMessage: inbox.push });
+  await within(5000, 'subscribe', sub.ready);
+  c._socket.close(); // a reconnect resubscribes with the same token
+  await within(5000, 'reconnect', new Promise((resolve) => c.on('state', (s) => s.state === 'connected' && resolve())));
+  await within(5000, 'resubscribe', new Promise((resolve) => { const t = setInterval(() => { if (sub.state === 'subscribed') { clearInterval(t); resolve(); } }, 10); }));
+  assert.equal(sub.state, 'subscribed');
+});
