@@ -1,0 +1,252 @@
+// Package bench is Herald's load generator, `herald bench`: it opens
+// subscriber connections at a controlled rate from several loopback source
+// addresses, publishes at fixed rates, in steps, or as fast as the server
+// accepts, over WebSocket (herald.v1 or raw mode) or the HTTP API, and
+// measures what arrives: delivered messages per second, loss and
+// duplicates (every payload carries a sequence number), subscribers cut,
+// end-to-end latency percentiles (every payload carries its send time),
+// and, given the server's pid or /metrics, the server's RSS per connection
+// and CPU seconds per million deliveries. Every run is bounded in
+// connections, steps and time, and stops by itself.
+//
+// docs/benchmarks.md has the scenarios and their figures.
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/pprof"
+	"sort"
+	"strings"
+	"time"
+)
+
+const usage = `Usage:
+  herald bench [flags]                      run a benchmark against a server
+  herald bench plot -o OUT.svg FILE.jsonl…  plot runs saved with -json
+  herald bench summary FILE.jsonl…          medians of repeated runs, as Markdown tables
+
+A run connects channels x subs subscribers (at -connect-rate, from the
+-sources addresses), holds them -idle, then publishes at each rate of -rates
+for -step, waits up to -drain for what is still on its way, and reports each
+step: publications, deliveries/s, lost, duplicated, subscribers cut, the
+share delivered within -on-time, and latency p50/p90/p99/p99.9/max (from the
+time each publication was due). With -server-pid (or -metrics-url) it adds
+the server's RSS per connection and CPU seconds per million deliveries.
+
+Scenarios (-scenario; explicit flags override their settings):
+  s1  idle memory: 100 channels x 100 subscribers, no publishing, hold 20s
+      (19,000 connections: -scenario s1 -subs 190)
+  s2  fan-out throughput: 1 channel x 1,000 subscribers, 128-byte payloads,
+      rates 25..5000/s in 5s steps, stop after four failing steps in a row
+  s3  fan-out latency: 1 channel x 1,000 subscribers at 100/s for 30s
+  s4  wide: 1 channel x 10,000 subscribers at 10/s for 30s
+  s5  many channels: 1,000 channels x 10 subscribers, 4 publishers,
+      1,000/s then 5,000/s, 15s each
+
+Flags:
+`
+
+var scenarios = map[string]map[string]string{
+	"s1": {"channels": "100", "subs": "100", "rates": "none", "idle": "20s", "label": "s1"},
+	"s2": {"channels": "1", "subs": "1000", "payload": "128", "step": "5s", "stop-after-fails": "4", "label": "s2",
+		"rates": "25,50,100,150,200,300,400,500,700,1000,1500,2000,3000,5000"},
+	"s3": {"channels": "1", "subs": "1000", "payload": "128", "rates": "100", "step": "30s", "label": "s3"},
+	"s4": {"channels": "1", "subs": "10000", "payload": "128", "rates": "10", "step": "30s", "label": "s4"},
+	"s5": {"channels": "1000", "subs": "10", "payload": "128", "rates": "1000,5000", "step": "15s", "publishers": "4", "label": "s5"},
+}
+
+// Main is `herald bench`: args are the arguments after "bench". Reports go
+// to stdout (a live progress line too, when stdout is a terminal); with
+// -json -, JSON lines go to stdout instead of the text report. It returns
+// an error if the run could not be carried out; steps that fail their
+// criteria are reported, not returned as errors.
+func Main(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) > 0 && args[0] == "plot" {
+		return plotMain(args[1:], stdout)
+	}
+	if len(args) > 0 && args[0] == "summary" {
+		return summaryMain(args[1:], stdout)
+	}
+	fs := flag.NewFlagSet("herald bench", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	fs.Usage = func() {
+		fmt.Fprint(stdout, usage)
+		fs.PrintDefaults()
+	}
+	var (
+		cfg                  Config
+		scenario, rates, src string
+		jsonOut, svgOut      string
+		progress, cpuProfile string
+	)
+	fs.StringVar(&scenario, "scenario", "", "preset: s1, s2, s3, s4 or s5 (see above)")
+	fs.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/ws", "the server's herald.v1 WebSocket endpoint")
+	fs.StringVar(&cfg.RawURL, "raw-url", "", "the raw-mode endpoint (default: -url with /raw appended)")
+	fs.StringVar(&cfg.APIURL, "api-url", "", "the HTTP API's publish route (default: http://HOST/api/v1/publish)")
+	fs.StringVar(&cfg.APIKey, "api-key", os.Getenv("HERALD_API_KEY"), "the HTTP API key (env HERALD_API_KEY)")
+	fs.IntVar(&cfg.Channels, "channels", 1, "channels")
+	fs.IntVar(&cfg.Subscribers, "subs", 10, "subscribers per channel")
+	fs.StringVar(&cfg.SubMode, "sub-mode", SubProtocol, "subscribers speak: protocol (/ws + subscribe) or raw (/ws/raw?channel=)")
+	fs.StringVar(&cfg.PubMode, "publish", PubWS, "publish over: ws (herald.v1 publish commands), raw (raw-mode frames) or api (HTTP API)")
+	fs.IntVar(&cfg.Publishers, "publishers", 0, "publishing connections (api: concurrent requests); default 1 (api: 4)")
+	fs.IntVar(&cfg.Window, "window", 1024, "publish commands a ws publisher keeps outstanding")
+	fs.StringVar(&rates, "rates", "100", "publications per second over all channels: one rate, a list of steps (100,200,500), max (as fast as accepted), or none")
+	fs.DurationVar(&cfg.StepDuration, "step", 5*time.Second, "duration of each step")
+	fs.IntVar(&cfg.Payload, "payload", 128, fmt.Sprintf("payload bytes (a JSON string; at least %d)", MinPayload))
+	fs.DurationVar(&cfg.Drain, "drain", 5*time.Second, "longest wait after a step for deliveries still on their way")
+	fs.DurationVar(&cfg.OnTime, "on-time", 100*time.Millisecond, "latency within which a delivery is on time (a step passes with >= 97% on time)")
+	fs.IntVar(&cfg.StopAfterFails, "stop-after-fails", 0, "stop after this many steps in a row did not pass (0: never)")
+	fs.Float64Var(&cfg.ConnectRate, "connect-rate", 2000, "new connections per second")
+	fs.IntVar(&cfg.ConnectConcurrency, "connect-concurrency", 64, "handshakes in flight")
+	fs.StringVar(&src, "sources", "", "source addresses, e.g. 127.0.0.2-127.0.0.9 (the default for a 127.x target) or none")
+	fs.DurationVar(&cfg.Idle, "idle", 0, "hold the connections this long before the steps (default 10s when there are no steps)")
+	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "the server's pid, for its RSS and CPU (from /proc)")
+	fs.StringVar(&cfg.MetricsURL, "metrics-url", "", "the server's Prometheus /metrics, for its RSS and CPU (instead of -server-pid)")
+	fs.DurationVar(&cfg.Timeout, "timeout", 0, "bound on the whole run (default: the plan's length plus a minute)")
+	fs.StringVar(&cfg.Label, "label", "", "label for the reports (e.g. herald, hub, naive)")
+	fs.StringVar(&jsonOut, "json", "", "write JSON lines to this file (- for stdout, instead of the text report)")
+	fs.StringVar(&svgOut, "svg", "", "write an SVG plot of the steps to this file")
+	fs.StringVar(&cpuProfile, "cpuprofile", "", "write the generator's own CPU profile to this file")
+	fs.StringVar(&progress, "progress", "auto", "live progress line: auto (when stdout is a terminal), on, off")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if scenario != "" {
+		cfg.Scenario = scenario
+		preset, ok := scenarios[scenario]
+		if !ok {
+			return fmt.Errorf("unknown scenario %q: want s1 … s5", scenario)
+		}
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		names := make([]string, 0, len(preset))
+		for k := range preset {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			if !set[k] {
+				if err := fs.Set(k, preset[k]); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	var err error
+	if cfg.Rates, err = ParseRates(rates); err != nil {
+		return err
+	}
+	if cfg.Sources, err = ParseSources(src); err != nil {
+		return err
+	}
+
+	cfg.Text = stdout
+	var jsonFile *os.File
+	switch jsonOut {
+	case "":
+	case "-":
+		cfg.JSON, cfg.Text = stdout, nil
+	default:
+		if jsonFile, err = os.Create(jsonOut); err != nil {
+			return err
+		}
+		defer jsonFile.Close()
+		cfg.JSON = jsonFile
+	}
+	switch progress {
+	case "on":
+		cfg.Progress = stdout
+	case "auto":
+		if isTerminal(stdout) && jsonOut != "-" {
+			cfg.Progress = stdout
+		}
+	case "off":
+	default:
+		return fmt.Errorf("bad -progress %q: want auto, on or off", progress)
+	}
+
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	res, runErr := Run(ctx, cfg)
+	if svgOut != "" && res != nil && len(res.Steps) > 0 {
+		var buf bytes.Buffer
+		title := "herald bench"
+		if cfg.Label != "" {
+			title += " — " + cfg.Label
+		}
+		if err := WriteSVG(&buf, title, []PlotRun{{Label: cfg.Label, Steps: res.Steps}}); err == nil {
+			if err := os.WriteFile(svgOut, buf.Bytes(), 0o644); err != nil {
+				return errors.Join(runErr, err)
+			}
+		}
+	}
+	if jsonFile != nil {
+		if err := jsonFile.Close(); err != nil {
+			return errors.Join(runErr, err)
+		}
+	}
+	return runErr
+}
+
+func plotMain(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("herald bench plot", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	out := fs.String("o", "bench.svg", "output SVG file")
+	title := fs.String("title", "herald bench", "plot title")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() == 0 {
+		return errors.New("plot: give the JSON lines files of one or more runs")
+	}
+	var runs []PlotRun
+	for _, p := range fs.Args() {
+		r, err := ReadSteps(p)
+		if err != nil {
+			return err
+		}
+		runs = append(runs, r)
+	}
+	var buf bytes.Buffer
+	if err := WriteSVG(&buf, *title, runs); err != nil {
+		return err
+	}
+	if err := os.WriteFile(*out, buf.Bytes(), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s (%s)\n", *out, strings.Join(fs.Args(), ", "))
+	return nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
