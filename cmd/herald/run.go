@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+
+	"github.com/heraldhq/herald/bench"
 )
 
 // version is the release version, set at build time with
@@ -25,6 +27,7 @@ Usage:
   herald serve [flags]    run the server
   herald pub [flags] JSON publish to a channel through a server's HTTP API (herald help pub)
   herald token [flags]    mint a token for development (herald help token)
+  herald bench [flags]    the load generator (herald bench -h; docs/benchmarks.md)
   herald version          print the version
   herald help [command]   print help (herald help serve lists every setting)
 `
@@ -78,6 +81,12 @@ func executeWith(ctx context.Context, args, env []string, stdout, logOut io.Writ
 		return err
 	case "token":
 		err := mintToken(rest, env, stdout)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	case "bench":
+		err := bench.Main(ctx, rest, stdout)
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
