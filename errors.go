@@ -13,8 +13,6 @@ var (
 	// ErrNotEnabled reports history or presence asked of a channel whose
 	// namespace does not keep it.
 	ErrNotEnabled = errors.New("herald: not enabled for this channel")
-	// ErrTooLarge reports a payload over Config.MaxMessageSize.
-	ErrTooLarge = errors.New("herald: payload too large")
 )
 
 // Close codes Herald sends, besides the RFC 6455 ones (1000 normal, 1001

@@ -207,7 +207,7 @@ const (
 	CodeBadChannel     Code = "bad_channel"     // channel name invalid
 	CodeNotSubscribed  Code = "not_subscribed"  // unsubscribe from a channel not held
 	CodeAlreadySub     Code = "already_subscribed"
-	CodeTooLarge       Code = "too_large"         // payload over the configured limit
+	CodeTooLarge       Code = "too_large"         // reserved: v1 servers close oversize messages with 1009
 	CodeLimitExceeded  Code = "limit_exceeded"    // e.g. too many channels on one connection
 	CodeUnavailable    Code = "unavailable"       // broker unreachable or node shutting down
 	CodeUnauthorized   Code = "unauthorized"      // no valid token where one is needed
