@@ -5,14 +5,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"golang.org/x/time/rate"
@@ -34,12 +33,12 @@ const (
 // conn is one WebSocket connection.
 //
 // Goroutines: exactly one reader at a time (readLoop, started by the HTTP
-// handler, handing itself to a fresh goroutine after each handled message)
+// handler, handing itself to a fresh goroutine after each read that handled
+// a message)
 // owns ws and the connection's teardown; at most one writer (writeLoop) exists
 // while the outbound queue is non-empty and is the only code that writes to
-// nc. Everything else — fan-out, replies, pings, pongs, close frames, and the
-// close frames gorilla/websocket itself emits on protocol errors (captured by
-// hijackedConn) — enqueues ready-to-send frames and never blocks.
+// nc. Everything else — fan-out, replies, pings, pongs, close frames —
+// enqueues ready-to-send frames and never blocks.
 type conn struct {
 	node *Node
 	id   string
@@ -74,8 +73,18 @@ type conn struct {
 	// only makes writes end sooner).
 	wdeadline time.Time
 
-	ws *websocket.Conn // reader goroutine only
-	nc net.Conn        // the socket; writer goroutine only (Close and read deadlines excepted)
+	// The read side, reader goroutine only (see conn_read.go).
+	dec       wsframe.Decoder
+	msg       *[]byte         // the message being read (pooled); nil between messages
+	rc        syscall.RawConn // nc's descriptor; nil if nc has none (TLS): then rbuf
+	rbuf      []byte          // the read buffer of a connection without rc
+	chunk     *[]byte         // tryRead's result: a pooled buffer holding nread bytes
+	nread     int
+	rerr      error
+	tryReadFn func(fd uintptr) bool
+	rdeadline time.Time // the read deadline last set
+
+	nc net.Conn // the socket; writer goroutine only (Close and read deadlines excepted)
 
 	mu sync.Mutex // guards the fields below
 	// queue holds complete frames, FIFO; spare is a drained queue kept for reuse.
@@ -261,138 +270,6 @@ func writeFrames(nc net.Conn, frames [][]byte) (int64, error) {
 		writeBufs.Put(buf)
 	}
 	return int64(n), err
-}
-
-var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-// startReader sets up the read side and starts the reader. The reader
-// goroutine is owned by the node (node.wg counts the connection until
-// finish).
-func (c *conn) startReader() {
-	cfg := &c.node.cfg
-	ws := c.ws
-	ws.SetReadLimit(cfg.MaxMessageSize)
-	ws.SetPingHandler(func(data string) error {
-		c.extendReadDeadline()
-		c.enqueue(wsframe.Append(nil, wsframe.OpPong, []byte(data), false))
-		return nil
-	})
-	ws.SetPongHandler(func(string) error {
-		c.extendReadDeadline()
-		return nil
-	})
-	ws.SetCloseHandler(func(code int, text string) error {
-		// Echo the client's code (RFC 6455 section 5.5.1), unless we sent ours.
-		if code == websocket.CloseNoStatusReceived {
-			c.closeFrame(wsframe.Append(nil, wsframe.OpClose, nil, false), false)
-		} else {
-			c.close(code, "")
-		}
-		return nil
-	})
-	c.extendReadDeadline()
-	go c.readLoop()
-}
-
-// readLoop reads and dispatches messages until the connection ends, then
-// tears it down. After a message that needed handling it hands the loop to
-// a fresh goroutine and exits: handling (encoding/json, the broker) grows a
-// goroutine's stack to 8 KB or more, and Go does not give that back while
-// the goroutine lives, whereas an idle connection should wait for its next
-// message on a small stack. The hand-off costs one goroutine start per
-// message; at most one reader goroutine exists per connection at any time.
-func (c *conn) readLoop() {
-	for {
-		handled, ok := c.readOne()
-		if !ok {
-			c.finish()
-			return
-		}
-		if handled {
-			go c.readLoop()
-			return
-		}
-	}
-}
-
-// readOne reads one message and handles it. It reports whether a message
-// was handled (not only read), and false in ok when the connection ended.
-func (c *conn) readOne() (handled, ok bool) {
-	cfg := &c.node.cfg
-	op, r, err := c.ws.NextReader()
-	if err != nil {
-		c.readFailed(err)
-		return false, false
-	}
-	c.extendReadDeadline()
-	buf := readBufs.Get().(*bytes.Buffer)
-	buf.Reset()
-	defer func() {
-		if buf.Cap() <= 64<<10 {
-			readBufs.Put(buf)
-		}
-	}()
-	_, err = buf.ReadFrom(io.LimitReader(r, cfg.MaxMessageSize+1))
-	if err != nil {
-		c.readFailed(err)
-		return false, false
-	}
-	msg := buf.Bytes()
-	switch {
-	case c.isClosing():
-		// Closing: read on only to see the client's close frame.
-		return false, true
-	case int64(len(msg)) > cfg.MaxMessageSize:
-		// Only reachable with compression: gorilla's limit counts wire bytes.
-		c.close(websocket.CloseMessageTooBig, "message too big")
-		return false, true
-	case op == websocket.TextMessage && !utf8.Valid(msg):
-		c.close(websocket.CloseInvalidFramePayloadData, "invalid UTF-8 in text frame")
-		return false, true
-	}
-	c.node.metrics.messagesIn.Add(1)
-	c.node.metrics.bytesIn.Add(uint64(len(msg)))
-	if c.raw {
-		c.handleRaw(msg, op == websocket.BinaryMessage)
-	} else {
-		c.handleCommand(msg, op == websocket.BinaryMessage)
-	}
-	return true, true
-}
-
-func (c *conn) isClosing() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closing
-}
-
-// extendReadDeadline gives the client another ping interval plus the pong
-// timeout to send something (a pong at least). Reader goroutine only.
-func (c *conn) extendReadDeadline() {
-	if c.isClosing() {
-		return // the writer set the close handshake's deadline
-	}
-	cfg := &c.node.cfg
-	_ = c.nc.SetReadDeadline(time.Now().Add(cfg.PingInterval + cfg.PongTimeout))
-}
-
-// readFailed decides how the connection ends after a read error.
-func (c *conn) readFailed(err error) {
-	var ce *websocket.CloseError
-	var ne net.Error
-	switch {
-	case errors.As(err, &ce):
-		// The client closed; the close handler queued our echo.
-	case errors.Is(err, websocket.ErrReadLimit):
-		// gorilla queued close 1009 through hijackedConn.
-	case errors.As(err, &ne) && ne.Timeout() && !c.isClosing():
-		c.node.log.Debug("no pong within timeout", "client", c.id)
-		c.close(CloseNoPong, "no pong")
-	default:
-		// The socket failed (reset, EOF) or gorilla saw a protocol error and
-		// queued close 1002. Queue nothing more.
-		c.closeFrame(nil, false)
-	}
 }
 
 // finish tears the connection down: unregister, let the writer flush the
@@ -749,46 +626,21 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.hc, brw, nil
 }
 
-// hijackedConn is the socket as gorilla/websocket sees it. During the
-// handshake it passes writes through. Once the connection is live (c set),
-// gorilla's own writes — the close frames it sends on a protocol error or an
-// oversize message — go into the connection's queue instead, so the writer
-// goroutine stays the only writer of the socket, and its write deadlines are
-// the writer's alone.
+// hijackedConn is the socket as gorilla/websocket sees it during the
+// handshake: it notes whether the response accepted permessage-deflate.
+// gorilla only performs the handshake; the connection's frames are read by
+// conn's own reader and written by its writer, so nothing else ever writes
+// to the socket once the handshake is done.
 type hijackedConn struct {
 	net.Conn
-	c       *conn // set by the handler after Upgrade, before the reader starts
-	deflate bool  // the handshake response accepted permessage-deflate
+	deflate bool // the handshake response accepted permessage-deflate
 }
 
 var deflateAccepted = []byte("\r\nSec-WebSocket-Extensions: permessage-deflate")
 
 func (h *hijackedConn) Write(p []byte) (int, error) {
-	if h.c == nil {
-		if bytes.Contains(p, deflateAccepted) {
-			h.deflate = true
-		}
-		return h.Conn.Write(p)
+	if bytes.Contains(p, deflateAccepted) {
+		h.deflate = true
 	}
-	f := bytes.Clone(p)
-	if wsframe.IsClose(f) {
-		h.c.closeFrame(f, false)
-	} else {
-		h.c.enqueue(f)
-	}
-	return len(p), nil
-}
-
-func (h *hijackedConn) SetWriteDeadline(t time.Time) error {
-	if h.c == nil {
-		return h.Conn.SetWriteDeadline(t)
-	}
-	return nil
-}
-
-func (h *hijackedConn) SetDeadline(t time.Time) error {
-	if h.c == nil {
-		return h.Conn.SetDeadline(t)
-	}
-	return h.Conn.SetReadDeadline(t)
+	return h.Conn.Write(p)
 }

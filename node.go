@@ -108,9 +108,12 @@ func New(cfg Config) (*Node, error) {
 	n.initMetrics()
 	pool := &sync.Pool{}
 	n.upgrader = websocket.Upgrader{
-		HandshakeTimeout:  cfg.HandshakeTimeout,
-		ReadBufferSize:    cfg.ReadBufferSize,
-		WriteBufferPool:   pool, // gorilla never writes data frames here; this keeps it from holding a buffer
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		// gorilla only performs the handshake (conn reads and writes the
+		// frames): a zero read size makes it reuse the HTTP server's
+		// hijacked reader rather than allocate one, and the pool keeps it
+		// from allocating a write buffer.
+		WriteBufferPool:   pool,
 		Subprotocols:      []string{protocol.Subprotocol},
 		CheckOrigin:       oc.check,
 		EnableCompression: cfg.EnableCompression,
@@ -285,7 +288,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	if raw {
 		up = &n.rawUp
 	}
-	ws, err := up.Upgrade(hw, r, nil)
+	_, err := up.Upgrade(hw, r, nil)
 	if err != nil {
 		// Upgrade has answered the request (or the socket is gone); log it.
 		if hw.hc != nil {
@@ -305,7 +308,6 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		raw:        raw,
 		rawChannel: rawChannel,
 		echo:       raw && q.Get("echo") == "1",
-		ws:         ws,
 		nc:         hc.Conn,
 		flushed:    make(chan struct{}),
 	}
@@ -319,7 +321,6 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		c.limiter = rate.NewLimiter(rate.Limit(n.cfg.MessageRate), n.cfg.MessageBurst)
 		c.refusals = rate.NewLimiter(rate.Limit(n.cfg.MessageRate), n.cfg.MessageBurst)
 	}
-	hc.c = c
 	n.hub.addConn(c)
 	c.startAuthTimers(id)
 	if raw {
@@ -342,7 +343,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Raw: raw, RawChannel: rawChannel, RemoteAddr: r.RemoteAddr})
 	}
 	n.log.Debug("connected", "client", c.id, "user", c.user, "raw", raw, "remote", r.RemoteAddr)
-	c.startReader()
+	c.startReader(hc.deflate)
 }
 
 // identity is who a handshake says the client is.

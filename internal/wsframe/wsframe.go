@@ -1,6 +1,7 @@
 // Package wsframe builds complete, unmasked server-to-client WebSocket frames
 // (RFC 6455 section 5.2), so that one encoding of a message can be written to
-// any number of connections.
+// any number of connections, and parses the masked frames clients send
+// (Decoder) without holding a buffer of its own between reads.
 package wsframe
 
 import (

@@ -1,0 +1,27 @@
+//go:build unix
+
+package herald
+
+import "syscall"
+
+// pollable: the reader may wait for readability without holding a buffer.
+const pollable = true
+
+// tryRead is the function the reader hands syscall.RawConn.Read: it reads
+// into a pooled chunk, and gives the chunk back and reports false (wait for
+// readability) when there is nothing to read. Reader goroutine only.
+func (c *conn) tryRead(fd uintptr) bool {
+	b := readChunks.Get().(*[]byte)
+	for {
+		n, err := syscall.Read(int(fd), *b)
+		switch err {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			readChunks.Put(b)
+			return false
+		}
+		c.chunk, c.nread, c.rerr = b, max(n, 0), err
+		return true
+	}
+}
