@@ -89,8 +89,11 @@ type Config struct {
 	// Disconnect take.
 	OnConnect func(ClientInfo)
 
-	// ReadBufferSize is the per-connection read buffer in bytes. Zero means 512:
-	// client messages are small, and an idle connection should hold little.
+	// ReadBufferSize is the read buffer, in bytes, of a connection whose
+	// socket has no file descriptor to wait on (TLS served by crypto/tls):
+	// it keeps one for its life. Other connections hold none while idle and
+	// borrow a pooled 4 KiB one for each read. Zero means 512: client
+	// messages are small, and an idle connection should hold little.
 	ReadBufferSize int
 	// MaxMessageSize caps one incoming message in bytes, after decompression.
 	// A larger one closes the connection with 1009. Zero means 64 KiB.

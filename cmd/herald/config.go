@@ -336,7 +336,7 @@ var settings = []*setting{
 		func(c *Config) *string { return &c.JWTAudience }),
 	durationSetting("connect_timeout", "with token authentication, time a protocol client has to send connect before close 4005", "10s",
 		func(c *Config) *time.Duration { return &c.ConnectTimeout }),
-	intSetting("read_buffer_size", "per-connection read buffer in bytes", "512",
+	intSetting("read_buffer_size", "read buffer in bytes of a TLS connection (plain connections hold none while idle)", "512",
 		func(c *Config) *int { return &c.ReadBufferSize }),
 	{
 		name: "max_message_size", arg: "BYTES", def: "65536",
