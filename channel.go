@@ -31,6 +31,10 @@ type subEntry struct {
 	// path drops offsets up to after. Written before rec is cleared, read
 	// only after rec is seen nil: the atomic orders the two.
 	after uint64
+	// presence and joinLeave are the namespace's settings when the
+	// subscription was made: it leaves as it joined, whatever SetNamespaces
+	// did meanwhile.
+	presence, joinLeave bool
 }
 
 type recoverBuf struct {
@@ -55,7 +59,7 @@ func (n *Node) channelNamespace(channel string) (*Namespace, *protocol.Error) {
 	if !protocol.ValidChannel(channel) {
 		return nil, badChannel(channel)
 	}
-	ns := n.ns.lookup(channel)
+	ns := n.ns.load().lookup(channel)
 	if ns == nil {
 		return nil, protocol.Errorf(protocol.CodeBadChannel, "channel %q is in no configured namespace", channel)
 	}
@@ -96,11 +100,11 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 	if dup {
 		return nil, nil, protocol.Errorf(protocol.CodeAlreadySub, "already subscribed to %q", channel)
 	}
-	if count >= n.cfg.MaxChannelsPerConnection {
-		return nil, nil, protocol.Errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d channels", n.cfg.MaxChannelsPerConnection)
+	if maxChannels := n.limits.Load().MaxChannelsPerConnection; count >= maxChannels {
+		return nil, nil, protocol.Errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d channels", maxChannels)
 	}
 
-	e := &subEntry{}
+	e := &subEntry{presence: ns.Presence, joinLeave: ns.JoinLeave}
 	var rb *recoverBuf
 	if ns.HistorySize > 0 {
 		rb = &recoverBuf{}
@@ -155,14 +159,14 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 		f := false
 		res.Recovered, res.Reason = &f, protocol.ReasonNoHistory
 	}
-	if ns.Presence {
+	if e.presence {
 		p := ClientPresence{Client: c.id, User: c.user, Info: c.info}
 		ctx, cancel := n.opCtx()
 		defer cancel()
 		if err := n.presence.AddPresence(ctx, channel, p); err != nil {
 			n.log.Warn("presence add failed", "channel", channel, "err", err)
 		}
-		if ns.JoinLeave {
+		if e.joinLeave {
 			join := finish
 			finish = func() {
 				join()
@@ -271,7 +275,8 @@ func (n *Node) removeSubscription(c *conn, channel string) bool {
 	}
 	l := &n.subLocks[n.hub.index(channel)%len(n.subLocks)]
 	l.Lock()
-	if n.hub.removeSub(channel, c) {
+	e, last := n.hub.removeSub(channel, c)
+	if last {
 		n.offsets.Delete(channel)
 		ctx, cancel := n.opCtx()
 		defer cancel()
@@ -280,13 +285,14 @@ func (n *Node) removeSubscription(c *conn, channel string) bool {
 		}
 	}
 	l.Unlock()
-	if ns := n.ns.lookup(channel); ns != nil && ns.Presence {
+	// The subscription leaves as it joined (its namespace may have changed).
+	if e != nil && e.presence {
 		ctx, cancel := n.opCtx()
 		defer cancel()
 		if err := n.presence.RemovePresence(ctx, channel, c.id); err != nil {
 			n.log.Warn("presence remove failed", "channel", channel, "err", err)
 		}
-		if ns.JoinLeave {
+		if e.joinLeave {
 			c.mu.Lock() // may run off c's reader goroutine (unsubscribe_user)
 			p := &ClientPresence{Client: c.id, User: c.user, Info: c.info}
 			c.mu.Unlock()
@@ -455,8 +461,9 @@ func (n *Node) gapBefore(pub *Publication) bool {
 // recover from history — or are told recovered:false. Channels with history
 // and no gap are left alone.
 func (n *Node) HandleReconnect() {
+	nss := n.ns.load()
 	for ch := range n.hub.channelCounts() {
-		ns := n.ns.lookup(ch)
+		ns := nss.lookup(ch)
 		if ns != nil && ns.HistorySize > 0 {
 			var last uint64
 			if v, ok := n.offsets.Load(ch); ok {

@@ -24,7 +24,8 @@ type Config struct {
 
 	// Namespaces configure history, recovery and presence per channel
 	// namespace; see Namespace. Empty means every channel is accepted, with
-	// no history and no presence.
+	// no history and no presence. Node.SetNamespaces changes them while the
+	// node runs.
 	Namespaces []Namespace
 	// BrokerTimeout bounds each broker, presence and token-verification call
 	// made for a client (subscribe, publish, history, presence, connect).
@@ -41,6 +42,8 @@ type Config struct {
 	// same-origin only. Requests without an Origin header (non-browser
 	// clients) are always accepted: Origin checks exist to stop other web
 	// sites from riding a browser's cookies (CSWSH), which needs a browser.
+	// Node.SetAllowedOrigins changes them, and AllowAnyOrigin, while the
+	// node runs.
 	AllowedOrigins []string
 	// AllowAnyOrigin disables the origin check. It lets every web site open
 	// connections with your users' cookies; New logs a warning when it is set.
@@ -62,6 +65,11 @@ type Config struct {
 	// connect when Tokens is set; past it, it is closed with 4005. Zero
 	// means 10s.
 	ConnectTimeout time.Duration
+
+	// The connection limits (MaxConnections, MaxConnectionsPerUser,
+	// MaxConnectionsPerIP, ConnectRatePerIP, and MaxChannelsPerConnection
+	// below) can change while the node runs: see Node.SetLimits and Limits.
+	// MessageRate and MessageBurst cannot.
 
 	// MaxConnections caps this node's connections; past it the handshake
 	// gets 503. Zero means 100,000.
@@ -122,7 +130,7 @@ type Config struct {
 	MaxQueueMessages int
 
 	// MaxChannelsPerConnection caps the channels one connection may hold.
-	// Zero means 256.
+	// Zero means 256. Node.SetLimits changes it while the node runs.
 	MaxChannelsPerConnection int
 
 	// EnableCompression negotiates permessage-deflate (RFC 7692, no context
@@ -179,17 +187,14 @@ func (c Config) withDefaults() Config {
 	defDur(&c.IdempotencyWindow, 2*time.Minute)
 	defDur(&c.BrokerTimeout, 5*time.Second)
 	defDur(&c.ConnectTimeout, 10*time.Second)
-	def(&c.MaxConnections, 100_000)
-	def(&c.MaxConnectionsPerUser, 100)
-	if c.ConnectRatePerIP == 0 {
-		c.ConnectRatePerIP = 1000
-	}
+	l := c.limits().withDefaults() // the same defaults as Node.SetLimits
+	c.MaxConnections, c.MaxConnectionsPerUser = l.MaxConnections, l.MaxConnectionsPerUser
+	c.ConnectRatePerIP, c.MaxChannelsPerConnection = l.ConnectRatePerIP, l.MaxChannelsPerConnection
 	if c.MessageRate > 0 && c.MessageBurst <= 0 {
 		c.MessageBurst = int(math.Ceil(c.MessageRate))
 	}
 	def(&c.MaxQueueBytes, 1<<20)
 	def(&c.MaxQueueMessages, 8192)
-	def(&c.MaxChannelsPerConnection, 256)
 	def(&c.CompressionMinSize, 256)
 	def(&c.Shards, 64)
 	if c.Logger == nil {

@@ -60,25 +60,23 @@ func (h *hub) addSub(channel string, c *conn, e *subEntry) (first bool) {
 	return len(m) == 1
 }
 
-// removeSub removes c from channel and reports whether the channel has no
-// local subscriber left.
-func (h *hub) removeSub(channel string, c *conn) (last bool) {
+// removeSub removes c from channel, returns its entry (nil if c was not
+// subscribed) and reports whether the channel has no local subscriber left.
+func (h *hub) removeSub(channel string, c *conn) (e *subEntry, last bool) {
 	s := &h.channels[h.index(channel)]
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m := s.subs[channel]
-	if m == nil {
-		return false
-	}
-	if _, ok := m[c]; !ok {
-		return false
+	e, ok := m[c]
+	if !ok {
+		return nil, false
 	}
 	delete(m, c)
 	if len(m) == 0 {
 		delete(s.subs, channel)
-		return true
+		return e, true
 	}
-	return false
+	return e, false
 }
 
 // forEachSub calls f for every local subscriber of channel, with the shard

@@ -12,15 +12,15 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// ipLimits counts connections and paces new ones per client IP address.
-// Entries live while the IP has connections or its rate limiter is not yet
-// full again; sweep drops the rest.
+// ipLimits counts connections and paces new ones per client IP address,
+// with the limits in force at each handshake (Node.SetLimits can change
+// them). Connections are counted even with no cap, so that a cap set later
+// counts the connections already open. An entry with no connection is
+// dropped at once when it has no rate limiter, else kept while it may
+// remember a recent burst; sweep drops the rest.
 type ipLimits struct {
 	seed   maphash.Seed
 	shards [64]ipShard
-	max    int        // connections per IP; 0 = no cap
-	rate   rate.Limit // new connections per second per IP; 0 = no cap
-	burst  int
 }
 
 type ipShard struct {
@@ -34,22 +34,14 @@ type ipEntry struct {
 	seen    time.Time
 }
 
-func newIPLimits(max int, perSecond float64) *ipLimits {
-	l := &ipLimits{seed: maphash.MakeSeed(), max: max}
-	if perSecond > 0 {
-		l.rate = rate.Limit(perSecond)
-		l.burst = int(math.Ceil(perSecond))
-	}
-	return l
+func newIPLimits() *ipLimits {
+	return &ipLimits{seed: maphash.MakeSeed()}
 }
 
-// acquire admits one more connection from ip, or returns the HTTP status and
-// the seconds to wait (for Retry-After) that refuse it. A successful acquire
-// must be paired with release.
-func (l *ipLimits) acquire(ip string, now time.Time) (status int, retryAfter int) {
-	if l.max == 0 && l.rate == 0 {
-		return 0, 0
-	}
+// acquire admits one more connection from ip under lim, or returns the HTTP
+// status and the seconds to wait (for Retry-After) that refuse it. A
+// successful acquire must be paired with release.
+func (l *ipLimits) acquire(ip string, now time.Time, lim *nodeLimits) (status int, retryAfter int) {
 	s := &l.shards[maphash.String(l.seed, ip)%uint64(len(l.shards))]
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -59,13 +51,21 @@ func (l *ipLimits) acquire(ip string, now time.Time) (status int, retryAfter int
 	e := s.m[ip]
 	if e == nil {
 		e = &ipEntry{}
-		if l.rate > 0 {
-			e.limiter = rate.NewLimiter(l.rate, l.burst)
-		}
 		s.m[ip] = e
 	}
 	e.seen = now
-	if l.max > 0 && e.conns >= l.max {
+	// The rate in force: a limiter made under another one takes the new
+	// rate and burst, keeping its tokens.
+	switch {
+	case lim.connRate == 0:
+		e.limiter = nil
+	case e.limiter == nil:
+		e.limiter = rate.NewLimiter(lim.connRate, lim.connBurst)
+	case e.limiter.Limit() != lim.connRate || e.limiter.Burst() != lim.connBurst:
+		e.limiter.SetLimitAt(now, lim.connRate)
+		e.limiter.SetBurstAt(now, lim.connBurst)
+	}
+	if lim.MaxConnectionsPerIP > 0 && e.conns >= lim.MaxConnectionsPerIP {
 		return http.StatusTooManyRequests, 1
 	}
 	if e.limiter != nil && !e.limiter.AllowN(now, 1) {
@@ -79,13 +79,12 @@ func (l *ipLimits) acquire(ip string, now time.Time) (status int, retryAfter int
 }
 
 func (l *ipLimits) release(ip string) {
-	if l.max == 0 && l.rate == 0 {
-		return
-	}
 	s := &l.shards[maphash.String(l.seed, ip)%uint64(len(l.shards))]
 	s.mu.Lock()
 	if e := s.m[ip]; e != nil && e.conns > 0 {
-		e.conns--
+		if e.conns--; e.conns == 0 && e.limiter == nil {
+			delete(s.m, ip) // nothing to remember
+		}
 	}
 	s.mu.Unlock()
 }

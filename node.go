@@ -26,6 +26,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -40,17 +41,26 @@ import (
 // Lifecycle: New, then Run (heartbeats and the broker's delivery) in a
 // goroutine; serve Handler and RawHandler; Shutdown (or cancel Run's context)
 // to stop. A Node is not reusable after Shutdown.
+//
+// Its connection limits, allowed origins and namespaces can change while it
+// runs (SetLimits, SetAllowedOrigins, SetNamespaces, SetSettings); the rest
+// of its Config is fixed by New.
 type Node struct {
 	cfg      Config
 	log      *slog.Logger
 	broker   Broker
 	hub      *hub
-	origins  *originChecker
 	upgrader websocket.Upgrader
 	rawUp    websocket.Upgrader
 	metrics  nodeMetrics
-	ns       *namespaces
 	presence PresenceManager
+
+	// The settings a running node can change (reload.go): each is an
+	// immutable value, swapped whole and loaded once per operation. The
+	// matching fields of cfg keep the values the node started with.
+	origins atomic.Pointer[originChecker]
+	ns      nsRef
+	limits  atomic.Pointer[nodeLimits]
 
 	// subLocks serialise subscribe/unsubscribe per channel (striped), so the
 	// broker sees Subscribe and Unsubscribe of one channel in the order the
@@ -91,8 +101,14 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, broker: cfg.Broker, hub: newHub(cfg.Shards), origins: oc, ns: ns, presence: cfg.Presence,
-		ips: newIPLimits(cfg.MaxConnectionsPerIP, cfg.ConnectRatePerIP)}
+	lim, err := newNodeLimits(cfg.limits())
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger, broker: cfg.Broker, hub: newHub(cfg.Shards), presence: cfg.Presence, ips: newIPLimits()}
+	n.origins.Store(oc)
+	n.ns.p.Store(ns)
+	n.limits.Store(lim)
 	if n.broker == nil {
 		n.broker = NewMemoryBroker()
 	}
@@ -115,7 +131,7 @@ func New(cfg Config) (*Node, error) {
 		// from allocating a write buffer.
 		WriteBufferPool:   pool,
 		Subprotocols:      []string{protocol.Subprotocol},
-		CheckOrigin:       oc.check,
+		CheckOrigin:       n.checkOrigin, // the policy in force: SetAllowedOrigins changes it
 		EnableCompression: cfg.EnableCompression,
 		Error:             n.upgradeError,
 	}
@@ -414,12 +430,13 @@ func grantSet(chans []string) map[string]struct{} {
 // admit applies the connection limits before an upgrade and counts the
 // connection in; a zero status must be paired with release(ip).
 func (n *Node) admit(w http.ResponseWriter, ip, user string) (status int, msg string) {
+	lim := n.limits.Load()
 	n.mu.Lock()
 	switch {
 	case n.closing:
 		n.mu.Unlock()
 		return http.StatusServiceUnavailable, "Service Unavailable: server shutting down"
-	case n.conns >= n.cfg.MaxConnections:
+	case n.conns >= lim.MaxConnections:
 		n.mu.Unlock()
 		n.metrics.limitHits.Add(1)
 		return http.StatusServiceUnavailable, "Service Unavailable: too many connections"
@@ -427,7 +444,7 @@ func (n *Node) admit(w http.ResponseWriter, ip, user string) (status int, msg st
 	n.conns++
 	n.wg.Add(1)
 	n.mu.Unlock()
-	if st, secs := n.ips.acquire(ip, time.Now()); st != 0 {
+	if st, secs := n.ips.acquire(ip, time.Now(), lim); st != 0 {
 		n.mu.Lock()
 		n.conns--
 		n.mu.Unlock()
@@ -436,7 +453,7 @@ func (n *Node) admit(w http.ResponseWriter, ip, user string) (status int, msg st
 		retryAfter(w, secs)
 		return st, "Too Many Requests: too many connections from this address"
 	}
-	if !n.moveUser("", user) {
+	if !n.moveUserMax("", user, lim.MaxConnectionsPerUser) {
 		n.release(ip, "")
 		n.metrics.limitHits.Add(1)
 		return http.StatusTooManyRequests, "Too Many Requests: too many connections for this user"
@@ -456,12 +473,17 @@ func (n *Node) release(ip, user string) {
 
 // moveUser moves one connection's slot from user from to user to (either
 // may be "" for anonymous), unless to already has MaxConnectionsPerUser
-// connections. Counting under n.mu, from admission on, means two
-// handshakes of one user at the same instant cannot both pass the cap.
+// connections (the limit in force). Counting under n.mu, from admission on,
+// means two handshakes of one user at the same instant cannot both pass
+// the cap.
 func (n *Node) moveUser(from, to string) bool {
+	return n.moveUserMax(from, to, n.limits.Load().MaxConnectionsPerUser)
+}
+
+func (n *Node) moveUserMax(from, to string, maxPerUser int) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if to != "" && n.users[to] >= n.cfg.MaxConnectionsPerUser {
+	if to != "" && n.users[to] >= maxPerUser {
 		return false
 	}
 	n.moveUserLocked(from, to)
@@ -487,6 +509,9 @@ func (n *Node) moveUserLocked(from, to string) {
 
 // permit checks a client's permission p on channel; see Namespace.
 func (n *Node) permit(user string, grants map[string]struct{}, channel string, p Permission) *protocol.Error {
+	if p == permNoNamespace { // the namespace was removed (SetNamespaces)
+		return protocol.Errorf(protocol.CodeBadChannel, "channel %q is in no configured namespace", channel)
+	}
 	if users, limited := userLimit(channel); limited {
 		if user != "" && slices.Contains(users, user) {
 			return nil

@@ -108,20 +108,7 @@ func (c *Config) tokenVerifier(ctx context.Context, logger *slog.Logger) (herald
 func logAuth(logger *slog.Logger, c *Config) {
 	if !c.authEnabled() {
 		logger.Warn(openModeWarning)
-		for _, ns := range c.Namespaces {
-			for _, p := range []struct {
-				key  string
-				perm herald.Permission
-			}{
-				{"allow_subscribe", ns.AllowSubscribe}, {"allow_publish", ns.AllowPublish},
-				{"allow_presence", ns.AllowPresence}, {"allow_history", ns.AllowHistory},
-			} {
-				if p.perm == herald.PermAuthenticated || p.perm == herald.PermGranted {
-					logger.Warn("namespace permission needs token authentication, which is off: no client qualifies",
-						"namespace", ns.Name, p.key, string(p.perm))
-				}
-			}
-		}
+		warnNamespacePermissions(logger, c)
 		return
 	}
 	var keys []string
@@ -150,6 +137,26 @@ func logAuth(logger *slog.Logger, c *Config) {
 	}
 	if u, err := url.Parse(c.JWKSURL); err == nil && u.Scheme == "http" && !isLoopback(u.Hostname()) {
 		logger.Warn("jwks_url is plain http: whoever sits on the network path can swap the keys and forge tokens; use https", "jwks_url", redactURL(c.JWKSURL))
+	}
+}
+
+// warnNamespacePermissions warns, with token authentication off, of each
+// namespace permission that no client can then pass (at start, and when a
+// reload changes the namespaces).
+func warnNamespacePermissions(logger *slog.Logger, c *Config) {
+	for _, ns := range c.Namespaces {
+		for _, p := range []struct {
+			key  string
+			perm herald.Permission
+		}{
+			{"allow_subscribe", ns.AllowSubscribe}, {"allow_publish", ns.AllowPublish},
+			{"allow_presence", ns.AllowPresence}, {"allow_history", ns.AllowHistory},
+		} {
+			if p.perm == herald.PermAuthenticated || p.perm == herald.PermGranted {
+				logger.Warn("namespace permission needs token authentication, which is off: no client qualifies",
+					"namespace", ns.Name, p.key, string(p.perm))
+			}
+		}
 	}
 }
 

@@ -1140,8 +1140,10 @@ herald help pub); with admin_password, the admin dashboard at /admin. With
 With broker redis or nats, several servers share channels, presence and
 history. On SIGINT or SIGTERM the server drains (drain_window), then shuts
 down (shutdown_timeout). SIGHUP reloads log_level, api_key, admin_password,
-metrics, drain_window, shutdown_timeout and the TLS certificate, and logs
-every other changed setting as needing a restart.
+metrics, drain_window, shutdown_timeout, the TLS certificate, the connection
+limits, allowed_origins, allow_any_origin and namespaces (open connections
+and subscriptions stay), and logs every other changed setting as needing a
+restart.
 
 Without a key (jwt_secret_file, jwt_secret, jwt_rsa_public_key,
 jwt_ecdsa_public_key or jwks_url) the server is OPEN: anyone who reaches it

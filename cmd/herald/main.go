@@ -21,7 +21,8 @@ func main() {
 	// Ctrl-C kills a shutdown that takes too long instead of being swallowed.
 	context.AfterFunc(ctx, stop)
 	// SIGHUP reloads what `herald serve` can change while running (log
-	// level, API key, admin password, TLS certificate) and reports the rest.
+	// level, API key, admin password, TLS certificate, limits, origins,
+	// namespaces) and reports the rest.
 	// Without this, SIGHUP would kill the process.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

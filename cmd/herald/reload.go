@@ -4,21 +4,50 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"fmt"
 	"os"
-	"reflect"
 	"slices"
 	"strings"
+
+	"github.com/heraldhq/herald"
 )
 
 // What SIGHUP can change.
 //
-// The node's settings are fixed when it is created (herald.Config is read
-// by herald.New), so a reload changes only what the binary itself owns:
-// the log level, the API key, the admin password, whether /metrics is
-// served, the drain window and shutdown timeout (read at shutdown), and the
-// TLS certificate (served through GetCertificate). For every other setting
-// the new file is compared with the running configuration, and each
-// difference is logged as needing a restart: nothing is silently ignored.
+// A reload reads the configuration again (the same flags and environment,
+// the config file as it is now) and applies, all or nothing:
+//
+//   - what the binary itself owns: the log level, the API key, the admin
+//     password, whether /metrics is served, the drain window and shutdown
+//     timeout (read at shutdown), and the TLS certificate while TLS stays on
+//     (served through GetCertificate);
+//   - the node's settings that can change while it runs, through
+//     herald.Node.SetSettings: the connection limits (max_connections,
+//     max_connections_per_user, max_connections_per_ip, connect_rate_per_ip,
+//     max_channels_per_connection), the allowed origins (allowed_origins,
+//     allow_any_origin) and the namespaces. Nothing already admitted is
+//     undone: a lower limit closes no connection, an origin removed closes
+//     no connection, a namespace changed or removed ends no subscription.
+//     Every later handshake, connect, subscribe, publish, history and
+//     presence call follows the new values (see herald.Limits and
+//     herald.Node.SetNamespaces).
+//
+// Each applied setting is logged ("reloaded", with the old and new value
+// unless it is a secret). For every other setting the new configuration is
+// compared with the running one, and each difference is logged as needing
+// a restart: nothing is silently ignored. Among those: addr, broker and its
+// URLs and prefix, TLS on or off, the JWT keys and their files, the
+// message rate and burst, the timeouts, buffer and queue sizes,
+// compression and log_format.
+
+// nodeReloadable are the settings of the node that a reload applies
+// (besides namespaces, which is in the file only and has no entry in
+// settings).
+var nodeReloadable = []string{
+	"allowed_origins", "allow_any_origin",
+	"max_connections", "max_connections_per_user", "max_connections_per_ip",
+	"connect_rate_per_ip", "max_channels_per_connection",
+}
 
 // reloadable lists the settings a reload applies. tls_cert and tls_key are
 // reloadable only while TLS stays on (the listener is made at start).
@@ -31,6 +60,31 @@ var reloadable = map[string]bool{
 	"metrics":             true,
 	"drain_window":        true,
 	"shutdown_timeout":    true,
+}
+
+func init() {
+	for _, name := range nodeReloadable {
+		settingByName(name) // panics on a misspelt name
+		reloadable[name] = true
+	}
+}
+
+// nodeSettings returns the node's settings that a reload can change,
+// mapped as nodeConfig maps them at start.
+func (c *Config) nodeSettings() herald.Settings {
+	nc := c.nodeConfig(nil)
+	return herald.Settings{
+		Limits: herald.Limits{
+			MaxConnections:           nc.MaxConnections,
+			MaxConnectionsPerUser:    nc.MaxConnectionsPerUser,
+			MaxConnectionsPerIP:      nc.MaxConnectionsPerIP,
+			ConnectRatePerIP:         nc.ConnectRatePerIP,
+			MaxChannelsPerConnection: nc.MaxChannelsPerConnection,
+		},
+		AllowedOrigins: nc.AllowedOrigins,
+		AllowAnyOrigin: nc.AllowAnyOrigin,
+		Namespaces:     nc.Namespaces,
+	}
 }
 
 // startFiles are the settings naming files that are read at start only.
@@ -100,36 +154,64 @@ func (in *instance) reload(load func() (Config, error)) {
 	if err == nil && tlsStays {
 		cert, err = next.loadCertificate()
 	}
+	// The node's settings go last among what can fail: SetSettings
+	// validates them all before it changes any, and nothing after it fails.
+	// They are set whether or not they changed, so that the node judges
+	// every new file (setting equal values changes nothing).
+	if err == nil {
+		if err = in.node.SetSettings(next.nodeSettings()); err != nil {
+			err = fmt.Errorf("invalid node settings: %w", err)
+		}
+	}
 	if err != nil {
 		log.Error("reload failed: the running configuration is unchanged", "err", err)
 		return
 	}
 
 	var applied []string
+	for _, name := range nodeReloadable {
+		if s := settingByName(name); s.get(&in.cfg) != s.get(&next) {
+			log.Info("reloaded", "setting", name, "old", s.get(&in.cfg), "new", s.get(&next))
+			applied = append(applied, name)
+		}
+	}
+	if added, removed, changed := namespaceChanges(in.cfg.Namespaces, next.Namespaces); len(added)+len(removed)+len(changed) > 0 {
+		log.Info("reloaded", "setting", "namespaces", "added", added, "removed", removed, "changed", changed)
+		applied = append(applied, "namespaces")
+		if !next.authEnabled() {
+			warnNamespacePermissions(log, &next)
+		}
+	}
+	in.cfg.AllowedOrigins, in.cfg.AllowAnyOrigin = next.AllowedOrigins, next.AllowAnyOrigin
+	in.cfg.MaxConnections, in.cfg.MaxConnectionsPerUser = next.MaxConnections, next.MaxConnectionsPerUser
+	in.cfg.MaxConnectionsPerIP, in.cfg.ConnectRatePerIP = next.MaxConnectionsPerIP, next.ConnectRatePerIP
+	in.cfg.MaxChannelsPerConnection, in.cfg.Namespaces = next.MaxChannelsPerConnection, next.Namespaces
+
+	var owned []string
 	if next.LogLevel != in.cfg.LogLevel {
 		in.level.Set(next.LogLevel)
-		applied = append(applied, "log_level")
+		owned = append(owned, "log_level")
 	}
 	if apiKey != in.apiKey {
 		in.setAPIKey(apiKey)
-		applied = append(applied, "api_key")
+		owned = append(owned, "api_key")
 	}
 	if in.admin.setPassword(adminPassword) {
-		applied = append(applied, "admin_password")
+		owned = append(owned, "admin_password")
 	}
 	if next.Metrics != in.cfg.Metrics {
 		in.metrics.Store(next.Metrics)
-		applied = append(applied, "metrics")
+		owned = append(owned, "metrics")
 	}
 	if next.DrainWindow != in.cfg.DrainWindow {
-		applied = append(applied, "drain_window")
+		owned = append(owned, "drain_window")
 	}
 	if next.ShutdownTimeout != in.cfg.ShutdownTimeout {
-		applied = append(applied, "shutdown_timeout")
+		owned = append(owned, "shutdown_timeout")
 	}
 	if tlsStays && !sameCertificate(cert, in.cert.Load()) {
 		in.cert.Store(cert)
-		applied = append(applied, "tls_cert")
+		owned = append(owned, "tls_cert")
 	}
 	// The running configuration takes the applied values, so that the next
 	// reload compares with what runs.
@@ -142,9 +224,10 @@ func (in *instance) reload(load func() (Config, error)) {
 	}
 
 	restart := in.needsRestart(&next)
-	for _, name := range applied {
+	for _, name := range owned {
 		log.Info("reloaded", "setting", name) // never the value: some are secrets
 	}
+	applied = append(owned, applied...)
 	log.Info("configuration reloaded", "applied", strings.Join(applied, ","), "needs_restart", strings.Join(restart, ","))
 }
 
@@ -172,10 +255,6 @@ func (in *instance) needsRestart(next *Config) []string {
 			in.logger.Warn(msg, "setting", s.name, "running", running, "file", file)
 		}
 	}
-	if !reflect.DeepEqual(in.cfg.Namespaces, next.Namespaces) {
-		names = append(names, "namespaces")
-		in.logger.Warn(msg, "setting", "namespaces")
-	}
 	for _, name := range startFiles {
 		path := settingByName(name).get(next)
 		if path == "" || path != settingByName(name).get(&in.cfg) || slices.Contains(names, name) {
@@ -187,6 +266,33 @@ func (in *instance) needsRestart(next *Config) []string {
 		}
 	}
 	return names
+}
+
+// namespaceChanges names the namespaces that are new in next, gone from it,
+// or configured differently ("" is the namespace of channels without ':').
+func namespaceChanges(running, next []herald.Namespace) (added, removed, changed []string) {
+	added, removed, changed = []string{}, []string{}, []string{} // [] in the log, not null
+	byName := func(list []herald.Namespace) map[string]herald.Namespace {
+		m := make(map[string]herald.Namespace, len(list))
+		for _, ns := range list {
+			m[ns.Name] = ns
+		}
+		return m
+	}
+	old, nu := byName(running), byName(next)
+	for _, ns := range next {
+		if o, ok := old[ns.Name]; !ok {
+			added = append(added, ns.Name)
+		} else if o != ns {
+			changed = append(changed, ns.Name)
+		}
+	}
+	for _, ns := range running {
+		if _, ok := nu[ns.Name]; !ok {
+			removed = append(removed, ns.Name)
+		}
+	}
+	return added, removed, changed
 }
 
 func sameCertificate(a, b *tls.Certificate) bool {

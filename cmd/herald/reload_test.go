@@ -13,9 +13,11 @@ import (
 )
 
 // TestServeReload: SIGHUP applies what the binary owns (log level, API key
-// from its file, admin password, metrics), logs each setting that changed
-// in the file but needs a restart, and leaves everything as it was when
-// the new file is invalid. No secret reaches the log.
+// from its file, admin password, metrics) and the node's reloadable
+// settings, logs each setting that changed in the file but needs a
+// restart, and leaves everything as it was when the new file is invalid.
+// No secret reaches the log. (TestServeReloadNodeSettings checks that the
+// node's settings take effect.)
 func TestServeReload(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -65,6 +67,7 @@ admin_password_file: `+pwFile+`
 metrics: false
 ping_interval: 10s
 max_connections: 7
+message_rate: 5
 namespaces:
   - name: chat
     history_size: 10
@@ -77,9 +80,10 @@ namespaces:
 		`"msg":"reloaded","setting":"admin_password"`,
 		`"msg":"reloaded","setting":"metrics"`,
 		`"msg":"changed in the file but needs a restart: the running value stays in force","setting":"ping_interval","running":"25s","file":"10s"`,
-		`"setting":"max_connections","running":"0","file":"7"`,
-		`"msg":"changed in the file but needs a restart: the running value stays in force","setting":"namespaces"`,
-		`"applied":"log_level,api_key,admin_password,metrics","needs_restart":"ping_interval,max_connections,namespaces"`,
+		`"msg":"changed in the file but needs a restart: the running value stays in force","setting":"message_rate","running":"0","file":"5"`,
+		`"msg":"reloaded","setting":"max_connections","old":"0","new":"7"`,
+		`"msg":"reloaded","setting":"namespaces","added":[],"removed":[],"changed":["chat"]`,
+		`"applied":"log_level,api_key,admin_password,metrics,max_connections,namespaces","needs_restart":"ping_interval,message_rate"`,
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the reload did not log %s", want)
@@ -130,6 +134,132 @@ namespaces:
 		if strings.Contains(s.logs.String(), secret) {
 			t.Errorf("a secret is in the log: %q", secret)
 		}
+	}
+}
+
+// TestServeReloadNodeSettings: SIGHUP applies the node's limits, allowed
+// origins and namespaces to a running server. A lower max_connections
+// refuses the next handshake with 503 and closes no open connection; an
+// origin added is accepted where it was refused; a namespace that gains
+// history serves it and a new one's permission applies to a new subscribe;
+// and a file the node refuses (a namespace configured twice, an origin
+// with a wildcard in the middle) changes nothing, not even what the binary
+// owns.
+func TestServeReloadNodeSettings(t *testing.T) {
+	t.Parallel()
+	cfgFile := filepath.Join(t.TempDir(), "herald.yaml")
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(cfgFile, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`max_connections: 10
+namespaces:
+  - name: chat
+`)
+	hup := make(chan os.Signal, 1)
+	s := startServerReload(t, hup, nil, "--config", cfgFile)
+	url := "ws://" + s.addr + "/ws"
+	reload := func(t *testing.T, n int) {
+		t.Helper()
+		hup <- syscall.SIGHUP
+		waitFor(t, "the reload", func() bool {
+			return strings.Count(s.logs.String(), `"msg":"configuration reloaded"`)+
+				strings.Count(s.logs.String(), `"msg":"reload failed: the running configuration is unchanged"`) >= n
+		})
+	}
+	dialStatus := func(t *testing.T, hdr http.Header) int {
+		t.Helper()
+		_, resp, err := dialWS(t, url, hdr)
+		if err == nil {
+			return http.StatusSwitchingProtocols
+		}
+		if resp == nil {
+			t.Fatalf("dial: %v", err)
+		}
+		return resp.StatusCode
+	}
+	app := http.Header{"Origin": {"https://app.example.com"}}
+
+	// Before: another origin is refused, chat keeps no history.
+	if st := dialStatus(t, app); st != http.StatusForbidden {
+		t.Fatalf("handshake from another origin: %d, want 403", st)
+	}
+	a, b := mustDialWS(t, url, nil), mustDialWS(t, url, nil)
+	call(t, a, `{"id":1,"cmd":"subscribe","channel":"chat:x"}`)
+	if m := request(t, a, `{"id":2,"cmd":"history","channel":"chat:x"}`); m.errorCode() != "not_enabled" {
+		t.Fatalf("history before: %s, want not_enabled", m.Error)
+	}
+
+	write(`max_connections: 2
+allowed_origins: [https://app.example.com]
+namespaces:
+  - name: chat
+    history_size: 10
+  - name: news
+    allow_subscribe: nobody
+`)
+	reload(t, 1)
+	logs := s.logs.String()
+	for _, want := range []string{
+		`"msg":"reloaded","setting":"allowed_origins","old":"","new":"https://app.example.com"`,
+		`"msg":"reloaded","setting":"max_connections","old":"10","new":"2"`,
+		`"msg":"reloaded","setting":"namespaces","added":["news"],"removed":[],"changed":["chat"]`,
+		`"applied":"allowed_origins,max_connections,namespaces","needs_restart":""`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the reload did not log %s", want)
+		}
+	}
+	// Two connections are open: a cap of 2 refuses a third and closes
+	// neither.
+	if st := dialStatus(t, nil); st != http.StatusServiceUnavailable {
+		t.Fatalf("third connection under max_connections 2: %d, want 503", st)
+	}
+	call(t, a, `{"id":3,"cmd":"ping"}`)
+	call(t, b, `{"id":1,"cmd":"ping"}`)
+	// The subscription made before stays; history is served now; a new
+	// subscribe follows the new namespaces.
+	if m := request(t, a, `{"id":4,"cmd":"history","channel":"chat:x"}`); m.Error != nil {
+		t.Fatalf("history after chat gained it: %s", m.Error)
+	}
+	if m := call(t, b, `{"id":2,"cmd":"subscribe","channel":"chat:x"}`); !strings.Contains(string(m.Result), `"epoch"`) {
+		t.Fatalf("subscribe to a channel with history: %s, want its position", m.Result)
+	}
+	if m := request(t, b, `{"id":3,"cmd":"subscribe","channel":"news:y"}`); m.errorCode() != "permission_denied" {
+		t.Fatalf("subscribe where nobody may: %s %s, want permission_denied", m.Result, m.Error)
+	}
+	// Once b has gone, the origin allowed since gets the free slot.
+	b.Close()
+	waitFor(t, "a handshake from the allowed origin", func() bool { return dialStatus(t, app) == http.StatusSwitchingProtocols })
+
+	// Files the node refuses change nothing, not even the log level.
+	for i, bad := range []string{
+		"namespaces:\n  - name: chat\n  - name: chat\n",
+		"allowed_origins: [https://app.*.example.com]\nnamespaces:\n  - name: chat\n    history_size: 10\n",
+	} {
+		write("log_level: debug\nmax_connections: 50\n" + bad)
+		reload(t, 2+i)
+	}
+	logs = s.logs.String()
+	if n := strings.Count(logs, `"msg":"reload failed: the running configuration is unchanged"`); n != 2 {
+		t.Fatalf("%d failed reloads logged, want 2:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, `configured twice`) || !strings.Contains(logs, `a wildcard may only be the first label`) {
+		t.Errorf("the failed reloads do not say why:\n%s", logs)
+	}
+	if strings.Contains(logs, `"setting":"log_level"`) || strings.Contains(logs, `"new":"50"`) {
+		t.Errorf("a failed reload applied something:\n%s", logs)
+	}
+	if st := dialStatus(t, nil); st != http.StatusServiceUnavailable {
+		t.Fatalf("after failed reloads: %d, want 503 (max_connections still 2)", st)
+	}
+	if m := request(t, a, `{"id":5,"cmd":"history","channel":"chat:x"}`); m.Error != nil {
+		t.Fatalf("history after failed reloads: %s (chat's history should stay)", m.Error)
+	}
+	if err := s.stop(t); err != nil {
+		t.Fatal(err)
 	}
 }
 
