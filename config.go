@@ -3,7 +3,6 @@ package herald
 import (
 	"encoding/json"
 	"log/slog"
-	"math"
 	"net/http"
 	"time"
 )
@@ -67,9 +66,9 @@ type Config struct {
 	ConnectTimeout time.Duration
 
 	// The connection limits (MaxConnections, MaxConnectionsPerUser,
-	// MaxConnectionsPerIP, ConnectRatePerIP, and MaxChannelsPerConnection
-	// below) can change while the node runs: see Node.SetLimits and Limits.
-	// MessageRate and MessageBurst cannot.
+	// MaxConnectionsPerIP, ConnectRatePerIP, MessageRate, MessageBurst and
+	// MaxChannelsPerConnection below) can change while the node runs: see
+	// Node.SetLimits and Limits.
 
 	// MaxConnections caps this node's connections; past it the handshake
 	// gets 503. Zero means 100,000.
@@ -190,9 +189,7 @@ func (c Config) withDefaults() Config {
 	l := c.limits().withDefaults() // the same defaults as Node.SetLimits
 	c.MaxConnections, c.MaxConnectionsPerUser = l.MaxConnections, l.MaxConnectionsPerUser
 	c.ConnectRatePerIP, c.MaxChannelsPerConnection = l.ConnectRatePerIP, l.MaxChannelsPerConnection
-	if c.MessageRate > 0 && c.MessageBurst <= 0 {
-		c.MessageBurst = int(math.Ceil(c.MessageRate))
-	}
+	c.MessageBurst = l.MessageBurst
 	def(&c.MaxQueueBytes, 1<<20)
 	def(&c.MaxQueueMessages, 8192)
 	def(&c.CompressionMinSize, 256)

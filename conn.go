@@ -63,7 +63,8 @@ type conn struct {
 	expTimer  *time.Timer
 	// authed is set once the client may send commands (read by the timer).
 	authed atomic.Bool
-	// limiter paces incoming messages (nil without Config.MessageRate);
+	// limiter paces incoming messages at the rate in force at admission (nil
+	// with no MessageRate);
 	// refusals paces the refused ones: a client that exhausts it too, by
 	// sending over twice the rate for a while, is closed.
 	limiter, refusals *rate.Limiter
@@ -72,6 +73,11 @@ type conn struct {
 	// a slow-consumer cut may shorten the real one behind its back, which
 	// only makes writes end sooner).
 	wdeadline time.Time
+	bufs      net.Buffers // the batch being written (writer goroutine only)
+	// writeLoopFn and readLoopFn are c.writeLoop and c.readLoop, made once:
+	// `go c.writeLoop()` allocates a closure each time, and a writer starts
+	// with every burst.
+	writeLoopFn, readLoopFn func()
 
 	// The read side, reader goroutine only (see conn_read.go).
 	dec       wsframe.Decoder
@@ -125,9 +131,13 @@ func (c *conn) enqueue(frame []byte) bool {
 		// give it only the close grace, not the full write timeout.
 		_ = c.nc.SetWriteDeadline(time.Now().Add(cfg.CloseGrace))
 		if start {
-			go c.writeLoop()
+			go c.writeLoopFn()
 		}
 		return false
+	}
+	if c.queue == nil {
+		// Reuse the drained batch rather than allocate a new queue per burst.
+		c.queue, c.spare = c.spare, nil
 	}
 	c.queue = append(c.queue, frame)
 	c.queuedBytes += len(frame)
@@ -135,7 +145,7 @@ func (c *conn) enqueue(frame []byte) bool {
 	c.writing = true
 	c.mu.Unlock()
 	if start {
-		go c.writeLoop()
+		go c.writeLoopFn()
 	}
 	return true
 }
@@ -151,7 +161,7 @@ func (c *conn) closeFrame(frame []byte, drop bool) {
 	start := c.closeLocked(frame, drop)
 	c.mu.Unlock()
 	if start {
-		go c.writeLoop()
+		go c.writeLoopFn()
 	}
 }
 
@@ -224,7 +234,7 @@ func (c *conn) writeLoop() {
 			c.wdeadline = now.Add(cfg.WriteTimeout)
 			_ = c.nc.SetWriteDeadline(c.wdeadline)
 		}
-		written, err := writeFrames(c.nc, batch)
+		written, err := c.writeFrames(batch)
 		c.node.metrics.framesOut.Add(uint64(len(batch)))
 		c.node.metrics.bytesOut.Add(uint64(written))
 		clear(batch)
@@ -255,10 +265,15 @@ var writeBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // writeFrames writes all frames in one call: writev on a TCP socket, or one
 // coalesced Write elsewhere (TLS, which would otherwise write per buffer).
-func writeFrames(nc net.Conn, frames [][]byte) (int64, error) {
+func (c *conn) writeFrames(frames [][]byte) (int64, error) {
+	nc := c.nc
 	if _, ok := nc.(*net.TCPConn); ok {
-		b := net.Buffers(frames)
-		return b.WriteTo(nc)
+		// c.bufs, not a local: WriteTo's receiver would escape, an
+		// allocation per write.
+		c.bufs = frames
+		n, err := c.bufs.WriteTo(nc)
+		c.bufs = nil
+		return n, err
 	}
 	buf := writeBufs.Get().(*bytes.Buffer)
 	buf.Reset()
@@ -572,7 +587,7 @@ func (c *conn) rateLimited(id uint64) bool {
 		c.close(websocket.ClosePolicyViolation, "message rate limit exceeded")
 		return true
 	}
-	c.reply(id, nil, protocol.Errorf(protocol.CodeRateLimited, "more than %g messages per second; slow down", c.node.cfg.MessageRate))
+	c.reply(id, nil, protocol.Errorf(protocol.CodeRateLimited, "more than %g messages per second; slow down", float64(c.limiter.Limit())))
 	return true
 }
 

@@ -63,7 +63,8 @@ func (c *conn) startReader(deflate bool) {
 		c.rbuf = make([]byte, cfg.ReadBufferSize)
 	}
 	c.extendReadDeadline()
-	go c.readLoop()
+	c.readLoopFn = c.readLoop
+	go c.readLoopFn()
 }
 
 // readLoop is the reader. Its own frame stays small and it parks in fill,
@@ -84,7 +85,7 @@ func (c *conn) readLoop() {
 			return
 		}
 		if handled {
-			go c.readLoop()
+			go c.readLoopFn()
 			return
 		}
 	}

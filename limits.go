@@ -31,7 +31,6 @@ type ipShard struct {
 type ipEntry struct {
 	conns   int
 	limiter *rate.Limiter
-	seen    time.Time
 }
 
 func newIPLimits() *ipLimits {
@@ -53,7 +52,6 @@ func (l *ipLimits) acquire(ip string, now time.Time, lim *nodeLimits) (status in
 		e = &ipEntry{}
 		s.m[ip] = e
 	}
-	e.seen = now
 	// The rate in force: a limiter made under another one takes the new
 	// rate and burst, keeping its tokens.
 	switch {
@@ -89,19 +87,33 @@ func (l *ipLimits) release(ip string) {
 	s.mu.Unlock()
 }
 
-// sweep forgets IPs with no connection that have not connected for a while
-// (long enough for their limiter to be full again).
+// sweep forgets the IPs with no connection whose limiter is full again:
+// they have nothing left to remember. The heartbeat calls it once per ping
+// interval, so the table holds the addresses connected or recently seen,
+// not every address that ever connected.
 func (l *ipLimits) sweep(now time.Time) {
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
 		for ip, e := range s.m {
-			if e.conns == 0 && now.Sub(e.seen) > time.Minute {
+			if e.conns == 0 && (e.limiter == nil || e.limiter.TokensAt(now) >= float64(e.limiter.Burst())) {
 				delete(s.m, ip)
 			}
 		}
 		s.mu.Unlock()
 	}
+}
+
+// len returns the number of addresses remembered.
+func (l *ipLimits) len() int {
+	n := 0
+	for i := range l.shards {
+		s := &l.shards[i]
+		s.mu.Lock()
+		n += len(s.m)
+		s.mu.Unlock()
+	}
+	return n
 }
 
 // clientIP is the IP address of the request's peer. Herald does not trust

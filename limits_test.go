@@ -142,3 +142,24 @@ func TestMessageRateFlood(t *testing.T) {
 	}
 	t.Logf("%d messages refused with rate_limited before the close", limited)
 }
+
+// TestIPTableSwept: the per-IP table forgets an address once its
+// connections are gone and its connect-rate limiter is full again, so it
+// does not grow with every address that ever connected.
+func TestIPTableSwept(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{PingInterval: 50 * time.Millisecond, ConnectRatePerIP: 100})
+	c := ts.client(t)
+	ping(c)
+	if n := ts.node.ips.len(); n != 1 {
+		t.Fatalf("%d addresses remembered with one connection, want 1", n)
+	}
+	c.ws.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for ts.node.ips.len() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d addresses still remembered 5 s after the last connection closed", ts.node.ips.len())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -186,6 +186,7 @@ func (n *Node) Run(ctx context.Context) error {
 
 // heartbeat pings every connection once per PingInterval. Instead of a timer
 // per connection, one ticker walks 1/16 of the connection shards per tick.
+// Once per round it also sweeps the per-IP table.
 func (n *Node) heartbeat(ctx context.Context) {
 	const slices = 16
 	t := time.NewTicker(max(n.cfg.PingInterval/slices, time.Millisecond))
@@ -202,6 +203,9 @@ func (n *Node) heartbeat(ctx context.Context) {
 		for range per {
 			n.hub.forEachConnInShard(next, func(c *conn) { c.enqueue(pingFrame) })
 			next = (next + 1) % shards
+		}
+		if next == 0 { // a round of pings is done
+			n.ips.sweep(time.Now())
 		}
 	}
 }
@@ -327,15 +331,16 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		nc:         hc.Conn,
 		flushed:    make(chan struct{}),
 	}
+	c.writeLoopFn = c.writeLoop
 	if raw {
 		c.form = formRaw
 	}
 	if hc.deflate {
 		c.form |= 1
 	}
-	if n.cfg.MessageRate > 0 {
-		c.limiter = rate.NewLimiter(rate.Limit(n.cfg.MessageRate), n.cfg.MessageBurst)
-		c.refusals = rate.NewLimiter(rate.Limit(n.cfg.MessageRate), n.cfg.MessageBurst)
+	if lim := n.limits.Load(); lim.MessageRate > 0 {
+		c.limiter = rate.NewLimiter(rate.Limit(lim.MessageRate), lim.MessageBurst)
+		c.refusals = rate.NewLimiter(rate.Limit(lim.MessageRate), lim.MessageBurst)
 	}
 	n.hub.addConn(c)
 	c.startAuthTimers(id)

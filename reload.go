@@ -61,6 +61,13 @@ type Limits struct {
 	// Zero means 256. Lowered, it drops no subscription: a connection over
 	// the new cap cannot subscribe again until it is under it.
 	MaxChannelsPerConnection int
+	// MessageRate caps the messages per second one connection may send, in
+	// bursts of MessageBurst (zero: the rate, rounded up); zero (or
+	// negative) means no cap. A connection is paced by the rate in force
+	// when it was admitted: a change applies to connections opened after
+	// it, so no client already talking is cut by a reload.
+	MessageRate  float64
+	MessageBurst int
 }
 
 // withDefaults applies the defaults documented on Config (Config.withDefaults
@@ -78,6 +85,9 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxChannelsPerConnection <= 0 {
 		l.MaxChannelsPerConnection = 256
 	}
+	if l.MessageRate > 0 && l.MessageBurst <= 0 {
+		l.MessageBurst = int(math.Ceil(l.MessageRate))
+	}
 	return l
 }
 
@@ -89,6 +99,8 @@ func (c *Config) limits() Limits {
 		MaxConnectionsPerIP:      c.MaxConnectionsPerIP,
 		ConnectRatePerIP:         c.ConnectRatePerIP,
 		MaxChannelsPerConnection: c.MaxChannelsPerConnection,
+		MessageRate:              c.MessageRate,
+		MessageBurst:             c.MessageBurst,
 	}
 }
 
@@ -104,6 +116,9 @@ func newNodeLimits(l Limits) (*nodeLimits, error) {
 	if math.IsNaN(l.ConnectRatePerIP) || math.IsInf(l.ConnectRatePerIP, 0) {
 		return nil, errors.New("herald: ConnectRatePerIP must be a finite number (negative for no cap)")
 	}
+	if math.IsNaN(l.MessageRate) || math.IsInf(l.MessageRate, 0) {
+		return nil, errors.New("herald: MessageRate must be a finite number (zero for no cap)")
+	}
 	nl := &nodeLimits{Limits: l.withDefaults()}
 	if r := nl.ConnectRatePerIP; r > 0 {
 		nl.connRate, nl.connBurst = rate.Limit(r), int(math.Ceil(r))
@@ -118,9 +133,6 @@ func (n *Node) Limits() Limits { return n.limits.Load().Limits }
 // change means for the connections already open. Zero fields mean the
 // defaults, as in Config. A ConnectRatePerIP that is NaN or infinite is an
 // error, and changes nothing.
-//
-// The message rate (Config.MessageRate, MessageBurst) is not among them:
-// it is fixed when the node is created.
 func (n *Node) SetLimits(l Limits) error {
 	nl, err := newNodeLimits(l)
 	if err != nil {

@@ -570,3 +570,35 @@ func TestSetSettingsConcurrent(t *testing.T) {
 		t.Fatalf("limits %+v, want %+v", got, want)
 	}
 }
+
+// TestSetLimitsMessageRate: a new message rate paces the connections
+// opened after it, with its own figure in the error; a connection opened
+// before keeps the rate it was admitted with.
+func TestSetLimitsMessageRate(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{})
+	before := ts.client(t)
+	if err := ts.node.SetLimits(Limits{MessageRate: 0.5, MessageBurst: 2}); err != nil {
+		t.Fatal(err)
+	}
+	after := ts.client(t)
+	ping(after)
+	ping(after)
+	m := after.call(protocol.Command{Cmd: "ping"})
+	if errCode(m) != protocol.CodeRateLimited || !strings.Contains(m.Error.Message, "more than 0.5 messages per second") {
+		t.Fatalf("third message of a connection opened after the change: %+v, want rate_limited at 0.5/s", m)
+	}
+	for range 5 {
+		ping(before) // no cap when it connected
+	}
+	if err := ts.node.SetLimits(Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ts.node.Limits(); got.MessageRate != 0 || got.MessageBurst != 0 {
+		t.Fatalf("limits back to the defaults: rate %g, burst %d", got.MessageRate, got.MessageBurst)
+	}
+	fresh := ts.client(t)
+	for range 5 {
+		ping(fresh)
+	}
+}

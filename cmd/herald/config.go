@@ -1141,7 +1141,7 @@ With broker redis or nats, several servers share channels, presence and
 history. On SIGINT or SIGTERM the server drains (drain_window), then shuts
 down (shutdown_timeout). SIGHUP reloads log_level, api_key, admin_password,
 metrics, drain_window, shutdown_timeout, the TLS certificate, the connection
-limits, allowed_origins, allow_any_origin and namespaces (open connections
+limits and message rate, allowed_origins, allow_any_origin and namespaces (open connections
 and subscriptions stay), and logs every other changed setting as needing a
 restart.
 

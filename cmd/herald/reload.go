@@ -37,8 +37,7 @@ import (
 // compared with the running one, and each difference is logged as needing
 // a restart: nothing is silently ignored. Among those: addr, broker and its
 // URLs and prefix, TLS on or off, the JWT keys and their files, the
-// message rate and burst, the timeouts, buffer and queue sizes,
-// compression and log_format.
+// timeouts, buffer and queue sizes, compression and log_format.
 
 // nodeReloadable are the settings of the node that a reload applies
 // (besides namespaces, which is in the file only and has no entry in
@@ -46,7 +45,7 @@ import (
 var nodeReloadable = []string{
 	"allowed_origins", "allow_any_origin",
 	"max_connections", "max_connections_per_user", "max_connections_per_ip",
-	"connect_rate_per_ip", "max_channels_per_connection",
+	"connect_rate_per_ip", "max_channels_per_connection", "message_rate", "message_burst",
 }
 
 // reloadable lists the settings a reload applies. tls_cert and tls_key are
@@ -80,6 +79,8 @@ func (c *Config) nodeSettings() herald.Settings {
 			MaxConnectionsPerIP:      nc.MaxConnectionsPerIP,
 			ConnectRatePerIP:         nc.ConnectRatePerIP,
 			MaxChannelsPerConnection: nc.MaxChannelsPerConnection,
+			MessageRate:              nc.MessageRate,
+			MessageBurst:             nc.MessageBurst,
 		},
 		AllowedOrigins: nc.AllowedOrigins,
 		AllowAnyOrigin: nc.AllowAnyOrigin,
@@ -186,6 +187,7 @@ func (in *instance) reload(load func() (Config, error)) {
 	in.cfg.MaxConnections, in.cfg.MaxConnectionsPerUser = next.MaxConnections, next.MaxConnectionsPerUser
 	in.cfg.MaxConnectionsPerIP, in.cfg.ConnectRatePerIP = next.MaxConnectionsPerIP, next.ConnectRatePerIP
 	in.cfg.MaxChannelsPerConnection, in.cfg.Namespaces = next.MaxChannelsPerConnection, next.Namespaces
+	in.cfg.MessageRate, in.cfg.MessageBurst = next.MessageRate, next.MessageBurst
 
 	var owned []string
 	if next.LogLevel != in.cfg.LogLevel {
