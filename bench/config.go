@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -67,11 +68,20 @@ func ParseRates(s string) ([]Rate, error) {
 // the comments.
 type Config struct {
 	// URL is the herald.v1 WebSocket endpoint, e.g. ws://127.0.0.1:8080/ws.
+	// A comma-separated list spreads the subscribers over several nodes,
+	// round robin: subscriber i connects to the (i mod n)th.
 	URL string
 	// RawURL is the raw-mode endpoint; empty means URL with /ws → /ws/raw.
+	// With several URLs it is a list of as many, in the same order.
 	RawURL string
+	// PubURL is the publishers' herald.v1 endpoint, to publish on one node
+	// and subscribe on another (joined by a broker); empty means the first
+	// of URL. In raw publish mode the publishers use PubURL with /raw
+	// appended (or, without PubURL, the first of RawURL).
+	PubURL string
 	// APIURL is the HTTP API's publish route (for PubMode api); empty means
-	// URL's host with /api/v1/publish. APIKey is its key.
+	// the publishers' host (PubURL, else URL) with /api/v1/publish. APIKey
+	// is its key.
 	APIURL string
 	APIKey string
 
@@ -123,8 +133,13 @@ type Config struct {
 	Idle time.Duration
 
 	// ServerPID or MetricsURL (Prometheus text) let the run report server
-	// RSS per connection and CPU seconds per million deliveries.
+	// RSS per connection and CPU seconds per million deliveries (the pid
+	// wins when both are given). ServerPIDs are more servers (the nodes of
+	// a cluster), as is a comma-separated list of metrics URLs: with
+	// several servers the figures are sums over them, and each step also
+	// reports each server's CPU.
 	ServerPID  int
+	ServerPIDs []int
 	MetricsURL string
 
 	// Timeout bounds the whole run; default: the plan's own length plus a
@@ -136,6 +151,10 @@ type Config struct {
 	// ChannelPrefix names the channels: prefix0, prefix1, … (default "bench.").
 	ChannelPrefix string
 
+	// Endpoints as used, set by applyDefaults from URL, RawURL and PubURL.
+	subURLs, subRawURLs []string
+	pubURL, pubRawURL   string
+
 	// Text receives the human report, JSON one JSON object per line (plan,
 	// connect, progress every second, step, summary), Progress a live
 	// progress line (a terminal). Any may be nil.
@@ -143,18 +162,37 @@ type Config struct {
 }
 
 func (c *Config) applyDefaults() error {
-	if c.URL == "" {
+	if strings.TrimSpace(c.URL) == "" {
 		return errors.New("no target URL (-url ws://HOST:PORT/ws)")
 	}
-	u, err := url.Parse(c.URL)
-	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
-		return fmt.Errorf("bad URL %q: want ws://HOST:PORT/PATH", c.URL)
+	var err error
+	if c.subURLs, err = parseWSURLs(c.URL); err != nil {
+		return err
 	}
 	if c.RawURL == "" {
-		r := *u
-		r.Path = strings.TrimSuffix(r.Path, "/") + "/raw"
-		c.RawURL = r.String()
+		c.subRawURLs = make([]string, len(c.subURLs))
+		for i, s := range c.subURLs {
+			c.subRawURLs[i] = rawOf(s)
+		}
+		c.RawURL = strings.Join(c.subRawURLs, ",")
+	} else {
+		c.subRawURLs = splitList(c.RawURL)
+		if len(c.subRawURLs) != len(c.subURLs) {
+			return fmt.Errorf("%d raw URLs for %d URLs: give one raw-mode endpoint per node, in the same order", len(c.subRawURLs), len(c.subURLs))
+		}
 	}
+	c.pubURL, c.pubRawURL = c.subURLs[0], c.subRawURLs[0]
+	if c.PubURL != "" {
+		p, err := parseWSURLs(c.PubURL)
+		if err != nil {
+			return err
+		}
+		if len(p) != 1 {
+			return fmt.Errorf("bad publish URL %q: want one endpoint", c.PubURL)
+		}
+		c.pubURL, c.pubRawURL = p[0], rawOf(p[0])
+	}
+	u, _ := url.Parse(c.pubURL)
 	if c.APIURL == "" {
 		a := *u
 		a.Scheme = "http"
@@ -214,11 +252,9 @@ func (c *Config) applyDefaults() error {
 	if len(c.Rates) == 0 && c.Idle <= 0 {
 		c.Idle = 10 * time.Second
 	}
-	if c.Sources == nil {
-		if ip := net.ParseIP(u.Hostname()); ip != nil && ip.To4() != nil && ip.IsLoopback() {
-			for i := 2; i <= 9; i++ {
-				c.Sources = append(c.Sources, net.IPv4(127, 0, 0, byte(i)))
-			}
+	if c.Sources == nil && c.allLoopback4() {
+		for i := 2; i <= 9; i++ {
+			c.Sources = append(c.Sources, net.IPv4(127, 0, 0, byte(i)))
 		}
 	}
 	if c.ChannelPrefix == "" {
@@ -234,6 +270,105 @@ func (c *Config) applyDefaults() error {
 		c.Timeout = c.planLength() + time.Minute
 	}
 	return c.checkCapacity()
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for f := range strings.SplitSeq(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// parseWSURLs parses a comma-separated list of ws:// or wss:// URLs.
+func parseWSURLs(s string) ([]string, error) {
+	list := splitList(s)
+	if len(list) == 0 {
+		return nil, fmt.Errorf("bad URL %q: want ws://HOST:PORT/PATH", s)
+	}
+	for _, f := range list {
+		u, err := url.Parse(f)
+		if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+			return nil, fmt.Errorf("bad URL %q: want ws://HOST:PORT/PATH", f)
+		}
+	}
+	return list, nil
+}
+
+// rawOf is a herald.v1 endpoint's raw-mode endpoint: its path with /raw
+// appended.
+func rawOf(s string) string {
+	u, _ := url.Parse(s)
+	r := *u
+	r.Path = strings.TrimSuffix(r.Path, "/") + "/raw"
+	return r.String()
+}
+
+// allLoopback4 reports whether every endpoint is an IPv4 loopback address
+// (where the default source addresses 127.0.0.2 … 127.0.0.9 work).
+func (c *Config) allLoopback4() bool {
+	for _, s := range append([]string{c.pubURL}, c.subURLs...) {
+		u, err := url.Parse(s)
+		if err != nil {
+			return false
+		}
+		ip := net.ParseIP(u.Hostname())
+		if ip == nil || ip.To4() == nil || !ip.IsLoopback() {
+			return false
+		}
+	}
+	return true
+}
+
+// nodes is the number of distinct endpoints (host:port) the plan talks to:
+// 1 for a single server, 2 or more across nodes.
+func (c *Config) nodes() int {
+	seen := map[string]bool{}
+	for _, s := range append([]string{c.pubURL}, c.subURLs...) {
+		if u, err := url.Parse(s); err == nil {
+			seen[u.Host] = true
+		}
+	}
+	return len(seen)
+}
+
+// subscriberNode is the index in subURLs of subscriber i's endpoint:
+// each channel's subscribers go to the nodes in turn (subscriber i is the
+// (i / Channels)th of channel i mod Channels), and channel c's first
+// subscriber to node c mod n, so that every channel is spread over every
+// node.
+func (c *Config) subscriberNode(i int) int {
+	return (i/c.Channels + i%c.Channels) % len(c.subURLs)
+}
+
+// pids is every server pid given.
+func (c *Config) pids() []int {
+	var out []int
+	if c.ServerPID > 0 {
+		out = append(out, c.ServerPID)
+	}
+	for _, p := range c.ServerPIDs {
+		if p > 0 && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// ParsePIDs parses "1234" or "1234,5678" (the servers of one run).
+func ParsePIDs(s string) ([]int, error) {
+	var out []int
+	for _, f := range splitList(s) {
+		p, err := strconv.Atoi(f)
+		if err != nil || p <= 0 {
+			return nil, fmt.Errorf("bad pid %q", f)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // connections is how many sockets the plan opens: subscribers plus

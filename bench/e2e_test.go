@@ -25,7 +25,14 @@ const testAPIKey = "bench-test-key"
 // /ws/raw, the HTTP API and /metrics.
 func startHerald(t *testing.T) string {
 	t.Helper()
-	node, err := herald.New(herald.Config{})
+	return startNode(t, herald.Config{})
+}
+
+// startNode serves an in-process node with cfg as startHerald does, and
+// returns its /ws URL.
+func startNode(t *testing.T, cfg herald.Config) string {
+	t.Helper()
+	node, err := herald.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

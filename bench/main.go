@@ -39,6 +39,13 @@ share delivered within -on-time, and latency p50/p90/p99/p99.9/max (from the
 time each publication was due). With -server-pid (or -metrics-url) it adds
 the server's RSS per connection and CPU seconds per million deliveries.
 
+Across nodes (several servers joined by a broker): -url takes a
+comma-separated list and spreads each channel's subscribers over the nodes
+in turn, -pub-url sends the publications to another node, and -server-pid
+takes every node's pid (figures are sums; each node's CPU is reported per
+step). Latency is end to end, from the publication's due time on the
+publisher to its arrival at the subscriber, through the broker.
+
 Scenarios (-scenario; explicit flags override their settings):
   s1  idle memory: 100 channels x 100 subscribers, no publishing, hold 20s
       (19,000 connections: -scenario s1 -subs 190)
@@ -82,12 +89,14 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	var (
 		cfg                  Config
 		scenario, rates, src string
+		pids                 string
 		jsonOut, svgOut      string
 		progress, cpuProfile string
 	)
 	fs.StringVar(&scenario, "scenario", "", "preset: s1, s2, s3, s4 or s5 (see above)")
-	fs.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/ws", "the server's herald.v1 WebSocket endpoint")
-	fs.StringVar(&cfg.RawURL, "raw-url", "", "the raw-mode endpoint (default: -url with /raw appended)")
+	fs.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/ws", "the server's herald.v1 WebSocket endpoint; a comma-separated list spreads each channel's subscribers over several nodes in turn")
+	fs.StringVar(&cfg.RawURL, "raw-url", "", "the raw-mode endpoint, one per -url (default: -url with /raw appended)")
+	fs.StringVar(&cfg.PubURL, "pub-url", "", "the publishers' herald.v1 endpoint, e.g. another node of a cluster (default: the first -url; raw publishers use it with /raw appended)")
 	fs.StringVar(&cfg.APIURL, "api-url", "", "the HTTP API's publish route (default: http://HOST/api/v1/publish)")
 	fs.StringVar(&cfg.APIKey, "api-key", os.Getenv("HERALD_API_KEY"), "the HTTP API key (env HERALD_API_KEY)")
 	fs.IntVar(&cfg.Channels, "channels", 1, "channels")
@@ -106,8 +115,8 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.IntVar(&cfg.ConnectConcurrency, "connect-concurrency", 64, "handshakes in flight")
 	fs.StringVar(&src, "sources", "", "source addresses, e.g. 127.0.0.2-127.0.0.9 (the default for a 127.x target) or none")
 	fs.DurationVar(&cfg.Idle, "idle", 0, "hold the connections this long before the steps (default 10s when there are no steps)")
-	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "the server's pid, for its RSS and CPU (from /proc)")
-	fs.StringVar(&cfg.MetricsURL, "metrics-url", "", "the server's Prometheus /metrics, for its RSS and CPU (instead of -server-pid)")
+	fs.StringVar(&pids, "server-pid", "", "the server's pid, for its RSS and CPU (from /proc); several comma-separated pids (the nodes of a cluster): sums, and each server's CPU per step")
+	fs.StringVar(&cfg.MetricsURL, "metrics-url", "", "the server's Prometheus /metrics, for its RSS and CPU (instead of -server-pid); comma-separated for several servers")
 	fs.DurationVar(&cfg.Timeout, "timeout", 0, "bound on the whole run (default: the plan's length plus a minute)")
 	fs.StringVar(&cfg.Label, "label", "", "label for the reports (e.g. herald, hub, naive)")
 	fs.StringVar(&jsonOut, "json", "", "write JSON lines to this file (- for stdout, instead of the text report)")
@@ -150,6 +159,11 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if cfg.Sources, err = ParseSources(src); err != nil {
 		return err
+	}
+	if p, err := ParsePIDs(pids); err != nil {
+		return err
+	} else if len(p) > 0 {
+		cfg.ServerPID, cfg.ServerPIDs = p[0], p[1:]
 	}
 
 	cfg.Text = stdout

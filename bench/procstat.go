@@ -14,32 +14,67 @@ import (
 	"time"
 )
 
-// resources is a sample of a process's resource use.
+// resources is a sample of a process's resource use, or the sum over
+// several servers' processes.
 type resources struct {
 	ok     bool
 	cpuSec float64 // user + system CPU seconds so far
 	rss    int64   // resident set, bytes
+	// Each server's CPU seconds and RSS, in the order given, when there
+	// are several.
+	cpuEach []float64
+	rssEach []int64
 }
 
-// serverProbe samples the server's CPU and RSS, from /proc/PID or from a
+// serverProbe samples the servers' CPU and RSS, from /proc/PID or from a
 // Prometheus /metrics endpoint (process_cpu_seconds_total and
-// process_resident_memory_bytes). With neither it samples nothing.
+// process_resident_memory_bytes), summed over the servers. With neither it
+// samples nothing.
 type serverProbe struct {
-	pid        int
-	metricsURL string
-	client     *http.Client
+	pids        []int
+	metricsURLs []string
+	client      *http.Client
 }
 
-func (p *serverProbe) enabled() bool { return p.pid > 0 || p.metricsURL != "" }
+func newServerProbe(cfg *Config) serverProbe {
+	p := serverProbe{pids: cfg.pids(), client: &http.Client{}}
+	if len(p.pids) == 0 {
+		p.metricsURLs = splitList(cfg.MetricsURL)
+	}
+	return p
+}
+
+func (p *serverProbe) enabled() bool { return len(p.pids) > 0 || len(p.metricsURLs) > 0 }
+
+// servers is how many servers the probe samples.
+func (p *serverProbe) servers() int { return max(len(p.pids), len(p.metricsURLs)) }
 
 func (p *serverProbe) sample(ctx context.Context) (resources, error) {
-	switch {
-	case p.pid > 0:
-		return procResources(p.pid)
-	case p.metricsURL != "":
-		return p.scrape(ctx)
+	n := p.servers()
+	if n == 0 {
+		return resources{}, nil
 	}
-	return resources{}, nil
+	var sum resources
+	for i := range n {
+		var r resources
+		var err error
+		if len(p.pids) > 0 {
+			r, err = procResources(p.pids[i])
+		} else {
+			r, err = p.scrape(ctx, p.metricsURLs[i])
+		}
+		if err != nil {
+			return resources{}, err
+		}
+		sum.cpuSec += r.cpuSec
+		sum.rss += r.rss
+		if n > 1 {
+			sum.cpuEach = append(sum.cpuEach, r.cpuSec)
+			sum.rssEach = append(sum.rssEach, r.rss)
+		}
+	}
+	sum.ok = true
+	return sum, nil
 }
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat's CPU times: 100 on
@@ -84,10 +119,10 @@ func procResources(pid int) (resources, error) {
 	return resources{ok: true, cpuSec: float64(ut+st) / clockTicks, rss: rss}, nil
 }
 
-func (p *serverProbe) scrape(ctx context.Context) (resources, error) {
+func (p *serverProbe) scrape(ctx context.Context, metricsURL string) (resources, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.metricsURL, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metricsURL, nil)
 	if err != nil {
 		return resources{}, err
 	}

@@ -15,6 +15,8 @@ type PlanRecord struct {
 	Label       string   `json:"label,omitempty"`
 	Scenario    string   `json:"scenario,omitempty"`
 	URL         string   `json:"url"`
+	PubURL      string   `json:"pub_url,omitempty"` // when publishers use another endpoint than the (first) subscribers'
+	Nodes       int      `json:"nodes,omitempty"`   // distinct endpoints (host:port): 2 or more is a cross-node run
 	Channels    int      `json:"channels"`
 	Subscribers int      `json:"subscribers_per_channel"`
 	Connections int      `json:"connections"`
@@ -30,6 +32,7 @@ type PlanRecord struct {
 	IdleSeconds float64  `json:"idle_s"`
 	TimeoutSecs float64  `json:"timeout_s"`
 	ServerPID   int      `json:"server_pid,omitempty"`
+	ServerPIDs  []int    `json:"server_pids,omitempty"` // with several servers
 	Metrics     string   `json:"metrics_url,omitempty"`
 	Started     string   `json:"started"`
 }
@@ -49,7 +52,9 @@ type ConnectResult struct {
 	ServerRSSAfter  int64   `json:"server_rss_after_bytes,omitempty"`
 	RSSPerConn      float64 `json:"server_rss_per_conn_bytes,omitempty"`
 	ServerCPU       float64 `json:"server_cpu_s,omitempty"`
-	CutWhileIdle    int64   `json:"cut_while_idle"`
+	// Each server's RSS after the hold, with several servers.
+	ServerRSSAfterEach []int64 `json:"server_rss_after_each_bytes,omitempty"`
+	CutWhileIdle       int64   `json:"cut_while_idle"`
 }
 
 // StepResult is one step.
@@ -86,8 +91,11 @@ type StepResult struct {
 	ServerCPU       float64          `json:"server_cpu_s,omitempty"`
 	CPUPerMillion   float64          `json:"server_cpu_s_per_m_deliveries,omitempty"`
 	ServerRSS       int64            `json:"server_rss_bytes,omitempty"`
-	GenCPU          float64          `json:"generator_cpu_s"`
-	Pass            bool             `json:"pass"`
+	// Each server's CPU seconds, in the order of -server-pid (or
+	// -metrics-url), when there are several.
+	ServerCPUEach []float64 `json:"server_cpu_each_s,omitempty"`
+	GenCPU        float64   `json:"generator_cpu_s"`
+	Pass          bool      `json:"pass"`
 }
 
 // SummaryRecord is the last JSON line of a run.
@@ -134,12 +142,20 @@ func (r *runner) planRecord() PlanRecord {
 		rates[i] = rt.String()
 	}
 	subs, pubs := cfg.connections()
+	var pubURL string
+	if cfg.pubURL != cfg.subURLs[0] || len(cfg.subURLs) > 1 {
+		pubURL = cfg.pubURL
+	}
+	var pids []int
+	if all := cfg.pids(); len(all) > 1 {
+		pids = all
+	}
 	return PlanRecord{
-		Type: "plan", Label: cfg.Label, Scenario: cfg.Scenario, URL: cfg.URL, Channels: cfg.Channels, Subscribers: cfg.Subscribers,
+		Type: "plan", Label: cfg.Label, Scenario: cfg.Scenario, URL: cfg.URL, PubURL: pubURL, Nodes: cfg.nodes(), Channels: cfg.Channels, Subscribers: cfg.Subscribers,
 		Connections: subs + pubs, SubMode: cfg.SubMode, PubMode: cfg.PubMode, Publishers: cfg.Publishers,
 		Rates: rates, StepSeconds: cfg.StepDuration.Seconds(), Payload: cfg.Payload, OnTimeMs: ms(cfg.OnTime),
 		ConnectRate: cfg.ConnectRate, Sources: len(cfg.Sources), IdleSeconds: cfg.Idle.Seconds(),
-		TimeoutSecs: cfg.Timeout.Seconds(), ServerPID: cfg.ServerPID, Metrics: cfg.MetricsURL,
+		TimeoutSecs: cfg.Timeout.Seconds(), ServerPID: cfg.ServerPID, ServerPIDs: pids, Metrics: cfg.MetricsURL,
 		Started: r.base.UTC().Format(time.RFC3339),
 	}
 }
@@ -198,8 +214,12 @@ func (o *reporter) plan(p *PlanRecord) {
 	if rates == "" {
 		rates = "none (idle)"
 	}
+	target := p.URL
+	if p.PubURL != "" {
+		target = fmt.Sprintf("subscribers on %s, publishers on %s (%d nodes)", p.URL, p.PubURL, p.Nodes)
+	}
 	o.printf("# %s%s: %d channels x %d subscribers (%s), publish %s x%d, rates/s %s, step %gs, payload %d B, on time <= %gms, timeout %gs\n",
-		labelPrefix(p.Label), p.URL, p.Channels, p.Subscribers, p.SubMode, p.PubMode, p.Publishers, rates, p.StepSeconds, p.Payload, p.OnTimeMs, p.TimeoutSecs)
+		labelPrefix(p.Label), target, p.Channels, p.Subscribers, p.SubMode, p.PubMode, p.Publishers, rates, p.StepSeconds, p.Payload, p.OnTimeMs, p.TimeoutSecs)
 }
 
 func labelPrefix(l string) string {
@@ -216,6 +236,13 @@ func (o *reporter) connected(c *ConnectResult) {
 	line := fmt.Sprintf("connected %d (failed %d, retried %d) in %.1fs: %.0f conn/s", c.Connections, c.Failed, c.Retries, c.Seconds, c.RatePerSec)
 	if c.ServerRSSAfter > 0 {
 		line += fmt.Sprintf("; server RSS %.1f -> %.1f MiB, %.2f KB/conn", mib(c.ServerRSSBefore), mib(c.ServerRSSAfter), c.RSSPerConn/1000)
+	}
+	if len(c.ServerRSSAfterEach) > 1 {
+		parts := make([]string, len(c.ServerRSSAfterEach))
+		for i, r := range c.ServerRSSAfterEach {
+			parts[i] = fmt.Sprintf("%.1f", mib(r))
+		}
+		line += " (sum over servers: " + strings.Join(parts, " + ") + " MiB)"
 	}
 	if c.CutWhileIdle > 0 {
 		line += fmt.Sprintf("; %d cut while idle", c.CutWhileIdle)
@@ -248,6 +275,13 @@ func (o *reporter) step(s *StepResult) {
 	o.printf("%4d %7s %11d %8.0f %7d %4d %4d %8.2f %7.2f %7.2f %7.2f %8.2f %7.1f  %s  %6.2fs  %s\n",
 		s.Step, s.Rate, s.Published, s.DeliveredPerSec, s.Lost, s.Dups, s.SubscribersCut, s.OnTimePct,
 		s.Latency.P50, s.Latency.P90, s.Latency.P99, s.Latency.P999, s.Latency.Max, cpu, s.GenCPU, pass)
+	if len(s.ServerCPUEach) > 1 {
+		parts := make([]string, len(s.ServerCPUEach))
+		for i, c := range s.ServerCPUEach {
+			parts[i] = fmt.Sprintf("%.2fs", c)
+		}
+		o.printf("     server CPU per server (in the order of -server-pid or -metrics-url): %s\n", strings.Join(parts, ", "))
+	}
 	if s.PublishError != "" {
 		o.printf("     publish errors: %d, first: %s\n", s.PublishErrors, s.PublishError)
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/http"
 	"net/url"
 	"strconv"
 	"sync"
@@ -79,7 +78,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		base:       time.Now(),
 		onTimeNs:   cfg.OnTime.Nanoseconds(),
 		d:          newDialer(cfg.Sources),
-		probe:      serverProbe{pid: cfg.ServerPID, metricsURL: cfg.MetricsURL, client: &http.Client{}},
+		probe:      newServerProbe(&cfg),
 		out:        newReporter(cfg),
 		closeCodes: map[int]int64{},
 	}
@@ -278,6 +277,7 @@ func (r *runner) connect(ctx context.Context) (ConnectResult, error) {
 			res.RSSPerConn = float64(after.rss-before.rss) / float64(res.Connections)
 		}
 		res.ServerCPU = after.cpuSec - before.cpuSec
+		res.ServerRSSAfterEach = after.rssEach
 	}
 	if res.Connections == 0 && n > 0 {
 		return res, fmt.Errorf("no subscriber connected: %s", res.FirstError)
@@ -291,9 +291,10 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 	defer r.wg.Done()
 	cfg := &r.cfg
 	proto := cfg.SubMode == SubProtocol
-	u := cfg.URL
+	node := cfg.subscriberNode(s.id)
+	u := cfg.subURLs[node]
 	if !proto {
-		u = cfg.RawURL + "?channel=" + url.QueryEscape(r.names[s.channel])
+		u = cfg.subRawURLs[node] + "?channel=" + url.QueryEscape(r.names[s.channel])
 	}
 	ws, err := r.d.dial(ctx, u, proto)
 	if err != nil {
@@ -490,6 +491,9 @@ func (r *runner) runStep(ctx context.Context, i int, rate Rate) StepResult {
 	if srvAfter, err := r.probe.sample(ctx); serr == nil && err == nil && srvBefore.ok && srvAfter.ok {
 		res.ServerCPU = srvAfter.cpuSec - srvBefore.cpuSec
 		res.ServerRSS = srvAfter.rss
+		for k := range srvAfter.cpuEach {
+			res.ServerCPUEach = append(res.ServerCPUEach, srvAfter.cpuEach[k]-srvBefore.cpuEach[k])
+		}
 		if res.Delivered > 0 {
 			res.CPUPerMillion = res.ServerCPU / float64(res.Delivered) * 1e6
 		}

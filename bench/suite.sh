@@ -4,22 +4,46 @@
 # one after the other, each on a fresh server, REPEAT times.
 #
 #   bench/suite.sh OUTDIR [SCENARIO...]     scenarios: s1 s1-19k s2 s3 s4 s5 (default: all)
+#                                           cross-node: s2-redis s3-redis s2-nats s3-nats (cross: all four)
 #
 # Environment: REPEAT (default 3), SERVERS (default "herald hub naive"),
-# HERALD_BIN (a herald binary to use instead of building ./cmd/herald).
+# HERALD_BIN (a herald binary to use instead of building ./cmd/herald),
+# BENCH_ARGS (more herald-bench flags for every run, after the scenario's:
+# e.g. BENCH_ARGS="-step 2s -drain 2s" for a smoke run).
 # Writes OUTDIR/SCENARIO-SERVER-N.{jsonl,txt,svg}, OUTDIR/load.log (uptime
 # before every run) and OUTDIR/SCENARIO-N.svg (the servers side by side).
 # Every run is bounded by herald bench's own timeout; servers are stopped
 # with SIGTERM (SIGKILL after 15 s).
+#
+# Cross-node scenarios (S2 or S3 through a broker; SERVERS does not apply):
+# each pass runs the scenario against one `herald serve` on its own (label
+# herald-1n: the single-node reference), then against two `herald serve
+# --broker redis|nats` nodes with subscribers on node B and the publisher
+# on node A (label herald-BROKER-2n; -server-pid gets both pids, node A's
+# first), and prints the cross-node p99 over the reference's, step by step
+# (herald bench summary -cross-only; also in OUTDIR/SCENARIO-N.cross.md).
+# With BROKER_1N=1 a third run puts publisher and subscribers on one node
+# with the broker (label herald-BROKER-1n): the broker's share without the
+# second node. Every broker run uses its own prefix (--broker-prefix
+# hb_RUNID_...), removed from the broker afterwards (bench/cmd/broker-clean).
+# Environment: REDIS_URL (default redis://127.0.0.1:6379/0), NATS_URL
+# (default nats://127.0.0.1:4222; JetStream on).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 out=${1:?usage: bench/suite.sh OUTDIR [SCENARIO...]}
 shift
-scenarios=("$@")
+scenarios=()
+for sc in "$@"; do
+  if [[ $sc == cross ]]; then scenarios+=(s2-redis s3-redis s2-nats s3-nats); else scenarios+=("$sc"); fi
+done
 [[ ${#scenarios[@]} -gt 0 ]] || scenarios=(s1 s1-19k s2 s3 s4 s5)
 repeat=${REPEAT:-3}
 read -r -a servers <<<"${SERVERS:-herald hub naive}"
+read -r -a extra <<<"${BENCH_ARGS:-}"
+redis_url=${REDIS_URL:-redis://127.0.0.1:6379/0}
+nats_url=${NATS_URL:-nats://127.0.0.1:4222}
+runid="$(date +%s)_$$"
 mkdir -p "$out/bin"
 
 if [[ -n "${HERALD_BIN:-}" ]]; then
@@ -30,31 +54,46 @@ fi
 go build -o "$out/bin/hub" ./bench/baseline/hub
 go build -o "$out/bin/naive" ./bench/baseline/naive
 go build -o "$out/bin/herald-bench" ./bench/cmd/herald-bench
+go build -o "$out/bin/broker-clean" ./bench/cmd/broker-clean
 
-pid=""
+pids=()         # every server running
+pid=""          # the last one started
+broker_clean=() # the broker-clean arguments of the run in progress
 stop_server() {
-  [[ -n "$pid" ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  local p
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  pids=()
   pid=""
+  if [[ ${#broker_clean[@]} -gt 0 ]]; then
+    timeout 60 "$out/bin/broker-clean" "${broker_clean[@]}" || echo "broker cleanup failed: ${broker_clean[*]}" >&2
+    broker_clean=()
+  fi
 }
 trap stop_server EXIT
+trap 'exit 130' INT TERM
 
-# start_server NAME LOG: starts it on a free loopback port; sets pid and addr.
+# start_server NAME LOG [HERALD FLAGS...]: starts it on a free loopback
+# port; sets pid and addr, and adds pid to pids.
 start_server() {
   local name=$1 log=$2
+  shift 2
   case $name in
-    herald) "$out/bin/herald" serve --addr 127.0.0.1:0 2>"$log" & ;;
+    herald) "$out/bin/herald" serve --addr 127.0.0.1:0 "$@" 2>"$log" & ;;
     hub | naive) "$out/bin/$name" -addr 127.0.0.1:0 2>"$log" & ;;
     *) echo "unknown server $name" >&2; return 1 ;;
   esac
   pid=$!
+  pids+=("$pid")
   addr=""
   for _ in $(seq 100); do
     addr=$(grep -o 'msg=listening addr=[0-9.:]*' "$log" | head -1 | cut -d= -f3 || true)
     [[ -n "$addr" ]] && return 0
+    kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   echo "$name did not start:" >&2
@@ -62,8 +101,67 @@ start_server() {
   return 1
 }
 
+# bench_run BASE LABEL ARGS...: one generator run, logged like the others.
+bench_run() {
+  local base=$1 label=$2
+  shift 2
+  echo "$(date -u +%FT%TZ) $(basename "$base") #$n: $(uptime)" | tee -a "$out/load.log"
+  "$out/bin/herald-bench" "$@" "${extra[@]}" -label "$label" -json "$base.jsonl" -svg "$base.svg" -progress off |
+    tee "$base.txt" || echo "run failed: $base" | tee -a "$out/load.log"
+}
+
+# cross_node SC N: the single-node reference, then two nodes through the
+# broker (and with BROKER_1N=1 one node through the broker).
+cross_node() {
+  local sc=$1 n=$2 scen=${1%%-*} broker=${1#*-}
+  local burl bflags=() jsonls=()
+  case $broker in
+    redis) burl=$redis_url; bflags=(--broker redis --redis-url "$burl") ;;
+    nats) burl=$nats_url; bflags=(--broker nats --nats-url "$burl") ;;
+    *) echo "unknown broker in $sc" >&2; return 1 ;;
+  esac
+
+  local base="$out/$sc-herald-1n-$n"
+  start_server herald "$base.server.log"
+  sleep 1
+  bench_run "$base" herald-1n -scenario "$scen" -url "ws://$addr/ws" -server-pid "$pid"
+  stop_server
+  jsonls+=("$base.jsonl")
+
+  local prefix="hb_${runid}_${sc//-/_}_$n"
+  base="$out/$sc-herald-$broker-2n-$n"
+  broker_clean=("-$broker" "$burl" -prefix "$prefix")
+  start_server herald "$base.node-a.log" "${bflags[@]}" --broker-prefix "$prefix"
+  local addr_a=$addr pid_a=$pid
+  start_server herald "$base.node-b.log" "${bflags[@]}" --broker-prefix "$prefix"
+  local addr_b=$addr pid_b=$pid
+  sleep 1
+  bench_run "$base" "herald-$broker-2n" -scenario "$scen" -url "ws://$addr_b/ws" -pub-url "ws://$addr_a/ws" \
+    -server-pid "$pid_a,$pid_b"
+  stop_server
+  jsonls+=("$base.jsonl")
+
+  if [[ -n "${BROKER_1N:-}" ]]; then
+    prefix="hb_${runid}_${sc//-/_}_1n_$n"
+    base="$out/$sc-herald-$broker-1n-$n"
+    broker_clean=("-$broker" "$burl" -prefix "$prefix")
+    start_server herald "$base.server.log" "${bflags[@]}" --broker-prefix "$prefix"
+    sleep 1
+    bench_run "$base" "herald-$broker-1n" -scenario "$scen" -url "ws://$addr/ws" -server-pid "$pid"
+    stop_server
+    jsonls+=("$base.jsonl")
+  fi
+
+  "$out/bin/herald-bench" plot -o "$out/$sc-$n.svg" -title "$sc, run $n" "${jsonls[@]}" || true
+  echo "# $sc, pass $n: cross-node p99 / single-node p99 (target <= 2 at 100 publications/s)"
+  "$out/bin/herald-bench" summary -cross-only "${jsonls[@]}" | tee "$out/$sc-$n.cross.md" || true
+}
+
 for n in $(seq "$repeat"); do
   for sc in "${scenarios[@]}"; do
+    case $sc in
+      s2-redis | s3-redis | s2-nats | s3-nats) cross_node "$sc" "$n"; continue ;;
+    esac
     args=(-scenario "$sc")
     [[ $sc == s1-19k ]] && args=(-scenario s1 -subs 190)
     jsonls=()
@@ -72,7 +170,7 @@ for n in $(seq "$repeat"); do
       start_server "$srv" "$base.server.log"
       sleep 1 # let it settle before the RSS baseline
       echo "$(date -u +%FT%TZ) $sc $srv #$n: $(uptime)" | tee -a "$out/load.log"
-      "$out/bin/herald-bench" "${args[@]}" -url "ws://$addr/ws" -server-pid "$pid" -label "$srv" \
+      "$out/bin/herald-bench" "${args[@]}" "${extra[@]}" -url "ws://$addr/ws" -server-pid "$pid" -label "$srv" \
         -json "$base.jsonl" -svg "$base.svg" -progress off | tee "$base.txt" || echo "run failed: $base" | tee -a "$out/load.log"
       stop_server
       jsonls+=("$base.jsonl")

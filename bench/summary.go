@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // savedRun is one run read back from its JSON lines.
@@ -102,6 +103,8 @@ func medianOf(runs []savedRun, f func(savedRun) (float64, bool), format string) 
 func summaryMain(args []string, w io.Writer) error {
 	fs := flag.NewFlagSet("herald bench summary", flag.ContinueOnError)
 	fs.SetOutput(w)
+	ref := fs.String("ref", "herald-1n", "label of the single-node runs that cross-node runs are compared with (else: herald)")
+	crossOnly := fs.Bool("cross-only", false, "print only the cross-node table")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -135,6 +138,9 @@ func summaryMain(args []string, w io.Writer) error {
 		groups[k] = append(groups[k], r)
 	}
 	sort.Strings(keys)
+	if *crossOnly {
+		return crossTable(w, groups, keys, *ref)
+	}
 	fmt.Fprintln(w, "| scenario | server | runs | connect/s | RSS/conn KB | best passing rate/s | deliveries/s there | CPU s/M there |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, k := range keys {
@@ -202,7 +208,141 @@ func summaryMain(args []string, w io.Writer) error {
 				medianOf(runs, step(func(s StepResult) float64 { return s.CPUPerMillion }), "%.2f"))
 		}
 	}
+	return crossTable(w, groups, keys, *ref)
+}
+
+// crossTable prints, for every cross-node group (runs whose plan names two
+// or more endpoints), each step's p99 next to the p99 of the same step in
+// the single-node reference run of the same pass, and their ratio: the
+// reference is the run labelled ref (else "herald") of the same scenario
+// and size, on one node, that started last before the cross-node run (the
+// suite runs it just before). It prints nothing when there is no
+// cross-node group.
+func crossTable(w io.Writer, groups map[string][]savedRun, keys []string, ref string) error {
+	var cross []string
+	for _, k := range keys {
+		if groups[k][0].plan.Nodes >= 2 {
+			cross = append(cross, k)
+		}
+	}
+	if len(cross) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| scenario | cross-node | single node | rate/s | cross-node runs passed | deliveries/s | lost | p99 cross-node ms | p99 single node ms | p99 ratio |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
+	for _, k := range cross {
+		runs := groups[k]
+		p := runs[0].plan
+		refs, refLabel := referenceRuns(groups, keys, p, ref)
+		if refLabel == "" {
+			fmt.Fprintf(w, "| %s | %s | (no single-node run labelled %s or herald) | | | | | | | |\n", scenarioName(p), p.Label, ref)
+			continue
+		}
+		pairs := make([]*savedRun, len(runs))
+		for i := range runs {
+			pairs[i] = pairRun(runs[i], refs)
+		}
+		n := 0
+		for _, r := range runs {
+			n = max(n, len(r.steps))
+		}
+		for i := range n {
+			var rate string
+			passed, ran := 0, 0
+			var crossP99, refP99, ratios, delivered, lost []float64
+			for j, r := range runs {
+				if i >= len(r.steps) {
+					continue
+				}
+				s := r.steps[i]
+				rate = s.Rate
+				ran++
+				if s.Pass && s.Subscribers == r.connect.Connections {
+					passed++
+				}
+				crossP99 = append(crossP99, s.Latency.P99)
+				delivered = append(delivered, s.DeliveredPerSec)
+				lost = append(lost, float64(s.Lost))
+				if rr := pairs[j]; rr != nil && i < len(rr.steps) && rr.steps[i].Rate == s.Rate {
+					refP99 = append(refP99, rr.steps[i].Latency.P99)
+					if q := rr.steps[i].Latency.P99; q > 0 {
+						ratios = append(ratios, s.Latency.P99/q)
+					}
+				}
+			}
+			if ran == 0 {
+				continue
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %d/%d | %s | %s | %s | %s | %s |\n",
+				scenarioName(p), p.Label, refLabel, rate, passed, ran,
+				medianValues(delivered, "%.0f"), medianValues(lost, "%.0f"),
+				medianValues(crossP99, "%.1f"), medianValues(refP99, "%.1f"), medianValues(ratios, "%.2f"))
+		}
+	}
 	return nil
+}
+
+// referenceRuns are the single-node runs of p's scenario and size labelled
+// ref, else "herald", and the label found ("" if none).
+func referenceRuns(groups map[string][]savedRun, keys []string, p PlanRecord, ref string) ([]savedRun, string) {
+	for _, label := range []string{ref, "herald"} {
+		var out []savedRun
+		for _, k := range keys {
+			g := groups[k]
+			q := g[0].plan
+			if q.Label == label && q.Nodes <= 1 && scenarioName(q) == scenarioName(p) && q.Connections == p.Connections {
+				out = append(out, g...)
+			}
+		}
+		if len(out) > 0 {
+			return out, label
+		}
+	}
+	return nil, ""
+}
+
+// pairRun is the reference run of r's pass: the one that started last
+// before r (else the first after it).
+func pairRun(r savedRun, refs []savedRun) *savedRun {
+	at, err := time.Parse(time.RFC3339, r.plan.Started)
+	if err != nil {
+		return nil
+	}
+	var best *savedRun
+	var bestAt time.Time
+	for i := range refs {
+		t, err := time.Parse(time.RFC3339, refs[i].plan.Started)
+		if err != nil {
+			continue
+		}
+		switch {
+		case best == nil:
+		case !t.After(at) && (bestAt.After(at) || t.After(bestAt)):
+		case t.After(at) && bestAt.After(at) && t.Before(bestAt):
+		default:
+			continue
+		}
+		best, bestAt = &refs[i], t
+	}
+	return best
+}
+
+// medianValues formats the median of v with every value after it, as
+// medianOf does.
+func medianValues(v []float64, format string) string {
+	if len(v) == 0 {
+		return "–"
+	}
+	m := fmt.Sprintf(format, median(v))
+	if len(v) == 1 {
+		return m
+	}
+	parts := make([]string, len(v))
+	for i, x := range v {
+		parts[i] = fmt.Sprintf(format, x)
+	}
+	return m + " (" + strings.Join(parts, ", ") + ")"
 }
 
 // bestStep is the passing step with the most deliveries per second, among
