@@ -109,6 +109,12 @@ type conn struct {
 
 var pingFrame = wsframe.Append(nil, wsframe.OpPing, nil, false)
 
+// maxIdleSpare is the largest drained queue (in frames) a connection keeps
+// for reuse once its writer exits: enough for the usual small bursts with no
+// allocation, while a connection idle after a large burst holds at most a
+// few hundred bytes for it.
+const maxIdleSpare = 16
+
 // enqueue appends a frame to the outbound queue without blocking. A frame
 // that would take the queue past its limits makes the connection a slow
 // consumer: its queue is dropped and it is closed with CloseSlowConsumer.
@@ -211,6 +217,9 @@ func (c *conn) writeLoop() {
 			c.writing = false
 			if c.closing {
 				c.markFlushedLocked()
+			}
+			if cap(c.spare) > maxIdleSpare {
+				c.spare = nil // a burst's queue is not kept by an idle connection
 			}
 			c.mu.Unlock()
 			return

@@ -3,6 +3,7 @@ package herald
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -106,15 +107,13 @@ func (c *conn) fill() ([]byte, error) {
 	if c.rerr != nil || c.nread <= 0 {
 		err := c.rerr
 		if err == nil {
-			err = errEOF
+			err = io.EOF
 		}
 		c.releaseChunk()
 		return nil, err
 	}
 	return (*c.chunk)[:c.nread], nil
 }
-
-var errEOF = errors.New("EOF")
 
 func (c *conn) releaseChunk() {
 	if c.chunk != nil {

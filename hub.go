@@ -21,8 +21,22 @@ type hub struct {
 
 type chanShard struct {
 	mu   sync.RWMutex
-	subs map[string]map[*conn]*subEntry
+	subs map[string]*subSet
 	_    [40]byte // keep hot shard locks on separate cache lines
+}
+
+// subSet is one channel's local subscribers: a slice, which the fan-out
+// walks (ranging over a map cost 3% of the CPU at 1M deliveries/s), and the
+// position of each connection in it, for O(1) removal by swapping the last
+// one in. Order is not kept. Guarded by the shard's lock.
+type subSet struct {
+	list []subRef
+	pos  map[*conn]int
+}
+
+type subRef struct {
+	c *conn
+	e *subEntry
 }
 
 type connShard struct {
@@ -35,7 +49,7 @@ type connShard struct {
 func newHub(shards int) *hub {
 	h := &hub{seed: maphash.MakeSeed(), channels: make([]chanShard, shards), conns: make([]connShard, shards)}
 	for i := range h.channels {
-		h.channels[i].subs = make(map[string]map[*conn]*subEntry)
+		h.channels[i].subs = make(map[string]*subSet)
 		h.conns[i].byID = make(map[string]*conn)
 		h.conns[i].users = make(map[string]map[*conn]struct{})
 	}
@@ -51,13 +65,18 @@ func (h *hub) addSub(channel string, c *conn, e *subEntry) (first bool) {
 	s := &h.channels[h.index(channel)]
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := s.subs[channel]
-	if m == nil {
-		m = make(map[*conn]*subEntry)
-		s.subs[channel] = m
+	set := s.subs[channel]
+	if set == nil {
+		set = &subSet{pos: make(map[*conn]int)}
+		s.subs[channel] = set
 	}
-	m[c] = e
-	return len(m) == 1
+	if i, ok := set.pos[c]; ok {
+		set.list[i].e = e
+	} else {
+		set.pos[c] = len(set.list)
+		set.list = append(set.list, subRef{c, e})
+	}
+	return len(set.list) == 1
 }
 
 // removeSub removes c from channel, returns its entry (nil if c was not
@@ -66,13 +85,24 @@ func (h *hub) removeSub(channel string, c *conn) (e *subEntry, last bool) {
 	s := &h.channels[h.index(channel)]
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := s.subs[channel]
-	e, ok := m[c]
+	set := s.subs[channel]
+	if set == nil {
+		return nil, false
+	}
+	i, ok := set.pos[c]
 	if !ok {
 		return nil, false
 	}
-	delete(m, c)
-	if len(m) == 0 {
+	e = set.list[i].e
+	end := len(set.list) - 1
+	if i != end {
+		set.list[i] = set.list[end]
+		set.pos[set.list[i].c] = i
+	}
+	set.list[end] = subRef{}
+	set.list = set.list[:end]
+	delete(set.pos, c)
+	if end == 0 {
 		delete(s.subs, channel)
 		return e, true
 	}
@@ -84,8 +114,10 @@ func (h *hub) removeSub(channel string, c *conn) (e *subEntry, last bool) {
 func (h *hub) forEachSub(channel string, f func(c *conn, e *subEntry)) {
 	s := &h.channels[h.index(channel)]
 	s.mu.RLock()
-	for c, e := range s.subs[channel] {
-		f(c, e)
+	if set := s.subs[channel]; set != nil {
+		for _, r := range set.list {
+			f(r.c, r.e)
+		}
 	}
 	s.mu.RUnlock()
 }
@@ -94,7 +126,10 @@ func (h *hub) numSubs(channel string) int {
 	s := &h.channels[h.index(channel)]
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return len(s.subs[channel])
+	if set := s.subs[channel]; set != nil {
+		return len(set.list)
+	}
+	return 0
 }
 
 // channelCounts returns every channel with local subscribers and their number.
@@ -103,8 +138,8 @@ func (h *hub) channelCounts() map[string]int {
 	for i := range h.channels {
 		s := &h.channels[i]
 		s.mu.RLock()
-		for ch, m := range s.subs {
-			out[ch] = len(m)
+		for ch, set := range s.subs {
+			out[ch] = len(set.list)
 		}
 		s.mu.RUnlock()
 	}
@@ -118,8 +153,8 @@ func (h *hub) subscriptionCounts() (channels, subs int) {
 		s := &h.channels[i]
 		s.mu.RLock()
 		channels += len(s.subs)
-		for _, m := range s.subs {
-			subs += len(m)
+		for _, set := range s.subs {
+			subs += len(set.list)
 		}
 		s.mu.RUnlock()
 	}
