@@ -201,7 +201,7 @@ func (n *Node) heartbeat(ctx context.Context) {
 		case <-t.C:
 		}
 		for range per {
-			n.hub.forEachConnInShard(next, func(c *conn) { c.enqueue(pingFrame) })
+			n.hub.forEachConnInShard(next, func(c *conn) { c.ping() })
 			next = (next + 1) % shards
 		}
 		if next == 0 { // a round of pings is done
