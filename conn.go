@@ -124,8 +124,13 @@ const maxIdleSpare = 16
 // by the heartbeat once per PingInterval.
 func (c *conn) ping() {
 	c.mu.Lock()
-	if !c.writing && !c.sentSincePing && cap(c.spare) > maxIdleSpare {
-		c.spare = nil
+	if !c.writing && !c.sentSincePing {
+		if cap(c.spare) > maxIdleSpare {
+			c.spare = nil
+		}
+		if len(c.queue) == 0 && cap(c.queue) > maxIdleSpare {
+			c.queue = nil
+		}
 	}
 	c.mu.Unlock()
 	c.enqueue(pingFrame)

@@ -67,14 +67,15 @@ func TestPingTrimsIdleSpare(t *testing.T) {
 	}
 	c := &conn{node: n, closing: true} // closing: ping's enqueue queues nothing
 	c.spare = make([][]byte, 0, 64)
+	c.queue = make([][]byte, 0, 32)
 	c.sentSincePing = true
 	c.ping()
 	if cap(c.spare) != 64 || c.sentSincePing {
 		t.Fatalf("after a round with traffic: spare cap %d (want 64 kept), sentSincePing %v", cap(c.spare), c.sentSincePing)
 	}
 	c.ping()
-	if c.spare != nil {
-		t.Fatalf("after an idle round: spare cap %d, want it dropped", cap(c.spare))
+	if c.spare != nil || c.queue != nil {
+		t.Fatalf("after an idle round: spare cap %d, queue cap %d, want both dropped", cap(c.spare), cap(c.queue))
 	}
 	c.spare = make([][]byte, 0, maxIdleSpare)
 	c.ping()
