@@ -64,7 +64,6 @@ func (c *conn) startReader(deflate bool) {
 		c.rbuf = make([]byte, cfg.ReadBufferSize)
 	}
 	c.extendReadDeadline()
-	c.readLoopFn = c.readLoop
 	go c.readLoopFn()
 }
 

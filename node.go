@@ -331,7 +331,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		nc:         hc.Conn,
 		flushed:    make(chan struct{}),
 	}
-	c.writeLoopFn = c.writeLoop
+	c.writeLoopFn, c.readLoopFn = c.writeLoop, c.readLoop
 	if raw {
 		c.form = formRaw
 	}

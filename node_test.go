@@ -587,6 +587,23 @@ func TestCompression(t *testing.T) {
 	if ce := bomb.expectClose(); ce.Code != websocket.CloseMessageTooBig {
 		t.Fatalf("close %v", ce)
 	}
+	// A compressed message that does not inflate is refused with 1007; the
+	// other subscribers keep receiving.
+	corrupt := dial()
+	if _, err := corrupt.ws.NetConn().Write(rawFrame(true, 4, websocket.TextMessage, []byte{0xff, 0xff, 0xff})); err != nil {
+		t.Fatal(err)
+	}
+	if ce := corrupt.expectClose(); ce.Code != websocket.CloseInvalidFramePayloadData {
+		t.Fatalf("corrupt compressed message: close %v, want 1007", ce)
+	}
+	if _, err := ts.node.Publish(context.Background(), "z", []byte(`"after"`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*testClient{sub, plain} {
+		if m := c.readJSON(); string(m.Data) != `"after"` {
+			t.Fatalf("after the corrupt message: got %s", m.Data)
+		}
+	}
 }
 
 func TestShutdownSends1001(t *testing.T) {

@@ -97,6 +97,7 @@ func TestRFC6455Echo(t *testing.T) {
 		frames [][]byte
 		code   int
 	}{
+		{"unmasked client frame", [][]byte{{0x81, 0x01, 'x'}}, websocket.CloseProtocolError},
 		{"continuation without start", [][]byte{rawFrame(true, 0, 0, []byte("x"))}, websocket.CloseProtocolError},
 		{"reserved bits", [][]byte{rawFrame(true, 2, websocket.TextMessage, []byte("x"))}, websocket.CloseProtocolError},
 		{"reserved opcode", [][]byte{rawFrame(true, 0, 3, []byte("x"))}, websocket.CloseProtocolError},
