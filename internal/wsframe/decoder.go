@@ -49,7 +49,9 @@ const (
 // as they arrive, in pieces of any size: it keeps no more than a partial
 // header of its own (14 bytes), unmasks data payloads straight into the
 // caller's message buffer and control payloads into a 125-byte array.
-// It enforces what a server must: every frame masked, known opcodes,
+// With FromServer set it parses what a server sends a client instead.
+// It enforces what a server must: every frame masked (with FromServer:
+// none masked, which is what a client must enforce), known opcodes,
 // reserved bits clear (RSV1 only on the first frame of a compressed message
 // when Deflate is set), control frames final and at most 125 bytes,
 // continuation frames only inside a fragmented message, a message of at
@@ -65,6 +67,9 @@ type Decoder struct {
 	MaxMessage int64
 	// Deflate is set when permessage-deflate was negotiated.
 	Deflate bool
+	// FromServer makes this a client's decoder: frames come from a server,
+	// and a masked one fails the stream (section 5.1).
+	FromServer bool
 
 	hdr  [14]byte // a header split across Feed calls
 	nhdr uint8
@@ -122,12 +127,18 @@ func (d *Decoder) Feed(p []byte, msg *[]byte) (n int, ev Event, err error) {
 		// Payload.
 		k := int(min(d.remaining, int64(len(p)-n)))
 		if d.op >= OpClose {
-			d.unmask(d.ctrl[d.nctrl:int(d.nctrl)+k], p[n:n+k])
+			if d.FromServer {
+				copy(d.ctrl[d.nctrl:], p[n:n+k])
+			} else {
+				d.unmask(d.ctrl[d.nctrl:int(d.nctrl)+k], p[n:n+k])
+			}
 			d.nctrl += uint8(k)
 		} else {
 			start := len(*msg)
 			*msg = append(*msg, p[n:n+k]...)
-			d.unmask((*msg)[start:], (*msg)[start:])
+			if !d.FromServer {
+				d.unmask((*msg)[start:], (*msg)[start:])
+			}
 		}
 		n += k
 		d.remaining -= int64(k)
@@ -168,12 +179,17 @@ func (d *Decoder) header(p []byte) (int, *ProtocolError) {
 			return used, nil
 		}
 		if need == 2 {
-			if d.hdr[1]&0x80 == 0 {
-				// Fail now: an unmasked frame has no key to wait for.
+			if masked := d.hdr[1]&0x80 != 0; masked == d.FromServer {
+				// Fail now, before waiting for a key or for more header.
 				d.nhdr = 0
+				if d.FromServer {
+					return used, protocolError(CloseProtocolError, "server frame masked")
+				}
 				return used, protocolError(CloseProtocolError, "client frame not masked")
 			}
-			need = 2 + 4 // masking key
+			if !d.FromServer {
+				need += 4 // masking key
+			}
 			switch d.hdr[1] & 0x7F {
 			case 126:
 				need += 2
@@ -203,8 +219,10 @@ func (d *Decoder) header(p []byte) (int, *ProtocolError) {
 		length = int64(u)
 		off = 10
 	}
-	copy(d.key[:], d.hdr[off:off+4])
-	d.keyPos = 0
+	if !d.FromServer {
+		copy(d.key[:], d.hdr[off:off+4])
+		d.keyPos = 0
+	}
 
 	switch op {
 	case OpClose, OpPing, OpPong:

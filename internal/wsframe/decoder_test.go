@@ -127,6 +127,44 @@ func TestDecoder(t *testing.T) {
 	}
 }
 
+// TestDecoderFromServer reads what a server sends (Append's frames, unmasked)
+// and refuses a masked frame, as a client must.
+func TestDecoderFromServer(t *testing.T) {
+	long := strings.Repeat("y", 70_000)
+	cat := func(frames ...[]byte) []byte { return bytes.Join(frames, nil) }
+	fragment := func(fin bool, op byte, payload string) []byte {
+		f := Append(nil, op, []byte(payload), false)
+		if !fin {
+			f[0] &^= finBit
+		}
+		return f
+	}
+	cases := []struct {
+		name   string
+		stream []byte
+		want   []string
+	}{
+		{"text", Append(nil, OpText, []byte("hello"), false), []string{`message 1 false "hello"`}},
+		{"64-bit length", Append(nil, OpBinary, []byte(long), false), []string{fmt.Sprintf("message 2 false %q", long)}},
+		{"ping then two messages", cat(Append(nil, OpPing, []byte("p"), false), Append(nil, OpText, []byte("a"), false), Append(nil, OpText, []byte("b"), false)),
+			[]string{`control 9 "p"`, `message 1 false "a"`, `message 1 false "b"`}},
+		{"fragments", cat(fragment(false, OpText, "frag"), fragment(true, OpContinuation, "ment")), []string{`message 1 false "fragment"`}},
+		{"close", Close(1001, "going away"), []string{`control 8 "\x03\xe9going away"`}},
+		{"masked", clientFrame(true, 0, OpText, []byte("a"), [4]byte{1, 2, 3, 4}), []string{"error: websocket: server frame masked"}},
+		{"masked, zero key", clientFrame(true, 0, OpText, []byte("a"), [4]byte{}), []string{"error: websocket: server frame masked"}},
+	}
+	for _, tc := range cases {
+		for _, pieces := range [][]int{nil, {1}, {2, 3}, {7}} {
+			t.Run(fmt.Sprintf("%s/%v", tc.name, pieces), func(t *testing.T) {
+				got := decodeAll(&Decoder{MaxMessage: 100_000, FromServer: true}, tc.stream, pieces)
+				if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+					t.Fatalf("got  %q\nwant %q", got, tc.want)
+				}
+			})
+		}
+	}
+}
+
 func TestDecoderCloseCodeOf(t *testing.T) {
 	var pe *ProtocolError
 	d := &Decoder{MaxMessage: 10}
@@ -171,9 +209,12 @@ func FuzzDecoder(f *testing.F) {
 	f.Add(append(clientFrame(false, 0, OpBinary, []byte("ab"), k), clientFrame(true, 0, OpContinuation, []byte("c"), k)...), uint8(2), uint8(5))
 	f.Add(clientFrame(true, 0, OpClose, []byte{3, 232, 'x'}, k), uint8(4), uint8(1))
 	f.Add(clientFrame(true, 0, OpText, make([]byte, 300), k), uint8(9), uint8(2))
+	f.Add(Append(Append(nil, OpPing, []byte("p"), false), OpText, []byte("server"), false), uint8(2), uint8(3))
 	f.Fuzz(func(t *testing.T, stream []byte, a, b uint8) {
-		whole := decodeAll(&Decoder{MaxMessage: 4096, Deflate: a&1 == 1}, stream, nil)
-		split := decodeAll(&Decoder{MaxMessage: 4096, Deflate: a&1 == 1}, stream, []int{int(a), int(b)})
+		// a's low bit sets Deflate, the next one FromServer.
+		mk := func() *Decoder { return &Decoder{MaxMessage: 4096, Deflate: a&1 == 1, FromServer: a&2 == 2} }
+		whole := decodeAll(mk(), stream, nil)
+		split := decodeAll(mk(), stream, []int{int(a), int(b)})
 		if fmt.Sprint(whole) != fmt.Sprint(split) {
 			t.Fatalf("whole: %q\nsplit %d,%d: %q", whole, a, b, split)
 		}
