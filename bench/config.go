@@ -26,6 +26,18 @@ const (
 	SubRaw      = "raw"      // /ws/raw?channel=…
 )
 
+// Subscriber readers: how the generator reads its subscribers' sockets.
+const (
+	// ReaderEpoll: a few loops (one per CPU) wait on epoll and read every
+	// subscriber socket themselves (Linux, ws:// only). The default there:
+	// it costs the generator far less CPU per delivery, CPU it would
+	// otherwise take from the server it shares the machine with.
+	ReaderEpoll = "epoll"
+	// ReaderGoroutine: one goroutine per subscriber reads through
+	// gorilla/websocket (every platform, ws:// and wss://).
+	ReaderGoroutine = "goroutine"
+)
+
 // Rate is one step's publication rate: a fixed number of publications per
 // second, over all channels, or Max: as fast as the server accepts them
 // (each WebSocket publisher keeps Window commands outstanding).
@@ -90,6 +102,9 @@ type Config struct {
 	Channels    int
 	Subscribers int
 	SubMode     string // protocol (default) or raw
+	// Reader is ReaderEpoll (the default on Linux for ws:// targets) or
+	// ReaderGoroutine (the default elsewhere).
+	Reader string
 	// PubMode is ws (default), raw or api. Publishers is the number of
 	// publishing connections (api: concurrent HTTP requests); channel c is
 	// published by publisher c mod Publishers, so each channel's numbers come
@@ -232,6 +247,27 @@ func (c *Config) applyDefaults() error {
 	}
 	if c.SubMode != SubProtocol && c.SubMode != SubRaw {
 		return fmt.Errorf("bad subscribe mode %q: want protocol or raw", c.SubMode)
+	}
+	plain := true
+	for _, u := range append(c.subURLs, c.subRawURLs...) {
+		plain = plain && strings.HasPrefix(u, "ws://")
+	}
+	switch c.Reader {
+	case "":
+		c.Reader = ReaderGoroutine
+		if epollReader && plain {
+			c.Reader = ReaderEpoll
+		}
+	case ReaderGoroutine:
+	case ReaderEpoll:
+		if !epollReader {
+			return fmt.Errorf("the epoll reader needs Linux: use -reader goroutine")
+		}
+		if !plain {
+			return fmt.Errorf("the epoll reader reads plain ws:// sockets: use -reader goroutine for wss://")
+		}
+	default:
+		return fmt.Errorf("bad reader %q: want epoll or goroutine", c.Reader)
 	}
 	c.Publishers = min(c.Publishers, c.Channels)
 	def(&c.Window, 1024)

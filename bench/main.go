@@ -102,6 +102,7 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.IntVar(&cfg.Channels, "channels", 1, "channels")
 	fs.IntVar(&cfg.Subscribers, "subs", 10, "subscribers per channel")
 	fs.StringVar(&cfg.SubMode, "sub-mode", SubProtocol, "subscribers speak: protocol (/ws + subscribe) or raw (/ws/raw?channel=)")
+	fs.StringVar(&cfg.Reader, "reader", "", "how subscriber sockets are read: epoll (loops reading every socket; default on Linux for ws://) or goroutine (one per subscriber, through gorilla/websocket)")
 	fs.StringVar(&cfg.PubMode, "publish", PubWS, "publish over: ws (herald.v1 publish commands), raw (raw-mode frames) or api (HTTP API)")
 	fs.IntVar(&cfg.Publishers, "publishers", 0, "publishing connections (api: concurrent requests); default 1 (api: 4)")
 	fs.IntVar(&cfg.Window, "window", 1024, "publish commands a ws publisher keeps outstanding")

@@ -81,7 +81,7 @@ func (r *runner) openPublishers(ctx context.Context) error {
 		r.pubs = append(r.pubs, p)
 		switch cfg.PubMode {
 		case PubWS:
-			ws, err := r.d.dial(ctx, cfg.pubURL, true)
+			ws, _, err := r.d.dial(ctx, cfg.pubURL, true)
 			if err != nil {
 				return fmt.Errorf("publisher %d: %w", i, err)
 			}
@@ -93,7 +93,7 @@ func (r *runner) openPublishers(ctx context.Context) error {
 			go p.readReplies()
 		case PubRaw:
 			for _, c := range p.channels {
-				ws, err := r.d.dial(ctx, cfg.pubRawURL+"?channel="+url.QueryEscape(r.names[c]), false)
+				ws, _, err := r.d.dial(ctx, cfg.pubRawURL+"?channel="+url.QueryEscape(r.names[c]), false)
 				if err != nil {
 					return fmt.Errorf("raw publisher for %s: %w", r.names[c], err)
 				}

@@ -21,6 +21,7 @@ type PlanRecord struct {
 	Subscribers int      `json:"subscribers_per_channel"`
 	Connections int      `json:"connections"`
 	SubMode     string   `json:"sub_mode"`
+	Reader      string   `json:"reader"`
 	PubMode     string   `json:"pub_mode"`
 	Publishers  int      `json:"publishers"`
 	Rates       []string `json:"rates"`
@@ -55,6 +56,9 @@ type ConnectResult struct {
 	// Each server's RSS after the hold, with several servers.
 	ServerRSSAfterEach []int64 `json:"server_rss_after_each_bytes,omitempty"`
 	CutWhileIdle       int64   `json:"cut_while_idle"`
+	// The close codes of the subscribers cut while idle (1006: no close
+	// frame).
+	CloseCodes map[string]int64 `json:"close_codes_while_idle,omitempty"`
 }
 
 // StepResult is one step.
@@ -152,7 +156,7 @@ func (r *runner) planRecord() PlanRecord {
 	}
 	return PlanRecord{
 		Type: "plan", Label: cfg.Label, Scenario: cfg.Scenario, URL: cfg.URL, PubURL: pubURL, Nodes: cfg.nodes(), Channels: cfg.Channels, Subscribers: cfg.Subscribers,
-		Connections: subs + pubs, SubMode: cfg.SubMode, PubMode: cfg.PubMode, Publishers: cfg.Publishers,
+		Connections: subs + pubs, SubMode: cfg.SubMode, Reader: cfg.Reader, PubMode: cfg.PubMode, Publishers: cfg.Publishers,
 		Rates: rates, StepSeconds: cfg.StepDuration.Seconds(), Payload: cfg.Payload, OnTimeMs: ms(cfg.OnTime),
 		ConnectRate: cfg.ConnectRate, Sources: len(cfg.Sources), IdleSeconds: cfg.Idle.Seconds(),
 		TimeoutSecs: cfg.Timeout.Seconds(), ServerPID: cfg.ServerPID, ServerPIDs: pids, Metrics: cfg.MetricsURL,
@@ -218,8 +222,8 @@ func (o *reporter) plan(p *PlanRecord) {
 	if p.PubURL != "" {
 		target = fmt.Sprintf("subscribers on %s, publishers on %s (%d nodes)", p.URL, p.PubURL, p.Nodes)
 	}
-	o.printf("# %s%s: %d channels x %d subscribers (%s), publish %s x%d, rates/s %s, step %gs, payload %d B, on time <= %gms, timeout %gs\n",
-		labelPrefix(p.Label), target, p.Channels, p.Subscribers, p.SubMode, p.PubMode, p.Publishers, rates, p.StepSeconds, p.Payload, p.OnTimeMs, p.TimeoutSecs)
+	o.printf("# %s%s: %d channels x %d subscribers (%s, %s reader), publish %s x%d, rates/s %s, step %gs, payload %d B, on time <= %gms, timeout %gs\n",
+		labelPrefix(p.Label), target, p.Channels, p.Subscribers, p.SubMode, p.Reader, p.PubMode, p.Publishers, rates, p.StepSeconds, p.Payload, p.OnTimeMs, p.TimeoutSecs)
 }
 
 func labelPrefix(l string) string {
@@ -245,7 +249,7 @@ func (o *reporter) connected(c *ConnectResult) {
 		line += " (sum over servers: " + strings.Join(parts, " + ") + " MiB)"
 	}
 	if c.CutWhileIdle > 0 {
-		line += fmt.Sprintf("; %d cut while idle", c.CutWhileIdle)
+		line += fmt.Sprintf("; %d cut while idle (close codes %v)", c.CutWhileIdle, c.CloseCodes)
 	}
 	if c.FirstError != "" {
 		line += "; first error: " + c.FirstError

@@ -24,15 +24,19 @@ type Result struct {
 	Err     string        `json:"error,omitempty"`
 }
 
-// runner is one run's state. Goroutines it starts: one reader per
-// subscriber and per publishing connection (all in wg, ended by teardown
-// closing their sockets), one publishing goroutine per publisher during a
-// step, and the progress ticker; every one has ended when Run returns.
+// runner is one run's state. Goroutines it starts: one per subscriber
+// (which dials, subscribes, and then either reads its socket until it ends
+// or hands it to one of the epoll loops of rx and returns), the epoll loops,
+// one reader per publishing connection (all in wg, ended by teardown closing
+// their sockets and stopping rx), one publishing goroutine per publisher
+// during a step, and the progress ticker; every one has ended when Run
+// returns.
 type runner struct {
 	cfg      Config
 	base     time.Time
 	onTimeNs int64
 	d        *dialer
+	rx       *rxPool // nil with the goroutine reader
 	probe    serverProbe
 	out      *reporter
 
@@ -58,9 +62,12 @@ type runner struct {
 type subscriber struct {
 	id      int
 	channel int
-	ws      atomic.Pointer[websocket.Conn]
+	ws      atomic.Pointer[websocket.Conn] // the goroutine reader's, closed by teardown
 	alive   atomic.Bool
-	tr      seqTracker // reader goroutine only
+	// Owned by the subscriber's reader: its goroutine, or the epoll loop
+	// that took its socket.
+	subscribed bool
+	tr         seqTracker
 }
 
 // Run runs one benchmark: connect every subscriber at the configured rate,
@@ -208,6 +215,13 @@ func (r *runner) connect(ctx context.Context) (ConnectResult, error) {
 	}
 	n := cfg.Channels * cfg.Subscribers
 	r.subs = make([]*subscriber, n)
+	if cfg.Reader == ReaderEpoll && r.rx == nil {
+		rx, err := newRxPool(r)
+		if err != nil {
+			return res, fmt.Errorf("epoll reader: %w", err)
+		}
+		r.rx = rx
+	}
 	sem := make(chan struct{}, cfg.ConnectConcurrency)
 	var ready sync.WaitGroup
 	var failed atomic.Int64
@@ -270,6 +284,7 @@ func (r *runner) connect(ctx context.Context) (ConnectResult, error) {
 		r.sleepUntil(ctx, time.Since(r.base)+cfg.Idle)
 	}
 	res.CutWhileIdle = r.cut.Load()
+	res.CloseCodes = diffCodes(r.codes(), nil)
 	after, aerr := r.probe.sample(ctx)
 	if perr == nil && aerr == nil && before.ok && after.ok {
 		res.ServerRSSBefore, res.ServerRSSAfter = before.rss, after.rss
@@ -285,8 +300,9 @@ func (r *runner) connect(ctx context.Context) (ConnectResult, error) {
 	return res, nil
 }
 
-// subscriber runs one subscriber: dial, subscribe, read until the socket
-// ends. ready is called once: subscribed, or failed.
+// subscriber runs one subscriber: dial, subscribe, then read until the
+// socket ends, itself (the goroutine reader) or by handing the socket to an
+// epoll loop and returning. ready is called once: subscribed, or failed.
 func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error)) {
 	defer r.wg.Done()
 	cfg := &r.cfg
@@ -296,7 +312,7 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 	if !proto {
 		u = cfg.subRawURLs[node] + "?channel=" + url.QueryEscape(r.names[s.channel])
 	}
-	ws, err := r.d.dial(ctx, u, proto)
+	ws, hc, err := r.d.dial(ctx, u, proto)
 	if err != nil {
 		ready(err)
 		return
@@ -307,8 +323,7 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 		ready(errors.New("run ended"))
 		return
 	}
-	ws.SetReadLimit(1 << 20)
-	subscribed := false
+	ws.SetReadLimit(maxMessage)
 	if proto {
 		cmd := `{"id":1,"cmd":"subscribe","channel":"` + r.names[s.channel] + `"}`
 		_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
@@ -317,52 +332,84 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 			ready(fmt.Errorf("subscribe: %w", err))
 			return
 		}
-		_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
 	} else {
-		subscribed = true
-		s.alive.Store(true)
-		r.live.Add(1)
-		ready(nil)
+		r.subscribed(s, ready)
 	}
+	if r.rx != nil {
+		// The loop's from here on; if it cannot take the socket, it has
+		// closed it and called ready.
+		r.rx.add(s, hc, ready)
+		return
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 0, 256)
 	for {
 		msg, err := readMessage(ws, buf)
 		buf = msg
 		if err != nil {
 			ws.Close()
-			if !subscribed {
-				ready(fmt.Errorf("subscribe: %w", err))
-				return
-			}
-			s.alive.Store(false)
-			r.live.Add(-1)
-			if !r.closing.Load() {
-				r.cut.Add(1)
-				r.codesMu.Lock()
-				r.closeCodes[closeCode(err)]++
-				r.codesMu.Unlock()
-			}
+			r.ended(s, closeCode(err), err, ready)
 			return
 		}
-		if p, perr := findPayload(msg); perr == nil {
-			r.deliver(s, p)
-			continue
-		} else if perr != errNoPayload {
-			r.malformed.Add(1)
-			continue
+		wasSubscribed := s.subscribed
+		if !r.message(s, msg, ready) {
+			ws.Close()
+			return
 		}
-		if !subscribed && bytes.HasPrefix(msg, []byte(`{"id":1`)) {
-			if bytes.Contains(msg, []byte(`"error"`)) {
-				ws.Close()
-				ready(fmt.Errorf("subscribe refused: %s", msg))
-				return
-			}
-			subscribed = true
+		if !wasSubscribed && s.subscribed {
 			_ = ws.SetReadDeadline(time.Time{})
-			s.alive.Store(true)
-			r.live.Add(1)
-			ready(nil)
 		}
+	}
+}
+
+// maxMessage is the longest message a subscriber accepts (the goroutine
+// reader closes with 1009 past it, the epoll reader likewise).
+const maxMessage = 1 << 20
+
+// message handles one data message for s, on its reader: a delivery, or
+// before that the subscribe reply. It returns false when the subscriber is
+// done: its subscription was refused (ready has the reason).
+func (r *runner) message(s *subscriber, msg []byte, ready func(error)) bool {
+	if p, perr := findPayload(msg); perr == nil {
+		r.deliver(s, p)
+		return true
+	} else if perr != errNoPayload {
+		r.malformed.Add(1)
+		return true
+	}
+	if !s.subscribed && bytes.HasPrefix(msg, []byte(`{"id":1`)) {
+		if bytes.Contains(msg, []byte(`"error"`)) {
+			ready(fmt.Errorf("subscribe refused: %s", msg))
+			return false
+		}
+		r.subscribed(s, ready)
+	}
+	return true
+}
+
+// subscribed counts s in once its subscription holds (on its reader).
+func (r *runner) subscribed(s *subscriber, ready func(error)) {
+	s.subscribed = true
+	s.alive.Store(true)
+	r.live.Add(1)
+	ready(nil)
+}
+
+// ended accounts for s's socket ending (on its reader, after closing it):
+// a failed subscribe, or a subscriber cut with code unless the run is
+// closing its connections itself.
+func (r *runner) ended(s *subscriber, code int, err error, ready func(error)) {
+	if !s.subscribed {
+		ready(fmt.Errorf("subscribe: %w", err))
+		return
+	}
+	s.alive.Store(false)
+	r.live.Add(-1)
+	if !r.closing.Load() {
+		r.cut.Add(1)
+		r.codesMu.Lock()
+		r.closeCodes[code]++
+		r.codesMu.Unlock()
 	}
 }
 
@@ -385,9 +432,14 @@ func (r *runner) deliver(s *subscriber, p payloadInfo) {
 func (r *runner) teardown() {
 	r.closing.Store(true)
 	for _, s := range r.subs {
+		// (A socket an epoll loop took is closed already here: this
+		// closes nothing twice.)
 		if ws := s.ws.Load(); ws != nil {
 			ws.Close()
 		}
+	}
+	if r.rx != nil {
+		r.rx.stop()
 	}
 	for _, p := range r.pubs {
 		p.close()

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,7 +24,8 @@ import (
 
 // dialer opens WebSocket connections spread over source addresses.
 type dialer struct {
-	ws      []*websocket.Dialer // one per source address (or one, unbound)
+	ws      []websocket.Dialer // one per source address (or one, unbound)
+	net     []*net.Dialer      // the TCP dialer of each
 	next    atomic.Uint64
 	retries atomic.Int64 // handshakes refused with 429/503 and tried again
 }
@@ -33,45 +35,59 @@ type dialer struct {
 var sharedWritePool = &sync.Pool{}
 
 func newDialer(sources []net.IP) *dialer {
-	mk := func(local net.Addr) *websocket.Dialer {
+	d := &dialer{}
+	add := func(local net.Addr) {
 		nd := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: local}
-		return &websocket.Dialer{
+		d.net = append(d.net, nd)
+		d.ws = append(d.ws, websocket.Dialer{
 			NetDialContext:   nd.DialContext,
 			HandshakeTimeout: 10 * time.Second,
 			ReadBufferSize:   4096, // a backlog of small pushes comes in with one read
 			WriteBufferPool:  sharedWritePool,
-		}
+		})
 	}
-	d := &dialer{}
 	if len(sources) == 0 {
-		d.ws = []*websocket.Dialer{mk(nil)}
+		add(nil)
 	}
 	for _, ip := range sources {
-		d.ws = append(d.ws, mk(&net.TCPAddr{IP: ip}))
+		add(&net.TCPAddr{IP: ip})
 	}
 	return d
 }
 
 // dial opens one connection, asking for herald.v1 when protocol is set. A
 // handshake refused with 429 or 503 (connection rate or count limits) is
-// tried again after Retry-After (or 200 ms), up to five times.
-func (d *dialer) dial(ctx context.Context, url string, protocol bool) (*websocket.Conn, error) {
-	wd := d.ws[d.next.Add(1)%uint64(len(d.ws))]
+// tried again after Retry-After (or 200 ms), up to five times. For a ws://
+// URL it also returns the socket under gorilla's connection, holding what
+// was read past the handshake's response (see handshakeConn); nil for wss://.
+func (d *dialer) dial(ctx context.Context, url string, protocol bool) (*websocket.Conn, *handshakeConn, error) {
+	i := d.next.Add(1) % uint64(len(d.ws))
+	wd := d.ws[i] // a copy
 	if protocol {
-		c := *wd
-		c.Subprotocols = []string{"herald.v1"}
-		wd = &c
+		wd.Subprotocols = []string{"herald.v1"}
+	}
+	var hc *handshakeConn
+	if strings.HasPrefix(url, "ws://") {
+		nd := d.net[i]
+		wd.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := nd.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			hc = &handshakeConn{Conn: nc}
+			return hc, nil
+		}
 	}
 	for attempt := 0; ; attempt++ {
 		ws, resp, err := wd.DialContext(ctx, url, nil)
 		if err == nil {
-			return ws, nil
+			return ws, hc, nil
 		}
 		if resp == nil || (resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable) || attempt >= 5 {
 			if resp != nil {
-				return nil, fmt.Errorf("handshake refused: %s", resp.Status)
+				return nil, nil, fmt.Errorf("handshake refused: %s", resp.Status)
 			}
-			return nil, err
+			return nil, nil, err
 		}
 		d.retries.Add(1)
 		wait := 200 * time.Millisecond
@@ -82,10 +98,60 @@ func (d *dialer) dial(ctx context.Context, url string, protocol bool) (*websocke
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		case <-t.C:
 		}
 	}
+}
+
+// handshakeConn is the socket under a ws:// connection while gorilla's
+// dialer reads the handshake: it hands gorilla the HTTP response and
+// nothing after it, so that a reader taking the socket over afterwards (the
+// epoll reader) also gets the frames that came in the same read as the
+// response. After the response, reads return what was kept first, then
+// read the socket: gorilla, if it goes on reading (an error response's
+// body, or the goroutine reader), still sees every byte in order.
+type handshakeConn struct {
+	net.Conn
+	head bool   // the response's blank line has been handed out
+	seen int    // how much of "\r\n\r\n" the bytes so far end with
+	rest []byte // read past the response, not handed out yet
+}
+
+func (c *handshakeConn) Read(p []byte) (int, error) {
+	if len(c.rest) > 0 {
+		n := copy(p, c.rest)
+		c.rest = c.rest[n:]
+		return n, nil
+	}
+	n, err := c.Conn.Read(p)
+	if c.head {
+		return n, err
+	}
+	for i, b := range p[:n] {
+		switch {
+		case b == "\r\n\r\n"[c.seen]:
+			c.seen++
+		case b == '\r':
+			c.seen = 1
+		default:
+			c.seen = 0
+		}
+		if c.seen == 4 {
+			c.head = true
+			c.rest = append([]byte(nil), p[i+1:n]...)
+			return i + 1, err
+		}
+	}
+	return n, err
+}
+
+// take returns the bytes read past the response that nobody was handed,
+// and forgets them.
+func (c *handshakeConn) take() []byte {
+	r := c.rest
+	c.rest = nil
+	return r
 }
 
 // readMessage reads the next data message into buf (grown as needed) and
