@@ -341,7 +341,10 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 		r.rx.add(s, hc, ready)
 		return
 	}
-	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if !s.subscribed {
+		// Until the subscribe reply; a raw subscriber has none to wait for.
+		_ = ws.SetReadDeadline(time.Now().Add(subscribeTimeout))
+	}
 	buf := make([]byte, 0, 256)
 	for {
 		msg, err := readMessage(ws, buf)
@@ -365,6 +368,10 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 // maxMessage is the longest message a subscriber accepts (the goroutine
 // reader closes with 1009 past it, the epoll reader likewise).
 const maxMessage = 1 << 20
+
+// subscribeTimeout bounds the wait for a subscribe reply, in both readers
+// (a variable for tests).
+var subscribeTimeout = 10 * time.Second
 
 // message handles one data message for s, on its reader: a delivery, or
 // before that the subscribe reply. It returns false when the subscriber is
@@ -432,8 +439,9 @@ func (r *runner) deliver(s *subscriber, p payloadInfo) {
 func (r *runner) teardown() {
 	r.closing.Store(true)
 	for _, s := range r.subs {
-		// (A socket an epoll loop took is closed already here: this
-		// closes nothing twice.)
+		// For a socket an epoll loop took, this only closes gorilla's
+		// descriptor again (it was closed at the hand-over, an error
+		// ignored); the loop closes its own when rx stops.
 		if ws := s.ws.Load(); ws != nil {
 			ws.Close()
 		}

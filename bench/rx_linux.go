@@ -60,10 +60,6 @@ type rxConn struct {
 	closed   bool
 }
 
-// subscribeTimeout bounds the wait for a subscribe reply, as the goroutine
-// reader's read deadline does.
-const subscribeTimeout = 10 * time.Second
-
 func newRxPool(r *runner) (*rxPool, error) {
 	p := &rxPool{}
 	for range runtime.GOMAXPROCS(0) {

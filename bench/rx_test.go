@@ -148,6 +148,56 @@ func TestReadersAgainstHerald(t *testing.T) {
 	}
 }
 
+// A subscriber that is subscribed keeps reading past the subscribe
+// timeout, in every reader and mode; one whose reply never comes fails
+// after it.
+func TestSubscribeTimeout(t *testing.T) {
+	defer func(d time.Duration) { subscribeTimeout = d }(subscribeTimeout)
+	subscribeTimeout = 300 * time.Millisecond
+	url := startHerald(t)
+	for _, reader := range readers() {
+		for _, sub := range []string{SubProtocol, SubRaw} {
+			t.Run(reader+"-"+sub, func(t *testing.T) {
+				res, err := Run(context.Background(), Config{
+					URL: url, Channels: 1, Subscribers: 5, SubMode: sub, Reader: reader, Text: io.Discard,
+					Idle: 2 * subscribeTimeout, Rates: []Rate{{PerSecond: 20}}, StepDuration: 2 * subscribeTimeout,
+					Drain: time.Second, OnTime: 5 * time.Second,
+				})
+				checkClean(t, res, err, 1)
+				if res.Connect.CutWhileIdle != 0 {
+					t.Errorf("connect: %+v", res.Connect)
+				}
+			})
+		}
+	}
+	// A server that accepts the handshake and never replies.
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		up := websocket.Upgrader{Subprotocols: []string{"herald.v1"}}
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.Close()
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}))
+	defer silent.Close()
+	for _, reader := range readers() {
+		t.Run("no reply/"+reader, func(t *testing.T) {
+			res, err := Run(context.Background(), Config{
+				URL: "ws" + strings.TrimPrefix(silent.URL, "http") + "/ws", Channels: 1, Subscribers: 2,
+				Reader: reader, Idle: 100 * time.Millisecond, Text: io.Discard,
+			})
+			if err == nil || res.Connect.Failed != 2 || !strings.Contains(res.Connect.FirstError, "subscribe") {
+				t.Errorf("err %v, connect %+v", err, res.Connect)
+			}
+		})
+	}
+}
+
 // handshakeConn hands out the response up to its blank line, however the
 // bytes arrive, and keeps what follows for take.
 func TestHandshakeConn(t *testing.T) {
