@@ -112,7 +112,9 @@ func (p *rxPool) add(s *subscriber, hc *handshakeConn, ready func(error)) {
 	c := &rxConn{s: s, ready: ready, dec: wsframe.Decoder{MaxMessage: maxMessage, FromServer: true}}
 	fd, err := dupSocket(hc)
 	if err != nil {
-		hc.Close()
+		if hc != nil {
+			hc.Close()
+		}
 		l.r.ended(s, websocket.CloseAbnormalClosure, err, ready)
 		return
 	}
