@@ -28,9 +28,12 @@ const epollReader = true
 // receive path, which no reader avoids, is then most of the generator's
 // cost, and the server under test gets the CPU the rest would have taken.
 //
-// A loop owns the sockets it was given: only it reads, writes (pongs) and
-// closes them, so no lock guards a socket. Its conns map is locked only
-// because subscriber goroutines add to it.
+// A loop owns the sockets it was given: once add has registered a socket,
+// only its loop reads, writes (pongs) and closes it, so no lock guards a
+// socket. Before that, add itself handles the bytes that came with the
+// handshake. The conns map is locked because add puts sockets in it from
+// subscriber goroutines; end, which takes them out, marks each closed once
+// under the same lock.
 type rxPool struct {
 	loops []*rxLoop
 }
