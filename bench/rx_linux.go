@@ -231,8 +231,7 @@ func (l *rxLoop) feed(c *rxConn, p []byte) bool {
 			if perr, ok := err.(*wsframe.ProtocolError); ok {
 				code = perr.Code
 			}
-			l.write(c, appendClientFrame(nil, websocket.CloseMessage, binary.BigEndian.AppendUint16(nil, uint16(code))))
-			l.end(c, code, err)
+			l.closeWith(c, code, code, err)
 			return false
 		}
 		switch ev {
@@ -257,13 +256,19 @@ func (l *rxLoop) feed(c *rxConn, p []byte) bool {
 				if code == wsframe.CloseNoStatusPresent {
 					reply = websocket.CloseNormalClosure
 				}
-				l.write(c, appendClientFrame(nil, websocket.CloseMessage, binary.BigEndian.AppendUint16(nil, uint16(reply))))
-				l.end(c, code, &websocket.CloseError{Code: code})
+				l.closeWith(c, reply, code, &websocket.CloseError{Code: code})
 				return false
 			}
 		}
 	}
 	return true
+}
+
+// closeWith sends a close frame with reply (best effort) and ends c,
+// counting it cut with code.
+func (l *rxLoop) closeWith(c *rxConn, reply, code int, err error) {
+	l.write(c, appendClientFrame(nil, websocket.CloseMessage, binary.BigEndian.AppendUint16(nil, uint16(reply))))
+	l.end(c, code, err)
 }
 
 // write writes one small client frame whole, without waiting: a socket

@@ -31,8 +31,9 @@ func readers() []string {
 // scriptedServer accepts WebSocket handshakes by hand and writes its 101
 // response, the subscribe reply and a ping in a single write, so that a
 // reader gets frames in the same read as the response. It then waits for
-// the pong, closes with 4002, and waits for the client's close frame or
-// EOF. It counts the pongs and the client close frames it saw.
+// the pong, writes then (a close frame, or a bad frame), and waits for the
+// client's close frame or EOF. It counts the pongs, and the client close
+// frames with code want.
 type scriptedServer struct {
 	*httptest.Server
 	wg     sync.WaitGroup
@@ -40,7 +41,7 @@ type scriptedServer struct {
 	closes atomic.Int64
 }
 
-func newScriptedServer(t *testing.T) *scriptedServer {
+func newScriptedServer(t *testing.T, then []byte, want int) *scriptedServer {
 	s := &scriptedServer{}
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		nc, brw, err := http.NewResponseController(w).Hijack()
@@ -84,12 +85,12 @@ func newScriptedServer(t *testing.T) *scriptedServer {
 				case websocket.PongMessage:
 					if string(payload) == "hb" {
 						s.pongs.Add(1)
-						if _, err := nc.Write(wsframe.Close(4002, "scripted")); err != nil {
+						if _, err := nc.Write(then); err != nil {
 							return
 						}
 					}
 				case websocket.CloseMessage:
-					if wsframe.CloseCode(payload) == 4002 {
+					if wsframe.CloseCode(payload) == want {
 						s.closes.Add(1)
 					}
 					return
@@ -107,7 +108,7 @@ func newScriptedServer(t *testing.T) *scriptedServer {
 func TestReaderScriptedServer(t *testing.T) {
 	for _, reader := range readers() {
 		t.Run(reader, func(t *testing.T) {
-			s := newScriptedServer(t)
+			s := newScriptedServer(t, wsframe.Close(4002, "scripted"), 4002)
 			res, err := Run(context.Background(), Config{
 				URL: "ws" + strings.TrimPrefix(s.URL, "http") + "/ws", Channels: 1, Subscribers: 3,
 				Idle: 500 * time.Millisecond, Reader: reader, Text: io.Discard,
@@ -128,6 +129,32 @@ func TestReaderScriptedServer(t *testing.T) {
 				t.Errorf("server saw %d pongs and %d close replies, want 3 and 3", s.pongs.Load(), s.closes.Load())
 			}
 		})
+	}
+}
+
+// A frame no server may send (a masked one) makes the epoll reader fail the
+// connection with 1002, as RFC 6455 asks, and count the subscriber cut with
+// that code.
+func TestEpollReaderProtocolError(t *testing.T) {
+	if !epollReader {
+		t.Skip("the epoll reader needs Linux")
+	}
+	masked := []byte{0x81, 0x81, 1, 2, 3, 4, 'x' ^ 1}
+	s := newScriptedServer(t, masked, websocket.CloseProtocolError)
+	res, err := Run(context.Background(), Config{
+		URL: "ws" + strings.TrimPrefix(s.URL, "http") + "/ws", Channels: 1, Subscribers: 3,
+		Idle: 500 * time.Millisecond, Reader: ReaderEpoll, Text: io.Discard,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := res.Connect; c.Connections != 3 || c.CutWhileIdle != 3 || c.CloseCodes["1002"] != 3 {
+		t.Errorf("connect: %+v", c)
+	}
+	s.Close()
+	s.wg.Wait()
+	if s.closes.Load() != 3 {
+		t.Errorf("server saw %d close frames with 1002, want 3", s.closes.Load())
 	}
 }
 

@@ -74,11 +74,6 @@ func Close(code int, reason string) []byte {
 	return Append(make([]byte, 0, 2+len(p)), OpClose, p, false)
 }
 
-// IsClose reports whether frame is a complete server frame with the close opcode.
-func IsClose(frame []byte) bool {
-	return len(frame) >= 2 && frame[0]&0x0F == OpClose
-}
-
 var flaters = sync.Pool{New: func() any {
 	w, _ := flate.NewWriter(nil, flate.BestSpeed)
 	return w
