@@ -34,10 +34,12 @@ const (
 //
 // Goroutines: exactly one reader at a time (readLoop, started by the HTTP
 // handler, handing itself to a fresh goroutine after each read that handled
-// a message)
-// owns ws and the connection's teardown; at most one writer (writeLoop) exists
-// while the outbound queue is non-empty and is the only code that writes to
-// nc. Everything else — fan-out, replies, pings, pongs, close frames —
+// a message) owns the connection's teardown. Writing is a role, held while
+// the outbound queue is non-empty (writing, under mu) and only by its
+// holder: a writer-pool worker, which writes without blocking (writer.go),
+// or the connection's own writeLoop goroutine, which takes over when the
+// socket is full, for every close, and on sockets without a descriptor
+// (TLS). Everything else — fan-out, replies, pings, pongs, close frames —
 // enqueues ready-to-send frames and never blocks.
 type conn struct {
 	node *Node
@@ -82,7 +84,7 @@ type conn struct {
 	// The read side, reader goroutine only (see conn_read.go).
 	dec       wsframe.Decoder
 	msg       *[]byte         // the message being read (pooled); nil between messages
-	rc        syscall.RawConn // nc's descriptor; nil if nc has none (TLS): then rbuf
+	rc        syscall.RawConn // nc's descriptor, set before c is shared; nil if nc has none (TLS): then rbuf
 	rbuf      []byte          // the read buffer of a connection without rc
 	chunk     *[]byte         // tryRead's result: a pooled buffer holding nread bytes
 	nread     int
@@ -90,13 +92,13 @@ type conn struct {
 	tryReadFn func(fd uintptr) bool
 	rdeadline time.Time // the read deadline last set
 
-	nc net.Conn // the socket; writer goroutine only (Close and read deadlines excepted)
+	nc net.Conn // the socket; written only by the writer role's holder (Close and deadlines excepted)
 
 	mu sync.Mutex // guards the fields below
 	// queue holds complete frames, FIFO; spare is a drained queue kept for reuse.
 	queue, spare [][]byte
 	queuedBytes  int
-	writing      bool // a writeLoop goroutine is running
+	writing      bool // the writer role is held: by a pool worker or by writeLoop
 	// closing: a close frame is queued (or the socket failed); no data frame
 	// is accepted any more.
 	closing bool
@@ -176,7 +178,11 @@ func (c *conn) enqueue(frame []byte) bool {
 	c.writing = true
 	c.mu.Unlock()
 	if start {
-		go c.writeLoopFn()
+		if poolWrites && c.rc != nil {
+			c.node.writers.add(c)
+		} else {
+			go c.writeLoopFn()
+		}
 	}
 	return true
 }
@@ -232,8 +238,9 @@ func (c *conn) markFlushedLocked() {
 }
 
 // writeLoop writes queued frames until the queue is empty, taking everything
-// queued at once and writing it with one vectored write. It is the only
-// writer of nc.
+// queued at once and writing it with one vectored write, each with the
+// write deadline. It runs holding the writer role, on a goroutine of its
+// own: it may wait for a slow client.
 func (c *conn) writeLoop() {
 	cfg := &c.node.cfg
 	for {
@@ -270,14 +277,7 @@ func (c *conn) writeLoop() {
 		c.node.metrics.bytesOut.Add(uint64(written))
 		clear(batch)
 		if err != nil {
-			c.mu.Lock()
-			c.closing = true
-			clear(c.queue)
-			c.queue, c.queuedBytes = nil, 0
-			c.writing = false
-			c.markFlushedLocked()
-			c.mu.Unlock()
-			c.nc.Close() // wakes the reader, which tears the connection down
+			c.writeFailed()
 			return
 		}
 		if closing {
@@ -290,6 +290,20 @@ func (c *conn) writeLoop() {
 		}
 		c.mu.Unlock()
 	}
+}
+
+// writeFailed ends the writer role after a failed write: nothing more is
+// sent, and closing the socket wakes the reader, which tears the
+// connection down.
+func (c *conn) writeFailed() {
+	c.mu.Lock()
+	c.closing = true
+	clear(c.queue)
+	c.queue, c.queuedBytes = nil, 0
+	c.writing = false
+	c.markFlushedLocked()
+	c.mu.Unlock()
+	c.nc.Close()
 }
 
 var writeBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}

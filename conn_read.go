@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -54,13 +53,9 @@ func (c *conn) startReader(deflate bool) {
 	cfg := &c.node.cfg
 	c.dec.MaxMessage = cfg.MaxMessageSize
 	c.dec.Deflate = deflate
-	if sc, ok := c.nc.(syscall.Conn); ok && pollable {
-		if rc, err := sc.SyscallConn(); err == nil {
-			c.rc = rc
-			c.tryReadFn = c.tryRead
-		}
-	}
-	if c.rc == nil {
+	if c.rc != nil {
+		c.tryReadFn = c.tryRead
+	} else {
 		c.rbuf = make([]byte, cfg.ReadBufferSize)
 	}
 	c.extendReadDeadline()

@@ -2,7 +2,10 @@
 
 package herald
 
-import "syscall"
+import (
+	"net"
+	"syscall"
+)
 
 // pollable: the reader may wait for readability without holding a buffer.
 const pollable = true
@@ -24,4 +27,15 @@ func (c *conn) tryRead(fd uintptr) bool {
 		c.chunk, c.nread, c.rerr = b, max(n, 0), err
 		return true
 	}
+}
+
+// rawConn returns nc's descriptor for the reader's and the writer pool's
+// system calls, or nil when nc has none (TLS).
+func rawConn(nc net.Conn) syscall.RawConn {
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			return rc
+		}
+	}
+	return nil
 }

@@ -22,6 +22,7 @@ type nodeMetrics struct {
 	pubRaw        atomic.Uint64 // by raw-mode clients
 	pubServer     atomic.Uint64 // by Node.Publish (Go code, the HTTP API)
 	slowConsumers atomic.Uint64
+	socketFull    atomic.Uint64 // pool writes the socket did not take whole
 	dropped       atomic.Uint64 // frames dropped from the queues of cut clients
 	authFailures  atomic.Uint64
 	rateLimited   atomic.Uint64
@@ -63,6 +64,7 @@ func (n *Node) initMetrics() {
 		published("raw", &m.pubRaw),
 		published("server", &m.pubServer),
 		counter("herald_slow_consumer_disconnects_total", "Clients cut because their outbound queue overflowed (close 4001).", &m.slowConsumers),
+		counter("herald_socket_full_total", "Times a client's socket did not take every queued frame at once, so that a goroutine waits for that client to read (a sign of slow clients or a congested network).", &m.socketFull),
 		counter("herald_dropped_messages_total", "Frames dropped from the queues of clients cut as slow consumers.", &m.dropped),
 		counter("herald_auth_failures_total", "Refused tokens and failed authentications.", &m.authFailures),
 		counter("herald_rate_limited_total", "Client messages refused by the per-connection message rate limit.", &m.rateLimited),

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -54,6 +55,7 @@ type Node struct {
 	rawUp    websocket.Upgrader
 	metrics  nodeMetrics
 	presence PresenceManager
+	writers  *writerPool // writes for connections whose sockets keep up (writer.go)
 
 	// The settings a running node can change (reload.go): each is an
 	// immutable value, swapped whole and loaded once per operation. The
@@ -105,7 +107,8 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, broker: cfg.Broker, hub: newHub(cfg.Shards), presence: cfg.Presence, ips: newIPLimits()}
+	n := &Node{cfg: cfg, log: cfg.Logger, broker: cfg.Broker, hub: newHub(cfg.Shards), presence: cfg.Presence, ips: newIPLimits(),
+		writers: newWriterPool(runtime.GOMAXPROCS(0))}
 	n.origins.Store(oc)
 	n.ns.p.Store(ns)
 	n.limits.Store(lim)
@@ -329,6 +332,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		rawChannel: rawChannel,
 		echo:       raw && q.Get("echo") == "1",
 		nc:         hc.Conn,
+		rc:         rawConn(hc.Conn),
 		flushed:    make(chan struct{}),
 	}
 	c.writeLoopFn, c.readLoopFn = c.writeLoop, c.readLoop

@@ -1,0 +1,168 @@
+package herald
+
+import (
+	"sync"
+)
+
+// writerPool writes for connections whose sockets take their frames at once,
+// which on a healthy connection is nearly every time. A burst to a thousand
+// connections then costs a thousand non-blocking writes on a few pool
+// goroutines, not a thousand goroutines started and ended: on the S3 fan-out
+// (docs/benchmarks.md) that is what separated Herald from a bare loop of
+// write(2) calls.
+//
+// The pool holds no connection's writer role for long: a worker takes a
+// connection from the ready list, writes what it has queued without
+// blocking, and moves on. What the socket does not take at once goes to the
+// connection's own writeLoop goroutine, which may wait for the client (with
+// the write deadline); so does every close. A slow client therefore holds a
+// goroutine of its own, never a pool worker, and cannot delay any other
+// connection's writes.
+//
+// Workers exist only while the ready list is not empty: one is started when
+// a connection is added and fewer workers run than connections wait, up to
+// max, and each exits when it finds the list empty. Nothing has to stop
+// them: they never block, and every connection they hold is released (its
+// writer role handed back or passed on) before they exit.
+type writerPool struct {
+	max    int
+	workFn func() // p.work, made once: `go p.work()` allocates a closure each time
+
+	mu      sync.Mutex // guards the fields below
+	ready   []*conn    // connections holding the writer role, waiting for a worker; FIFO from head
+	head    int
+	running int // workers started and not yet exited
+}
+
+func newWriterPool(workers int) *writerPool {
+	p := &writerPool{max: max(workers, 1)}
+	p.workFn = p.work
+	return p
+}
+
+// add queues c, which holds the writer role and has frames queued, for a
+// worker, and starts one if there are fewer than connections waiting.
+func (p *writerPool) add(c *conn) {
+	p.mu.Lock()
+	p.ready = append(p.ready, c)
+	start := p.running < p.max && p.running < len(p.ready)-p.head
+	if start {
+		p.running++
+	}
+	p.mu.Unlock()
+	if start {
+		go p.workFn()
+	}
+}
+
+// maxIdleReady is the largest ready list (in connections) the pool keeps
+// once it is empty, so that a burst to a large channel leaves at most this
+// much behind.
+const maxIdleReady = 4096
+
+// next returns the next connection to write for, or nil after counting the
+// calling worker out when there is none.
+func (p *writerPool) next() *conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.head == len(p.ready) {
+		p.running--
+		p.head = 0
+		if cap(p.ready) > maxIdleReady {
+			p.ready = nil
+		} else {
+			p.ready = p.ready[:0]
+		}
+		return nil
+	}
+	c := p.ready[p.head]
+	p.ready[p.head] = nil
+	p.head++
+	return c
+}
+
+// work is a pool worker: it writes for ready connections until there is
+// none left.
+func (p *writerPool) work() {
+	w := nbWriters.Get().(*nbWriter)
+	defer nbWriters.Put(w)
+	for c := p.next(); c != nil; c = p.next() {
+		c.flushNow(w)
+	}
+}
+
+var nbWriters = sync.Pool{New: func() any { return newNBWriter() }}
+
+// flushNow is a pool worker's turn at c, which holds the writer role: it
+// writes what is queued without blocking, then gives the role back, puts c
+// at the back of the ready list if more was queued meanwhile, or hands
+// what is left to c's own writeLoop.
+func (c *conn) flushNow(w *nbWriter) {
+	c.mu.Lock()
+	if len(c.queue) == 0 {
+		c.writing = false
+		if c.closing {
+			c.markFlushedLocked()
+		}
+		c.mu.Unlock()
+		return
+	}
+	if c.closing {
+		// A close frame is queued: the writer that sends it waits for the
+		// client's reply with a deadline, which is writeLoop's job.
+		c.mu.Unlock()
+		go c.writeLoopFn()
+		return
+	}
+	batch := c.queue
+	c.queue, c.spare = c.spare, nil
+	c.queuedBytes = 0
+	c.mu.Unlock()
+
+	written, err := w.write(c.rc, batch)
+	c.node.metrics.bytesOut.Add(uint64(written))
+	done := 0 // frames written whole
+	for done < len(batch) && written >= len(batch[done]) {
+		written -= len(batch[done])
+		done++
+	}
+	c.node.metrics.framesOut.Add(uint64(done))
+	if err != nil {
+		clear(batch)
+		c.writeFailed()
+		return
+	}
+	if done < len(batch) {
+		// The socket is full: what is left goes first, ahead of anything
+		// queued meanwhile, and c's own writer waits for the client.
+		c.node.metrics.socketFull.Add(1)
+		batch[done] = batch[done][written:]
+		c.mu.Lock()
+		rest := make([][]byte, 0, len(batch)-done+len(c.queue))
+		rest = append(append(rest, batch[done:]...), c.queue...)
+		for _, f := range batch[done:] {
+			c.queuedBytes += len(f)
+		}
+		c.queue = rest
+		c.mu.Unlock()
+		clear(batch)
+		go c.writeLoopFn()
+		return
+	}
+	clear(batch)
+	c.mu.Lock()
+	if cap(batch) <= 256 && c.spare == nil {
+		c.spare = batch[:0]
+	}
+	more := len(c.queue) > 0
+	if !more {
+		c.writing = false
+		if c.closing {
+			c.markFlushedLocked()
+		}
+	}
+	c.mu.Unlock()
+	if more {
+		c.node.writers.add(c)
+	}
+}
