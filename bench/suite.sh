@@ -6,7 +6,9 @@
 #   bench/suite.sh OUTDIR [SCENARIO...]     scenarios: s1 s1-19k s2 s3 s4 s5 (default: all)
 #                                           cross-node: s2-redis s3-redis s2-nats s3-nats (cross: all four)
 #
-# Environment: REPEAT (default 3), SERVERS (default "herald hub naive"),
+# Environment: REPEAT (default 3), SERVERS (default "herald hub naive"; also
+# floor, the probe of bench/baseline/floor: what one write per delivery
+# costs with nothing else),
 # HERALD_BIN (a herald binary to use instead of building ./cmd/herald),
 # BENCH_ARGS (more herald-bench flags for every run, after the scenario's:
 # e.g. BENCH_ARGS="-step 2s -drain 2s" for a smoke run).
@@ -53,6 +55,7 @@ else
 fi
 go build -o "$out/bin/hub" ./bench/baseline/hub
 go build -o "$out/bin/naive" ./bench/baseline/naive
+go build -o "$out/bin/floor" ./bench/baseline/floor
 go build -o "$out/bin/herald-bench" ./bench/cmd/herald-bench
 go build -o "$out/bin/broker-clean" ./bench/cmd/broker-clean
 
@@ -84,7 +87,7 @@ start_server() {
   shift 2
   case $name in
     herald) "$out/bin/herald" serve --addr 127.0.0.1:0 "$@" 2>"$log" & ;;
-    hub | naive) "$out/bin/$name" -addr 127.0.0.1:0 2>"$log" & ;;
+    hub | naive | floor) "$out/bin/$name" -addr 127.0.0.1:0 2>"$log" & ;;
     *) echo "unknown server $name" >&2; return 1 ;;
   esac
   pid=$!
