@@ -34,13 +34,15 @@ const (
 //
 // Goroutines: exactly one reader at a time (readLoop, started by the HTTP
 // handler, handing itself to a fresh goroutine after each read that handled
-// a message) owns the connection's teardown. Writing is a role, held while
-// the outbound queue is non-empty (writing, under mu) and only by its
-// holder: a writer-pool worker, which writes without blocking (writer.go),
-// or the connection's own writeLoop goroutine, which takes over when the
-// socket is full, for every close, and on sockets without a descriptor
-// (TLS). Everything else — fan-out, replies, pings, pongs, close frames —
-// enqueues ready-to-send frames and never blocks.
+// a message) owns the connection's teardown. Writing is a role (writing,
+// under mu), taken when a frame is queued with no writer and given back
+// once the queue is empty and nothing is in flight; only its holder writes
+// to nc. On Linux sockets with a descriptor the holder is a writer-pool
+// worker, which writes without blocking (writer.go), until the socket is
+// full or a close is queued: then the connection's own writeLoop goroutine
+// takes over. Elsewhere (TLS, other systems) it is always writeLoop.
+// Everything else — fan-out, replies, pings, pongs, close frames — enqueues
+// ready-to-send frames and never blocks.
 type conn struct {
 	node *Node
 	id   string
@@ -71,14 +73,15 @@ type conn struct {
 	// sending over twice the rate for a while, is closed.
 	limiter, refusals *rate.Limiter
 
-	// wdeadline is the write deadline last set on nc (writer goroutine only;
+	// wdeadline is the write deadline last set on nc (writeLoop only;
 	// a slow-consumer cut may shorten the real one behind its back, which
 	// only makes writes end sooner).
 	wdeadline time.Time
-	bufs      net.Buffers // the batch being written (writer goroutine only)
+	bufs      net.Buffers // the batch being written (writeLoop only)
 	// writeLoopFn and readLoopFn are c.writeLoop and c.readLoop, made once:
-	// `go c.writeLoop()` allocates a closure each time, and a writer starts
-	// with every burst.
+	// `go c.readLoop()` allocates a closure each time, and a reader starts
+	// after every message it handles (writeLoop starts less often, but on
+	// the same terms).
 	writeLoopFn, readLoopFn func()
 
 	// The read side, reader goroutine only (see conn_read.go).
@@ -98,7 +101,10 @@ type conn struct {
 	// queue holds complete frames, FIFO; spare is a drained queue kept for reuse.
 	queue, spare [][]byte
 	queuedBytes  int
-	writing      bool // the writer role is held: by a pool worker or by writeLoop
+	// handoff is the unwritten rest of a pool write that found the socket
+	// full, the first batch of the writeLoop that takes over.
+	handoff [][]byte
+	writing bool // the writer role is held: by a pool worker or by writeLoop
 	// closing: a close frame is queued (or the socket failed); no data frame
 	// is accepted any more.
 	closing bool
@@ -245,17 +251,21 @@ func (c *conn) writeLoop() {
 	cfg := &c.node.cfg
 	for {
 		c.mu.Lock()
-		if len(c.queue) == 0 {
-			c.writing = false
-			if c.closing {
-				c.markFlushedLocked()
+		batch := c.handoff
+		c.handoff = nil
+		if batch == nil {
+			if len(c.queue) == 0 {
+				c.writing = false
+				if c.closing {
+					c.markFlushedLocked()
+				}
+				c.mu.Unlock()
+				return
 			}
-			c.mu.Unlock()
-			return
+			batch = c.queue
+			c.queue, c.spare = c.spare, nil
+			c.queuedBytes = 0
 		}
-		batch := c.queue
-		c.queue, c.spare = c.spare, nil
-		c.queuedBytes = 0
 		closing := c.closing
 		c.mu.Unlock()
 

@@ -13,10 +13,11 @@ import (
 //
 // The pool holds no connection's writer role for long: a worker takes a
 // connection from the ready list, writes what it has queued without
-// blocking, and moves on. What the socket does not take at once goes to the
+// blocking (at most one queue's worth: a connection that queued more
+// meanwhile goes to the back of the list), and moves on. What the socket does not take at once goes to the
 // connection's own writeLoop goroutine, which may wait for the client (with
 // the write deadline); so does every close. A slow client therefore holds a
-// goroutine of its own, never a pool worker, and cannot delay any other
+// goroutine of its own, never a pool worker, and cannot stall any other
 // connection's writes.
 //
 // Workers exist only while the ready list is not empty: one is started when
@@ -45,7 +46,10 @@ func newWriterPool(workers int) *writerPool {
 func (p *writerPool) add(c *conn) {
 	p.mu.Lock()
 	p.ready = append(p.ready, c)
-	start := p.running < p.max && p.running < len(p.ready)-p.head
+	// Start a worker whenever fewer than max run: one that is busy with a
+	// long queue must not hold up the next connection while a core is free.
+	// A worker that finds nothing left exits at once.
+	start := p.running < p.max
 	if start {
 		p.running++
 	}
@@ -78,6 +82,12 @@ func (p *writerPool) next() *conn {
 	c := p.ready[p.head]
 	p.ready[p.head] = nil
 	p.head++
+	if p.head >= 1024 && p.head*2 >= len(p.ready) {
+		// Under sustained load the list may never empty: drop the
+		// consumed front so it does not grow without bound.
+		n := copy(p.ready, p.ready[p.head:])
+		p.ready, p.head = p.ready[:n], 0
+	}
 	return c
 }
 
@@ -133,19 +143,16 @@ func (c *conn) flushNow(w *nbWriter) {
 		return
 	}
 	if done < len(batch) {
-		// The socket is full: what is left goes first, ahead of anything
-		// queued meanwhile, and c's own writer waits for the client.
+		// The socket is full: c's own writer takes over and waits for the
+		// client, starting with what is left of this batch (the rest of a
+		// frame cut short first), ahead of anything queued meanwhile. Like
+		// any batch in flight it no longer counts against the queue limits.
 		c.node.metrics.socketFull.Add(1)
+		clear(batch[:done])
 		batch[done] = batch[done][written:]
 		c.mu.Lock()
-		rest := make([][]byte, 0, len(batch)-done+len(c.queue))
-		rest = append(append(rest, batch[done:]...), c.queue...)
-		for _, f := range batch[done:] {
-			c.queuedBytes += len(f)
-		}
-		c.queue = rest
+		c.handoff = batch[done:]
 		c.mu.Unlock()
-		clear(batch)
 		go c.writeLoopFn()
 		return
 	}

@@ -50,3 +50,79 @@ func TestPausedReaderGetsEverything(t *testing.T) {
 	}
 	paused.mustOK(protocol.Command{Cmd: "ping"})
 }
+
+// TestPoolHandOffMidFrame: a frame larger than the socket can hold is
+// necessarily cut short by the pool's non-blocking write; the connection's
+// own writer sends the rest, then what was queued after it, and the client
+// reads both whole and in order.
+func TestPoolHandOffMidFrame(t *testing.T) {
+	if !poolWrites {
+		t.Skip("no writer pool on this platform")
+	}
+	t.Parallel()
+	ts := newTestServer(t, Config{MaxQueueBytes: 8 << 20})
+	c := ts.client(t)
+	c.subscribe("big")
+	var sc *conn
+	ts.node.forEachConn(func(x *conn) { sc = x })
+	// A 4 KB send buffer and a client that does not read yet: together with
+	// the client's receive window that holds far less than 1 MB.
+	if err := sc.nc.(interface{ SetWriteBuffer(int) error }).SetWriteBuffer(4096); err != nil {
+		t.Fatal(err)
+	}
+	if n := ts.node.metrics.socketFull.Load(); n != 0 {
+		t.Fatalf("socket full %d times before the big frame", n)
+	}
+	big := `"` + strings.Repeat("y", 1<<20) + `"`
+	for _, data := range []string{big, `"after"`} {
+		if _, err := ts.node.Publish(context.Background(), "big", []byte(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the pool to hand the big frame over", func() bool { return ts.node.metrics.socketFull.Load() == 1 })
+	if m := c.readJSON(); string(m.Data) != big {
+		t.Fatalf("got %d bytes of data, want the %d-byte frame whole", len(m.Data), len(big))
+	}
+	if m := c.readJSON(); string(m.Data) != `"after"` {
+		t.Fatalf("got %.40s after the big frame", m.Data)
+	}
+}
+
+// TestWriterPoolReadyList: the ready list is FIFO, and under sustained load,
+// when it never empties, its consumed front is reclaimed instead of growing
+// the list without bound.
+func TestWriterPoolReadyList(t *testing.T) {
+	p := newWriterPool(1)
+	p.running = 1 // as if a worker ran: add starts none, the test is the worker
+	conns := make([]*conn, 5000)
+	for i := range conns {
+		conns[i] = &conn{}
+	}
+	in, out := 0, 0
+	for range 200 { // 25 in, 20 out: the list grows but never empties
+		for range 25 {
+			p.add(conns[in%len(conns)])
+			in++
+		}
+		for range 20 {
+			if c := p.next(); c != conns[out%len(conns)] {
+				t.Fatalf("next gave connection out of order at %d", out)
+			}
+			out++
+		}
+	}
+	if pending := len(p.ready) - p.head; pending != in-out {
+		t.Fatalf("%d pending, want %d", pending, in-out)
+	}
+	if len(p.ready) > 2*(in-out)+1024 {
+		t.Fatalf("ready list holds %d entries for %d pending: the consumed front was kept", len(p.ready), in-out)
+	}
+	for range in - out {
+		if p.next() == nil {
+			t.Fatal("a pending connection was lost")
+		}
+	}
+	if c := p.next(); c != nil || p.running != 0 {
+		t.Fatalf("after the last one: next %v, running %d", c, p.running)
+	}
+}
