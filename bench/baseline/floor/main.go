@@ -26,7 +26,6 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -44,6 +43,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/heraldhq/herald/internal/wsframe"
 )
 
 // sub is one subscribed socket: its descriptor, valid until conn closes.
@@ -124,19 +125,9 @@ func (s *server) writer(jobs <-chan job) {
 	}
 }
 
-// frame returns msg as one unmasked, final text frame.
-func frame(msg []byte) []byte {
-	var hdr []byte
-	switch n := len(msg); {
-	case n < 126:
-		hdr = []byte{0x81, byte(n)}
-	case n <= 0xffff:
-		hdr = binary.BigEndian.AppendUint16([]byte{0x81, 126}, uint16(n))
-	default:
-		hdr = binary.BigEndian.AppendUint64([]byte{0x81, 127}, uint64(n))
-	}
-	return append(hdr, msg...)
-}
+// frame returns msg as one unmasked, final text frame: Herald's own
+// encoder, so the probe frames exactly as the server it is compared with.
+func frame(msg []byte) []byte { return wsframe.Append(nil, wsframe.OpText, msg, false) }
 
 // publish writes msg to every subscriber of channel, split over the
 // writers, and returns when every write is done.
