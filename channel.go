@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -185,17 +184,9 @@ func (n *Node) grantSubscription(c *conn, channel, token string) *protocol.Error
 	}
 	ctx, cancel := n.opCtx()
 	defer cancel()
-	claims, err := n.cfg.Tokens.Verify(ctx, token)
-	switch {
-	case err != nil:
-		n.metrics.authFailures.Add(1)
-		return protocol.Errorf(protocol.CodePermission, "subscription token refused: %s", strings.TrimPrefix(err.Error(), "herald: "))
-	case claims.Channel != channel:
-		n.metrics.authFailures.Add(1)
-		return protocol.Errorf(protocol.CodePermission, "subscription token is for another channel")
-	case claims.UserID != c.user:
-		n.metrics.authFailures.Add(1)
-		return protocol.Errorf(protocol.CodePermission, "subscription token is for another user")
+	_, err := n.verifyToken(ctx, token, tokenCheck{use: forSubscription, user: c.user, channel: channel, via: "subscribe", client: c.id})
+	if err != nil {
+		return protocol.Errorf(protocol.CodePermission, "subscription token refused: %s", tokenRefusal(err))
 	}
 	if c.grants == nil {
 		c.grants = make(map[string]struct{})

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -533,17 +532,11 @@ func (c *conn) handleConnect(cmd protocol.Command) {
 	if cmd.Token != "" && n.cfg.Tokens != nil {
 		ctx, cancel := n.opCtx()
 		defer cancel()
-		claims, err := n.cfg.Tokens.Verify(ctx, cmd.Token)
-		if err == nil && claims.Channel != "" {
-			err = errors.New("a subscription token cannot authenticate a connection")
-		}
-		if err == nil && (refresh || c.user != "") && claims.UserID != c.user {
-			err = errors.New("token is for another user")
-		}
+		claims, err := n.verifyToken(ctx, cmd.Token, tokenCheck{
+			use: forConnection, user: c.user, anyUser: !refresh && c.user == "", via: cmd.Cmd, client: c.id,
+		})
 		if err != nil {
-			n.metrics.authFailures.Add(1)
-			n.log.Info("token refused", "client", c.id, "err", err)
-			c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnauthorized, "%s", strings.TrimPrefix(err.Error(), "herald: ")))
+			c.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnauthorized, "%s", tokenRefusal(err)))
 			c.close(CloseUnauthorized, "invalid token")
 			return
 		}

@@ -74,9 +74,11 @@ func (p Permission) valid() bool {
 	return false
 }
 
-// userLimit returns the users of a user-limited channel ("dm:#alice,bob").
+// userLimit returns the users of a user-limited channel ("dm:#alice,bob"):
+// everything after the first '#', split at each ','. So "dm:#a#b" admits
+// the one user "a#b"; a user id cannot contain ',' (validUserID).
 func userLimit(channel string) (users []string, limited bool) {
-	i := strings.LastIndexByte(channel, '#')
+	i := strings.IndexByte(channel, '#')
 	if i < 0 {
 		return nil, false
 	}

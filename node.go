@@ -25,7 +25,6 @@ import (
 	"net/http"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -290,7 +289,6 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	}
 	id, status, msg := n.authenticateRequest(r, raw)
 	if status != 0 {
-		n.metrics.authFailures.Add(1)
 		http.Error(w, msg, status)
 		return
 	}
@@ -389,7 +387,11 @@ type identity struct {
 func (n *Node) authenticateRequest(r *http.Request, raw bool) (id identity, status int, msg string) {
 	if n.cfg.Authenticate != nil {
 		creds, err := n.cfg.Authenticate(r)
+		if err == nil {
+			err = validUserID(creds.UserID)
+		}
 		if err != nil {
+			n.metrics.authFailures.Add(1)
 			n.log.Info("connection refused by Authenticate", "remote", r.RemoteAddr, "err", err)
 			return id, http.StatusUnauthorized, "Unauthorized"
 		}
@@ -399,9 +401,10 @@ func (n *Node) authenticateRequest(r *http.Request, raw bool) (id identity, stat
 		id.authed = true
 		return id, 0, ""
 	}
+	chk := tokenCheck{use: forConnection, user: id.user, anyUser: id.user == "", via: "header", remote: r.RemoteAddr}
 	token := bearerToken(r.Header.Get("Authorization"))
 	if token == "" && raw {
-		token = r.URL.Query().Get("token")
+		token, chk.via = r.URL.Query().Get("token"), "query"
 	}
 	if token == "" {
 		// Protocol clients send their token in connect; raw clients
@@ -409,13 +412,9 @@ func (n *Node) authenticateRequest(r *http.Request, raw bool) (id identity, stat
 		id.authed = raw
 		return id, 0, ""
 	}
-	claims, err := n.cfg.Tokens.Verify(r.Context(), token)
+	claims, err := n.verifyToken(r.Context(), token, chk)
 	if err != nil {
-		n.log.Info("handshake token refused", "remote", r.RemoteAddr, "err", err)
-		return id, http.StatusUnauthorized, "Unauthorized: " + strings.TrimPrefix(err.Error(), "herald: ")
-	}
-	if id.user != "" && claims.UserID != id.user {
-		return id, http.StatusUnauthorized, "Unauthorized: token is for another user"
+		return id, http.StatusUnauthorized, "Unauthorized: " + tokenRefusal(err)
 	}
 	id.user, id.authed, id.expires = claims.UserID, true, claims.ExpiresAt
 	if claims.Info != nil {
