@@ -396,7 +396,11 @@ func (a *api) history(w http.ResponseWriter, r *http.Request) {
 		a.nodeError(w, err, "channel")
 		return
 	}
-	writeJSON(w, http.StatusOK, historyResult(h))
+	// Not writeJSON: encoding/json would compact the payloads and escape
+	// <, > and &; they go out byte for byte, as in pushes.
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(append(protocol.AppendHistoryResult(nil, historyResult(h)), '\n'))
 }
 
 // historyResult converts a history read to its wire form (shared with the

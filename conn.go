@@ -364,9 +364,14 @@ func (c *conn) frame(op byte, payload []byte) []byte {
 	return c.node.buildFrame(op, payload, c.form&1 == 1)
 }
 
+// reply queues the reply to command id: an error, or a result (encoded
+// with encoding/json, unless it is a json.RawMessage, which is sent byte
+// for byte).
 func (c *conn) reply(id uint64, result any, perr *protocol.Error) {
 	r := protocol.Reply{ID: id, Error: perr}
-	if result != nil && perr == nil {
+	if raw, ok := result.(json.RawMessage); ok && perr == nil {
+		r.Result = raw
+	} else if result != nil && perr == nil {
 		b, err := json.Marshal(result)
 		if err != nil {
 			r.Error = protocol.Errorf(protocol.CodeInternal, "cannot encode result")
@@ -477,8 +482,7 @@ func (c *conn) handleHistory(cmd protocol.Command) {
 		c.reply(cmd.ID, nil, protoError(err))
 		return
 	}
-	out := historyResult(h)
-	c.reply(cmd.ID, out, nil)
+	c.reply(cmd.ID, json.RawMessage(protocol.AppendHistoryResult(nil, historyResult(h))), nil)
 }
 
 func (c *conn) handlePresence(cmd protocol.Command) {

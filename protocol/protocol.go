@@ -20,6 +20,7 @@ package protocol
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -316,14 +317,58 @@ func jsonErrText(err error) string {
 	return err.Error()
 }
 
-// AppendReply appends the JSON encoding of a reply to dst.
+// AppendReply appends the JSON encoding of a reply to dst. Result, which
+// must be valid JSON, is copied byte for byte: encoding/json would compact
+// it and escape <, > and &, and a history result carries payloads that
+// must reach the client as they were published.
 func AppendReply(dst []byte, r Reply) []byte {
-	b, err := json.Marshal(r)
-	if err != nil {
-		// Reply holds only encodable types; RawMessage is produced by us.
-		panic("protocol: cannot encode reply: " + err.Error())
+	dst = append(dst, `{"id":`...)
+	dst = strconv.AppendUint(dst, r.ID, 10)
+	switch {
+	case r.Error != nil:
+		b, err := json.Marshal(r.Error)
+		if err != nil {
+			panic("protocol: cannot encode error: " + err.Error()) // two strings: cannot fail
+		}
+		dst = append(dst, `,"error":`...)
+		dst = append(dst, b...)
+	case len(r.Result) > 0:
+		dst = append(dst, `,"result":`...)
+		dst = append(dst, r.Result...)
 	}
-	return append(dst, b...)
+	return append(dst, '}')
+}
+
+// AppendHistoryResult appends the JSON of a history result with each
+// text publication's data byte for byte as it was published (it must be
+// valid JSON) and each binary one in standard base64. json.Marshal would
+// compact the data and escape <, > and &; PROTOCOL.md promises JSON
+// payloads byte for byte, in history as in pushes.
+func AppendHistoryResult(dst []byte, r HistoryResult) []byte {
+	dst = append(dst, `{"publications":[`...)
+	for i, p := range r.Publications {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `{"offset":`...)
+		dst = strconv.AppendUint(dst, p.Offset, 10)
+		switch {
+		case p.IsBinary:
+			dst = append(dst, `,"binary":"`...)
+			dst = base64.StdEncoding.AppendEncode(dst, p.Binary)
+			dst = append(dst, '"')
+		case len(p.Data) > 0:
+			dst = append(dst, `,"data":`...)
+			dst = append(dst, p.Data...)
+		}
+		dst = append(dst, '}')
+	}
+	dst = append(dst, `],"offset":`...)
+	dst = strconv.AppendUint(dst, r.Offset, 10)
+	dst = append(dst, `,"epoch":`...)
+	epoch, _ := json.Marshal(r.Epoch) // a string: cannot fail
+	dst = append(dst, epoch...)
+	return append(dst, '}')
 }
 
 // AppendPushHeader appends the opening of a push object, without its data and

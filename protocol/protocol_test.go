@@ -535,3 +535,37 @@ func TestHistoryPublicationJSON(t *testing.T) {
 		}
 	}
 }
+
+func TestAppendHistoryResult(t *testing.T) {
+	in := protocol.HistoryResult{
+		Publications: []protocol.HistoryPublication{
+			{Offset: 7, Data: json.RawMessage(`{ "a" : "<&>" }`)},
+			{Offset: 8, Binary: []byte{0, 0xff, '\n'}, IsBinary: true},
+			{Offset: 9, IsBinary: true}, // empty binary: "binary":"" is still there
+		},
+		Offset: 9,
+		Epoch:  "e-1",
+	}
+	b := protocol.AppendHistoryResult(nil, in)
+	want := `{"publications":[{"offset":7,"data":{ "a" : "<&>" }},{"offset":8,"binary":"AP8K"},{"offset":9,"binary":""}],"offset":9,"epoch":"e-1"}`
+	if string(b) != want {
+		t.Fatalf("got  %s\nwant %s", b, want)
+	}
+	var out protocol.HistoryResult
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Publications) != 3 || !out.Publications[2].IsBinary || string(out.Publications[1].Binary) != "\x00\xff\n" || out.Epoch != "e-1" {
+		t.Fatalf("round trip: %+v", out)
+	}
+	r := protocol.AppendReply(nil, protocol.Reply{ID: 3, Result: b})
+	if string(r) != `{"id":3,"result":`+want+`}` {
+		t.Fatalf("reply: %s", r)
+	}
+	if r := protocol.AppendReply(nil, protocol.Reply{ID: 4, Error: protocol.Errorf(protocol.CodeBadChannel, "no <%s>", "x")}); string(r) != `{"id":4,"error":{"code":"bad_channel","message":"no \u003cx\u003e"}}` {
+		t.Fatalf("error reply: %s", r)
+	}
+	if r := protocol.AppendReply(nil, protocol.Reply{ID: 5}); string(r) != `{"id":5}` {
+		t.Fatalf("empty reply: %s", r)
+	}
+}
