@@ -438,12 +438,13 @@ func (a *api) info(w http.ResponseWriter, r *http.Request) {
 }
 
 // UnsubscribeUser unsubscribes every connection of a user from channel, on
-// every node. The clients get no push; they see the effect in that
-// publications stop (the server-side subscription model of later versions
-// will tell them).
+// every node. Each protocol client gets an unsub push (code
+// server_unsubscribe) after the channel's last publication it receives,
+// and must not resubscribe by itself; a raw client of the channel is
+// closed with CloseForbidden.
 func (n *Node) UnsubscribeUser(ctx context.Context, userID, channel string) error {
 	if _, perr := n.channelNamespace(channel); perr != nil {
 		return fmt.Errorf("%w: %s", ErrBadChannel, perr.Message)
 	}
-	return n.publishControl(ctx, control{Op: "unsubscribe_user", User: userID, Channel: channel})
+	return n.publishControl(ctx, control{Op: "unsubscribe_user", User: userID, Channel: channel, Reason: "unsubscribed by the server"})
 }

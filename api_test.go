@@ -122,6 +122,16 @@ func TestAPIRoundTrips(t *testing.T) {
 		t.Fatal(st)
 	}
 	waitFor(t, "unsubscribe", func() bool { return s.node.hub.numSubs("news") == 0 })
+	var unsub struct {
+		Push, Channel, Code, Reason string
+	}
+	if _, b := sub.read(); json.Unmarshal(b, &unsub) != nil || unsub.Push != "unsub" || unsub.Channel != "news" ||
+		unsub.Code != protocol.UnsubServer || unsub.Reason == "" {
+		t.Fatalf("want an unsub push, got %s", b)
+	}
+	if m := sub.call(protocol.Command{Cmd: "unsubscribe", Channel: "news"}); m.Error == nil || m.Error.Code != protocol.CodeNotSubscribed {
+		t.Fatalf("unsubscribe after the server's: %+v", m)
+	}
 	if st := s.call(t, "POST", "/api/v1/disconnect_user", `{"user":"ann","code":4500,"reason":"bye"}`, nil); st != 200 {
 		t.Fatal(st)
 	}
@@ -364,4 +374,27 @@ func TestDrainSpreadsCloses(t *testing.T) {
 		}
 	}
 	t.Logf("closes per quarter of the %v window: %v; first %.3fs, last %.3fs, spread %.0f%%", window, quarters, times[0], times[n-1], 100*(times[n-1]-times[0])/window.Seconds())
+}
+
+// unsubscribe_user closes a raw client of the channel: its one channel is
+// gone. Other users' raw clients stay.
+func TestAPIUnsubscribeUserRaw(t *testing.T) {
+	t.Parallel()
+	s := newAPIServer(t, Config{Authenticate: func(r *http.Request) (Credentials, error) {
+		return Credentials{UserID: r.Header.Get("X-Test-User")}, nil
+	}})
+	ann := s.dial(t, "/ws/raw?channel=news", http.Header{"X-Test-User": {"ann"}})
+	bob := s.dial(t, "/ws/raw?channel=news", http.Header{"X-Test-User": {"bob"}})
+	if st := s.call(t, "POST", "/api/v1/unsubscribe_user", `{"user":"ann","channel":"news"}`, nil); st != 200 {
+		t.Fatal(st)
+	}
+	if ce := ann.expectClose(); ce.Code != CloseForbidden {
+		t.Fatalf("close %v, want %d", ce, CloseForbidden)
+	}
+	if _, err := s.node.Publish(context.Background(), "news", []byte(`"still here"`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, b := bob.read(); string(b) != `"still here"` {
+		t.Fatalf("bob got %s", b)
+	}
 }

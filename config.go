@@ -86,8 +86,9 @@ type Config struct {
 	// MessageRate caps the messages per second one connection may send, with
 	// bursts of MessageBurst (zero: the rate, rounded up). A protocol client
 	// over it gets a rate_limited error for each refused message, and is
-	// closed with 1008 when it keeps sending at over twice the rate; a raw
-	// client over it is closed with 1008 at once. Zero means no cap.
+	// closed with 4007 (CloseRateLimited) when it keeps sending at over
+	// twice the rate; a raw client over it is closed with 4007 at once.
+	// Zero means no cap.
 	MessageRate  float64
 	MessageBurst int
 

@@ -629,14 +629,14 @@ func (c *conn) stopAuthTimers() {
 // id, 0 for raw) and reports whether it is refused. A refused command gets a
 // rate_limited error reply. A client whose refused messages also go over
 // the rate (more than twice the rate, sustained past a burst), and any raw
-// client over the rate, is closed with 1008. Reader goroutine only.
+// client over the rate, is closed with CloseRateLimited. Reader goroutine only.
 func (c *conn) rateLimited(id uint64) bool {
 	if c.limiter == nil || c.limiter.Allow() {
 		return false
 	}
 	c.node.metrics.rateLimited.Add(1)
 	if c.raw || !c.refusals.Allow() {
-		c.close(websocket.ClosePolicyViolation, "message rate limit exceeded")
+		c.close(CloseRateLimited, "message rate limit exceeded")
 		return true
 	}
 	c.reply(id, nil, protocol.Errorf(protocol.CodeRateLimited, "more than %g messages per second; slow down", float64(c.limiter.Limit())))

@@ -40,6 +40,11 @@ const (
 	// CloseConnectTimeout: the server checks tokens and the client did not
 	// send connect within Config.ConnectTimeout.
 	CloseConnectTimeout = 4005
+	// CloseRateLimited: the client kept sending over Config.MessageRate
+	// (a protocol client at over twice the rate, past its burst, after
+	// rate_limited replies; a raw client at once). Reconnect after a
+	// backoff, and send less.
+	CloseRateLimited = 4007
 	// CloseForbidden: the server application disconnected the client and asks
 	// it not to reconnect.
 	CloseForbidden = 4500

@@ -89,7 +89,7 @@ func TestConnectionLimits(t *testing.T) {
 }
 
 // TestMessageRateFlood: a flooding client gets rate_limited errors and is
-// then closed with 1008, while another client keeps receiving.
+// then closed with 4007, while another client keeps receiving.
 func TestMessageRateFlood(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t, Config{MessageRate: 20})
@@ -123,8 +123,8 @@ func TestMessageRateFlood(t *testing.T) {
 	<-done
 	var ce *websocket.CloseError
 	_, _, err := flood.ws.ReadMessage() // the reader's error again: gorilla's are sticky
-	if !errorsAs(err, &ce) || ce.Code != websocket.ClosePolicyViolation {
-		t.Fatalf("flooder ended with %v, want close 1008", err)
+	if !errorsAs(err, &ce) || ce.Code != CloseRateLimited {
+		t.Fatalf("flooder ended with %v, want close 4007", err)
 	}
 	if limited == 0 {
 		t.Fatal("no rate_limited error before the close")

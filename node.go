@@ -624,7 +624,15 @@ func (n *Node) HandleControl(data []byte) {
 		var conns []*conn
 		n.hub.forEachUserConn(m.User, func(c *conn) { conns = append(conns, c) })
 		for _, c := range conns { // outside the hub lock: this takes other locks
-			n.removeSubscription(c, m.Channel)
+			// Once removeSubscription returns no fan-out queues c anything
+			// more of the channel, so the push comes after its last pub.
+			switch {
+			case !n.removeSubscription(c, m.Channel):
+			case c.raw: // its one channel is gone: nothing left to serve
+				c.close(CloseForbidden, m.Reason)
+			default:
+				c.enqueue(c.frame(wsframe.OpText, protocol.AppendUnsubPush(nil, m.Channel, protocol.UnsubServer, m.Reason)))
+			}
 		}
 	case "disconnect_user":
 		n.hub.forEachUserConn(m.User, func(c *conn) { c.close(m.Code, m.Reason) })

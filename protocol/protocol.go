@@ -63,6 +63,17 @@ const (
 	// events on that a client subscribed or left.
 	PushJoin  = "join"
 	PushLeave = "leave"
+	// PushUnsub tells a client that the server ended one of its
+	// subscriptions ("code" says why, "reason" in words): the client must
+	// not resubscribe by itself.
+	PushUnsub = "unsub"
+)
+
+// Codes of an unsub push.
+const (
+	// UnsubServer: the server application unsubscribed the client (the
+	// HTTP API's unsubscribe_user, Node.UnsubscribeUser).
+	UnsubServer = "server_unsubscribe"
 )
 
 // Command is a request from a client. Every command carries an ID chosen by
@@ -258,6 +269,9 @@ type Push struct {
 	Data    json.RawMessage `json:"data,omitempty"`
 	// Info is the client of a join or leave push.
 	Info *ClientInfo `json:"info,omitempty"`
+	// Code and Reason say why an unsub push ended a subscription.
+	Code   string `json:"code,omitempty"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // ErrNoSeparator reports a binary frame without the '\n' that ends its header.
@@ -410,6 +424,18 @@ func AppendInfoPush(dst []byte, kind, channel string, info []byte) []byte {
 	dst = append(dst, `,"info":`...)
 	dst = append(dst, info...)
 	return append(dst, '}')
+}
+
+// AppendUnsubPush appends a complete unsub push.
+func AppendUnsubPush(dst []byte, channel, code, reason string) []byte {
+	dst = AppendPushHeader(dst, PushUnsub, channel, 0)
+	b, _ := json.Marshal(struct { // two strings: cannot fail
+		Code   string `json:"code"`
+		Reason string `json:"reason,omitempty"`
+	}{code, reason})
+	dst = append(dst, ',')
+	dst = append(dst, b[1:]...) // the object's fields and its closing brace
+	return dst
 }
 
 // AppendBinaryPush appends a complete binary-form push: header, '\n', payload.

@@ -530,8 +530,8 @@ func TestServeLimits(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if code := expectClose(t, raw); code != websocket.ClosePolicyViolation {
-			t.Fatalf("raw flood: close %d, want 1008", code)
+		if code := expectClose(t, raw); code != herald.CloseRateLimited {
+			t.Fatalf("raw flood: close %d, want 4007", code)
 		}
 	})
 }

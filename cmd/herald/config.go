@@ -397,7 +397,7 @@ var settings = []*setting{
 	},
 	{
 		name: "message_rate", arg: "RATE", def: "0 (no cap)",
-		usage: "messages per second one connection may send; over it: rate_limited errors, then close 1008 (raw: 1008 at once)",
+		usage: "messages per second one connection may send; over it: rate_limited errors, then close 4007 (raw: 4007 at once)",
 		set: func(c *Config, v string) error {
 			r, err := parseRate(v)
 			if err != nil {
