@@ -20,6 +20,11 @@ type Publication struct {
 	// Offset is the publication's position in the channel's history, 1 for
 	// the first; 0 when the channel keeps no history.
 	Offset uint64
+	// Epoch is the epoch of the channel's history that Offset belongs to
+	// (see StreamPosition), set by the broker with Offset; empty when
+	// Offset is 0. It tells a node that a broker restarted without its
+	// data: offsets then start over under a new epoch.
+	Epoch string
 	// Kind tells a publication from a presence event (join or leave), which
 	// travels the same path so that it keeps its place in the channel's order.
 	Kind PubKind
@@ -101,7 +106,8 @@ type BrokerHandler interface {
 	// HandlePublication delivers a publication to this node's subscribers.
 	// The broker calls it for one channel from one goroutine at a time, in
 	// publish order (offset order when history is kept), and does not
-	// retain or modify pub afterwards.
+	// retain or modify pub afterwards. A publication with an Offset carries
+	// its Epoch.
 	HandlePublication(pub *Publication)
 	// HandleControl delivers a node-to-node control message (send to user,
 	// disconnect, broadcast to all) published by any node, this one included.
@@ -111,8 +117,16 @@ type BrokerHandler interface {
 	// made meanwhile were not delivered. The node then finds which of its
 	// channels missed some and has their subscribers recover (see
 	// Node.HandleReconnect). Brokers call it from any goroutine, once per
-	// restored connection; it may do broker I/O (History).
+	// restored connection, once the broker can serve again (Publish and
+	// History work); it may do broker I/O (History).
 	HandleReconnect()
+	// HandleOutage tells the node that the broker's link is lost: from now
+	// until HandleReconnect nothing published reaches this node. Brokers
+	// call it once per lost link, as soon as they notice (a dead link that
+	// stays open included: brokers detect one with heartbeats within
+	// seconds), from any goroutine, without holding a lock HandleReconnect
+	// or delivery needs. It must not block on the broker.
+	HandleOutage(err error)
 }
 
 // Broker moves publications and control messages between nodes. The
@@ -140,9 +154,9 @@ type Broker interface {
 	Unsubscribe(ctx context.Context, channel string) error
 	// Publish sends pub to every node subscribed to pub.Channel (this one
 	// included). With history options it first appends pub to the channel's
-	// history, assigning pub.Offset, atomically with respect to other
-	// publishes of the channel on every node: offsets of a channel are
-	// unique and delivered in increasing order.
+	// history, assigning pub.Offset and pub.Epoch, atomically with respect
+	// to other publishes of the channel on every node: offsets of a
+	// channel's epoch are unique and delivered in increasing order.
 	Publish(ctx context.Context, pub *Publication, opts PublishOptions) (PublishResult, error)
 	// History reads a channel's history. It must be consistent with
 	// delivery: a publication delivered to HandlePublication before History

@@ -125,7 +125,7 @@ func (b *MemoryBroker) Publish(ctx context.Context, pub *Publication, opts Publi
 	if opts.HistorySize > 0 && pub.Kind == KindPublication {
 		s := st.stream(pub.Channel)
 		s.top++
-		pub.Offset = s.top
+		pub.Offset, pub.Epoch = s.top, s.epoch
 		s.pubs = append(s.pubs, pub)
 		s.times = append(s.times, now.Add(opts.HistoryTTL))
 		if n := len(s.pubs) - opts.HistorySize; n > 0 {

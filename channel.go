@@ -109,7 +109,7 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 		rb = &recoverBuf{}
 		e.rec.Store(rb)
 	}
-	if perr := n.addSub(c, channel, e); perr != nil {
+	if perr := n.addSub(c, channel, e, rb != nil); perr != nil {
 		return nil, nil, perr
 	}
 	res := &protocol.SubscribeResult{}
@@ -128,7 +128,7 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 			return nil, nil, protocol.Errorf(protocol.CodeUnavailable, "subscribe failed: history unavailable")
 		}
 		res.Offset, res.Epoch = h.Position.Offset, h.Position.Epoch
-		n.offsets.LoadOrStore(channel, offsetFrom(h.Position.Offset))
+		n.streamOf(channel).establish(h.Position)
 		var recovered []*Publication
 		last := h.Position.Offset
 		if since != nil {
@@ -221,15 +221,21 @@ func recoverable(since *protocol.Position, h HistoryResult) (bool, string) {
 }
 
 // addSub registers the subscription in the hub, telling the broker when the
-// channel gets its first local subscriber.
-func (n *Node) addSub(c *conn, channel string, e *subEntry) *protocol.Error {
+// channel gets its first local subscriber. For a channel with history it
+// starts tracking the channel's continuity first (see stream), so that
+// nothing the broker delivers goes unrecorded.
+func (n *Node) addSub(c *conn, channel string, e *subEntry, history bool) *protocol.Error {
 	l := &n.subLocks[n.hub.index(channel)%len(n.subLocks)]
 	l.Lock()
 	defer l.Unlock()
 	if n.hub.addSub(channel, c, e) {
+		if history {
+			n.streams.Store(channel, &stream{})
+		}
 		ctx, cancel := n.opCtx()
 		defer cancel()
 		if err := n.broker.Subscribe(ctx, channel); err != nil {
+			n.streams.Delete(channel)
 			n.hub.removeSub(channel, c)
 			n.log.Warn("broker subscribe failed", "channel", channel, "err", err)
 			return protocol.Errorf(protocol.CodeUnavailable, "subscribe failed: broker unavailable")
@@ -268,7 +274,7 @@ func (n *Node) removeSubscription(c *conn, channel string) bool {
 	l.Lock()
 	e, last := n.hub.removeSub(channel, c)
 	if last {
-		n.offsets.Delete(channel)
+		n.streams.Delete(channel)
 		ctx, cancel := n.opCtx()
 		defer cancel()
 		if err := n.broker.Unsubscribe(ctx, channel); err != nil && n.ctx.Err() == nil {
@@ -386,15 +392,11 @@ func (n *Node) publish(ctx context.Context, pub *Publication, opts PublishOption
 func (n *Node) HandlePublication(pub *Publication) {
 	start := time.Now()
 	defer n.metrics.observeBroadcast(start)
-	if pub.Offset != 0 && n.gapBefore(pub) {
-		// Publications before this one never reached this node (its broker
-		// connection was down): its subscribers must not see this one as
-		// if nothing were missing. They are closed first, so the fan-out
-		// below skips them, and recover from history when they resubscribe.
-		n.log.Warn("publications missed (broker outage): asking subscribers to resubscribe", "channel", pub.Channel, "offset", pub.Offset)
-		n.hub.forEachSub(pub.Channel, func(c *conn, _ *subEntry) {
-			c.close(CloseResubscribe, "missed publications: resubscribe to recover")
-		})
+	if pub.Offset != 0 {
+		// Closed first, subscribers that must resubscribe are skipped by
+		// the fan-out below: they never see this one as if nothing were
+		// missing.
+		n.checkContinuity(pub)
 	}
 	var frames [numForms][]byte
 	n.hub.forEachSub(pub.Channel, func(c *conn, e *subEntry) {
@@ -414,66 +416,6 @@ func (n *Node) HandlePublication(pub *Publication) {
 		}
 		c.enqueue(f)
 	})
-}
-
-// offsetFrom returns a new tracker of a channel's delivered offsets.
-func offsetFrom(off uint64) *atomic.Uint64 {
-	v := new(atomic.Uint64)
-	v.Store(off)
-	return v
-}
-
-// gapBefore records pub's offset as delivered here and reports whether
-// publications between the last delivered one and pub are missing. Only
-// channels with history and local subscribers are tracked (their first
-// subscriber's history read starts the tracker; the last one's leaving
-// ends it). Brokers deliver a channel in offset order, one publication at
-// a time, so a jump can only mean that some never arrived.
-func (n *Node) gapBefore(pub *Publication) bool {
-	v, ok := n.offsets.Load(pub.Channel)
-	if !ok {
-		return false
-	}
-	last := v.(*atomic.Uint64)
-	prev := last.Load()
-	if pub.Offset > prev {
-		last.Store(pub.Offset)
-	}
-	return pub.Offset > prev+1
-}
-
-// HandleReconnect implements BrokerHandler. After a broker outage it checks
-// every channel with local subscribers: a channel with history whose
-// position moved past the last offset this node delivered missed
-// publications (a gap followed by later deliveries is caught as it arrives,
-// by gapBefore; this catches the gap at the end), and one without history
-// may have (nothing can tell). The subscribers of those channels are closed
-// with CloseResubscribe, so that their clients resubscribe with since and
-// recover from history — or are told recovered:false. Channels with history
-// and no gap are left alone.
-func (n *Node) HandleReconnect() {
-	nss := n.ns.load()
-	for ch := range n.hub.channelCounts() {
-		ns := nss.lookup(ch)
-		if ns != nil && ns.HistorySize > 0 {
-			var last uint64
-			if v, ok := n.offsets.Load(ch); ok {
-				last = v.(*atomic.Uint64).Load()
-			}
-			ctx, cancel := n.opCtx()
-			h, err := n.broker.History(ctx, ch, HistoryOptions{Limit: 0})
-			cancel()
-			if err == nil && h.Position.Offset <= last {
-				continue // nothing was published during the outage
-			}
-		}
-		n.log.Warn("broker reconnected: subscribers may have missed publications; asking them to resubscribe", "channel", ch)
-		var subs []*conn
-		n.hub.forEachSub(ch, func(c *conn, _ *subEntry) { subs = append(subs, c) })
-		for _, c := range subs {
-			c.close(CloseResubscribe, "missed publications: resubscribe to recover")
-		}
-	}
 }
 
 // encodePub builds the frame of a publication or presence event in one wire form.

@@ -193,18 +193,21 @@ func (c *conn) enqueue(frame []byte) bool {
 }
 
 // close queues a close frame after whatever is already queued, so the client
-// receives everything sent before it. A no-op on a closing connection.
-func (c *conn) close(code int, reason string) {
-	c.closeFrame(wsframe.Close(code, reason), false)
+// receives everything sent before it. A no-op on a closing connection; it
+// reports whether this call began the close.
+func (c *conn) close(code int, reason string) bool {
+	return c.closeFrame(wsframe.Close(code, reason), false)
 }
 
-func (c *conn) closeFrame(frame []byte, drop bool) {
+func (c *conn) closeFrame(frame []byte, drop bool) (began bool) {
 	c.mu.Lock()
+	began = !c.closing
 	start := c.closeLocked(frame, drop)
 	c.mu.Unlock()
 	if start {
 		go c.writeLoopFn()
 	}
+	return began
 }
 
 // closeLocked marks the connection closing and queues frame (if not nil),

@@ -27,6 +27,8 @@ type nodeMetrics struct {
 	authFailures  atomic.Uint64
 	rateLimited   atomic.Uint64
 	limitHits     atomic.Uint64
+	brokerOutages atomic.Uint64 // broker links lost (HandleOutage)
+	resubscribes  atomic.Uint64 // subscribers closed with 4006
 
 	broadcast prometheus.Histogram
 	registry  *prometheus.Registry
@@ -69,6 +71,8 @@ func (n *Node) initMetrics() {
 		counter("herald_auth_failures_total", "Refused tokens and failed authentications.", &m.authFailures),
 		counter("herald_rate_limited_total", "Client messages refused by the per-connection message rate limit.", &m.rateLimited),
 		counter("herald_connection_limit_rejections_total", "Handshakes and connects refused by a connection limit.", &m.limitHits),
+		counter("herald_broker_outages_total", "Times the broker's link was lost (each closes every subscriber with 4006).", &m.brokerOutages),
+		counter("herald_resubscribe_disconnects_total", "Subscribers closed with 4006 because a channel's continuity broke: a broker outage, a gap in offsets, or a history reset.", &m.resubscribes),
 		gauge("herald_connections", "Open WebSocket connections.", func() float64 { return float64(n.hub.numConns()) }),
 		gauge("herald_channels", "Channels with local subscribers.", func() float64 { c, _ := n.hub.subscriptionCounts(); return float64(c) }),
 		gauge("herald_subscriptions", "Local channel subscriptions.", func() float64 { _, s := n.hub.subscriptionCounts(); return float64(s) }),

@@ -72,9 +72,10 @@ type Node struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// offsets: channel -> *atomic.Uint64, the highest offset delivered
-	// here, for channels with local subscribers (see HandleReconnect).
-	offsets sync.Map
+	// streams: channel -> *stream, the continuity of each channel with
+	// history and local subscribers (track.go). Entries are added and
+	// removed under the channel's subLock.
+	streams sync.Map
 
 	id      string // random, for logs and the API's info
 	started time.Time

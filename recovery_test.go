@@ -390,6 +390,7 @@ func (b *outageBroker) HandlePublication(p *Publication) {
 }
 func (b *outageBroker) HandleControl(d []byte) { b.h.HandleControl(d) }
 func (b *outageBroker) HandleReconnect()       { b.h.HandleReconnect() }
+func (b *outageBroker) HandleOutage(err error) { b.h.HandleOutage(err) }
 
 // TestBrokerReconnectGap: publications missed during a broker outage are
 // not lost silently. Subscribers of a channel that missed some are closed

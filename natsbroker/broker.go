@@ -28,6 +28,10 @@ var (
 	ErrNoJetStream = errors.New("natsbroker: JetStream not available: history, idempotency and presence are off (live-only)")
 	// ErrNotConnected is what Healthy reports while the connection is down.
 	ErrNotConnected = errors.New("natsbroker: not connected")
+	// ErrNotReady is what Healthy reports after a reconnect until the
+	// stream and buckets are set up again (a server that restarted empty
+	// has none): Run does that, retrying with backoff.
+	ErrNotReady = errors.New("natsbroker: JetStream stream and buckets not set up again yet")
 )
 
 // Options configure a Broker. The zero value connects to
@@ -77,6 +81,18 @@ type Options struct {
 	// PresenceTTL/3 while its Run runs. Zero means 60 seconds.
 	PresenceTTL time.Duration
 
+	// PingInterval and MaxPingsOutstanding set how fast a dead link is
+	// noticed, one that stays open but carries nothing (a hung server, a
+	// blackholed path) included: the client pings every PingInterval, and
+	// a connection with more than MaxPingsOutstanding pings unanswered is
+	// closed and reconnected; Healthy fails and the node closes its
+	// subscribers meanwhile (see herald.BrokerHandler). nats.go's own
+	// defaults (2 minutes, 2) left a blackholed link unnoticed for minutes.
+	// Zero means 2 seconds and 2: noticed within about 4 to 6 seconds.
+	// Ignored when Conn is set.
+	PingInterval        time.Duration
+	MaxPingsOutstanding int
+
 	// Logger receives disconnects, reconnects and refresh failures. Nil logs
 	// nothing.
 	Logger *slog.Logger
@@ -103,6 +119,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.PresenceTTL <= 0 {
 		o.PresenceTTL = time.Minute
+	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = 2 * time.Second
+	}
+	if o.MaxPingsOutstanding <= 0 {
+		o.MaxPingsOutstanding = 2
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -156,6 +178,14 @@ type Broker struct {
 	mu   sync.Mutex
 	subs map[string]*nats.Subscription
 
+	// serving is set while the connection is up and the stream and buckets
+	// exist: cleared at a disconnect (or when JetStream says they are
+	// gone), set again by Run's repair after the reconnect. repairC wakes
+	// Run for a repair.
+	serving atomic.Bool
+	repairC chan struct{}
+	closing atomic.Bool
+
 	seed      maphash.Seed
 	stripes   [64]stripe
 	deliverMu [64]sync.Mutex // by channel hash; taken before mu
@@ -202,6 +232,7 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 		subjHistory: opts.Prefix + ".h.",
 		subjControl: opts.Prefix + ".control",
 		subs:        make(map[string]*nats.Subscription),
+		repairC:     make(chan struct{}, 1),
 		seed:        maphash.MakeSeed(),
 		local:       make(map[string]map[string]herald.ClientPresence),
 	}
@@ -212,18 +243,12 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 		nopts := append([]nats.Option{
 			nats.Name("herald " + opts.Prefix),
 			nats.MaxReconnects(-1),
-			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-				if err != nil {
-					b.log.Warn("nats disconnected", "err", err)
-				}
-			}),
+			nats.PingInterval(opts.PingInterval),
+			nats.MaxPingsOutstanding(opts.MaxPingsOutstanding),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { b.disconnected(err) }),
 			nats.ReconnectHandler(func(c *nats.Conn) {
 				b.log.Info("nats reconnected", "url", c.ConnectedUrl())
-				// nats.go has re-subscribed; publications of the outage were
-				// not delivered: the node finds the gaps.
-				if h := b.handler(); h != nil {
-					h.HandleReconnect()
-				}
+				b.wantRepair()
 			}),
 		}, opts.NATSOptions...)
 		nc, err := nats.Connect(opts.URL, nopts...)
@@ -236,7 +261,80 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 		b.Close()
 		return nil, err
 	}
+	b.serving.Store(true)
 	return b, nil
+}
+
+// disconnected runs when the connection is lost (nats.go's disconnect
+// callback). It is called once per lost connection, not for Close.
+func (b *Broker) disconnected(err error) {
+	if err == nil || b.closing.Load() {
+		return // Close, or a disconnect nats.go reports without a cause
+	}
+	wasServing := b.serving.Swap(false)
+	if !wasServing {
+		return // already down: a failed reconnect attempt
+	}
+	b.log.Warn("nats disconnected", "err", err)
+	if h := b.handler(); h != nil {
+		h.HandleOutage(err)
+	}
+}
+
+// wantRepair asks Run to set the stream and buckets up again (after a
+// reconnect, or an error that says they are gone) and then tell the node.
+func (b *Broker) wantRepair() {
+	b.serving.Store(false)
+	select {
+	case b.repairC <- struct{}{}:
+	default: // one is pending already
+	}
+}
+
+// storeLost checks an error of a JetStream call for a stream or bucket
+// that no longer exists (a server restarted without its data, while this
+// node's connection happened to survive), and asks for a repair.
+func (b *Broker) storeLost(err error) {
+	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrBucketNotFound) {
+		b.wantRepair()
+	}
+}
+
+// repair sets up the stream and buckets again, retrying with backoff until
+// it succeeds, the connection drops again (the next reconnect asks anew)
+// or ctx ends; then it forgets the cached channel positions (a server
+// that restarted empty starts every channel over) and tells the node,
+// which checks what its channels missed. Run's goroutine only.
+func (b *Broker) repair(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for {
+		if b.nc.Status() != nats.CONNECTED {
+			return
+		}
+		err := b.ensure(ctx)
+		if err == nil {
+			break
+		}
+		b.log.Warn("nats: failed to set up the stream and buckets again; retrying", "err", err, "in", backoff.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	for i := range b.stripes {
+		st := &b.stripes[i]
+		st.mu.Lock()
+		st.last = nil
+		st.mu.Unlock()
+	}
+	b.serving.Store(true)
+	b.log.Info("nats: serving again")
+	if h := b.handler(); h != nil {
+		h.HandleReconnect()
+	}
 }
 
 func (b *Broker) setup(ctx context.Context) error {
@@ -266,8 +364,22 @@ func (b *Broker) setup(ctx context.Context) error {
 		}
 		return fmt.Errorf("natsbroker: failed to query JetStream: %w", err)
 	}
+	return b.ensure(ctx)
+}
+
+// ensure creates the history stream and the KV buckets, or updates them
+// to this configuration: at start, and again after a reconnect (a server
+// that restarted on an empty store has none). The handles are made once;
+// they name the stream and buckets, so they stay valid across a
+// re-creation.
+func (b *Broker) ensure(ctx context.Context) error {
+	if b.js == nil {
+		return nil // live-only
+	}
+	ctx, cancel := context.WithTimeout(ctx, flushTimeout)
+	defer cancel()
 	p := b.opts.Prefix
-	b.stream, err = b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	stream, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:              p + "_history",
 		Description:       "Herald channel history",
 		Subjects:          []string{b.subjHistory + ">"},
@@ -289,11 +401,16 @@ func (b *Broker) setup(ctx context.Context) error {
 			Bucket: p + "_" + name, History: 1, TTL: ttl, Storage: b.opts.Storage, Replicas: b.opts.Replicas,
 		})
 	}
-	if b.idemKV, err = kv("idem", b.opts.IdempotencyWindow); err != nil {
+	idemKV, err := kv("idem", b.opts.IdempotencyWindow)
+	if err != nil {
 		return fmt.Errorf("natsbroker: failed to create the idempotency bucket: %w", err)
 	}
-	if b.presKV, err = kv("presence", b.opts.PresenceTTL); err != nil {
+	presKV, err := kv("presence", b.opts.PresenceTTL)
+	if err != nil {
 		return fmt.Errorf("natsbroker: failed to create the presence bucket: %w", err)
+	}
+	if b.stream == nil { // at start, before the broker is shared
+		b.stream, b.idemKV, b.presKV = stream, idemKV, presKV
 	}
 	return nil
 }
@@ -301,6 +418,7 @@ func (b *Broker) setup(ctx context.Context) error {
 // Close unsubscribes and closes the connection if New opened it. Call it
 // after Run has returned.
 func (b *Broker) Close() {
+	b.closing.Store(true)
 	b.mu.Lock()
 	for ch, s := range b.subs {
 		_ = s.Unsubscribe()
@@ -328,33 +446,41 @@ func (b *Broker) handler() herald.BrokerHandler {
 	return b.h
 }
 
-// Healthy reports nil while the connection to NATS is up (for a readiness
-// probe); nats.go reconnects and re-subscribes by itself.
+// Healthy reports nil while the broker can serve (for a readiness probe):
+// the connection to NATS is up and, after a reconnect, the stream and
+// buckets are set up again. nats.go reconnects and re-subscribes by itself.
 func (b *Broker) Healthy() error {
 	if s := b.nc.Status(); s != nats.CONNECTED {
 		return fmt.Errorf("%w: %v", ErrNotConnected, s)
 	}
+	if !b.serving.Load() {
+		return ErrNotReady
+	}
 	return nil
 }
 
-// Run refreshes this node's presence entries until ctx is done, and returns
-// ctx's error. Delivery needs no goroutine of ours: nats.go's subscriptions
-// deliver, and nats.go reconnects (with backoff, forever) and re-subscribes
-// every subscription by itself after a connection loss; what is published
-// while disconnected is not delivered (at most once).
+// Run refreshes this node's presence entries, and after each reconnect
+// sets the stream and buckets up again before telling the node
+// (HandleReconnect), until ctx is done; it returns ctx's error. Delivery
+// needs no goroutine of ours: nats.go's subscriptions deliver, and nats.go
+// reconnects (with backoff, forever) and re-subscribes every subscription
+// by itself after a connection loss; what is published while disconnected
+// is not delivered (at most once).
 func (b *Broker) Run(ctx context.Context) error {
-	if b.presKV == nil {
-		<-ctx.Done()
-		return ctx.Err()
+	var refresh <-chan time.Time
+	if b.presKV != nil {
+		t := time.NewTicker(b.opts.PresenceTTL / 3)
+		defer t.Stop()
+		refresh = t.C
 	}
-	t := time.NewTicker(b.opts.PresenceTTL / 3)
-	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-t.C:
+		case <-refresh:
 			b.refreshPresence(ctx)
+		case <-b.repairC:
+			b.repair(ctx)
 		}
 	}
 }
@@ -389,7 +515,11 @@ func token(channel string) string {
 
 // Subscribe implements herald.Broker. It returns once the server has the
 // subscription (a flush round trip), so every later publication reaches it.
+// While the broker cannot serve (see Healthy) it fails at once.
 func (b *Broker) Subscribe(ctx context.Context, channel string) error {
+	if err := b.Healthy(); err != nil {
+		return fmt.Errorf("natsbroker: failed to subscribe to %q: %w", channel, err)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if _, ok := b.subs[channel]; ok {
@@ -443,12 +573,14 @@ func (b *Broker) Unsubscribe(ctx context.Context, channel string) error {
 // deliver runs in the channel subscription's goroutine.
 func (b *Broker) deliver(channel string, m *nats.Msg) {
 	var offset uint64
+	var epoch string
 	if m.Header != nil {
 		if m.Header.Get(hdrMeta) != "" {
 			return
 		}
 		if o := m.Header.Get(hdrOffset); o != "" {
 			offset, _ = strconv.ParseUint(o, 10, 64)
+			epoch = m.Header.Get(hdrEpoch)
 		}
 	}
 	pub, err := pubcodec.Decode(channel, offset, m.Data)
@@ -456,6 +588,7 @@ func (b *Broker) deliver(channel string, m *nats.Msg) {
 		b.log.Warn("malformed publication from nats", "channel", channel, "err", err)
 		return
 	}
+	pub.Epoch = epoch
 	// The channel's delivery lock, also taken by Unsubscribe, makes
 	// deliveries of one channel sequential even across an Unsubscribe and
 	// Subscribe (two subscriptions, two goroutines), and ensures nothing
@@ -492,10 +625,15 @@ func idemID(channel, key string) string {
 // knows for that subject (optimistic concurrency): if another node
 // published meanwhile, the server refuses it, and Publish reads the last
 // message again and retries with the next offset. The stream republishes
-// each stored message, in stream order, on the delivery subject.
+// each stored message, in stream order, on the delivery subject. While
+// the broker cannot serve (see Healthy) it fails at once, rather than
+// queue behind requests that cannot be answered.
 func (b *Broker) Publish(ctx context.Context, pub *herald.Publication, opts herald.PublishOptions) (herald.PublishResult, error) {
 	if err := ctx.Err(); err != nil {
 		return herald.PublishResult{}, err
+	}
+	if err := b.Healthy(); err != nil {
+		return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to publish: %w", err)
 	}
 	history := opts.HistorySize > 0 && pub.Kind == herald.KindPublication
 	if (history || opts.IdempotencyKey != "") && b.stream == nil {
@@ -508,6 +646,7 @@ func (b *Broker) Publish(ctx context.Context, pub *herald.Publication, opts hera
 				if errors.Is(err, jetstream.ErrKeyExists) {
 					return herald.PublishResult{Duplicate: true}, nil
 				}
+				b.storeLost(err)
 				return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to record idempotency key: %w", err)
 			}
 		}
@@ -558,6 +697,7 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 		}
 		if err != nil {
 			delete(st.last, pub.Channel)
+			b.storeLost(err)
 			return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to publish to history: %w", err)
 		}
 		if ack.Duplicate {
@@ -567,7 +707,7 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 			st.last = make(map[string]lastMsg)
 		}
 		st.last[pub.Channel] = lastMsg{seq: ack.Sequence, offset: last.offset + 1, epoch: last.epoch}
-		pub.Offset = last.offset + 1
+		pub.Offset, pub.Epoch = last.offset+1, last.epoch
 		return herald.PublishResult{StreamPosition: herald.StreamPosition{Offset: pub.Offset, Epoch: last.epoch}}, nil
 	}
 	return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to publish to %q: %d conflicting attempts", pub.Channel, maxAttempts)
@@ -586,6 +726,7 @@ func (b *Broker) duplicate(ctx context.Context, seq uint64) (herald.PublishResul
 		return herald.PublishResult{Duplicate: true}, nil
 	}
 	if err != nil {
+		b.storeLost(err)
 		return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to read the first publish of a duplicate: %w", err)
 	}
 	off, _ := strconv.ParseUint(m.Header.Get(hdrOffset), 10, 64)
@@ -600,6 +741,7 @@ func (b *Broker) lastMsg(ctx context.Context, subj string) (lastMsg, error) {
 		return lastMsg{epoch: b.newEpoch()}, nil
 	}
 	if err != nil {
+		b.storeLost(err)
 		return lastMsg{}, fmt.Errorf("natsbroker: failed to read the last history message: %w", err)
 	}
 	off, err := strconv.ParseUint(m.Header.Get(hdrOffset), 10, 64)
@@ -614,6 +756,9 @@ func (b *Broker) lastMsg(ctx context.Context, subj string) (lastMsg, error) {
 func (b *Broker) PublishControl(ctx context.Context, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if s := b.nc.Status(); s != nats.CONNECTED {
+		return fmt.Errorf("natsbroker: failed to publish control message: %w: %v", ErrNotConnected, s)
 	}
 	if err := b.nc.Publish(b.subjControl, data); err != nil {
 		return fmt.Errorf("natsbroker: failed to publish control message: %w", err)

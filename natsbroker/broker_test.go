@@ -136,6 +136,14 @@ func TestCrossNode(t *testing.T) {
 	brokertest.RunCrossNode(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
 }
 
+// TestLiveSubscribe: fresh subscribers of a busy history channel are never
+// told of an outage that did not happen.
+func TestLiveSubscribe(t *testing.T) {
+	natsURL(t)
+	t.Parallel()
+	brokertest.RunLiveSubscribe(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
+}
+
 // TestLiveOnly: without JetStream, publications flow and history says why
 // it cannot.
 func TestLiveOnly(t *testing.T) {

@@ -31,6 +31,9 @@ func (b *Broker) History(ctx context.Context, channel string, opts herald.Histor
 	if b.stream == nil {
 		return herald.HistoryResult{}, ErrNoJetStream
 	}
+	if err := b.Healthy(); err != nil {
+		return herald.HistoryResult{}, fmt.Errorf("natsbroker: failed to read history: %w", err)
+	}
 	subj := b.subjHistory + token(channel)
 	last, err := b.lastOrCreate(ctx, subj)
 	if err != nil {
@@ -56,6 +59,7 @@ func (b *Broker) History(ctx context.Context, channel string, opts herald.Histor
 			break
 		}
 		if err != nil {
+			b.storeLost(err)
 			return res, fmt.Errorf("natsbroker: failed to read history: %w", err)
 		}
 		seq = m.Sequence + 1
@@ -100,6 +104,7 @@ func (b *Broker) History(ctx context.Context, channel string, opts herald.Histor
 		if err != nil {
 			return res, fmt.Errorf("natsbroker: malformed history message: %w", err)
 		}
+		pub.Epoch = epoch
 		res.Publications = append(res.Publications, pub)
 	}
 	if opts.Reverse {
@@ -123,6 +128,7 @@ func (b *Broker) lastOrCreate(ctx context.Context, subj string) (*jetstream.RawS
 			return m, nil
 		}
 		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			b.storeLost(err)
 			return nil, fmt.Errorf("natsbroker: failed to read history: %w", err)
 		}
 		hdr := nats.Header{}
@@ -134,6 +140,7 @@ func (b *Broker) lastOrCreate(ctx context.Context, subj string) (*jetstream.RawS
 			continue
 		}
 		if err != nil {
+			b.storeLost(err)
 			return nil, fmt.Errorf("natsbroker: failed to store the channel's epoch: %w", err)
 		}
 		return &jetstream.RawStreamMsg{Subject: subj, Sequence: ack.Sequence, Header: hdr}, nil

@@ -30,11 +30,15 @@ func (b *Broker) AddPresence(ctx context.Context, channel string, p herald.Clien
 	if b.presKV == nil {
 		return ErrNoJetStream
 	}
+	if err := b.Healthy(); err != nil {
+		return fmt.Errorf("natsbroker: failed to add presence: %w", err)
+	}
 	v, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("natsbroker: failed to encode presence: %w", err)
 	}
 	if _, err := b.presKV.Put(ctx, presenceKey(channel, p.Client), v); err != nil {
+		b.storeLost(err)
 		return fmt.Errorf("natsbroker: failed to add presence: %w", err)
 	}
 	b.pmu.Lock()
@@ -63,7 +67,13 @@ func (b *Broker) RemovePresence(ctx context.Context, channel, clientID string) e
 		}
 	}
 	b.pmu.Unlock()
+	if err := b.Healthy(); err != nil {
+		// Forgotten here, so no refresh brings it back; the bucket's TTL
+		// removes it from NATS.
+		return fmt.Errorf("natsbroker: failed to remove presence: %w", err)
+	}
 	if err := b.presKV.Delete(ctx, presenceKey(channel, clientID)); err != nil {
+		b.storeLost(err)
 		return fmt.Errorf("natsbroker: failed to remove presence: %w", err)
 	}
 	return nil
@@ -75,8 +85,12 @@ func (b *Broker) Presence(ctx context.Context, channel string) (map[string]heral
 	if b.presKV == nil {
 		return nil, ErrNoJetStream
 	}
+	if err := b.Healthy(); err != nil {
+		return nil, fmt.Errorf("natsbroker: failed to read presence: %w", err)
+	}
 	w, err := b.presKV.Watch(ctx, presenceFilter(channel)+"*", jetstream.IgnoreDeletes())
 	if err != nil {
+		b.storeLost(err)
 		return nil, fmt.Errorf("natsbroker: failed to read presence: %w", err)
 	}
 	defer func() { _ = w.Stop() }()
@@ -120,6 +134,9 @@ func (b *Broker) PresenceStats(ctx context.Context, channel string) (herald.Pres
 // refreshPresence re-puts this node's entries, holding refreshMu so that a
 // concurrent RemovePresence cannot be undone.
 func (b *Broker) refreshPresence(ctx context.Context) {
+	if b.Healthy() != nil {
+		return // the next round, once serving again, puts them back
+	}
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
 	b.pmu.Lock()

@@ -61,9 +61,22 @@ type Options struct {
 	HistoryMetaTTL time.Duration
 
 	// ConnectWait bounds how long Subscribe waits for the pub/sub
-	// connection when it is down (at startup, or reconnecting). Zero means
-	// 5 seconds.
+	// connection when it is down (at startup, or reconnecting), and how
+	// long a new pub/sub connection may take to subscribe everything.
+	// Zero means 5 seconds.
 	ConnectWait time.Duration
+
+	// PingTimeout is how long a connection to Redis may leave a command
+	// or a heartbeat PING unanswered before it is deemed dead, closed and
+	// reconnected. rueidis PINGs a connection after each second without
+	// traffic, so a link that stays open but carries nothing (a hung
+	// server, a blackholed path) is noticed within about PingTimeout plus
+	// a second: the pub/sub connection then counts as lost (Healthy fails,
+	// the node closes its subscribers, see herald.BrokerHandler). It also
+	// bounds every command's round trip: a script that runs longer on the
+	// server fails. Zero means 3 seconds; ignored when ClientOption sets
+	// ConnWriteTimeout (rueidis' name for it).
+	PingTimeout time.Duration
 
 	// Logger receives connection losses and reconnects. Nil logs nothing.
 	Logger *slog.Logger
@@ -84,6 +97,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ConnectWait <= 0 {
 		o.ConnectWait = 5 * time.Second
+	}
+	if o.PingTimeout <= 0 {
+		o.PingTimeout = 3 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -159,6 +175,9 @@ func New(opts Options) (*Broker, error) {
 		}
 	}
 	co.DisableCache = true
+	if co.ConnWriteTimeout == 0 {
+		co.ConnWriteTimeout = opts.PingTimeout
+	}
 	client, err := rueidis.NewClient(co)
 	if err != nil {
 		return nil, fmt.Errorf("redisbroker: failed to create client: %w", err)
@@ -212,9 +231,11 @@ const (
 )
 
 // Run keeps the pub/sub connection up and delivers to the handler until ctx
-// is done: when the connection drops it reconnects with exponential
-// backoff (50ms to 5s, jittered) and re-SUBSCRIBEs every channel. It also
-// refreshes the presence entries this node added. It returns ctx's error.
+// is done: when the connection drops it tells the handler (HandleOutage),
+// reconnects with exponential backoff (50ms to 5s, jittered),
+// re-SUBSCRIBEs every channel and tells the handler again
+// (HandleReconnect). It also refreshes the presence entries this node
+// added. It returns ctx's error.
 func (b *Broker) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -226,11 +247,17 @@ func (b *Broker) Run(ctx context.Context) error {
 			return ErrClosed
 		}
 		start := time.Now()
-		err := b.session(ctx)
+		wasUp, err := b.session(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		b.log.Warn("redis pub/sub connection lost", "err", err)
+		if wasUp {
+			// Logged once per outage; the attempts that follow are Debug.
+			b.log.Warn("redis pub/sub connection lost", "err", err)
+			b.h.HandleOutage(err)
+		} else {
+			b.log.Debug("redis pub/sub connection failed", "err", err)
+		}
 		if time.Since(start) > maxBackoff {
 			backoff = minBackoff // it was up for a while: retry soon
 		}
@@ -246,8 +273,9 @@ func (b *Broker) Run(ctx context.Context) error {
 
 // session opens a pub/sub connection, subscribes to the control channel and
 // every channel in subs, marks the broker up and waits until the
-// connection is lost (returning why) or ctx is done.
-func (b *Broker) session(ctx context.Context) (err error) {
+// connection is lost (returning why) or ctx is done. wasUp reports that
+// the connection got that far.
+func (b *Broker) session(ctx context.Context) (wasUp bool, err error) {
 	dc, release := b.client.Dedicate()
 	lost := dc.SetPubSubHooks(rueidis.PubSubHooks{OnMessage: b.onMessage})
 	pc := &pubsubConn{dc: dc, down: make(chan struct{})}
@@ -266,9 +294,11 @@ func (b *Broker) session(ctx context.Context) (err error) {
 		names = append(names, b.pubPrefix+ch)
 	}
 	b.mu.RUnlock()
+	sctx, cancel := context.WithTimeout(ctx, b.opts.ConnectWait)
+	defer cancel()
 	for chunk := range slices.Chunk(names, 1000) {
-		if err := dc.Do(ctx, dc.B().Subscribe().Channel(chunk...).Build()).Error(); err != nil {
-			return fmt.Errorf("failed to subscribe: %w", err)
+		if err := dc.Do(sctx, dc.B().Subscribe().Channel(chunk...).Build()).Error(); err != nil {
+			return false, fmt.Errorf("failed to subscribe: %w", err)
 		}
 	}
 
@@ -286,12 +316,12 @@ func (b *Broker) session(ctx context.Context) (err error) {
 
 	select {
 	case <-ctx.Done():
-		return ctx.Err()
+		return true, ctx.Err()
 	case err, ok := <-lost:
 		if !ok || err == nil {
 			err = errors.New("connection closed")
 		}
-		return err
+		return true, err
 	}
 }
 
@@ -318,6 +348,10 @@ func (b *Broker) onMessage(m rueidis.PubSubMessage) {
 	}
 	off, body, ok := strings.Cut(m.Message, " ")
 	offset, err := strconv.ParseUint(off, 10, 64)
+	var epoch string
+	if ok && err == nil && offset != 0 {
+		epoch, body, ok = strings.Cut(body, " ")
+	}
 	if !ok || err != nil {
 		b.log.Warn("malformed publication from redis", "channel", ch)
 		return
@@ -327,6 +361,7 @@ func (b *Broker) onMessage(m rueidis.PubSubMessage) {
 		b.log.Warn("malformed publication from redis", "channel", ch, "err", err)
 		return
 	}
+	pub.Epoch = epoch
 	// Holding mu (read) across the handler makes Unsubscribe wait for a
 	// delivery in progress: nothing of a channel is delivered after
 	// Unsubscribe returns. The handler never calls the broker.
@@ -464,6 +499,9 @@ func (b *Broker) Publish(ctx context.Context, pub *herald.Publication, opts hera
 	res := herald.PublishResult{StreamPosition: herald.StreamPosition{Offset: offset, Epoch: epoch}, Duplicate: dup == 1}
 	if !res.Duplicate {
 		pub.Offset = offset
+		if offset != 0 {
+			pub.Epoch = epoch
+		}
 	}
 	return res, nil
 }
@@ -515,6 +553,7 @@ func (b *Broker) History(ctx context.Context, channel string, opts herald.Histor
 		if err != nil {
 			return res, fmt.Errorf("redisbroker: malformed history element: %w", err)
 		}
+		pub.Epoch = head[1]
 		res.Publications = append(res.Publications, pub)
 	}
 	if opts.Reverse {

@@ -157,6 +157,14 @@ func TestCrossNode(t *testing.T) {
 	brokertest.RunCrossNode(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
 }
 
+// TestLiveSubscribe: fresh subscribers of a busy history channel are never
+// told of an outage that did not happen.
+func TestLiveSubscribe(t *testing.T) {
+	redisURL(t)
+	t.Parallel()
+	brokertest.RunLiveSubscribe(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
+}
+
 // TestReconnect kills the broker's pub/sub connection from another
 // connection (CLIENT KILL ID, found by the connection's name) and checks
 // that Run reconnects, re-subscribes and delivers again.

@@ -8,7 +8,9 @@ import "github.com/redis/rueidis"
 //
 // History list elements are "<expiry unix ms> <encoded publication>"; the
 // offset of element i is oldest+i, since offsets are consecutive. What is
-// PUBLISHed is "<offset> <encoded publication>" (offset 0 without history).
+// PUBLISHed is "<offset> <epoch> <encoded publication>", or "0 <encoded
+// publication>" without history: the epoch tells every node that a Redis
+// restarted without its data (offsets start over under a new epoch).
 
 const luaNow = `
 local t = redis.call('time')
@@ -60,7 +62,7 @@ if size > 0 then
   trim(KEYS[2])
   redis.call('pexpire', KEYS[2], ttl)
   res = top .. ' ' .. epoch
-  redis.call('publish', ARGV[6], top .. ' ' .. ARGV[1])
+  redis.call('publish', ARGV[6], res .. ' ' .. ARGV[1])
 else
   redis.call('publish', ARGV[6], '0 ' .. ARGV[1])
 end

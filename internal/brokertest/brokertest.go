@@ -72,6 +72,7 @@ type Recorder struct {
 	controls   [][]byte
 	inFlight   sync.Map // channel -> *atomic.Int32
 	reconnects atomic.Int32
+	outages    atomic.Int32
 }
 
 // NewRecorder returns an empty Recorder that reports to t.
@@ -93,13 +94,19 @@ func (r *Recorder) HandlePublication(pub *herald.Publication) {
 	n.Add(-1)
 }
 
-// HandleControl implements herald.BrokerHandler.
 // HandleReconnect implements herald.BrokerHandler; it counts the calls.
 func (r *Recorder) HandleReconnect() { r.reconnects.Add(1) }
 
 // Reconnects counts HandleReconnect calls.
 func (r *Recorder) Reconnects() int { return int(r.reconnects.Load()) }
 
+// HandleOutage implements herald.BrokerHandler; it counts the calls.
+func (r *Recorder) HandleOutage(error) { r.outages.Add(1) }
+
+// Outages counts HandleOutage calls.
+func (r *Recorder) Outages() int { return int(r.outages.Load()) }
+
+// HandleControl implements herald.BrokerHandler.
 func (r *Recorder) HandleControl(data []byte) {
 	r.mu.Lock()
 	r.controls = append(r.controls, append([]byte(nil), data...))

@@ -20,3 +20,7 @@ func TestMemoryBroker(t *testing.T) {
 func TestMemoryPresence(t *testing.T) {
 	brokertest.RunPresence(t, func(t *testing.T) herald.PresenceManager { return herald.NewMemoryPresence() })
 }
+
+func TestMemoryLiveSubscribe(t *testing.T) {
+	brokertest.RunLiveSubscribe(t, func(t *testing.T) herald.Broker { return herald.NewMemoryBroker() })
+}

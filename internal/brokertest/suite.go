@@ -212,8 +212,14 @@ func testHistory(t *testing.T, newBroker func(*testing.T) herald.Broker, _ confi
 			t.Fatalf("epoch changed between publishes: %q then %q", epoch, res.Epoch)
 		}
 	}
-	if o := offsets(rec.WaitPubs(t, ch, 5)); !slices.Equal(o, seq(1, 5)) {
+	delivered := rec.WaitPubs(t, ch, 5)
+	if o := offsets(delivered); !slices.Equal(o, seq(1, 5)) {
 		t.Errorf("delivered offsets %v, want 1..5", o)
+	}
+	for _, p := range delivered {
+		if p.Epoch != epoch {
+			t.Errorf("delivered publication %d has epoch %q, want %q: a node tells a history reset by it", p.Offset, p.Epoch, epoch)
+		}
 	}
 	pos := herald.StreamPosition{Offset: 5, Epoch: epoch}
 
@@ -225,7 +231,7 @@ func testHistory(t *testing.T, newBroker func(*testing.T) herald.Broker, _ confi
 		t.Errorf("History(all) offsets %v, want 1..5", o)
 	}
 	for i, p := range all.Publications {
-		want := &herald.Publication{Channel: ch, Data: []byte(strconv.Itoa(i + 1)), Binary: i == 1, Origin: "o" + strconv.Itoa(i+1), Offset: uint64(i + 1)}
+		want := &herald.Publication{Channel: ch, Data: []byte(strconv.Itoa(i + 1)), Binary: i == 1, Origin: "o" + strconv.Itoa(i+1), Offset: uint64(i + 1), Epoch: epoch}
 		if !reflect.DeepEqual(p, want) {
 			t.Errorf("History publication %d: %+v, want %+v", i, p, want)
 		}
