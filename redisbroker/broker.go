@@ -456,6 +456,22 @@ func (b *Broker) newEpoch() string {
 
 func ms(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
 
+// execIdempotent runs a script call that is safe to run twice, again once
+// if it failed with a network error. After Redis restarts, each of the
+// client's pooled connections that has not yet noticed (an idle one pings
+// after a second) fails its next command; rueidis retries read-only
+// commands by itself, but a script is never read-only to it. A call that
+// is not idempotent (a publish without an idempotency key) is not retried:
+// it may have run before the reply was lost, and its error says so
+// (PROTOCOL.md, "What a failed publish means").
+func execIdempotent(ctx context.Context, exec func() rueidis.RedisResult) rueidis.RedisResult {
+	res := exec()
+	if err := res.NonRedisError(); err != nil && ctx.Err() == nil {
+		return exec()
+	}
+	return res
+}
+
 // Publish implements herald.Broker: one script call (EVALSHA) that assigns
 // the offset, appends to history, checks and records the idempotency key
 // and PUBLISHes. It returns once Redis has run it.
@@ -482,7 +498,14 @@ func (b *Broker) Publish(ctx context.Context, pub *herald.Publication, opts hera
 		b.pubPrefix + pub.Channel,
 		b.newEpoch(),
 	}
-	arr, err := publishScript.Exec(ctx, b.client, keys, args).ToArray()
+	exec := func() rueidis.RedisResult { return publishScript.Exec(ctx, b.client, keys, args) }
+	var rr rueidis.RedisResult
+	if win > 0 {
+		rr = execIdempotent(ctx, exec) // the key makes a second run publish nothing
+	} else {
+		rr = exec()
+	}
+	arr, err := rr.ToArray()
 	if err != nil {
 		return herald.PublishResult{}, fmt.Errorf("redisbroker: failed to publish: %w", err)
 	}
@@ -523,7 +546,7 @@ func (b *Broker) History(ctx context.Context, channel string, opts herald.Histor
 	}
 	keys := []string{b.key(channel, "m"), b.key(channel, "h")}
 	args := []string{b.newEpoch(), ms(b.opts.HistoryMetaTTL), sinceGiven, sinceOff, sinceEpoch, strconv.Itoa(opts.Limit), reverse}
-	arr, err := historyScript.Exec(ctx, b.client, keys, args).ToArray()
+	arr, err := execIdempotent(ctx, func() rueidis.RedisResult { return historyScript.Exec(ctx, b.client, keys, args) }).ToArray()
 	if err != nil {
 		return herald.HistoryResult{}, fmt.Errorf("redisbroker: failed to read history: %w", err)
 	}

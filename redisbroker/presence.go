@@ -46,7 +46,7 @@ func (b *Broker) addExec(channel string, p herald.ClientPresence) rueidis.LuaExe
 // entries it added until they are removed.
 func (b *Broker) AddPresence(ctx context.Context, channel string, p herald.ClientPresence) error {
 	e := b.addExec(channel, p)
-	if err := presenceAddScript.Exec(ctx, b.client, e.Keys, e.Args).Error(); err != nil {
+	if err := execIdempotent(ctx, func() rueidis.RedisResult { return presenceAddScript.Exec(ctx, b.client, e.Keys, e.Args) }).Error(); err != nil {
 		return fmt.Errorf("redisbroker: failed to add presence: %w", err)
 	}
 	b.pmu.Lock()
@@ -72,7 +72,9 @@ func (b *Broker) RemovePresence(ctx context.Context, channel, clientID string) e
 		}
 	}
 	b.pmu.Unlock()
-	if err := presenceRemoveScript.Exec(ctx, b.client, b.presenceKeys(channel), []string{clientID}).Error(); err != nil {
+	if err := execIdempotent(ctx, func() rueidis.RedisResult {
+		return presenceRemoveScript.Exec(ctx, b.client, b.presenceKeys(channel), []string{clientID})
+	}).Error(); err != nil {
 		return fmt.Errorf("redisbroker: failed to remove presence: %w", err)
 	}
 	return nil
@@ -80,7 +82,7 @@ func (b *Broker) RemovePresence(ctx context.Context, channel, clientID string) e
 
 // Presence implements herald.PresenceManager.
 func (b *Broker) Presence(ctx context.Context, channel string) (map[string]herald.ClientPresence, error) {
-	kv, err := presenceGetScript.Exec(ctx, b.client, b.presenceKeys(channel), nil).AsStrSlice()
+	kv, err := execIdempotent(ctx, func() rueidis.RedisResult { return presenceGetScript.Exec(ctx, b.client, b.presenceKeys(channel), nil) }).AsStrSlice()
 	if err != nil {
 		return nil, fmt.Errorf("redisbroker: failed to read presence: %w", err)
 	}
@@ -96,7 +98,9 @@ func (b *Broker) Presence(ctx context.Context, channel string) (map[string]heral
 // PresenceStats implements herald.PresenceManager: two HLENs, since the
 // scripts keep a count of each user's clients.
 func (b *Broker) PresenceStats(ctx context.Context, channel string) (herald.PresenceStats, error) {
-	arr, err := presenceStatsScript.Exec(ctx, b.client, b.presenceKeys(channel), nil).AsIntSlice()
+	arr, err := execIdempotent(ctx, func() rueidis.RedisResult {
+		return presenceStatsScript.Exec(ctx, b.client, b.presenceKeys(channel), nil)
+	}).AsIntSlice()
 	if err != nil || len(arr) != 2 {
 		return herald.PresenceStats{}, fmt.Errorf("redisbroker: failed to read presence stats: %v", err)
 	}

@@ -1,0 +1,168 @@
+// Package testserver runs broker servers of a test's own — redis-server
+// and nats-server from the machine's packages — on free loopback ports, so
+// that a test can kill one and start it again, with or without its data,
+// without touching the servers the machine runs for everyone.
+//
+// A missing binary skips the test, unless the environment says the broker
+// is required (HERALD_TEST_REDIS or HERALD_TEST_NATS set, as CI does):
+// then it fails it.
+package testserver
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// Server is one server process of the test's own. Its methods are for the
+// test's goroutine.
+type Server struct {
+	t    testing.TB
+	name string
+	port int
+	dir  string
+	args func(keepData bool) []string
+	bin  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Redis starts a redis-server. With persist it keeps its data across Kill
+// and Start (an append-only file synced at every write, as a server
+// configured for durability would); without, it keeps nothing on disk
+// (the machine's own Redis is configured so), and Start brings it back
+// empty.
+func Redis(t testing.TB, persist bool) *Server {
+	t.Helper()
+	s := newServer(t, "redis-server", "HERALD_TEST_REDIS")
+	s.args = func(bool) []string {
+		a := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir, "--save", "", "--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log")}
+		if persist {
+			return append(a, "--appendonly", "yes", "--appendfsync", "always")
+		}
+		return append(a, "--appendonly", "no")
+	}
+	s.Start(true)
+	return s
+}
+
+// NATS starts a nats-server with JetStream, its store in a directory of
+// the test's. Start(false) brings it back on an empty store.
+func NATS(t testing.TB) *Server {
+	t.Helper()
+	s := newServer(t, "nats-server", "HERALD_TEST_NATS")
+	s.args = func(keepData bool) []string {
+		store := filepath.Join(s.dir, "store")
+		if !keepData {
+			_ = os.RemoveAll(store)
+		}
+		return []string{"-a", "127.0.0.1", "-p", strconv.Itoa(s.port), "-js", "-sd", store, "-l", filepath.Join(s.dir, "nats.log")}
+	}
+	s.Start(true)
+	return s
+}
+
+func newServer(t testing.TB, name, requiredBy string) *Server {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		for _, dir := range []string{"/usr/sbin", "/usr/local/sbin", "/usr/bin"} {
+			if p := filepath.Join(dir, name); isExecutable(p) {
+				bin, err = p, nil
+				break
+			}
+		}
+	}
+	if err != nil {
+		if os.Getenv(requiredBy) != "" {
+			t.Fatalf("%s not found, and %s is set: install it (Debian: apt-get install %s)", name, requiredBy, debianPackage(name))
+		}
+		t.Skipf("%s not found: this test runs a server of its own (Debian: apt-get install %s)", name, debianPackage(name))
+	}
+	s := &Server{t: t, name: name, bin: bin, port: freePort(t), dir: t.TempDir()}
+	t.Cleanup(s.Kill)
+	return s
+}
+
+func debianPackage(name string) string {
+	if name == "redis-server" {
+		return "redis-server"
+	}
+	return "nats-server"
+}
+
+func isExecutable(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Addr is the server's address, host:port.
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// Start starts the server on its port, keeping its data if keepData and it
+// keeps any, and waits until it accepts connections.
+func (s *Server) Start(keepData bool) {
+	s.t.Helper()
+	if s.cmd != nil {
+		s.t.Fatalf("%s: Start while running", s.name)
+	}
+	cmd := exec.Command(s.bin, s.args(keepData)...)
+	cmd.Dir = s.dir
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("failed to start %s: %v", s.name, err)
+	}
+	s.cmd, s.done = cmd, make(chan struct{})
+	go func(done chan struct{}) { _ = cmd.Wait(); close(done) }(s.done) // owned: ends with the process
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", s.Addr(), time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-s.done:
+			s.cmd = nil
+			s.t.Fatalf("%s exited at start (port %d): see %s", s.name, s.port, s.dir)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.Kill()
+			s.t.Fatalf("%s does not accept connections on %s: %v", s.name, s.Addr(), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Kill kills the server with SIGKILL, as a crash would, and waits for it
+// to be gone. A no-op when it is not running.
+func (s *Server) Kill() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		s.t.Errorf("%s (pid %d) did not exit after SIGKILL", s.name, s.cmd.Process.Pid)
+	}
+	s.cmd = nil
+}
+
+// String names the server for logs.
+func (s *Server) String() string { return fmt.Sprintf("%s on %s", s.name, s.Addr()) }
