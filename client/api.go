@@ -15,14 +15,42 @@ type PublishOption func(*publishSettings)
 
 type publishSettings struct {
 	idempotencyKey string
+	retry          bool
 }
 
 // WithIdempotencyKey makes the publish happen at most once per channel and
 // key within the server's window (2 minutes by default): a repeat publishes
-// nothing and returns the first publish's result with Duplicate set. Use it
-// to retry safely after ErrTimeout or ErrDisconnected.
+// nothing and returns the first publish's result with Duplicate set. The
+// client's own retries carry it instead of an automatic key; use it to
+// retry safely yourself after an error (a *PublishError holds the key that
+// was used).
 func WithIdempotencyKey(key string) PublishOption {
 	return func(s *publishSettings) { s.idempotencyKey = key }
+}
+
+// WithRetry turns the automatic publish retries on or off for this call,
+// whatever Options.DisablePublishRetry says.
+//
+// On (the default): the publish carries an idempotency key — a random one
+// (128 bits from crypto/rand) unless WithIdempotencyKey gives one — and is
+// sent again with that same key when the outcome is unknown (an
+// unavailable reply, or the connection lost before the reply: then on the
+// next connection), within ctx and Options.RetryTimeout, which keeps every
+// retry inside the server's idempotency window. So it happens at most once,
+// and exactly once when the call returns no error; otherwise the error is a
+// *PublishError. The cost: the key costs the server's broker one more write
+// per publish, and a publish made while the client reconnects waits for the
+// connection instead of failing at once.
+//
+// Off: the publish is sent once per connection, with no key unless
+// WithIdempotencyKey gives one, and an unknown outcome is returned as it
+// is (ErrDisconnected, an *Error of code CodeUnavailable): it may or may
+// not have happened. Use it when a duplicate does not matter and latency
+// does, or when the app retries itself. Either way a publish refused with
+// rate_limited is sent again, as every request is: the server did nothing,
+// so it cannot happen twice.
+func WithRetry(on bool) PublishOption {
+	return func(s *publishSettings) { s.retry = on }
 }
 
 // PublishResult is where a publication landed, on a channel with history
@@ -31,7 +59,9 @@ type PublishResult struct {
 	Offset uint64
 	Epoch  string
 	// Duplicate: the idempotency key was seen; nothing was published, and
-	// Offset and Epoch are the first publish's.
+	// Offset and Epoch are the first publish's. After the client's own
+	// retries it means that an earlier attempt, whose reply was lost,
+	// published: the publication happened once.
 	Duplicate bool
 }
 
@@ -42,6 +72,11 @@ var errNotJSON = errors.New("data is not a valid UTF-8 JSON value (use PublishBi
 // the publication to the subscribers on its node (so a subscribed publisher
 // receives its own publication before Publish returns). Publishing does not
 // require being subscribed.
+//
+// By default the publish carries an automatic idempotency key and is
+// retried until it is known to have happened, within ctx and
+// Options.RetryTimeout (see WithRetry for the guarantee and the cost).
+// When it carried a key, its error is a *PublishError.
 func (c *Client) Publish(ctx context.Context, channel string, data []byte, opts ...PublishOption) (PublishResult, error) {
 	if !utf8.Valid(data) || !json.Valid(data) {
 		return PublishResult{}, fmt.Errorf("failed to publish to %q: %w", channel, errNotJSON)
@@ -50,7 +85,8 @@ func (c *Client) Publish(ctx context.Context, channel string, data []byte, opts 
 }
 
 // PublishBinary publishes raw bytes, any values, in a binary frame; they
-// reach subscribers untouched, as a Publication with Binary set.
+// reach subscribers untouched, as a Publication with Binary set. It
+// retries as Publish does.
 func (c *Client) PublishBinary(ctx context.Context, channel string, data []byte, opts ...PublishOption) (PublishResult, error) {
 	if data == nil {
 		data = []byte{}
@@ -59,13 +95,20 @@ func (c *Client) PublishBinary(ctx context.Context, channel string, data []byte,
 }
 
 func (c *Client) publish(ctx context.Context, channel string, data []byte, binary bool, opts []PublishOption) (PublishResult, error) {
-	var set publishSettings
+	set := publishSettings{retry: !c.opts.DisablePublishRetry}
 	for _, o := range opts {
 		o(&set)
 	}
-	cmd := &command{Command: protocol.Command{Cmd: protocol.CmdPublish, Channel: channel, IdempotencyKey: set.idempotencyKey}}
-	raw, err := c.call(ctx, cmd, data, binary)
+	key := set.idempotencyKey
+	if key == "" && set.retry {
+		key = newIdempotencyKey()
+	}
+	cmd := protocol.Command{Cmd: protocol.CmdPublish, Channel: channel, IdempotencyKey: key}
+	raw, attempts, err := c.do(ctx, cmd, data, binary, set.retry)
 	if err != nil {
+		if key != "" {
+			err = &PublishError{IdempotencyKey: key, Attempts: attempts, Err: err}
+		}
 		return PublishResult{}, fmt.Errorf("failed to publish to %q: %w", channel, err)
 	}
 	var res protocol.PublishResult

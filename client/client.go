@@ -20,7 +20,10 @@
 // anything it cannot recover is reported with OnRecoveryFailed. A close code
 // from 4500 to 4999 or 1008, or a handshake refused with HTTP 401 or 403,
 // means "do not reconnect": the client stops, Done is closed and Err says
-// why. Close stops everything and waits for the client's goroutines.
+// why. Every other close reconnects, 4007 (closed for sending too fast)
+// included. A subscription the server ends (an unsub push, e.g. the server
+// application's unsubscribe_user) is never resubscribed: OnUnsubscribed
+// says so. Close stops everything and waits for the client's goroutines.
 //
 // # Goroutines and handlers
 //
@@ -37,6 +40,12 @@
 // in a queue bounded by Options.QueueSize; see Options.QueueTimeout for what
 // a handler that does not keep up causes.
 //
+// Two more come and go with a connection: the token refresher (with
+// GetToken and an expiring token), and the sender, which sends the
+// commands the client makes on its own — the resubscribes after a
+// reconnect, at the client's pace, and their retries — and exits when none
+// is left. Both end with the connection.
+//
 // Writes to the socket are serialised by a mutex and each has a deadline,
 // so request methods are safe for concurrent use from any goroutine.
 //
@@ -46,8 +55,28 @@
 // for its reply up to its context's deadline and Options.RequestTimeout,
 // whichever comes first. Errors the server returns are *Error (use
 // errors.As and switch on Code); a request made while disconnected, or whose
-// connection drops before the reply, fails with ErrDisconnected; one without
+// connection drops before the reply, fails with ErrDisconnected (but a
+// publish with retries on waits for the reconnect: see Retries); one without
 // a reply in time fails with ErrTimeout (or the context's error).
+//
+// # Retries
+//
+// A request the server refuses with rate_limited (it did nothing) is sent
+// again after Options.RetryBackoff, within its ctx and Options.RetryTimeout,
+// so being rate limited slows requests down instead of failing them; and
+// from then on the client paces all its commands, resubscribes included,
+// to stay under the server's rate rather than be closed for flooding (see
+// Options.RetryBackoff). If it is closed all the same (4007), it
+// reconnects after a backoff, as after any close that allows it.
+//
+// Publish and PublishBinary also retry when the outcome is unknown — an
+// unavailable reply, or a connection lost before the reply — because each
+// carries an idempotency key (a random one unless the caller gives one), so
+// that a retry of a publication that did happen publishes nothing and
+// returns the first result with Duplicate set: the publication happens at
+// most once, and exactly once when Publish returns no error; otherwise the
+// error is a *PublishError that holds the key. WithRetry(false) and
+// Options.DisablePublishRetry turn this off.
 package client
 
 import (
@@ -101,6 +130,29 @@ type Options struct {
 	// Backoff spaces reconnection attempts.
 	Backoff Backoff
 
+	// RetryBackoff spaces the retries of a request: after rate_limited (any
+	// request), and after unavailable (a publish). Before retry n (from 0)
+	// the request waits a random time between Min/4 and min(Max, Min·2ⁿ),
+	// like reconnection attempts. Once the server has answered rate_limited,
+	// the client also spaces all its commands by a gap that starts at Min,
+	// doubles (up to Max) at every further rate_limited reply and shrinks by
+	// an eighth at every other reply (pacing stops below a millisecond), so
+	// that it settles just under the server's rate instead of being closed
+	// for flooding (4007). The zero value means Min 200ms and Max 10s; a Min
+	// well below the server's interval between messages (200ms at 5
+	// messages a second) with a small server burst risks 4007 closes.
+	RetryBackoff Backoff
+	// RetryTimeout bounds the time a request spends being retried, from
+	// the call (the request's ctx bounds it too): past it, the last error
+	// is returned. It must stay well inside the server's idempotency window
+	// (2 minutes by default), or a late retry could publish a second time.
+	// Zero means 60s.
+	RetryTimeout time.Duration
+	// DisablePublishRetry turns off, for every Publish and PublishBinary of
+	// this client, the automatic idempotency key and the retries after an
+	// unknown outcome (see WithRetry, which overrides it per call).
+	DisablePublishRetry bool
+
 	// QueueSize bounds the events — publications, join/leave and messages —
 	// waiting for the handlers. Zero means 8192 (the server's per-connection
 	// queue). The queue's memory grows with use, not with this bound.
@@ -121,11 +173,13 @@ type Options struct {
 	OnMessage func(Message)
 }
 
-// Backoff configures the waits between reconnection attempts: before attempt
+// Backoff configures the waits between reconnection attempts (Options.Backoff)
+// or between the retries of a request (Options.RetryBackoff): before attempt
 // n (from 0) the client waits a random time, uniform between Min/4 and
 // min(Max, Min·2ⁿ) — "full jitter", so that clients cut at the same moment
 // spread out, with a floor of Min/4, so that a server that refuses instantly
-// is never hammered. The count restarts after a connection that lasted Max.
+// is never hammered. The reconnection count restarts after a connection
+// that lasted Max, unless it was closed for flooding (4007).
 type Backoff struct {
 	Min time.Duration // zero means 200ms
 	Max time.Duration // zero means 10s; never below Min
@@ -235,6 +289,7 @@ type Client struct {
 	log    *slog.Logger
 	dialer websocket.Dialer
 	q      *queue
+	pace   *pacer
 	nextID atomic.Uint64 // request ids: client-wide, never reused
 
 	// ctx ends at Close (cause ErrClosed): it interrupts dials, GetToken,
@@ -255,6 +310,9 @@ type Client struct {
 	stopErr     error
 	done        chan struct{}
 	doneClosed  bool
+	// liveCh is closed, and replaced, whenever live is set or the client
+	// stops running: awaitLive waits on it.
+	liveCh chan struct{}
 
 	// unknown holds the channels whose stray pushes were logged (connection
 	// goroutine only), so that each is logged once.
@@ -277,6 +335,16 @@ func New(url string, opts Options) *Client {
 		opts.Backoff.Max = 10 * time.Second
 	}
 	opts.Backoff.Max = max(opts.Backoff.Max, opts.Backoff.Min)
+	if opts.RetryBackoff.Min <= 0 {
+		opts.RetryBackoff.Min = 200 * time.Millisecond
+	}
+	if opts.RetryBackoff.Max <= 0 {
+		opts.RetryBackoff.Max = 10 * time.Second
+	}
+	opts.RetryBackoff.Max = max(opts.RetryBackoff.Max, opts.RetryBackoff.Min)
+	if opts.RetryTimeout <= 0 {
+		opts.RetryTimeout = 60 * time.Second
+	}
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = 8192
 	}
@@ -297,7 +365,9 @@ func New(url string, opts Options) *Client {
 		log:     log.With("url", url),
 		dialer:  *d,
 		q:       newQueue(opts.QueueSize),
+		pace:    &pacer{min: opts.RetryBackoff.Min, max: opts.RetryBackoff.Max},
 		subs:    make(map[string]*Subscription),
+		liveCh:  make(chan struct{}),
 		done:    make(chan struct{}),
 		unknown: make(map[string]struct{}),
 	}
@@ -350,6 +420,7 @@ func (c *Client) Close() error {
 	c.closed = true
 	c.state = StateClosed
 	c.closeDoneLocked()
+	c.notifyLocked()
 	s := c.cur
 	c.mu.Unlock()
 	if first {
@@ -395,6 +466,42 @@ func (c *Client) Err() error {
 		return ErrClosed
 	}
 	return nil
+}
+
+// notifyLocked wakes awaitLive's waiters: live changed, or the client
+// stopped running. c.mu must be held.
+func (c *Client) notifyLocked() {
+	close(c.liveCh)
+	c.liveCh = make(chan struct{})
+}
+
+// awaitLive returns the live connection for a request, other than not (a
+// connection the request just lost), waiting for the reconnect while the
+// client is running. It fails at once before Connect and after Close.
+func (c *Client) awaitLive(ctx context.Context, not *session) (*session, error) {
+	for {
+		c.mu.Lock()
+		if err := c.stoppedLocked(); err != nil {
+			c.mu.Unlock()
+			return nil, err
+		}
+		if c.live != nil && c.live != not {
+			s := c.live
+			c.mu.Unlock()
+			return s, nil
+		}
+		if !c.running {
+			c.mu.Unlock()
+			return nil, ErrDisconnected
+		}
+		ch := c.liveCh
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrDisconnected, context.Cause(ctx))
+		}
+	}
 }
 
 func (c *Client) closeDoneLocked() {
@@ -447,6 +554,7 @@ func (c *Client) run(ctx context.Context, first chan<- error) {
 	if err != nil {
 		c.mu.Lock()
 		c.running = false
+		c.notifyLocked()
 		c.mu.Unlock()
 		c.setState(attemptChange(err))
 		first <- fmt.Errorf("failed to connect to %s: %w", c.url, err)
@@ -469,7 +577,11 @@ func (c *Client) run(ctx context.Context, first chan<- error) {
 		}
 		c.log.Info("connection lost, reconnecting", "code", ch.Code, "reason", ch.Reason, "err", ch.Err)
 		c.setState(ch)
-		if time.Since(began) >= c.opts.Backoff.Max {
+		if ch.Code == closeRateLimited {
+			// Closed for flooding: slow down, and let repeated closes
+			// lengthen the wait before reconnecting.
+			c.pace.refused()
+		} else if time.Since(began) >= c.opts.Backoff.Max {
 			attempt = 0 // a connection that held for a while: start afresh
 		}
 		if s = c.reconnect(&attempt); s == nil {
@@ -517,6 +629,7 @@ func (c *Client) stop(ch StateChange) {
 	c.stopErr = ch.Err
 	c.state = StateClosed
 	c.closeDoneLocked()
+	c.notifyLocked()
 	c.mu.Unlock()
 	ch.State = StateClosed
 	c.emit(ch)

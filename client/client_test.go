@@ -998,7 +998,9 @@ func TestPendingRequestsFailOnDisconnect(t *testing.T) {
 	})
 	var rec recorder
 	c := connect(t, fs.url, client.Options{OnState: rec.onState})
-	if _, err := c.Publish(ctxT(t), "chat", []byte(`{}`)); !errors.Is(err, client.ErrDisconnected) {
+	// Without retries: with them, the publish would be sent again after the
+	// reconnect (TestPublishRetriedAfterLostConnection).
+	if _, err := c.Publish(ctxT(t), "chat", []byte(`{}`), client.WithRetry(false)); !errors.Is(err, client.ErrDisconnected) {
 		t.Fatalf("Publish = %v, want ErrDisconnected", err)
 	}
 	waitFor(t, "the reconnect", func() bool { return c.ID() == "fake-2" && c.State() == client.StateConnected })

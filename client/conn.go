@@ -36,8 +36,15 @@ type session struct {
 	closing bool
 
 	// gone is closed by teardown: the session's helpers (the token
-	// refresher) stop on it.
-	gone chan struct{}
+	// refresher) stop on it. ctx ends with it, or with the client.
+	gone   chan struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Background commands (see sendLoop), guarded by mu.
+	bg        []bgCommand
+	bgRunning bool          // a sendLoop goroutine exists
+	bgWake    chan struct{} // 1-buffered: bg changed
 
 	// Connection goroutine only.
 	live       bool      // the connect reply came: frames extend the read deadline
@@ -83,7 +90,8 @@ func (c *Client) establish(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &session{c: c, ws: ws, pending: make(map[uint64]*pending), gone: make(chan struct{})}
+	s := &session{c: c, ws: ws, pending: make(map[uint64]*pending), gone: make(chan struct{}), bgWake: make(chan struct{}, 1)}
+	s.ctx, s.cancel = context.WithCancel(c.ctx)
 	ws.SetPingHandler(s.onPing)
 	c.mu.Lock()
 	if c.closed {
@@ -107,18 +115,13 @@ func (c *Client) establish(ctx context.Context) (*session, error) {
 	if !c.closed {
 		c.state = StateConnected
 	}
-	// Resubscribe from the last position seen. A channel without history
-	// has no epoch; since is sent anyway, and the server's no_history answer
-	// tells the app what it may have missed.
-	type resub struct {
-		sub   *Subscription
-		since Position
-	}
-	var resubs []resub
+	c.notifyLocked()
+	// Resubscribe every active subscription (never one the server ended),
+	// from the last position seen, on the session's sender goroutine.
+	var resubs []bgCommand
 	for _, sub := range c.subs {
 		if sub.state == subActive {
-			sub.inflight++
-			resubs = append(resubs, resub{sub, sub.pos})
+			resubs = append(resubs, bgCommand{sub: sub})
 		}
 	}
 	c.mu.Unlock()
@@ -129,20 +132,7 @@ func (c *Client) establish(ctx context.Context) (*session, error) {
 		c.wg.Add(1)
 		go c.refreshToken(s, res.Expires)
 	}
-
-	// Pipelined: the replies are handled by the read loop as they come.
-	for _, r := range resubs {
-		sub, since := r.sub, r.since
-		token, err := sub.token(ctx)
-		if err != nil {
-			c.log.Warn("no subscription token for the resubscribe", "channel", sub.channel, "err", err)
-		}
-		cmd := &command{Command: protocol.Command{Cmd: protocol.CmdSubscribe, Channel: sub.channel, Since: &since, Token: token}}
-		p := &pending{onReply: func(rep protocol.Reply) error { return c.subscribeReplied(s, sub, rep) }}
-		if _, err := s.start(cmd, nil, false, p); err != nil {
-			break // the connection is failing; the reader will see it and reconnect
-		}
-	}
+	s.enqueue(resubs...)
 	return s, nil
 }
 
@@ -398,7 +388,9 @@ func (c *Client) teardown(s *session) {
 	s.dead = true
 	pend := s.pending
 	s.pending = nil
+	s.bg = nil
 	s.mu.Unlock()
+	s.cancel()
 
 	c.mu.Lock()
 	if c.cur == s {
@@ -410,14 +402,19 @@ func (c *Client) teardown(s *session) {
 			c.state = StateDisconnected
 		}
 	}
-	for ch, sub := range c.subs {
-		if sub.state == subActive {
-			sub.inflight = 0
+	for _, sub := range c.subs {
+		sub.inflight = 0
+		switch sub.state {
+		case subActive:
 			continue
+		case subUnsubscribed:
+			// Ended by the server: its handlers still get what was queued
+			// before the unsub push, then OnUnsubscribed.
+		default:
+			sub.state = subClosing
+			sub.closed.Store(true)
 		}
-		sub.state = subClosing
-		sub.closed.Store(true)
-		delete(c.subs, ch)
+		c.removeLocked(sub)
 	}
 	c.mu.Unlock()
 
@@ -445,6 +442,8 @@ type inFrame struct {
 	Offset  uint64               `json:"offset"`
 	Data    json.RawMessage      `json:"data"`
 	Info    *protocol.ClientInfo `json:"info"`
+	Code    string               `json:"code"`   // of an unsub push
+	Reason  string               `json:"reason"` // of an unsub push
 }
 
 // handleFrame handles one frame on the connection goroutine. A non-nil
@@ -484,6 +483,13 @@ func (s *session) handleReply(r protocol.Reply) error {
 	p := s.pending[r.ID]
 	delete(s.pending, r.ID)
 	s.mu.Unlock()
+	// Every reply tells the pace whether the client sends too fast, even
+	// one nobody waits for any more.
+	if rateLimited(r) {
+		s.c.pace.refused()
+	} else {
+		s.c.pace.passed()
+	}
 	if p == nil {
 		s.c.log.Debug("reply to a request nobody waits for any more", "id", r.ID)
 		return nil
@@ -509,18 +515,22 @@ func (c *Client) handlePush(f *inFrame, data []byte, binary bool) error {
 			return nil
 		}
 		return c.queueEvent(event{kind: evMessage, msg: Message{Data: data, Binary: binary}})
+	case protocol.PushUnsub:
+		c.serverUnsubscribed(f.Channel, f.Code, f.Reason)
+		return nil
 	case protocol.PushPub, protocol.PushJoin, protocol.PushLeave:
 	default:
 		return nil // unknown kinds are ignored: later versions add some
 	}
 	c.mu.Lock()
 	sub := c.subs[f.Channel]
+	ended := sub != nil && sub.state == subUnsubscribed
 	c.mu.Unlock()
 	if sub == nil {
 		c.logUnknown(f)
 		return nil
 	}
-	if sub.closed.Load() {
+	if ended || sub.closed.Load() {
 		return nil // unsubscribing: pushes already on their way are expected
 	}
 	switch f.Push {
@@ -653,12 +663,14 @@ func (c *Client) sessionLocked() (*session, error) {
 }
 
 // call sends a command and returns its reply's result, or its error as an
-// *Error.
+// *Error. It retries after rate_limited (see do).
 func (c *Client) call(ctx context.Context, cmd *command, payload []byte, binary bool) (json.RawMessage, error) {
-	s, err := c.session()
-	if err != nil {
-		return nil, err
-	}
+	raw, _, err := c.do(ctx, cmd.Command, payload, binary, false)
+	return raw, err
+}
+
+// callOn sends a command on s and waits for its reply: one attempt.
+func (c *Client) callOn(ctx context.Context, s *session, cmd *command, payload []byte, binary bool) (json.RawMessage, error) {
 	p := &pending{done: make(chan result, 1)}
 	id, err := s.start(cmd, payload, binary, p)
 	if err != nil {
@@ -674,12 +686,13 @@ func (c *Client) call(ctx context.Context, cmd *command, payload []byte, binary 
 	return r.Result, nil
 }
 
-// gaveUp is wait's error when the deadline or ctx came before any result:
-// p.done has not been read, and will still receive one if p.onReply is set.
-type gaveUp struct{ cause error }
+// gaveUpWaiting is wait's error when the deadline or ctx came before any
+// result: p.done has not been read, and will still receive one if
+// p.onReply is set.
+type gaveUpWaiting struct{ cause error }
 
-func (e *gaveUp) Error() string { return e.cause.Error() }
-func (e *gaveUp) Unwrap() error { return e.cause }
+func (e *gaveUpWaiting) Error() string { return e.cause.Error() }
+func (e *gaveUpWaiting) Unwrap() error { return e.cause }
 
 // wait waits for the reply to request id, up to ctx and RequestTimeout.
 func (c *Client) wait(ctx context.Context, s *session, id uint64, p *pending) (protocol.Reply, error) {
@@ -698,5 +711,5 @@ func (c *Client) wait(ctx context.Context, s *session, id uint64, p *pending) (p
 	if p.onReply == nil {
 		s.forget(id) // a late reply is then dropped; with onReply it must still run
 	}
-	return protocol.Reply{}, &gaveUp{context.Cause(tctx)}
+	return protocol.Reply{}, &gaveUpWaiting{context.Cause(tctx)}
 }

@@ -34,6 +34,7 @@ const (
 	evState
 	evRecoveryFailed
 	evSubError
+	evUnsubscribed
 )
 
 // event is one handler call waiting in the queue.
@@ -44,6 +45,7 @@ type event struct {
 	info   ClientInfo
 	msg    Message
 	state  StateChange
+	code   string // evUnsubscribed
 	reason string
 	err    error
 	// bounded: the event counts toward the queue's bound (set by push).
@@ -224,6 +226,15 @@ func (c *Client) deliver(ev event) {
 		// Delivered even though the subscription has ended: that is the news.
 		if f := ev.sub.opts.OnError; f != nil {
 			f(ev.err)
+		}
+	case evUnsubscribed:
+		// The subscription's last event: it closes it, unless the app
+		// unsubscribed first (then no handler of it may start).
+		if ev.sub.closed.Swap(true) {
+			return
+		}
+		if f := ev.sub.opts.OnUnsubscribed; f != nil {
+			f(ev.code, ev.reason)
 		}
 	default:
 		s := ev.sub

@@ -86,10 +86,48 @@ func (e *HandshakeError) Error() string {
 
 func (e *HandshakeError) Unwrap() error { return e.Err }
 
+// PublishError is the error of a Publish or PublishBinary that carried an
+// idempotency key (the automatic one, or WithIdempotencyKey's): every such
+// publish that fails returns one, so that the key is never lost. Err says
+// why, and errors.Is and errors.As see through it (ErrDisconnected, ErrTimeout,
+// an *Error with its Code, the context's error…).
+//
+// Whether the publication happened depends on Err: a reply that says no
+// (bad_channel, permission_denied, rate_limited…) on every attempt means it
+// did not; ErrTimeout, ErrDisconnected or CodeUnavailable mean it may have.
+// Publishing again with WithIdempotencyKey(IdempotencyKey) within the
+// server's window (2 minutes by default, counted from the first attempt)
+// settles it: the publication then happens exactly once, and the result's
+// Duplicate says whether an earlier attempt had made it.
+type PublishError struct {
+	// IdempotencyKey is the key every attempt carried.
+	IdempotencyKey string
+	// Attempts counts the times the publish was sent (0: never, e.g. the
+	// client was closed).
+	Attempts int
+	// Err is the last attempt's error, joined with the reason retrying
+	// stopped (the context's error, or one matching context.DeadlineExceeded
+	// after Options.RetryTimeout) when it was retryable.
+	Err error
+}
+
+func (e *PublishError) Error() string {
+	return fmt.Sprintf("herald client: publish with idempotency key %q failed after %d attempts: %v", e.IdempotencyKey, e.Attempts, e.Err)
+}
+
+func (e *PublishError) Unwrap() error { return e.Err }
+
+// closeRateLimited is the close code of a client that kept sending at over
+// twice the server's message rate (PROTOCOL.md, Limits): reconnect after a
+// backoff, and send less.
+const closeRateLimited = 4007
+
 // terminal reports whether err means "do not reconnect": the server closed
-// with a code from 4500 to 4999 or 1008 (policy violation), or refused the
-// handshake with 401 or 403. Reconnecting would only repeat the refusal;
-// the app must change something (credentials, say) and make a new Client.
+// with a code from 4500 to 4999 or 1008 (policy violation: too many
+// connections for the user), or refused the handshake with 401 or 403.
+// Reconnecting would only repeat the refusal; the app must change something
+// (credentials, say) and make a new Client. Every other code, 4007 (rate
+// limited) included, allows a reconnect.
 func terminal(err error) bool {
 	var ce *CloseError
 	if errors.As(err, &ce) {

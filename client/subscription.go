@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/heraldhq/herald/protocol"
 )
@@ -35,9 +37,20 @@ type SubscribeOptions struct {
 	// OnError is called when the server refuses to resubscribe after a
 	// reconnect (say, the channel's namespace was removed): the
 	// subscription has then ended, as after Unsubscribe. err wraps an
-	// *Error. (A temporary refusal, CodeUnavailable, makes the client
-	// reconnect and retry instead.)
+	// *Error. (A temporary refusal makes the client retry instead:
+	// CodeRateLimited after a backoff, CodeUnavailable by reconnecting.)
 	OnError func(err error)
+	// OnUnsubscribed is called when the server ends the subscription (an
+	// unsub push): code says why — protocol.UnsubServer, the server
+	// application unsubscribed this client's user (the HTTP API's
+	// unsubscribe_user, Node.UnsubscribeUser); later versions may add codes
+	// — and reason says it in words. It is the subscription's last handler
+	// call: the publications the server sent before ending it are delivered
+	// first, and nothing after. The client never resubscribes the channel
+	// by itself, on this connection or after a reconnect; a new Subscribe
+	// may, if the app decides to. Not called if the app called Unsubscribe
+	// first.
+	OnUnsubscribed func(code, reason string)
 	// Token is a subscription token, for channels that need one (see
 	// PROTOCOL.md, Authentication). GetToken, when set, replaces it: it is
 	// called before the subscribe and before every resubscribe after a
@@ -54,9 +67,10 @@ type SubscribeOptions struct {
 type subState uint8
 
 const (
-	subSubscribing subState = iota // the first subscribe is in flight
-	subActive                      // confirmed; resubscribed after each reconnect
-	subClosing                     // unsubscribed, abandoned or failed: going away
+	subSubscribing  subState = iota // the first subscribe is in flight (or waits to be retried)
+	subActive                       // confirmed; resubscribed after each reconnect
+	subClosing                      // unsubscribed, abandoned or failed: going away
+	subUnsubscribed                 // ended by the server (unsub push): going away, OnUnsubscribed due
 )
 
 // Subscription is a client's subscription to one channel. It lives across
@@ -68,6 +82,9 @@ type Subscription struct {
 	// closed is set once no handler of the subscription may start any more
 	// (read by the dispatcher without the client's lock).
 	closed atomic.Bool
+	// gone is closed when the subscription leaves the client's map (see
+	// removeLocked): the server no longer holds it, or the connection ended.
+	gone chan struct{}
 
 	// Guarded by c.mu.
 	state subState
@@ -87,6 +104,12 @@ type Subscription struct {
 // Subscribe to the same channel fails with an *Error of code
 // protocol.CodeAlreadySub.
 //
+// A subscribe refused with rate_limited is sent again after
+// Options.RetryBackoff, at the client's pace, within ctx and
+// Options.RetryTimeout; the channel counts as held meanwhile. If the
+// connection is lost before the server confirmed, Subscribe fails with
+// ErrDisconnected (the subscription ended with the connection).
+//
 // If ctx ends before the reply, Subscribe fails, and if the server
 // subscribes after all, the client unsubscribes right away; until the
 // server's late answer comes, the channel still counts as held.
@@ -95,8 +118,7 @@ func (c *Client) Subscribe(ctx context.Context, channel string, opts SubscribeOp
 		return nil, fmt.Errorf("failed to subscribe to %q: %w", channel, err)
 	}
 	c.mu.Lock()
-	s, err := c.sessionLocked()
-	if err != nil {
+	if _, err := c.sessionLocked(); err != nil {
 		c.mu.Unlock()
 		return fail(err)
 	}
@@ -104,22 +126,67 @@ func (c *Client) Subscribe(ctx context.Context, channel string, opts SubscribeOp
 		c.mu.Unlock()
 		return fail(&Error{Code: protocol.CodeAlreadySub, Message: "this client already holds a subscription to this channel"})
 	}
-	sub := &Subscription{c: c, channel: channel, opts: opts, state: subSubscribing, inflight: 1}
+	sub := &Subscription{c: c, channel: channel, opts: opts, state: subSubscribing, gone: make(chan struct{})}
 	// Registered before sending: pushes may precede the reply.
 	c.subs[channel] = sub
 	c.mu.Unlock()
-
-	p := &pending{done: make(chan result, 1)}
-	p.onReply = func(r protocol.Reply) error { return c.subscribeReplied(s, sub, r) }
-	token, err := sub.token(ctx)
-	if err != nil {
+	abandon := func() {
 		c.mu.Lock()
-		sub.inflight--
 		c.endLocked(sub)
 		c.mu.Unlock()
+	}
+
+	token, err := sub.token(ctx)
+	if err != nil {
+		abandon()
 		return fail(fmt.Errorf("failed to get a subscription token: %w", err))
 	}
-	id, err := s.start(&command{Command: protocol.Command{Cmd: protocol.CmdSubscribe, Channel: channel, Since: opts.Since, Token: token}}, nil, false, p)
+	budget := c.retryBudget(ctx)
+	defer budget.stop()
+	var last error
+	for n := 0; ; n++ {
+		if n > 0 {
+			budget.retrying()
+		}
+		if err := c.pause(budget.ctx, n); err != nil {
+			abandon()
+			return fail(gaveUp(last, err))
+		}
+		c.mu.Lock()
+		s, err := c.sessionLocked()
+		switch {
+		case sub.state != subSubscribing:
+			err = ErrDisconnected // teardown ended it with the connection
+		case err != nil:
+			c.endLocked(sub)
+		default:
+			sub.inflight++
+		}
+		c.mu.Unlock()
+		if err != nil {
+			return fail(gaveUp(last, err))
+		}
+		r, err := c.subscribeOnce(budget.ctx, s, sub, token)
+		if err != nil {
+			return fail(err)
+		}
+		if r.Error == nil {
+			return sub, nil
+		}
+		if r.Error.Code != protocol.CodeRateLimited {
+			return fail(replyError(r.Error)) // subscribeReplied removed sub
+		}
+		last = replyError(r.Error) // subscribeReplied kept sub, subscribing
+	}
+}
+
+// subscribeOnce sends one subscribe of sub, counted in sub.inflight, on s
+// and waits for the reply, which subscribeReplied handles first.
+func (c *Client) subscribeOnce(ctx context.Context, s *session, sub *Subscription, token string) (protocol.Reply, error) {
+	p := &pending{done: make(chan result, 1)}
+	p.onReply = func(r protocol.Reply) error { return c.subscribeReplied(s, sub, r, 0) }
+	cmd := &command{Command: protocol.Command{Cmd: protocol.CmdSubscribe, Channel: sub.channel, Since: sub.opts.Since, Token: token}}
+	id, err := s.start(cmd, nil, false, p)
 	if err != nil {
 		c.mu.Lock()
 		if sub.state == subSubscribing {
@@ -127,18 +194,18 @@ func (c *Client) Subscribe(ctx context.Context, channel string, opts SubscribeOp
 			c.endLocked(sub)
 		}
 		c.mu.Unlock()
-		return fail(err)
+		return protocol.Reply{}, err
 	}
 	r, err := c.wait(ctx, s, id, p)
-	if gu := (*gaveUp)(nil); errors.As(err, &gu) {
+	if gu := (*gaveUpWaiting)(nil); errors.As(err, &gu) {
 		c.mu.Lock()
 		if sub.state == subSubscribing {
 			// Abandoned: if the server subscribes after all,
-			// subscribeReplied unsubscribes.
-			sub.state = subClosing
-			sub.closed.Store(true)
+			// subscribeReplied unsubscribes. If a rate_limited reply
+			// came meanwhile, nothing is in flight: sub goes now.
+			c.endLocked(sub)
 			c.mu.Unlock()
-			return fail(err)
+			return protocol.Reply{}, err
 		}
 		c.mu.Unlock()
 		// The reply was handled as the deadline passed: take its outcome
@@ -146,19 +213,14 @@ func (c *Client) Subscribe(ctx context.Context, channel string, opts SubscribeOp
 		res := <-p.done
 		r, err = res.reply, res.err
 	}
-	if err != nil {
-		return fail(err) // the connection dropped: teardown removed sub
-	}
-	if r.Error != nil {
-		return fail(replyError(r.Error)) // subscribeReplied removed sub
-	}
-	return sub, nil
+	return r, err // on a lost connection, teardown removed sub
 }
 
 // subscribeReplied handles the reply to a subscribe, first or after a
-// reconnect, on the connection goroutine. A non-nil error ends the
+// reconnect, on the connection goroutine. attempt counts the rate_limited
+// replies to the resubscribes before this one. A non-nil error ends the
 // connection (to retry after a temporary refusal).
-func (c *Client) subscribeReplied(s *session, sub *Subscription, r protocol.Reply) error {
+func (c *Client) subscribeReplied(s *session, sub *Subscription, r protocol.Reply, attempt int) error {
 	var res protocol.SubscribeResult
 	if r.Error == nil && len(r.Result) > 0 {
 		if err := json.Unmarshal(r.Result, &res); err != nil {
@@ -168,18 +230,23 @@ func (c *Client) subscribeReplied(s *session, sub *Subscription, r protocol.Repl
 	var (
 		ev          *event
 		unsubscribe bool
+		retry       bool
 		dropErr     error
 	)
 	c.mu.Lock()
 	sub.inflight--
 	switch {
-	case sub.state == subClosing:
-		// Unsubscribed or abandoned while the command was on its way: if
-		// the server did subscribe, undo it.
+	case sub.state == subClosing || sub.state == subUnsubscribed:
+		// Unsubscribed, abandoned or ended by the server while the command
+		// was on its way: if the server did subscribe, undo it.
 		if r.Error == nil {
 			unsubscribe = true
 			sub.inflight++
 		}
+	case sub.state == subSubscribing && rateLimited(r):
+		// Subscribe sends it again; the channel stays held meanwhile.
+		c.mu.Unlock()
+		return nil
 	case sub.state == subSubscribing && r.Error != nil:
 		sub.state = subClosing
 		sub.closed.Store(true)
@@ -194,6 +261,8 @@ func (c *Client) subscribeReplied(s *session, sub *Subscription, r protocol.Repl
 		if res.Recovered != nil { // Since was given and could not be honoured
 			ev = &event{kind: evRecoveryFailed, sub: sub, reason: res.Reason}
 		}
+	case rateLimited(r):
+		retry = true // the server did nothing: resubscribe again, later
 	case r.Error != nil && r.Error.Code == protocol.CodeUnavailable:
 		dropErr = fmt.Errorf("failed to resubscribe to %q: %w", sub.channel, replyError(r.Error))
 	case r.Error != nil:
@@ -218,31 +287,179 @@ func (c *Client) subscribeReplied(s *session, sub *Subscription, r protocol.Repl
 		_ = c.q.push(*ev, false, 0, nil)
 	}
 	if unsubscribe {
-		cmd := &command{Command: protocol.Command{Cmd: protocol.CmdUnsubscribe, Channel: sub.channel}}
-		p := &pending{onReply: func(protocol.Reply) error { c.unsubscribeReplied(sub); return nil }}
-		if _, err := s.start(cmd, nil, false, p); err != nil {
-			c.log.Debug("could not undo an abandoned subscribe", "channel", sub.channel, "err", err)
-		}
+		s.enqueue(bgCommand{sub: sub, unsub: true})
+	}
+	if retry {
+		s.enqueue(c.later(bgCommand{sub: sub}, attempt))
 	}
 	return dropErr
 }
 
-func (c *Client) unsubscribeReplied(sub *Subscription) {
+// unsubscribeReplied handles the reply to an unsubscribe, on the connection
+// goroutine. One refused with rate_limited is sent again later, the
+// subscription still held (and counted in inflight) meanwhile.
+func (c *Client) unsubscribeReplied(s *session, sub *Subscription, r protocol.Reply, attempt int) {
+	if rateLimited(r) {
+		s.enqueue(c.later(bgCommand{sub: sub, unsub: true}, attempt))
+		return
+	}
 	c.mu.Lock()
 	sub.inflight--
 	c.endLocked(sub)
 	c.mu.Unlock()
 }
 
-// endLocked removes a closing subscription from the client once no reply
-// concerning it is awaited. c.mu must be held.
+// serverUnsubscribed handles an unsub push, on the connection goroutine:
+// the server ended the subscription to channel. It is not resubscribed,
+// and OnUnsubscribed is queued after the publications that came before.
+func (c *Client) serverUnsubscribed(channel, code, reason string) {
+	c.mu.Lock()
+	sub := c.subs[channel]
+	if sub == nil || sub.state == subClosing || sub.state == subUnsubscribed {
+		c.mu.Unlock()
+		return // the app unsubscribed already: no handler is due
+	}
+	sub.state = subUnsubscribed
+	c.endLocked(sub)
+	c.mu.Unlock()
+	c.log.Info("the server ended a subscription", "channel", channel, "code", code, "reason", reason)
+	_ = c.q.push(event{kind: evUnsubscribed, sub: sub, code: code, reason: reason}, false, 0, nil)
+}
+
+// endLocked removes a subscription that is going away from the client once
+// no reply concerning it is awaited. c.mu must be held.
 func (c *Client) endLocked(sub *Subscription) {
 	if sub.state == subSubscribing {
 		sub.state = subClosing
 		sub.closed.Store(true)
 	}
-	if sub.state == subClosing && sub.inflight <= 0 && c.subs[sub.channel] == sub {
+	if (sub.state == subClosing || sub.state == subUnsubscribed) && sub.inflight <= 0 {
+		c.removeLocked(sub)
+	}
+}
+
+// removeLocked takes sub out of the client's map, once. c.mu must be held.
+func (c *Client) removeLocked(sub *Subscription) {
+	if c.subs[sub.channel] == sub {
 		delete(c.subs, sub.channel)
+		close(sub.gone)
+	}
+}
+
+// bgCommand is a command the client sends on its own, on a session's
+// sender goroutine: a resubscribe after a reconnect, an unsubscribe that
+// undoes a subscribe nobody wants any more, and their retries after
+// rate_limited.
+type bgCommand struct {
+	sub     *Subscription
+	unsub   bool      // unsubscribe, else resubscribe from sub's position
+	attempt int       // rate_limited replies to it so far
+	at      time.Time // not before
+}
+
+// later schedules b's retry after its attempt-th rate_limited reply.
+func (c *Client) later(b bgCommand, attempt int) bgCommand {
+	b.attempt = attempt + 1
+	b.at = time.Now().Add(c.opts.RetryBackoff.delay(attempt))
+	return b
+}
+
+// enqueue queues background commands on s, starting its sender goroutine
+// if none runs. While s is not dead the connection goroutine has not
+// finished teardown, so c.wg counts it and the sender's c.wg.Add cannot
+// race with Close's Wait.
+func (s *session) enqueue(cmds ...bgCommand) {
+	if len(cmds) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dead {
+		return // teardown settles the subscriptions
+	}
+	s.bg = append(s.bg, cmds...)
+	signal(s.bgWake)
+	if !s.bgRunning {
+		s.bgRunning = true
+		s.c.wg.Add(1)
+		go s.c.sendLoop(s)
+	}
+}
+
+// sendLoop is a session's sender goroutine: it sends the background
+// commands, each at its time and at the client's pace (so that after a
+// reconnect a rate-limited client resubscribes one channel per gap instead
+// of being closed for flooding), oldest first. It exits when none is left
+// or the session ends. Pipelined: replies are handled by the reader.
+func (c *Client) sendLoop(s *session) {
+	defer c.wg.Done()
+	for {
+		s.mu.Lock()
+		if s.dead || s.ctx.Err() != nil || len(s.bg) == 0 {
+			s.bgRunning = false
+			s.mu.Unlock()
+			return
+		}
+		i := 0
+		for j := range s.bg {
+			if s.bg[j].at.Before(s.bg[i].at) {
+				i = j
+			}
+		}
+		b := s.bg[i]
+		wait := time.Until(b.at)
+		if wait <= 0 {
+			s.bg = slices.Delete(s.bg, i, i+1)
+		}
+		s.mu.Unlock()
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-s.bgWake: // an earlier one may have come
+			case <-s.ctx.Done():
+			}
+			t.Stop()
+			continue
+		}
+		if c.pace.wait(s.ctx) != nil {
+			continue // the session ended
+		}
+		c.sendBackground(s, b)
+	}
+}
+
+// sendBackground sends one background command on s (sender goroutine).
+func (c *Client) sendBackground(s *session, b bgCommand) {
+	sub := b.sub
+	cmd := &command{Command: protocol.Command{Cmd: protocol.CmdUnsubscribe, Channel: sub.channel}}
+	var p *pending
+	if b.unsub {
+		// Counted in inflight when it was decided, until its last reply.
+		p = &pending{onReply: func(r protocol.Reply) error { c.unsubscribeReplied(s, sub, r, b.attempt); return nil }}
+	} else {
+		c.mu.Lock()
+		if sub.state != subActive || c.subs[sub.channel] != sub {
+			c.mu.Unlock()
+			return // unsubscribed meanwhile
+		}
+		sub.inflight++
+		// From the last position seen. A channel without history has no
+		// epoch; since is sent anyway, and the server's no_history answer
+		// tells the app what it may have missed.
+		since := sub.pos
+		c.mu.Unlock()
+		token, err := sub.token(s.ctx)
+		if err != nil {
+			c.log.Warn("no subscription token for the resubscribe", "channel", sub.channel, "err", err)
+		}
+		cmd.Cmd, cmd.Since, cmd.Token = protocol.CmdSubscribe, &since, token
+		p = &pending{onReply: func(r protocol.Reply) error { return c.subscribeReplied(s, sub, r, b.attempt) }}
+	}
+	if _, err := s.start(cmd, nil, false, p); err != nil {
+		// The connection is failing: the reader sees it, and teardown
+		// settles the subscription.
+		c.log.Debug("background command not sent", "cmd", cmd.Cmd, "channel", sub.channel, "err", err)
 	}
 }
 
@@ -271,8 +488,11 @@ func (sub *Subscription) Position() Position {
 // Unsubscribe ends the subscription. Once it is called no handler of the
 // subscription starts any more (one already running finishes), whatever
 // the outcome; the error only says whether the server confirmed. When the
-// client is disconnected there is nothing to tell the server: the
-// subscription ended with the connection. Calling it again is a no-op.
+// client is disconnected, or the server ended the subscription already,
+// there is nothing to tell the server. An unsubscribe refused with
+// rate_limited is sent again in the background, at the client's pace, and
+// Unsubscribe waits for the server's confirmation within ctx; the channel
+// counts as held until then. Calling it again is a no-op.
 func (sub *Subscription) Unsubscribe(ctx context.Context) error {
 	c := sub.c
 	c.mu.Lock()
@@ -280,10 +500,11 @@ func (sub *Subscription) Unsubscribe(ctx context.Context) error {
 		c.mu.Unlock()
 		return nil
 	}
+	ended := sub.state == subUnsubscribed
 	sub.state = subClosing
 	sub.closed.Store(true)
 	s := c.live
-	if s == nil {
+	if s == nil || ended {
 		c.endLocked(sub)
 		c.mu.Unlock()
 		return nil
@@ -291,11 +512,28 @@ func (sub *Subscription) Unsubscribe(ctx context.Context) error {
 	sub.inflight++
 	c.mu.Unlock()
 
-	p := &pending{done: make(chan result, 1), onReply: func(protocol.Reply) error { c.unsubscribeReplied(sub); return nil }}
+	// At the client's pace; but if ctx ends first, the unsubscribe goes out
+	// anyway, unawaited, so that the server does not keep the subscription.
+	paced := c.pace.wait(ctx)
+	p := &pending{onReply: func(r protocol.Reply) error { c.unsubscribeReplied(s, sub, r, 0); return nil }}
+	if paced == nil {
+		p.done = make(chan result, 1)
+	}
 	id, err := s.start(&command{Command: protocol.Command{Cmd: protocol.CmdUnsubscribe, Channel: sub.channel}}, nil, false, p)
-	if err == nil {
+	if err == nil && paced != nil {
+		err = paced
+	} else if err == nil {
 		var r protocol.Reply
-		if r, err = c.wait(ctx, s, id, p); err == nil && r.Error != nil && r.Error.Code != protocol.CodeNotSubscribed {
+		r, err = c.wait(ctx, s, id, p)
+		switch {
+		case err != nil:
+		case rateLimited(r):
+			select { // retried by the sender goroutine
+			case <-sub.gone:
+			case <-ctx.Done():
+				err = context.Cause(ctx)
+			}
+		case r.Error != nil && r.Error.Code != protocol.CodeNotSubscribed:
 			err = replyError(r.Error)
 		}
 	}
