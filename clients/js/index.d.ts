@@ -12,6 +12,9 @@ export type ServerErrorCode =
   | 'already_subscribed'
   | 'not_subscribed'
   | 'not_enabled'
+  | 'unauthorized'
+  | 'permission_denied'
+  | 'rate_limited'
   | 'limit_exceeded'
   | 'too_large'
   | 'unavailable'
@@ -20,9 +23,11 @@ export type ServerErrorCode =
 /**
  * Codes of the client's own failures: "timeout" (no reply in time),
  * "disconnected" (no connection, or it was lost before the reply) and
- * "unsubscribed" (Subscription.ready of a subscription ended before it
- * was subscribed). subscribe() throws "already_subscribed" for a channel the
- * client already has a Subscription for.
+ * "unsubscribed" (Subscription.ready of a subscription ended, by the app or
+ * by the server, before it was subscribed). subscribe() throws
+ * "already_subscribed" for a channel the client already has a Subscription
+ * for. A request that the server's rate limit held back until its timeout
+ * rejects with "rate_limited", as the server says it.
  */
 export type ClientErrorCode = 'timeout' | 'disconnected' | 'unsubscribed';
 
@@ -32,6 +37,12 @@ export declare class HeraldError extends Error {
   readonly name: 'HeraldError';
   /** The code to switch on; a newer server may send codes not listed here. */
   readonly code: ServerErrorCode | ClientErrorCode | (string & {});
+  /**
+   * On a failed publish that carried an idempotency key (its own or the
+   * automatic one): the key. Publishing again with it within the server's
+   * window (2 minutes by default) cannot publish twice.
+   */
+  idempotencyKey?: string;
 }
 
 /** Any JSON value. */
@@ -79,6 +90,17 @@ export interface HeraldOptions {
   backoff?: { min?: number; max?: number };
   /** The WebSocket class to use. Default: globalThis.WebSocket, else the ws package. */
   WebSocket?: WebSocketConstructor;
+  /**
+   * Safe publish retries. By default (true) every publish carries an
+   * idempotency key (the caller's, else a random one) and is retried with it
+   * when its outcome is unknown: answered "unavailable", or the connection
+   * lost before the reply (retried once reconnected), for up to window ms
+   * from the call (default 60000; keep it well inside the server's
+   * idempotency window, 2 minutes by default). false: no automatic key and
+   * no such retries (rate_limited answers are still retried: they mean that
+   * nothing was done). Per call: PublishOptions.retry.
+   */
+  publishRetry?: boolean | { window?: number };
 }
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
@@ -96,6 +118,14 @@ export type StateEvent =
       /** Milliseconds until the next attempt, when reconnect is true. */
       delay?: number;
     };
+
+/** Why the server ended a subscription (an unsub push): Subscription onUnsubscribed. */
+export interface UnsubscribeInfo {
+  /** "server_unsubscribe": the server application unsubscribed the user (HTTP API unsubscribe_user). */
+  code: 'server_unsubscribe' | (string & {});
+  /** For humans. */
+  reason: string;
+}
 
 /** A client in presence results and join/leave pushes. */
 export interface ClientInfo {
@@ -139,6 +169,12 @@ export interface SubscribeOptions<T = Payload> {
   onSubscribed?: (result: SubscribeResult) => void;
   /** The server refused the subscription for good (e.g. bad_channel); it has ended. */
   onError?: (error: HeraldError) => void;
+  /**
+   * The server ended the subscription (e.g. the HTTP API's unsubscribe_user):
+   * its state is now "unsubscribed", and the client does not resubscribe it,
+   * now or after a reconnect. Not called for the app's own unsubscribe().
+   */
+  onUnsubscribed?: (info: UnsubscribeInfo) => void;
   /** Start from this position: the first subscribe then recovers what followed it. */
   since?: Position;
   /** A subscription token, for channels that need one; sent with every (re)subscribe. */
@@ -146,15 +182,27 @@ export interface SubscribeOptions<T = Payload> {
 }
 
 export interface PublishOptions {
-  /** Publish at most once per channel and key within the server's window (2 minutes by default). */
+  /**
+   * Publish at most once per channel and key within the server's window (2
+   * minutes by default). Without one, a publish with retries gets a random key.
+   */
   idempotencyKey?: string;
+  /**
+   * false: no automatic key and no retry after "unavailable" or a lost
+   * connection, for this publish. Default: HeraldOptions.publishRetry.
+   */
+  retry?: boolean;
 }
 
 /** Empty on a channel without history. */
 export interface PublishResult {
   offset?: number;
   epoch?: string;
-  /** The key was seen before: nothing was published; offset and epoch are the first publish's. */
+  /**
+   * The key was seen before: nothing was published this time. An earlier
+   * attempt of this publish (one whose reply was lost), or an earlier publish
+   * with the same key, was: offset and epoch are its.
+   */
   duplicate?: boolean;
 }
 
@@ -200,7 +248,8 @@ export declare class Herald {
 
   /**
    * Connects, then keeps the connection up (reconnecting with backoff) until
-   * disconnect() or a final close code (1008, 4500-4999). Resolves once
+   * disconnect() or a final close code (1008, 4500-4999; 4007, rate limited,
+   * reconnects). Resolves once
    * connected; rejects if the client gives up first, with the server's error
    * reply to connect if there was one (e.g. "unauthorized"), else with
    * "disconnected".
@@ -218,6 +267,12 @@ export declare class Herald {
   subscribe<T = Payload>(channel: string, options?: SubscribeOptions<T>): Subscription<T>;
   getSubscription(channel: string): Subscription | null;
 
+  /**
+   * Resolves with the result; rejects with a HeraldError (err.idempotencyKey
+   * set when the publish had a key): a server error, "timeout" (an attempt
+   * got no reply in time: the outcome is unknown), or, once retries are
+   * exhausted, the last "unavailable", "disconnected" or "rate_limited".
+   */
   publish(channel: string, data: PublishData, options?: PublishOptions): Promise<PublishResult>;
   history(channel: string, options?: HistoryOptions): Promise<HistoryResult>;
   presence(channel: string): Promise<PresenceResult>;

@@ -10,13 +10,18 @@
 // or on a timeout. When a socket is lost the client reconnects with backoff
 // and resubscribes every Subscription from the last position it saw, so
 // that the server can deliver what was missed (or say that it cannot).
+// A command the server refuses for the rate (rate_limited: nothing was
+// done) is sent again later, through a line that sends one command at a
+// time and pauses after each refusal. A publish carries an idempotency key
+// and is retried, with that key, when its outcome is unknown.
 
 export const SUBPROTOCOL = 'herald.v1';
 
 /**
  * An error reply from the server (code is the protocol's code string, such as
  * "bad_channel"), or a local failure: "timeout", "disconnected" or
- * "unsubscribed".
+ * "unsubscribed". A failed publish also carries its idempotencyKey, if it
+ * had one, so that the app can retry it safely.
  */
 export class HeraldError extends Error {
   constructor(code, message) {
@@ -28,6 +33,13 @@ export class HeraldError extends Error {
 
 const DEFAULT_TIMEOUT = 10_000;
 const DEFAULT_BACKOFF = { min: 500, max: 20_000 };
+// Well inside the server's idempotency window (2 minutes by default): a
+// retry after the window could publish a second time.
+const DEFAULT_PUBLISH_RETRY_WINDOW = 60_000;
+
+// The server closes a client that keeps sending over its message rate with
+// this code: come back after a backoff delay, and send less.
+const CLOSE_RATE_LIMITED = 4007;
 
 // The client drops a socket itself when an attempt or a subscribe takes too
 // long; state events then report this code, as for any connection that ended
@@ -35,7 +47,8 @@ const DEFAULT_BACKOFF = { min: 500, max: 20_000 };
 const ABNORMAL_CLOSURE = 1006;
 
 // Close codes after which the server asks us not to come back by ourselves:
-// 1008 (policy violation) and the protocol's 4500-4999.
+// 1008 (policy: too many connections for the user) and the protocol's
+// 4500-4999. Every other code reconnects, 4007 (rate limited) included.
 function isFinalClose(code) {
   return code === 1008 || (code >= 4500 && code <= 4999);
 }
@@ -103,6 +116,23 @@ function decodeFrame(raw) {
   return msg;
 }
 
+/** A fresh idempotency key: 16 random bytes, base64url (22 characters). */
+function newIdempotencyKey() {
+  const bytes = new Uint8Array(16);
+  // getRandomValues, unlike randomUUID, works in insecure (http:) pages too.
+  if (typeof globalThis.crypto?.getRandomValues === 'function') globalThis.crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  let bin = '';
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/** err, with the idempotency key of the publish that failed (when it had one). */
+function withKey(err, key) {
+  if (key !== undefined && err instanceof HeraldError) err.idempotencyKey = key;
+  return err;
+}
+
 function base64ToBytes(b64) {
   const bin = atob(b64);
   const out = new Uint8Array(bin.length);
@@ -151,6 +181,9 @@ export class Herald {
     this._timeout = options.timeout ?? DEFAULT_TIMEOUT;
     this._backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this._WebSocket = options.WebSocket;
+    const retry = options.publishRetry ?? true;
+    this._publishRetry = retry !== false;
+    this._publishRetryWindow = retry?.window ?? DEFAULT_PUBLISH_RETRY_WINDOW;
 
     this._state = 'disconnected';
     this._listeners = new Map(); // event -> Set of functions
@@ -160,6 +193,16 @@ export class Herald {
     this._pending = new Map(); // id -> request sent on the current socket
     this._queue = new Set(); // requests waiting for a connection, in order
     this._nextId = 1;
+
+    // Rate limiting. After a rate_limited answer (or a close 4007) commands
+    // go through the line, one at a time; see _heldBack.
+    this._throttled = false;
+    this._line = []; // requests waiting their turn, by seq
+    this._lineBusy = null; // the line's request on the wire
+    this._lineTimer = null; // the pause after a refusal
+    this._limited = 0; // the pause's exponent: +1 per refusal, -1/2 per accepted command
+    this._seq = 0; // numbers requests in the order they were first sent (or lined up)
+    this._sleeping = new Set(); // publishes waiting out a backoff delay before a retry
 
     this._socket = null;
     this._active = false; // between connect() and disconnect() or a final close
@@ -301,9 +344,12 @@ export class Herald {
       this._state = 'connected';
       // Subscriptions first, then requests made meanwhile: replies come in
       // command order, so a queued publish sees its channel subscribed.
+      // (After a close 4007 they all go through the line.)
       for (const sub of this._subs.values()) this._subscribe(sub);
-      for (const req of this._queue) this._transmit(req);
+      const queued = [...this._queue];
       this._queue.clear();
+      for (const req of queued) this._dispatch(req);
+      this._pump();
       this._setState('connected', { clientId: this.clientId });
       for (const w of this._waiters.splice(0)) w.resolve();
       this._scheduleRefresh(result?.expires, gen);
@@ -333,7 +379,7 @@ export class Herald {
         return; // the server closes at expiry (4004); the reconnect tries again
       }
       if (gen !== this._generation) return;
-      this._command({ cmd: 'refresh', token }, null, { now: true }, (err, result) => {
+      this._command({ cmd: 'refresh', token }, null, { perSend: true, bound: true }, (err, result) => {
         if (err) {
           // A refused token: the server closes with 4501 and we stop there.
           if (err.code !== 'disconnected') console.warn(`herald: token refresh refused: ${err.code}: ${err.message}`);
@@ -375,7 +421,26 @@ export class Herald {
     this._generation++;
     clearTimeout(this._openTimer);
     clearTimeout(this._refreshTimer);
-    this._openTimer = this._refreshTimer = null;
+    clearTimeout(this._lineTimer);
+    this._openTimer = this._refreshTimer = this._lineTimer = null;
+    this._lineBusy = null;
+    // The line's requests were not executed (never sent, or refused): they
+    // wait for the next connection, ahead of the retries of those that were
+    // lost on the wire. Subscribes and refreshes are made anew instead.
+    for (const req of this._line.splice(0)) {
+      if (req.bound) {
+        this._settle(req, new HeraldError('disconnected', `connection lost before ${req.cmd} was sent`));
+      } else {
+        this._queue.add(req);
+        this._armWait(req);
+      }
+    }
+    if (code === CLOSE_RATE_LIMITED) {
+      // Flooded: the next connection sends its commands through the line
+      // from the start, with a longer pause after a refusal.
+      this._throttled = true;
+      this._limited++;
+    }
     this._failSent();
     for (const sub of this._subs.values()) sub._connectionLost();
     if (isFinalClose(code)) {
@@ -397,7 +462,11 @@ export class Herald {
     clearTimeout(this._openTimer);
     clearTimeout(this._reconnectTimer);
     clearTimeout(this._refreshTimer);
-    this._openTimer = this._reconnectTimer = this._refreshTimer = null;
+    clearTimeout(this._lineTimer);
+    this._openTimer = this._reconnectTimer = this._refreshTimer = this._lineTimer = null;
+    this._lineBusy = null;
+    this._throttled = false;
+    this._limited = 0;
     const ws = this._socket;
     this._socket = null;
     this.clientId = null;
@@ -410,8 +479,15 @@ export class Herald {
       }
     }
     this._failSent();
-    for (const req of this._queue) this._settle(req, new HeraldError('disconnected', 'the client is disconnected'));
+    const gone = () => new HeraldError('disconnected', 'the client is disconnected');
+    for (const req of this._line.splice(0)) this._settle(req, gone());
+    for (const req of this._queue) this._settle(req, gone());
     this._queue.clear();
+    for (const sleeper of this._sleeping) {
+      clearTimeout(sleeper.timer);
+      sleeper.fail(gone());
+    }
+    this._sleeping.clear();
     for (const sub of this._subs.values()) sub._connectionLost(true);
     for (const w of this._waiters.splice(0)) w.reject(err);
     this._setState('disconnected', { code, reason, reconnect: false });
@@ -425,8 +501,15 @@ export class Herald {
   }
 
   _settle(req, err, result) {
+    if (req.settled) return;
+    req.settled = true;
     clearTimeout(req.timer);
     req.done(err, result);
+  }
+
+  /** Whether a command can go on the wire now. */
+  _canSend() {
+    return this._state === 'connected' && this._socket !== null;
   }
 
   /**
@@ -435,10 +518,20 @@ export class Herald {
    * that follow it: the ws package may deliver several frames in one tick,
    * and a subscribe reply must take effect before the pushes behind it (a
    * promise's then() would run after them). While the client is
-   * (re)connecting the command waits for the connection; the timeout counts
-   * from the call either way. now: send at once (the socket is open).
+   * (re)connecting the command waits for the connection. A rate_limited
+   * answer is not passed on: the command is sent again (see _heldBack).
+   *
+   * Options: now: send at once, before anything else (the connect command).
+   * timeout: ms; by default it counts from the call, and bounds the wait for
+   * the connection, the rate-limit retries and the reply together. perSend:
+   * it counts from each sending to its reply only, and the wait before
+   * sending is bounded by deadline (a time, as Date.now()) if at all.
+   * bound: the command belongs to its connection (subscribe, refresh): a
+   * loss drops it instead of sending it on the next connection. stale: a
+   * function that says the command is no longer wanted (checked before it
+   * leaves the line).
    */
-  _command(cmd, bytes, { now = false, timeout = this._timeout }, done) {
+  _command(cmd, bytes, { now = false, timeout = this._timeout, perSend = false, deadline = Infinity, bound = false, stale = null }, done) {
     if (!this._active) {
       done(new HeraldError('disconnected', 'not connected: call connect() first'));
       return;
@@ -451,16 +544,16 @@ export class Herald {
       done(err); // e.g. a BigInt in data
       return;
     }
-    const req = { id, cmd: cmd.cmd, frame, done, timer: null };
-    if (timeout > 0) {
-      req.timer = setTimeout(() => {
-        this._pending.delete(id); // a late reply is then ignored
-        this._queue.delete(req);
-        done(new HeraldError('timeout', `no reply to ${cmd.cmd} within ${timeout} ms`));
-      }, timeout);
+    const req = { id, cmd: cmd.cmd, frame, done, timer: null, timeout, perSend, deadline, bound, stale, seq: 0, limited: null, settled: false };
+    if (!perSend && timeout > 0) req.timer = setTimeout(() => this._expire(req), timeout);
+    if (now) {
+      this._transmit(req);
+    } else if (this._canSend()) {
+      this._dispatch(req);
+    } else {
+      this._queue.add(req);
+      this._armWait(req);
     }
-    if (now || this._state === 'connected') this._transmit(req);
-    else this._queue.add(req);
   }
 
   /** _command as a promise, for the public methods. */
@@ -468,14 +561,117 @@ export class Herald {
     return new Promise((resolve, reject) => this._command(cmd, bytes, {}, (err, result) => (err ? reject(err) : resolve(result))));
   }
 
+  // A perSend request's timer: while it waits, its deadline (if any); on the wire, its timeout.
+  _armWait(req) {
+    if (!req.perSend) return;
+    clearTimeout(req.timer);
+    req.timer = req.deadline === Infinity ? null : setTimeout(() => this._expire(req), Math.max(0, req.deadline - Date.now()));
+  }
+
+  _armWire(req) {
+    if (!req.perSend) return;
+    clearTimeout(req.timer);
+    req.timer = req.timeout > 0 ? setTimeout(() => this._expire(req), req.timeout) : null;
+  }
+
+  /** A request's timer fired: take it back from wherever it waits, and fail it. */
+  _expire(req) {
+    const sent = this._pending.get(req.id) === req;
+    this._pending.delete(req.id); // a late reply is then ignored
+    this._queue.delete(req);
+    const i = this._line.indexOf(req);
+    if (i >= 0) this._line.splice(i, 1);
+    let err;
+    if (sent || !req.perSend) {
+      err = req.limited && !sent
+        ? new HeraldError('rate_limited', `${req.cmd} was still rate limited after ${req.timeout} ms: ${req.limited.message}`)
+        : new HeraldError('timeout', `no reply to ${req.cmd} within ${req.timeout} ms`);
+    } else if (this._canSend()) {
+      err = new HeraldError('rate_limited', `${req.cmd} was held back by the rate limit until its deadline`);
+    } else {
+      err = new HeraldError('disconnected', `no connection to send ${req.cmd} on before its deadline`);
+    }
+    const busy = this._lineBusy === req;
+    if (busy) this._lineBusy = null;
+    this._settle(req, err);
+    if (busy) this._pump();
+  }
+
+  /** Sends req now, or lines it up while the server is rate limiting this client. */
+  _dispatch(req) {
+    req.seq ||= ++this._seq;
+    if (this._throttled) {
+      this._lineUp(req);
+      this._pump();
+    } else {
+      this._transmit(req);
+    }
+  }
+
   _transmit(req) {
+    req.seq ||= ++this._seq;
     this._pending.set(req.id, req);
+    this._armWire(req);
     try {
       this._socket.send(req.frame);
     } catch (err) {
       this._pending.delete(req.id);
+      if (this._lineBusy === req) this._lineBusy = null;
       this._settle(req, new HeraldError('disconnected', `send failed: ${err.message}`));
     }
+  }
+
+  /** Puts req in the line, in the order in which requests were first sent. */
+  _lineUp(req) {
+    let i = this._line.length;
+    while (i > 0 && this._line[i - 1].seq > req.seq) i--;
+    this._line.splice(i, 0, req);
+    this._armWait(req);
+  }
+
+  /**
+   * The server refused req for the rate (rate_limited): it did nothing, so
+   * req is sent again. From now on every command goes through the line,
+   * which sends one at a time, the next as soon as the previous one is
+   * answered. A refusal puts the refused command back at its place and
+   * pauses the line for a backoff delay, random below backoff.min·2^k
+   * (capped at backoff.max; full jitter), where k goes up by 1 with each
+   * refusal and down by 1/2 with each accepted command: the pause grows
+   * while the server keeps refusing and shrinks as commands get through,
+   * settling where about two commands get through per refusal. So the
+   * client sends about as fast as the server accepts, with refusals well
+   * below the pace that gets a connection closed (4007, for refusals at
+   * over the rate). Refusals of commands sent before the line began just
+   * join it. The line ends when it is empty.
+   */
+  _heldBack(req, err, fromLine) {
+    req.limited = err;
+    this._lineUp(req);
+    if (fromLine || !this._throttled) {
+      this._throttled = true;
+      clearTimeout(this._lineTimer);
+      this._lineTimer = setTimeout(() => {
+        this._lineTimer = null;
+        this._pump();
+      }, backoffDelay(this._limited++, this._backoff));
+    } else {
+      this._pump(); // a no-op unless the line is idle
+    }
+  }
+
+  /** Sends the line's next request, unless one is on the wire or the line is paused. */
+  _pump() {
+    if (this._lineBusy || this._lineTimer || !this._canSend()) return;
+    let req;
+    while ((req = this._line.shift()) && req.stale?.()) {
+      this._settle(req, new HeraldError('unsubscribed', `${req.cmd} is no longer wanted`));
+    }
+    if (!req) {
+      this._throttled = false;
+      return;
+    }
+    this._lineBusy = req;
+    this._transmit(req);
   }
 
   _onFrame(ws, raw) {
@@ -499,13 +695,25 @@ export class Herald {
       return; // otherwise, the reply to a request that already timed out
     }
     this._pending.delete(msg.id);
+    const fromLine = req === this._lineBusy;
+    if (fromLine) this._lineBusy = null;
+    if (msg.error?.code === 'rate_limited' && req.cmd !== 'connect') {
+      this._heldBack(req, new HeraldError(msg.error.code, msg.error.message), fromLine);
+      return;
+    }
+    if (fromLine) this._limited = Math.max(0, this._limited - 0.5);
     if (msg.error) this._settle(req, new HeraldError(msg.error.code, msg.error.message));
     else this._settle(req, null, msg.result);
+    if (fromLine) this._pump();
   }
 
   _onPush(msg) {
     if (msg.push === 'message') {
       this._emit('message', msg.data, { binary: msg.data instanceof Uint8Array });
+      return;
+    }
+    if (msg.push === 'unsub') {
+      this._onUnsub(msg);
       return;
     }
     if (msg.push !== 'pub' && msg.push !== 'join' && msg.push !== 'leave') return; // a newer kind: ignore
@@ -522,6 +730,21 @@ export class Herald {
   }
 
   /**
+   * The server ended a subscription (e.g. the HTTP API's unsubscribe_user):
+   * nothing more of it follows, and the client must not resubscribe, now or
+   * after a reconnect. So the Subscription ends here, as after unsubscribe().
+   */
+  _onUnsub(msg) {
+    // Our own unsubscribe is on its way: the push ends the subscription it
+    // ends, not the one that may have been made since.
+    if (this._leaving.has(msg.channel)) return;
+    const sub = this._subs.get(msg.channel);
+    if (!sub) return;
+    this._subs.delete(msg.channel);
+    sub._unsubscribedByServer(msg.code ?? '', msg.reason ?? '');
+  }
+
+  /**
    * Subscribes to channel, now if connected and after every reconnect. Throws
    * if this client already has a Subscription for channel.
    */
@@ -530,7 +753,7 @@ export class Herald {
     if (this._subs.has(channel)) throw new HeraldError('already_subscribed', `already subscribed to "${channel}"`);
     const sub = new Subscription(this, channel, options);
     this._subs.set(channel, sub);
-    if (this._state === 'connected') this._subscribe(sub);
+    if (this._canSend()) this._subscribe(sub);
     return sub;
   }
 
@@ -543,16 +766,20 @@ export class Herald {
     if (sub.epoch !== undefined) cmd.since = { offset: sub.offset ?? 0, epoch: sub.epoch };
     if (sub._handlers.token) cmd.token = sub._handlers.token; // a subscription token
     const ws = this._socket;
-    this._command(cmd, null, { now: true }, (err, result) => {
-      if (this._subs.get(sub.channel) !== sub || ws !== this._socket) return; // superseded
+    // perSend: a subscribe waiting in the rate limit's line has no timeout;
+    // only one on the wire does.
+    const stale = () => this._subs.get(sub.channel) !== sub;
+    this._command(cmd, null, { perSend: true, bound: true, stale }, (err, result) => {
+      if (stale() || ws !== this._socket) return; // superseded
       if (!err) {
         sub._subscribed(result ?? {});
       } else if (err.code === 'timeout') {
         // The server's view of this subscription is unknown now; a fresh
         // connection makes it known again (and resubscribes everything).
         this._attemptFailed(this._generation, `subscribe to "${sub.channel}" timed out`);
-      } else if (err.code === 'unavailable') {
+      } else if (err.code === 'unavailable' || err.code === 'rate_limited') {
         // Transient on the server's side: try again after a backoff delay.
+        // (rate_limited does not come here: _command sends it again itself.)
         sub._retryTimer = setTimeout(() => {
           if (this._state === 'connected' && this._subs.get(sub.channel) === sub) this._subscribe(sub);
         }, backoffDelay(sub._retries++, this._backoff));
@@ -567,7 +794,7 @@ export class Herald {
     if (this._subs.get(sub.channel) !== sub) return Promise.resolve();
     this._subs.delete(sub.channel);
     sub._ended(new HeraldError('unsubscribed', `unsubscribed from "${sub.channel}"`));
-    if (this._state !== 'connected') return Promise.resolve(); // the server forgot it with the last connection
+    if (!this._canSend()) return Promise.resolve(); // the server forgot it with the last connection
     const ch = sub.channel;
     this._leaving.set(ch, (this._leaving.get(ch) ?? 0) + 1);
     return new Promise((resolve, reject) => {
@@ -591,9 +818,18 @@ export class Herald {
    * Publishes data to channel: a Uint8Array, another ArrayBufferView or an
    * ArrayBuffer goes as bytes (a binary frame); anything else as JSON (a
    * string travels as a JSON string). Resolves with {offset, epoch} on a
-   * channel with history, plus duplicate: true for a repeated idempotency key.
+   * channel with history, plus duplicate: true when the idempotency key was
+   * seen (an earlier attempt of this publish, or an earlier publish with the
+   * same key, was published: offset and epoch are its).
+   *
+   * Unless retry is false (here or in the client's options), the publish
+   * carries an idempotency key (idempotencyKey, else a random one) and is
+   * retried with it when its outcome is unknown: answered unavailable, or
+   * the connection lost before the reply (then once reconnected). Retries
+   * stop after the publishRetry window; the last failure then rejects, with
+   * the key in err.idempotencyKey.
    */
-  publish(channel, data, { idempotencyKey } = {}) {
+  publish(channel, data, { idempotencyKey, retry } = {}) {
     const bytes = asBytes(data);
     const cmd = { cmd: 'publish', channel };
     if (!bytes) {
@@ -602,8 +838,74 @@ export class Herald {
       }
       cmd.data = data;
     }
-    if (idempotencyKey !== undefined) cmd.idempotency_key = idempotencyKey;
-    return this._request(cmd, bytes).then((r) => r ?? {});
+    const retrying = retry ?? this._publishRetry;
+    const key = idempotencyKey ?? (retrying ? newIdempotencyKey() : undefined);
+    if (key !== undefined) cmd.idempotency_key = key;
+    if (!retrying) {
+      return this._request(cmd, bytes).then(
+        (r) => r ?? {},
+        (err) => Promise.reject(withKey(err, key)),
+      );
+    }
+    return this._publishRetrying(cmd, bytes);
+  }
+
+  /**
+   * Sends a publish until it gets an answer that settles it, within the
+   * retry window. Each attempt waits timeout for its reply once sent (no
+   * reply: it fails with "timeout", not retried: the server is not
+   * answering), and may wait for a connection until the window ends.
+   */
+  _publishRetrying(cmd, bytes) {
+    const start = Date.now();
+    const deadline = start + this._publishRetryWindow;
+    let attempts = 0;
+    let unavailable = 0; // the backoff's exponent
+    let last = null; // the failure that the last retry followed
+    return new Promise((resolve, reject) => {
+      const fail = (err) => {
+        if (attempts > 1 && err instanceof HeraldError) {
+          err = new HeraldError(err.code, `publish to "${cmd.channel}" failed after ${attempts} attempts in ${Date.now() - start} ms: ${err.message}`);
+        }
+        reject(withKey(err, cmd.idempotency_key));
+      };
+      const attempt = () => {
+        if (attempts > 0 && Date.now() >= deadline) {
+          fail(last);
+          return;
+        }
+        attempts++;
+        this._command(cmd, bytes, { perSend: true, deadline }, (err, result) => {
+          if (!err) {
+            resolve(result ?? {});
+            return;
+          }
+          const unknown = err.code === 'unavailable' || err.code === 'disconnected';
+          if (!unknown || !this._active || Date.now() >= deadline) {
+            fail(err);
+            return;
+          }
+          last = err;
+          // Lost with the connection: the retry waits for the reconnect, no
+          // more. (A socket still here means a send failed: back off then.)
+          if (err.code === 'disconnected' && !this._socket) attempt();
+          else this._sleep(Math.min(backoffDelay(unavailable++, this._backoff), deadline - Date.now()), attempt, fail);
+        });
+      };
+      attempt();
+    });
+  }
+
+  /** Calls then() after delay ms; disconnect() calls fail(err) instead. */
+  _sleep(delay, then, fail) {
+    const sleeper = {
+      timer: setTimeout(() => {
+        this._sleeping.delete(sleeper);
+        then();
+      }, delay),
+      fail,
+    };
+    this._sleeping.add(sleeper);
   }
 
   /**
@@ -646,7 +948,8 @@ export class Herald {
 
 /**
  * A client's subscription to one channel, from Herald#subscribe until
- * unsubscribe(). It survives reconnects: it tracks the channel's position
+ * unsubscribe(), a refusal for good (onError) or its end by the server
+ * (onUnsubscribed). It survives reconnects: it tracks the channel's position
  * (offset and epoch) so that a resubscribe recovers what was missed.
  */
 export class Subscription {
@@ -737,6 +1040,12 @@ export class Subscription {
   _failed(err) {
     this._ended(err);
     invoke(this._handlers.onError, err);
+  }
+
+  // The server ended the subscription (an unsub push).
+  _unsubscribedByServer(code, reason) {
+    this._ended(new HeraldError('unsubscribed', `the server ended the subscription to "${this.channel}" (${code}: ${reason})`));
+    invoke(this._handlers.onUnsubscribed, { code, reason });
   }
 
   _ended(err) {

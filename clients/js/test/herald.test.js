@@ -12,7 +12,7 @@ import { WebSocket as WsWebSocket } from 'ws';
 
 import { Herald, HeraldError } from '../index.js';
 import { startHerald, cleanup, CONFIG } from './herald-server.js';
-import { Inbox, recordStates, uniq, within } from './util.js';
+import { Inbox, recordStates, uniq, waitFor, within } from './util.js';
 
 let server; // shared by the tests that do not stop their server
 const clients = new Set();
@@ -490,4 +490,147 @@ namespaces:
   await within(5000, 'reconnect', new Promise((resolve) => c.on('state', (s) => s.state === 'connected' && resolve())));
   await within(5000, 'resubscribe', new Promise((resolve) => { const t = setInterval(() => { if (sub.state === 'subscribed') { clearInterval(t); resolve(); } }, 10); }));
   assert.equal(sub.state, 'subscribed');
+});
+
+/** The server's count of messages refused for the rate (herald_rate_limited_total). */
+async function rateLimitedTotal(server) {
+  const text = await (await fetch(`http://${server.addr}/metrics`)).text();
+  const m = /^herald_rate_limited_total (\d+)$/m.exec(text);
+  assert.ok(m, 'herald_rate_limited_total in /metrics');
+  return Number(m[1]);
+}
+
+test('rate limit: ten subscribes at --message-rate 5 all end up live, and the client stays up', async (t) => {
+  // A burst of 6: of connect and ten subscribes sent at once, about five
+  // are refused (rate_limited), fewer than would get the connection closed.
+  const s = await startHerald({ config: `${CONFIG}\nmessage_rate: 5\nmessage_burst: 6\n` });
+  t.after(() => s.stop());
+  const c = newClient(s.url, { backoff: { min: 500, max: 5000 } });
+  const states = recordStates(c);
+  await within(5000, 'connect', c.connect());
+  const channels = Array.from({ length: 10 }, (_, i) => uniq(`lobby-rate${i}-`));
+  const errors = new Inbox();
+  const received = new Inbox();
+  const subs = channels.map((ch) => c.subscribe(ch, { onMessage: (data) => received.push(data), onError: errors.push }));
+  await within(30_000, 'every subscription', Promise.all(subs.map((sub) => sub.ready)));
+  // After a 4007 on the way (possible, if the retries come too close), the
+  // client resubscribes: wait for all ten to be live on one connection.
+  await waitFor(() => c.state === 'connected' && subs.every((sub) => sub.state === 'subscribed'), 30_000, 'all ten subscribed');
+  assert.ok((await rateLimitedTotal(s)) >= 1, 'the server refused some of the subscribes');
+  assert.deepEqual(errors.items, [], 'no subscription ended');
+
+  // Live on the server: a publication to each channel reaches the client.
+  // (The publisher is rate limited too, and retries in the same way.)
+  const publisher = newClient(s.url, { backoff: { min: 500, max: 5000 } });
+  await within(5000, 'connect', publisher.connect());
+  await within(30_000, 'ten publishes', Promise.all(channels.map((ch) => publisher.publish(ch, ch))));
+  await received.count(10, 30_000, 'a publication on each channel');
+  assert.deepEqual([...received.items].sort(), [...channels].sort());
+  assert.equal(c.state, 'connected');
+  assert.deepEqual(states.items.filter((e) => e.state === 'disconnected' && !e.reconnect), [], 'the client never stopped');
+  t.diagnostic(`closes on the way: ${states.items.filter((e) => e.state === 'disconnected').map((e) => e.code).join(', ') || 'none'}`);
+});
+
+test('rate limit: a flooding client is closed with 4007, reconnects, and every publish lands exactly once', async (t) => {
+  const s = await startHerald({ config: `${CONFIG}\nmessage_rate: 10\nmessage_burst: 10\n` });
+  t.after(() => s.stop());
+  const c = newClient(s.url, { backoff: { min: 100, max: 1000 } });
+  const states = recordStates(c);
+  await within(5000, 'connect', c.connect());
+  const ch = uniq('hist:flood-');
+  const n = 40; // sent at once: 10 accepted, 10 refused, and the rest over twice the rate
+  const results = await within(60_000, 'every publish', Promise.all(Array.from({ length: n }, (_, i) => c.publish(ch, i))));
+  const closed = states.items.find((e) => e.state === 'disconnected');
+  assert.equal(closed?.code, 4007, 'the server closed the flooding connection with 4007');
+  assert.equal(closed.reconnect, true);
+  assert.equal(c.state, 'connected');
+
+  // Publishes lost with the connection were retried with their keys: each
+  // happened once, and each result is its publication's offset.
+  const h = await within(30_000, 'history', c.history(ch));
+  assert.deepEqual(
+    h.publications.map((p) => p.data).sort((a, b) => a - b),
+    Array.from({ length: n }, (_, i) => i),
+  );
+  for (const p of h.publications) assert.equal(results[p.data].offset, p.offset, `publish ${p.data}`);
+});
+
+test('rate limit: after a 4007, a client with more subscriptions than the server lets through at once gets them all back', async (t) => {
+  // 25 subscribes at once against a burst of 5: 5 pass, 5 are refused, and
+  // the rest gets the connection closed (4007). Sent at once again on every
+  // reconnect, they would get it closed every time; sent one at a time
+  // (after a 4007 the client starts with its line), they all pass.
+  const s = await startHerald({ config: `${CONFIG}\nmessage_rate: 5\nmessage_burst: 5\n` });
+  t.after(() => s.stop());
+  const c = newClient(s.url, { backoff: { min: 500, max: 5000 } });
+  const states = recordStates(c);
+  await within(5000, 'connect', c.connect());
+  const errors = new Inbox();
+  const subs = Array.from({ length: 25 }, (_, i) => c.subscribe(uniq(`lobby-many${i}-`), { onError: errors.push }));
+  await states.find((e) => e.state === 'disconnected', 10_000, 'the close');
+  assert.equal(states.items.find((e) => e.state === 'disconnected').code, 4007);
+  await waitFor(() => c.state === 'connected' && subs.every((sub) => sub.state === 'subscribed'), 60_000, 'all 25 subscribed');
+  const closes = states.items.filter((e) => e.state === 'disconnected');
+  assert.ok(closes.length <= 3, `reconnected ${closes.length} times: ${closes.map((e) => e.code)}`);
+  assert.ok(closes.every((e) => e.reconnect));
+  assert.deepEqual(errors.items, []);
+});
+
+test('unsubscribe_user: the subscription ends with the server\'s code, and a reconnect does not bring it back', async (t) => {
+  const secret = 'a-test-secret-that-is-at-least-32-bytes-long';
+  const apiKey = 'a-test-api-key-long-enough';
+  const s = await startHerald({ config: `${CONFIG}\njwt_secret: ${secret}\napi_key: ${apiKey}\n` });
+  t.after(() => s.stop());
+  const api = async (method, route, body) => {
+    const res = await fetch(`http://${s.addr}/api/v1/${route}`, {
+      method,
+      headers: { Authorization: `Bearer ${apiKey}`, 'Content-Type': 'application/json' },
+      body: body && JSON.stringify(body),
+    });
+    const text = await res.text();
+    assert.equal(res.status, 200, `${method} ${route}: ${text}`);
+    return JSON.parse(text);
+  };
+
+  const c = newClient(s.url, { getToken: () => hs256(secret, { sub: 'ada' }) });
+  const states = recordStates(c);
+  await within(5000, 'connect', c.connect());
+  const gone = uniq('lobby-gone-');
+  const kept = uniq('lobby-kept-');
+  const ended = new Inbox();
+  const goneMessages = new Inbox();
+  const keptMessages = new Inbox();
+  const keptSubscribed = new Inbox();
+  const sub = c.subscribe(gone, { onUnsubscribed: ended.push, onMessage: goneMessages.push });
+  const other = c.subscribe(kept, { onSubscribed: keptSubscribed.push, onMessage: keptMessages.push });
+  await within(5000, 'subscribed', Promise.all([sub.ready, other.ready]));
+  assert.deepEqual((await api('GET', 'channels')).channels, { [gone]: 1, [kept]: 1 });
+
+  await api('POST', 'unsubscribe_user', { user: 'ada', channel: gone });
+  const [info] = await ended.count(1, 5000, 'onUnsubscribed');
+  assert.equal(info.code, 'server_unsubscribe');
+  assert.equal(typeof info.reason, 'string');
+  assert.equal(sub.state, 'unsubscribed');
+  assert.equal(c.getSubscription(gone), null);
+  assert.equal(other.state, 'subscribed');
+
+  // A reconnect resubscribes the other channel, not this one.
+  const from = states.items.length;
+  c._socket.close();
+  await states.find((e) => e.state === 'connected', 10_000, 'connected again', from);
+  await keptSubscribed.count(2, 5000, 'the other channel resubscribed');
+  await c.ping(); // answered after every subscribe of the new connection
+  const { channels } = await api('GET', 'channels');
+  assert.equal(channels[gone], undefined, `not subscribed on the server: ${JSON.stringify(channels)}`);
+  assert.ok(channels[kept] >= 1);
+
+  // Nothing published to it arrives: a publication to the other channel,
+  // made after it, reaches the same connection after it would have.
+  const publisher = newClient(s.url, { token: await hs256(secret, { sub: 'bo' }) });
+  await within(5000, 'connect', publisher.connect());
+  await publisher.publish(gone, 'not for ada any more');
+  await publisher.publish(kept, 'for ada');
+  await keptMessages.count(1, 5000, 'the publication on the other channel');
+  assert.deepEqual(goneMessages.items, []);
+  assert.equal(ended.items.length, 1);
 });

@@ -11,7 +11,7 @@ import { once } from 'node:events';
 import { WebSocketServer } from 'ws';
 
 import { Herald, HeraldError } from '../index.js';
-import { Inbox, recordStates, within } from './util.js';
+import { Inbox, recordStates, waitFor, within } from './util.js';
 
 const cleanups = [];
 afterEach(async () => {
@@ -273,7 +273,7 @@ for (const code of [1008, 4500, 4999]) {
   });
 }
 
-for (const code of [1001, 1011, 4001, 4003, 4499]) {
+for (const code of [1001, 1011, 4001, 4003, 4007, 4499]) {
   test(`close ${code} reconnects`, async () => {
     const s = await scriptedServer();
     const c = newClient(s.url);
@@ -354,9 +354,11 @@ test('binary publish frames: JSON header, newline, the bytes', async () => {
   const c = newClient(s.url);
   await c.connect();
   await c.publish('files', Uint8Array.from([0x0a, 0xff, 0x00]));
-  const cmd = (await s.conns.items[0].commands.count(2))[1];
+  await c.publish('files', Uint8Array.from([0x0a]), { retry: false });
+  const [, cmd, plain] = await s.conns.items[0].commands.count(3);
   assert.deepEqual(cmd.payload, Buffer.from([0x0a, 0xff, 0x00]));
-  assert.deepEqual(Object.keys(cmd).sort(), ['channel', 'cmd', 'id', 'payload'], 'no data field in the header');
+  assert.deepEqual(Object.keys(cmd).sort(), ['channel', 'cmd', 'id', 'idempotency_key', 'payload'], 'no data field in the header');
+  assert.deepEqual(Object.keys(plain).sort(), ['channel', 'cmd', 'id', 'payload']);
 });
 
 test('a subscribe answered "unavailable" is retried after a backoff delay', async () => {
@@ -432,4 +434,206 @@ test('backoff: full jitter, below min·2^attempt, capped at max', async (t) => {
   };
   assert.deepEqual(await delays(0.999), [9, 19, 39, 79, 79, 79], 'the ceilings: 10, 20, 40, then max');
   assert.deepEqual(await delays(0), [0, 0, 0, 0, 0, 0], 'full jitter: from zero');
+});
+
+test('publish: a key per publish; answered "unavailable", it is retried with the same key; "duplicate" is passed on', async () => {
+  // Every key's first attempt is refused; its retry is a duplicate, as after
+  // a broker that stored the publication but failed to answer.
+  const seen = new Set();
+  const s = await scriptedServer((cmd) => {
+    if (cmd.cmd !== 'publish') return undefined;
+    if (!seen.has(cmd.idempotency_key)) {
+      seen.add(cmd.idempotency_key);
+      return { error: { code: 'unavailable', message: 'broker down' } };
+    }
+    return { offset: seen.size, epoch: 'E', duplicate: true };
+  });
+  const c = newClient(s.url);
+  await c.connect();
+  assert.deepEqual(await c.publish('room', { n: 1 }), { offset: 1, epoch: 'E', duplicate: true });
+  assert.deepEqual(await c.publish('room', Uint8Array.from([1, 2])), { offset: 2, epoch: 'E', duplicate: true });
+  assert.deepEqual(await c.publish('room', 'mine', { idempotencyKey: 'my-key' }), { offset: 3, epoch: 'E', duplicate: true });
+
+  const pubs = s.conns.items[0].commands.items.filter((cmd) => cmd.cmd === 'publish');
+  assert.equal(pubs.length, 6, 'each publish sent twice');
+  for (let i = 0; i < 6; i += 2) {
+    assert.equal(pubs[i + 1].idempotency_key, pubs[i].idempotency_key, 'the retry carries the same key');
+    assert.notEqual(pubs[i + 1].id, pubs[i].id);
+  }
+  assert.match(pubs[0].idempotency_key, /^[A-Za-z0-9_-]{22}$/, '16 random bytes, base64url');
+  assert.match(pubs[2].idempotency_key, /^[A-Za-z0-9_-]{22}$/);
+  assert.notEqual(pubs[2].idempotency_key, pubs[0].idempotency_key, 'a new key per publish');
+  assert.deepEqual(pubs[1].data, { n: 1 });
+  assert.deepEqual(pubs[3].payload, Buffer.from([1, 2]), 'bytes retried as bytes');
+  assert.equal(pubs[4].idempotency_key, 'my-key', "the caller's key");
+  assert.equal(pubs[5].idempotency_key, 'my-key');
+});
+
+test('publish: lost with the connection before the reply, it is retried with the same key once reconnected', async () => {
+  const s = await scriptedServer((cmd, conn) => {
+    if (cmd.cmd !== 'publish') return undefined;
+    if (conn.n === 1) {
+      conn.ws.terminate(); // no reply, no close frame
+      return false;
+    }
+    return { offset: 4, epoch: 'E', duplicate: true };
+  });
+  const c = newClient(s.url);
+  const states = recordStates(c);
+  await c.connect();
+  assert.deepEqual(await within(5000, 'the publish', c.publish('room', 'hello')), { offset: 4, epoch: 'E', duplicate: true });
+  const [c1, c2] = s.conns.items;
+  const first = c1.commands.items.find((cmd) => cmd.cmd === 'publish');
+  const retry = c2.commands.items.find((cmd) => cmd.cmd === 'publish');
+  assert.ok(first.idempotency_key);
+  assert.equal(retry.idempotency_key, first.idempotency_key);
+  assert.equal(retry.data, 'hello');
+  assert.ok(states.items.some((e) => e.state === 'disconnected' && e.reconnect));
+});
+
+test('publish retries turned off (publishRetry: false, or retry: false per call): no key, no retry', async () => {
+  const s = await scriptedServer((cmd, conn) => {
+    if (cmd.cmd !== 'publish') return undefined;
+    if (cmd.channel === 'drop') {
+      conn.ws.terminate();
+      return false;
+    }
+    return { error: { code: 'unavailable', message: 'broker down' } };
+  });
+  const off = newClient(s.url, { publishRetry: false });
+  const perCall = newClient(s.url);
+  await off.connect();
+  await perCall.connect();
+  const err = await off.publish('room', 1).then(assert.fail, (e) => e);
+  assert.equal(err.code, 'unavailable');
+  assert.equal(err.idempotencyKey, undefined);
+  await assert.rejects(perCall.publish('room', 2, { retry: false }), { code: 'unavailable' });
+  await assert.rejects(off.publish('drop', 3), { code: 'disconnected' }, 'lost before the reply');
+  await within(5000, 'reconnected', off.ping()); // waits for the new connection
+  await assert.rejects(off.publish('room', 4, { idempotencyKey: 'k4' }), (e) => e.code === 'unavailable' && e.idempotencyKey === 'k4');
+
+  const pubs = s.conns.items.flatMap((conn) => conn.commands.items).filter((cmd) => cmd.cmd === 'publish');
+  assert.deepEqual(
+    pubs.map((cmd) => [cmd.data, cmd.idempotency_key]).sort(),
+    [
+      [1, undefined],
+      [2, undefined],
+      [3, undefined],
+      [4, 'k4'],
+    ],
+    'each sent once; a key only when the caller gave one',
+  );
+});
+
+test('a publish that keeps failing is retried until the window ends, then rejects with the last error and its key', async () => {
+  const s = await scriptedServer((cmd) => (cmd.cmd === 'publish' ? { error: { code: 'unavailable', message: 'broker down' } } : undefined));
+  const c = newClient(s.url, { publishRetry: { window: 300 } });
+  await c.connect();
+  const err = await within(5000, 'the publish to fail', c.publish('room', 'x')).then(assert.fail, (e) => e);
+  assert.ok(err instanceof HeraldError);
+  assert.equal(err.code, 'unavailable');
+  const pubs = s.conns.items[0].commands.items.filter((cmd) => cmd.cmd === 'publish');
+  assert.ok(pubs.length >= 2, `${pubs.length} attempts`);
+  assert.ok(pubs.every((cmd) => cmd.idempotency_key === err.idempotencyKey), 'one key for every attempt');
+  assert.match(err.message, new RegExp(`after ${pubs.length} attempts`));
+  assert.equal(c.state, 'connected');
+});
+
+test('rate_limited answers are retried, one command at a time after a refusal, until accepted; nothing ends', async () => {
+  // The server refuses the first 7 commands after connect and answers each
+  // 5 ms late. Once it has refused one, the client must send a command only
+  // after the previous one's answer, new commands included: the server checks.
+  let refusals = 7;
+  let refusedOne = false;
+  let after = 0; // commands received since the first refusal, unanswered
+  let overlap = 0;
+  const s = await scriptedServer((cmd, conn) => {
+    if (cmd.cmd === 'connect') return undefined;
+    const counted = refusedOne;
+    if (counted && ++after > 1) overlap++;
+    const refuse = refusals > 0;
+    if (refuse) refusals--;
+    setTimeout(() => {
+      if (counted) after--;
+      if (refuse) {
+        refusedOne = true;
+        conn.send({ id: cmd.id, error: { code: 'rate_limited', message: 'more than 5 messages per second; slow down' } });
+      } else {
+        conn.send(cmd.cmd === 'publish' ? { id: cmd.id, result: { offset: 1, epoch: 'E' } } : { id: cmd.id });
+      }
+    }, 5);
+    return false;
+  });
+  const c = newClient(s.url);
+  const states = recordStates(c);
+  await c.connect();
+  const errors = new Inbox();
+  const subs = ['a', 'b', 'c'].map((ch) => c.subscribe(ch, { onError: errors.push }));
+  const published = c.publish('a', 'hi');
+  const pinged = c.ping();
+  const stats = c.presenceStats('a');
+  await waitFor(() => refusedOne, 5000, 'a refusal');
+  const later = [c.ping(), c.publish('b', 'later'), c.ping()];
+  await within(5000, 'every subscription', Promise.all(subs.map((sub) => sub.ready)));
+  await within(5000, 'the later commands', Promise.all(later));
+  assert.deepEqual(await within(5000, 'the publish', published), { offset: 1, epoch: 'E' });
+  await within(5000, 'the ping', pinged);
+  assert.deepEqual(await within(5000, 'the presence stats', stats), { clients: 0, users: 0 });
+  assert.deepEqual(errors.items, []);
+  assert.ok(subs.every((sub) => sub.state === 'subscribed'));
+  assert.equal(refusals, 0);
+  assert.equal(overlap, 0, 'after a refusal, one command at a time');
+
+  const cmds = s.conns.items[0].commands.items;
+  const pubs = cmds.filter((cmd) => cmd.cmd === 'publish' && cmd.data === 'hi');
+  assert.ok(pubs.length >= 2 && pubs.every((cmd) => cmd.idempotency_key === pubs[0].idempotency_key));
+  assert.equal(cmds.length, 1 + 9 + 7, 'connect, nine commands, seven of them again');
+  assert.equal(s.conns.items.length, 1);
+  assert.ok(states.items.every((e) => e.state !== 'disconnected'));
+});
+
+test('a request that the rate limit holds back past its timeout rejects with rate_limited', async (t) => {
+  const s = await scriptedServer((cmd) => (cmd.cmd === 'history' ? { error: { code: 'rate_limited', message: 'slow down' } } : undefined));
+  // The pause after the refusal: 0.99 of the way to 10 s, far past the timeout.
+  t.mock.method(Math, 'random', () => 0.99);
+  const c = newClient(s.url, { timeout: 200, backoff: { min: 10_000, max: 10_000 } });
+  await c.connect();
+  await assert.rejects(within(5000, 'the history', c.history('a')), { name: 'HeraldError', code: 'rate_limited' });
+  assert.equal(s.conns.items[0].commands.items.filter((cmd) => cmd.cmd === 'history').length, 1);
+  assert.equal(c.state, 'connected');
+});
+
+test('an unsub push ends the subscription: onUnsubscribed, state, no resubscribe after a reconnect', async () => {
+  const s = await scriptedServer((cmd) => (cmd.channel === 'early' ? false : undefined));
+  const c = newClient(s.url);
+  await c.connect();
+  const ended = new Inbox();
+  const messages = new Inbox();
+  const sub = c.subscribe('room', { onUnsubscribed: ended.push, onMessage: messages.push });
+  await sub.ready;
+  const kept = c.subscribe('kept');
+  await kept.ready;
+  const [c1] = s.conns.items;
+  c1.send({ push: 'unsub', channel: 'room', code: 'server_unsubscribe', reason: 'unsubscribed by the server' });
+  assert.deepEqual(await ended.count(1), [{ code: 'server_unsubscribe', reason: 'unsubscribed by the server' }]);
+  assert.equal(sub.state, 'unsubscribed');
+  assert.equal(c.getSubscription('room'), null);
+  assert.equal(kept.state, 'subscribed');
+
+  // Unsubscribed before the subscribe's reply: ready rejects.
+  const early = c.subscribe('early', { onUnsubscribed: ended.push });
+  await c1.commands.find((cmd) => cmd.channel === 'early', 5000, 'the subscribe');
+  c1.send({ push: 'unsub', channel: 'early', code: 'server_unsubscribe', reason: 'no' });
+  await assert.rejects(early.ready, { code: 'unsubscribed' });
+
+  c1.ws.close(4003, 'come back');
+  const c2 = (await s.conns.count(2, 5000, 'a reconnect'))[1];
+  await within(5000, 'the resubscribe', kept.ready);
+  await c.ping();
+  assert.deepEqual(
+    c2.commands.items.filter((cmd) => cmd.cmd === 'subscribe').map((cmd) => cmd.channel),
+    ['kept'],
+  );
+  assert.equal(ended.items.length, 2);
+  assert.deepEqual(messages.items, []);
 });

@@ -1,5 +1,5 @@
-// Small, event-driven helpers for the tests: every wait is bounded and
-// nothing polls.
+// Small helpers for the tests: every wait is bounded, and only waitFor
+// polls (for state that no event reports, such as Subscription.state).
 
 /** Resolves like promise, or rejects after ms; the timer never outlives it. */
 export async function within(ms, what, promise) {
@@ -61,4 +61,17 @@ export function recordStates(client) {
 /** A channel name no other test (or earlier run on the same server) uses. */
 export function uniq(prefix) {
   return `${prefix}${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+/** Resolves once cond() is true, checking every 10 ms; rejects after ms. */
+export function waitFor(cond, ms, what) {
+  let timer;
+  return within(
+    ms,
+    what,
+    new Promise((resolve) => {
+      const check = () => (cond() ? resolve() : (timer = setTimeout(check, 10)));
+      check();
+    }),
+  ).finally(() => clearTimeout(timer));
 }
