@@ -8,6 +8,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -445,7 +447,7 @@ func (a *admin) publish(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, adminMaxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		adminJSON(w, http.StatusBadRequest, adminError{"bad request: " + err.Error()})
+		adminJSON(w, http.StatusBadRequest, adminError{"bad request: " + publishBodyError(err)})
 		return
 	}
 	if len(req.Data) == 0 {
@@ -466,6 +468,34 @@ func (a *admin) publish(w http.ResponseWriter, r *http.Request) {
 	// Who published what where, without the payload (never logged).
 	a.logger.Info("admin publish", "channel", req.Channel, "bytes", len(req.Data), "remote", r.RemoteAddr)
 	adminJSON(w, http.StatusOK, map[string]any{"offset": res.Offset, "epoch": res.Epoch, "duplicate": res.Duplicate})
+}
+
+// publishBodyError says what is wrong with a publish request's body in
+// the request's terms: encoding/json's errors name Go types ("cannot
+// unmarshal number into Go struct field .channel of type string").
+func publishBodyError(err error) string {
+	const fields = "channel, data and idempotency_key"
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &typeErr) && typeErr.Field != "":
+		return typeErr.Field + " must be a string" // data is any JSON value: only the strings can be mistyped
+	case errors.As(err, &typeErr):
+		return "want a JSON object with " + fields
+	case errors.As(err, &syntaxErr), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		msg := strings.TrimPrefix(err.Error(), "json: ")
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			msg = "unexpected end of JSON input"
+		}
+		return "the body is not valid JSON: " + msg
+	case errors.As(err, &tooLarge):
+		return fmt.Sprintf("the body is larger than %d bytes", tooLarge.Limit)
+	}
+	if field, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return "unknown field " + field + ": the body takes " + fields
+	}
+	return err.Error()
 }
 
 // sample records the node's counters every sampleEvery while the dashboard

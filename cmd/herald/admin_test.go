@@ -203,6 +203,18 @@ func TestAdmin(t *testing.T) {
 	if resp, body := c.post("/admin/api/publish", `{"channel":"room:1","data":nope}`); resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("publish of non-JSON: %d %s", resp.StatusCode, body)
 	}
+	// A malformed request is answered in words, not with Go's types.
+	for body, want := range map[string]string{
+		`{"channel":5,"data":1}`:                  `{"error":"bad request: channel must be a string"}`,
+		`{"channel":"room:1","data":1,"key":"k"}`: `{"error":"bad request: unknown field \"key\": the body takes channel, data and idempotency_key"}`,
+		`{"channel":"room:1","data":1`:            `{"error":"bad request: the body is not valid JSON: unexpected end of JSON input"}`,
+		`[1]`:                                     `{"error":"bad request: want a JSON object with channel, data and idempotency_key"}`,
+	} {
+		resp, got := c.post("/admin/api/publish", body)
+		if resp.StatusCode != http.StatusBadRequest || strings.TrimSpace(got) != want {
+			t.Errorf("publish %s: %d %s, want 400 %s", body, resp.StatusCode, got, want)
+		}
+	}
 
 	// Recent errors hold the failed logins and the refused requests.
 	var errs struct {

@@ -160,13 +160,29 @@ func warnNamespacePermissions(logger *slog.Logger, c *Config) {
 	}
 }
 
-// redactURL hides a password in a URL's user info.
+// redactURL hides a password in a URL's user info, replacing it with
+// xxxxx as url.URL.Redacted does. A string that does not parse as a URL
+// (127.0.0.1:8080, a port that is not a number) is shown all the same, so
+// that an error can say what was given: whatever sits between "scheme://"
+// (or the start) and the last '@', after the first ':', is taken for a
+// password.
 func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparseable URL)"
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return u.Redacted()
 	}
-	return u.Redacted()
+	scheme, rest := "", s
+	if i := strings.Index(s, "://"); i >= 0 {
+		scheme, rest = s[:i+3], s[i+3:]
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return s
+	}
+	user, _, hasPassword := strings.Cut(rest[:at], ":")
+	if !hasPassword {
+		return s
+	}
+	return scheme + user + ":xxxxx" + rest[at:]
 }
 
 func isLoopback(host string) bool {

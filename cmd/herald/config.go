@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,14 +9,10 @@ import (
 	"math"
 	"net"
 	"net/url"
-	"os"
-	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"go.yaml.in/yaml/v3"
 
 	"github.com/heraldhq/herald"
 )
@@ -204,6 +199,11 @@ const (
 	defaultNATSURL           = "nats://127.0.0.1:4222"
 	defaultBrokerPrefix      = "herald"
 
+	// The node's defaults of the two sizes that validate checks against
+	// each other (herald.Config documents them; herald.New applies them).
+	defaultMaxMessageSize = 64 << 10
+	defaultMaxQueueBytes  = 1 << 20
+
 	// minAPIKey and minAdminPassword are the shortest secrets accepted: the
 	// API key publishes as the server, and the dashboard can too, so a key
 	// guessable online would hand that over. Both are compared in constant
@@ -263,6 +263,10 @@ type setting struct {
 	arg   string // placeholder for the value in the usage text
 	usage string
 	def   string // the default, for the usage text
+	// want says in words what a valid value is ("a whole number"), for
+	// errors about a value of the wrong shape (a list where one value is
+	// wanted) that set never sees.
+	want string
 	// isBool settings take no value on the command line (--compression).
 	isBool bool
 	// isSecret settings are never echoed: errors show their value redacted.
@@ -276,10 +280,23 @@ type setting struct {
 	// setList, for list settings only, takes the items of a YAML sequence.
 	// set then takes a comma-separated list.
 	setList func(c *Config, items []string) error
-	// get returns the setting's value in c, in a form that set accepts, so
-	// that a reload can tell which settings a new file changes. Secrets are
-	// returned as they are: compare them, never print them.
+	// get returns the setting's value in c, in a form that set accepts.
+	// Secrets are returned as they are: compare them, never print them.
 	get func(c *Config) string
+	// effective, if set, returns the value that takes effect, in the form
+	// get uses: the default that zero resolves to ("100000" for a
+	// max_connections of 0). Without it the value is what get returns.
+	effective func(c *Config) string
+}
+
+// value returns the setting's value as it takes effect in c, defaults
+// resolved, so that a reload compares and logs what actually changes
+// (old=100000, not old=0, for a max_connections left unset).
+func (s *setting) value(c *Config) string {
+	if s.effective != nil {
+		return s.effective(c)
+	}
+	return s.get(c)
 }
 
 func (s *setting) flagName() string { return strings.ReplaceAll(s.name, "_", "-") }
@@ -287,11 +304,29 @@ func (s *setting) envName() string  { return "HERALD_" + strings.ToUpper(s.name)
 
 // settings lists every setting of `herald serve`, in the order of the usage text.
 var settings = []*setting{
-	stringSetting("addr", "ADDR", "TCP address to listen on (port 0 picks a free port)", defaultAddr,
-		func(c *Config) *string { return &c.Addr }),
+	{
+		name: "addr", arg: "ADDR", def: defaultAddr, want: wantAddr,
+		usage: "TCP address to listen on (port 0 picks a free port)",
+		set: func(c *Config, v string) error {
+			v = strings.TrimSpace(v)
+			if v == "" {
+				return errors.New("must not be empty")
+			}
+			if _, _, err := net.SplitHostPort(v); err != nil {
+				if _, err := strconv.ParseUint(v, 10, 16); err == nil {
+					return fmt.Errorf("want %s; did you mean :%s?", wantAddr, v)
+				}
+				return errors.New("want " + wantAddr)
+			}
+			c.Addr = v
+			return nil
+		},
+		get: func(c *Config) string { return c.Addr },
+	},
 	listSetting("allowed_origins", "ORIGINS",
 		"browser origins allowed to connect besides the server's own, comma-separated: https://app.example.com, https://*.example.com",
-		"same origin only", func(c *Config) *[]string { return &c.AllowedOrigins }, checkOrigin),
+		"same origin only", "a list of origins such as https://app.example.com",
+		func(c *Config) *[]string { return &c.AllowedOrigins }, checkOrigin),
 	boolSetting("allow_any_origin", "disable the origin check (lets any web site use your users' cookies)",
 		func(c *Config) *bool { return &c.AllowAnyOrigin }),
 	stringSetting("tls_cert", "FILE", "PEM certificate (chain) to serve https:// and wss://; needs tls_key", "none (plain HTTP)",
@@ -299,7 +334,7 @@ var settings = []*setting{
 	stringSetting("tls_key", "FILE", "PEM private key of tls_cert", "none",
 		func(c *Config) *string { return &c.TLSKey }),
 	{
-		name: "jwt_secret", arg: "SECRET", def: "none", isSecret: true,
+		name: "jwt_secret", arg: "SECRET", def: "none", isSecret: true, want: "a secret of at least 32 bytes",
 		usage: "HMAC secret (at least 32 bytes) that verifies HS256 tokens and turns authentication on; a flag shows in ps: prefer the variable or jwt_secret_file",
 		set: func(c *Config, v string) error {
 			if err := checkHMACSecret([]byte(v)); err != nil {
@@ -317,13 +352,13 @@ var settings = []*setting{
 	stringSetting("jwt_ecdsa_public_key", "FILE", "PEM ECDSA P-256 public key (or certificate) that verifies ES256 tokens", "none",
 		func(c *Config) *string { return &c.JWTECDSAPublicKey }),
 	{
-		name: "jwks_url", arg: "URL", def: "none",
+		name: "jwks_url", arg: "URL", def: "none", want: wantJWKSURL, redact: redactURL,
 		usage: "JSON Web Key Set to fetch RS256 and ES256 keys from, by kid (refreshed hourly, and at most every 5 minutes on an unknown kid)",
 		set: func(c *Config, v string) error {
 			v = strings.TrimSpace(v)
 			u, err := url.Parse(v)
 			if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-				return errors.New("want an http:// or https:// URL")
+				return errors.New("want " + wantJWKSURL + schemeHint(v, "https"))
 			}
 			c.JWKSURL = v
 			return nil
@@ -339,8 +374,8 @@ var settings = []*setting{
 	intSetting("read_buffer_size", "read buffer in bytes of a TLS connection (plain connections hold none while idle)", "512",
 		func(c *Config) *int { return &c.ReadBufferSize }),
 	{
-		name: "max_message_size", arg: "BYTES", def: "65536",
-		usage: "largest message a client may send, in bytes; a larger one closes the connection with 1009",
+		name: "max_message_size", arg: "BYTES", def: strconv.Itoa(defaultMaxMessageSize), want: "a whole number",
+		usage: "largest message a client may send, in bytes; a larger one closes the connection with 1009; max_queue_bytes must be at least twice it",
 		set: func(c *Config, v string) error {
 			n, err := parseNonNegative(v)
 			if err != nil {
@@ -349,7 +384,8 @@ var settings = []*setting{
 			c.MaxMessageSize = n
 			return nil
 		},
-		get: func(c *Config) string { return strconv.FormatInt(c.MaxMessageSize, 10) },
+		get:       func(c *Config) string { return strconv.FormatInt(c.MaxMessageSize, 10) },
+		effective: func(c *Config) string { return strconv.FormatInt(c.maxMessageSize(), 10) },
 	},
 	durationSetting("ping_interval", "how often the server pings each connection", "25s",
 		func(c *Config) *time.Duration { return &c.PingInterval }),
@@ -361,7 +397,8 @@ var settings = []*setting{
 		func(c *Config) *time.Duration { return &c.HandshakeTimeout }),
 	durationSetting("close_grace", "time a closing connection has to flush its queue and finish the close handshake", "2s",
 		func(c *Config) *time.Duration { return &c.CloseGrace }),
-	intSetting("max_queue_bytes", "outbound queue limit per connection in bytes; past it the client is cut as a slow consumer (4001)", "1048576",
+	intSetting("max_queue_bytes", "outbound queue limit per connection in bytes; past it the client is cut as a slow consumer (4001); at least twice max_message_size (a message being written and one waiting)",
+		strconv.Itoa(defaultMaxQueueBytes),
 		func(c *Config) *int { return &c.MaxQueueBytes }),
 	intSetting("max_queue_messages", "outbound queue limit per connection in messages", "8192",
 		func(c *Config) *int { return &c.MaxQueueMessages }),
@@ -374,7 +411,7 @@ var settings = []*setting{
 	intSetting("max_connections_per_ip", "connections from one IP address (429); behind a proxy, all clients share the proxy's IP", "0 (no cap)",
 		func(c *Config) *int { return &c.MaxConnectionsPerIP }),
 	{
-		name: "connect_rate_per_ip", arg: "RATE", def: "1000",
+		name: "connect_rate_per_ip", arg: "RATE", def: "1000", want: "a number per second, such as 50 or 0.5, or off",
 		usage: "new connections per second from one IP address, in bursts of as many (429 with Retry-After); off for no cap",
 		set: func(c *Config, v string) error {
 			if strings.EqualFold(strings.TrimSpace(v), "off") {
@@ -394,9 +431,18 @@ var settings = []*setting{
 			}
 			return strconv.FormatFloat(c.ConnectRatePerIP, 'g', -1, 64)
 		},
+		effective: func(c *Config) string {
+			switch {
+			case c.ConnectRatePerIP < 0:
+				return "off"
+			case c.ConnectRatePerIP == 0:
+				return "1000" // herald.Config's default
+			}
+			return strconv.FormatFloat(c.ConnectRatePerIP, 'g', -1, 64)
+		},
 	},
 	{
-		name: "message_rate", arg: "RATE", def: "0 (no cap)",
+		name: "message_rate", arg: "RATE", def: "0 (no cap)", want: "a number per second, such as 50 or 0.5",
 		usage: "messages per second one connection may send; over it: rate_limited errors, then close 4007 (raw: 4007 at once)",
 		set: func(c *Config, v string) error {
 			r, err := parseRate(v)
@@ -408,14 +454,19 @@ var settings = []*setting{
 		},
 		get: func(c *Config) string { return strconv.FormatFloat(c.MessageRate, 'g', -1, 64) },
 	},
-	intSetting("message_burst", "messages a connection may send at once within message_rate", "message_rate rounded up",
-		func(c *Config) *int { return &c.MessageBurst }),
+	withEffective(intSetting("message_burst", "messages a connection may send at once within message_rate", "message_rate rounded up",
+		func(c *Config) *int { return &c.MessageBurst }), func(c *Config) string {
+		if c.MessageBurst == 0 && c.MessageRate > 0 {
+			return strconv.Itoa(int(math.Ceil(c.MessageRate))) // herald.Config's default
+		}
+		return strconv.Itoa(c.MessageBurst)
+	}),
 	boolSetting("compression", "negotiate permessage-deflate with clients that offer it",
 		func(c *Config) *bool { return &c.Compression }),
 	durationSetting("read_header_timeout", "time a client has to send a request's headers (stops slowloris)", defaultReadHeaderTimeout.String(),
 		func(c *Config) *time.Duration { return &c.ReadHeaderTimeout }),
 	{
-		name: "drain_window", arg: "DURATION", def: defaultDrainWindow.String(),
+		name: "drain_window", arg: "DURATION", def: defaultDrainWindow.String(), want: "a duration such as 10s or 1m, or off",
 		usage: "on SIGINT or SIGTERM, fail /readyz and close WebSocket clients with 1012 spread over this window before shutting down; off: 1001 to all at once",
 		set: func(c *Config, v string) error {
 			if strings.EqualFold(strings.TrimSpace(v), "off") {
@@ -435,11 +486,20 @@ var settings = []*setting{
 			}
 			return c.DrainWindow.String()
 		},
+		effective: func(c *Config) string {
+			switch {
+			case c.DrainWindow < 0:
+				return "off"
+			case c.DrainWindow == 0:
+				return defaultDrainWindow.String()
+			}
+			return c.DrainWindow.String()
+		},
 	},
 	durationSetting("shutdown_timeout", "bound on the graceful shutdown after SIGINT or SIGTERM (after the drain)", defaultShutdownTimeout.String(),
 		func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
 	{
-		name: "broker", arg: "KIND", def: "memory",
+		name: "broker", arg: "KIND", def: "memory", want: "memory, redis or nats",
 		usage: "what joins nodes: memory (this node alone), redis or nats",
 		set: func(c *Config, v string) error {
 			switch v = strings.ToLower(strings.TrimSpace(v)); v {
@@ -454,7 +514,7 @@ var settings = []*setting{
 	urlSetting("redis_url", "Redis server for broker redis: redis://[user:password@]host:port/db, or rediss:// for TLS", defaultRedisURL,
 		[]string{"redis", "rediss", "unix"}, func(c *Config) *string { return &c.RedisURL }),
 	{
-		name: "redis_addr", arg: "HOST:PORT", def: "none",
+		name: "redis_addr", arg: "HOST:PORT", def: "none", want: "host:port, such as 127.0.0.1:6379",
 		usage: "shorthand for redis_url redis://HOST:PORT/0",
 		set: func(c *Config, v string) error {
 			v = strings.TrimSpace(v)
@@ -469,7 +529,7 @@ var settings = []*setting{
 	urlSetting("nats_url", "NATS server(s) for broker nats, comma-separated: nats://[user:password@]host:port", defaultNATSURL,
 		[]string{"nats", "tls", "ws", "wss"}, func(c *Config) *string { return &c.NATSURL }),
 	{
-		name: "broker_prefix", arg: "PREFIX", def: defaultBrokerPrefix,
+		name: "broker_prefix", arg: "PREFIX", def: defaultBrokerPrefix, want: "letters, digits, '_' and '-'",
 		usage: "starts every Redis key and NATS subject, so that several Herald clusters share one server: letters, digits, '_' and '-'",
 		set: func(c *Config, v string) error {
 			v = strings.TrimSpace(v)
@@ -484,7 +544,7 @@ var settings = []*setting{
 		get: func(c *Config) string { return c.BrokerPrefix },
 	},
 	{
-		name: "api_key", arg: "KEY", def: "none (no API)", isSecret: true,
+		name: "api_key", arg: "KEY", def: "none (no API)", isSecret: true, want: "a key of at least 16 bytes",
 		usage: "key (at least 16 bytes) of the HTTP API, which it turns on at /api/; a flag shows in ps: prefer the variable or api_key_file",
 		set: func(c *Config, v string) error {
 			if err := checkAPIKey([]byte(v)); err != nil {
@@ -500,7 +560,7 @@ var settings = []*setting{
 	withDefault(boolSetting("metrics", "serve Prometheus metrics at /metrics (--metrics=false to turn them off)",
 		func(c *Config) *bool { return &c.Metrics }), "true"),
 	{
-		name: "admin_password", arg: "PASSWORD", def: "none (no dashboard)", isSecret: true,
+		name: "admin_password", arg: "PASSWORD", def: "none (no dashboard)", isSecret: true, want: "a password of at least 12 bytes",
 		usage: "password (at least 12 bytes) of the admin dashboard, which it turns on at /admin; a flag shows in ps: prefer the variable or admin_password_file",
 		set: func(c *Config, v string) error {
 			if err := checkAdminPassword([]byte(v)); err != nil {
@@ -514,7 +574,7 @@ var settings = []*setting{
 	stringSetting("admin_password_file", "FILE", "file holding the admin password (trailing newlines ignored); instead of admin_password", "none",
 		func(c *Config) *string { return &c.AdminPasswordFile }),
 	{
-		name: "log_format", arg: "FORMAT", def: "text", usage: "log format: text or json",
+		name: "log_format", arg: "FORMAT", def: "text", want: "text or json", usage: "log format: text or json",
 		set: func(c *Config, v string) error {
 			switch v = strings.ToLower(strings.TrimSpace(v)); v {
 			case "text", "json":
@@ -526,7 +586,7 @@ var settings = []*setting{
 		get: func(c *Config) string { return c.LogFormat },
 	},
 	{
-		name: "log_level", arg: "LEVEL", def: "info", usage: "least severe level logged: debug, info, warn or error",
+		name: "log_level", arg: "LEVEL", def: "info", want: "debug, info, warn or error", usage: "least severe level logged: debug, info, warn or error",
 		set: func(c *Config, v string) error {
 			switch strings.ToLower(strings.TrimSpace(v)) {
 			case "debug":
@@ -546,8 +606,26 @@ var settings = []*setting{
 	},
 }
 
+// wantAddr and wantJWKSURL describe a valid addr and jwks_url.
+const (
+	wantAddr    = "host:port or :port, such as :8080 or 127.0.0.1:8080"
+	wantJWKSURL = "an http:// or https:// URL, such as https://auth.example.com/.well-known/jwks.json"
+)
+
+// stringWants describes in words the value of a string setting, by its
+// placeholder in the usage text.
+var stringWants = map[string]string{
+	"FILE": "a file path",
+	"ISS":  "an issuer, such as https://auth.example.com",
+	"AUD":  "an audience, such as herald",
+}
+
 func stringSetting(name, arg, usage, def string, field func(*Config) *string) *setting {
-	return &setting{name: name, arg: arg, usage: usage, def: def, set: func(c *Config, v string) error {
+	want, ok := stringWants[arg]
+	if !ok {
+		panic("config: no words for the value of " + name) // arg is a constant of this file
+	}
+	return &setting{name: name, arg: arg, usage: usage, def: def, want: want, set: func(c *Config, v string) error {
 		v = strings.TrimSpace(v)
 		if v == "" {
 			return errors.New("must not be empty")
@@ -564,64 +642,115 @@ func withDefault(s *setting, def string) *setting {
 	return s
 }
 
+// withEffective sets how the setting's effective value is worked out, for
+// a default that depends on other settings.
+func withEffective(s *setting, effective func(c *Config) string) *setting {
+	s.effective = effective
+	return s
+}
+
 // urlSetting is a URL whose scheme must be one of schemes. Comma-separated
-// lists (NATS takes several servers) are checked item by item.
+// lists (NATS takes several servers) are checked item by item. def, the
+// default, is also the example that errors give.
 func urlSetting(name, usage, def string, schemes []string, field func(*Config) *string) *setting {
-	return &setting{name: name, arg: "URL", usage: usage, def: def, redact: redactURLs, set: func(c *Config, v string) error {
+	want := fmt.Sprintf("a URL such as %s (scheme %s)", def, orList(schemes))
+	return &setting{name: name, arg: "URL", usage: usage, def: def, want: want, redact: redactURLs, set: func(c *Config, v string) error {
 		v = strings.TrimSpace(v)
-		for _, item := range strings.Split(v, ",") {
-			u, err := url.Parse(strings.TrimSpace(item))
-			if err != nil || !slices.Contains(schemes, u.Scheme) || (u.Host == "" && u.Scheme != "unix") {
-				// The URL may hold a password: the error does not quote it.
-				return fmt.Errorf("want a URL with scheme %s", strings.Join(schemes, ", "))
+		items := strings.Split(v, ",")
+		for _, item := range items {
+			item = strings.TrimSpace(item)
+			u, err := url.Parse(item)
+			if err == nil && slices.Contains(schemes, u.Scheme) && (u.Host != "" || u.Scheme == "unix") {
+				continue
 			}
+			// The URL may hold a password: errors show it redacted.
+			if len(items) > 1 {
+				return fmt.Errorf("%q is not %s", redactURL(item), want)
+			}
+			return errors.New("want " + want + schemeHint(item, schemes[0]))
 		}
 		*field(c) = v
 		return nil
 	}, get: func(c *Config) string { return *field(c) }}
 }
 
+// schemeHint suggests the URL that v probably meant when it has no scheme
+// (127.0.0.1:6379 for redis://127.0.0.1:6379), or returns "".
+func schemeHint(v, scheme string) string {
+	if v == "" || strings.Contains(v, "://") {
+		return ""
+	}
+	return "; did you mean " + scheme + "://" + redactURL(v) + "?"
+}
+
+// orList joins words as "a, b or c".
+func orList(words []string) string {
+	if len(words) < 2 {
+		return strings.Join(words, "")
+	}
+	return strings.Join(words[:len(words)-1], ", ") + " or " + words[len(words)-1]
+}
+
 func boolSetting(name, usage string, field func(*Config) *bool) *setting {
-	return &setting{name: name, usage: usage, def: "false", isBool: true, set: func(c *Config, v string) error {
-		b, err := strconv.ParseBool(strings.TrimSpace(v))
+	return &setting{name: name, usage: usage, def: "false", want: "true or false", isBool: true, set: func(c *Config, v string) error {
+		b, err := parseBool(v)
 		if err != nil {
-			return errors.New("want true or false")
+			return err
 		}
 		*field(c) = b
 		return nil
 	}, get: func(c *Config) string { return strconv.FormatBool(*field(c)) }}
 }
 
+// intSetting is a count or a size. When def is a number, zero means def:
+// it is the value a reload compares and logs.
 func intSetting(name, usage, def string, field func(*Config) *int) *setting {
-	return &setting{name: name, arg: "N", usage: usage, def: def, set: func(c *Config, v string) error {
+	s := &setting{name: name, arg: "N", usage: usage, def: def, want: "a whole number", set: func(c *Config, v string) error {
 		n, err := parseNonNegative(v)
 		if err != nil {
 			return err
 		}
 		if int64(int(n)) != n {
-			return errors.New("too large")
+			return fmt.Errorf("too large: at most %d", math.MaxInt)
 		}
 		*field(c) = int(n)
 		return nil
 	}, get: func(c *Config) string { return strconv.Itoa(*field(c)) }}
+	if _, err := strconv.Atoi(def); err == nil {
+		s.effective = func(c *Config) string {
+			if *field(c) == 0 {
+				return def
+			}
+			return strconv.Itoa(*field(c))
+		}
+	}
+	return s
 }
 
+// durationSetting is a duration. When def is a duration, zero means def:
+// it is the value a reload compares and logs.
 func durationSetting(name, usage, def string, field func(*Config) *time.Duration) *setting {
-	return &setting{name: name, arg: "DURATION", usage: usage, def: def, set: func(c *Config, v string) error {
-		d, err := time.ParseDuration(strings.TrimSpace(v))
+	s := &setting{name: name, arg: "DURATION", usage: usage, def: def, want: wantDuration, set: func(c *Config, v string) error {
+		d, err := parseDuration(v)
 		if err != nil {
-			return errors.New("want a duration such as 500ms, 30s or 1m30s")
-		}
-		if d < 0 {
-			return errors.New("must not be negative")
+			return err
 		}
 		*field(c) = d
 		return nil
 	}, get: func(c *Config) string { return field(c).String() }}
+	if d, err := time.ParseDuration(def); err == nil {
+		s.effective = func(c *Config) string {
+			if *field(c) == 0 {
+				return d.String()
+			}
+			return field(c).String()
+		}
+	}
+	return s
 }
 
-func listSetting(name, arg, usage, def string, field func(*Config) *[]string, check func(string) error) *setting {
-	s := &setting{name: name, arg: arg, usage: usage, def: def,
+func listSetting(name, arg, usage, def, want string, field func(*Config) *[]string, check func(string) error) *setting {
+	s := &setting{name: name, arg: arg, usage: usage, def: def, want: want,
 		get: func(c *Config) string { return strings.Join(*field(c), ",") }}
 	s.setList = func(c *Config, items []string) error {
 		list := make([]string, 0, len(items))
@@ -641,11 +770,48 @@ func listSetting(name, arg, usage, def string, field func(*Config) *[]string, ch
 	return s
 }
 
+const wantDuration = "a duration such as 500ms, 30s or 1m30s"
+
+// parseDuration parses a duration that may not be negative.
+func parseDuration(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	if err != nil {
+		return 0, errors.New("want " + wantDuration)
+	}
+	if d < 0 {
+		return 0, errors.New("must not be negative")
+	}
+	return d, nil
+}
+
+// parseBool parses true or false, as strconv.ParseBool does, and the YAML
+// 1.1 words yes, no, on and off.
+func parseBool(v string) (bool, error) {
+	v = strings.TrimSpace(v)
+	switch strings.ToLower(v) {
+	case "yes", "on":
+		return true, nil
+	case "no", "off":
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, errors.New("want true or false")
+	}
+	return b, nil
+}
+
 // parseNonNegative parses a size or count. Zero is allowed: it means the
 // library default.
 func parseNonNegative(v string) (int64, error) {
-	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-	if err != nil {
+	v = strings.TrimSpace(v)
+	n, err := strconv.ParseInt(v, 10, 64)
+	switch {
+	case errors.Is(err, strconv.ErrRange) && strings.HasPrefix(v, "-"):
+		return 0, errors.New("must not be negative")
+	case errors.Is(err, strconv.ErrRange):
+		return 0, fmt.Errorf("too large: at most %d", int64(math.MaxInt64))
+	case err != nil:
 		return 0, errors.New("want a whole number")
 	}
 	if n < 0 {
@@ -673,6 +839,17 @@ func checkOrigin(o string) error {
 	u, err := url.Parse(o)
 	if err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
 		return errors.New("want scheme://host[:port], or scheme://*.domain for subdomains")
+	}
+	// herald.New refuses these too, but without the setting's source.
+	host := u.Hostname()
+	if rest, ok := strings.CutPrefix(host, "*."); ok {
+		host = rest
+		if rest == "" {
+			return errors.New("a wildcard needs a domain after it, as in https://*.example.com")
+		}
+	}
+	if strings.Contains(host, "*") {
+		return errors.New("a wildcard may only be the first label, as in https://*.example.com")
 	}
 	return nil
 }
@@ -755,13 +932,16 @@ func parseServeConfig(args, env []string, usageOut io.Writer) (Config, error) {
 	}
 
 	cfg := defaultConfig()
+	// src records where each setting that is not at its default came
+	// from, for the errors of validate.
+	src := make(sources)
 
 	path := *configPath
 	if path == "" {
 		path = envVars["HERALD_CONFIG"]
 	}
 	if path != "" {
-		if err := applyConfigFile(&cfg, path); err != nil {
+		if err := applyConfigFile(&cfg, path, src); err != nil {
 			return Config{}, err
 		}
 	}
@@ -773,6 +953,7 @@ func parseServeConfig(args, env []string, usageOut io.Writer) (Config, error) {
 			if err := s.set(&cfg, v); err != nil {
 				return Config{}, settingError(s, "env "+s.envName(), v, err)
 			}
+			src[s.name] = "env " + s.envName()
 		}
 	}
 
@@ -780,6 +961,7 @@ func parseServeConfig(args, env []string, usageOut io.Writer) (Config, error) {
 		if err := f.s.set(&cfg, f.v); err != nil {
 			return Config{}, settingError(f.s, "flag --"+f.s.flagName(), f.v, err)
 		}
+		src[f.s.name] = "flag --" + f.s.flagName()
 		switch f.s.name {
 		case "jwt_secret":
 			cfg.secretOnCommandLine = true
@@ -787,10 +969,28 @@ func parseServeConfig(args, env []string, usageOut io.Writer) (Config, error) {
 			cfg.onCommandLine = append(cfg.onCommandLine, f.s.name)
 		}
 	}
-	if err := cfg.validate(); err != nil {
+	if err := cfg.validate(src); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil
+}
+
+// sources maps a setting's name to where its value came from ("flag
+// --max-message-size", "env HERALD_MAX_QUEUE_BYTES", "config file
+// herald.yaml line 3"); a setting at its default has no entry.
+type sources map[string]string
+
+// describe says where the setting's value came from, for an error; zero
+// says that it was given as 0, which means the default.
+func (src sources) describe(name string, zero bool) string {
+	from, ok := src[name]
+	switch {
+	case !ok:
+		return "the default"
+	case zero:
+		return "the default, as 0 from " + from
+	}
+	return "from " + from
 }
 
 // authEnabled reports whether a key is configured: token authentication is on.
@@ -799,8 +999,11 @@ func (c *Config) authEnabled() bool {
 }
 
 // validate checks the rules that span several settings, once every source
-// has been applied.
-func (c *Config) validate() error {
+// has been applied; src says where each setting came from.
+func (c *Config) validate(src sources) error {
+	if err := c.checkQueueHoldsTwoMessages(src); err != nil {
+		return err
+	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("tls_cert and tls_key go together: set both to serve https:// and wss://, or neither for plain HTTP")
 	}
@@ -843,6 +1046,46 @@ func (c *Config) validate() error {
 		return fmt.Errorf("nats_url set, but broker is %s: set broker nats too, or remove it", c.Broker)
 	}
 	return nil
+}
+
+// maxMessageSize and maxQueueBytes are the sizes the node runs with,
+// defaults resolved.
+func (c *Config) maxMessageSize() int64 {
+	if c.MaxMessageSize <= 0 {
+		return defaultMaxMessageSize
+	}
+	return c.MaxMessageSize
+}
+
+func (c *Config) maxQueueBytes() int {
+	if c.MaxQueueBytes <= 0 {
+		return defaultMaxQueueBytes
+	}
+	return c.MaxQueueBytes
+}
+
+// checkQueueHoldsTwoMessages refuses a max_queue_bytes under twice
+// max_message_size. A connection's queue must hold the message being
+// written plus one more waiting (each with its few bytes of framing);
+// with less, any subscriber sent two messages near max_message_size in a
+// row, or one larger than the queue, is cut as a slow consumer (4001)
+// however fast it reads. herald.New has the same rule; this check comes
+// first, so that the error names the settings and their sources.
+func (c *Config) checkQueueHoldsTwoMessages(src sources) error {
+	msg, queue := c.maxMessageSize(), int64(c.maxQueueBytes())
+	if msg <= queue/2 { // msg*2 <= queue, without overflow
+		return nil
+	}
+	need := "at least " + strconv.FormatInt(2*msg, 10)
+	if msg > math.MaxInt/2 {
+		need = "at least twice it" // 2*msg does not fit in max_queue_bytes
+	}
+	return fmt.Errorf("max_queue_bytes %d (%s) is less than twice max_message_size %d (%s): "+
+		"a connection's queue must hold a message being written and one more waiting, "+
+		"or messages over %d bytes can cut their receivers as slow consumers (close 4001); "+
+		"set max_queue_bytes to %s, or max_message_size to at most %d",
+		queue, src.describe("max_queue_bytes", c.MaxQueueBytes == 0), msg, src.describe("max_message_size", c.MaxMessageSize == 0),
+		queue/2, need, queue/2)
 }
 
 // redisURL is the Redis server to use with broker redis.
@@ -927,204 +1170,6 @@ func redactURLs(v string) string {
 // keySettings lists the settings that turn token authentication on.
 const keySettings = "jwt_secret_file, jwt_secret, jwt_rsa_public_key, jwt_ecdsa_public_key or jwks_url"
 
-// fileSettings is the config file's schema. Each field holds the raw YAML
-// node so that file values go through the same parsers as flags and
-// variables; decoding into a struct with KnownFields(true) makes an unknown
-// key an error. Its tags must match the names in settings (a test checks).
-type fileSettings struct {
-	Addr                     yaml.Node `yaml:"addr"`
-	AllowedOrigins           yaml.Node `yaml:"allowed_origins"`
-	AllowAnyOrigin           yaml.Node `yaml:"allow_any_origin"`
-	ReadBufferSize           yaml.Node `yaml:"read_buffer_size"`
-	MaxMessageSize           yaml.Node `yaml:"max_message_size"`
-	PingInterval             yaml.Node `yaml:"ping_interval"`
-	PongTimeout              yaml.Node `yaml:"pong_timeout"`
-	WriteTimeout             yaml.Node `yaml:"write_timeout"`
-	HandshakeTimeout         yaml.Node `yaml:"handshake_timeout"`
-	CloseGrace               yaml.Node `yaml:"close_grace"`
-	MaxQueueBytes            yaml.Node `yaml:"max_queue_bytes"`
-	MaxQueueMessages         yaml.Node `yaml:"max_queue_messages"`
-	MaxChannelsPerConnection yaml.Node `yaml:"max_channels_per_connection"`
-	Compression              yaml.Node `yaml:"compression"`
-	TLSCert                  yaml.Node `yaml:"tls_cert"`
-	TLSKey                   yaml.Node `yaml:"tls_key"`
-	JWTSecret                yaml.Node `yaml:"jwt_secret"`
-	JWTSecretFile            yaml.Node `yaml:"jwt_secret_file"`
-	JWTRSAPublicKey          yaml.Node `yaml:"jwt_rsa_public_key"`
-	JWTECDSAPublicKey        yaml.Node `yaml:"jwt_ecdsa_public_key"`
-	JWKSURL                  yaml.Node `yaml:"jwks_url"`
-	JWTIssuer                yaml.Node `yaml:"jwt_issuer"`
-	JWTAudience              yaml.Node `yaml:"jwt_audience"`
-	ConnectTimeout           yaml.Node `yaml:"connect_timeout"`
-	MaxConnections           yaml.Node `yaml:"max_connections"`
-	MaxConnectionsPerUser    yaml.Node `yaml:"max_connections_per_user"`
-	MaxConnectionsPerIP      yaml.Node `yaml:"max_connections_per_ip"`
-	ConnectRatePerIP         yaml.Node `yaml:"connect_rate_per_ip"`
-	MessageRate              yaml.Node `yaml:"message_rate"`
-	MessageBurst             yaml.Node `yaml:"message_burst"`
-	ReadHeaderTimeout        yaml.Node `yaml:"read_header_timeout"`
-	ShutdownTimeout          yaml.Node `yaml:"shutdown_timeout"`
-	DrainWindow              yaml.Node `yaml:"drain_window"`
-	Broker                   yaml.Node `yaml:"broker"`
-	RedisURL                 yaml.Node `yaml:"redis_url"`
-	RedisAddr                yaml.Node `yaml:"redis_addr"`
-	NATSURL                  yaml.Node `yaml:"nats_url"`
-	BrokerPrefix             yaml.Node `yaml:"broker_prefix"`
-	APIKey                   yaml.Node `yaml:"api_key"`
-	APIKeyFile               yaml.Node `yaml:"api_key_file"`
-	Metrics                  yaml.Node `yaml:"metrics"`
-	AdminPassword            yaml.Node `yaml:"admin_password"`
-	AdminPasswordFile        yaml.Node `yaml:"admin_password_file"`
-	LogFormat                yaml.Node `yaml:"log_format"`
-	LogLevel                 yaml.Node `yaml:"log_level"`
-
-	// Namespaces is structured, so it lives in the file only (no flag or
-	// variable) and is decoded directly, unknown keys included as errors.
-	Namespaces []namespaceSetting `yaml:"namespaces"`
-}
-
-// namespaceSetting is one entry of the file's namespaces list; see
-// herald.Namespace for the meaning of each field. The permissions are kept
-// as nodes so that an invalid one is reported with its line.
-type namespaceSetting struct {
-	Name           string        `yaml:"name"`
-	HistorySize    int           `yaml:"history_size"`
-	HistoryTTL     time.Duration `yaml:"history_ttl"`
-	Presence       bool          `yaml:"presence"`
-	JoinLeave      bool          `yaml:"join_leave"`
-	AllowSubscribe yaml.Node     `yaml:"allow_subscribe"`
-	AllowPublish   yaml.Node     `yaml:"allow_publish"`
-	AllowPresence  yaml.Node     `yaml:"allow_presence"`
-	AllowHistory   yaml.Node     `yaml:"allow_history"`
-}
-
-// namespace converts the entry, checking its permissions.
-func (ns *namespaceSetting) namespace(path string) (herald.Namespace, error) {
-	n := herald.Namespace{
-		Name: ns.Name, HistorySize: ns.HistorySize, HistoryTTL: ns.HistoryTTL,
-		Presence: ns.Presence, JoinLeave: ns.JoinLeave,
-	}
-	for _, p := range []struct {
-		key  string
-		node *yaml.Node
-		dst  *herald.Permission
-	}{
-		{"allow_subscribe", &ns.AllowSubscribe, &n.AllowSubscribe},
-		{"allow_publish", &ns.AllowPublish, &n.AllowPublish},
-		{"allow_presence", &ns.AllowPresence, &n.AllowPresence},
-		{"allow_history", &ns.AllowHistory, &n.AllowHistory},
-	} {
-		if p.node.Kind == 0 || (p.node.Kind == yaml.ScalarNode && p.node.Tag == "!!null") {
-			continue // absent or empty: the default (see herald.Namespace)
-		}
-		value := p.node.Value
-		if p.node.Kind != yaml.ScalarNode {
-			value = "(" + kindName(p.node.Kind) + ")"
-		}
-		perm, err := parsePermission(p.node)
-		if err != nil {
-			return n, &SettingError{
-				Setting: fmt.Sprintf("%s of namespace %q", p.key, ns.Name),
-				Source:  fmt.Sprintf("config file %s line %d", path, p.node.Line),
-				Value:   value, Err: err,
-			}
-		}
-		*p.dst = perm
-	}
-	return n, nil
-}
-
-func parsePermission(n *yaml.Node) (herald.Permission, error) {
-	if n.Kind == yaml.ScalarNode {
-		switch p := herald.Permission(strings.ToLower(strings.TrimSpace(n.Value))); p {
-		case herald.PermAnyone, herald.PermAuthenticated, herald.PermGranted, herald.PermNobody:
-			return p, nil
-		}
-	}
-	return "", errors.New("want anyone, authenticated, granted or nobody")
-}
-
-// nodes returns the file's nodes by setting name.
-func (f *fileSettings) nodes() map[string]*yaml.Node {
-	m := make(map[string]*yaml.Node)
-	v := reflect.ValueOf(f).Elem()
-	for i := range v.NumField() {
-		if n, ok := v.Field(i).Addr().Interface().(*yaml.Node); ok {
-			m[v.Type().Field(i).Tag.Get("yaml")] = n
-		}
-	}
-	return m
-}
-
-// applyConfigFile applies the settings present in the YAML file at path.
-func applyConfigFile(cfg *Config, path string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("failed to read config file: %w", err)
-	}
-	var fset fileSettings
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&fset); err != nil && !errors.Is(err, io.EOF) { // EOF: an empty file
-		return fmt.Errorf("failed to parse config file %s: %w", path, err)
-	}
-	for i := range fset.Namespaces {
-		ns, err := fset.Namespaces[i].namespace(path)
-		if err != nil {
-			return err
-		}
-		cfg.Namespaces = append(cfg.Namespaces, ns)
-	}
-	nodes := fset.nodes()
-	for _, s := range settings {
-		n := nodes[s.name]
-		if n == nil {
-			panic("config: setting " + s.name + " has no field in fileSettings")
-		}
-		if n.Kind == 0 || (n.Kind == yaml.ScalarNode && n.Tag == "!!null") {
-			continue // absent, or written with no value: keep the default
-		}
-		source := fmt.Sprintf("config file %s line %d", path, n.Line)
-		switch {
-		case n.Kind == yaml.ScalarNode:
-			if err := s.set(cfg, n.Value); err != nil {
-				return settingError(s, source, n.Value, err)
-			}
-		case n.Kind == yaml.SequenceNode && s.setList != nil:
-			items := make([]string, 0, len(n.Content))
-			for _, it := range n.Content {
-				if it.Kind != yaml.ScalarNode {
-					return &SettingError{Setting: s.name, Source: source, Value: "(" + kindName(it.Kind) + ")", Err: errors.New("want a list of strings")}
-				}
-				items = append(items, it.Value)
-			}
-			if err := s.setList(cfg, items); err != nil {
-				return settingError(s, source, strings.Join(items, ","), err)
-			}
-		default:
-			want := "a single value"
-			if s.setList != nil {
-				want = "a list of strings"
-			}
-			return &SettingError{Setting: s.name, Source: source, Value: "(" + kindName(n.Kind) + ")", Err: errors.New("want " + want)}
-		}
-	}
-	return nil
-}
-
-func kindName(k yaml.Kind) string {
-	switch k {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.AliasNode:
-		return "an alias"
-	default:
-		return "a scalar"
-	}
-}
-
 // writeServeUsage writes the help text of `herald serve`.
 func writeServeUsage(w io.Writer) {
 	var b strings.Builder
@@ -1154,8 +1199,10 @@ otherwise. See docs/security.md.
 
 Each setting is read from its flag, else from its environment variable, else
 from the YAML config file (same name as the flag, with underscores), else
-from its default. Durations are Go durations (500ms, 30s, 1m30s); sizes are
-in bytes; zero means the default.
+from its default. Durations are a number and a unit (500ms, 30s, 1m30s, 2h);
+sizes are in bytes; zero means the default. max_queue_bytes must be at least twice
+max_message_size (a connection's queue holds a message being written and one
+waiting), or the server refuses to start.
 
   --config FILE
         YAML config file

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -299,19 +302,14 @@ func TestConfigNamespacesStrict(t *testing.T) {
 	}
 }
 
-// TestConfigSchemaMatchesSettings keeps the file schema and the settings
-// table in step: a setting without a file field, or the reverse, fails here.
-func TestConfigSchemaMatchesSettings(t *testing.T) {
+// TestConfigEverySettingSaysWhatItWants: each setting can describe a valid
+// value in words, for errors about a value of the wrong shape.
+func TestConfigEverySettingSaysWhatItWants(t *testing.T) {
 	t.Parallel()
-	nodes := (&fileSettings{}).nodes()
 	for _, s := range settings {
-		if nodes[s.name] == nil {
-			t.Errorf("setting %s has no fileSettings field", s.name)
+		if s.want == "" || goTypes.MatchString(s.want) {
+			t.Errorf("setting %s wants %q", s.name, s.want)
 		}
-		delete(nodes, s.name)
-	}
-	for name := range nodes {
-		t.Errorf("fileSettings field %s is no setting", name)
 	}
 }
 
@@ -364,14 +362,18 @@ func TestConfigErrors(t *testing.T) {
 			want: []string{`invalid addr "" (from flag --addr): must not be empty`}},
 		{name: "bad origin in file list", file: "allowed_origins: [https://ok.example, app.example.com]\n",
 			want: []string{`invalid allowed_origins`, `"app.example.com": want scheme://host[:port]`}},
+		{name: "wildcard inside an origin", env: []string{"HERALD_ALLOWED_ORIGINS=https://app.*.example.com"},
+			want: []string{`invalid allowed_origins "https://app.*.example.com" (from env HERALD_ALLOWED_ORIGINS): "https://app.*.example.com": a wildcard may only be the first label, as in https://*.example.com`}},
+		{name: "wildcard alone", args: []string{"--allowed-origins", "https://*."},
+			want: []string{`invalid allowed_origins "https://*." (from flag --allowed-origins): "https://*.": a wildcard needs a domain after it`}},
 		{name: "list for a scalar", file: "addr: [a, b]\n",
-			want: []string{`invalid addr "(a list)"`, `line 1): want a single value`}},
+			want: []string{`invalid addr "[a, b]"`, `line 1): want host:port or :port, such as :8080 or 127.0.0.1:8080; not a list`}},
 		{name: "mapping for a list", file: "allowed_origins: {a: b}\n",
-			want: []string{`invalid allowed_origins "(a mapping)"`, `want a list of strings`}},
+			want: []string{`invalid allowed_origins "{a: b}"`, `want a list of origins such as https://app.example.com; not a mapping`}},
 		{name: "unknown key in file", file: "ping_intervall: 5s\n",
-			want: []string{"failed to parse config file", "line 1: field ping_intervall not found"}},
+			want: []string{"unknown setting ping_intervall (config file ", "line 1): did you mean ping_interval?"}},
 		{name: "bad YAML", file: "addr: [\n",
-			want: []string{"failed to parse config file"}},
+			want: []string{"failed to parse config file", "invalid YAML: line 1"}},
 		{name: "missing file", args: []string{"--config", "/nonexistent/herald.yaml"},
 			want: []string{"failed to read config file", "no such file"}},
 		{name: "unknown flag", args: []string{"--bogus"},
@@ -381,7 +383,7 @@ func TestConfigErrors(t *testing.T) {
 		{name: "permission in namespace", file: "namespaces:\n  - name: chat\n    allow_publish: everyone\n",
 			want: []string{`invalid allow_publish of namespace "chat" "everyone" (from config file `, `line 3): want anyone, authenticated, granted or nobody`}},
 		{name: "permission as a list", file: "namespaces:\n  - name: chat\n    allow_history: [anyone]\n",
-			want: []string{`invalid allow_history of namespace "chat" "(a list)"`, `want anyone, authenticated, granted or nobody`}},
+			want: []string{`invalid allow_history of namespace "chat" "[anyone]"`, `want anyone, authenticated, granted or nobody`}},
 		{name: "empty permission", file: "namespaces:\n  - name: \"\"\n    allow_subscribe: ''\n",
 			want: []string{`invalid allow_subscribe of namespace "" ""`}},
 		{name: "tls cert without key", args: []string{"--tls-cert", "/c.pem"},
@@ -397,7 +399,7 @@ func TestConfigErrors(t *testing.T) {
 		{name: "audience without key", file: "jwt_audience: herald\n",
 			want: []string{"jwt_audience set, but token authentication is off"}},
 		{name: "jwks url without scheme", args: []string{"--jwks-url", "auth.example/jwks"},
-			want: []string{`invalid jwks_url "auth.example/jwks" (from flag --jwks-url): want an http:// or https:// URL`}},
+			want: []string{`invalid jwks_url "auth.example/jwks" (from flag --jwks-url): want an http:// or https:// URL, such as https://auth.example.com/.well-known/jwks.json; did you mean https://auth.example/jwks?`}},
 		{name: "connect rate", env: []string{"HERALD_CONNECT_RATE_PER_IP=fast"},
 			want: []string{`invalid connect_rate_per_ip "fast" (from env HERALD_CONNECT_RATE_PER_IP): want a number per second, such as 50 or 0.5, or off`}},
 		{name: "negative message rate", args: []string{"--message-rate=-1"},
@@ -413,7 +415,19 @@ func TestConfigErrors(t *testing.T) {
 		{name: "unknown broker", args: []string{"--broker", "kafka"},
 			want: []string{`invalid broker "kafka" (from flag --broker): want memory, redis or nats`}},
 		{name: "redis url scheme, password hidden", args: []string{"--broker", "redis", "--redis-url", "http://user:hunter2@host:6379"},
-			want: []string{`invalid redis_url "http://user:xxxxx@host:6379" (from flag --redis-url): want a URL with scheme redis, rediss, unix`}},
+			want: []string{`invalid redis_url "http://user:xxxxx@host:6379" (from flag --redis-url): want a URL such as redis://127.0.0.1:6379/0 (scheme redis, rediss or unix)`}},
+		{name: "unparseable redis url, password hidden", args: []string{"--broker", "redis", "--redis-url", "redis://user:hunter2@host:port/0"},
+			want: []string{`invalid redis_url "redis://user:xxxxx@host:port/0" (from flag --redis-url): want a URL such as redis://127.0.0.1:6379/0 (scheme redis, rediss or unix)`}},
+		{name: "redis url without scheme", env: []string{"HERALD_BROKER=redis", "HERALD_REDIS_URL=127.0.0.1:6379"},
+			want: []string{`invalid redis_url "127.0.0.1:6379" (from env HERALD_REDIS_URL): want a URL such as redis://127.0.0.1:6379/0 (scheme redis, rediss or unix); did you mean redis://127.0.0.1:6379?`}},
+		{name: "one bad nats url of several, password hidden", env: []string{"HERALD_BROKER=nats", "HERALD_NATS_URL=nats://a:1, nats://u:hunter2@b:x:y"},
+			want: []string{`invalid nats_url "nats://a:1,nats://u:xxxxx@b:x:y" (from env HERALD_NATS_URL): "nats://u:xxxxx@b:x:y" is not a URL such as nats://127.0.0.1:4222 (scheme nats, tls, ws or wss)`}},
+		{name: "nats url without scheme", args: []string{"--broker", "nats", "--nats-url", "10.0.0.1:4222"},
+			want: []string{`invalid nats_url "10.0.0.1:4222" (from flag --nats-url): want a URL such as nats://127.0.0.1:4222 (scheme nats, tls, ws or wss); did you mean nats://10.0.0.1:4222?`}},
+		{name: "unparseable jwks url, password hidden", args: []string{"--jwks-url", "https://u:hunter2@auth.example:port/jwks"},
+			want: []string{`invalid jwks_url "https://u:xxxxx@auth.example:port/jwks" (from flag --jwks-url): want an http:// or https:// URL, such as https://auth.example.com/.well-known/jwks.json`}},
+		{name: "addr without colon", args: []string{"--addr", "8080"},
+			want: []string{`invalid addr "8080" (from flag --addr): want host:port or :port, such as :8080 or 127.0.0.1:8080; did you mean :8080?`}},
 		{name: "redis addr", env: []string{"HERALD_BROKER=redis", "HERALD_REDIS_ADDR=redis://h:1"},
 			want: []string{`invalid redis_addr "redis://h:1" (from env HERALD_REDIS_ADDR): want host:port`}},
 		{name: "redis url and addr", args: []string{"--broker", "redis", "--redis-url", "redis://a:1/0", "--redis-addr", "b:2"},
@@ -448,6 +462,9 @@ func TestConfigErrors(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q\ndoes not contain %q", err, w)
 				}
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("error %q shows the password", err)
 			}
 			var se *SettingError
 			if strings.HasPrefix(c.want[0], "invalid ") && !errors.As(err, &se) {
@@ -551,5 +568,83 @@ func TestConfigBrokerURLs(t *testing.T) {
 	cfg, err := parseServeConfig([]string{"--broker", "nats"}, nil, io.Discard)
 	if err != nil || cfg.natsURL() != "nats://127.0.0.1:4222" {
 		t.Fatalf("nats default: %q, %v", cfg.natsURL(), err)
+	}
+}
+
+// TestConfigQueueHoldsTwoMessages: max_queue_bytes must be at least twice
+// max_message_size (the effective values, defaults included), or a message
+// near the limit would cut every receiver as a slow consumer (4001). The
+// error names both settings, their values and where each came from.
+func TestConfigQueueHoldsTwoMessages(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name string
+		args []string
+		env  []string
+		file string
+		want string // "" for accepted; FILE stands for the file's path
+	}{
+		{name: "big messages, default queue", args: []string{"--max-message-size", "20000000"},
+			want: "max_queue_bytes 1048576 (the default) is less than twice max_message_size 20000000 (from flag --max-message-size): " +
+				"a connection's queue must hold a message being written and one more waiting, or messages over 524288 bytes can cut their receivers " +
+				"as slow consumers (close 4001); set max_queue_bytes to at least 40000000, or max_message_size to at most 524288"},
+		{name: "small queue, default messages", file: "ping_interval: 5s\nmax_queue_bytes: 100000\n",
+			want: "max_queue_bytes 100000 (from config file FILE line 2) is less than twice max_message_size 65536 (the default): " +
+				"a connection's queue must hold a message being written and one more waiting, or messages over 50000 bytes can cut their receivers " +
+				"as slow consumers (close 4001); set max_queue_bytes to at least 131072, or max_message_size to at most 50000"},
+		{name: "both set, one short", env: []string{"HERALD_MAX_QUEUE_BYTES=2097151"}, args: []string{"--max-message-size=1048576"},
+			want: "max_queue_bytes 2097151 (from env HERALD_MAX_QUEUE_BYTES) is less than twice max_message_size 1048576 (from flag --max-message-size)"},
+		{name: "exactly twice", env: []string{"HERALD_MAX_QUEUE_BYTES=2097152"}, args: []string{"--max-message-size=1048576"}},
+		{name: "the defaults", args: nil},
+		{name: "zero means the default", args: []string{"--max-message-size=0", "--max-queue-bytes=0"}},
+		{name: "zero queue, big messages", args: []string{"--max-message-size=600000", "--max-queue-bytes=0"},
+			want: "max_queue_bytes 1048576 (the default, as 0 from flag --max-queue-bytes) is less than twice max_message_size 600000 (from flag --max-message-size)"},
+		{name: "huge message size", args: []string{"--max-message-size=9223372036854775807"},
+			want: "max_queue_bytes 1048576 (the default) is less than twice max_message_size 9223372036854775807 (from flag --max-message-size)"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := c.args
+			path := ""
+			if c.file != "" {
+				path = writeFile(t, c.file)
+				args = append([]string{"--config", path}, args...)
+			}
+			_, err := parseServeConfig(args, c.env, io.Discard)
+			switch want := strings.ReplaceAll(c.want, "FILE", path); {
+			case want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case want != "" && (err == nil || !strings.HasPrefix(err.Error(), want)):
+				t.Fatalf("error\n %v\nwant\n %s", err, want)
+			}
+		})
+	}
+	// herald serve refuses to start, before it listens or builds a node
+	// (should it start, the deadline stops it and run returns nil).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := run(ctx, []string{"serve", "--addr", "127.0.0.1:0", "--max-message-size", "20000000"}, nil, io.Discard)
+	if err == nil || !strings.HasPrefix(err.Error(), "max_queue_bytes 1048576 (the default) is less than twice max_message_size 20000000") {
+		t.Fatalf("serve: %v", err)
+	}
+}
+
+// TestServeQueueOfTwiceTheMessageSize: at the smallest queue the rule
+// accepts (max_queue_bytes twice max_message_size), publications of the
+// largest size a client may send reach their subscriber, framed, one after
+// another, and nobody is cut as a slow consumer.
+func TestServeQueueOfTwiceTheMessageSize(t *testing.T) {
+	t.Parallel()
+	const size = 500_000
+	s := startServer(t, nil, "--max-message-size", strconv.Itoa(size), "--max-queue-bytes", strconv.Itoa(2*size))
+	pub, sub := mustDialWS(t, "ws://"+s.addr+"/ws", nil), mustDialWS(t, "ws://"+s.addr+"/ws", nil)
+	call(t, sub, `{"id":1,"cmd":"subscribe","channel":"big"}`)
+	for i := range 3 {
+		cmd := fmt.Sprintf(`{"id":%d,"cmd":"publish","channel":"big","data":"`, i+1)
+		text := strings.Repeat(string(rune('a'+i)), size-len(cmd)-2) // the command is exactly max_message_size
+		call(t, pub, cmd+text+`"}`)
+		var m wireMsg
+		if _, b := readMessage(t, sub); json.Unmarshal(b, &m) != nil || string(m.Data) != `"`+text+`"` {
+			t.Fatalf("publication %d of %d bytes not received whole", i, len(text))
+		}
 	}
 }

@@ -95,8 +95,21 @@ func publish(ctx context.Context, args, env []string, stdin io.Reader, stdout io
 	serverURL := fs.String("url", "", "")
 	apiKey := fs.String("api-key", "", "")
 	apiKeyFile := fs.String("api-key-file", "", "")
-	timeout := fs.Duration("timeout", 10*time.Second, "")
-	asJSON := fs.Bool("json", false, "")
+	// --timeout and --json are parsed here rather than by the flag
+	// package, whose errors say only "parse error".
+	timeout := 10 * time.Second
+	fs.Func("timeout", "", func(v string) (err error) {
+		timeout, err = time.ParseDuration(strings.TrimSpace(v))
+		if err != nil {
+			return errors.New("want a duration such as 500ms, 10s or 1m")
+		}
+		return nil
+	})
+	var asJSON bool
+	fs.BoolFunc("json", "", func(v string) (err error) {
+		asJSON, err = parseBool(v)
+		return err
+	})
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			_, _ = io.WriteString(stdout, pubUsage)
@@ -104,15 +117,20 @@ func publish(ctx context.Context, args, env []string, stdin io.Reader, stdout io
 		}
 		return fmt.Errorf("failed to parse pub arguments: %w (see herald help pub)", err)
 	}
+	if timeout <= 0 {
+		return fmt.Errorf("invalid --timeout %s: must be positive, such as 10s", timeout)
+	}
 	vars := envMap(env)
+	urlFrom := "--url" // where the server's URL came from, for its error
 	if *serverURL == "" {
-		*serverURL = vars["HERALD_URL"]
+		*serverURL, urlFrom = vars["HERALD_URL"], "HERALD_URL"
 	}
 	if *serverURL == "" {
-		*serverURL = defaultPubURL
+		*serverURL, urlFrom = defaultPubURL, "default URL"
 	}
+	keyFileFrom := "--api-key-file"
 	if *apiKeyFile == "" {
-		*apiKeyFile = vars["HERALD_API_KEY_FILE"]
+		*apiKeyFile, keyFileFrom = vars["HERALD_API_KEY_FILE"], "HERALD_API_KEY_FILE"
 	}
 	if *apiKey == "" && *apiKeyFile == "" {
 		*apiKey = vars["HERALD_API_KEY"]
@@ -150,12 +168,12 @@ func publish(ctx context.Context, args, env []string, stdin io.Reader, stdout io
 	if *apiKeyFile != "" {
 		b, err := readSecret(*apiKeyFile, func(b []byte) error {
 			if len(b) == 0 {
-				return errors.New("empty")
+				return errors.New("the file is empty: write the server's API key (its api_key) in it")
 			}
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("failed to read the API key file: %w", err)
+			return fmt.Errorf("invalid %s %s: %w", keyFileFrom, *apiKeyFile, err)
 		}
 		key = string(b)
 	}
@@ -165,13 +183,13 @@ func publish(ctx context.Context, args, env []string, stdin io.Reader, stdout io
 
 	endpoint, err := apiEndpoint(*serverURL, "/api/v1/publish")
 	if err != nil {
-		return err
+		return fmt.Errorf("invalid %s %q: %w", urlFrom, redactURL(*serverURL), err)
 	}
-	raw, err := postAPI(ctx, endpoint, key, body, *timeout)
+	raw, err := postAPI(ctx, endpoint, key, body, timeout)
 	if err != nil {
 		return err
 	}
-	if *asJSON {
+	if asJSON {
 		_, err := stdout.Write(raw)
 		return err
 	}
@@ -181,7 +199,9 @@ func publish(ctx context.Context, args, env []string, stdin io.Reader, stdout io
 		Duplicate bool   `json:"duplicate"`
 	}
 	if err := json.Unmarshal(raw, &res); err != nil {
-		return fmt.Errorf("failed to read the API's answer %q: %w", truncate(string(raw), 200), err)
+		// Not the publish API's answer: json's error would only name Go types.
+		return fmt.Errorf(`the server's answer %q is not the publish API's ({"offset":N,"epoch":"E"} or {}): is %s a Herald server?`,
+			truncate(strings.TrimSpace(string(raw)), 200), urlFrom)
 	}
 	switch {
 	case res.Duplicate:
@@ -225,11 +245,13 @@ func readBinary(arg string, stdin io.Reader) ([]byte, error) {
 	return b, nil
 }
 
-// apiEndpoint joins the server's base URL and an API path.
+// apiEndpoint joins the server's base URL and an API path. Its error says
+// what a valid base is; the caller says what was given, and where.
 func apiEndpoint(base, path string) (string, error) {
-	u, err := url.Parse(strings.TrimSpace(base))
+	base = strings.TrimSpace(base)
+	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", fmt.Errorf("invalid server URL %q: want http://HOST:PORT or https://HOST:PORT", redactURL(base))
+		return "", errors.New("want an http:// or https:// URL, such as " + defaultPubURL + schemeHint(base, "http"))
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/") + path
 	u.RawQuery, u.Fragment = "", ""

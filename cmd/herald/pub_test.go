@@ -5,7 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -128,7 +131,7 @@ func TestPub(t *testing.T) {
 		{"no payload", env, []string{"--channel", "news"}, 0, []string{"needs a payload"}},
 		{"both payloads", env, []string{"--channel", "news", "--binary", "-", "1"}, 0, []string{"not both"}},
 		{"bad binary", env, []string{"--channel", "news", "--binary", "file"}, 0, []string{"@FILE"}},
-		{"bad url", []string{"HERALD_URL=ftp://x", "HERALD_API_KEY=k"}, []string{"--channel", "news", "1"}, 0, []string{"invalid server URL"}},
+		{"bad url", []string{"HERALD_URL=ftp://x", "HERALD_API_KEY=k"}, []string{"--channel", "news", "1"}, 0, []string{`invalid HERALD_URL "ftp://x"`}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := pub(t, c.env, c.args...)
@@ -173,4 +176,83 @@ func TestPub(t *testing.T) {
 			t.Fatalf("%q, %v", out, err)
 		}
 	})
+}
+
+// TestPubInputErrors: a bad --url, HERALD_URL, --timeout or --json is
+// reported with what was given (a password hidden) and what is wanted,
+// before anything is sent.
+func TestPubInputErrors(t *testing.T) {
+	t.Parallel()
+	key := "HERALD_API_KEY=" + testAPIKey
+	for _, c := range []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"url without scheme", []string{key}, []string{"--url", "127.0.0.1:8080"},
+			`invalid --url "127.0.0.1:8080": want an http:// or https:// URL, such as http://127.0.0.1:8080; did you mean http://127.0.0.1:8080?`},
+		{"url with another scheme", []string{key, "HERALD_URL=ftp://x"}, nil,
+			`invalid HERALD_URL "ftp://x": want an http:// or https:// URL, such as http://127.0.0.1:8080`},
+		{"unparseable url with a password", []string{key}, []string{"--url", "http://admin:hunter2@host:port"},
+			`invalid --url "http://admin:xxxxx@host:port": want an http:// or https:// URL, such as http://127.0.0.1:8080`},
+		{"url without host", []string{key}, []string{"--url", "http://"},
+			`invalid --url "http://": want an http:// or https:// URL, such as http://127.0.0.1:8080`},
+		{"bad timeout", []string{key}, []string{"--timeout", "soon"},
+			`failed to parse pub arguments: invalid value "soon" for flag -timeout: want a duration such as 500ms, 10s or 1m (see herald help pub)`},
+		{"zero timeout", []string{key}, []string{"--timeout", "0s"},
+			`invalid --timeout 0s: must be positive, such as 10s`},
+		{"empty key file", nil, []string{"--api-key-file", os.DevNull},
+			`invalid --api-key-file /dev/null: the file is empty: write the server's API key (its api_key) in it`},
+		{"missing key file", []string{"HERALD_API_KEY_FILE=/nonexistent/key"}, nil,
+			`invalid HERALD_API_KEY_FILE /nonexistent/key: open /nonexistent/key: no such file or directory`},
+		{"bad json flag", []string{key}, []string{"--json=maybe"},
+			`failed to parse pub arguments: invalid boolean value "maybe" for -json: want true or false (see herald help pub)`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := append(append([]string{"pub", "--channel", "news"}, c.args...), "1")
+			err := run(context.Background(), args, c.env, io.Discard)
+			if err == nil || err.Error() != c.want {
+				t.Fatalf("error\n %v\nwant\n %s", err, c.want)
+			}
+		})
+	}
+}
+
+// TestPubUnexpectedAnswer: a 2xx answer that is not the publish API's
+// (another server on the port) says so in words, not with a Go type.
+func TestPubUnexpectedAnswer(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"offset":"seven"}`)
+	}))
+	defer srv.Close()
+	defer srv.CloseClientConnections()
+	err := run(context.Background(), []string{"pub", "--url", srv.URL, "--channel", "news", "1"}, []string{"HERALD_API_KEY=" + testAPIKey}, io.Discard)
+	want := `the server's answer "{\"offset\":\"seven\"}" is not the publish API's ({"offset":N,"epoch":"E"} or {}): is --url a Herald server?`
+	if err == nil || err.Error() != want {
+		t.Fatalf("error\n %v\nwant\n %s", err, want)
+	}
+}
+
+// TestRedactURL: a password in a URL is replaced by xxxxx, whether or not
+// the URL parses; nothing else is changed, so an error still shows what
+// was given.
+func TestRedactURL(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"redis://user:hunter2@host:6379/0": "redis://user:xxxxx@host:6379/0",
+		"redis://:hunter2@host:6379":       "redis://:xxxxx@host:6379",
+		"redis://user@host:6379":           "redis://user@host:6379",
+		"redis://user:hunter2@host:port/0": "redis://user:xxxxx@host:port/0",
+		"user:hunter2@host:1":              "user:xxxxx@host:1",
+		"http://u:p@ss:w@host:1/x":         "http://u:xxxxx@host:1/x",
+		"127.0.0.1:8080":                   "127.0.0.1:8080",
+		"http://127.0.0.1:8080/api":        "http://127.0.0.1:8080/api",
+		"nats://a b":                       "nats://a b",
+	} {
+		if got := redactURL(in); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
 }

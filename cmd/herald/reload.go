@@ -38,6 +38,14 @@ import (
 // a restart: nothing is silently ignored. Among those: addr, broker and its
 // URLs and prefix, TLS on or off, the JWT keys and their files, the
 // timeouts, buffer and queue sizes, compression and log_format.
+//
+// Values are compared and logged as they take effect (setting.value): a
+// setting left unset shows as its default (old=100000 for max_connections),
+// and writing a default out in the file changes nothing. The new
+// configuration is checked as one at start is (parseServeConfig), so a file
+// the server could not start with (a max_queue_bytes under twice
+// max_message_size, say) is refused whole, though both of those need a
+// restart anyway.
 
 // nodeReloadable are the settings of the node that a reload applies
 // (besides namespaces, which is in the file only and has no entry in
@@ -112,11 +120,10 @@ func fileSum(path string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// settingByName returns the setting called name, which must exist.
 func settingByName(name string) *setting {
-	for _, s := range settings {
-		if s.name == name {
-			return s
-		}
+	if s := lookupSettingByName(name); s != nil {
+		return s
 	}
 	panic("no setting " + name) // names are constants of this file
 }
@@ -171,8 +178,8 @@ func (in *instance) reload(load func() (Config, error)) {
 
 	var applied []string
 	for _, name := range nodeReloadable {
-		if s := settingByName(name); s.get(&in.cfg) != s.get(&next) {
-			log.Info("reloaded", "setting", name, "old", s.get(&in.cfg), "new", s.get(&next))
+		if s := settingByName(name); s.value(&in.cfg) != s.value(&next) {
+			log.Info("reloaded", "setting", name, "old", s.value(&in.cfg), "new", s.value(&next))
 			applied = append(applied, name)
 		}
 	}
@@ -243,7 +250,9 @@ func (in *instance) needsRestart(next *Config) []string {
 		if reloadable[s.name] || (tlsStays && (s.name == "tls_cert" || s.name == "tls_key")) {
 			continue
 		}
-		running, file := s.get(&in.cfg), s.get(next)
+		// Values as they take effect: a setting written out at its default
+		// is no change, and one left unset shows as its default, not 0.
+		running, file := s.value(&in.cfg), s.value(next)
 		if running == file {
 			continue
 		}

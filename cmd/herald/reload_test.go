@@ -2,14 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/pem"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/heraldhq/herald"
 )
 
 // TestServeReload: SIGHUP applies what the binary owns (log level, API key
@@ -81,9 +85,10 @@ namespaces:
 		`"msg":"reloaded","setting":"metrics"`,
 		`"msg":"changed in the file but needs a restart: the running value stays in force","setting":"ping_interval","running":"25s","file":"10s"`,
 		`"msg":"reloaded","setting":"message_rate","old":"0","new":"5"`,
-		`"msg":"reloaded","setting":"max_connections","old":"0","new":"7"`,
+		`"msg":"reloaded","setting":"message_burst","old":"0","new":"5"`, // its default follows message_rate
+		`"msg":"reloaded","setting":"max_connections","old":"100000","new":"7"`,
 		`"msg":"reloaded","setting":"namespaces","added":[],"removed":[],"changed":["chat"]`,
-		`"applied":"log_level,api_key,admin_password,metrics,max_connections,message_rate,namespaces","needs_restart":"ping_interval"`,
+		`"applied":"log_level,api_key,admin_password,metrics,max_connections,message_rate,message_burst,namespaces","needs_restart":"ping_interval"`,
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the reload did not log %s", want)
@@ -263,6 +268,96 @@ namespaces:
 	}
 }
 
+// TestServeReloadEffectiveValues: a reload compares and logs the values
+// that take effect, defaults resolved: a setting left unset is logged as
+// its default (old=100000 for max_connections, running=10s for
+// pong_timeout), never as 0 or 0s; a file that writes a default out
+// changes nothing; and a file that could not start the server (a queue
+// smaller than twice max_message_size) is refused, saying why, even though
+// both settings need a restart.
+func TestServeReloadEffectiveValues(t *testing.T) {
+	t.Parallel()
+	cfgFile := filepath.Join(t.TempDir(), "herald.yaml")
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(cfgFile, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("log_level: info\n")
+	hup := make(chan os.Signal, 1)
+	s := startServerReload(t, hup, nil, "--config", cfgFile)
+	reload := func(t *testing.T, n int) string {
+		t.Helper()
+		hup <- syscall.SIGHUP
+		waitFor(t, "the reload", func() bool {
+			return strings.Count(s.logs.String(), `"msg":"configuration reloaded"`)+
+				strings.Count(s.logs.String(), `"msg":"reload failed: the running configuration is unchanged"`) >= n
+		})
+		return s.logs.String()
+	}
+
+	// Every default written out: nothing changes.
+	write(`max_connections: 100000
+max_connections_per_user: 100
+connect_rate_per_ip: 1000
+max_channels_per_connection: 256
+max_message_size: 65536
+max_queue_bytes: 1048576
+max_queue_messages: 8192
+read_buffer_size: 512
+ping_interval: 25s
+pong_timeout: 10s
+write_timeout: 10s
+handshake_timeout: 10s
+close_grace: 2s
+drain_window: 100ms
+read_header_timeout: 10s
+shutdown_timeout: 10s
+`)
+	logs := reload(t, 1)
+	if want := `"applied":"","needs_restart":""`; !strings.Contains(logs, want) {
+		t.Fatalf("a file of defaults changed something; want %s in\n%s", want, logs)
+	}
+
+	// Changes from the defaults: logged against the defaults' values.
+	write(`max_connections_per_user: 5
+connect_rate_per_ip: 10
+message_rate: 4
+pong_timeout: 3s
+max_queue_messages: 100
+`)
+	logs = reload(t, 2)
+	for _, want := range []string{
+		`"msg":"reloaded","setting":"max_connections_per_user","old":"100","new":"5"`,
+		`"msg":"reloaded","setting":"connect_rate_per_ip","old":"1000","new":"10"`,
+		`"msg":"reloaded","setting":"message_rate","old":"0","new":"4"`,
+		`"msg":"reloaded","setting":"message_burst","old":"0","new":"4"`,
+		`"setting":"pong_timeout","running":"10s","file":"3s"`,
+		`"setting":"max_queue_messages","running":"8192","file":"100"`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the reload did not log %s", want)
+		}
+	}
+	if strings.Contains(logs, `"old":"0","new":"5"`) || strings.Contains(logs, `"running":"0s"`) || strings.Contains(logs, `"running":"0"`) {
+		t.Errorf("a default logged as zero:\n%s", logs)
+	}
+
+	// A file the server could not start with is refused.
+	write("max_message_size: 20000000\nlog_level: debug\n")
+	logs = reload(t, 3)
+	if want := `max_queue_bytes 1048576 (the default) is less than twice max_message_size 20000000 (from config file ` + cfgFile + ` line 1)`; !strings.Contains(logs, want) {
+		t.Errorf("the failed reload does not say why; want %s in\n%s", want, logs)
+	}
+	if strings.Contains(logs, `"setting":"log_level"`) {
+		t.Errorf("a failed reload applied log_level")
+	}
+	if err := s.stop(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestReloadEverySettingComparable: every setting can be compared by a
 // reload (it has a getter), and its getter's value parses back to itself,
 // so that a reload never reports a change that is not one.
@@ -285,6 +380,55 @@ func TestReloadEverySettingComparable(t *testing.T) {
 		}
 		if got := s.get(&c2); got != v {
 			t.Errorf("%s: %q parsed back as %q", s.name, v, got)
+		}
+	}
+	// The effective values, defaults resolved, are values too: written
+	// in the file, each is the same setting (no change for a reload).
+	for _, s := range settings {
+		v := s.value(&cfg)
+		if v == "" {
+			continue
+		}
+		c2 := defaultConfig()
+		if err := s.set(&c2, v); err != nil {
+			t.Errorf("%s: its effective value %q does not parse: %v", s.name, v, err)
+			continue
+		}
+		if got := s.value(&c2); got != v {
+			t.Errorf("%s: effective %q parsed back as %q", s.name, v, got)
+		}
+	}
+}
+
+// TestReloadEffectiveDefaultsAreTheLibrarys: the defaults a reload logs for
+// unset limits are the ones the node applies (herald.Node.Limits), and the
+// usage text shows the same.
+func TestReloadEffectiveDefaultsAreTheLibrarys(t *testing.T) {
+	t.Parallel()
+	node, err := herald.New(herald.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Shutdown(context.Background())
+	lim := node.Limits()
+	cfg := defaultConfig()
+	for name, want := range map[string]string{
+		"max_connections":             strconv.Itoa(lim.MaxConnections),
+		"max_connections_per_user":    strconv.Itoa(lim.MaxConnectionsPerUser),
+		"max_connections_per_ip":      strconv.Itoa(lim.MaxConnectionsPerIP),
+		"connect_rate_per_ip":         strconv.FormatFloat(lim.ConnectRatePerIP, 'g', -1, 64),
+		"max_channels_per_connection": strconv.Itoa(lim.MaxChannelsPerConnection),
+		"message_rate":                strconv.FormatFloat(lim.MessageRate, 'g', -1, 64),
+		"message_burst":               strconv.Itoa(lim.MessageBurst),
+	} {
+		if got := settingByName(name).value(&cfg); got != want {
+			t.Errorf("%s: a reload would log the default as %s; the node runs with %s", name, got, want)
+		}
+	}
+	// Every number or duration whose usage shows a default resolves to it.
+	for _, s := range settings {
+		if v := s.value(&cfg); s.effective != nil && s.def != v && !strings.Contains(s.def, " ") {
+			t.Errorf("%s: usage says default %s, a reload would log %s", s.name, s.def, v)
 		}
 	}
 }

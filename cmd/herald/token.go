@@ -69,13 +69,21 @@ func mintToken(args, env []string, out io.Writer) error {
 		secretFlag = fs.String("secret", "", "")
 		secretFile = fs.String("secret-file", "", "")
 		user       = fs.String("user", "", "")
-		ttl        = fs.Duration("ttl", time.Hour, "")
+		ttl        = new(time.Hour)
 		info       = fs.String("info", "", "")
 		channels   = fs.String("channels", "", "")
 		channel    = fs.String("channel", "", "")
 		issuer     = fs.String("issuer", "", "")
 		audience   = fs.String("audience", "", "")
 	)
+	// Parsed here rather than by the flag package, whose error says only
+	// "parse error".
+	fs.Func("ttl", "", func(v string) (err error) {
+		if *ttl, err = time.ParseDuration(strings.TrimSpace(v)); err != nil {
+			return errors.New("want a duration such as 30m, 1h or 24h")
+		}
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			_, _ = io.WriteString(out, tokenUsage)
