@@ -43,14 +43,23 @@ func (n *Node) APIHandler(cfg APIConfig) http.Handler {
 	}
 	a := &api{n: n, cfg: cfg}
 	mux := http.NewServeMux()
+	methods := make(map[string]string) // path -> its method, for 405
 	for _, r := range a.routes() {
 		mux.HandleFunc(r.method+" "+r.path, r.h)
+		methods[r.path] = r.method
 	}
 	mux.HandleFunc("GET /api/openapi.json", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openAPIDoc)
 	})
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		// ServeMux would answer 405 itself, but this catch-all matches
+		// every method first.
+		if m, ok := methods[r.URL.Path]; ok {
+			w.Header().Set("Allow", m)
+			a.fail(w, http.StatusMethodNotAllowed, "method_not_allowed", r.URL.Path+" takes "+m+", not "+r.Method, "")
+			return
+		}
 		a.fail(w, http.StatusNotFound, "not_found", "no such API route: "+r.Method+" "+r.URL.Path, "")
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

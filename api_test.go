@@ -182,7 +182,7 @@ func TestAPIBadInput(t *testing.T) {
 		{"GET", "/api/v1/presence?channel=w", ``, 400, "not_enabled", "channel"},
 		{"GET", "/api/v1/history?channel=h:1&limit=-1", ``, 400, "bad_request", "limit"},
 		{"GET", "/api/v1/nope", ``, 404, "not_found", ""},
-		{"DELETE", "/api/v1/publish", ``, 404, "not_found", ""},
+		{"DELETE", "/api/v1/publish", ``, 405, "method_not_allowed", ""},
 	}
 	for _, tc := range cases {
 		var e apiErr
@@ -266,7 +266,7 @@ func scrape(t *testing.T, n *Node) map[string]float64 {
 
 func TestMetricsMove(t *testing.T) {
 	t.Parallel()
-	s := newAPIServer(t, Config{MaxQueueBytes: 64 << 10, CloseGrace: 100 * time.Millisecond})
+	s := newAPIServer(t, Config{MaxQueueBytes: 64 << 10, MaxMessageSize: 32 << 10, CloseGrace: 100 * time.Millisecond})
 	before := scrape(t, s.node)
 	c := s.client(t)
 	c.mustOK(protocol.Command{Cmd: "publish", Channel: "m", Data: []byte(`1`)})

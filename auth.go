@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"time"
 
@@ -135,7 +136,7 @@ func NewJWTVerifier(ctx context.Context, cfg JWTConfig) (*JWTVerifier, error) {
 			},
 		})
 		if err != nil {
-			return nil, fmt.Errorf("herald: failed to load JWKS from %s: %w", cfg.JWKSURL, err)
+			return nil, fmt.Errorf("herald: failed to load JWKS from %s: %w", redactedURL(cfg.JWKSURL), err)
 		}
 		v.jwks = k
 	}
@@ -210,6 +211,16 @@ func numericDates(p *jwt.Parser, token string) error {
 		}
 	}
 	return nil
+}
+
+// redactedURL is u with any password in it replaced by "xxxxx", for
+// errors and logs.
+func redactedURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(a URL that does not parse)"
+	}
+	return p.Redacted()
 }
 
 // tokenErrText says why a token failed without echoing the token.

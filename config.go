@@ -126,6 +126,9 @@ type Config struct {
 	// queue. A connection whose queue would go past either is a slow
 	// consumer: its queue is dropped and it is closed with 4001, so that it
 	// never delays anyone else. Zero means 1 MiB and 8192 messages.
+	// MaxQueueBytes must be at least twice MaxMessageSize (New refuses
+	// less): otherwise every message over half the queue would cut all its
+	// receivers.
 	MaxQueueBytes    int
 	MaxQueueMessages int
 

@@ -56,6 +56,8 @@ type Node struct {
 	presence PresenceManager
 	writers  *writerPool // writes for connections whose sockets keep up (writer.go)
 
+	originWarned *originWarnings
+
 	// The settings a running node can change (reload.go): each is an
 	// immutable value, swapped whole and loaded once per operation. The
 	// matching fields of cfg keep the values the node started with.
@@ -95,6 +97,11 @@ type Node struct {
 // New returns a Node for cfg. It starts no goroutine; see Run.
 func New(cfg Config) (*Node, error) {
 	cfg = cfg.withDefaults()
+	if int64(cfg.MaxQueueBytes) < 2*cfg.MaxMessageSize {
+		// Each message over half the queue would cut all its receivers as
+		// slow consumers (4001): a setting that cannot work.
+		return nil, fmt.Errorf("herald: MaxQueueBytes (%d) must be at least twice MaxMessageSize (%d), so that a connection's queue holds a message being written and one more waiting", cfg.MaxQueueBytes, cfg.MaxMessageSize)
+	}
 	oc, err := newOriginChecker(cfg.AllowedOrigins, cfg.AllowAnyOrigin)
 	if err != nil {
 		return nil, err
@@ -108,7 +115,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, broker: cfg.Broker, hub: newHub(cfg.Shards), presence: cfg.Presence, ips: newIPLimits(),
-		writers: newWriterPool(runtime.GOMAXPROCS(0))}
+		writers: newWriterPool(runtime.GOMAXPROCS(0)), originWarned: newOriginWarnings()}
 	n.origins.Store(oc)
 	n.ns.p.Store(ns)
 	n.limits.Store(lim)
@@ -148,6 +155,17 @@ func New(cfg Config) (*Node, error) {
 }
 
 func (n *Node) upgradeError(w http.ResponseWriter, r *http.Request, status int, reason error) {
+	if status == http.StatusForbidden { // gorilla's only 403: CheckOrigin said no
+		origin := r.Header.Get("Origin")
+		if n.originWarned.first(origin) {
+			n.log.Warn("refused a browser connection from an origin that is not allowed; if the page is yours, add its origin to allowed_origins (Config.AllowedOrigins)",
+				"origin", origin, "remote", r.RemoteAddr)
+		} else {
+			n.log.Debug("websocket handshake refused", "status", status, "remote", r.RemoteAddr, "origin", origin)
+		}
+		http.Error(w, "Forbidden: origin "+origin+" is not allowed", status)
+		return
+	}
 	n.log.Info("websocket handshake refused", "status", status, "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"), "err", reason)
 	http.Error(w, http.StatusText(status)+": "+reason.Error(), status)
 }

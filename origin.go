@@ -5,6 +5,9 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
+
+	"golang.org/x/time/rate"
 )
 
 // originChecker decides whether a handshake's Origin may connect.
@@ -38,6 +41,35 @@ func newOriginChecker(allowed []string, any bool) (*originChecker, error) {
 		oc.exact[scheme+"://"+strings.ToLower(u.Host)] = true
 	}
 	return oc, nil
+}
+
+// originWarnings says once per origin that a browser page was refused for
+// its origin, at Warn, naming the setting that would admit it: a page of
+// the app's own on a new domain is the common cause, and its developer
+// should not have to guess. It remembers up to maxWarnedOrigins origins and
+// warns at most a few times a second, so that a hostile page trying many
+// origins cannot flood the log.
+type originWarnings struct {
+	mu     sync.Mutex
+	seen   map[string]struct{}
+	budget *rate.Limiter
+}
+
+const maxWarnedOrigins = 1024
+
+func newOriginWarnings() *originWarnings {
+	return &originWarnings{seen: make(map[string]struct{}), budget: rate.NewLimiter(1, 10)}
+}
+
+// first reports whether origin should be warned about now.
+func (w *originWarnings) first(origin string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.seen[origin]; ok || len(w.seen) >= maxWarnedOrigins || !w.budget.Allow() {
+		return false
+	}
+	w.seen[origin] = struct{}{}
+	return true
 }
 
 // check implements the policy documented on Config.AllowedOrigins.
