@@ -2,7 +2,10 @@ package herald
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -10,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/heraldhq/herald/protocol"
 )
 
 // syncBuffer is a log sink tests read while the node writes.
@@ -91,3 +95,111 @@ func TestAPIWrongMethod(t *testing.T) {
 		t.Errorf("unknown route: %d %+v", st, e)
 	}
 }
+
+// smallReadBuffer dials with a small receive buffer, so that a client that
+// stops reading fills its socket, then the server's queue, quickly.
+func smallReadBuffer() *websocket.Dialer {
+	return &websocket.Dialer{
+		Subprotocols:     []string{"herald.v1"},
+		HandshakeTimeout: 5 * time.Second,
+		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetReadBuffer(4096)
+			}
+			return c, err
+		},
+	}
+}
+
+// A client that sends pings and never reads is a slow consumer like any
+// other: each ping queues a pong (RFC 6455 asks for one), its queue fills
+// and it is cut (4001), with nobody else affected. Since it does not read,
+// it cannot see the close frame in time: its socket is cut after
+// CloseGrace, and it sees 1006.
+func TestPingFloodWithoutReading(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{MaxQueueMessages: 100, CloseGrace: 200 * time.Millisecond})
+	other := ts.client(t)
+	other.subscribe("c")
+	ws, _, err := smallReadBuffer().Dial(ts.url+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	payload := []byte(strings.Repeat("p", 100))
+	for i := 0; ts.node.metrics.slowConsumers.Load() == 0; i++ {
+		if i > 1_000_000 {
+			t.Fatal("a million pings and the flooder is not cut")
+		}
+		if err := ws.WriteControl(websocket.PingMessage, payload, time.Now().Add(5*time.Second)); err != nil {
+			break // cut: the server closed the socket
+		}
+	}
+	waitFor(t, "the flooder cut", func() bool { return ts.node.metrics.slowConsumers.Load() == 1 })
+	if code := readUntilClosed(t, ws); code != CloseSlowConsumer && code != websocket.CloseAbnormalClosure {
+		t.Fatalf("flooder saw close %d, want %d or %d", code, CloseSlowConsumer, websocket.CloseAbnormalClosure)
+	}
+	other.mustOK(protocolPing())
+}
+
+// A subscriber that stops reading is cut as a slow consumer (4001 in the
+// server's metrics and log). The close frame waits behind what its full
+// socket has not taken; if the client does not read within CloseGrace, the
+// socket is cut and the client, reading later, sees 1006. (One that reads
+// in time gets 4001: TestSlowConsumerIsolated.) Either way it should
+// reconnect and recover.
+func TestSlowConsumerLateReaderSees1006(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{MaxQueueBytes: 256 << 10, CloseGrace: 200 * time.Millisecond})
+	// Default socket buffers: with a tiny receive buffer on loopback (MSS
+	// 64 KiB) the kernel hardly ever reopens the window, and reading what
+	// is left behind the cut would take minutes.
+	ws, _, err := websocket.DefaultDialer.Dial(ts.url+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(`{"id":1,"cmd":"subscribe","channel":"c"}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the subscription", func() bool { return ts.node.hub.numSubs("c") == 1 })
+	payload := []byte(`"` + strings.Repeat("x", 8000) + `"`)
+	m := &ts.node.metrics
+	for i := 0; m.slowConsumers.Load() == 0; i++ {
+		if i > 100_000 {
+			t.Fatal("the subscriber is never cut")
+		}
+		if _, err := ts.node.Publish(t.Context(), "c", payload); err != nil {
+			t.Fatal(err)
+		}
+		if m.socketFull.Load() == 0 {
+			// Until its socket is full the writer keeps up: the cut must
+			// come from a full socket, not from a burst outrunning it.
+			waitFor(t, "the writer", func() bool { return ts.node.queuedBytes() == 0 || m.socketFull.Load() > 0 })
+		}
+	}
+	waitFor(t, "the socket cut after CloseGrace", func() bool { return ts.node.hub.numConns() == 0 })
+	if code := readUntilClosed(t, ws); code != websocket.CloseAbnormalClosure {
+		t.Fatalf("late reader saw close %d, want %d", code, websocket.CloseAbnormalClosure)
+	}
+}
+
+// readUntilClosed reads until the connection ends and returns its close code.
+func readUntilClosed(t *testing.T, ws *websocket.Conn) int {
+	t.Helper()
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		_, _, err := ws.ReadMessage()
+		if err == nil {
+			continue
+		}
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) {
+			return ce.Code
+		}
+		t.Fatalf("read: %v", err)
+	}
+}
+
+func protocolPing() protocol.Command { return protocol.Command{Cmd: "ping"} }

@@ -97,14 +97,32 @@
 // herald.NewMemoryPresence() then (presence per node only), and configure
 // no namespace with history.
 //
-// # Reconnects
+// # Reconnects, dead links and restarts
 //
 // nats.go reconnects by itself (New sets MaxReconnects(-1): forever, with
 // its default 2s wait and jitter) and re-sends every subscription on the
 // new connection, this broker's channel and control subscriptions
 // included; Subscribe returns after a flush, so the server has the
 // subscription. What is published while a node is disconnected is not
-// delivered to it (at most once); core publishes made while disconnected
-// are buffered by nats.go (up to its reconnect buffer), JetStream
-// publishes fail. Healthy reports the connection's state.
+// delivered to it (at most once).
+//
+// A lost connection is reported to the node at once
+// (herald.BrokerHandler.HandleOutage: it closes its subscribers so that
+// they recover elsewhere). A connection that stays open and carries
+// nothing is found by the client's pings: every Options.PingInterval (2 s),
+// given up after MaxPingsOutstanding (2) unanswered, so a blackholed link
+// is noticed in 4 to 6 seconds (6 s measured, TestDeadLink); nats.go's
+// defaults (2 minutes) let one go unnoticed for minutes.
+//
+// After every reconnect, Run sets the stream and buckets up again
+// (CreateOrUpdate: a server that restarted on an empty store has none,
+// and every history publish and read would fail forever), forgets the
+// cached channel positions, and only then tells the node (HandleReconnect:
+// it checks each channel's position and epoch, so a history that started
+// over is told to every client as epoch_changed). Until then Healthy fails
+// (ErrNotConnected, then ErrNotReady) and every method fails at once
+// instead of queueing behind requests nobody answers. A JetStream error
+// that says the stream or a bucket is gone while connected asks for the
+// same repair. TestRestartEmpty and TestRestartKeepsData kill a nats-server
+// of the test's own and start it again, on an empty store and on its own.
 package natsbroker

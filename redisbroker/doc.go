@@ -21,8 +21,13 @@
 //	P:{C}:pi       HASH  client id -> "<len(user)>:<user><info JSON>"
 //	P:{C}:pu       HASH  user id -> number of its clients present
 //
-// Pub/sub channels: P:p:C carries "<offset> <encoded publication>" (offset
-// 0 without history); P:control carries control messages verbatim. The
+// Pub/sub channels: P:p:C carries "<offset> <epoch> <encoded publication>",
+// or "0 <encoded publication>" without history (the epoch lets every node
+// tell a Redis that restarted without its data: offsets then start over
+// under a new epoch); P:control carries control messages verbatim. Nodes
+// of this version and earlier ones (which published no epoch) cannot share
+// a prefix: upgrade all nodes of a cluster together, or give the new ones
+// another broker_prefix. The
 // encoding (internal/pubcodec) is one flags byte, the origin, the presence
 // fields for join/leave events, then the payload untouched: n+2 bytes for a
 // server-side publication of n bytes.
@@ -58,6 +63,24 @@
 // it (at most once); history lets clients recover it. Healthy reports the
 // connection's state, for a readiness probe. Publish, History and presence
 // use rueidis' auto-pipelined command connection, not the pub/sub one.
+//
+// A lost pub/sub connection is reported to the node at once
+// (herald.BrokerHandler.HandleOutage: it closes its subscribers so that
+// they recover elsewhere), and the reconnect after it too (HandleReconnect:
+// the node checks each channel's position and epoch). A connection that
+// stays open and carries nothing is found by rueidis' heartbeat: it PINGs a
+// connection after each idle second and gives up after Options.PingTimeout
+// (3 s), so a blackholed link is noticed in about 4 to 5 seconds (5 s
+// measured, TestDeadLink). PingTimeout also bounds every command's round
+// trip.
+//
+// After Redis restarts, each pooled command connection that has not noticed
+// yet fails its next command. Scripts that are safe to run twice (history,
+// presence, a publish with an idempotency key) are then run once more; a
+// publish without a key is not, since it may have run before its reply was
+// lost, and its error reaches the publisher (who retries with a key: the
+// bundled clients do). TestRestartEmpty and TestRestartKeepsData kill a
+// redis-server of the test's own and start it again.
 //
 // Presence entries expire after Options.PresenceTTL unless refreshed; Run
 // refreshes the entries this Broker added every PresenceTTL/3 (pipelined),

@@ -27,7 +27,7 @@ func (c *Config) newBroker(ctx context.Context, logger *slog.Logger) (herald.Bro
 	log := logger.With("broker", c.Broker)
 	switch c.Broker {
 	case "redis":
-		b, err := redisbroker.New(redisbroker.Options{URL: c.redisURL(), Prefix: c.BrokerPrefix, Logger: log})
+		b, err := redisbroker.New(redisbroker.Options{URL: c.redisURL(), Prefix: c.BrokerPrefix, PingTimeout: c.RedisPingTimeout, Logger: log})
 		if err != nil {
 			return nil, nil, fmt.Errorf("failed to set up the redis broker (%s): %w", redactURL(c.redisURL()), err)
 		}
@@ -36,7 +36,7 @@ func (c *Config) newBroker(ctx context.Context, logger *slog.Logger) (herald.Bro
 	case "nats":
 		cctx, cancel := context.WithTimeout(ctx, brokerConnectTimeout)
 		defer cancel()
-		b, err := natsbroker.New(cctx, natsbroker.Options{URL: c.natsURL(), Prefix: c.BrokerPrefix, Logger: log})
+		b, err := natsbroker.New(cctx, natsbroker.Options{URL: c.natsURL(), Prefix: c.BrokerPrefix, PingInterval: c.NATSPingInterval, Logger: log})
 		if err != nil {
 			return nil, nil, fmt.Errorf("failed to set up the nats broker (%s): %w", redactURLs(c.natsURL()), err)
 		}

@@ -132,6 +132,11 @@ type Config struct {
 	RedisAddr    string
 	NATSURL      string
 	BrokerPrefix string
+	// RedisPingTimeout and NATSPingInterval set how fast a dead broker
+	// link (one that stays open and carries nothing) is noticed:
+	// redisbroker.Options.PingTimeout, natsbroker.Options.PingInterval.
+	RedisPingTimeout time.Duration
+	NATSPingInterval time.Duration
 
 	// APIKey turns the HTTP API on at /api/ (herald.APIConfig.Key): every
 	// request must carry it. APIKeyFile names a file holding it instead
@@ -198,6 +203,8 @@ const (
 	defaultRedisURL          = "redis://127.0.0.1:6379/0"
 	defaultNATSURL           = "nats://127.0.0.1:4222"
 	defaultBrokerPrefix      = "herald"
+	defaultRedisPingTimeout  = 3 * time.Second // redisbroker's default
+	defaultNATSPingInterval  = 2 * time.Second // natsbroker's default
 
 	// The node's defaults of the two sizes that validate checks against
 	// each other (herald.Config documents them; herald.New applies them).
@@ -220,6 +227,8 @@ func defaultConfig() Config {
 		DrainWindow:       defaultDrainWindow,
 		Broker:            "memory",
 		BrokerPrefix:      defaultBrokerPrefix,
+		RedisPingTimeout:  defaultRedisPingTimeout,
+		NATSPingInterval:  defaultNATSPingInterval,
 		Metrics:           true,
 		LogFormat:         "text",
 		LogLevel:          slog.LevelInfo,
@@ -543,6 +552,10 @@ var settings = []*setting{
 		},
 		get: func(c *Config) string { return c.BrokerPrefix },
 	},
+	durationSetting("redis_ping_timeout", "broker redis: how long a connection may leave a PING (sent after each idle second) or a command unanswered before it counts as dead: then /readyz fails and subscribers are closed with 4006 to recover elsewhere",
+		defaultRedisPingTimeout.String(), func(c *Config) *time.Duration { return &c.RedisPingTimeout }),
+	durationSetting("nats_ping_interval", "broker nats: how often the connection is pinged; after 2 unanswered pings it counts as dead: then /readyz fails and subscribers are closed with 4006 to recover elsewhere",
+		defaultNATSPingInterval.String(), func(c *Config) *time.Duration { return &c.NATSPingInterval }),
 	{
 		name: "api_key", arg: "KEY", def: "none (no API)", isSecret: true, want: "a key of at least 16 bytes",
 		usage: "key (at least 16 bytes) of the HTTP API, which it turns on at /api/; a flag shows in ps: prefer the variable or api_key_file",

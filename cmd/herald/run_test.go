@@ -291,7 +291,7 @@ func TestServe(t *testing.T) {
 	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("dial from a foreign origin: err %v, response %v; want 403", err, resp)
 	}
-	if !strings.Contains(s.logs.String(), `"level":"INFO","msg":"websocket handshake refused","status":403,`) ||
+	if !strings.Contains(s.logs.String(), `"level":"WARN","msg":"refused a browser connection from an origin that is not allowed; if the page is yours, add its origin to allowed_origins`) ||
 		!strings.Contains(s.logs.String(), `"origin":"http://evil.example"`) {
 		t.Errorf("the refused origin is not logged:\n%s", s.logs)
 	}
