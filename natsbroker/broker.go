@@ -176,7 +176,7 @@ type Broker struct {
 	epochSeq  atomic.Uint64
 
 	mu   sync.Mutex
-	subs map[string]*nats.Subscription
+	subs map[string]*chanSub
 
 	// serving is set while the connection is up and the stream and buckets
 	// exist: cleared at a disconnect (or when JetStream says they are
@@ -231,7 +231,7 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 		subjDeliver: opts.Prefix + ".d.",
 		subjHistory: opts.Prefix + ".h.",
 		subjControl: opts.Prefix + ".control",
-		subs:        make(map[string]*nats.Subscription),
+		subs:        make(map[string]*chanSub),
 		repairC:     make(chan struct{}, 1),
 		seed:        maphash.MakeSeed(),
 		local:       make(map[string]map[string]herald.ClientPresence),
@@ -420,8 +420,9 @@ func (b *Broker) ensure(ctx context.Context) error {
 func (b *Broker) Close() {
 	b.closing.Store(true)
 	b.mu.Lock()
-	for ch, s := range b.subs {
-		_ = s.Unsubscribe()
+	for ch, cs := range b.subs {
+		_ = cs.sub.Unsubscribe()
+		cs.stop()
 		delete(b.subs, ch)
 	}
 	b.mu.Unlock()
@@ -521,20 +522,25 @@ func (b *Broker) Subscribe(ctx context.Context, channel string) error {
 		return fmt.Errorf("natsbroker: failed to subscribe to %q: %w", channel, err)
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if _, ok := b.subs[channel]; ok {
+		b.mu.Unlock()
 		return nil
 	}
 	sub, err := b.nc.Subscribe(b.subjDeliver+token(channel), func(m *nats.Msg) { b.deliver(channel, m) })
 	if err != nil {
+		b.mu.Unlock()
 		return fmt.Errorf("natsbroker: failed to subscribe to %q: %w", channel, err)
 	}
 	_ = sub.SetPendingLimits(-1, 64<<20)
 	if err := b.flush(ctx); err != nil {
+		b.mu.Unlock()
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("natsbroker: failed to subscribe to %q: %w", channel, err)
 	}
-	b.subs[channel] = sub
+	cs := &chanSub{sub: sub}
+	b.subs[channel] = cs
+	b.mu.Unlock()
+	b.setBase(ctx, channel, cs)
 	return nil
 }
 
@@ -557,14 +563,17 @@ func (b *Broker) Unsubscribe(ctx context.Context, channel string) error {
 	l := b.deliverLock(channel)
 	l.Lock()
 	b.mu.Lock()
-	sub := b.subs[channel]
+	cs := b.subs[channel]
 	delete(b.subs, channel)
 	b.mu.Unlock()
+	if cs != nil {
+		cs.stop()
+	}
 	l.Unlock()
-	if sub == nil {
+	if cs == nil {
 		return nil
 	}
-	if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+	if err := cs.sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		return fmt.Errorf("natsbroker: failed to unsubscribe from %q: %w", channel, err)
 	}
 	return nil
@@ -597,10 +606,10 @@ func (b *Broker) deliver(channel string, m *nats.Msg) {
 	l.Lock()
 	defer l.Unlock()
 	b.mu.Lock()
-	current := b.subs[channel] == m.Sub
+	cs := b.subs[channel]
 	b.mu.Unlock()
-	if current {
-		b.h.HandlePublication(pub)
+	if cs != nil && cs.sub == m.Sub {
+		b.inOrder(channel, cs, pub)
 	}
 }
 

@@ -43,9 +43,14 @@
 // their throughput is bounded by about one publish per round trip.
 //
 // Delivery: the stream republishes every stored message, in stream order,
-// on P.d.T (RePublish). Only stored messages are republished, so the
-// delivery order of a channel is its offset order on every node, and a
-// refused attempt is never delivered. Presence events (join/leave) and
+// on P.d.T (RePublish). Only stored messages are republished, so a refused
+// attempt is never delivered. The stream stores a channel's messages in
+// offset order, but the republished copies of two nodes' concurrent
+// publishes can reach a subscriber swapped (the server republishes each
+// in the context of its publisher's connection): each node therefore puts
+// a channel's deliveries back in offset order, holding one that comes
+// early for up to 500 ms (order.go), so the delivery order of a channel is
+// its offset order on every node. Presence events (join/leave) and
 // publications without history go straight to P.d.T.
 //
 // Idempotency: with history, the message id (Nats-Msg-Id) is
