@@ -113,7 +113,7 @@ func TestTokenMatrix(t *testing.T) {
 				if m.Error == nil || m.Error.Code != protocol.CodeUnauthorized || !strings.HasPrefix(m.Error.Message, "invalid token: ") {
 					t.Fatalf("got %+v, want unauthorized", m)
 				}
-				if ce := c.expectClose(); ce.Code != CloseUnauthorized {
+				if ce := c.expectClose(); ce.Code != int(CloseUnauthorized) {
 					t.Fatalf("close %v, want %d", ce, CloseUnauthorized)
 				}
 			})
@@ -132,7 +132,7 @@ func TestTokenMatrix(t *testing.T) {
 				if m.Error == nil || m.Error.Code != protocol.CodeUnauthorized {
 					t.Fatalf("got %+v, want unauthorized", m)
 				}
-				if ce := c.expectClose(); ce.Code != CloseUnauthorized {
+				if ce := c.expectClose(); ce.Code != int(CloseUnauthorized) {
 					t.Fatalf("close %v, want %d", ce, CloseUnauthorized)
 				}
 			})

@@ -134,7 +134,7 @@ func TestAuthConnect(t *testing.T) {
 			if m := c.connect(tok); m.Error == nil || m.Error.Code != protocol.CodeUnauthorized {
 				t.Fatalf("got %+v", m)
 			}
-			if ce := c.expectClose(); ce.Code != CloseUnauthorized {
+			if ce := c.expectClose(); ce.Code != int(CloseUnauthorized) {
 				t.Fatalf("close %v", ce)
 			}
 		})
@@ -178,7 +178,7 @@ func TestConnectTimeoutAndExpiry(t *testing.T) {
 	ts := newTestServer(t, cfg)
 	t.Run("no connect", func(t *testing.T) {
 		t.Parallel()
-		if ce := ts.client(t).expectClose(); ce.Code != CloseConnectTimeout {
+		if ce := ts.client(t).expectClose(); ce.Code != int(CloseConnectTimeout) {
 			t.Fatalf("close %v", ce)
 		}
 	})
@@ -189,7 +189,7 @@ func TestConnectTimeoutAndExpiry(t *testing.T) {
 		if m := c.connect(userToken(t, "erin", 2*time.Second)); m.Error != nil {
 			t.Fatal(m.Error)
 		}
-		if ce := c.expectClose(); ce.Code != CloseTokenExpired {
+		if ce := c.expectClose(); ce.Code != int(CloseTokenExpired) {
 			t.Fatalf("close %v", ce)
 		}
 	})
@@ -207,7 +207,7 @@ func TestConnectTimeoutAndExpiry(t *testing.T) {
 		if m := c.call(protocol.Command{Cmd: "refresh", Token: userToken(t, "someone-else", time.Hour)}); m.Error == nil || m.Error.Code != protocol.CodeUnauthorized {
 			t.Fatalf("refresh as another user: %+v", m)
 		}
-		if ce := c.expectClose(); ce.Code != CloseUnauthorized {
+		if ce := c.expectClose(); ce.Code != int(CloseUnauthorized) {
 			t.Fatalf("close %v", ce)
 		}
 	})

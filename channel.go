@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,22 +52,22 @@ func (e *subEntry) buffer(rb *recoverBuf, pub *Publication) bool {
 }
 
 // channelNamespace validates a channel name and returns its namespace.
-func (n *Node) channelNamespace(channel string) (*Namespace, *protocol.Error) {
+func (n *Node) channelNamespace(channel string) (*Namespace, *Error) {
 	if !protocol.ValidChannel(channel) {
 		return nil, badChannel(channel)
 	}
 	ns := n.ns.load().lookup(channel)
 	if ns == nil {
-		return nil, protocol.Errorf(protocol.CodeBadChannel, "channel %q is in no configured namespace", channel)
+		return nil, errorf(protocol.CodeBadChannel, "channel %q is in no configured namespace", channel)
 	}
 	return ns, nil
 }
 
-func badChannel(ch string) *protocol.Error {
+func badChannel(ch string) *Error {
 	if len(ch) > protocol.MaxChannelLen {
-		return protocol.Errorf(protocol.CodeBadChannel, "channel name longer than %d bytes", protocol.MaxChannelLen)
+		return errorf(protocol.CodeBadChannel, "channel name longer than %d bytes", protocol.MaxChannelLen)
 	}
-	return protocol.Errorf(protocol.CodeBadChannel, "invalid channel name %q: use 1-255 of A-Z a-z 0-9 _ - . : @ # , = / !", ch)
+	return errorf(protocol.CodeBadChannel, "invalid channel name %q: use 1-255 of A-Z a-z 0-9 _ - . : @ # , = / !", ch)
 }
 
 // subscribeConn subscribes c to channel and returns the reply's result and
@@ -79,7 +77,7 @@ func badChannel(ch string) *protocol.Error {
 //
 // subToken, when not empty, is a subscription token: verified, it grants
 // the channel to c (see PermGranted).
-func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, subToken string) (*protocol.SubscribeResult, func(), *protocol.Error) {
+func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, subToken string) (*protocol.SubscribeResult, func(), *Error) {
 	ns, perr := n.channelNamespace(channel)
 	if perr != nil {
 		return nil, nil, perr
@@ -97,10 +95,10 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 	count := len(c.channels)
 	c.mu.Unlock()
 	if dup {
-		return nil, nil, protocol.Errorf(protocol.CodeAlreadySub, "already subscribed to %q", channel)
+		return nil, nil, errorf(protocol.CodeAlreadySub, "already subscribed to %q", channel)
 	}
 	if maxChannels := n.limits.Load().MaxChannelsPerConnection; count >= maxChannels {
-		return nil, nil, protocol.Errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d channels", maxChannels)
+		return nil, nil, errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d channels", maxChannels)
 	}
 
 	e := &subEntry{presence: ns.Presence, joinLeave: ns.JoinLeave}
@@ -125,7 +123,7 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 		if err != nil {
 			n.removeSubscription(c, channel)
 			n.log.Warn("history read failed", "channel", channel, "err", err)
-			return nil, nil, protocol.Errorf(protocol.CodeUnavailable, "subscribe failed: history unavailable")
+			return nil, nil, errorf(protocol.CodeUnavailable, "subscribe failed: history unavailable")
 		}
 		res.Offset, res.Epoch = h.Position.Offset, h.Position.Epoch
 		n.streamOf(channel).establish(h.Position)
@@ -178,15 +176,15 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 
 // grantSubscription verifies a subscription token for channel and, if it is
 // valid, for this channel and for c's user, grants the channel to c.
-func (n *Node) grantSubscription(c *conn, channel, token string) *protocol.Error {
+func (n *Node) grantSubscription(c *conn, channel, token string) *Error {
 	if n.cfg.Tokens == nil {
-		return protocol.Errorf(protocol.CodeBadRequest, "this server checks no tokens")
+		return errorf(protocol.CodeBadRequest, "this server checks no tokens")
 	}
 	ctx, cancel := n.opCtx()
 	defer cancel()
 	_, err := n.verifyToken(ctx, token, tokenCheck{use: forSubscription, user: c.user, channel: channel, via: "subscribe", client: c.id})
 	if err != nil {
-		return protocol.Errorf(protocol.CodePermission, "subscription token refused: %s", tokenRefusal(err))
+		return errorf(protocol.CodePermission, "subscription token refused: %s", tokenRefusal(err))
 	}
 	if c.grants == nil {
 		c.grants = make(map[string]struct{})
@@ -197,7 +195,7 @@ func (n *Node) grantSubscription(c *conn, channel, token string) *protocol.Error
 
 // permitOn checks c's permission on a channel for the namespace setting
 // that perm selects.
-func (n *Node) permitOn(c *conn, channel string, perm func(*Namespace) Permission) *protocol.Error {
+func (n *Node) permitOn(c *conn, channel string, perm func(*Namespace) Permission) *Error {
 	ns, perr := n.channelNamespace(channel)
 	if perr != nil {
 		return perr
@@ -224,7 +222,7 @@ func recoverable(since *protocol.Position, h HistoryResult) (bool, string) {
 // channel gets its first local subscriber. For a channel with history it
 // starts tracking the channel's continuity first (see stream), so that
 // nothing the broker delivers goes unrecorded.
-func (n *Node) addSub(c *conn, channel string, e *subEntry, history bool) *protocol.Error {
+func (n *Node) addSub(c *conn, channel string, e *subEntry, history bool) *Error {
 	l := &n.subLocks[n.hub.index(channel)%len(n.subLocks)]
 	l.Lock()
 	defer l.Unlock()
@@ -238,7 +236,7 @@ func (n *Node) addSub(c *conn, channel string, e *subEntry, history bool) *proto
 			n.streams.Delete(channel)
 			n.hub.removeSub(channel, c)
 			n.log.Warn("broker subscribe failed", "channel", channel, "err", err)
-			return protocol.Errorf(protocol.CodeUnavailable, "subscribe failed: broker unavailable")
+			return errorf(protocol.CodeUnavailable, "subscribe failed: broker unavailable")
 		}
 	}
 	c.mu.Lock()
@@ -250,12 +248,12 @@ func (n *Node) addSub(c *conn, channel string, e *subEntry, history bool) *proto
 	return nil
 }
 
-func (n *Node) unsubscribeConn(c *conn, channel string) *protocol.Error {
+func (n *Node) unsubscribeConn(c *conn, channel string) *Error {
 	if !protocol.ValidChannel(channel) {
 		return badChannel(channel)
 	}
 	if !n.removeSubscription(c, channel) {
-		return protocol.Errorf(protocol.CodeNotSubscribed, "not subscribed to %q", channel)
+		return errorf(protocol.CodeNotSubscribed, "not subscribed to %q", channel)
 	}
 	return nil
 }
@@ -334,15 +332,27 @@ type publishSettings struct {
 	idemKey string
 }
 
-// Binary marks the payload as binary: it travels in binary frames.
-func Binary() PublishOption { return func(s *publishSettings) { s.binary = true } }
+// WithBinary marks the payload as binary: it travels in binary frames.
+func WithBinary() PublishOption { return func(s *publishSettings) { s.binary = true } }
 
-// IdempotencyKey makes Publish happen at most once per channel and key
+// WithIdempotencyKey makes Publish happen at most once per channel and key
 // within Config.IdempotencyWindow; a repeat returns the first result with
-// Duplicate set. (Ignored by Send, SendToUser and Broadcast.)
-func IdempotencyKey(key string) PublishOption {
+// Duplicate set. Use it to retry a publish whose outcome is unknown (an
+// error of code unavailable may still have published). Ignored by Send,
+// SendToUser and Broadcast.
+func WithIdempotencyKey(key string) PublishOption {
 	return func(s *publishSettings) { s.idemKey = key }
 }
+
+// Binary is WithBinary.
+//
+// Deprecated: use WithBinary, named like every option of the Go packages.
+func Binary() PublishOption { return WithBinary() }
+
+// IdempotencyKey is WithIdempotencyKey.
+//
+// Deprecated: use WithIdempotencyKey, named like the Go client's option.
+func IdempotencyKey(key string) PublishOption { return WithIdempotencyKey(key) }
 
 func settings(opts []PublishOption) publishSettings {
 	var s publishSettings
@@ -362,24 +372,27 @@ func settings(opts []PublishOption) publishSettings {
 func (n *Node) Publish(ctx context.Context, channel string, data []byte, opts ...PublishOption) (PublishResult, error) {
 	ns, perr := n.channelNamespace(channel)
 	if perr != nil {
-		return PublishResult{}, fmt.Errorf("%w: %s", ErrBadChannel, perr.Message)
+		return PublishResult{}, perr
 	}
 	s := settings(opts)
 	if !s.binary && !utf8.Valid(data) {
-		return PublishResult{}, errors.New("herald: text data is not valid UTF-8; use Binary()")
+		return PublishResult{}, errorf(protocol.CodeBadRequest, "text data is not valid UTF-8; publish bytes with WithBinary()")
 	}
 	pub := &Publication{Channel: channel, Data: bytes.Clone(data), Binary: s.binary}
 	n.metrics.pubServer.Add(1)
 	return n.publish(ctx, pub, ns.publishOptions(s.idemKey, n.cfg.IdempotencyWindow))
 }
 
+// publish hands pub to the broker. A failure is an *Error of code
+// unavailable: the broker may have published it all the same (PROTOCOL.md,
+// "What a failed publish means").
 func (n *Node) publish(ctx context.Context, pub *Publication, opts PublishOptions) (PublishResult, error) {
 	if n.ctx.Err() != nil {
-		return PublishResult{}, ErrNodeClosed
+		return PublishResult{}, errNodeClosed
 	}
 	res, err := n.broker.Publish(ctx, pub, opts)
 	if err != nil {
-		return res, fmt.Errorf("herald: failed to publish to %q: %w", pub.Channel, err)
+		return res, unavailable("publish failed", err)
 	}
 	return res, nil
 }
@@ -457,16 +470,36 @@ func (n *Node) encode(kind, channel string, offset uint64, data []byte, binary b
 func (n *Node) History(ctx context.Context, channel string, opts HistoryOptions) (HistoryResult, error) {
 	ns, perr := n.channelNamespace(channel)
 	if perr != nil {
-		return HistoryResult{}, fmt.Errorf("%w: %s", ErrBadChannel, perr.Message)
+		return HistoryResult{}, perr
 	}
 	if ns.HistorySize == 0 {
-		return HistoryResult{}, fmt.Errorf("%w: no history in channel %q", ErrNotEnabled, channel)
+		return HistoryResult{}, errorf(protocol.CodeNotEnabled, "no history in channel %q", channel)
 	}
 	res, err := n.broker.History(ctx, channel, opts)
 	if err != nil {
-		return res, fmt.Errorf("herald: failed to read history of %q: %w", channel, err)
+		return res, unavailable("history read failed", err)
 	}
 	return res, nil
+}
+
+// Wire is the history read's form in a history reply (shared by the
+// protocol's history command and the HTTP API): a text publication that
+// is not JSON (from a raw client) becomes a JSON string.
+func (h HistoryResult) Wire() protocol.HistoryResult {
+	out := protocol.HistoryResult{Publications: make([]protocol.HistoryPublication, len(h.Publications)), Offset: h.Position.Offset, Epoch: h.Position.Epoch}
+	for i, p := range h.Publications {
+		hp := protocol.HistoryPublication{Offset: p.Offset}
+		switch {
+		case p.Binary:
+			hp.Binary, hp.IsBinary = p.Data, true
+		case json.Valid(p.Data):
+			hp.Data = p.Data
+		default:
+			hp.Data, _ = json.Marshal(string(p.Data))
+		}
+		out.Publications[i] = hp
+	}
+	return out
 }
 
 // Presence returns the clients present in a channel, by client id. It fails
@@ -475,7 +508,11 @@ func (n *Node) Presence(ctx context.Context, channel string) (map[string]ClientP
 	if err := n.presenceEnabled(channel); err != nil {
 		return nil, err
 	}
-	return n.presence.Presence(ctx, channel)
+	m, err := n.presence.Presence(ctx, channel)
+	if err != nil {
+		return nil, unavailable("presence read failed", err)
+	}
+	return m, nil
 }
 
 // PresenceStats counts the clients and distinct users present in a channel.
@@ -483,16 +520,20 @@ func (n *Node) PresenceStats(ctx context.Context, channel string) (PresenceStats
 	if err := n.presenceEnabled(channel); err != nil {
 		return PresenceStats{}, err
 	}
-	return n.presence.PresenceStats(ctx, channel)
+	st, err := n.presence.PresenceStats(ctx, channel)
+	if err != nil {
+		return PresenceStats{}, unavailable("presence read failed", err)
+	}
+	return st, nil
 }
 
 func (n *Node) presenceEnabled(channel string) error {
 	ns, perr := n.channelNamespace(channel)
 	if perr != nil {
-		return fmt.Errorf("%w: %s", ErrBadChannel, perr.Message)
+		return perr
 	}
 	if !ns.Presence {
-		return fmt.Errorf("%w: no presence in channel %q", ErrNotEnabled, channel)
+		return errorf(protocol.CodeNotEnabled, "no presence in channel %q", channel)
 	}
 	return nil
 }

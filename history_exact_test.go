@@ -1,8 +1,6 @@
 package herald
 
 import (
-	"io"
-	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,10 +12,10 @@ import (
 
 // JSON payloads reach clients byte for byte — spacing, key order and
 // characters encoding/json would escape — in live pushes, in the history
-// command and in the HTTP API's history route alike.
+// command alike (the HTTP API's history: httpapi TestAPIHistoryByteExact).
 func TestHistoryByteExact(t *testing.T) {
 	t.Parallel()
-	s := newAPIServer(t, Config{Namespaces: []Namespace{{Name: "h", HistorySize: 10}}})
+	s := newTestServer(t, Config{Namespaces: []Namespace{{Name: "h", HistorySize: 10}}})
 	payloads := []string{
 		`{ "a" : 1 , "b":[1,2 ,3]}`,
 		`"<script>&amp;"`,
@@ -37,8 +35,8 @@ func TestHistoryByteExact(t *testing.T) {
 			t.Fatalf("publish: %+v", m)
 		}
 	}
-	if st := s.call(t, "POST", "/api/v1/publish", `{"channel":"h:x","data":`+payloads[0]+`}`, nil); st != 200 {
-		t.Fatalf("API publish: %d", st)
+	if _, err := s.node.Publish(t.Context(), "h:x", []byte(payloads[0])); err != nil {
+		t.Fatal(err)
 	}
 	want := append(payloads, payloads[0])
 
@@ -59,18 +57,6 @@ func TestHistoryByteExact(t *testing.T) {
 		t.Errorf("history reply %s", reply)
 	}
 
-	req, _ := http.NewRequest("GET", s.api.URL+"/api/v1/history?channel=h:x", nil)
-	req.Header.Set("Authorization", "Bearer "+testAPIKey)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json" {
-		t.Fatalf("API history: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
-	}
-	checkHistoryBytes(t, "API history", string(body), want)
 }
 
 func checkHistoryBytes(t *testing.T, what, got string, want []string) {

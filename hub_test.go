@@ -54,32 +54,3 @@ func TestHubSubSet(t *testing.T) {
 		}
 	}
 }
-
-// TestPingTrimsIdleSpare: the heartbeat's ping drops a large drained queue
-// only after a whole round with nothing else sent; a busy connection keeps
-// its queues (reallocating them per burst was most of the fan-out's
-// garbage), and a small one is always kept.
-func TestPingTrimsIdleSpare(t *testing.T) {
-	t.Parallel()
-	n, err := New(Config{Logger: nopLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &conn{node: n, closing: true} // closing: ping's enqueue queues nothing
-	c.spare = make([][]byte, 0, 64)
-	c.queue = make([][]byte, 0, 32)
-	c.sentSincePing = true
-	c.ping()
-	if cap(c.spare) != 64 || c.sentSincePing {
-		t.Fatalf("after a round with traffic: spare cap %d (want 64 kept), sentSincePing %v", cap(c.spare), c.sentSincePing)
-	}
-	c.ping()
-	if c.spare != nil || c.queue != nil {
-		t.Fatalf("after an idle round: spare cap %d, queue cap %d, want both dropped", cap(c.spare), cap(c.queue))
-	}
-	c.spare = make([][]byte, 0, maxIdleSpare)
-	c.ping()
-	if cap(c.spare) != maxIdleSpare {
-		t.Fatalf("a small spare was dropped")
-	}
-}

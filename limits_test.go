@@ -123,7 +123,7 @@ func TestMessageRateFlood(t *testing.T) {
 	<-done
 	var ce *websocket.CloseError
 	_, _, err := flood.ws.ReadMessage() // the reader's error again: gorilla's are sticky
-	if !errorsAs(err, &ce) || ce.Code != CloseRateLimited {
+	if !errorsAs(err, &ce) || CloseCode(ce.Code) != CloseRateLimited {
 		t.Fatalf("flooder ended with %v, want close 4007", err)
 	}
 	if limited == 0 {

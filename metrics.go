@@ -90,11 +90,7 @@ func (n *Node) MetricsHandler() http.Handler {
 
 func (n *Node) queuedBytes() int {
 	total := 0
-	n.forEachConn(func(c *conn) {
-		c.mu.Lock()
-		total += c.queuedBytes
-		c.mu.Unlock()
-	})
+	n.forEachConn(func(c *conn) { total += c.out.queued() })
 	return total
 }
 

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime"
 	"slices"
@@ -294,98 +295,94 @@ func (n *Node) RawHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { n.serve(w, r, true) })
 }
 
+// v1Subprotocols are the subprotocols the protocol endpoint selects from.
+var v1Subprotocols = []string{protocol.Subprotocol}
+
+// serve runs one WebSocket connection: it checks the handshake, who the
+// client is and whether it is admitted — each refusal an HTTP error before
+// the upgrade — then accepts it and hands the connection to its reader.
 func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
-	q := r.URL.Query()
-	var rawChannel string
-	var rawNS *Namespace
+	subprotocols := v1Subprotocols
+	var rawCh string
 	if raw {
-		rawChannel = q.Get("channel")
-		var perr *protocol.Error
-		if rawNS, perr = n.channelNamespace(rawChannel); perr != nil {
-			http.Error(w, "Bad Request: "+perr.Message, http.StatusBadRequest)
-			return
-		}
+		subprotocols, rawCh = nil, r.URL.Query().Get("channel")
 	}
-	id, status, msg := n.authenticateRequest(r, raw)
-	if status != 0 {
-		http.Error(w, msg, status)
-		return
-	}
-	if raw {
-		if perr := n.permit(id.user, id.grants, rawChannel, rawNS.AllowSubscribe); perr != nil {
-			http.Error(w, "Forbidden: "+perr.Message, http.StatusForbidden)
-			return
-		}
+	hs, no := n.checkHandshake(w, r, subprotocols)
+	var id identity
+	if no == nil {
+		id, no = n.identify(r, raw, rawCh)
 	}
 	ip := clientIP(r)
-	if status, msg := n.admit(w, ip, id.user); status != 0 {
-		http.Error(w, msg, status)
+	if no == nil {
+		no = n.admit(w, ip, id.user)
+	}
+	if no != nil {
+		http.Error(w, no.msg, no.status)
 		return
 	}
-
-	hw := &hijackWriter{ResponseWriter: w}
-	up := &n.upgrader
-	if raw {
-		up = &n.rawUp
-	}
-	_, err := up.Upgrade(hw, r, nil)
+	nc, err := n.accept(w, hs)
 	if err != nil {
-		// Upgrade has answered the request (or the socket is gone); log it.
-		if hw.hc != nil {
-			n.log.Info("websocket handshake failed", "remote", r.RemoteAddr, "err", err)
-		}
+		n.log.Info("websocket handshake failed", "remote", r.RemoteAddr, "err", err)
 		n.release(ip, id.user)
 		return
 	}
-	hc := hw.hc
-	c := &conn{
-		node:       n,
-		id:         newID(),
-		user:       id.user,
-		info:       id.info,
-		grants:     id.grants,
-		ip:         ip,
-		raw:        raw,
-		rawChannel: rawChannel,
-		echo:       raw && q.Get("echo") == "1",
-		nc:         hc.Conn,
-		rc:         rawConn(hc.Conn),
-		flushed:    make(chan struct{}),
-	}
-	c.writeLoopFn, c.readLoopFn = c.writeLoop, c.readLoop
-	if raw {
-		c.form = formRaw
-	}
-	if hc.deflate {
-		c.form |= 1
-	}
-	if lim := n.limits.Load(); lim.MessageRate > 0 {
-		c.limiter = rate.NewLimiter(rate.Limit(lim.MessageRate), lim.MessageBurst)
-		c.refusals = rate.NewLimiter(rate.Limit(lim.MessageRate), lim.MessageBurst)
-	}
+	c := n.newConn(nc, hs, id, ip, raw)
 	n.hub.addConn(c)
-	c.startAuthTimers(id)
 	if raw {
-		if _, finish, perr := n.subscribeConn(c, rawChannel, nil, ""); perr != nil {
-			c.close(websocket.CloseTryAgainLater, perr.Message)
+		s := &rawSession{c: c, channel: rawCh}
+		c.sess = s
+		if _, finish, err := n.subscribeConn(c, rawCh, nil, ""); err != nil {
+			c.close(CloseTryAgainLater, toProto(err).Message)
 		} else {
 			finish()
 		}
+	} else {
+		c.sess = newV1Session(c, id)
 	}
 	n.mu.Lock()
 	closing, draining := n.closing, n.draining
 	n.mu.Unlock()
 	switch { // Drain or Shutdown began after admit and may have missed c
 	case draining:
-		c.close(websocket.CloseServiceRestart, "server restarting, reconnect")
+		c.close(CloseServiceRestart, "server restarting, reconnect")
 	case closing:
-		c.close(websocket.CloseGoingAway, "server shutting down")
+		c.close(CloseGoingAway, "server shutting down")
 	}
 	if n.cfg.OnConnect != nil {
-		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Raw: raw, RawChannel: rawChannel, RemoteAddr: r.RemoteAddr})
+		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Raw: raw, RawChannel: rawCh, RemoteAddr: r.RemoteAddr})
 	}
 	n.log.Debug("connected", "client", c.id, "user", c.user, "raw", raw, "remote", r.RemoteAddr)
-	c.startReader(hc.deflate)
+	c.startReader(hs.deflate)
+}
+
+// newConn makes the connection of an accepted handshake; its session is
+// the caller's to set, before the connection is shared.
+func (n *Node) newConn(nc net.Conn, hs handshake, id identity, ip string, raw bool) *conn {
+	c := &conn{
+		node:   n,
+		id:     newID(),
+		ip:     ip,
+		raw:    raw,
+		echo:   false,
+		user:   id.user,
+		info:   id.info,
+		grants: id.grants,
+		out:    newOutbound(n.cfg.MaxQueueMessages, n.cfg.MaxQueueBytes),
+	}
+	c.nc, c.rc = nc, rawConn(nc)
+	c.writeLoopFn, c.readLoopFn = c.writeLoop, c.readLoop
+	if raw {
+		c.form = formRaw
+		c.echo = id.echo
+	}
+	if hs.deflate {
+		c.form |= 1
+	}
+	if lim := n.limits.Load(); lim.MessageRate > 0 {
+		c.limiter = rate.NewLimiter(rate.Limit(lim.MessageRate), lim.MessageBurst)
+		c.refusals = rate.NewLimiter(rate.Limit(lim.MessageRate), lim.MessageBurst)
+	}
+	return c
 }
 
 // identity is who a handshake says the client is.
@@ -397,13 +394,23 @@ type identity struct {
 	// token came with the handshake).
 	authed  bool
 	expires time.Time
+	echo    bool // raw mode's echo=1
 }
 
-// authenticateRequest runs Config.Authenticate and, with token checks on,
-// verifies a token sent with the handshake: an Authorization: Bearer header,
-// or for raw mode the token query parameter. A non-zero status refuses the
-// handshake with msg.
-func (n *Node) authenticateRequest(r *http.Request, raw bool) (id identity, status int, msg string) {
+// identify says who a handshake's client is: Config.Authenticate's user,
+// and with token checks on, a token sent with the handshake (an
+// Authorization: Bearer header, or for raw mode the token query
+// parameter). For raw mode it also checks the channel and that the client
+// may subscribe to it.
+func (n *Node) identify(r *http.Request, raw bool, rawCh string) (id identity, no *handshakeRefusal) {
+	var rawNS *Namespace
+	if raw {
+		ns, err := n.channelNamespace(rawCh)
+		if err != nil {
+			return id, &handshakeRefusal{http.StatusBadRequest, "Bad Request: " + err.Message}
+		}
+		rawNS, id.echo = ns, r.URL.Query().Get("echo") == "1"
+	}
 	if n.cfg.Authenticate != nil {
 		creds, err := n.cfg.Authenticate(r)
 		if err == nil {
@@ -412,14 +419,25 @@ func (n *Node) authenticateRequest(r *http.Request, raw bool) (id identity, stat
 		if err != nil {
 			n.metrics.authFailures.Add(1)
 			n.log.Info("connection refused by Authenticate", "remote", r.RemoteAddr, "err", err)
-			return id, http.StatusUnauthorized, "Unauthorized"
+			return id, &handshakeRefusal{http.StatusUnauthorized, "Unauthorized"}
 		}
 		id.user, id.info = creds.UserID, creds.Info
 	}
 	if n.cfg.Tokens == nil {
 		id.authed = true
-		return id, 0, ""
+	} else if no := n.handshakeToken(r, raw, &id); no != nil {
+		return id, no
 	}
+	if raw {
+		if err := n.permit(id.user, id.grants, rawCh, rawNS.AllowSubscribe); err != nil {
+			return id, &handshakeRefusal{http.StatusForbidden, "Forbidden: " + err.Message}
+		}
+	}
+	return id, nil
+}
+
+// handshakeToken verifies the token sent with a handshake, if any, into id.
+func (n *Node) handshakeToken(r *http.Request, raw bool, id *identity) *handshakeRefusal {
 	chk := tokenCheck{use: forConnection, user: id.user, anyUser: id.user == "", via: "header", remote: r.RemoteAddr}
 	token := bearerToken(r.Header.Get("Authorization"))
 	if token == "" && raw {
@@ -429,18 +447,18 @@ func (n *Node) authenticateRequest(r *http.Request, raw bool) (id identity, stat
 		// Protocol clients send their token in connect; raw clients
 		// without one are anonymous, and namespaces decide what they may do.
 		id.authed = raw
-		return id, 0, ""
+		return nil
 	}
 	claims, err := n.verifyToken(r.Context(), token, chk)
 	if err != nil {
-		return id, http.StatusUnauthorized, "Unauthorized: " + tokenRefusal(err)
+		return &handshakeRefusal{http.StatusUnauthorized, "Unauthorized: " + tokenRefusal(err)}
 	}
 	id.user, id.authed, id.expires = claims.UserID, true, claims.ExpiresAt
 	if claims.Info != nil {
 		id.info = claims.Info
 	}
 	id.grants = grantSet(claims.Channels)
-	return id, 0, ""
+	return nil
 }
 
 func grantSet(chans []string) map[string]struct{} {
@@ -456,17 +474,17 @@ func grantSet(chans []string) map[string]struct{} {
 
 // admit applies the connection limits before an upgrade and counts the
 // connection in; a zero status must be paired with release(ip).
-func (n *Node) admit(w http.ResponseWriter, ip, user string) (status int, msg string) {
+func (n *Node) admit(w http.ResponseWriter, ip, user string) *handshakeRefusal {
 	lim := n.limits.Load()
 	n.mu.Lock()
 	switch {
 	case n.closing:
 		n.mu.Unlock()
-		return http.StatusServiceUnavailable, "Service Unavailable: server shutting down"
+		return &handshakeRefusal{http.StatusServiceUnavailable, "Service Unavailable: server shutting down"}
 	case n.conns >= lim.MaxConnections:
 		n.mu.Unlock()
 		n.metrics.limitHits.Add(1)
-		return http.StatusServiceUnavailable, "Service Unavailable: too many connections"
+		return &handshakeRefusal{http.StatusServiceUnavailable, "Service Unavailable: too many connections"}
 	}
 	n.conns++
 	n.wg.Add(1)
@@ -478,14 +496,14 @@ func (n *Node) admit(w http.ResponseWriter, ip, user string) (status int, msg st
 		n.wg.Done()
 		n.metrics.limitHits.Add(1)
 		retryAfter(w, secs)
-		return st, "Too Many Requests: too many connections from this address"
+		return &handshakeRefusal{st, "Too Many Requests: too many connections from this address"}
 	}
 	if !n.moveUserMax("", user, lim.MaxConnectionsPerUser) {
 		n.release(ip, "")
 		n.metrics.limitHits.Add(1)
-		return http.StatusTooManyRequests, "Too Many Requests: too many connections for this user"
+		return &handshakeRefusal{http.StatusTooManyRequests, "Too Many Requests: too many connections for this user"}
 	}
-	return 0, ""
+	return nil
 }
 
 // release counts a connection of user (may be "") out, after admit.
@@ -535,15 +553,15 @@ func (n *Node) moveUserLocked(from, to string) {
 }
 
 // permit checks a client's permission p on channel; see Namespace.
-func (n *Node) permit(user string, grants map[string]struct{}, channel string, p Permission) *protocol.Error {
+func (n *Node) permit(user string, grants map[string]struct{}, channel string, p Permission) *Error {
 	if p == permNoNamespace { // the namespace was removed (SetNamespaces)
-		return protocol.Errorf(protocol.CodeBadChannel, "channel %q is in no configured namespace", channel)
+		return errorf(protocol.CodeBadChannel, "channel %q is in no configured namespace", channel)
 	}
 	if users, limited := userLimit(channel); limited {
 		if user != "" && slices.Contains(users, user) {
 			return nil
 		}
-		return protocol.Errorf(protocol.CodePermission, "channel %q is limited to the users it names", channel)
+		return errorf(protocol.CodePermission, "channel %q is limited to the users it names", channel)
 	}
 	if p == PermDefault {
 		p = PermAnyone
@@ -558,14 +576,14 @@ func (n *Node) permit(user string, grants map[string]struct{}, channel string, p
 		if user != "" {
 			return nil
 		}
-		return protocol.Errorf(protocol.CodePermission, "channel %q needs an authenticated user", channel)
+		return errorf(protocol.CodePermission, "channel %q needs an authenticated user", channel)
 	case PermGranted:
 		if _, ok := grants[channel]; ok {
 			return nil
 		}
-		return protocol.Errorf(protocol.CodePermission, "channel %q needs a token that grants it", channel)
+		return errorf(protocol.CodePermission, "channel %q needs a token that grants it", channel)
 	}
-	return protocol.Errorf(protocol.CodePermission, "not allowed on channel %q", channel)
+	return errorf(protocol.CodePermission, "not allowed on channel %q", channel)
 }
 
 func newID() string {
@@ -586,26 +604,26 @@ func (n *Node) buildFrame(op byte, payload []byte, deflate bool) []byte {
 
 // control is a node-to-node command carried by Broker.PublishControl.
 type control struct {
-	Op      string `json:"op"` // "send", "user", "all", "disconnect", "disconnect_user"
-	Client  string `json:"client,omitempty"`
-	User    string `json:"user,omitempty"`
-	Data    []byte `json:"data,omitempty"`
-	Binary  bool   `json:"binary,omitempty"`
-	Code    int    `json:"code,omitempty"`
-	Reason  string `json:"reason,omitempty"`
-	Channel string `json:"channel,omitempty"`
+	Op      string    `json:"op"` // "send", "user", "all", "disconnect", "disconnect_user"
+	Client  string    `json:"client,omitempty"`
+	User    string    `json:"user,omitempty"`
+	Data    []byte    `json:"data,omitempty"`
+	Binary  bool      `json:"binary,omitempty"`
+	Code    CloseCode `json:"code,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+	Channel string    `json:"channel,omitempty"`
 }
 
 func (n *Node) publishControl(ctx context.Context, m control) error {
 	if n.ctx.Err() != nil {
-		return ErrNodeClosed
+		return errNodeClosed
 	}
 	b, err := json.Marshal(m)
 	if err != nil {
-		return fmt.Errorf("herald: failed to encode control message: %w", err)
+		return &Error{Code: protocol.CodeInternal, Message: "failed to encode a control message", Err: err}
 	}
 	if err := n.broker.PublishControl(ctx, b); err != nil {
-		return fmt.Errorf("herald: failed to publish control message: %w", err)
+		return unavailable("control message failed", err)
 	}
 	return nil
 }
@@ -671,7 +689,7 @@ func (n *Node) Send(ctx context.Context, clientID string, data []byte, opts ...P
 // SendToUser sends data to every connection of a user, on every node.
 func (n *Node) SendToUser(ctx context.Context, userID string, data []byte, opts ...PublishOption) error {
 	if userID == "" {
-		return errors.New("herald: SendToUser needs a user id")
+		return errorf(protocol.CodeBadRequest, "SendToUser needs a user id")
 	}
 	s := settings(opts)
 	return n.publishControl(ctx, control{Op: "user", User: userID, Data: data, Binary: s.binary})
@@ -686,18 +704,24 @@ func (n *Node) Broadcast(ctx context.Context, data []byte, opts ...PublishOption
 // Disconnect closes one connection with code and reason after what is
 // already queued for it. Use CloseDisconnected to let the client reconnect,
 // CloseForbidden to ask it not to.
-func (n *Node) Disconnect(ctx context.Context, clientID string, code int, reason string) error {
+func (n *Node) Disconnect(ctx context.Context, clientID string, code CloseCode, reason string) error {
 	return n.publishControl(ctx, control{Op: "disconnect", Client: clientID, Code: code, Reason: reason})
 }
 
 // DisconnectUser closes every connection of a user, on every node.
-func (n *Node) DisconnectUser(ctx context.Context, userID string, code int, reason string) error {
+func (n *Node) DisconnectUser(ctx context.Context, userID string, code CloseCode, reason string) error {
 	return n.publishControl(ctx, control{Op: "disconnect_user", User: userID, Code: code, Reason: reason})
 }
 
 // Stats is a snapshot of a node's local state.
 type Stats struct {
-	Connections int `json:"connections"`
+	// Node is the node's id (random, made by New), for logs and the API.
+	Node string `json:"node"`
+	// Started is when New made the node.
+	Started time.Time `json:"started"`
+	// Draining: Drain or Shutdown has begun.
+	Draining    bool `json:"draining"`
+	Connections int  `json:"connections"`
 	// Channels maps every channel with local subscribers to their number.
 	Channels map[string]int `json:"channels"`
 	// MessagesIn counts messages received from clients; FramesOut frames
@@ -712,6 +736,9 @@ type Stats struct {
 // Stats returns a snapshot of the node's connections and channels.
 func (n *Node) Stats() Stats {
 	return Stats{
+		Node:          n.id,
+		Started:       n.started,
+		Draining:      n.isClosing(),
 		Connections:   n.hub.numConns(),
 		Channels:      n.hub.channelCounts(),
 		MessagesIn:    n.metrics.messagesIn.Load(),
@@ -719,6 +746,32 @@ func (n *Node) Stats() Stats {
 		Published:     n.metrics.pubClient.Load() + n.metrics.pubRaw.Load() + n.metrics.pubServer.Load(),
 		SlowConsumers: n.metrics.slowConsumers.Load(),
 	}
+}
+
+// CheckChannel reports whether channel is one this node serves: a valid
+// name in a configured namespace (an *Error of code bad_channel if not).
+func (n *Node) CheckChannel(channel string) error {
+	if _, err := n.channelNamespace(channel); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ReportAuthFailure counts a refused credential in
+// herald_auth_failures_total, for handlers built on the node (the HTTP
+// API, the dashboard) that check credentials of their own.
+func (n *Node) ReportAuthFailure() { n.metrics.authFailures.Add(1) }
+
+// UnsubscribeUser unsubscribes every connection of a user from channel, on
+// every node. Each protocol client gets an unsub push (code
+// server_unsubscribe) after the channel's last publication it receives,
+// and must not resubscribe by itself; a raw client of the channel is
+// closed with CloseForbidden.
+func (n *Node) UnsubscribeUser(ctx context.Context, userID, channel string) error {
+	if err := n.CheckChannel(channel); err != nil {
+		return err
+	}
+	return n.publishControl(ctx, control{Op: "unsubscribe_user", User: userID, Channel: channel, Reason: "unsubscribed by the server"})
 }
 
 // opCtx bounds one broker, presence or token operation made for a client:

@@ -418,7 +418,7 @@ func TestBrokerReconnectGap(t *testing.T) {
 	b.HandleReconnect()
 
 	for _, c := range []*testClient{missed, live} {
-		if ce := c.expectClose(); ce.Code != CloseResubscribe {
+		if ce := c.expectClose(); CloseCode(ce.Code) != CloseResubscribe {
 			t.Fatalf("close %v, want %d", ce, CloseResubscribe)
 		}
 	}

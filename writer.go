@@ -104,31 +104,21 @@ func (p *writerPool) work() {
 var nbWriters = sync.Pool{New: func() any { return newNBWriter() }}
 
 // flushNow is a pool worker's turn at c, which holds the writer role: it
-// writes what is queued without blocking, then gives the role back, puts c
-// at the back of the ready list if more was queued meanwhile, or hands
-// what is left to c's own writeLoop.
+// writes one batch without blocking, then gives the role back, puts c at
+// the back of the ready list if more was queued meanwhile, or hands what is
+// left to c's own writeLoop.
 func (c *conn) flushNow(w *nbWriter) {
-	c.mu.Lock()
-	if len(c.queue) == 0 {
-		c.writing = false
-		if c.closing {
-			c.markFlushedLocked()
-		}
-		c.mu.Unlock()
-		return
+	batch, closing := c.out.take()
+	if batch == nil {
+		return // the role is given back
 	}
-	if c.closing {
+	if closing {
 		// A close frame is queued: the writer that sends it waits for the
 		// client's reply with a deadline, which is writeLoop's job.
-		c.mu.Unlock()
+		c.out.handOff(batch)
 		go c.writeLoopFn()
 		return
 	}
-	batch := c.queue
-	c.queue, c.spare = c.spare, nil
-	c.queuedBytes = 0
-	c.mu.Unlock()
-
 	written, err := w.write(c.rc, batch)
 	c.node.metrics.bytesOut.Add(uint64(written))
 	done := 0 // frames written whole
@@ -145,31 +135,16 @@ func (c *conn) flushNow(w *nbWriter) {
 	if done < len(batch) {
 		// The socket is full: c's own writer takes over and waits for the
 		// client, starting with what is left of this batch (the rest of a
-		// frame cut short first), ahead of anything queued meanwhile. Like
-		// any batch in flight it no longer counts against the queue limits.
+		// frame cut short first), ahead of anything queued meanwhile.
 		c.node.metrics.socketFull.Add(1)
 		clear(batch[:done])
 		batch[done] = batch[done][written:]
-		c.mu.Lock()
-		c.handoff = batch[done:]
-		c.mu.Unlock()
+		c.out.handOff(batch[done:])
 		go c.writeLoopFn()
 		return
 	}
 	clear(batch)
-	c.mu.Lock()
-	if cap(batch) <= 256 && c.spare == nil {
-		c.spare = batch[:0]
-	}
-	more := len(c.queue) > 0
-	if !more {
-		c.writing = false
-		if c.closing {
-			c.markFlushedLocked()
-		}
-	}
-	c.mu.Unlock()
-	if more {
+	if c.out.done(batch) {
 		c.node.writers.add(c)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/httpapi"
 )
 
 const testAPIKey = "bench-test-key"
@@ -42,7 +43,7 @@ func startNode(t *testing.T, cfg herald.Config) string {
 	mux := http.NewServeMux()
 	mux.Handle("/ws", node.Handler())
 	mux.Handle("/ws/raw", node.RawHandler())
-	mux.Handle("/api/", node.APIHandler(herald.APIConfig{Key: testAPIKey}))
+	mux.Handle("/api/", httpapi.Handler(node, httpapi.Config{Key: testAPIKey}))
 	mux.Handle("/metrics", node.MetricsHandler())
 	ts := httptest.NewServer(mux)
 	t.Cleanup(func() {

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/heraldhq/herald/internal/wsframe"
+	"github.com/heraldhq/herald/protocol"
 )
 
 const epollReader = true
@@ -229,7 +230,7 @@ func (l *rxLoop) feed(c *rxConn, p []byte) bool {
 			// the code it was failed with.
 			code := websocket.CloseProtocolError
 			if perr, ok := err.(*wsframe.ProtocolError); ok {
-				code = perr.Code
+				code = int(perr.Code)
 			}
 			l.closeWith(c, code, code, err)
 			return false
@@ -251,9 +252,9 @@ func (l *rxLoop) feed(c *rxConn, p []byte) bool {
 					return false
 				}
 			case websocket.CloseMessage:
-				code := wsframe.CloseCode(payload)
+				code := int(wsframe.CloseCode(payload))
 				reply := code
-				if code == wsframe.CloseNoStatusPresent {
+				if code == int(protocol.CloseNoStatus) {
 					reply = websocket.CloseNormalClosure
 				}
 				l.closeWith(c, reply, code, &websocket.CloseError{Code: code})

@@ -90,7 +90,7 @@ func newScriptedServer(t *testing.T, then []byte, want int) *scriptedServer {
 						}
 					}
 				case websocket.CloseMessage:
-					if wsframe.CloseCode(payload) == want {
+					if int(wsframe.CloseCode(payload)) == want {
 						s.closes.Add(1)
 					}
 					return

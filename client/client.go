@@ -244,7 +244,7 @@ type StateChange struct {
 	// without one (network error, ReadTimeout), and 0 when the client ended
 	// it itself (Err says why) or an attempt failed before a close frame
 	// could come (dial, HTTP refusal, GetToken).
-	Code   int
+	Code   protocol.CloseCode
 	Reason string
 	// Err says why the connection ended or the attempt failed: a
 	// *CloseError, *HandshakeError, ErrSlowHandler, a network error…
@@ -577,7 +577,7 @@ func (c *Client) run(ctx context.Context, first chan<- error) {
 		}
 		c.log.Info("connection lost, reconnecting", "code", ch.Code, "reason", ch.Reason, "err", ch.Err)
 		c.setState(ch)
-		if ch.Code == closeRateLimited {
+		if ch.Code == protocol.CloseRateLimited {
 			// Closed for flooding: slow down, and let repeated closes
 			// lengthen the wait before reconnecting.
 			c.pace.refused()
@@ -647,12 +647,12 @@ func lostChange(err error) StateChange {
 	case errors.As(err, &ld):
 		// The client ended it: there is no server close code to report.
 	case errors.As(err, &we) && we.Code != websocket.CloseAbnormalClosure:
-		ch.Code, ch.Reason = we.Code, we.Text
-		ch.Err = &CloseError{Code: we.Code, Reason: we.Text}
+		ch.Code, ch.Reason = protocol.CloseCode(we.Code), we.Text
+		ch.Err = &CloseError{Code: protocol.CloseCode(we.Code), Reason: we.Text}
 	default:
 		// gorilla reports a bare EOF as a CloseError 1006, RFC 6455's code
 		// for "no close frame"; other network errors get it too.
-		ch.Code = websocket.CloseAbnormalClosure
+		ch.Code = protocol.CloseAbnormal
 	}
 	return ch
 }

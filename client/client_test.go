@@ -729,7 +729,7 @@ func TestReconnectRecoversMissedPublications(t *testing.T) {
 	for _, s := range rec.stateList() {
 		var ce *client.CloseError
 		if s.State == client.StateDisconnected && s.Code == herald.CloseDisconnected && s.Reason == "test" &&
-			errors.As(s.Err, &ce) && ce.Code == herald.CloseDisconnected {
+			errors.As(s.Err, &ce) && herald.CloseCode(ce.Code) == herald.CloseDisconnected {
 			sawDrop = true
 		}
 	}
@@ -789,7 +789,7 @@ func TestForbiddenCloseStopsReconnecting(t *testing.T) {
 		t.Fatal("client still running after close 4500")
 	}
 	var ce *client.CloseError
-	if err := c.Err(); !errors.As(err, &ce) || ce.Code != herald.CloseForbidden || ce.Reason != "banned" {
+	if err := c.Err(); !errors.As(err, &ce) || herald.CloseCode(ce.Code) != herald.CloseForbidden || ce.Reason != "banned" {
 		t.Fatalf("Err() = %v, want a CloseError 4500 banned", err)
 	}
 	if n := dials.count(); n != 1 {

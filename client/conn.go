@@ -215,7 +215,7 @@ func (s *session) handshake(ctx context.Context, token string) (protocol.Connect
 		if errors.As(err, &ne) && ne.Timeout() {
 			return none, fmt.Errorf("failed to connect: no connect reply: %w", ErrTimeout)
 		}
-		if ch := lostChange(err); ch.Code != 0 && ch.Code != websocket.CloseAbnormalClosure {
+		if ch := lostChange(err); ch.Code != 0 && ch.Code != protocol.CloseAbnormal {
 			// A close frame (a *CloseError): 4500 here stops reconnecting too.
 			return none, fmt.Errorf("failed to connect: %w", ch.Err)
 		}

@@ -65,12 +65,23 @@ func replyError(pe *protocol.Error) *Error { return &Error{Code: pe.Code, Messag
 // see PROTOCOL.md) and reason. It is StateChange.Err of a disconnect, and
 // Client.Err after a close code that forbids reconnecting.
 type CloseError struct {
-	Code   int
+	Code   protocol.CloseCode
 	Reason string
 }
 
 func (e *CloseError) Error() string {
-	return fmt.Sprintf("herald client: connection closed by the server: %d %s", e.Code, e.Reason)
+	return fmt.Sprintf("herald client: connection closed by the server: %s: %s", e.Code, e.Reason)
+}
+
+// CloseCodeOf returns the close code of the server's close frame that err
+// carries (a *CloseError in its chain, such as StateChange.Err or Err after
+// a final close), or false.
+func CloseCodeOf(err error) (protocol.CloseCode, bool) {
+	var ce *CloseError
+	if errors.As(err, &ce) {
+		return ce.Code, true
+	}
+	return 0, false
 }
 
 // HandshakeError is a WebSocket handshake the server refused with an HTTP
@@ -117,11 +128,6 @@ func (e *PublishError) Error() string {
 
 func (e *PublishError) Unwrap() error { return e.Err }
 
-// closeRateLimited is the close code of a client that kept sending at over
-// twice the server's message rate (PROTOCOL.md, Limits): reconnect after a
-// backoff, and send less.
-const closeRateLimited = 4007
-
 // terminal reports whether err means "do not reconnect": the server closed
 // with a code from 4500 to 4999 or 1008 (policy violation: too many
 // connections for the user), or refused the handshake with 401 or 403.
@@ -131,7 +137,7 @@ const closeRateLimited = 4007
 func terminal(err error) bool {
 	var ce *CloseError
 	if errors.As(err, &ce) {
-		return ce.Code == 1008 || (ce.Code >= 4500 && ce.Code <= 4999)
+		return !ce.Code.Reconnect()
 	}
 	var he *HandshakeError
 	if errors.As(err, &he) {

@@ -102,7 +102,7 @@ func wantRefused(t *testing.T, s *server, token string) {
 	if m, _ := connectAs(t, ws, token); m.errorCode() != "unauthorized" {
 		t.Fatalf("connect: got %+v, want an unauthorized error", m)
 	}
-	if code := expectClose(t, ws); code != herald.CloseUnauthorized {
+	if code := expectClose(t, ws); herald.CloseCode(code) != herald.CloseUnauthorized {
 		t.Fatalf("close %d, want %d", code, herald.CloseUnauthorized)
 	}
 }
@@ -378,7 +378,7 @@ func TestServeConnectTimeout(t *testing.T) {
 	s := startServer(t, []string{"HERALD_JWT_SECRET=" + testSecret}, "--connect-timeout", "200ms")
 	ws := mustDialWS(t, "ws://"+s.addr+"/ws", nil)
 	start := time.Now()
-	if code := expectClose(t, ws); code != herald.CloseConnectTimeout {
+	if code := expectClose(t, ws); herald.CloseCode(code) != herald.CloseConnectTimeout {
 		t.Fatalf("close %d, want %d", code, herald.CloseConnectTimeout)
 	}
 	if d := time.Since(start); d > 5*time.Second {
@@ -530,7 +530,7 @@ func TestServeLimits(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if code := expectClose(t, raw); code != herald.CloseRateLimited {
+		if code := expectClose(t, raw); herald.CloseCode(code) != herald.CloseRateLimited {
 			t.Fatalf("raw flood: close %d, want 4007", code)
 		}
 	})

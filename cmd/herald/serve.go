@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/httpapi"
 	"github.com/heraldhq/herald/web"
 )
 
@@ -233,7 +234,7 @@ func (in *instance) setAPIKey(key string) {
 		in.api.Store(nil)
 		return
 	}
-	h := in.node.APIHandler(herald.APIConfig{Key: key})
+	h := httpapi.Handler(in.node, httpapi.Config{Key: key, Logger: in.logger})
 	in.api.Store(&h)
 }
 

@@ -204,12 +204,12 @@ func expectPubs(t *testing.T, c *wsClient, first uint64, datas ...string) {
 	}
 }
 
-func expectClosed(t *testing.T, c *wsClient, code int) {
+func expectClosed(t *testing.T, c *wsClient, code herald.CloseCode) {
 	t.Helper()
 	expectClosedWithin(t, c, code, waitFor)
 }
 
-func expectClosedWithin(t *testing.T, c *wsClient, code int, within time.Duration) {
+func expectClosedWithin(t *testing.T, c *wsClient, code herald.CloseCode, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -218,7 +218,7 @@ func expectClosedWithin(t *testing.T, c *wsClient, code int, within time.Duratio
 		var ce *websocket.CloseError
 		switch {
 		case errors.As(err, &ce):
-			if ce.Code != code {
+			if herald.CloseCode(ce.Code) != code {
 				t.Fatalf("closed with %d %q, want %d", ce.Code, ce.Text, code)
 			}
 			return

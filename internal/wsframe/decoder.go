@@ -8,28 +8,22 @@ import (
 	"strings"
 	"sync"
 	"unicode/utf8"
+
+	"github.com/heraldhq/herald/protocol"
 )
 
 // OpContinuation is the opcode of a data message's second and later frames.
 const OpContinuation = 0x0
 
-// Close codes the Decoder fails a stream with (RFC 6455 section 7.4.1).
-const (
-	CloseProtocolError   = 1002
-	CloseInvalidPayload  = 1007
-	CloseMessageTooBig   = 1009
-	CloseNoStatusPresent = 1005 // never sent: a close frame without a code
-)
-
 // ProtocolError fails the connection with Code (1002, 1007 or 1009).
 type ProtocolError struct {
-	Code   int
+	Code   protocol.CloseCode
 	Reason string
 }
 
 func (e *ProtocolError) Error() string { return "websocket: " + e.Reason }
 
-func protocolError(code int, reason string) *ProtocolError {
+func protocolError(code protocol.CloseCode, reason string) *ProtocolError {
 	return &ProtocolError{Code: code, Reason: reason}
 }
 
@@ -183,9 +177,9 @@ func (d *Decoder) header(p []byte) (int, *ProtocolError) {
 				// Fail now, before waiting for a key or for more header.
 				d.nhdr = 0
 				if d.FromServer {
-					return used, protocolError(CloseProtocolError, "server frame masked")
+					return used, protocolError(protocol.CloseProtocolError, "server frame masked")
 				}
-				return used, protocolError(CloseProtocolError, "client frame not masked")
+				return used, protocolError(protocol.CloseProtocolError, "client frame not masked")
 			}
 			if !d.FromServer {
 				need += 4 // masking key
@@ -214,7 +208,7 @@ func (d *Decoder) header(p []byte) (int, *ProtocolError) {
 	case 127:
 		u := binary.BigEndian.Uint64(d.hdr[2:])
 		if u > 1<<63-1 {
-			return used, protocolError(CloseProtocolError, "frame length has the most significant bit set")
+			return used, protocolError(protocol.CloseProtocolError, "frame length has the most significant bit set")
 		}
 		length = int64(u)
 		off = 10
@@ -227,38 +221,38 @@ func (d *Decoder) header(p []byte) (int, *ProtocolError) {
 	switch op {
 	case OpClose, OpPing, OpPong:
 		if rsv != 0 {
-			return used, protocolError(CloseProtocolError, "reserved bits set on a control frame")
+			return used, protocolError(protocol.CloseProtocolError, "reserved bits set on a control frame")
 		}
 		if !fin {
-			return used, protocolError(CloseProtocolError, "fragmented control frame")
+			return used, protocolError(protocol.CloseProtocolError, "fragmented control frame")
 		}
 		if length > 125 {
-			return used, protocolError(CloseProtocolError, "control frame longer than 125 bytes")
+			return used, protocolError(protocol.CloseProtocolError, "control frame longer than 125 bytes")
 		}
 		d.nctrl = 0
 	case OpText, OpBinary:
 		if d.msgOp != 0 {
-			return used, protocolError(CloseProtocolError, "new message inside a fragmented message")
+			return used, protocolError(protocol.CloseProtocolError, "new message inside a fragmented message")
 		}
 		compressed := rsv == rsv1Bit && d.Deflate
 		if rsv != 0 && !compressed {
-			return used, protocolError(CloseProtocolError, "reserved bits set")
+			return used, protocolError(protocol.CloseProtocolError, "reserved bits set")
 		}
 		d.msgOp, d.compressed, d.msgLen = op, compressed, 0
 	case OpContinuation:
 		if d.msgOp == 0 {
-			return used, protocolError(CloseProtocolError, "continuation frame without a message to continue")
+			return used, protocolError(protocol.CloseProtocolError, "continuation frame without a message to continue")
 		}
 		if rsv != 0 {
-			return used, protocolError(CloseProtocolError, "reserved bits set on a continuation frame")
+			return used, protocolError(protocol.CloseProtocolError, "reserved bits set on a continuation frame")
 		}
 	default:
-		return used, protocolError(CloseProtocolError, "reserved opcode")
+		return used, protocolError(protocol.CloseProtocolError, "reserved opcode")
 	}
 	if op < OpClose {
 		d.msgLen += length
 		if d.MaxMessage > 0 && d.msgLen > d.MaxMessage {
-			return used, protocolError(CloseMessageTooBig, "message too big")
+			return used, protocolError(protocol.CloseMessageTooBig, "message too big")
 		}
 	}
 	d.op, d.fin, d.remaining, d.inFrame = op, fin, length, true
@@ -281,13 +275,13 @@ func checkClose(p []byte) *ProtocolError {
 	case len(p) == 0:
 		return nil
 	case len(p) == 1:
-		return protocolError(CloseProtocolError, "close frame with a 1-byte payload")
+		return protocolError(protocol.CloseProtocolError, "close frame with a 1-byte payload")
 	}
 	if !ValidCloseCode(int(binary.BigEndian.Uint16(p))) {
-		return protocolError(CloseProtocolError, "invalid close code")
+		return protocolError(protocol.CloseProtocolError, "invalid close code")
 	}
 	if !utf8.Valid(p[2:]) {
-		return protocolError(CloseProtocolError, "close reason is not UTF-8")
+		return protocolError(protocol.CloseProtocolError, "close reason is not UTF-8")
 	}
 	return nil
 }
@@ -307,11 +301,11 @@ func ValidCloseCode(code int) bool {
 
 // CloseCode returns the code of a validated close payload (1005 if it has
 // none).
-func CloseCode(p []byte) int {
+func CloseCode(p []byte) protocol.CloseCode {
 	if len(p) < 2 {
-		return CloseNoStatusPresent
+		return protocol.CloseNoStatus
 	}
-	return int(binary.BigEndian.Uint16(p))
+	return protocol.CloseCode(binary.BigEndian.Uint16(p))
 }
 
 // deflateTail ends a message compressed with no context takeover: the
@@ -330,10 +324,10 @@ func Inflate(dst *bytes.Buffer, payload []byte, limit int64) error {
 	fr := inflaters.Get().(io.ReadCloser)
 	defer inflaters.Put(fr)
 	if err := fr.(flate.Resetter).Reset(io.MultiReader(bytes.NewReader(payload), strings.NewReader(deflateTail)), nil); err != nil {
-		return protocolError(CloseInvalidPayload, "invalid compressed message")
+		return protocolError(protocol.CloseInvalidPayload, "invalid compressed message")
 	}
 	if _, err := dst.ReadFrom(io.LimitReader(fr, limit+1)); err != nil {
-		return protocolError(CloseInvalidPayload, "invalid compressed message")
+		return protocolError(protocol.CloseInvalidPayload, "invalid compressed message")
 	}
 	return nil
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/heraldhq/herald/protocol"
 )
 
 // clientFrame encodes one masked client frame.
@@ -170,7 +172,7 @@ func TestDecoderCloseCodeOf(t *testing.T) {
 	d := &Decoder{MaxMessage: 10}
 	var msg []byte
 	_, _, err := d.Feed(clientFrame(true, 0, OpText, make([]byte, 11), [4]byte{}), &msg)
-	if !errors.As(err, &pe) || pe.Code != CloseMessageTooBig {
+	if !errors.As(err, &pe) || pe.Code != protocol.CloseMessageTooBig {
 		t.Fatalf("got %v, want a 1009 ProtocolError", err)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"encoding/binary"
 	"sync"
 	"unicode/utf8"
+
+	"github.com/heraldhq/herald/protocol"
 )
 
 // Opcodes (RFC 6455 section 5.2).
@@ -61,7 +63,7 @@ func HeaderLen(n int) int {
 
 // Close returns a close frame with the code and reason. The reason is cut to
 // fit the 125-byte control frame limit (without splitting a UTF-8 sequence).
-func Close(code int, reason string) []byte {
+func Close(code protocol.CloseCode, reason string) []byte {
 	if len(reason) > 123 {
 		reason = reason[:123]
 		for !utf8.ValidString(reason) {

@@ -1,7 +1,13 @@
-package herald
+// Package httpapi is Herald's HTTP server API: the routes a backend uses to
+// publish, reach users and read a node's state (/api/v1/…, described by
+// /api/openapi.json), as an http.Handler built on a *herald.Node's
+// exported methods. herald serve mounts it at /api/ when an API key is set;
+// any net/http server can do the same:
+//
+//	mux.Handle("/api/", httpapi.Handler(node, httpapi.Config{Key: key}))
+package httpapi
 
 import (
-	"context"
 	"crypto/subtle"
 	_ "embed"
 	"encoding/base64"
@@ -9,16 +15,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/internal/httpx"
 	"github.com/heraldhq/herald/protocol"
 )
 
-// APIConfig configures the HTTP server API (APIHandler).
-type APIConfig struct {
+// Config configures the API.
+type Config struct {
 	// Key is the API key every request must carry, as "Authorization:
 	// Bearer KEY" or "X-API-Key: KEY". It is compared in constant time and
 	// never logged. Empty refuses every request: the API publishes as the
@@ -27,21 +36,28 @@ type APIConfig struct {
 	// MaxBodyBytes caps a request body; a larger one gets 413. Zero means
 	// 1 MiB.
 	MaxBodyBytes int64
+	// Logger receives the calls that failed on the broker. Nil logs
+	// nothing.
+	Logger *slog.Logger
 }
 
-//go:embed api_openapi.json
+//go:embed openapi.json
 var openAPIDoc []byte
 
-// APIHandler returns the HTTP server API, to be mounted at /api/ (its
-// routes are /api/v1/…; /api/openapi.json describes them). Every request
-// needs the API key. Requests and responses are JSON; errors are
-// {"error":{"code","message","field"}} with a matching status. A failing
-// call never affects connected clients.
-func (n *Node) APIHandler(cfg APIConfig) http.Handler {
+// Handler returns the API of node n, to be mounted at /api/ (its routes are
+// /api/v1/…; /api/openapi.json describes them and needs no key). Every
+// other request needs the API key; a missing or wrong one is counted in
+// herald_auth_failures_total. Requests and responses are JSON; errors are
+// {"error":{"code","message","field"}} with the status herald.HTTPStatus
+// gives their code. A failing call never affects connected clients.
+func Handler(n *herald.Node, cfg Config) http.Handler {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 1 << 20
 	}
-	a := &api{n: n, cfg: cfg}
+	a := &api{n: n, cfg: cfg, log: cfg.Logger}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
 	mux := http.NewServeMux()
 	methods := make(map[string]string) // path -> its method, for 405
 	for _, r := range a.routes() {
@@ -64,7 +80,7 @@ func (n *Node) APIHandler(cfg APIConfig) http.Handler {
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/api/openapi.json" && !a.authorized(r) {
-			n.metrics.authFailures.Add(1)
+			n.ReportAuthFailure()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="herald"`)
 			a.fail(w, http.StatusUnauthorized, "unauthorized", "missing or wrong API key", "")
 			return
@@ -74,8 +90,9 @@ func (n *Node) APIHandler(cfg APIConfig) http.Handler {
 }
 
 type api struct {
-	n   *Node
-	cfg APIConfig
+	n   *herald.Node
+	cfg Config
+	log *slog.Logger
 }
 
 type apiRoute struct {
@@ -99,28 +116,15 @@ func (a *api) routes() []apiRoute {
 }
 
 func (a *api) authorized(r *http.Request) bool {
-	key := bearerToken(r.Header.Get("Authorization"))
+	key := httpx.BearerToken(r.Header.Get("Authorization"))
 	if key == "" {
 		key = r.Header.Get("X-API-Key")
 	}
 	return a.cfg.Key != "" && subtle.ConstantTimeCompare([]byte(key), []byte(a.cfg.Key)) == 1
 }
 
-type apiError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-	Field   string `json:"field,omitempty"`
-}
-
 func (a *api) fail(w http.ResponseWriter, status int, code, msg, field string) {
-	writeJSON(w, status, map[string]apiError{"error": {Code: code, Message: msg, Field: field}})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	httpx.WriteError(w, status, code, msg, field)
 }
 
 // decode reads a JSON body into v, answering 400 (naming the field) or 413.
@@ -163,7 +167,7 @@ type payload struct {
 	DataBase64 *string         `json:"data_base64,omitempty"`
 }
 
-func (a *api) payload(w http.ResponseWriter, p payload) ([]byte, []PublishOption, bool) {
+func (a *api) payload(w http.ResponseWriter, p payload) ([]byte, []herald.PublishOption, bool) {
 	switch {
 	case p.DataBase64 != nil && p.Data != nil:
 		a.fail(w, http.StatusBadRequest, "bad_request", "give data or data_base64, not both", "data_base64")
@@ -173,7 +177,7 @@ func (a *api) payload(w http.ResponseWriter, p payload) ([]byte, []PublishOption
 			a.fail(w, http.StatusBadRequest, "bad_request", "data_base64 is not standard base64", "data_base64")
 			return nil, nil, false
 		}
-		return b, []PublishOption{Binary()}, true
+		return b, []herald.PublishOption{herald.WithBinary()}, true
 	case p.Data == nil:
 		a.fail(w, http.StatusBadRequest, "bad_request", "data (any JSON value) or data_base64 is required", "data")
 	default:
@@ -182,18 +186,11 @@ func (a *api) payload(w http.ResponseWriter, p payload) ([]byte, []PublishOption
 	return nil, nil, false
 }
 
-// nodeError answers an error from a Node method.
+// nodeError answers an error from a Node method (httpx.WriteNodeError),
+// and logs a broker's failure.
 func (a *api) nodeError(w http.ResponseWriter, err error, field string) {
-	switch {
-	case errors.Is(err, ErrBadChannel):
-		a.fail(w, http.StatusBadRequest, "bad_channel", strings.TrimPrefix(err.Error(), "herald: "), field)
-	case errors.Is(err, ErrNotEnabled):
-		a.fail(w, http.StatusBadRequest, "not_enabled", strings.TrimPrefix(err.Error(), "herald: "), field)
-	case errors.Is(err, ErrNodeClosed):
-		a.fail(w, http.StatusServiceUnavailable, "unavailable", "node shutting down", "")
-	default:
-		a.n.log.Warn("API call failed", "err", err)
-		a.fail(w, http.StatusServiceUnavailable, "unavailable", "broker unavailable; retry", "")
+	if httpx.WriteNodeError(w, err, field) {
+		a.log.Warn("API call failed", "err", err)
 	}
 }
 
@@ -217,14 +214,14 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.IdempotencyKey != "" {
-		opts = append(opts, IdempotencyKey(req.IdempotencyKey))
+		opts = append(opts, herald.WithIdempotencyKey(req.IdempotencyKey))
 	}
 	res, err := a.n.Publish(r.Context(), req.Channel, data, opts...)
 	if err != nil {
 		a.nodeError(w, err, "channel")
 		return
 	}
-	writeJSON(w, http.StatusOK, publishResponse{Offset: res.Offset, Epoch: res.Epoch, Duplicate: res.Duplicate})
+	httpx.WriteJSON(w, http.StatusOK, publishResponse{Offset: res.Offset, Epoch: res.Epoch, Duplicate: res.Duplicate})
 }
 
 func (a *api) broadcast(w http.ResponseWriter, r *http.Request) {
@@ -244,8 +241,8 @@ func (a *api) broadcast(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, ch := range req.Channels { // all or nothing for names
-		if _, perr := a.n.channelNamespace(ch); perr != nil {
-			a.fail(w, http.StatusBadRequest, "bad_channel", perr.Message, "channels")
+		if err := a.n.CheckChannel(ch); err != nil {
+			a.nodeError(w, err, "channels")
 			return
 		}
 	}
@@ -258,7 +255,7 @@ func (a *api) broadcast(w http.ResponseWriter, r *http.Request) {
 		}
 		results[i] = publishResponse{Offset: res.Offset, Epoch: res.Epoch}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"results": results})
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"results": results})
 }
 
 func (a *api) sendUser(w http.ResponseWriter, r *http.Request) {
@@ -281,7 +278,7 @@ func (a *api) sendUser(w http.ResponseWriter, r *http.Request) {
 		a.nodeError(w, err, "")
 		return
 	}
-	writeJSON(w, http.StatusOK, struct{}{})
+	httpx.WriteJSON(w, http.StatusOK, struct{}{})
 }
 
 func (a *api) disconnectUser(w http.ResponseWriter, r *http.Request) {
@@ -298,7 +295,7 @@ func (a *api) disconnectUser(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Code == 0 {
-		req.Code = CloseDisconnected
+		req.Code = int(herald.CloseDisconnected)
 	}
 	if req.Code < 4000 || req.Code > 4999 {
 		a.fail(w, http.StatusBadRequest, "bad_request", "code must be 4000-4999 (4000-4499: may reconnect; 4500-4999: should not)", "code")
@@ -308,11 +305,11 @@ func (a *api) disconnectUser(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, http.StatusBadRequest, "bad_request", "reason is longer than 123 bytes", "reason")
 		return
 	}
-	if err := a.n.DisconnectUser(r.Context(), req.User, req.Code, req.Reason); err != nil {
+	if err := a.n.DisconnectUser(r.Context(), req.User, herald.CloseCode(req.Code), req.Reason); err != nil {
 		a.nodeError(w, err, "")
 		return
 	}
-	writeJSON(w, http.StatusOK, struct{}{})
+	httpx.WriteJSON(w, http.StatusOK, struct{}{})
 }
 
 func (a *api) unsubscribeUser(w http.ResponseWriter, r *http.Request) {
@@ -331,11 +328,11 @@ func (a *api) unsubscribeUser(w http.ResponseWriter, r *http.Request) {
 		a.nodeError(w, err, "channel")
 		return
 	}
-	writeJSON(w, http.StatusOK, struct{}{})
+	httpx.WriteJSON(w, http.StatusOK, struct{}{})
 }
 
 func (a *api) channels(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"channels": a.n.hub.channelCounts()})
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"channels": a.n.Stats().Channels})
 }
 
 func (a *api) channelParam(w http.ResponseWriter, r *http.Request) (string, bool) {
@@ -361,7 +358,7 @@ func (a *api) presence(w http.ResponseWriter, r *http.Request) {
 	for id, p := range m {
 		out[id] = protocol.ClientInfo{Client: p.Client, User: p.User, Info: p.Info}
 	}
-	writeJSON(w, http.StatusOK, protocol.PresenceResult{Clients: out})
+	httpx.WriteJSON(w, http.StatusOK, protocol.PresenceResult{Clients: out})
 }
 
 func (a *api) presenceStats(w http.ResponseWriter, r *http.Request) {
@@ -374,7 +371,7 @@ func (a *api) presenceStats(w http.ResponseWriter, r *http.Request) {
 		a.nodeError(w, err, "channel")
 		return
 	}
-	writeJSON(w, http.StatusOK, protocol.PresenceStatsResult{Clients: st.Clients, Users: st.Users})
+	httpx.WriteJSON(w, http.StatusOK, protocol.PresenceStatsResult{Clients: st.Clients, Users: st.Users})
 }
 
 func (a *api) history(w http.ResponseWriter, r *http.Request) {
@@ -383,7 +380,7 @@ func (a *api) history(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	opts := HistoryOptions{Limit: -1, Reverse: q.Get("reverse") == "true"}
+	opts := herald.HistoryOptions{Limit: -1, Reverse: q.Get("reverse") == "true"}
 	if s := q.Get("limit"); s != "" {
 		l, err := strconv.Atoi(s)
 		if err != nil || l < 0 {
@@ -398,7 +395,7 @@ func (a *api) history(w http.ResponseWriter, r *http.Request) {
 			a.fail(w, http.StatusBadRequest, "bad_request", "since_offset must be a whole number", "since_offset")
 			return
 		}
-		opts.Since = &StreamPosition{Offset: off, Epoch: q.Get("since_epoch")}
+		opts.Since = &herald.StreamPosition{Offset: off, Epoch: q.Get("since_epoch")}
 	}
 	h, err := a.n.History(r.Context(), ch, opts)
 	if err != nil {
@@ -409,51 +406,20 @@ func (a *api) history(w http.ResponseWriter, r *http.Request) {
 	// <, > and &; they go out byte for byte, as in pushes.
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write(append(protocol.AppendHistoryResult(nil, historyResult(h)), '\n'))
-}
-
-// historyResult converts a history read to its wire form (shared with the
-// protocol's history command).
-func historyResult(h HistoryResult) protocol.HistoryResult {
-	out := protocol.HistoryResult{Publications: make([]protocol.HistoryPublication, len(h.Publications)), Offset: h.Position.Offset, Epoch: h.Position.Epoch}
-	for i, p := range h.Publications {
-		hp := protocol.HistoryPublication{Offset: p.Offset}
-		switch {
-		case p.Binary:
-			hp.Binary, hp.IsBinary = p.Data, true
-		case json.Valid(p.Data):
-			hp.Data = p.Data
-		default:
-			hp.Data, _ = json.Marshal(string(p.Data))
-		}
-		out.Publications[i] = hp
-	}
-	return out
+	_, _ = w.Write(append(protocol.AppendHistoryResult(nil, h.Wire()), '\n'))
 }
 
 func (a *api) info(w http.ResponseWriter, r *http.Request) {
 	st := a.n.Stats()
-	writeJSON(w, http.StatusOK, map[string]any{
-		"node":           a.n.id,
-		"uptime_seconds": int64(time.Since(a.n.started).Seconds()),
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{
+		"node":           st.Node,
+		"uptime_seconds": int64(time.Since(st.Started).Seconds()),
 		"connections":    st.Connections,
 		"channels":       len(st.Channels),
 		"messages_in":    st.MessagesIn,
 		"frames_out":     st.FramesOut,
 		"published":      st.Published,
 		"slow_consumers": st.SlowConsumers,
-		"draining":       a.n.isClosing(),
+		"draining":       st.Draining,
 	})
-}
-
-// UnsubscribeUser unsubscribes every connection of a user from channel, on
-// every node. Each protocol client gets an unsub push (code
-// server_unsubscribe) after the channel's last publication it receives,
-// and must not resubscribe by itself; a raw client of the channel is
-// closed with CloseForbidden.
-func (n *Node) UnsubscribeUser(ctx context.Context, userID, channel string) error {
-	if _, perr := n.channelNamespace(channel); perr != nil {
-		return fmt.Errorf("%w: %s", ErrBadChannel, perr.Message)
-	}
-	return n.publishControl(ctx, control{Op: "unsubscribe_user", User: userID, Channel: channel, Reason: "unsubscribed by the server"})
 }

@@ -10,9 +10,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/heraldhq/herald/internal/wsframe"
+	"github.com/heraldhq/herald/protocol"
 )
 
-// The read side of a connection.
+// The read side of a connection's transport.
 //
 // gorilla/websocket performs the handshake; the frames are read here. An
 // idle connection is the common case (most subscribers never send), so its
@@ -170,7 +171,7 @@ func (c *conn) handleMessage() {
 			}
 		}()
 		if err := wsframe.Inflate(buf, msg, cfg.MaxMessageSize); err != nil {
-			c.close(wsframe.CloseInvalidPayload, "invalid compressed message")
+			c.close(CloseInvalidPayload, "invalid compressed message")
 			return
 		}
 		msg = buf.Bytes()
@@ -181,19 +182,15 @@ func (c *conn) handleMessage() {
 		return
 	case int64(len(msg)) > cfg.MaxMessageSize:
 		// Only reachable with compression: the decoder's cap counts wire bytes.
-		c.close(wsframe.CloseMessageTooBig, "message too big")
+		c.close(CloseMessageTooBig, "message too big")
 		return
 	case op == wsframe.OpText && !utf8.Valid(msg):
-		c.close(wsframe.CloseInvalidPayload, "invalid UTF-8 in text frame")
+		c.close(CloseInvalidPayload, "invalid UTF-8 in text frame")
 		return
 	}
 	c.node.metrics.messagesIn.Add(1)
 	c.node.metrics.bytesIn.Add(uint64(len(msg)))
-	if c.raw {
-		c.handleRaw(msg, op == wsframe.OpBinary)
-	} else {
-		c.handleCommand(msg, op == wsframe.OpBinary)
-	}
+	c.sess.message(msg, op == wsframe.OpBinary)
 }
 
 // handleControl answers a ping, and a close frame with its echo. It reports
@@ -205,7 +202,7 @@ func (c *conn) handleControl() bool {
 		c.enqueue(wsframe.Append(nil, wsframe.OpPong, payload, false))
 	case wsframe.OpClose:
 		// Echo the client's code (RFC 6455 section 5.5.1), unless we sent ours.
-		if code := wsframe.CloseCode(payload); code == wsframe.CloseNoStatusPresent {
+		if code := wsframe.CloseCode(payload); code == protocol.CloseNoStatus {
 			c.closeFrame(wsframe.Append(nil, wsframe.OpClose, nil, false), false)
 		} else {
 			c.close(code, "")
@@ -249,10 +246,4 @@ func (c *conn) readFailed(err error) {
 	}
 	// The socket failed (reset, EOF, closed). Queue nothing more.
 	c.closeFrame(nil, false)
-}
-
-func (c *conn) isClosing() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closing
 }

@@ -1,0 +1,175 @@
+package herald
+
+import (
+	"bytes"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// A fake writer: takes batches until the role is given back, as the pool
+// and writeLoop do, and appends what it "writes" to out. inRole counts the
+// writers between a take and its done: more than one is a broken role.
+type fakeWriter struct {
+	t      *testing.T
+	inRole atomic.Int32
+	mu     sync.Mutex
+	out    [][]byte
+}
+
+func (w *fakeWriter) run(o *outbound) {
+	for {
+		batch, _ := o.take()
+		if batch == nil {
+			return
+		}
+		if n := w.inRole.Add(1); n != 1 {
+			w.t.Errorf("%d writers hold the role", n)
+		}
+		w.mu.Lock()
+		for _, f := range batch {
+			w.out = append(w.out, bytes.Clone(f))
+		}
+		w.mu.Unlock()
+		clear(batch)
+		w.inRole.Add(-1)
+		if !o.done(batch) {
+			return
+		}
+	}
+}
+
+// Pushes from many goroutines, each starting a writer when its push took
+// the role: every frame is written exactly once, each pusher's in order,
+// and never by two writers at once.
+func TestOutboundOneWriter(t *testing.T) {
+	t.Parallel()
+	o := newOutbound(1<<20, 1<<30)
+	w := &fakeWriter{t: t}
+	start := func() { w.run(&o) }
+	var wg sync.WaitGroup
+	const pushers, each = 8, 2000
+	for p := range pushers {
+		wg.Go(func() {
+			for i := range each {
+				ok, st, overflow := o.push(fmt.Appendf(nil, "%d:%d", p, i))
+				if !ok || overflow {
+					t.Errorf("push %d:%d refused", p, i)
+					return
+				}
+				if st {
+					wg.Go(start)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if len(w.out) != pushers*each {
+		t.Fatalf("%d frames written, want %d", len(w.out), pushers*each)
+	}
+	next := make([]int, pushers)
+	for _, f := range w.out {
+		var p, i int
+		fmt.Sscanf(string(f), "%d:%d", &p, &i)
+		if i != next[p] {
+			t.Fatalf("pusher %d: frame %d written after %d", p, i, next[p]-1)
+		}
+		next[p]++
+	}
+	if o.writing || o.bytes != 0 {
+		t.Errorf("after the writers: writing %v, %d bytes queued", o.writing, o.bytes)
+	}
+}
+
+// The limits: a push past either is an overflow and queues nothing; a
+// batch taken no longer counts.
+func TestOutboundLimits(t *testing.T) {
+	t.Parallel()
+	o := newOutbound(3, 10)
+	for _, f := range []string{"aaaa", "bbbb"} {
+		if ok, _, _ := o.push([]byte(f)); !ok {
+			t.Fatalf("push %s refused", f)
+		}
+	}
+	if _, _, overflow := o.push([]byte("ccc")); !overflow { // 11 bytes
+		t.Fatal("over the byte limit, no overflow")
+	}
+	if b, _ := o.take(); len(b) != 2 {
+		t.Fatalf("took %d frames", len(b))
+	}
+	for range 3 {
+		if ok, _, _ := o.push([]byte("d")); !ok {
+			t.Fatal("push refused after the take")
+		}
+	}
+	if _, _, overflow := o.push([]byte("e")); !overflow {
+		t.Fatal("over the frame limit, no overflow")
+	}
+}
+
+// Closing: what is queued goes first, then the close frame; a cut drops the
+// queue; a closing queue refuses data and is flushed once its writer is
+// done.
+func TestOutboundClose(t *testing.T) {
+	t.Parallel()
+	o := newOutbound(100, 1000)
+	o.push([]byte("a"))
+	if began, start := o.close([]byte("close"), false); !began || start {
+		t.Fatalf("close: began %v start %v (the push's writer holds the role)", began, start)
+	}
+	if began, _ := o.close([]byte("again"), false); began {
+		t.Fatal("a second close began")
+	}
+	if ok, _, _ := o.push([]byte("late")); ok {
+		t.Fatal("a closing queue took data")
+	}
+	b, closing := o.take()
+	if !closing || len(b) != 2 || string(b[1]) != "close" {
+		t.Fatalf("took %q closing %v", b, closing)
+	}
+	select {
+	case <-o.flushed:
+		t.Fatal("flushed while the writer still holds the role")
+	default:
+	}
+	if o.done(b) {
+		t.Fatal("more after the close")
+	}
+	<-o.flushed
+
+	c := newOutbound(100, 1000)
+	c.push([]byte("a"))
+	c.push([]byte("b"))
+	if dropped, began, _ := c.cut([]byte("slow")); dropped != 3 || !began {
+		t.Fatalf("cut: dropped %d began %v", dropped, began)
+	}
+	if b, _ := c.take(); len(b) != 1 || string(b[0]) != "slow" {
+		t.Fatalf("after a cut took %q", b)
+	}
+}
+
+// The heartbeat's ping drops a large drained queue only after a whole
+// round with nothing else pushed; a busy queue keeps it (reallocating per
+// burst was most of the fan-out's garbage), and a small one is always kept.
+func TestOutboundPingTrimsIdleSpare(t *testing.T) {
+	t.Parallel()
+	o := newOutbound(100, 1000)
+	o.closing = true // the ping queues nothing
+	o.spare = make([][]byte, 0, 64)
+	o.queue = make([][]byte, 0, 32)
+	o.active = true
+	o.pushPing(pingFrame)
+	if cap(o.spare) != 64 || o.active {
+		t.Fatalf("after a round with traffic: spare cap %d (want 64 kept), active %v", cap(o.spare), o.active)
+	}
+	o.pushPing(pingFrame)
+	if o.spare != nil || o.queue != nil {
+		t.Fatalf("after an idle round: spare cap %d, queue cap %d, want both dropped", cap(o.spare), cap(o.queue))
+	}
+	o.spare = make([][]byte, 0, maxIdleSpare)
+	o.pushPing(pingFrame)
+	if cap(o.spare) != maxIdleSpare {
+		t.Fatal("a small spare was dropped")
+	}
+}

@@ -1,0 +1,316 @@
+package herald
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/heraldhq/herald/internal/wsframe"
+	"github.com/heraldhq/herald/protocol"
+)
+
+// v1Session is the herald.v1 protocol (PROTOCOL.md) on one connection:
+// commands in, replies and pushes out, in command order.
+//
+// Its methods run on the connection's reader goroutine; the two timers
+// (connect timeout, token expiry) only close the connection. mu guards the
+// timers and expires, which connect and refresh change.
+type v1Session struct {
+	c *conn
+
+	connected bool // a connect command succeeded (reader only)
+	// authed is set once the client may send commands: no token checks,
+	// a valid token at the handshake, or connect.
+	authed atomic.Bool
+
+	mu        sync.Mutex
+	authTimer *time.Timer // closes a connection that does not connect in time
+	expTimer  *time.Timer // closes it when its token expires unrefreshed
+	expires   int64       // the token's expiry, Unix seconds
+}
+
+var _ session = (*v1Session)(nil)
+
+// newV1Session starts a session for a connection the handshake identified
+// as id: with a connect timeout if it must still authenticate, and the
+// handshake token's expiry if it had one.
+func newV1Session(c *conn, id identity) *v1Session {
+	s := &v1Session{c: c}
+	if id.authed {
+		s.authed.Store(true)
+	} else {
+		s.authTimer = time.AfterFunc(c.node.cfg.ConnectTimeout, func() {
+			if !s.authed.Load() {
+				c.close(CloseConnectTimeout, "no connect within the timeout")
+			}
+		})
+	}
+	s.setExpiry(id.expires)
+	return s
+}
+
+func (s *v1Session) stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range []**time.Timer{&s.authTimer, &s.expTimer} {
+		if *t != nil {
+			(*t).Stop()
+			*t = nil
+		}
+	}
+}
+
+// reply queues the reply to command id: an error, or a result (encoded
+// with encoding/json, unless it is a json.RawMessage, which is sent byte
+// for byte).
+func (s *v1Session) reply(id uint64, result any, perr *protocol.Error) {
+	r := protocol.Reply{ID: id, Error: perr}
+	if raw, ok := result.(json.RawMessage); ok && perr == nil {
+		r.Result = raw
+	} else if result != nil && perr == nil {
+		b, err := json.Marshal(result)
+		if err != nil {
+			r.Error = protocol.Errorf(protocol.CodeInternal, "cannot encode result")
+		} else {
+			r.Result = b
+		}
+	}
+	s.c.enqueue(s.c.frame(wsframe.OpText, protocol.AppendReply(nil, r)))
+}
+
+// fail replies to command id with a refusal (see toProto).
+func (s *v1Session) fail(id uint64, err error) { s.reply(id, nil, toProto(err)) }
+
+func (s *v1Session) message(msg []byte, binary bool) {
+	c, n := s.c, s.c.node
+	cmd, payload, err := protocol.DecodeCommand(msg, binary)
+	// The rate first, so that floods of garbage are paced too.
+	switch c.limit() {
+	case refused:
+		s.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeRateLimited, "more than %g messages per second; slow down", float64(c.limiter.Limit())))
+		return
+	case flooding:
+		c.close(CloseRateLimited, "message rate limit exceeded")
+		return
+	}
+	if err != nil {
+		var perr *protocol.Error
+		errors.As(err, &perr)
+		s.reply(cmd.ID, nil, perr)
+		return
+	}
+	if !s.authed.Load() && cmd.Cmd != protocol.CmdConnect && cmd.Cmd != protocol.CmdPing {
+		s.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnauthorized, "send connect (with your token) first"))
+		return
+	}
+	switch cmd.Cmd {
+	case protocol.CmdPing:
+		s.reply(cmd.ID, nil, nil)
+	case protocol.CmdConnect, protocol.CmdRefresh:
+		s.connect(cmd)
+	case protocol.CmdSubscribe:
+		s.subscribe(cmd)
+	case protocol.CmdUnsubscribe:
+		if err := n.unsubscribeConn(c, cmd.Channel); err != nil {
+			s.fail(cmd.ID, err)
+			return
+		}
+		s.reply(cmd.ID, nil, nil)
+	case protocol.CmdPublish:
+		s.publish(cmd, payload, binary)
+	case protocol.CmdHistory:
+		s.history(cmd)
+	case protocol.CmdPresence, protocol.CmdPresenceStats:
+		s.presence(cmd)
+	default:
+		s.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnknownCommand, "unknown command %q", cmd.Cmd))
+	}
+}
+
+func (s *v1Session) subscribe(cmd protocol.Command) {
+	res, finish, err := s.c.node.subscribeConn(s.c, cmd.Channel, cmd.Since, cmd.Token)
+	if err != nil {
+		s.fail(cmd.ID, err)
+		return
+	}
+	if res.Epoch == "" && res.Recovered == nil {
+		s.reply(cmd.ID, nil, nil)
+	} else {
+		s.reply(cmd.ID, res, nil)
+	}
+	finish()
+}
+
+func (s *v1Session) publish(cmd protocol.Command, payload []byte, binary bool) {
+	c, n := s.c, s.c.node
+	ns, perr := n.channelNamespace(cmd.Channel)
+	if perr == nil {
+		perr = n.permit(c.user, c.grants, cmd.Channel, ns.AllowPublish)
+	}
+	if perr != nil {
+		s.fail(cmd.ID, perr)
+		return
+	}
+	if !binary && len(payload) == 0 {
+		s.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeBadRequest, `publish needs "data" (or a binary frame)`))
+		return
+	}
+	pub := &Publication{Channel: cmd.Channel, Data: bytes.Clone(payload), Binary: binary, Origin: c.id}
+	n.metrics.pubClient.Add(1)
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	res, err := n.publish(ctx, pub, ns.publishOptions(cmd.IdempotencyKey, n.cfg.IdempotencyWindow))
+	if err != nil {
+		n.log.Warn("publish failed", "channel", cmd.Channel, "err", err)
+		s.fail(cmd.ID, err)
+		return
+	}
+	if res.Offset == 0 && !res.Duplicate {
+		s.reply(cmd.ID, nil, nil)
+		return
+	}
+	s.reply(cmd.ID, protocol.PublishResult{Offset: res.Offset, Epoch: res.Epoch, Duplicate: res.Duplicate}, nil)
+}
+
+func (s *v1Session) history(cmd protocol.Command) {
+	c, n := s.c, s.c.node
+	opts := HistoryOptions{Limit: -1, Reverse: cmd.Reverse}
+	if cmd.Limit != nil {
+		if *cmd.Limit < 0 {
+			s.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeBadRequest, `"limit" must be 0 or more`))
+			return
+		}
+		opts.Limit = *cmd.Limit
+	}
+	if cmd.Since != nil {
+		opts.Since = &StreamPosition{Offset: cmd.Since.Offset, Epoch: cmd.Since.Epoch}
+	}
+	if err := n.permitOn(c, cmd.Channel, func(ns *Namespace) Permission { return ns.AllowHistory }); err != nil {
+		s.fail(cmd.ID, err)
+		return
+	}
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	h, err := n.History(ctx, cmd.Channel, opts)
+	if err != nil {
+		s.fail(cmd.ID, err)
+		return
+	}
+	s.reply(cmd.ID, json.RawMessage(protocol.AppendHistoryResult(nil, h.Wire())), nil)
+}
+
+func (s *v1Session) presence(cmd protocol.Command) {
+	c, n := s.c, s.c.node
+	if err := n.permitOn(c, cmd.Channel, func(ns *Namespace) Permission { return ns.AllowPresence }); err != nil {
+		s.fail(cmd.ID, err)
+		return
+	}
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	if cmd.Cmd == protocol.CmdPresenceStats {
+		st, err := n.PresenceStats(ctx, cmd.Channel)
+		if err != nil {
+			s.fail(cmd.ID, err)
+			return
+		}
+		s.reply(cmd.ID, protocol.PresenceStatsResult{Clients: st.Clients, Users: st.Users}, nil)
+		return
+	}
+	m, err := n.Presence(ctx, cmd.Channel)
+	if err != nil {
+		s.fail(cmd.ID, err)
+		return
+	}
+	out := protocol.PresenceResult{Clients: make(map[string]protocol.ClientInfo, len(m))}
+	for id, p := range m {
+		out.Clients[id] = protocol.ClientInfo{Client: p.Client, User: p.User, Info: p.Info}
+	}
+	s.reply(cmd.ID, out, nil)
+}
+
+// connect authenticates the connection (connect) or renews its token
+// (refresh). A token that fails verification closes the connection with
+// CloseUnauthorized after the error reply.
+func (s *v1Session) connect(cmd protocol.Command) {
+	c, n := s.c, s.c.node
+	refresh := cmd.Cmd == protocol.CmdRefresh
+	switch {
+	case refresh && n.cfg.Tokens == nil:
+		s.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeBadRequest, "this server checks no tokens"))
+		return
+	case refresh && cmd.Token == "":
+		s.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeBadRequest, `refresh needs "token"`))
+		return
+	case !refresh && s.connected:
+		s.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeBadRequest, "already connected; use refresh to renew the token"))
+		return
+	}
+	if cmd.Token != "" && n.cfg.Tokens != nil {
+		ctx, cancel := n.opCtx()
+		defer cancel()
+		claims, err := n.verifyToken(ctx, cmd.Token, tokenCheck{
+			use: forConnection, user: c.user, anyUser: !refresh && c.user == "", via: cmd.Cmd, client: c.id,
+		})
+		if err != nil {
+			s.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeUnauthorized, "%s", tokenRefusal(err)))
+			c.close(CloseUnauthorized, "invalid token")
+			return
+		}
+		if !n.moveUser(c.user, claims.UserID) {
+			n.metrics.limitHits.Add(1)
+			s.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeLimitExceeded, "too many connections for this user"))
+			c.close(ClosePolicyViolation, "too many connections for this user")
+			return
+		}
+		n.hub.setUser(c, claims.UserID)
+		if claims.Info != nil {
+			c.mu.Lock()
+			c.info = claims.Info
+			c.mu.Unlock()
+		}
+		for ch := range grantSet(claims.Channels) {
+			if c.grants == nil {
+				c.grants = make(map[string]struct{})
+			}
+			c.grants[ch] = struct{}{}
+		}
+		s.setExpiry(claims.ExpiresAt)
+	}
+	s.connected = true
+	if !s.authed.Load() {
+		s.authed.Store(true)
+		s.mu.Lock()
+		if s.authTimer != nil {
+			s.authTimer.Stop()
+			s.authTimer = nil
+		}
+		s.mu.Unlock()
+	}
+	res := protocol.ConnectResult{Client: c.id, User: c.user}
+	s.mu.Lock()
+	if s.expTimer != nil {
+		res.Expires = s.expires
+	}
+	s.mu.Unlock()
+	s.reply(cmd.ID, res, nil)
+}
+
+// setExpiry (re)arms the token expiry timer: an expired token closes the
+// connection with CloseTokenExpired unless refreshed before.
+func (s *v1Session) setExpiry(exp time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.expTimer != nil {
+		s.expTimer.Stop()
+		s.expTimer = nil
+	}
+	if exp.IsZero() {
+		return
+	}
+	s.expires = exp.Unix()
+	c := s.c
+	s.expTimer = time.AfterFunc(time.Until(exp), func() { c.close(CloseTokenExpired, "token expired") })
+}
