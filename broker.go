@@ -111,6 +111,11 @@ type BrokerHandler interface {
 	HandlePublication(pub *Publication)
 	// HandleControl delivers a node-to-node control message (send to user,
 	// disconnect, broadcast to all) published by any node, this one included.
+	//
+	// Neither HandleControl nor HandlePublication calls the broker from the
+	// goroutine it is called on (work that needs the broker, such as
+	// unsubscribing a user, goes to a goroutine of the node's): a broker may
+	// deliver on the goroutine that reads its own replies.
 	HandleControl(data []byte)
 	// HandleReconnect tells the node that the broker's connection came back
 	// after an outage, with every channel subscribed again: publications

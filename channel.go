@@ -163,6 +163,16 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 		if err := n.presence.AddPresence(ctx, channel, p); err != nil {
 			n.log.Warn("presence add failed", "channel", channel, "err", err)
 		}
+		c.mu.Lock()
+		_, still := c.channels[channel]
+		c.mu.Unlock()
+		if !still {
+			// Unsubscribed meanwhile (unsubscribe_user), and its presence
+			// removed before this add: take it out again, or it would stay.
+			if err := n.presence.RemovePresence(ctx, channel, c.id); err != nil {
+				n.log.Warn("presence remove failed", "channel", channel, "err", err)
+			}
+		}
 		if e.joinLeave {
 			join := finish
 			finish = func() {

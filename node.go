@@ -90,6 +90,7 @@ type Node struct {
 	users    map[string]int // of those, per user id
 	ips      *ipLimits
 	wg       sync.WaitGroup // one per live connection (its reader)
+	bg       sync.WaitGroup // goBackground's goroutines
 	runMu    sync.Mutex
 	runDone  chan struct{} // closed when Run returns; nil until Run starts
 	shutOnce sync.Once
@@ -264,7 +265,10 @@ func (n *Node) shutdown(ctx context.Context) error {
 			n.forEachConn(func(c *conn) { c.nc.Close() })
 			<-drained
 		}
+		n.mu.Lock() // orders the cancel with goBackground's Add
 		n.cancel()
+		n.mu.Unlock()
+		n.bg.Wait()
 	})
 	return err
 }
@@ -658,24 +662,52 @@ func (n *Node) HandleControl(data []byte) {
 			c.close(m.Code, m.Reason)
 		}
 	case "unsubscribe_user":
-		var conns []*conn
-		n.hub.forEachUserConn(m.User, func(c *conn) { conns = append(conns, c) })
-		for _, c := range conns { // outside the hub lock: this takes other locks
-			// Once removeSubscription returns no fan-out queues c anything
-			// more of the channel, so the push comes after its last pub.
-			switch {
-			case !n.removeSubscription(c, m.Channel):
-			case c.raw: // its one channel is gone: nothing left to serve
-				c.close(CloseForbidden, m.Reason)
-			default:
-				c.enqueue(c.frame(wsframe.OpText, protocol.AppendUnsubPush(nil, m.Channel, protocol.UnsubServer, m.Reason)))
-			}
-		}
+		// Not on this goroutine: ending a channel's last subscription calls
+		// the broker (Unsubscribe), whose answer may need the very goroutine
+		// that delivers this message (Redis reads its pub/sub connection
+		// there): waiting for it stalled all delivery until the link was
+		// deemed dead, and every subscriber got 4006.
+		n.goBackground(func() { n.unsubscribeUserHere(m.User, m.Channel, m.Reason) })
 	case "disconnect_user":
 		n.hub.forEachUserConn(m.User, func(c *conn) { c.close(m.Code, m.Reason) })
 	default:
 		n.log.Warn("unknown control op from broker", "op", m.Op)
 	}
+}
+
+// unsubscribeUserHere ends user's subscriptions to channel on this node:
+// a protocol client gets an unsub push, a raw one is closed.
+func (n *Node) unsubscribeUserHere(user, channel, reason string) {
+	var conns []*conn
+	n.hub.forEachUserConn(user, func(c *conn) { conns = append(conns, c) })
+	for _, c := range conns { // outside the hub lock: this takes other locks
+		// Once removeSubscription returns no fan-out queues c anything
+		// more of the channel, so the push comes after its last pub.
+		switch {
+		case !n.removeSubscription(c, channel):
+		case c.raw: // its one channel is gone: nothing left to serve
+			c.close(CloseForbidden, reason)
+		default:
+			c.enqueue(c.frame(wsframe.OpText, protocol.AppendUnsubPush(nil, channel, protocol.UnsubServer, reason)))
+		}
+	}
+}
+
+// goBackground runs f on a goroutine the node owns: Shutdown waits for it
+// (f's broker calls end with the node's context). Once the node is shut
+// down it runs nothing.
+func (n *Node) goBackground(f func()) {
+	n.mu.Lock()
+	if n.ctx.Err() != nil {
+		n.mu.Unlock()
+		return
+	}
+	n.bg.Add(1)
+	n.mu.Unlock()
+	go func() {
+		defer n.bg.Done()
+		f()
+	}()
 }
 
 // Send sends data to one connection, on whichever node holds it, as a

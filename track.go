@@ -1,7 +1,9 @@
 package herald
 
 import (
+	"slices"
 	"sync"
+	"time"
 )
 
 // Continuity of channels with history across broker trouble.
@@ -100,14 +102,26 @@ func (s *stream) establish(pos StreamPosition) {
 	s.last, s.epoch = max(s.last, pos.Offset), pos.Epoch
 }
 
-// consistent reports whether a history position read after an outage
-// shows that nothing was missed: same epoch, and nothing published past
-// what was delivered here.
-func (s *stream) consistent(pos StreamPosition) bool {
+// behind says what a history position read after an outage shows: broken
+// (another epoch, or a position never fixed), or how many publications
+// were stored past what was delivered here (0: nothing was missed).
+func (s *stream) behind(pos StreamPosition) (n uint64, broken bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.known && pos.Epoch == s.epoch && pos.Offset <= s.last
+	if !s.known || pos.Epoch != s.epoch {
+		return 0, true
+	}
+	if pos.Offset <= s.last {
+		return 0, false
+	}
+	return pos.Offset - s.last, false
 }
+
+// reconnectCatchUp is how long HandleReconnect lets deliveries catch up
+// with a position it read: a broker may deliver a publication after a
+// history read returned it, so a channel whose position is a little ahead
+// right after the reconnect may have missed nothing.
+const reconnectCatchUp = time.Second
 
 // streamOf returns channel's stream, creating it if the channel's first
 // subscription was made while its namespace kept no history (SetNamespaces
@@ -155,20 +169,49 @@ func (n *Node) resubscribeAll(channel string) {
 // may have (nothing can tell). The subscribers of those channels are closed
 // with CloseResubscribe. Channels with history and no gap are left alone.
 func (n *Node) HandleReconnect() {
+	type lag struct {
+		ch  string
+		st  *stream
+		pos StreamPosition
+	}
+	var lagging []lag
 	nss := n.ns.load()
 	for ch := range n.hub.channelCounts() {
 		if ns := nss.lookup(ch); ns != nil && ns.HistorySize > 0 {
 			if v, ok := n.streams.Load(ch); ok {
+				st := v.(*stream)
 				ctx, cancel := n.opCtx()
 				h, err := n.broker.History(ctx, ch, HistoryOptions{Limit: 0})
 				cancel()
-				if err == nil && v.(*stream).consistent(h.Position) {
-					continue // nothing was published during the outage
+				if err == nil {
+					switch ahead, broken := st.behind(h.Position); {
+					case broken:
+					case ahead == 0:
+						continue // nothing was published during the outage
+					default:
+						lagging = append(lagging, lag{ch, st, h.Position})
+						continue
+					}
 				}
 			}
 		}
 		n.log.Warn("broker reconnected: subscribers may have missed publications; asking them to resubscribe", "channel", ch)
 		n.resubscribeAll(ch)
+	}
+	// What is ahead may be on its way; a gap followed by deliveries is
+	// caught as they arrive (checkContinuity), so only a gap at the end is
+	// left to find here.
+	deadline := time.Now().Add(reconnectCatchUp)
+	for len(lagging) > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		lagging = slices.DeleteFunc(lagging, func(l lag) bool {
+			ahead, broken := l.st.behind(l.pos)
+			return ahead == 0 && !broken
+		})
+	}
+	for _, l := range lagging {
+		n.log.Warn("broker reconnected: publications missed during the outage; asking subscribers to resubscribe", "channel", l.ch)
+		n.resubscribeAll(l.ch)
 	}
 }
 

@@ -44,7 +44,10 @@ type Options struct {
 	// reconnect settings). Ignored when Conn is set.
 	NATSOptions []nats.Option
 	// Conn, when not nil, is the connection to use; Close does not close
-	// it. Set its reconnect handlers yourself if you want them logged.
+	// it. The broker then sets no handler on it, so it does not notice an
+	// outage or a reconnect by itself: nothing closes the node's
+	// subscribers when the link is lost, and the stream and buckets are not
+	// set up again after a reconnect. Prefer URL and NATSOptions.
 	Conn *nats.Conn
 
 	// Prefix starts every subject, and names the stream (Prefix_history)
@@ -179,16 +182,19 @@ type Broker struct {
 	subs map[string]*chanSub
 
 	// serving is set while the connection is up and the stream and buckets
-	// exist: cleared at a disconnect (or when JetStream says they are
-	// gone), set again by Run's repair after the reconnect. repairC wakes
-	// Run for a repair.
-	serving atomic.Bool
-	repairC chan struct{}
-	closing atomic.Bool
+	// exist: cleared at a disconnect, a reconnect and when Run finds them
+	// gone, set again by Run's repair. repairC wakes Run for a repair or a
+	// check.
+	serving        atomic.Bool
+	linkUp         atomic.Bool // the connection is up (the disconnect and reconnect callbacks)
+	afterReconnect atomic.Bool // a reconnect awaits Run's repair
+	repairC        chan struct{}
+	closing        atomic.Bool
 
-	seed      maphash.Seed
-	stripes   [64]stripe
-	deliverMu [64]sync.Mutex // by channel hash; taken before mu
+	seed        maphash.Seed
+	reorderWait time.Duration // zero: the const (order.go); tests set it
+	stripes     [64]stripe
+	deliverMu   [64]sync.Mutex // by channel hash; taken before mu
 
 	pmu       sync.Mutex
 	local     map[string]map[string]herald.ClientPresence
@@ -248,7 +254,7 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { b.disconnected(err) }),
 			nats.ReconnectHandler(func(c *nats.Conn) {
 				b.log.Info("nats reconnected", "url", c.ConnectedUrl())
-				b.wantRepair()
+				b.reconnected()
 			}),
 		}, opts.NATSOptions...)
 		nc, err := nats.Connect(opts.URL, nopts...)
@@ -262,6 +268,7 @@ func New(ctx context.Context, opts Options) (*Broker, error) {
 		return nil, err
 	}
 	b.serving.Store(true)
+	b.linkUp.Store(true)
 	return b, nil
 }
 
@@ -271,8 +278,8 @@ func (b *Broker) disconnected(err error) {
 	if err == nil || b.closing.Load() {
 		return // Close, or a disconnect nats.go reports without a cause
 	}
-	wasServing := b.serving.Swap(false)
-	if !wasServing {
+	b.serving.Store(false)
+	if !b.linkUp.Swap(false) {
 		return // already down: a failed reconnect attempt
 	}
 	b.log.Warn("nats disconnected", "err", err)
@@ -281,32 +288,62 @@ func (b *Broker) disconnected(err error) {
 	}
 }
 
-// wantRepair asks Run to set the stream and buckets up again (after a
-// reconnect, or an error that says they are gone) and then tell the node.
-func (b *Broker) wantRepair() {
+// reconnected runs when nats.go has reconnected (and re-subscribed): the
+// broker serves again once Run has set the stream and buckets up again.
+func (b *Broker) reconnected() {
+	b.linkUp.Store(true)
 	b.serving.Store(false)
+	b.afterReconnect.Store(true)
+	b.wakeRepair()
+}
+
+func (b *Broker) wakeRepair() {
 	select {
 	case b.repairC <- struct{}{}:
 	default: // one is pending already
 	}
 }
 
-// storeLost checks an error of a JetStream call for a stream or bucket
-// that no longer exists (a server restarted without its data, while this
-// node's connection happened to survive), and asks for a repair.
+// storeLost checks an error of a JetStream call for a sign that the stream
+// or a bucket is gone (a server restarted without its data while this
+// node's connection survived), and asks Run to check; a transient error
+// (a JetStream leader election answers "no responders" for a moment) then
+// changes nothing.
 func (b *Broker) storeLost(err error) {
 	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrBucketNotFound) {
-		b.wantRepair()
+		b.wakeRepair()
 	}
 }
 
-// repair sets up the stream and buckets again, retrying with backoff until
-// it succeeds, the connection drops again (the next reconnect asks anew)
-// or ctx ends; then it forgets the cached channel positions (a server
-// that restarted empty starts every channel over) and tells the node,
-// which checks what its channels missed. Run's goroutine only.
+// storeGone reports whether the stream or a bucket is really missing (an
+// error that says so, not a timeout).
+func (b *Broker) storeGone(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, flushTimeout)
+	defer cancel()
+	p := b.opts.Prefix
+	for _, name := range []string{p + "_history", "KV_" + p + "_idem", "KV_" + p + "_presence"} {
+		if _, err := b.js.Stream(ctx, name); errors.Is(err, jetstream.ErrStreamNotFound) {
+			return true
+		}
+	}
+	return false
+}
+
+// repair sets up the stream and buckets again after a reconnect, or when
+// one of them turned out to be gone, retrying with backoff until it
+// succeeds, the connection drops again (the next reconnect asks anew) or
+// ctx ends; then it forgets the cached channel positions (a server that
+// restarted empty starts every channel over) and tells the node, which
+// checks what its channels missed. Run's goroutine only.
 func (b *Broker) repair(ctx context.Context) {
+	if !b.afterReconnect.Swap(false) {
+		if b.js == nil || !b.storeGone(ctx) {
+			return // a transient error: nothing is missing
+		}
+		b.log.Warn("nats: the history stream or a bucket is gone: setting them up again")
+		b.serving.Store(false)
+	}
 	backoff := 100 * time.Millisecond
 	for {
 		if b.nc.Status() != nats.CONNECTED {
@@ -420,12 +457,14 @@ func (b *Broker) ensure(ctx context.Context) error {
 func (b *Broker) Close() {
 	b.closing.Store(true)
 	b.mu.Lock()
-	for ch, cs := range b.subs {
-		_ = cs.sub.Unsubscribe()
-		cs.stop()
-		delete(b.subs, ch)
+	chans := make([]string, 0, len(b.subs))
+	for ch := range b.subs {
+		chans = append(chans, ch)
 	}
 	b.mu.Unlock()
+	for _, ch := range chans {
+		_ = b.Unsubscribe(context.Background(), ch) // under the channel's deliverLock
+	}
 	if b.ctrl != nil {
 		_ = b.ctrl.Unsubscribe()
 	}
@@ -462,7 +501,9 @@ func (b *Broker) Healthy() error {
 
 // Run refreshes this node's presence entries, and after each reconnect
 // sets the stream and buckets up again before telling the node
-// (HandleReconnect), until ctx is done; it returns ctx's error. Delivery
+// (HandleReconnect), until ctx is done; it returns ctx's error. The broker
+// needs it running (Node.Run runs it): without it, it cannot serve again
+// after its first reconnect. Delivery
 // needs no goroutine of ours: nats.go's subscriptions deliver, and nats.go
 // reconnects (with backoff, forever) and re-subscribes every subscription
 // by itself after a connection loss; what is published while disconnected

@@ -136,6 +136,14 @@ func TestCrossNode(t *testing.T) {
 	brokertest.RunCrossNode(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
 }
 
+// TestUnsubscribeUser: unsubscribing a user does not stall the broker's
+// delivery (the node does not call the broker back on its goroutine).
+func TestUnsubscribeUser(t *testing.T) {
+	natsURL(t)
+	t.Parallel()
+	brokertest.RunUnsubscribeUser(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) }, 6*time.Second)
+}
+
 // TestLiveSubscribe: fresh subscribers of a busy history channel are never
 // told of an outage that did not happen.
 func TestLiveSubscribe(t *testing.T) {

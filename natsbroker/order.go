@@ -48,16 +48,25 @@ type chanSub struct {
 	next  uint64 // the offset to deliver next (0: take the first that comes)
 	epoch string
 	held  []*herald.Publication // arrived ahead of next, by offset
-	timer *time.Timer
+	// timer gives up waiting for the ones before held[0]; gen tells the
+	// current timer's callback from a stale one.
+	timer   *time.Timer
+	gen     uint64
+	waiting uint64 // the held offset the timer waits for
 }
 
 // stop drops what is held. The channel's deliverLock must be held.
 func (cs *chanSub) stop() {
+	cs.stopTimer()
+	cs.held = nil
+}
+
+func (cs *chanSub) stopTimer() {
 	if cs.timer != nil {
 		cs.timer.Stop()
 		cs.timer = nil
 	}
-	cs.held = nil
+	cs.gen++
 }
 
 // hold keeps pub until the publications before it arrive.
@@ -100,20 +109,34 @@ func (b *Broker) inOrder(channel string, cs *chanSub, pub *herald.Publication) {
 	case cs.next == 0 || pub.Offset == cs.next:
 		b.h.HandlePublication(pub)
 		cs.next = pub.Offset + 1
-		b.drain(cs)
+		b.drain(channel, cs)
 	case pub.Offset < cs.next:
 		// Delivered already, or stored before the subscription's base was
 		// read: the node reads those from history.
 	default:
+		first := len(cs.held) == 0 || pub.Offset < cs.held[0].Offset
 		cs.hold(pub)
-		if cs.timer == nil {
-			cs.timer = time.AfterFunc(reorderWait, func() { b.timedOut(channel, cs) })
+		if first {
+			b.wait(channel, cs)
 		}
 	}
 }
 
+// wait (re)starts the wait for the publications before the first held one:
+// each gets reorderWait from when it became the first.
+func (b *Broker) wait(channel string, cs *chanSub) {
+	cs.stopTimer()
+	gen := cs.gen
+	cs.waiting = cs.held[0].Offset
+	wait := reorderWait
+	if b.reorderWait > 0 {
+		wait = b.reorderWait // tests
+	}
+	cs.timer = time.AfterFunc(wait, func() { b.timedOut(channel, cs, gen) })
+}
+
 // drain delivers the held publications that are next in order.
-func (b *Broker) drain(cs *chanSub) {
+func (b *Broker) drain(channel string, cs *chanSub) {
 	for len(cs.held) > 0 && cs.held[0].Offset <= cs.next {
 		p := cs.held[0]
 		cs.held = cs.held[1:]
@@ -122,9 +145,10 @@ func (b *Broker) drain(cs *chanSub) {
 			cs.next++
 		}
 	}
-	if len(cs.held) == 0 && cs.timer != nil {
-		cs.timer.Stop()
-		cs.timer = nil
+	if len(cs.held) == 0 {
+		cs.stopTimer()
+	} else if cs.held[0].Offset != cs.waiting {
+		b.wait(channel, cs) // a new first: its own full wait
 	}
 }
 
@@ -142,15 +166,15 @@ func (b *Broker) release(cs *chanSub) {
 
 // timedOut runs when held publications waited reorderWait: the ones before
 // them are not coming.
-func (b *Broker) timedOut(channel string, cs *chanSub) {
+func (b *Broker) timedOut(channel string, cs *chanSub, gen uint64) {
 	l := b.deliverLock(channel)
 	l.Lock()
 	defer l.Unlock()
 	b.mu.Lock()
 	current := b.subs[channel] == cs
 	b.mu.Unlock()
-	if !current || cs.timer == nil {
-		return // unsubscribed, or drained meanwhile
+	if !current || cs.gen != gen {
+		return // unsubscribed, or drained or restarted meanwhile
 	}
 	cs.timer = nil
 	if len(cs.held) > 0 {

@@ -81,3 +81,33 @@ func TestInOrder(t *testing.T) {
 		t.Fatalf("after a new epoch: %v, want 1, 2", got)
 	}
 }
+
+// TestInOrderWaitPerFirst: a publication that becomes the first held one
+// gets a full wait of its own, not what was left of its predecessor's (13
+// and 15 held, 12 comes late: 15 waits its own reorderWait for 14).
+func TestInOrderWaitPerFirst(t *testing.T) {
+	rec := &orderRecorder{}
+	const wait = time.Second // generous margins for a loaded machine
+	b := &Broker{h: rec, log: slog.New(slog.DiscardHandler), subs: make(map[string]*chanSub), seed: maphash.MakeSeed(), reorderWait: wait}
+	cs := &chanSub{based: true, next: 12}
+	b.subs["c"] = cs
+	feed := func(o uint64) {
+		l := b.deliverLock("c")
+		l.Lock()
+		b.inOrder("c", cs, &herald.Publication{Channel: "c", Offset: o, Epoch: "e"})
+		l.Unlock()
+	}
+	feed(13)
+	feed(15)
+	time.Sleep(wait * 6 / 10)
+	feed(12) // 12, 13 go out; 15 is now first, with a full wait
+	time.Sleep(wait * 6 / 10)
+	feed(14) // past the first wait's end, inside 15's own
+	deadline := time.Now().Add(5 * wait)
+	for len(rec.got()) < 4 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := rec.got(); !slices.Equal(got, []uint64{12, 13, 14, 15}) {
+		t.Fatalf("delivered %v, want 12..15", got)
+	}
+}

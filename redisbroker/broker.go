@@ -294,10 +294,13 @@ func (b *Broker) session(ctx context.Context) (wasUp bool, err error) {
 		names = append(names, b.pubPrefix+ch)
 	}
 	b.mu.RUnlock()
-	sctx, cancel := context.WithTimeout(ctx, b.opts.ConnectWait)
-	defer cancel()
 	for chunk := range slices.Chunk(names, 1000) {
-		if err := dc.Do(sctx, dc.B().Subscribe().Channel(chunk...).Build()).Error(); err != nil {
+		// Each chunk its own ConnectWait: many channels over a slow link
+		// must not fail every session (and never come back).
+		sctx, cancel := context.WithTimeout(ctx, b.opts.ConnectWait)
+		err := dc.Do(sctx, dc.B().Subscribe().Channel(chunk...).Build()).Error()
+		cancel()
+		if err != nil {
 			return false, fmt.Errorf("failed to subscribe: %w", err)
 		}
 	}

@@ -194,3 +194,32 @@ func (c *wsClient) waitPush(t *testing.T, kind string) frame {
 		c.pushes = append(c.pushes, f)
 	}
 }
+
+// RunUnsubscribeUser runs one node and checks that Node.UnsubscribeUser,
+// which ends a channel's last local subscription and so unsubscribes the
+// broker, does not stall delivery: the user gets its unsub push, another
+// client keeps receiving, and no broker outage is counted — not even after
+// a broker's heartbeat timeout has passed (a Redis broker once waited for
+// the UNSUBSCRIBE's answer on the goroutine that reads it, until its link
+// was deemed dead and every subscriber was closed with 4006).
+func RunUnsubscribeUser(t *testing.T, newBroker func(t *testing.T) herald.Broker, heartbeat time.Duration) {
+	node := startNode(t, newBroker(t))
+	ann := dialNode(t, node, "ann")
+	bob := dialNode(t, node, "bob")
+	ann.call(t, map[string]any{"cmd": "subscribe", "channel": "chat:one"})
+	bob.call(t, map[string]any{"cmd": "subscribe", "channel": "chat:two"})
+	if err := node.UnsubscribeUser(ctxT(t), "ann", "chat:one"); err != nil {
+		t.Fatal(err)
+	}
+	if f := ann.waitPush(t, "unsub"); f.Channel != "chat:one" {
+		t.Fatalf("ann got %+v, want the unsub push of chat:one", f)
+	}
+	time.Sleep(heartbeat + time.Second) // long enough for a stalled link to be cut
+	publishNode(t, node, "chat:two", `"still here"`)
+	if f := bob.waitPush(t, "pub"); string(f.Data) != `"still here"` {
+		t.Fatalf("bob got %+v", f)
+	}
+	if n := metric(t, node, "herald_broker_outages_total"); n != 0 {
+		t.Fatalf("herald_broker_outages_total = %v after unsubscribe_user, want 0", n)
+	}
+}
