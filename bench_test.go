@@ -56,7 +56,7 @@ func BenchmarkBroadcast(b *testing.B) {
 			name += "/paced"
 		}
 		b.Run(name, func(b *testing.B) {
-			ts := newTestServer(b, Config{Logger: nopLogger(), MaxQueueMessages: 1 << 20, MaxQueueBytes: 1 << 30, ConnectRatePerIP: -1})
+			ts := newTestServer(b, Config{Logger: nopLogger(), MaxQueueMessages: 1 << 20, MaxQueueBytes: 1 << 30, Limits: Limits{ConnectRatePerIP: -1}})
 			var got atomic.Int64
 			for range subs {
 				c := ts.client(b)

@@ -97,7 +97,7 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 	if dup {
 		return nil, nil, errorf(protocol.CodeAlreadySub, "already subscribed to %q", channel)
 	}
-	if maxChannels := n.limits.Load().MaxChannelsPerConnection; count >= maxChannels {
+	if maxChannels := n.limits.Load().MaxChannelsPerConnection; !under(count, maxChannels) {
 		return nil, nil, errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d channels", maxChannels)
 	}
 

@@ -65,32 +65,10 @@ type Config struct {
 	// means 10s.
 	ConnectTimeout time.Duration
 
-	// The connection limits (MaxConnections, MaxConnectionsPerUser,
-	// MaxConnectionsPerIP, ConnectRatePerIP, MessageRate, MessageBurst and
-	// MaxChannelsPerConnection below) can change while the node runs: see
-	// Node.SetLimits and Limits.
-
-	// MaxConnections caps this node's connections; past it the handshake
-	// gets 503. Zero means 100,000.
-	MaxConnections int
-	// MaxConnectionsPerUser caps one user's connections on this node (429
-	// at the handshake, or close 1008 at connect). Zero means 100.
-	MaxConnectionsPerUser int
-	// MaxConnectionsPerIP caps the connections from one IP address (429).
-	// Zero means no cap: behind a NAT or a proxy many users share one.
-	MaxConnectionsPerIP int
-	// ConnectRatePerIP caps new connections per second from one IP address,
-	// with bursts of as many (429 with Retry-After). Zero means 1,000;
-	// negative means no cap.
-	ConnectRatePerIP float64
-	// MessageRate caps the messages per second one connection may send, with
-	// bursts of MessageBurst (zero: the rate, rounded up). A protocol client
-	// over it gets a rate_limited error for each refused message, and is
-	// closed with 4007 (CloseRateLimited) when it keeps sending at over
-	// twice the rate; a raw client over it is closed with 4007 at once.
-	// Zero means no cap.
-	MessageRate  float64
-	MessageBurst int
+	// Limits are the connection limits, documented on Limits: zero means
+	// each one's default, NoLimit no cap. They can change while the node
+	// runs (Node.SetLimits).
+	Limits
 
 	// OnConnect, if set, is called once a connection is registered, from the
 	// goroutine that accepted it; it must not block. Its ID is what Send and
@@ -121,6 +99,12 @@ type Config struct {
 	// CloseGrace is how long a closing connection may take to flush its queue
 	// and complete the close handshake before the socket is cut. Zero means 2s.
 	CloseGrace time.Duration
+	// DrainWindow, when set, makes Shutdown drain first: the connections
+	// are closed with 1012 (reconnect, to another node) spread evenly over
+	// the window, so that they do not all land on the other nodes at once
+	// (see Node.Drain). Zero means the default, no drain: 1001 to all at
+	// once.
+	DrainWindow time.Duration
 
 	// MaxQueueBytes and MaxQueueMessages bound each connection's outbound
 	// queue. A connection whose queue would go past either is a slow
@@ -131,10 +115,6 @@ type Config struct {
 	// receivers.
 	MaxQueueBytes    int
 	MaxQueueMessages int
-
-	// MaxChannelsPerConnection caps the channels one connection may hold.
-	// Zero means 256. Node.SetLimits changes it while the node runs.
-	MaxChannelsPerConnection int
 
 	// EnableCompression negotiates permessage-deflate (RFC 7692, no context
 	// takeover) with clients that offer it. Off by default: on loopback and
@@ -190,10 +170,7 @@ func (c Config) withDefaults() Config {
 	defDur(&c.IdempotencyWindow, 2*time.Minute)
 	defDur(&c.BrokerTimeout, 5*time.Second)
 	defDur(&c.ConnectTimeout, 10*time.Second)
-	l := c.limits().withDefaults() // the same defaults as Node.SetLimits
-	c.MaxConnections, c.MaxConnectionsPerUser = l.MaxConnections, l.MaxConnectionsPerUser
-	c.ConnectRatePerIP, c.MaxChannelsPerConnection = l.ConnectRatePerIP, l.MaxChannelsPerConnection
-	c.MessageBurst = l.MessageBurst
+	c.Limits = c.Limits.withDefaults() // the same defaults as Node.SetLimits
 	def(&c.MaxQueueBytes, 1<<20)
 	def(&c.MaxQueueMessages, 8192)
 	def(&c.CompressionMinSize, 256)

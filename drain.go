@@ -5,8 +5,6 @@ import (
 	"errors"
 	"math/rand/v2"
 	"time"
-
-	"github.com/gorilla/websocket"
 )
 
 // ErrDraining is what Ready returns once Drain or Shutdown has begun.
@@ -60,7 +58,7 @@ func (n *Node) Drain(ctx context.Context, window time.Duration) error {
 			return ctx.Err()
 		case <-t.C:
 		}
-		c.close(websocket.CloseServiceRestart, "server restarting, reconnect")
+		c.close(CloseServiceRestart, "server restarting, reconnect")
 	}
 	return nil
 }

@@ -178,3 +178,33 @@ func readUntilClosed(t *testing.T, ws *websocket.Conn) int {
 }
 
 func protocolPing() protocol.Command { return protocol.Command{Cmd: "ping"} }
+
+// A node stops one way: cancelling Run's context is Shutdown, drain
+// included. With Config.DrainWindow, every client gets 1012 (reconnect,
+// elsewhere), not 1001, and Run returns once the node has stopped.
+func TestRunContextIsShutdown(t *testing.T) {
+	t.Parallel()
+	n, err := New(Config{Logger: testLogger(t), DrainWindow: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newHTTPTestServer(n)
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- n.Run(ctx) }()
+	ts := &testServer{t: t, node: n, srv: srv, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
+	clients := []*testClient{ts.client(t), ts.client(t), ts.client(t)}
+	cancel()
+	for _, c := range clients {
+		if ce := c.expectClose(); CloseCode(ce.Code) != CloseServiceRestart {
+			t.Fatalf("close %v, want %d", ce, CloseServiceRestart)
+		}
+	}
+	if err := <-ran; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if err := n.Ready(context.Background()); err != ErrDraining {
+		t.Fatalf("Ready after Run returned: %v", err)
+	}
+}

@@ -39,8 +39,8 @@ func FuzzCommand(f *testing.F) {
 		Logger: nopLogger(),
 		// The fuzzer redials after every frame that closes the connection,
 		// far faster than the default per-IP connect rate allows.
-		ConnectRatePerIP: -1,
-		Namespaces:       []Namespace{{Name: ""}, {Name: "h", HistorySize: 10}, {Name: "p", Presence: true, JoinLeave: true}},
+		Limits:     Limits{ConnectRatePerIP: NoLimit},
+		Namespaces: []Namespace{{Name: ""}, {Name: "h", HistorySize: 10}, {Name: "p", Presence: true, JoinLeave: true}},
 	})
 	var c *websocket.Conn
 	dial := func(t *testing.T) {

@@ -31,7 +31,7 @@ func TestConnectionLimits(t *testing.T) {
 	t.Parallel()
 	t.Run("per IP", func(t *testing.T) {
 		t.Parallel()
-		ts := newTestServer(t, Config{MaxConnectionsPerIP: 2})
+		ts := newTestServer(t, Config{Limits: Limits{MaxConnectionsPerIP: 2}})
 		for i := range 2 {
 			if st, _, _ := dialStatus(t, ts.url+"/ws", nil); st != 101 {
 				t.Fatalf("connection %d: %d", i, st)
@@ -43,7 +43,7 @@ func TestConnectionLimits(t *testing.T) {
 	})
 	t.Run("per node", func(t *testing.T) {
 		t.Parallel()
-		ts := newTestServer(t, Config{MaxConnections: 1})
+		ts := newTestServer(t, Config{Limits: Limits{MaxConnections: 1}})
 		_, first, _ := dialStatus(t, ts.url+"/ws", nil)
 		if st, _, _ := dialStatus(t, ts.url+"/ws", nil); st != http.StatusServiceUnavailable {
 			t.Fatalf("second: %d", st)
@@ -53,7 +53,7 @@ func TestConnectionLimits(t *testing.T) {
 	})
 	t.Run("connect rate per IP", func(t *testing.T) {
 		t.Parallel()
-		ts := newTestServer(t, Config{ConnectRatePerIP: 3})
+		ts := newTestServer(t, Config{Limits: Limits{ConnectRatePerIP: 3}})
 		refused := 0
 		var retry string
 		for range 10 {
@@ -92,7 +92,7 @@ func TestConnectionLimits(t *testing.T) {
 // then closed with 4007, while another client keeps receiving.
 func TestMessageRateFlood(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, Config{MessageRate: 20})
+	ts := newTestServer(t, Config{Limits: Limits{MessageRate: 20}})
 	calm := ts.client(t)
 	calm.subscribe("c")
 	flood := ts.client(t)
@@ -148,7 +148,7 @@ func TestMessageRateFlood(t *testing.T) {
 // does not grow with every address that ever connected.
 func TestIPTableSwept(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, Config{PingInterval: 50 * time.Millisecond, ConnectRatePerIP: 100})
+	ts := newTestServer(t, Config{PingInterval: 50 * time.Millisecond, Limits: Limits{ConnectRatePerIP: 100}})
 	c := ts.client(t)
 	ping(c)
 	if n := ts.node.ips.len(); n != 1 {

@@ -30,7 +30,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"golang.org/x/time/rate"
 
 	"github.com/heraldhq/herald/internal/wsframe"
@@ -51,8 +50,6 @@ type Node struct {
 	log      *slog.Logger
 	broker   Broker
 	hub      *hub
-	upgrader websocket.Upgrader
-	rawUp    websocket.Upgrader
 	metrics  nodeMetrics
 	presence PresenceManager
 	writers  *writerPool // writes for connections whose sockets keep up (writer.go)
@@ -112,7 +109,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	lim, err := newNodeLimits(cfg.limits())
+	lim, err := newNodeLimits(cfg.Limits)
 	if err != nil {
 		return nil, err
 	}
@@ -134,21 +131,6 @@ func New(cfg Config) (*Node, error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.id, n.started = newID(), time.Now()
 	n.initMetrics()
-	pool := &sync.Pool{}
-	n.upgrader = websocket.Upgrader{
-		HandshakeTimeout: cfg.HandshakeTimeout,
-		// gorilla only performs the handshake (conn reads and writes the
-		// frames): a zero read size makes it reuse the HTTP server's
-		// hijacked reader rather than allocate one, and the pool keeps it
-		// from allocating a write buffer.
-		WriteBufferPool:   pool,
-		Subprotocols:      []string{protocol.Subprotocol},
-		CheckOrigin:       n.checkOrigin, // the policy in force: SetAllowedOrigins changes it
-		EnableCompression: cfg.EnableCompression,
-		Error:             n.upgradeError,
-	}
-	n.rawUp = n.upgrader
-	n.rawUp.Subprotocols = nil
 	if cfg.AllowAnyOrigin {
 		n.log.Warn("origin check disabled (AllowAnyOrigin): any web site can open connections with your users' cookies")
 	}
@@ -156,25 +138,13 @@ func New(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-func (n *Node) upgradeError(w http.ResponseWriter, r *http.Request, status int, reason error) {
-	if status == http.StatusForbidden { // gorilla's only 403: CheckOrigin said no
-		origin := r.Header.Get("Origin")
-		if n.originWarned.first(origin) {
-			n.log.Warn("refused a browser connection from an origin that is not allowed; if the page is yours, add its origin to allowed_origins (Config.AllowedOrigins)",
-				"origin", origin, "remote", r.RemoteAddr)
-		} else {
-			n.log.Debug("websocket handshake refused", "status", status, "remote", r.RemoteAddr, "origin", origin)
-		}
-		http.Error(w, "Forbidden: origin "+origin+" is not allowed", status)
-		return
-	}
-	n.log.Info("websocket handshake refused", "status", status, "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"), "err", reason)
-	http.Error(w, http.StatusText(status)+": "+reason.Error(), status)
-}
-
 // Run runs the node's background work — heartbeats and the broker's
-// delivery — until ctx is done or Shutdown is called. When ctx ends first,
-// Run shuts the node down, allowing Config.CloseGrace for it. Call Run once.
+// delivery — until the node has stopped. A node stops one way, Shutdown;
+// Run calls it too when ctx ends first (with a deadline of
+// Config.DrainWindow plus Config.CloseGrace), and when the broker fails
+// for good (then Run returns the broker's error). The heartbeats and the
+// broker run until the shutdown is over, so that clients are drained and
+// closed by a node that still works. Call Run once.
 func (n *Node) Run(ctx context.Context) error {
 	n.runMu.Lock()
 	if n.runDone != nil {
@@ -186,25 +156,41 @@ func (n *Node) Run(ctx context.Context) error {
 	n.runMu.Unlock()
 	defer close(done)
 
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(n.ctx, cancel)
-	defer stop()
-
+	bctx, stopBackground := context.WithCancel(context.Background())
+	defer stopBackground()
 	brokerErr := make(chan error, 1)
-	go func() { brokerErr <- n.broker.Run(rctx) }()
-	n.heartbeat(rctx)
-	err := <-brokerErr
+	go func() { brokerErr <- n.broker.Run(bctx) }()
+	beats := make(chan struct{})
+	go func() { defer close(beats); n.heartbeat(bctx) }()
 
-	if n.ctx.Err() == nil { // ctx ended, not Shutdown: shut down now
-		sctx, scancel := context.WithTimeout(context.Background(), n.cfg.CloseGrace)
-		defer scancel()
-		n.shutdown(sctx)
+	var err error
+	brokerDone := false
+	select {
+	case <-n.ctx.Done(): // Shutdown
+	case <-ctx.Done():
+		n.shutdownBounded()
+	case err = <-brokerErr:
+		brokerDone = true
+		n.log.Error("broker stopped; shutting the node down", "err", err)
+		n.shutdownBounded()
+	}
+	stopBackground()
+	<-beats
+	if !brokerDone {
+		err = <-brokerErr
 	}
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}
 	return err
+}
+
+// shutdownBounded is the shutdown Run makes when it must stop the node
+// itself: a drain, then time for the close handshakes.
+func (n *Node) shutdownBounded() {
+	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.DrainWindow+n.cfg.CloseGrace)
+	defer cancel()
+	_ = n.shutdown(sctx)
 }
 
 // heartbeat pings every connection once per PingInterval. Instead of a timer
@@ -233,11 +219,14 @@ func (n *Node) heartbeat(ctx context.Context) {
 	}
 }
 
-// Shutdown stops the node gracefully: new connections are refused with 503,
-// every connection is sent close 1001 after what is already queued for it,
-// and Shutdown waits until every connection has ended, or ctx is done — then
-// it cuts the remaining sockets and still waits for their goroutines, which
-// end at once. It returns ctx's error if the deadline cut the drain short.
+// Shutdown stops the node, the one way it stops: new connections are
+// refused with 503 (and Ready fails); with Config.DrainWindow the
+// connections are first closed with 1012 spread over that window (see
+// Drain); every connection left is sent close 1001 after what is already
+// queued for it; and Shutdown waits until every connection has ended, or
+// ctx is done — then it cuts the remaining sockets and still waits for
+// their goroutines, which end at once. It returns ctx's error if the
+// deadline cut it short.
 func (n *Node) Shutdown(ctx context.Context) error {
 	err := n.shutdown(ctx)
 	n.runMu.Lock()
@@ -253,9 +242,15 @@ func (n *Node) shutdown(ctx context.Context) error {
 	var err error
 	n.shutOnce.Do(func() {
 		n.mu.Lock()
+		begun := n.draining
+		n.mu.Unlock()
+		if w := n.cfg.DrainWindow; w > 0 && !begun {
+			err = n.Drain(ctx, w) // cut short by ctx: the rest below cuts at once
+		}
+		n.mu.Lock()
 		n.closing = true
 		n.mu.Unlock()
-		n.forEachConn(func(c *conn) { c.close(websocket.CloseGoingAway, "server shutting down") })
+		n.forEachConn(func(c *conn) { c.close(CloseGoingAway, "server shutting down") })
 		drained := make(chan struct{})
 		go func() { n.wg.Wait(); close(drained) }()
 		select {
@@ -485,7 +480,7 @@ func (n *Node) admit(w http.ResponseWriter, ip, user string) *handshakeRefusal {
 	case n.closing:
 		n.mu.Unlock()
 		return &handshakeRefusal{http.StatusServiceUnavailable, "Service Unavailable: server shutting down"}
-	case n.conns >= lim.MaxConnections:
+	case !under(n.conns, lim.MaxConnections):
 		n.mu.Unlock()
 		n.metrics.limitHits.Add(1)
 		return &handshakeRefusal{http.StatusServiceUnavailable, "Service Unavailable: too many connections"}
@@ -532,7 +527,7 @@ func (n *Node) moveUser(from, to string) bool {
 func (n *Node) moveUserMax(from, to string, maxPerUser int) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if to != "" && n.users[to] >= maxPerUser {
+	if to != "" && !under(n.users[to], maxPerUser) {
 		return false
 	}
 	n.moveUserLocked(from, to)

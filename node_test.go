@@ -340,7 +340,7 @@ func TestSlowConsumerIsolated(t *testing.T) {
 
 func TestBadInputKeepsConnection(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, Config{MaxChannelsPerConnection: 2})
+	ts := newTestServer(t, Config{Limits: Limits{MaxChannelsPerConnection: 2}})
 	c := ts.client(t)
 	cases := []struct {
 		name  string

@@ -32,57 +32,66 @@ import (
 //
 // Everything else in Config is fixed when the node is created.
 
-// Limits are the connection limits of a node that can change while it runs
-// (Node.SetLimits). Each field means what the Config field of the same name
-// means, zero included: zero means the same default.
+// NoLimit, given to any limit of Limits, means no cap. (Any negative value
+// does.)
+const NoLimit = -1
+
+// Limits are a node's connection limits (Config.Limits), which can change
+// while it runs (Node.SetLimits). One rule for all: zero means the default
+// written next to each — for two of them, MaxConnectionsPerIP and
+// MessageRate, that default is no cap — and NoLimit (any negative value)
+// means no cap.
 type Limits struct {
 	// MaxConnections caps the node's connections (503 at the handshake).
 	// Zero means 100,000. Lowered below the number of open connections, it
 	// closes none: new handshakes are refused until enough have gone.
 	MaxConnections int
-	// MaxConnectionsPerUser caps one user's connections (429 at the
-	// handshake, close 1008 at connect). Zero means 100. Lowered, it closes
-	// none of a user's connections: the user's next one is refused until
-	// enough have gone.
+	// MaxConnectionsPerUser caps one user's connections on this node (429
+	// at the handshake, close 1008 at connect). Zero means 100. Lowered, it
+	// closes none of a user's connections: the user's next one is refused
+	// until enough have gone.
 	MaxConnectionsPerUser int
 	// MaxConnectionsPerIP caps the connections from one IP address (429).
-	// Zero (or negative) means no cap. Connections are counted per address
-	// even with no cap, so a cap set while running counts the connections
-	// already open.
+	// Zero means the default, no cap: behind a NAT or a proxy many users
+	// share one. Connections are counted per address even with no cap, so
+	// a cap set while running counts the connections already open.
 	MaxConnectionsPerIP int
 	// ConnectRatePerIP caps new connections per second from one IP address,
-	// in bursts of as many (429 with Retry-After). Zero means 1,000;
-	// negative means no cap. A new rate applies to every address from its
-	// next handshake on; an address keeps the tokens it has (up to the new
-	// burst), so a change neither forgives nor punishes past handshakes.
-	// Turning the cap on from none starts every address with a full burst.
+	// in bursts of as many (429 with Retry-After). Zero means 1,000. A new
+	// rate applies to every address from its next handshake on; an address
+	// keeps the tokens it has (up to the new burst), so a change neither
+	// forgives nor punishes past handshakes. Turning the cap on from none
+	// starts every address with a full burst.
 	ConnectRatePerIP float64
 	// MaxChannelsPerConnection caps the channels one connection may hold.
 	// Zero means 256. Lowered, it drops no subscription: a connection over
 	// the new cap cannot subscribe again until it is under it.
 	MaxChannelsPerConnection int
 	// MessageRate caps the messages per second one connection may send, in
-	// bursts of MessageBurst (zero: the rate, rounded up); zero (or
-	// negative) means no cap. A connection is paced by the rate in force
-	// when it was admitted: a change applies to connections opened after
-	// it, so no client already talking is cut by a reload.
+	// bursts of MessageBurst (zero: the rate, rounded up). A protocol client
+	// over it gets a rate_limited error for each refused message, and is
+	// closed with 4007 (CloseRateLimited) when it keeps sending at over
+	// twice the rate; a raw client over it is closed with 4007 at once.
+	// Zero means the default, no cap. A connection is paced by the rate in
+	// force when it was admitted: a change applies to connections opened
+	// after it, so no client already talking is cut by a reload.
 	MessageRate  float64
 	MessageBurst int
 }
 
-// withDefaults applies the defaults documented on Config (Config.withDefaults
-// applies these too, so a node gets the same values from New and SetLimits).
+// withDefaults applies the defaults documented on Limits; a negative value
+// stays, meaning no cap.
 func (l Limits) withDefaults() Limits {
-	if l.MaxConnections <= 0 {
+	if l.MaxConnections == 0 {
 		l.MaxConnections = 100_000
 	}
-	if l.MaxConnectionsPerUser <= 0 {
+	if l.MaxConnectionsPerUser == 0 {
 		l.MaxConnectionsPerUser = 100
 	}
 	if l.ConnectRatePerIP == 0 {
 		l.ConnectRatePerIP = 1000
 	}
-	if l.MaxChannelsPerConnection <= 0 {
+	if l.MaxChannelsPerConnection == 0 {
 		l.MaxChannelsPerConnection = 256
 	}
 	if l.MessageRate > 0 && l.MessageBurst <= 0 {
@@ -91,18 +100,9 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
-// limits returns the limits of c.
-func (c *Config) limits() Limits {
-	return Limits{
-		MaxConnections:           c.MaxConnections,
-		MaxConnectionsPerUser:    c.MaxConnectionsPerUser,
-		MaxConnectionsPerIP:      c.MaxConnectionsPerIP,
-		ConnectRatePerIP:         c.ConnectRatePerIP,
-		MaxChannelsPerConnection: c.MaxChannelsPerConnection,
-		MessageRate:              c.MessageRate,
-		MessageBurst:             c.MessageBurst,
-	}
-}
+// under reports whether count is under the cap max (a negative max: no
+// cap).
+func under(count, max int) bool { return max < 0 || count < max }
 
 // nodeLimits are the limits in force, defaults applied, with what admission
 // derives from them. Immutable once stored in Node.limits.
@@ -114,10 +114,10 @@ type nodeLimits struct {
 
 func newNodeLimits(l Limits) (*nodeLimits, error) {
 	if math.IsNaN(l.ConnectRatePerIP) || math.IsInf(l.ConnectRatePerIP, 0) {
-		return nil, errors.New("herald: ConnectRatePerIP must be a finite number (negative for no cap)")
+		return nil, errors.New("herald: ConnectRatePerIP must be a finite number (NoLimit for no cap)")
 	}
 	if math.IsNaN(l.MessageRate) || math.IsInf(l.MessageRate, 0) {
-		return nil, errors.New("herald: MessageRate must be a finite number (zero for no cap)")
+		return nil, errors.New("herald: MessageRate must be a finite number (zero or NoLimit for no cap)")
 	}
 	nl := &nodeLimits{Limits: l.withDefaults()}
 	if r := nl.ConnectRatePerIP; r > 0 {
@@ -163,7 +163,7 @@ func (n *Node) setOrigins(oc *originChecker) {
 	n.origins.Store(oc)
 }
 
-// checkOrigin is the upgraders' CheckOrigin: the policy in force.
+// checkOrigin is the handshake's origin check: the policy in force.
 func (n *Node) checkOrigin(r *http.Request) bool { return n.origins.Load().check(r) }
 
 // SetNamespaces replaces the node's namespaces, as Config.Namespaces: an

@@ -32,7 +32,7 @@ func errCode(m anyMsg) protocol.Code {
 // raising it admits them again.
 func TestSetLimitsMaxConnections(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, Config{MaxConnections: 10})
+	ts := newTestServer(t, Config{Limits: Limits{MaxConnections: 10}})
 	a, b := ts.client(t), ts.client(t)
 	ping(a)
 	ping(b)
@@ -60,7 +60,7 @@ func TestSetLimitsMaxConnections(t *testing.T) {
 // admits again.
 func TestSetLimitsPerIP(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, Config{ConnectRatePerIP: -1}) // nothing per IP
+	ts := newTestServer(t, Config{Limits: Limits{ConnectRatePerIP: -1}}) // nothing per IP
 	a, b := ts.client(t), ts.client(t)
 	ping(a)
 	ping(b)
@@ -151,7 +151,7 @@ func TestSetLimitsPerUser(t *testing.T) {
 // connection subscribes again once it is under the cap.
 func TestSetLimitsChannels(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, Config{MaxChannelsPerConnection: 3})
+	ts := newTestServer(t, Config{Limits: Limits{MaxChannelsPerConnection: 3}})
 	c := ts.client(t)
 	c.subscribe("a")
 	c.subscribe("b")
@@ -183,8 +183,9 @@ func TestSetLimitsDefaults(t *testing.T) {
 	cases := []struct{ in, want Limits }{
 		{Limits{}, Limits{MaxConnections: 100_000, MaxConnectionsPerUser: 100, ConnectRatePerIP: 1000, MaxChannelsPerConnection: 256}},
 		{
+			// Negative is no cap, for every limit (NoLimit).
 			Limits{MaxConnections: -1, MaxConnectionsPerUser: -2, MaxConnectionsPerIP: -3, ConnectRatePerIP: -4, MaxChannelsPerConnection: -5},
-			Limits{MaxConnections: 100_000, MaxConnectionsPerUser: 100, MaxConnectionsPerIP: -3, ConnectRatePerIP: -4, MaxChannelsPerConnection: 256},
+			Limits{MaxConnections: -1, MaxConnectionsPerUser: -2, MaxConnectionsPerIP: -3, ConnectRatePerIP: -4, MaxChannelsPerConnection: -5},
 		},
 		{
 			Limits{MaxConnections: 7, MaxConnectionsPerUser: 3, MaxConnectionsPerIP: 2, ConnectRatePerIP: 0.5, MaxChannelsPerConnection: 9},
@@ -193,8 +194,7 @@ func TestSetLimitsDefaults(t *testing.T) {
 	}
 	for _, tc := range cases {
 		l := tc.in
-		cfg := Config{Logger: nopLogger(), MaxConnections: l.MaxConnections, MaxConnectionsPerUser: l.MaxConnectionsPerUser,
-			MaxConnectionsPerIP: l.MaxConnectionsPerIP, ConnectRatePerIP: l.ConnectRatePerIP, MaxChannelsPerConnection: l.MaxChannelsPerConnection}
+		cfg := Config{Logger: nopLogger(), Limits: l}
 		fromNew, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -202,11 +202,11 @@ func TestSetLimitsDefaults(t *testing.T) {
 		if got := fromNew.Limits(); got != tc.want {
 			t.Errorf("New with %+v: limits %+v, want %+v", l, got, tc.want)
 		}
-		if wd := cfg.withDefaults(); wd.limits() != tc.want {
-			got := wd.limits()
+		if wd := cfg.withDefaults(); wd.Limits != tc.want {
+			got := wd.Limits
 			t.Errorf("Config.withDefaults with %+v: limits %+v, want %+v", l, got, tc.want)
 		}
-		set, err := New(Config{Logger: nopLogger(), MaxConnections: 1})
+		set, err := New(Config{Logger: nopLogger(), Limits: Limits{MaxConnections: 1}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -218,7 +218,7 @@ func TestSetLimitsDefaults(t *testing.T) {
 		}
 	}
 
-	n, err := New(Config{Logger: nopLogger(), MaxConnections: 5})
+	n, err := New(Config{Logger: nopLogger(), Limits: Limits{MaxConnections: 5}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestSetLimitsDefaults(t *testing.T) {
 		if got := n.Limits(); got != before {
 			t.Errorf("a refused SetLimits changed the limits: %+v, were %+v", got, before)
 		}
-		if _, err := New(Config{Logger: nopLogger(), ConnectRatePerIP: r}); err == nil {
+		if _, err := New(Config{Logger: nopLogger(), Limits: Limits{ConnectRatePerIP: r}}); err == nil {
 			t.Errorf("New with ConnectRatePerIP %v: no error", r)
 		}
 	}

@@ -15,7 +15,7 @@ import (
 
 // The read side of a connection's transport.
 //
-// gorilla/websocket performs the handshake; the frames are read here. An
+// accept.go performs the handshake; the frames are read here. An
 // idle connection is the common case (most subscribers never send), so its
 // reader should hold as little as possible while it waits:
 //

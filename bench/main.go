@@ -1,4 +1,5 @@
-// Package bench is Herald's load generator, `herald bench`: it opens
+// Package bench is Herald's load generator, the herald-bench command
+// (bench/cmd/herald-bench; the server binary does not link it): it opens
 // subscriber connections at a controlled rate from several loopback source
 // addresses, publishes at fixed rates, in steps, or as fast as the server
 // accepts, over WebSocket (herald.v1 or raw mode) or the HTTP API, and
@@ -27,9 +28,11 @@ import (
 )
 
 const usage = `Usage:
-  herald bench [flags]                      run a benchmark against a server
-  herald bench plot -o OUT.svg FILE.jsonl…  plot runs saved with -json
-  herald bench summary FILE.jsonl…          medians of repeated runs, as Markdown tables
+  herald-bench [flags]                      run a benchmark against a server
+  herald-bench plot -o OUT.svg FILE.jsonl…  plot runs saved with -json
+  herald-bench summary FILE.jsonl…          medians of repeated runs, as Markdown tables
+
+(from a checkout: go run ./bench/cmd/herald-bench [flags])
 
 A run connects channels x subs subscribers (at -connect-rate, from the
 -sources addresses), holds them -idle, then publishes at each rate of -rates
@@ -68,8 +71,8 @@ var scenarios = map[string]map[string]string{
 	"s5": {"channels": "1000", "subs": "10", "payload": "128", "rates": "1000,5000", "step": "15s", "publishers": "4", "label": "s5"},
 }
 
-// Main is `herald bench`: args are the arguments after "bench". Reports go
-// to stdout (a live progress line too, when stdout is a terminal); with
+// Main is herald-bench: args are the arguments after the program name.
+// Reports go to stdout (a live progress line too, when stdout is a terminal); with
 // -json -, JSON lines go to stdout instead of the text report. It returns
 // an error if the run could not be carried out; steps that fail their
 // criteria are reported, not returned as errors.
@@ -80,7 +83,7 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) > 0 && args[0] == "summary" {
 		return summaryMain(args[1:], stdout)
 	}
-	fs := flag.NewFlagSet("herald bench", flag.ContinueOnError)
+	fs := flag.NewFlagSet("herald-bench", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	fs.Usage = func() {
 		fmt.Fprint(stdout, usage)
@@ -206,7 +209,7 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	res, runErr := Run(ctx, cfg)
 	if svgOut != "" && res != nil && len(res.Steps) > 0 {
 		var buf bytes.Buffer
-		title := "herald bench"
+		title := "herald-bench"
 		if cfg.Label != "" {
 			title += " — " + cfg.Label
 		}
@@ -225,10 +228,10 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 func plotMain(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("herald bench plot", flag.ContinueOnError)
+	fs := flag.NewFlagSet("herald-bench plot", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	out := fs.String("o", "bench.svg", "output SVG file")
-	title := fs.String("title", "herald bench", "plot title")
+	title := fs.String("title", "herald-bench", "plot title")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil

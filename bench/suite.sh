@@ -14,7 +14,7 @@
 # e.g. BENCH_ARGS="-step 2s -drain 2s" for a smoke run).
 # Writes OUTDIR/SCENARIO-SERVER-N.{jsonl,txt,svg}, OUTDIR/load.log (uptime
 # before every run) and OUTDIR/SCENARIO-N.svg (the servers side by side).
-# Every run is bounded by herald bench's own timeout; servers are stopped
+# Every run is bounded by herald-bench's own timeout; servers are stopped
 # with SIGTERM (SIGKILL after 15 s).
 #
 # Cross-node scenarios (S2 or S3 through a broker; SERVERS does not apply):
@@ -23,7 +23,7 @@
 # --broker redis|nats` nodes with subscribers on node B and the publisher
 # on node A (label herald-BROKER-2n; -server-pid gets both pids, node A's
 # first), and prints the cross-node p99 over the reference's, step by step
-# (herald bench summary -cross-only; also in OUTDIR/SCENARIO-N.cross.md).
+# (herald-bench summary -cross-only; also in OUTDIR/SCENARIO-N.cross.md).
 # With BROKER_1N=1 a third run puts publisher and subscribers on one node
 # with the broker (label herald-BROKER-1n): the broker's share without the
 # second node. Every broker run uses its own prefix (--broker-prefix

@@ -57,7 +57,7 @@ func readRun(path string) (savedRun, error) {
 		}
 	}
 	if run.plan.Type == "" {
-		return run, fmt.Errorf("%s: no plan record: not a herald bench -json file", path)
+		return run, fmt.Errorf("%s: no plan record: not a herald-bench -json file", path)
 	}
 	return run, sc.Err()
 }
@@ -101,7 +101,7 @@ func medianOf(runs []savedRun, f func(savedRun) (float64, bool), format string) 
 // median of each key figure over the group's runs, followed by every run's
 // value, as Markdown tables.
 func summaryMain(args []string, w io.Writer) error {
-	fs := flag.NewFlagSet("herald bench summary", flag.ContinueOnError)
+	fs := flag.NewFlagSet("herald-bench summary", flag.ContinueOnError)
 	fs.SetOutput(w)
 	ref := fs.String("ref", "herald-1n", "label of the single-node runs that cross-node runs are compared with (else: herald)")
 	crossOnly := fs.Bool("cross-only", false, "print only the cross-node table")

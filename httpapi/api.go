@@ -19,7 +19,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/internal/httpx"
@@ -411,15 +410,7 @@ func (a *api) history(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) info(w http.ResponseWriter, r *http.Request) {
 	st := a.n.Stats()
-	httpx.WriteJSON(w, http.StatusOK, map[string]any{
-		"node":           st.Node,
-		"uptime_seconds": int64(time.Since(st.Started).Seconds()),
-		"connections":    st.Connections,
-		"channels":       len(st.Channels),
-		"messages_in":    st.MessagesIn,
-		"frames_out":     st.FramesOut,
-		"published":      st.Published,
-		"slow_consumers": st.SlowConsumers,
-		"draining":       st.Draining,
-	})
+	body := httpx.StatsFields(st)
+	body["node"], body["draining"] = st.Node, st.Draining
+	httpx.WriteJSON(w, http.StatusOK, body)
 }

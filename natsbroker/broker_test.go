@@ -18,7 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/heraldhq/herald"
-	"github.com/heraldhq/herald/internal/brokertest"
+	"github.com/heraldhq/herald/brokertest"
 	"github.com/heraldhq/herald/natsbroker"
 )
 

@@ -8,7 +8,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/heraldhq/herald"
-	"github.com/heraldhq/herald/internal/brokertest"
+	"github.com/heraldhq/herald/brokertest"
 	"github.com/heraldhq/herald/internal/testserver"
 	"github.com/heraldhq/herald/natsbroker"
 )

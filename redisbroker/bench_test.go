@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/heraldhq/herald"
-	"github.com/heraldhq/herald/internal/brokertest"
+	"github.com/heraldhq/herald/brokertest"
 )
 
 // BenchmarkPublish: see brokertest.BenchmarkPublish. With Redis each

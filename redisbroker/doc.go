@@ -45,7 +45,7 @@
 //     ZSET score has passed (keeping the user counts right), then acts.
 //     PresenceStats is two HLENs.
 //
-// History semantics are MemoryBroker's, checked by internal/brokertest,
+// History semantics are MemoryBroker's, checked by brokertest,
 // with one bound: MemoryBroker keeps a channel's position for the life of
 // the process, Redis for HistoryMetaTTL after the last publish or read.
 //

@@ -13,6 +13,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	jsclient "github.com/heraldhq/herald/clients/js"
 )
 
 func get(t *testing.T, path string) (*http.Response, string) {
@@ -78,54 +80,59 @@ func TestNoRemoteOrUnsafeContent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The client the page loads is served from clients/js: the same rules.
+	if m := remote.Find(jsclient.Source()); m != nil {
+		t.Errorf("herald-client.js loads from another site: %s", m)
+	}
+	if m := unsafe.Find(jsclient.Source()); m != nil {
+		t.Errorf("herald-client.js uses %s", m)
+	}
 }
 
-// TestVendoredClientIsUnchanged keeps the page on the project's real client:
-// static/herald-client.js must be a byte-for-byte copy of clients/js/index.js
-// (the herald-client package), never a fork of it.
-func TestVendoredClientIsUnchanged(t *testing.T) {
-	const fix = "re-copy it, from the repository root: cp clients/js/index.js web/static/herald-client.js"
+// TestPagesServeTheClient keeps both pages on the project's real client:
+// the demo's /herald-client.js and the dashboard's /vendor/herald-client.js
+// are clients/js/index.js itself (package jsclient), with each page's
+// headers, and the pages' scripts import them.
+func TestPagesServeTheClient(t *testing.T) {
 	want, err := os.ReadFile(filepath.Join("..", "clients", "js", "index.js"))
 	if err != nil {
 		t.Fatalf("reading the client's source: %v", err)
 	}
-	got, err := fs.ReadFile(FS, "herald-client.js")
-	if err != nil {
-		t.Fatalf("the page's copy of herald-client is missing (%v); %s", err, fix)
-	}
-	if !bytes.Equal(got, want) {
-		n := 0
-		for n < len(got) && n < len(want) && got[n] == want[n] {
-			n++
+	for _, c := range []struct {
+		name, path, csp string
+		h               http.Handler
+	}{
+		{"demo", "/herald-client.js", contentSecurityPolicy, Handler()},
+		{"dashboard", "/vendor/herald-client.js", adminContentSecurityPolicy, AdminHandler()},
+	} {
+		rec := httptest.NewRecorder()
+		c.h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, c.path, nil))
+		resp := rec.Result()
+		got, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/javascript") ||
+			!bytes.Equal(got, want) {
+			t.Errorf("%s %s: %d %q, %d bytes; want clients/js/index.js (%d bytes)", c.name, c.path, resp.StatusCode,
+				resp.Header.Get("Content-Type"), len(got), len(want))
 		}
-		line := 1 + bytes.Count(want[:n], []byte("\n"))
-		t.Fatalf("web/static/herald-client.js (%d bytes) differs from clients/js/index.js (%d bytes) from line %d on; %s",
-			len(got), len(want), line, fix)
+		if resp.Header.Get("Content-Security-Policy") != c.csp || resp.Header.Get("Cache-Control") != "no-cache" {
+			t.Errorf("%s %s: headers %v", c.name, c.path, resp.Header)
+		}
 	}
-	// The page must load the copy, not some other client.
-	app, err := fs.ReadFile(FS, "app.js")
-	if err != nil {
-		t.Fatal(err)
+	// The pages must load that client, not some other one.
+	for f, imp := range map[fs.FS][2]string{FS: {"app.js", `from './herald-client.js'`}, AdminFS: {"admin.js", `from './vendor/herald-client.js'`}} {
+		b, err := fs.ReadFile(f, imp[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(b, []byte(imp[1])) {
+			t.Errorf("%s does not import %s", imp[0], imp[1])
+		}
 	}
-	if !bytes.Contains(app, []byte(`from './herald-client.js'`)) {
-		t.Error("app.js does not import ./herald-client.js")
-	}
-}
-
-// TestAdminHeraldClientIsACopy keeps the dashboard's copy of the JavaScript
-// client identical to clients/js/index.js, so that the two cannot drift.
-// After changing the client: cp clients/js/index.js web/admin/vendor/herald-client.js
-func TestAdminHeraldClientIsACopy(t *testing.T) {
-	want, err := os.ReadFile(filepath.Join("..", "clients", "js", "index.js"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := fs.ReadFile(AdminFS, "vendor/herald-client.js")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatal("web/admin/vendor/herald-client.js differs from clients/js/index.js: cp clients/js/index.js web/admin/vendor/herald-client.js")
+	// No copy of it is left to drift.
+	for f, path := range map[fs.FS]string{FS: "herald-client.js", AdminFS: "vendor/herald-client.js"} {
+		if _, err := fs.Stat(f, path); err == nil {
+			t.Errorf("%s is a copy of the client in web/: delete it, the client is served from clients/js", path)
+		}
 	}
 }
 

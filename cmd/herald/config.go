@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -238,28 +237,30 @@ func defaultConfig() Config {
 // nodeConfig maps the settings onto the library's configuration.
 func (c Config) nodeConfig(logger *slog.Logger) herald.Config {
 	return herald.Config{
-		Logger:                   logger,
-		AllowedOrigins:           c.AllowedOrigins,
-		AllowAnyOrigin:           c.AllowAnyOrigin,
-		ReadBufferSize:           c.ReadBufferSize,
-		MaxMessageSize:           c.MaxMessageSize,
-		PingInterval:             c.PingInterval,
-		PongTimeout:              c.PongTimeout,
-		WriteTimeout:             c.WriteTimeout,
-		HandshakeTimeout:         c.HandshakeTimeout,
-		CloseGrace:               c.CloseGrace,
-		MaxQueueBytes:            c.MaxQueueBytes,
-		MaxQueueMessages:         c.MaxQueueMessages,
-		MaxChannelsPerConnection: c.MaxChannelsPerConnection,
-		EnableCompression:        c.Compression,
-		Namespaces:               c.Namespaces,
-		ConnectTimeout:           c.ConnectTimeout,
-		MaxConnections:           c.MaxConnections,
-		MaxConnectionsPerUser:    c.MaxConnectionsPerUser,
-		MaxConnectionsPerIP:      c.MaxConnectionsPerIP,
-		ConnectRatePerIP:         c.ConnectRatePerIP,
-		MessageRate:              c.MessageRate,
-		MessageBurst:             c.MessageBurst,
+		Logger:            logger,
+		AllowedOrigins:    c.AllowedOrigins,
+		AllowAnyOrigin:    c.AllowAnyOrigin,
+		ReadBufferSize:    c.ReadBufferSize,
+		MaxMessageSize:    c.MaxMessageSize,
+		PingInterval:      c.PingInterval,
+		PongTimeout:       c.PongTimeout,
+		WriteTimeout:      c.WriteTimeout,
+		HandshakeTimeout:  c.HandshakeTimeout,
+		CloseGrace:        c.CloseGrace,
+		MaxQueueBytes:     c.MaxQueueBytes,
+		MaxQueueMessages:  c.MaxQueueMessages,
+		EnableCompression: c.Compression,
+		Namespaces:        c.Namespaces,
+		ConnectTimeout:    c.ConnectTimeout,
+		Limits: herald.Limits{
+			MaxConnections:           c.MaxConnections,
+			MaxConnectionsPerUser:    c.MaxConnectionsPerUser,
+			MaxConnectionsPerIP:      c.MaxConnectionsPerIP,
+			ConnectRatePerIP:         c.ConnectRatePerIP,
+			MaxChannelsPerConnection: c.MaxChannelsPerConnection,
+			MessageRate:              c.MessageRate,
+			MessageBurst:             c.MessageBurst,
+		},
 	}
 }
 
@@ -342,18 +343,9 @@ var settings = []*setting{
 		func(c *Config) *string { return &c.TLSCert }),
 	stringSetting("tls_key", "FILE", "PEM private key of tls_cert", "none",
 		func(c *Config) *string { return &c.TLSKey }),
-	{
-		name: "jwt_secret", arg: "SECRET", def: "none", isSecret: true, want: "a secret of at least 32 bytes",
-		usage: "HMAC secret (at least 32 bytes) that verifies HS256 tokens and turns authentication on; a flag shows in ps: prefer the variable or jwt_secret_file",
-		set: func(c *Config, v string) error {
-			if err := checkHMACSecret([]byte(v)); err != nil {
-				return err
-			}
-			c.JWTSecret = secret(v)
-			return nil
-		},
-		get: func(c *Config) string { return string(c.JWTSecret) },
-	},
+	secretSetting("jwt_secret", "SECRET", "none", "a secret of at least 32 bytes",
+		"HMAC secret (at least 32 bytes) that verifies HS256 tokens and turns authentication on; a flag shows in ps: prefer the variable or jwt_secret_file",
+		checkHMACSecret, func(c *Config) *secret { return &c.JWTSecret }),
 	stringSetting("jwt_secret_file", "FILE", "file holding the HMAC secret (trailing newlines ignored); instead of jwt_secret", "none",
 		func(c *Config) *string { return &c.JWTSecretFile }),
 	stringSetting("jwt_rsa_public_key", "FILE", "PEM RSA public key (or certificate) that verifies RS256 tokens", "none",
@@ -382,20 +374,10 @@ var settings = []*setting{
 		func(c *Config) *time.Duration { return &c.ConnectTimeout }),
 	intSetting("read_buffer_size", "read buffer in bytes of a TLS connection (plain connections hold none while idle)", "512",
 		func(c *Config) *int { return &c.ReadBufferSize }),
-	{
-		name: "max_message_size", arg: "BYTES", def: strconv.Itoa(defaultMaxMessageSize), want: "a whole number",
-		usage: "largest message a client may send, in bytes; a larger one closes the connection with 1009; max_queue_bytes must be at least twice it",
-		set: func(c *Config, v string) error {
-			n, err := parseNonNegative(v)
-			if err != nil {
-				return err
-			}
-			c.MaxMessageSize = n
-			return nil
-		},
-		get:       func(c *Config) string { return strconv.FormatInt(c.MaxMessageSize, 10) },
-		effective: func(c *Config) string { return strconv.FormatInt(c.maxMessageSize(), 10) },
-	},
+	numberSetting("max_message_size", "BYTES",
+		"largest message a client may send, in bytes; a larger one closes the connection with 1009; max_queue_bytes must be at least twice it",
+		strconv.Itoa(defaultMaxMessageSize), "a whole number", parseNonNegative, formatInt64,
+		func(c *Config) *int64 { return &c.MaxMessageSize }),
 	durationSetting("ping_interval", "how often the server pings each connection", "25s",
 		func(c *Config) *time.Duration { return &c.PingInterval }),
 	durationSetting("pong_timeout", "how long past a ping interval a silent connection is kept", "10s",
@@ -419,50 +401,14 @@ var settings = []*setting{
 		func(c *Config) *int { return &c.MaxConnectionsPerUser }),
 	intSetting("max_connections_per_ip", "connections from one IP address (429); behind a proxy, all clients share the proxy's IP", "0 (no cap)",
 		func(c *Config) *int { return &c.MaxConnectionsPerIP }),
-	{
-		name: "connect_rate_per_ip", arg: "RATE", def: "1000", want: "a number per second, such as 50 or 0.5, or off",
-		usage: "new connections per second from one IP address, in bursts of as many (429 with Retry-After); off for no cap",
-		set: func(c *Config, v string) error {
-			if strings.EqualFold(strings.TrimSpace(v), "off") {
-				c.ConnectRatePerIP = -1
-				return nil
-			}
-			r, err := parseRate(v)
-			if err != nil {
-				return fmt.Errorf("%w, or off", err)
-			}
-			c.ConnectRatePerIP = r
-			return nil
-		},
-		get: func(c *Config) string {
-			if c.ConnectRatePerIP < 0 {
-				return "off"
-			}
-			return strconv.FormatFloat(c.ConnectRatePerIP, 'g', -1, 64)
-		},
-		effective: func(c *Config) string {
-			switch {
-			case c.ConnectRatePerIP < 0:
-				return "off"
-			case c.ConnectRatePerIP == 0:
-				return "1000" // herald.Config's default
-			}
-			return strconv.FormatFloat(c.ConnectRatePerIP, 'g', -1, 64)
-		},
-	},
-	{
-		name: "message_rate", arg: "RATE", def: "0 (no cap)", want: "a number per second, such as 50 or 0.5",
-		usage: "messages per second one connection may send; over it: rate_limited errors, then close 4007 (raw: 4007 at once)",
-		set: func(c *Config, v string) error {
-			r, err := parseRate(v)
-			if err != nil {
-				return err
-			}
-			c.MessageRate = r
-			return nil
-		},
-		get: func(c *Config) string { return strconv.FormatFloat(c.MessageRate, 'g', -1, 64) },
-	},
+	withOff(rateSetting("connect_rate_per_ip",
+		"new connections per second from one IP address, in bursts of as many (429 with Retry-After); off for no cap",
+		"1000", // herald.Config's default
+		func(c *Config) *float64 { return &c.ConnectRatePerIP }),
+		wantRate+", or off", func(c *Config) *float64 { return &c.ConnectRatePerIP }),
+	rateSetting("message_rate",
+		"messages per second one connection may send; over it: rate_limited errors, then close 4007 (raw: 4007 at once)",
+		"0 (no cap)", func(c *Config) *float64 { return &c.MessageRate }),
 	withEffective(intSetting("message_burst", "messages a connection may send at once within message_rate", "message_rate rounded up",
 		func(c *Config) *int { return &c.MessageBurst }), func(c *Config) string {
 		if c.MessageBurst == 0 && c.MessageRate > 0 {
@@ -474,52 +420,14 @@ var settings = []*setting{
 		func(c *Config) *bool { return &c.Compression }),
 	durationSetting("read_header_timeout", "time a client has to send a request's headers (stops slowloris)", defaultReadHeaderTimeout.String(),
 		func(c *Config) *time.Duration { return &c.ReadHeaderTimeout }),
-	{
-		name: "drain_window", arg: "DURATION", def: defaultDrainWindow.String(), want: "a duration such as 10s or 1m, or off",
-		usage: "on SIGINT or SIGTERM, fail /readyz and close WebSocket clients with 1012 spread over this window before shutting down; off: 1001 to all at once",
-		set: func(c *Config, v string) error {
-			if strings.EqualFold(strings.TrimSpace(v), "off") {
-				c.DrainWindow = -1
-				return nil
-			}
-			d, err := time.ParseDuration(strings.TrimSpace(v))
-			if err != nil || d < 0 {
-				return errors.New("want a duration such as 10s or 1m, or off")
-			}
-			c.DrainWindow = d
-			return nil
-		},
-		get: func(c *Config) string {
-			if c.DrainWindow < 0 {
-				return "off"
-			}
-			return c.DrainWindow.String()
-		},
-		effective: func(c *Config) string {
-			switch {
-			case c.DrainWindow < 0:
-				return "off"
-			case c.DrainWindow == 0:
-				return defaultDrainWindow.String()
-			}
-			return c.DrainWindow.String()
-		},
-	},
+	withOff(durationSetting("drain_window",
+		"on SIGINT or SIGTERM, fail /readyz and close WebSocket clients with 1012 spread over this window before shutting down; off: 1001 to all at once",
+		defaultDrainWindow.String(), func(c *Config) *time.Duration { return &c.DrainWindow }),
+		"a duration such as 10s or 1m, or off", func(c *Config) *time.Duration { return &c.DrainWindow }),
 	durationSetting("shutdown_timeout", "bound on the graceful shutdown after SIGINT or SIGTERM (after the drain)", defaultShutdownTimeout.String(),
 		func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
-	{
-		name: "broker", arg: "KIND", def: "memory", want: "memory, redis or nats",
-		usage: "what joins nodes: memory (this node alone), redis or nats",
-		set: func(c *Config, v string) error {
-			switch v = strings.ToLower(strings.TrimSpace(v)); v {
-			case "memory", "redis", "nats":
-				c.Broker = v
-				return nil
-			}
-			return errors.New("want memory, redis or nats")
-		},
-		get: func(c *Config) string { return c.Broker },
-	},
+	enumSetting("broker", "KIND", "what joins nodes: memory (this node alone), redis or nats",
+		[]string{"memory", "redis", "nats"}, func(c *Config) *string { return &c.Broker }),
 	urlSetting("redis_url", "Redis server for broker redis: redis://[user:password@]host:port/db, or rediss:// for TLS", defaultRedisURL,
 		[]string{"redis", "rediss", "unix"}, func(c *Config) *string { return &c.RedisURL }),
 	{
@@ -556,48 +464,20 @@ var settings = []*setting{
 		defaultRedisPingTimeout.String(), func(c *Config) *time.Duration { return &c.RedisPingTimeout }),
 	durationSetting("nats_ping_interval", "broker nats: how often the connection is pinged; after 2 unanswered pings it counts as dead: then /readyz fails and subscribers are closed with 4006 to recover elsewhere",
 		defaultNATSPingInterval.String(), func(c *Config) *time.Duration { return &c.NATSPingInterval }),
-	{
-		name: "api_key", arg: "KEY", def: "none (no API)", isSecret: true, want: "a key of at least 16 bytes",
-		usage: "key (at least 16 bytes) of the HTTP API, which it turns on at /api/; a flag shows in ps: prefer the variable or api_key_file",
-		set: func(c *Config, v string) error {
-			if err := checkAPIKey([]byte(v)); err != nil {
-				return err
-			}
-			c.APIKey = secret(v)
-			return nil
-		},
-		get: func(c *Config) string { return string(c.APIKey) },
-	},
+	secretSetting("api_key", "KEY", "none (no API)", "a key of at least 16 bytes",
+		"key (at least 16 bytes) of the HTTP API, which it turns on at /api/; a flag shows in ps: prefer the variable or api_key_file",
+		checkAPIKey, func(c *Config) *secret { return &c.APIKey }),
 	stringSetting("api_key_file", "FILE", "file holding the API key (trailing newlines ignored); instead of api_key", "none",
 		func(c *Config) *string { return &c.APIKeyFile }),
 	withDefault(boolSetting("metrics", "serve Prometheus metrics at /metrics (--metrics=false to turn them off)",
 		func(c *Config) *bool { return &c.Metrics }), "true"),
-	{
-		name: "admin_password", arg: "PASSWORD", def: "none (no dashboard)", isSecret: true, want: "a password of at least 12 bytes",
-		usage: "password (at least 12 bytes) of the admin dashboard, which it turns on at /admin; a flag shows in ps: prefer the variable or admin_password_file",
-		set: func(c *Config, v string) error {
-			if err := checkAdminPassword([]byte(v)); err != nil {
-				return err
-			}
-			c.AdminPassword = secret(v)
-			return nil
-		},
-		get: func(c *Config) string { return string(c.AdminPassword) },
-	},
+	secretSetting("admin_password", "PASSWORD", "none (no dashboard)", "a password of at least 12 bytes",
+		"password (at least 12 bytes) of the admin dashboard, which it turns on at /admin; a flag shows in ps: prefer the variable or admin_password_file",
+		checkAdminPassword, func(c *Config) *secret { return &c.AdminPassword }),
 	stringSetting("admin_password_file", "FILE", "file holding the admin password (trailing newlines ignored); instead of admin_password", "none",
 		func(c *Config) *string { return &c.AdminPasswordFile }),
-	{
-		name: "log_format", arg: "FORMAT", def: "text", want: "text or json", usage: "log format: text or json",
-		set: func(c *Config, v string) error {
-			switch v = strings.ToLower(strings.TrimSpace(v)); v {
-			case "text", "json":
-				c.LogFormat = v
-				return nil
-			}
-			return errors.New("want text or json")
-		},
-		get: func(c *Config) string { return c.LogFormat },
-	},
+	enumSetting("log_format", "FORMAT", "log format: text or json", []string{"text", "json"},
+		func(c *Config) *string { return &c.LogFormat }),
 	{
 		name: "log_level", arg: "LEVEL", def: "info", want: "debug, info, warn or error", usage: "least severe level logged: debug, info, warn or error",
 		set: func(c *Config, v string) error {
@@ -638,14 +518,32 @@ func stringSetting(name, arg, usage, def string, field func(*Config) *string) *s
 	if !ok {
 		panic("config: no words for the value of " + name) // arg is a constant of this file
 	}
-	return &setting{name: name, arg: arg, usage: usage, def: def, want: want, set: func(c *Config, v string) error {
-		v = strings.TrimSpace(v)
-		if v == "" {
-			return errors.New("must not be empty")
-		}
-		*field(c) = v
-		return nil
-	}, get: func(c *Config) string { return *field(c) }}
+	return valueSetting(name, arg, usage, def, want, parseNonEmpty, identity, field)
+}
+
+func parseNonEmpty(v string) (string, error) {
+	if v = strings.TrimSpace(v); v == "" {
+		return "", errors.New("must not be empty")
+	}
+	return v, nil
+}
+
+func identity(v string) string { return v }
+
+// valueSetting is a setting whose value parse reads (its error says what a
+// valid value looks like) and format writes back, in a form parse accepts.
+func valueSetting[T any](name, arg, usage, def, want string, parse func(string) (T, error), format func(T) string,
+	field func(*Config) *T) *setting {
+	return &setting{name: name, arg: arg, usage: usage, def: def, want: want,
+		set: func(c *Config, v string) error {
+			x, err := parse(v)
+			if err != nil {
+				return err
+			}
+			*field(c) = x
+			return nil
+		},
+		get: func(c *Config) string { return format(*field(c)) }}
 }
 
 // withDefault sets the default shown in the usage text, for a setting whose
@@ -667,7 +565,7 @@ func withEffective(s *setting, effective func(c *Config) string) *setting {
 // default, is also the example that errors give.
 func urlSetting(name, usage, def string, schemes []string, field func(*Config) *string) *setting {
 	want := fmt.Sprintf("a URL such as %s (scheme %s)", def, orList(schemes))
-	return &setting{name: name, arg: "URL", usage: usage, def: def, want: want, redact: redactURLs, set: func(c *Config, v string) error {
+	parse := func(v string) (string, error) {
 		v = strings.TrimSpace(v)
 		items := strings.Split(v, ",")
 		for _, item := range items {
@@ -678,13 +576,15 @@ func urlSetting(name, usage, def string, schemes []string, field func(*Config) *
 			}
 			// The URL may hold a password: errors show it redacted.
 			if len(items) > 1 {
-				return fmt.Errorf("%q is not %s", redactURL(item), want)
+				return "", fmt.Errorf("%q is not %s", redactURL(item), want)
 			}
-			return errors.New("want " + want + schemeHint(item, schemes[0]))
+			return "", errors.New("want " + want + schemeHint(item, schemes[0]))
 		}
-		*field(c) = v
-		return nil
-	}, get: func(c *Config) string { return *field(c) }}
+		return v, nil
+	}
+	s := valueSetting(name, "URL", usage, def, want, parse, identity, field)
+	s.redact = redactURLs
+	return s
 }
 
 // schemeHint suggests the URL that v probably meant when it has no scheme
@@ -705,61 +605,99 @@ func orList(words []string) string {
 }
 
 func boolSetting(name, usage string, field func(*Config) *bool) *setting {
-	return &setting{name: name, usage: usage, def: "false", want: "true or false", isBool: true, set: func(c *Config, v string) error {
-		b, err := parseBool(v)
-		if err != nil {
-			return err
-		}
-		*field(c) = b
-		return nil
-	}, get: func(c *Config) string { return strconv.FormatBool(*field(c)) }}
+	s := valueSetting(name, "", usage, "false", "true or false", parseBool, strconv.FormatBool, field)
+	s.isBool = true
+	return s
 }
 
 // intSetting is a count or a size. When def is a number, zero means def:
 // it is the value a reload compares and logs.
 func intSetting(name, usage, def string, field func(*Config) *int) *setting {
-	s := &setting{name: name, arg: "N", usage: usage, def: def, want: "a whole number", set: func(c *Config, v string) error {
-		n, err := parseNonNegative(v)
-		if err != nil {
-			return err
-		}
-		if int64(int(n)) != n {
-			return fmt.Errorf("too large: at most %d", math.MaxInt)
-		}
-		*field(c) = int(n)
-		return nil
-	}, get: func(c *Config) string { return strconv.Itoa(*field(c)) }}
-	if _, err := strconv.Atoi(def); err == nil {
+	return numberSetting(name, "N", usage, def, "a whole number", parseInt, strconv.Itoa, field)
+}
+
+// durationSetting is a duration. When def is a duration, zero means def.
+func durationSetting(name, usage, def string, field func(*Config) *time.Duration) *setting {
+	return numberSetting(name, "DURATION", usage, def, wantDuration, parseDuration, time.Duration.String, field)
+}
+
+// rateSetting is a number per second. When def is a number, zero means def.
+func rateSetting(name, usage, def string, field func(*Config) *float64) *setting {
+	return numberSetting(name, "RATE", usage, def, wantRate, parseRate, formatRate, field)
+}
+
+func formatRate(r float64) string { return strconv.FormatFloat(r, 'g', -1, 64) }
+
+func formatInt64(n int64) string { return strconv.FormatInt(n, 10) }
+
+// numberSetting is a setting of a number that parse reads and format
+// writes back. When def parses, zero means def: the effective value, which
+// a reload compares and logs, is def's (old=100000 for a max_connections
+// left at 0).
+func numberSetting[T int | int64 | time.Duration | float64](name, arg, usage, def, want string,
+	parse func(string) (T, error), format func(T) string, field func(*Config) *T) *setting {
+	s := valueSetting(name, arg, usage, def, want, parse, format, field)
+	if d, err := parse(def); err == nil {
 		s.effective = func(c *Config) string {
 			if *field(c) == 0 {
-				return def
+				return format(d)
 			}
-			return strconv.Itoa(*field(c))
+			return format(*field(c))
 		}
 	}
 	return s
 }
 
-// durationSetting is a duration. When def is a duration, zero means def:
-// it is the value a reload compares and logs.
-func durationSetting(name, usage, def string, field func(*Config) *time.Duration) *setting {
-	s := &setting{name: name, arg: "DURATION", usage: usage, def: def, want: wantDuration, set: func(c *Config, v string) error {
-		d, err := parseDuration(v)
-		if err != nil {
-			return err
+// withOff lets a number setting be "off" in every source, stored as -1 (no
+// cap, or none), and says so in want, which its errors give.
+func withOff[T time.Duration | float64](s *setting, want string, field func(*Config) *T) *setting {
+	set, get, effective := s.set, s.get, s.effective
+	if effective == nil {
+		effective = get
+	}
+	s.want = want
+	s.set = func(c *Config, v string) error {
+		if strings.EqualFold(strings.TrimSpace(v), "off") {
+			*field(c) = -1
+			return nil
 		}
-		*field(c) = d
+		if err := set(c, v); err != nil {
+			return errors.New("want " + want)
+		}
 		return nil
-	}, get: func(c *Config) string { return field(c).String() }}
-	if d, err := time.ParseDuration(def); err == nil {
-		s.effective = func(c *Config) string {
-			if *field(c) == 0 {
-				return d.String()
+	}
+	orOff := func(value func(*Config) string) func(*Config) string {
+		return func(c *Config) string {
+			if *field(c) < 0 {
+				return "off"
 			}
-			return field(c).String()
+			return value(c)
 		}
 	}
+	s.get, s.effective = orOff(get), orOff(effective)
 	return s
+}
+
+// secretSetting is a secret: never echoed (errors show it redacted, and a
+// reload logs no value), and checked by check.
+func secretSetting(name, arg, def, want, usage string, check func([]byte) error, field func(*Config) *secret) *setting {
+	parse := func(v string) (secret, error) { return secret(v), check([]byte(v)) }
+	s := valueSetting(name, arg, usage, def, want, parse, func(v secret) string { return string(v) }, field)
+	s.isSecret = true
+	return s
+}
+
+// enumSetting is one of values, written in any case; the first is the
+// default.
+func enumSetting(name, arg, usage string, values []string, field func(*Config) *string) *setting {
+	want := orList(values)
+	parse := func(v string) (string, error) {
+		if v = strings.ToLower(strings.TrimSpace(v)); slices.Contains(values, v) {
+			return v, nil
+		}
+		return "", errors.New("want " + want)
+	}
+	return valueSetting(name, arg, usage, values[0], want, parse, identity, field)
 }
 
 func listSetting(name, arg, usage, def, want string, field func(*Config) *[]string, check func(string) error) *setting {
@@ -833,12 +771,23 @@ func parseNonNegative(v string) (int64, error) {
 	return n, nil
 }
 
+// parseInt parses a count or a size that fits an int.
+func parseInt(v string) (int, error) {
+	n, err := parseNonNegative(v)
+	if err == nil && int64(int(n)) != n {
+		err = fmt.Errorf("too large: at most %d", math.MaxInt)
+	}
+	return int(n), err
+}
+
+const wantRate = "a number per second, such as 50 or 0.5"
+
 // parseRate parses a number of events per second. Zero is allowed: it means
 // the library default.
 func parseRate(v string) (float64, error) {
 	r, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 	if err != nil || math.IsNaN(r) || math.IsInf(r, 0) {
-		return 0, errors.New("want a number per second, such as 50 or 0.5")
+		return 0, errors.New("want " + wantRate)
 	}
 	if r < 0 {
 		return 0, errors.New("must not be negative")
@@ -898,83 +847,41 @@ func settingError(s *setting, source, value string, err error) *SettingError {
 // they name. It returns flag.ErrHelp when -h or --help was given, after
 // writing the usage to usageOut.
 func parseServeConfig(args, env []string, usageOut io.Writer) (Config, error) {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	// The flag package would print errors and usage itself; the caller
-	// prints the error once, and usage only on request.
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-
 	// Flags are applied last (highest precedence) but parsed first, since
-	// they may name the config file. Values are kept as given.
-	type flagValue struct {
-		s *setting
-		v string
+	// they may name the config file.
+	flagged, configPath, err := parseServeFlags(args, usageOut)
+	if err != nil {
+		return Config{}, err
 	}
-	var flagged []flagValue
-	for _, s := range settings {
-		record := func(v string) error {
-			flagged = append(flagged, flagValue{s, v})
-			return nil
-		}
-		if s.isBool {
-			fs.BoolFunc(s.flagName(), s.usage, record)
-		} else {
-			fs.Func(s.flagName(), s.usage, record)
-		}
-	}
-	configPath := fs.String("config", "", "YAML config file")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			writeServeUsage(usageOut)
-			return Config{}, err
-		}
-		return Config{}, fmt.Errorf("failed to parse serve arguments: %w (see herald help serve)", err)
-	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("serve takes no arguments, got %q (see herald help serve)", fs.Args())
-	}
-
 	// Variables that start with HERALD_ but name no setting are ignored, not
 	// refused: they may be meant for something else (the test suite's
-	// HERALD_TEST_REDIS, for one).
-	envVars := make(map[string]string)
-	for _, kv := range env {
-		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "HERALD_") {
-			envVars[k] = v
-		}
-	}
-
+	// HERALD_TEST_REDIS, for one). An empty variable counts as unset, as it
+	// does in most deployment tools, where "HERALD_X=" is how an optional
+	// value is left out.
+	vars := envMap(env)
 	cfg := defaultConfig()
 	// src records where each setting that is not at its default came
 	// from, for the errors of validate.
 	src := make(sources)
-
-	path := *configPath
-	if path == "" {
-		path = envVars["HERALD_CONFIG"]
+	if configPath == "" {
+		configPath = vars["HERALD_CONFIG"]
 	}
-	if path != "" {
-		if err := applyConfigFile(&cfg, path, src); err != nil {
+	if configPath != "" {
+		if err := applyConfigFile(&cfg, configPath, src); err != nil {
 			return Config{}, err
 		}
 	}
-
-	// An empty variable counts as unset, as it does in most deployment
-	// tools, where "HERALD_X=" is how an optional value is left out.
 	for _, s := range settings {
-		if v := envVars[s.envName()]; v != "" {
-			if err := s.set(&cfg, v); err != nil {
-				return Config{}, settingError(s, "env "+s.envName(), v, err)
+		if v := vars[s.envName()]; v != "" {
+			if err := cfg.apply(s, v, "env "+s.envName(), src); err != nil {
+				return Config{}, err
 			}
-			src[s.name] = "env " + s.envName()
 		}
 	}
-
 	for _, f := range flagged {
-		if err := f.s.set(&cfg, f.v); err != nil {
-			return Config{}, settingError(f.s, "flag --"+f.s.flagName(), f.v, err)
+		if err := cfg.apply(f.s, f.v, "flag --"+f.s.flagName(), src); err != nil {
+			return Config{}, err
 		}
-		src[f.s.name] = "flag --" + f.s.flagName()
 		switch f.s.name {
 		case "jwt_secret":
 			cfg.secretOnCommandLine = true
@@ -986,6 +893,48 @@ func parseServeConfig(args, env []string, usageOut io.Writer) (Config, error) {
 		return Config{}, err
 	}
 	return cfg, nil
+}
+
+// flagValue is a setting's value as a flag gave it.
+type flagValue struct {
+	s *setting
+	v string
+}
+
+// parseServeFlags parses serve's flags, every setting's and --config, and
+// returns the settings' values as given, in order, and the config file's
+// path.
+func parseServeFlags(args []string, usageOut io.Writer) (flagged []flagValue, configPath string, err error) {
+	fs := newFlagSet("serve", map[string]*string{"config": &configPath})
+	for _, s := range settings {
+		record := func(v string) error {
+			flagged = append(flagged, flagValue{s, v})
+			return nil
+		}
+		if s.isBool {
+			fs.BoolFunc(s.flagName(), s.usage, record)
+		} else {
+			fs.Func(s.flagName(), s.usage, record)
+		}
+	}
+	var usage strings.Builder
+	writeServeUsage(&usage)
+	if err := parseFlags(fs, args, usageOut, usage.String()); err != nil {
+		return nil, "", err
+	}
+	if fs.NArg() > 0 {
+		return nil, "", fmt.Errorf("serve takes no arguments, got %q (see herald help serve)", fs.Args())
+	}
+	return flagged, configPath, nil
+}
+
+// apply sets s to v, which came from source, and records the source.
+func (c *Config) apply(s *setting, v, source string, src sources) error {
+	if err := s.set(c, v); err != nil {
+		return settingError(s, source, v, err)
+	}
+	src[s.name] = source
+	return nil
 }
 
 // sources maps a setting's name to where its value came from ("flag
@@ -1020,8 +969,10 @@ func (c *Config) validate(src sources) error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("tls_cert and tls_key go together: set both to serve https:// and wss://, or neither for plain HTTP")
 	}
-	if c.JWTSecret != "" && c.JWTSecretFile != "" {
-		return errors.New("jwt_secret and jwt_secret_file both set: set one of them")
+	for _, pair := range [][2]string{{"jwt_secret", "jwt_secret_file"}, {"api_key", "api_key_file"}, {"admin_password", "admin_password_file"}} {
+		if settingByName(pair[0]).get(c) != "" && settingByName(pair[1]).get(c) != "" {
+			return fmt.Errorf("%s and %s both set: set one of them", pair[0], pair[1])
+		}
 	}
 	if !c.authEnabled() {
 		var orphans []string
@@ -1040,12 +991,6 @@ func (c *Config) validate(src sources) error {
 	}
 	if c.MessageBurst != 0 && c.MessageRate == 0 {
 		return errors.New("message_burst set without message_rate: set message_rate too")
-	}
-	if c.APIKey != "" && c.APIKeyFile != "" {
-		return errors.New("api_key and api_key_file both set: set one of them")
-	}
-	if c.AdminPassword != "" && c.AdminPasswordFile != "" {
-		return errors.New("admin_password and admin_password_file both set: set one of them")
 	}
 	if c.RedisURL != "" && c.RedisAddr != "" {
 		return errors.New("redis_url and redis_addr both set: set one of them (redis_addr HOST:PORT means redis_url redis://HOST:PORT/0)")
@@ -1148,25 +1093,24 @@ func checkAdminPassword(b []byte) error {
 // apiKey returns the API key, read from api_key_file if that is set; ""
 // means the API is off.
 func (c *Config) apiKey() (string, error) {
-	if c.APIKeyFile == "" {
-		return string(c.APIKey), nil
-	}
-	b, err := readSecret(c.APIKeyFile, checkAPIKey)
-	if err != nil {
-		return "", fmt.Errorf("invalid api_key_file %s: %w", c.APIKeyFile, err)
-	}
-	return string(b), nil
+	return secretOrFile(c.APIKey, c.APIKeyFile, "api_key_file", checkAPIKey)
 }
 
 // adminPassword returns the dashboard's password, read from
 // admin_password_file if that is set; "" means the dashboard is off.
 func (c *Config) adminPassword() (string, error) {
-	if c.AdminPasswordFile == "" {
-		return string(c.AdminPassword), nil
+	return secretOrFile(c.AdminPassword, c.AdminPasswordFile, "admin_password_file", checkAdminPassword)
+}
+
+// secretOrFile returns value, or if path (the setting fileSetting) is set,
+// the secret in that file, checked by check.
+func secretOrFile(value secret, path, fileSetting string, check func([]byte) error) (string, error) {
+	if path == "" {
+		return string(value), nil
 	}
-	b, err := readSecret(c.AdminPasswordFile, checkAdminPassword)
+	b, err := readSecret(path, check)
 	if err != nil {
-		return "", fmt.Errorf("invalid admin_password_file %s: %w", c.AdminPasswordFile, err)
+		return "", fmt.Errorf("invalid %s %s: %w", fileSetting, path, err)
 	}
 	return string(b), nil
 }

@@ -3,9 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -28,23 +28,9 @@ import (
 // applyConfigFile applies the settings present in the YAML file at path,
 // and records in src where each came from.
 func applyConfigFile(cfg *Config, path string, src sources) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("failed to read config file: %w", err)
-	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return fmt.Errorf("failed to parse config file %s: invalid YAML: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
-	}
-	if len(doc.Content) == 0 {
-		return nil // empty, or comments only
-	}
-	root := resolve(doc.Content[0])
-	if isNull(root) {
-		return nil
-	}
-	if root.Kind != yaml.MappingNode {
-		return fmt.Errorf(`failed to parse config file %s: line %d: want settings as "key: value" lines; not %s`, path, root.Line, shape(root))
+	root, err := readConfigFile(path)
+	if err != nil || root == nil {
+		return err
 	}
 	f := configFile{path: path}
 	first := make(map[string]int) // the line of each key
@@ -88,6 +74,30 @@ func applyConfigFile(cfg *Config, path string, src sources) error {
 	return nil
 }
 
+// readConfigFile reads the YAML file at path and returns its mapping of
+// settings, or nil if it holds none (it is empty, comments only, or null).
+func readConfigFile(path string) (*yaml.Node, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read config file: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("failed to parse config file %s: invalid YAML: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if len(doc.Content) == 0 {
+		return nil, nil // empty, or comments only
+	}
+	root := resolve(doc.Content[0])
+	if isNull(root) {
+		return nil, nil
+	}
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf(`failed to parse config file %s: line %d: want settings as "key: value" lines; not %s`, path, root.Line, shape(root))
+	}
+	return root, nil
+}
+
 // configFile is the file being read, for the source of each value.
 type configFile struct{ path string }
 
@@ -129,42 +139,26 @@ var namespaceKeys = []struct {
 	set       func(ns *herald.Namespace, v string) error
 }{
 	{"name", "a namespace name such as chat", nil}, // read first, by namespace
-	{"history_size", "a whole number", func(ns *herald.Namespace, v string) error {
-		n, err := parseNonNegative(v)
-		if err == nil && int64(int(n)) != n {
-			err = fmt.Errorf("too large: at most %d", math.MaxInt)
+	{"history_size", "a whole number", nsKey(parseInt, func(ns *herald.Namespace) *int { return &ns.HistorySize })},
+	{"history_ttl", wantDuration, nsKey(parseDuration, func(ns *herald.Namespace) *time.Duration { return &ns.HistoryTTL })},
+	{"presence", "true or false", nsKey(parseBool, func(ns *herald.Namespace) *bool { return &ns.Presence })},
+	{"join_leave", "true or false", nsKey(parseBool, func(ns *herald.Namespace) *bool { return &ns.JoinLeave })},
+	{"allow_subscribe", wantPermission, nsKey(parsePermission, func(ns *herald.Namespace) *herald.Permission { return &ns.AllowSubscribe })},
+	{"allow_publish", wantPermission, nsKey(parsePermission, func(ns *herald.Namespace) *herald.Permission { return &ns.AllowPublish })},
+	{"allow_presence", wantPermission, nsKey(parsePermission, func(ns *herald.Namespace) *herald.Permission { return &ns.AllowPresence })},
+	{"allow_history", wantPermission, nsKey(parsePermission, func(ns *herald.Namespace) *herald.Permission { return &ns.AllowHistory })},
+}
+
+// nsKey sets a namespace's field from its value in the file, read by parse.
+func nsKey[T any](parse func(string) (T, error), field func(*herald.Namespace) *T) func(*herald.Namespace, string) error {
+	return func(ns *herald.Namespace, v string) error {
+		x, err := parse(v)
+		if err != nil {
+			return err
 		}
-		ns.HistorySize = int(n)
-		return err
-	}},
-	{"history_ttl", wantDuration, func(ns *herald.Namespace, v string) (err error) {
-		ns.HistoryTTL, err = parseDuration(v)
-		return err
-	}},
-	{"presence", "true or false", func(ns *herald.Namespace, v string) (err error) {
-		ns.Presence, err = parseBool(v)
-		return err
-	}},
-	{"join_leave", "true or false", func(ns *herald.Namespace, v string) (err error) {
-		ns.JoinLeave, err = parseBool(v)
-		return err
-	}},
-	{"allow_subscribe", wantPermission, func(ns *herald.Namespace, v string) (err error) {
-		ns.AllowSubscribe, err = parsePermission(v)
-		return err
-	}},
-	{"allow_publish", wantPermission, func(ns *herald.Namespace, v string) (err error) {
-		ns.AllowPublish, err = parsePermission(v)
-		return err
-	}},
-	{"allow_presence", wantPermission, func(ns *herald.Namespace, v string) (err error) {
-		ns.AllowPresence, err = parsePermission(v)
-		return err
-	}},
-	{"allow_history", wantPermission, func(ns *herald.Namespace, v string) (err error) {
-		ns.AllowHistory, err = parsePermission(v)
-		return err
-	}},
+		*field(ns) = x
+		return nil
+	}
 }
 
 const wantPermission = "anyone, authenticated, granted or nobody"
@@ -215,24 +209,8 @@ func (f configFile) namespaces(n *yaml.Node, line int) ([]herald.Namespace, erro
 func (f configFile) namespace(e *yaml.Node) (ns herald.Namespace, nameLine int, err error) {
 	// The name first, so that errors about the other keys can say which
 	// namespace they are in, wherever the name is written.
-	nameLine = e.Line
-	for i := 0; i+1 < len(e.Content); i += 2 {
-		if k, raw := e.Content[i], e.Content[i+1]; k.Value == "name" {
-			nameLine = raw.Line
-			v := resolve(raw)
-			switch {
-			case isNull(v):
-			case v.Kind != yaml.ScalarNode:
-				return ns, 0, &SettingError{Setting: "name of a namespace", Source: f.source(raw.Line), Value: render(v),
-					Err: errors.New("want " + namespaceKeys[0].want + "; not " + shape(v))}
-			case v.Value != "" && (!protocol.ValidChannel(v.Value) || strings.Contains(v.Value, ":")):
-				// herald.New has the same rule; this says where.
-				return ns, 0, &SettingError{Setting: "name of a namespace", Source: f.source(raw.Line), Value: v.Value,
-					Err: errors.New("want 1-255 of A-Z a-z 0-9 _ - . @ # , = / ! (no ':': a namespace is the part of a channel name before its first ':')")}
-			default:
-				ns.Name = v.Value
-			}
-		}
+	if ns.Name, nameLine, err = f.namespaceName(e); err != nil {
+		return ns, 0, err
 	}
 	keys := make([]string, len(namespaceKeys))
 	for i, nk := range namespaceKeys {
@@ -274,6 +252,33 @@ func (f configFile) namespace(e *yaml.Node) (ns herald.Namespace, nameLine int, 
 		}
 	}
 	return ns, nameLine, nil
+}
+
+// namespaceName reads the name of the namespace e ("" if it has none), and
+// returns the line of its name (of e, without one).
+func (f configFile) namespaceName(e *yaml.Node) (name string, line int, err error) {
+	line = e.Line
+	for i := 0; i+1 < len(e.Content); i += 2 {
+		k, raw := e.Content[i], e.Content[i+1]
+		if k.Value != "name" {
+			continue
+		}
+		line = raw.Line
+		v := resolve(raw)
+		switch {
+		case isNull(v):
+		case v.Kind != yaml.ScalarNode:
+			return "", 0, &SettingError{Setting: "name of a namespace", Source: f.source(raw.Line), Value: render(v),
+				Err: errors.New("want " + namespaceKeys[0].want + "; not " + shape(v))}
+		case v.Value != "" && (!protocol.ValidChannel(v.Value) || strings.Contains(v.Value, ":")):
+			// herald.New has the same rule; this says where.
+			return "", 0, &SettingError{Setting: "name of a namespace", Source: f.source(raw.Line), Value: v.Value,
+				Err: errors.New("want 1-255 of A-Z a-z 0-9 _ - . @ # , = / ! (no ':': a namespace is the part of a channel name before its first ':')")}
+		default:
+			name = v.Value
+		}
+	}
+	return name, line, nil
 }
 
 // resolve follows an alias (*name) to the node it names.

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -84,115 +83,152 @@ func (e *PubError) Error() string {
 	return b.String()
 }
 
+// pubArgs are the arguments of `herald pub`, with the environment's
+// defaults applied.
+type pubArgs struct {
+	channel, binary, idemKey string
+	payload                  []string // the JSON argument, if given
+	serverURL, urlFrom       string   // urlFrom: where serverURL came from, for its errors
+	apiKey                   string
+	apiKeyFile, keyFileFrom  string
+	timeout                  time.Duration
+	asJSON                   bool
+}
+
 // publish runs `herald pub`; stdin is read for --binary -.
 func publish(ctx context.Context, args, env []string, stdin io.Reader, stdout io.Writer) error {
-	fs := flag.NewFlagSet("pub", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	channel := fs.String("channel", "", "")
-	binary := fs.String("binary", "", "")
-	idemKey := fs.String("idempotency-key", "", "")
-	serverURL := fs.String("url", "", "")
-	apiKey := fs.String("api-key", "", "")
-	apiKeyFile := fs.String("api-key-file", "", "")
+	p, err := parsePubArgs(args, stdout)
+	if err != nil {
+		return err
+	}
+	p.applyEnv(envMap(env))
+	body, err := p.body(stdin)
+	if err != nil {
+		return err
+	}
+	key, err := p.key()
+	if err != nil {
+		return err
+	}
+	endpoint, err := apiEndpoint(p.serverURL, "/api/v1/publish")
+	if err != nil {
+		return fmt.Errorf("invalid %s %q: %w", p.urlFrom, redactURL(p.serverURL), err)
+	}
+	raw, err := postAPI(ctx, endpoint, key, body, p.timeout)
+	if err != nil {
+		return err
+	}
+	if p.asJSON {
+		_, err := stdout.Write(raw)
+		return err
+	}
+	return p.printResult(stdout, raw)
+}
+
+// parsePubArgs parses the flags and the payload argument; with -h it
+// writes the usage to stdout and returns flag.ErrHelp.
+func parsePubArgs(args []string, stdout io.Writer) (*pubArgs, error) {
+	p := &pubArgs{timeout: 10 * time.Second}
+	fs := newFlagSet("pub", map[string]*string{"channel": &p.channel, "binary": &p.binary, "idempotency-key": &p.idemKey,
+		"url": &p.serverURL, "api-key": &p.apiKey, "api-key-file": &p.apiKeyFile})
 	// --timeout and --json are parsed here rather than by the flag
 	// package, whose errors say only "parse error".
-	timeout := 10 * time.Second
 	fs.Func("timeout", "", func(v string) (err error) {
-		timeout, err = time.ParseDuration(strings.TrimSpace(v))
+		p.timeout, err = time.ParseDuration(strings.TrimSpace(v))
 		if err != nil {
 			return errors.New("want a duration such as 500ms, 10s or 1m")
 		}
 		return nil
 	})
-	var asJSON bool
 	fs.BoolFunc("json", "", func(v string) (err error) {
-		asJSON, err = parseBool(v)
+		p.asJSON, err = parseBool(v)
 		return err
 	})
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			_, _ = io.WriteString(stdout, pubUsage)
-			return err
-		}
-		return fmt.Errorf("failed to parse pub arguments: %w (see herald help pub)", err)
+	if err := parseFlags(fs, args, stdout, pubUsage); err != nil {
+		return nil, err
 	}
-	if timeout <= 0 {
-		return fmt.Errorf("invalid --timeout %s: must be positive, such as 10s", timeout)
+	if p.timeout <= 0 {
+		return nil, fmt.Errorf("invalid --timeout %s: must be positive, such as 10s", p.timeout)
 	}
-	vars := envMap(env)
-	urlFrom := "--url" // where the server's URL came from, for its error
-	if *serverURL == "" {
-		*serverURL, urlFrom = vars["HERALD_URL"], "HERALD_URL"
-	}
-	if *serverURL == "" {
-		*serverURL, urlFrom = defaultPubURL, "default URL"
-	}
-	keyFileFrom := "--api-key-file"
-	if *apiKeyFile == "" {
-		*apiKeyFile, keyFileFrom = vars["HERALD_API_KEY_FILE"], "HERALD_API_KEY_FILE"
-	}
-	if *apiKey == "" && *apiKeyFile == "" {
-		*apiKey = vars["HERALD_API_KEY"]
-	}
+	p.payload = fs.Args()
+	return p, nil
+}
 
-	if *channel == "" {
-		return errors.New("pub needs --channel (see herald help pub)")
+// applyEnv fills in from the environment what no flag gave.
+func (p *pubArgs) applyEnv(vars map[string]string) {
+	p.urlFrom = "--url"
+	if p.serverURL == "" {
+		p.serverURL, p.urlFrom = vars["HERALD_URL"], "HERALD_URL"
 	}
-	body := map[string]any{"channel": *channel}
+	if p.serverURL == "" {
+		p.serverURL, p.urlFrom = defaultPubURL, "default URL"
+	}
+	p.keyFileFrom = "--api-key-file"
+	if p.apiKeyFile == "" {
+		p.apiKeyFile, p.keyFileFrom = vars["HERALD_API_KEY_FILE"], "HERALD_API_KEY_FILE"
+	}
+	if p.apiKey == "" && p.apiKeyFile == "" {
+		p.apiKey = vars["HERALD_API_KEY"]
+	}
+}
+
+// body is the publish request: the channel, the payload (JSON, or bytes
+// from --binary) and the idempotency key.
+func (p *pubArgs) body(stdin io.Reader) (map[string]any, error) {
+	if p.channel == "" {
+		return nil, errors.New("pub needs --channel (see herald help pub)")
+	}
+	body := map[string]any{"channel": p.channel}
 	switch {
-	case *binary != "" && fs.NArg() > 0:
-		return errors.New("pub takes either a JSON argument or --binary, not both")
-	case *binary != "":
-		data, err := readBinary(*binary, stdin)
+	case p.binary != "" && len(p.payload) > 0:
+		return nil, errors.New("pub takes either a JSON argument or --binary, not both")
+	case p.binary != "":
+		data, err := readBinary(p.binary, stdin)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		body["data_base64"] = base64.StdEncoding.EncodeToString(data)
-	case fs.NArg() == 1:
-		data := []byte(fs.Arg(0))
+	case len(p.payload) == 1:
+		data := []byte(p.payload[0])
 		if !json.Valid(data) {
-			return fmt.Errorf(`the payload %q is not JSON; to publish text, quote it: '"hello"' (or use --binary for bytes)`, truncate(fs.Arg(0), 60))
+			return nil, fmt.Errorf(`the payload %q is not JSON; to publish text, quote it: '"hello"' (or use --binary for bytes)`, truncate(p.payload[0], 60))
 		}
 		body["data"] = json.RawMessage(data)
-	case fs.NArg() == 0:
-		return errors.New("pub needs a payload: a JSON argument, or --binary @FILE (see herald help pub)")
+	case len(p.payload) == 0:
+		return nil, errors.New("pub needs a payload: a JSON argument, or --binary @FILE (see herald help pub)")
 	default:
-		return fmt.Errorf("pub takes one JSON argument, got %d (quote the JSON: '{\"text\":\"hi\"}')", fs.NArg())
+		return nil, fmt.Errorf("pub takes one JSON argument, got %d (quote the JSON: '{\"text\":\"hi\"}')", len(p.payload))
 	}
-	if *idemKey != "" {
-		body["idempotency_key"] = *idemKey
+	if p.idemKey != "" {
+		body["idempotency_key"] = p.idemKey
 	}
+	return body, nil
+}
 
-	key := *apiKey
-	if *apiKeyFile != "" {
-		b, err := readSecret(*apiKeyFile, func(b []byte) error {
+// key is the API key: --api-key-file's (or HERALD_API_KEY_FILE's) content,
+// else --api-key or HERALD_API_KEY.
+func (p *pubArgs) key() (string, error) {
+	key := p.apiKey
+	if p.apiKeyFile != "" {
+		b, err := readSecret(p.apiKeyFile, func(b []byte) error {
 			if len(b) == 0 {
 				return errors.New("the file is empty: write the server's API key (its api_key) in it")
 			}
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("invalid %s %s: %w", keyFileFrom, *apiKeyFile, err)
+			return "", fmt.Errorf("invalid %s %s: %w", p.keyFileFrom, p.apiKeyFile, err)
 		}
 		key = string(b)
 	}
 	if key == "" {
-		return errors.New("pub needs the server's API key: set HERALD_API_KEY (or --api-key-file, --api-key)")
+		return "", errors.New("pub needs the server's API key: set HERALD_API_KEY (or --api-key-file, --api-key)")
 	}
+	return key, nil
+}
 
-	endpoint, err := apiEndpoint(*serverURL, "/api/v1/publish")
-	if err != nil {
-		return fmt.Errorf("invalid %s %q: %w", urlFrom, redactURL(*serverURL), err)
-	}
-	raw, err := postAPI(ctx, endpoint, key, body, timeout)
-	if err != nil {
-		return err
-	}
-	if asJSON {
-		_, err := stdout.Write(raw)
-		return err
-	}
+// printResult says where the publication landed, from the API's answer.
+func (p *pubArgs) printResult(stdout io.Writer, raw []byte) error {
 	var res struct {
 		Offset    uint64 `json:"offset"`
 		Epoch     string `json:"epoch"`
@@ -201,19 +237,22 @@ func publish(ctx context.Context, args, env []string, stdin io.Reader, stdout io
 	if err := json.Unmarshal(raw, &res); err != nil {
 		// Not the publish API's answer: json's error would only name Go types.
 		return fmt.Errorf(`the server's answer %q is not the publish API's ({"offset":N,"epoch":"E"} or {}): is %s a Herald server?`,
-			truncate(strings.TrimSpace(string(raw)), 200), urlFrom)
+			truncate(strings.TrimSpace(string(raw)), 200), p.urlFrom)
 	}
+	var err error
 	switch {
 	case res.Duplicate:
-		_, err = fmt.Fprintf(stdout, "duplicate: already published to %s with this idempotency key: offset %d, epoch %s\n", *channel, res.Offset, res.Epoch)
+		_, err = fmt.Fprintf(stdout, "duplicate: already published to %s with this idempotency key: offset %d, epoch %s\n", p.channel, res.Offset, res.Epoch)
 	case res.Offset != 0:
-		_, err = fmt.Fprintf(stdout, "published to %s: offset %d, epoch %s\n", *channel, res.Offset, res.Epoch)
+		_, err = fmt.Fprintf(stdout, "published to %s: offset %d, epoch %s\n", p.channel, res.Offset, res.Epoch)
 	default:
-		_, err = fmt.Fprintf(stdout, "published to %s (the channel keeps no history: no offset)\n", *channel)
+		_, err = fmt.Fprintf(stdout, "published to %s (the channel keeps no history: no offset)\n", p.channel)
 	}
 	return err
 }
 
+// envMap maps the environment's variables that have a value (an empty one
+// counts as unset, as in most deployment tools) to it.
 func envMap(env []string) map[string]string {
 	m := make(map[string]string)
 	for _, kv := range env {

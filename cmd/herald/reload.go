@@ -81,15 +81,7 @@ func init() {
 func (c *Config) nodeSettings() herald.Settings {
 	nc := c.nodeConfig(nil)
 	return herald.Settings{
-		Limits: herald.Limits{
-			MaxConnections:           nc.MaxConnections,
-			MaxConnectionsPerUser:    nc.MaxConnectionsPerUser,
-			MaxConnectionsPerIP:      nc.MaxConnectionsPerIP,
-			ConnectRatePerIP:         nc.ConnectRatePerIP,
-			MaxChannelsPerConnection: nc.MaxChannelsPerConnection,
-			MessageRate:              nc.MessageRate,
-			MessageBurst:             nc.MessageBurst,
-		},
+		Limits:         nc.Limits,
 		AllowedOrigins: nc.AllowedOrigins,
 		AllowAnyOrigin: nc.AllowAnyOrigin,
 		Namespaces:     nc.Namespaces,
@@ -146,48 +138,72 @@ func (c *Config) normalize() {
 func (in *instance) reload(load func() (Config, error)) {
 	log := in.logger
 	log.Info("SIGHUP: reloading the configuration")
-	next, err := load()
-	if err == nil {
-		next.normalize()
+	next, secrets, err := in.loadNext(load)
+	if err != nil {
+		log.Error("reload failed: the running configuration is unchanged", "err", err)
+		return
 	}
-	var apiKey, adminPassword string
-	if err == nil {
-		apiKey, err = next.apiKey()
+	applied := in.applyNodeSettings(&next)
+	owned := in.applyOwned(&next, secrets)
+	restart := in.needsRestart(&next)
+	for _, name := range owned {
+		log.Info("reloaded", "setting", name) // never the value: some are secrets
 	}
-	if err == nil {
-		adminPassword, err = next.adminPassword()
+	applied = append(owned, applied...)
+	log.Info("configuration reloaded", "applied", strings.Join(applied, ","), "needs_restart", strings.Join(restart, ","))
+}
+
+// reloadSecrets are what a reload reads besides the configuration: the
+// secrets from their files, and the TLS certificate while TLS stays on.
+type reloadSecrets struct {
+	apiKey, adminPassword string
+	cert                  *tls.Certificate // nil unless TLS stays on
+}
+
+// loadNext reads the next configuration and what it names, and sets the
+// node's settings: everything of a reload that can fail.
+func (in *instance) loadNext(load func() (Config, error)) (next Config, s reloadSecrets, err error) {
+	if next, err = load(); err != nil {
+		return next, s, err
 	}
-	tlsStays := in.cfg.TLSCert != "" && next.TLSCert != ""
-	var cert *tls.Certificate
-	if err == nil && tlsStays {
-		cert, err = next.loadCertificate()
+	next.normalize()
+	if s.apiKey, err = next.apiKey(); err != nil {
+		return next, s, err
+	}
+	if s.adminPassword, err = next.adminPassword(); err != nil {
+		return next, s, err
+	}
+	if in.cfg.TLSCert != "" && next.TLSCert != "" {
+		if s.cert, err = next.loadCertificate(); err != nil {
+			return next, s, err
+		}
 	}
 	// The node's settings go last among what can fail: SetSettings
 	// validates them all before it changes any, and nothing after it fails.
 	// They are set whether or not they changed, so that the node judges
 	// every new file (setting equal values changes nothing).
-	if err == nil {
-		if err = in.node.SetSettings(next.nodeSettings()); err != nil {
-			err = fmt.Errorf("invalid node settings: %w", err)
-		}
+	if err = in.node.SetSettings(next.nodeSettings()); err != nil {
+		return next, s, fmt.Errorf("invalid node settings: %w", err)
 	}
-	if err != nil {
-		log.Error("reload failed: the running configuration is unchanged", "err", err)
-		return
-	}
+	return next, s, nil
+}
 
+// applyNodeSettings logs the node's settings that the reload changed (the
+// node has them already: loadNext set them), takes them into the running
+// configuration, and returns their names.
+func (in *instance) applyNodeSettings(next *Config) []string {
 	var applied []string
 	for _, name := range nodeReloadable {
-		if s := settingByName(name); s.value(&in.cfg) != s.value(&next) {
-			log.Info("reloaded", "setting", name, "old", s.value(&in.cfg), "new", s.value(&next))
+		if s := settingByName(name); s.value(&in.cfg) != s.value(next) {
+			in.logger.Info("reloaded", "setting", name, "old", s.value(&in.cfg), "new", s.value(next))
 			applied = append(applied, name)
 		}
 	}
 	if added, removed, changed := namespaceChanges(in.cfg.Namespaces, next.Namespaces); len(added)+len(removed)+len(changed) > 0 {
-		log.Info("reloaded", "setting", "namespaces", "added", added, "removed", removed, "changed", changed)
+		in.logger.Info("reloaded", "setting", "namespaces", "added", added, "removed", removed, "changed", changed)
 		applied = append(applied, "namespaces")
 		if !next.authEnabled() {
-			warnNamespacePermissions(log, &next)
+			warnNamespacePermissions(in.logger, next)
 		}
 	}
 	in.cfg.AllowedOrigins, in.cfg.AllowAnyOrigin = next.AllowedOrigins, next.AllowAnyOrigin
@@ -195,17 +211,22 @@ func (in *instance) reload(load func() (Config, error)) {
 	in.cfg.MaxConnectionsPerIP, in.cfg.ConnectRatePerIP = next.MaxConnectionsPerIP, next.ConnectRatePerIP
 	in.cfg.MaxChannelsPerConnection, in.cfg.Namespaces = next.MaxChannelsPerConnection, next.Namespaces
 	in.cfg.MessageRate, in.cfg.MessageBurst = next.MessageRate, next.MessageBurst
+	return applied
+}
 
+// applyOwned applies the settings the binary owns that the reload changed,
+// takes them into the running configuration, and returns their names.
+func (in *instance) applyOwned(next *Config, s reloadSecrets) []string {
 	var owned []string
 	if next.LogLevel != in.cfg.LogLevel {
 		in.level.Set(next.LogLevel)
 		owned = append(owned, "log_level")
 	}
-	if apiKey != in.apiKey {
-		in.setAPIKey(apiKey)
+	if s.apiKey != in.apiKey {
+		in.setAPIKey(s.apiKey)
 		owned = append(owned, "api_key")
 	}
-	if in.admin.setPassword(adminPassword) {
+	if in.dash.SetPassword(s.adminPassword) {
 		owned = append(owned, "admin_password")
 	}
 	if next.Metrics != in.cfg.Metrics {
@@ -218,8 +239,8 @@ func (in *instance) reload(load func() (Config, error)) {
 	if next.ShutdownTimeout != in.cfg.ShutdownTimeout {
 		owned = append(owned, "shutdown_timeout")
 	}
-	if tlsStays && !sameCertificate(cert, in.cert.Load()) {
-		in.cert.Store(cert)
+	if s.cert != nil && !sameCertificate(s.cert, in.cert.Load()) {
+		in.cert.Store(s.cert)
 		owned = append(owned, "tls_cert")
 	}
 	// The running configuration takes the applied values, so that the next
@@ -228,16 +249,10 @@ func (in *instance) reload(load func() (Config, error)) {
 	in.cfg.APIKey, in.cfg.APIKeyFile = next.APIKey, next.APIKeyFile
 	in.cfg.AdminPassword, in.cfg.AdminPasswordFile = next.AdminPassword, next.AdminPasswordFile
 	in.cfg.Metrics, in.cfg.DrainWindow, in.cfg.ShutdownTimeout = next.Metrics, next.DrainWindow, next.ShutdownTimeout
-	if tlsStays {
+	if s.cert != nil {
 		in.cfg.TLSCert, in.cfg.TLSKey = next.TLSCert, next.TLSKey
 	}
-
-	restart := in.needsRestart(&next)
-	for _, name := range owned {
-		log.Info("reloaded", "setting", name) // never the value: some are secrets
-	}
-	applied = append(owned, applied...)
-	log.Info("configuration reloaded", "applied", strings.Join(applied, ","), "needs_restart", strings.Join(restart, ","))
+	return owned
 }
 
 // needsRestart logs, and returns, every setting whose value in next differs

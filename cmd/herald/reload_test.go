@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/internal/dashtest"
 )
 
 // TestServeReload: SIGHUP applies what the binary owns (log level, API key
@@ -57,8 +58,8 @@ namespaces:
 				strings.Count(s.logs.String(), `"msg":"reload failed: the running configuration is unchanged"`) >= n
 		})
 	}
-	admin := &adminClient{t: t, base: base}
-	if admin.login(pw1); admin.cookie == "" {
+	admin := &dashtest.Browser{T: t, Base: base}
+	if admin.Login(pw1); admin.Token == "" {
 		t.Fatal("login with the first password failed")
 	}
 
@@ -102,11 +103,11 @@ namespaces:
 		t.Errorf("new API key after reload: %d, want 200", resp.StatusCode)
 	}
 	// A new password ends the sessions of the old one.
-	if resp, _ := admin.do("GET", "/admin/api/stats", nil, ""); resp.StatusCode != http.StatusUnauthorized {
+	if resp, _ := admin.Do("GET", "/admin/api/stats", nil, ""); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("a session of the old password after reload: %d, want 401", resp.StatusCode)
 	}
-	admin.cookie = ""
-	if admin.login(pw2); admin.cookie == "" {
+	admin.Token = ""
+	if admin.Login(pw2); admin.Token == "" {
 		t.Error("login with the new password failed")
 	}
 	if resp, _ := httpGet(t, base+"/metrics"); resp.StatusCode != http.StatusNotFound {

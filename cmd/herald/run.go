@@ -10,8 +10,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
-
-	"github.com/heraldhq/herald/bench"
 )
 
 // version is the release version, set at build time with
@@ -27,7 +25,6 @@ Usage:
   herald serve [flags]    run the server
   herald pub [flags] JSON publish to a channel through a server's HTTP API (herald help pub)
   herald token [flags]    mint a token for development (herald help token)
-  herald bench [flags]    the load generator (herald bench -h; docs/benchmarks.md)
   herald version          print the version
   herald help [command]   print help (herald help serve lists every setting)
 `
@@ -86,11 +83,9 @@ func executeWith(ctx context.Context, args, env []string, stdout, logOut io.Writ
 		}
 		return err
 	case "bench":
-		err := bench.Main(ctx, rest, stdout)
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+		// The load generator is kept out of the server binary.
+		return errors.New("herald has no bench command: the load generator is its own program, herald-bench " +
+			"(go run ./bench/cmd/herald-bench -h; docs/benchmarks.md)")
 	case "version", "-version", "--version":
 		_, err := fmt.Fprintln(stdout, "herald", versionString())
 		return err
@@ -155,4 +150,31 @@ func versionString() string {
 		}
 	}
 	return fmt.Sprintf("%s %s %s/%s", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// newFlagSet returns the flag set of a command, with a string flag for
+// each of strs. It prints nothing itself: the caller prints the error
+// once, and the usage only on request (parseFlags).
+func newFlagSet(command string, strs map[string]*string) *flag.FlagSet {
+	fs := flag.NewFlagSet(command, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	for name, p := range strs {
+		fs.StringVar(p, name, "", "")
+	}
+	return fs
+}
+
+// parseFlags parses args into fs. With -h or --help it writes usage to w
+// and returns flag.ErrHelp; its other errors name the command.
+func parseFlags(fs *flag.FlagSet, args []string, w io.Writer, usage string) error {
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		_, _ = io.WriteString(w, usage)
+		return err
+	case err != nil:
+		return fmt.Errorf("failed to parse %s arguments: %w (see herald help %s)", fs.Name(), err, fs.Name())
+	}
+	return nil
 }

@@ -460,3 +460,13 @@ func TestUnknownCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestNoBench: the load generator is not linked into the server; herald
+// bench says where it went.
+func TestNoBench(t *testing.T) {
+	t.Parallel()
+	err := run(context.Background(), []string{"bench", "-scenario", "s3"}, nil, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "go run ./bench/cmd/herald-bench") {
+		t.Fatalf("herald bench: %v, want the way to the load generator", err)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/dashboard"
 	"github.com/heraldhq/herald/httpapi"
 	"github.com/heraldhq/herald/web"
 )
@@ -41,9 +42,9 @@ type instance struct {
 	cfg    Config // as running: reloadable fields follow each reload
 	logger *slog.Logger
 	level  *slog.LevelVar
-	recent *recentLogs
+	logs   *dashboard.LogRecorder // the logger's recent warnings and errors
 	node   *herald.Node
-	admin  *admin
+	dash   *dashboard.Dashboard
 
 	draining atomic.Bool                     // /readyz fails from the first signal on
 	api      atomic.Pointer[http.Handler]    // nil: the API is off
@@ -64,165 +65,259 @@ type instance struct {
 // running. It returns nil after a clean shutdown, and an error if the server
 // failed or the shutdown ran out of time.
 func serve(ctx context.Context, cfg Config, opts serveOptions) error {
-	in := &instance{cfg: cfg, level: new(slog.LevelVar), recent: newRecentLogs(recentLogsSize)}
-	in.logger = newLogger(cfg, opts.logOut, in.level, in.recent)
-	logger := in.logger
-	in.cfg.normalize()
-	cfg = in.cfg
-
-	tlsConfig, err := in.tlsConfig()
+	in := newInstance(cfg, opts.logOut)
+	secrets, err := in.readSecrets()
 	if err != nil {
 		return err
 	}
-	apiKey, err := cfg.apiKey()
-	if err != nil {
-		return err
-	}
-	adminPassword, err := cfg.adminPassword()
-	if err != nil {
-		return err
-	}
-	in.fileSums = startFileSums(&cfg)
 	// The verifier's JWKS fetches, if any, end with serve, or as soon as
 	// ctx is done: SIGTERM must not wait for a JWKS host that hangs at start.
 	authCtx, stopAuth := context.WithCancel(context.Background())
 	defer stopAuth()
 	defer context.AfterFunc(ctx, stopAuth)()
-	tokens, err := cfg.tokenVerifier(authCtx, logger)
-	if err != nil {
-		return err
-	}
-	broker, closeBroker, err := cfg.newBroker(ctx, logger)
+	closeBroker, err := in.newNode(ctx, authCtx)
 	if err != nil {
 		return err
 	}
 	// The broker is closed after the node has stopped (Run has returned),
-	// as both brokers require.
+	// as both brokers require: shutdown waits for Run.
 	defer closeBroker()
-	nodeCfg := cfg.nodeConfig(logger)
+	in.mount(secrets)
+	ln, err := in.listen(secrets.tls)
+	if err != nil {
+		_ = in.node.Shutdown(context.Background()) // nothing runs yet: returns at once
+		return err
+	}
+	run := in.start(ln, secrets.tls != nil)
+	signalled := in.wait(ctx, opts, run)
+	return in.shutdown(run, signalled)
+}
+
+// newInstance makes the instance of cfg, with its logger writing to logOut.
+func newInstance(cfg Config, logOut io.Writer) *instance {
+	in := &instance{cfg: cfg, level: new(slog.LevelVar)}
+	in.logger, in.logs = newLogger(cfg, logOut, in.level)
+	in.cfg.normalize()
+	return in
+}
+
+// newLogger builds the server's logger: text or JSON to w, at a level that
+// SIGHUP can change (level), through a LogRecorder that keeps the WARN and
+// ERROR records for the dashboard whatever the level.
+func newLogger(cfg Config, w io.Writer, level *slog.LevelVar) (*slog.Logger, *dashboard.LogRecorder) {
+	level.Set(cfg.LogLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if cfg.LogFormat == "json" {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	rec := dashboard.NewLogRecorder(h, dashboard.DefaultLogRecords)
+	return slog.New(rec), rec
+}
+
+// startSecrets are what serve reads at start besides the configuration:
+// the TLS certificate (a nil config: plain HTTP), the API key and the admin
+// password, from their files where the configuration names files.
+type startSecrets struct {
+	tls           *tls.Config
+	apiKey        string
+	adminPassword string
+}
+
+func (in *instance) readSecrets() (s startSecrets, err error) {
+	if s.tls, err = in.tlsConfig(); err != nil {
+		return s, err
+	}
+	if s.apiKey, err = in.cfg.apiKey(); err != nil {
+		return s, err
+	}
+	if s.adminPassword, err = in.cfg.adminPassword(); err != nil {
+		return s, err
+	}
+	in.fileSums = startFileSums(&in.cfg)
+	return s, nil
+}
+
+// newNode makes the node, with its token verifier (whose JWKS fetches end
+// with authCtx) and its broker, and returns the function that closes the
+// broker: call it once the node has stopped.
+func (in *instance) newNode(ctx, authCtx context.Context) (closeBroker func(), err error) {
+	tokens, err := in.cfg.tokenVerifier(authCtx, in.logger)
+	if err != nil {
+		return nil, err
+	}
+	broker, closeBroker, err := in.cfg.newBroker(ctx, in.logger)
+	if err != nil {
+		return nil, err
+	}
+	nodeCfg := in.cfg.nodeConfig(in.logger)
 	nodeCfg.Broker = broker
 	if tokens != nil {
 		nodeCfg.Tokens = tokens
 	}
-	node, err := herald.New(nodeCfg)
-	if err != nil {
-		return fmt.Errorf("failed to create node: %w", err)
+	if in.node, err = herald.New(nodeCfg); err != nil {
+		closeBroker()
+		return nil, fmt.Errorf("failed to create node: %w", err)
 	}
-	in.node = node
-	in.metrics.Store(cfg.Metrics)
-	in.setAPIKey(apiKey)
-	in.admin = newAdmin(adminDeps{node: node, recent: in.recent, logger: logger, secure: tlsConfig != nil,
-		ready: in.ready, broker: cfg.Broker})
-	in.admin.setPassword(adminPassword)
-	logAuth(logger, &cfg)
+	return closeBroker, nil
+}
+
+// mount sets up what the routes serve around the node — metrics, the HTTP
+// API, the dashboard — and logs what is on.
+func (in *instance) mount(s startSecrets) {
+	in.metrics.Store(in.cfg.Metrics)
+	in.setAPIKey(s.apiKey)
+	in.dash = dashboard.New(in.node, dashboard.Config{
+		Password: s.adminPassword,
+		Secure:   s.tls != nil,
+		Ready:    in.ready, // fails from the first signal on, as /readyz does
+		Logs:     in.logs,
+		Logger:   in.logger,
+		Version:  versionString(),
+		Broker:   in.cfg.Broker,
+	})
+	logAuth(in.logger, &in.cfg)
 	in.logOps()
-	// Listen before serving so that the address actually bound (port 0
-	// picks one) can be logged, and a busy port fails here, clearly.
-	ln, err := net.Listen("tcp", cfg.Addr)
+}
+
+// listen listens before serving, so that the address actually bound (port
+// 0 picks one) can be logged, and a busy port fails here, clearly.
+func (in *instance) listen(tlsConfig *tls.Config) (net.Listener, error) {
+	ln, err := net.Listen("tcp", in.cfg.Addr)
 	if err != nil {
-		_ = node.Shutdown(context.Background()) // nothing runs yet: returns at once
-		return fmt.Errorf("failed to listen on %s: %w", cfg.Addr, err)
+		return nil, fmt.Errorf("failed to listen on %s: %w", in.cfg.Addr, err)
 	}
 	if tlsConfig != nil {
 		// The TLS handshake runs on each connection's goroutine, bounded
 		// by ReadHeaderTimeout like the request headers.
 		ln = tls.NewListener(ln, tlsConfig)
 	}
+	return ln, nil
+}
 
-	srv := &http.Server{
-		Handler:           in.routes(),
-		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+// running is what start started, each on a goroutine of its own: the
+// node's Run, the HTTP server and the dashboard's sampler. An error is set
+// before its done channel is closed, and read after.
+type running struct {
+	srv                        *http.Server
+	stop                       context.CancelFunc // ends Run and the sampler
+	runDone, serveDone, sample chan struct{}
+	runErr, serveErr           error
+}
+
+// start serves on ln and runs the node and the dashboard's sampler.
+func (in *instance) start(ln net.Listener, tlsOn bool) *running {
+	run := &running{
+		srv: &http.Server{
+			Handler:           in.routes(),
+			ReadHeaderTimeout: in.cfg.ReadHeaderTimeout,
+			IdleTimeout:       idleTimeout,
+			ErrorLog:          slog.NewLogLogger(in.logger.Handler(), slog.LevelWarn),
+		},
+		runDone: make(chan struct{}), serveDone: make(chan struct{}), sample: make(chan struct{}),
 	}
-
-	// The node runs on its own context rather than ctx: were ctx to stop it,
-	// Run would shut the node down itself with only CloseGrace to drain, racing
-	// the Drain and Shutdown below. Shutdown ends Run.
-	runCtx, stopRun := context.WithCancel(context.Background())
-	defer stopRun()
-	var runErr, serveErr error
-	runDone, serveDone, samplerDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	// The node runs on its own context rather than serve's: were that to
+	// stop it, Run would shut the node down itself with only CloseGrace to
+	// drain, racing shutdown's Drain and Shutdown. Shutdown ends Run.
+	runCtx, stop := context.WithCancel(context.Background())
+	run.stop = stop
 	go func() {
-		defer close(runDone)
-		runErr = node.Run(runCtx)
+		defer close(run.runDone)
+		run.runErr = in.node.Run(runCtx)
 	}()
 	go func() {
-		defer close(serveDone)
-		serveErr = srv.Serve(ln)
+		defer close(run.serveDone)
+		run.serveErr = run.srv.Serve(ln)
 	}()
 	// The dashboard's charts sample the node's counters once a second, so
 	// that a page opened now shows the last minutes, not an empty chart.
 	go func() {
-		defer close(samplerDone)
-		in.admin.sample(runCtx)
+		defer close(run.sample)
+		in.dash.Run(runCtx)
 	}()
-	defer func() { stopRun(); <-samplerDone }()
-	logger.Info("listening", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "version", versionString())
+	in.logger.Info("listening", "addr", ln.Addr().String(), "tls", tlsOn, "version", versionString())
+	return run
+}
 
-	signalled := false
-wait:
+// wait serves until ctx is done (signalled: SIGINT or SIGTERM) or the
+// server or the node fails, reloading on each SIGHUP meanwhile.
+func (in *instance) wait(ctx context.Context, opts serveOptions, run *running) (signalled bool) {
 	for {
 		select {
 		case <-ctx.Done():
-			signalled = true
-			logger.Info("shutting down", "drain_window", cfg.drainWindow().String(), "timeout", in.cfg.ShutdownTimeout.String())
-			break wait
+			in.logger.Info("shutting down", "drain_window", in.cfg.drainWindow().String(), "timeout", in.cfg.ShutdownTimeout.String())
+			return true
 		case <-opts.reload:
 			in.reload(opts.load)
-		case <-serveDone:
-			logger.Error("HTTP server stopped unexpectedly; shutting down", "err", serveErr)
-			break wait
-		case <-runDone:
-			logger.Error("node stopped unexpectedly; shutting down", "err", runErr)
-			break wait
+		case <-run.serveDone:
+			in.logger.Error("HTTP server stopped unexpectedly; shutting down", "err", run.serveErr)
+			return false
+		case <-run.runDone:
+			in.logger.Error("node stopped unexpectedly; shutting down", "err", run.runErr)
+			return false
 		}
 	}
+}
 
+// shutdown drains the node after a signal, shuts the node and the HTTP
+// server down within shutdown_timeout, waits for what start started, and
+// returns every failure, of the run and of the shutdown.
+func (in *instance) shutdown(run *running, signalled bool) error {
 	// Readiness fails first, before any client is told to go, so that load
 	// balancers stop sending new ones here while the others leave.
 	in.draining.Store(true)
 	var errs []error
 	if window := in.cfg.drainWindow(); signalled && window > 0 {
-		// Drain returns once every client has been told, about window
-		// from now; the extra ShutdownTimeout only guards against a drain
-		// that would not end.
-		dctx, cancel := context.WithTimeout(context.Background(), window+in.cfg.ShutdownTimeout)
-		start := time.Now()
-		if err := node.Drain(dctx, window); err != nil {
-			errs = append(errs, fmt.Errorf("failed to drain within %s: %w", window+in.cfg.ShutdownTimeout, err))
+		if err := in.drain(window); err != nil {
+			errs = append(errs, err)
 		}
-		cancel()
-		logger.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
 	}
-
 	// One deadline for the rest of the shutdown: it is what an operator (or
 	// a container runtime's kill timeout, minus drain_window) plans around.
-	sctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
+	timeout := in.cfg.ShutdownTimeout
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if err := node.Shutdown(sctx); err != nil {
-		errs = append(errs, fmt.Errorf("failed to drain WebSocket connections within %s: %w", in.cfg.ShutdownTimeout, err))
+	if err := in.node.Shutdown(sctx); err != nil {
+		errs = append(errs, fmt.Errorf("failed to drain WebSocket connections within %s: %w", timeout, err))
 	}
-	if err := srv.Shutdown(sctx); err != nil {
-		errs = append(errs, fmt.Errorf("failed to finish HTTP requests within %s: %w", in.cfg.ShutdownTimeout, err))
-		_ = srv.Close()
+	if err := run.srv.Shutdown(sctx); err != nil {
+		errs = append(errs, fmt.Errorf("failed to finish HTTP requests within %s: %w", timeout, err))
+		_ = run.srv.Close()
 	}
-	stopRun()
-	<-runDone
-	<-serveDone
-	if !errors.Is(serveErr, http.ErrServerClosed) {
-		errs = append(errs, fmt.Errorf("failed to serve HTTP: %w", serveErr))
+	run.stop()
+	<-run.runDone
+	<-run.serveDone
+	<-run.sample
+	if !errors.Is(run.serveErr, http.ErrServerClosed) {
+		errs = append(errs, fmt.Errorf("failed to serve HTTP: %w", run.serveErr))
 	}
-	if runErr != nil {
-		errs = append(errs, fmt.Errorf("failed to run node: %w", runErr))
+	if run.runErr != nil {
+		errs = append(errs, fmt.Errorf("failed to run node: %w", run.runErr))
 	} else if !signalled && len(errs) == 0 {
 		errs = append(errs, errors.New("failed to keep serving: node stopped without an error"))
 	}
 	if err := errors.Join(errs...); err != nil {
-		logger.Error("stopped with errors", "err", err)
+		in.logger.Error("stopped with errors", "err", err)
 		return err
 	}
-	logger.Info("stopped")
+	in.logger.Info("stopped")
+	return nil
+}
+
+// drain tells every WebSocket client to reconnect elsewhere (close 1012),
+// spread over window. Drain returns once every client has been told, about
+// window from now; the extra shutdown_timeout only guards against a drain
+// that would not end.
+func (in *instance) drain(window time.Duration) error {
+	bound := window + in.cfg.ShutdownTimeout
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	start := time.Now()
+	err := in.node.Drain(ctx, window)
+	in.logger.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
+	if err != nil {
+		return fmt.Errorf("failed to drain within %s: %w", bound, err)
+	}
 	return nil
 }
 
@@ -248,7 +343,7 @@ func (in *instance) logOps() {
 	if in.api.Load() != nil {
 		attrs = append(attrs, "api", "/api/")
 	}
-	if in.admin.enabled() {
+	if in.dash.Enabled() {
 		attrs = append(attrs, "admin", "/admin")
 	}
 	in.logger.Info("operator endpoints", attrs...)
@@ -323,8 +418,8 @@ func (in *instance) routes() *http.ServeMux {
 		}
 		metrics.ServeHTTP(w, r)
 	})
-	mux.Handle("/admin", in.admin)
-	mux.Handle("/admin/", in.admin)
+	mux.Handle(dashboard.Path, in.dash)
+	mux.Handle(dashboard.Path+"/", in.dash)
 	// "/" rather than "GET /": a method-less pattern for every path would
 	// conflict with "/api/" and "/admin/" in the mux's rules.
 	files := web.Handler()

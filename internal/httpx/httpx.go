@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/protocol"
@@ -67,4 +68,19 @@ func BearerToken(h string) string {
 		return strings.TrimSpace(h[7:])
 	}
 	return ""
+}
+
+// StatsFields are a node's counters as both surfaces answer them (the
+// API's info, the dashboard's stats): a map, for the caller to add its own
+// fields to.
+func StatsFields(st herald.Stats) map[string]any {
+	return map[string]any{
+		"uptime_seconds": int64(time.Since(st.Started).Seconds()),
+		"connections":    st.Connections,
+		"channels":       len(st.Channels),
+		"messages_in":    st.MessagesIn,
+		"frames_out":     st.FramesOut,
+		"published":      st.Published,
+		"slow_consumers": st.SlowConsumers,
+	}
 }

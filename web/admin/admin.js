@@ -34,7 +34,8 @@ async function call(path, { method = 'GET', body } = {}) {
     throw new Error('not logged in');
   }
   const data = await resp.json().catch(() => ({}));
-  if (!resp.ok) throw new Error(data.error || `HTTP ${resp.status}`);
+  // Errors are {"error": {"code", "message", "field"}}, as the HTTP API's.
+  if (!resp.ok) throw new Error(data.error?.message || `HTTP ${resp.status}`);
   return data;
 }
 

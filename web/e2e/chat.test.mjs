@@ -201,8 +201,8 @@ test('two browsers chat through herald serve', { timeout: 240_000 }, async (t) =
     const url = `http://${server.addr}/`;
     alice = await openPage(url, problems);
     bob = await openPage(url, problems);
-    // The page runs on herald-client, the copy in web/static (web_test.go
-    // keeps it identical to clients/js/index.js), and on nothing else.
+    // The page runs on herald-client, clients/js/index.js as the server
+    // serves it (package jsclient), and on nothing else.
     assert.deepEqual(alice.scripts.sort(), ['/app.js 200', '/herald-client.js 200']);
     assert.equal(await alice.getAttribute('#status', 'data-state'), 'idle');
     assert.ok(await alice.isDisabled('#send'), 'send is disabled before joining');

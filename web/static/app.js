@@ -3,10 +3,10 @@
 // the sender included, receives each one from the server, so what the page
 // shows is what the channel carried.
 //
-// It runs on herald-client, Herald's JavaScript client: herald-client.js is
-// a verbatim copy of clients/js/index.js (web_test.go checks that it stays
-// one). The client reconnects with backoff and resubscribes by itself; this
-// page only shows what it reports.
+// It runs on herald-client, Herald's JavaScript client: the server answers
+// herald-client.js with clients/js/index.js itself (package web serves it
+// from package jsclient). The client reconnects with backoff and
+// resubscribes by itself; this page only shows what it reports.
 //
 // User data is only ever put in the page with textContent, never as HTML.
 

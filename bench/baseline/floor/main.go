@@ -2,7 +2,7 @@
 
 // Command floor is a benchmark probe, not a server anyone should run: the
 // cheapest fan-out a Go program can do with one write per delivery, speaking
-// just enough herald.v1 for `herald bench` (subscribe and publish, with
+// just enough herald.v1 for `herald-bench` (subscribe and publish, with
 // their replies, and pub pushes).
 //
 // It answers one question: how low can a fan-out scenario's latency go on

@@ -17,7 +17,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// herald bench drives the floor probe like herald: at a low rate nothing is
+// herald-bench drives the floor probe like herald: at a low rate nothing is
 // lost, with one writer and with more writers than subscribers' chunks.
 func TestBench(t *testing.T) {
 	for _, writers := range []int{1, 3} {

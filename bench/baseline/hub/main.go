@@ -1,6 +1,6 @@
 // Command hub is a benchmark baseline: the classic Go WebSocket hub
 // pattern (gorilla/websocket's chat example), speaking just enough
-// herald.v1 for `herald bench` (subscribe and publish, with their replies,
+// herald.v1 for `herald-bench` (subscribe and publish, with their replies,
 // and pub pushes).
 //
 // The pattern: one hub goroutine owns the registry and fans each
@@ -176,7 +176,7 @@ func (c *client) readPump() {
 		_ = c.ws.SetReadDeadline(time.Now().Add(pongWait))
 		var cmd command
 		if err := json.Unmarshal(msg, &cmd); err != nil || (cmd.Cmd != "subscribe" && cmd.Cmd != "publish") {
-			continue // the hub pattern has no way to answer outside the hub; herald bench never sends these
+			continue // the hub pattern has no way to answer outside the hub; herald-bench never sends these
 		}
 		var ev any
 		switch cmd.Cmd {

@@ -14,7 +14,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// herald bench drives the hub server like herald: at a low rate nothing is
+// herald-bench drives the hub server like herald: at a low rate nothing is
 // lost.
 func TestBench(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,5 +1,5 @@
 // Command naive is a benchmark baseline: the seed's naive WebSocket
-// broadcast recipe, speaking just enough herald.v1 for `herald bench`
+// broadcast recipe, speaking just enough herald.v1 for `herald-bench`
 // (subscribe and publish, with their replies, and pub pushes).
 //
 // The recipe: one map of channel → clients under a sync.RWMutex, and a

@@ -14,7 +14,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// herald bench drives the naive server like herald: at a low rate nothing
+// herald-bench drives the naive server like herald: at a low rate nothing
 // is lost.
 func TestBench(t *testing.T) {
 	ts := httptest.NewServer(handler())

@@ -6,7 +6,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/heraldhq/herald"
-	"github.com/heraldhq/herald/internal/brokertest"
+	"github.com/heraldhq/herald/brokertest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
