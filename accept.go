@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -23,6 +24,8 @@ type handshake struct {
 	key         string // Sec-WebSocket-Key
 	subprotocol string // the one selected, "" for none
 	deflate     bool   // permessage-deflate accepted
+	// deflateParams are the parameters of the accepted offer's answer.
+	deflateParams string
 }
 
 // handshakeRefusal is a request that is not a handshake this node
@@ -62,7 +65,9 @@ func (n *Node) checkHandshake(w http.ResponseWriter, r *http.Request, subprotoco
 			hs.subprotocol = p
 		}
 	}
-	hs.deflate = n.cfg.EnableCompression && acceptDeflate(r.Header)
+	if n.cfg.EnableCompression {
+		hs.deflateParams, hs.deflate = acceptDeflate(r.Header)
+	}
 	return hs, nil
 }
 
@@ -91,6 +96,9 @@ var errEarlyData = errors.New("the client sent data before the handshake's answe
 func (n *Node) accept(w http.ResponseWriter, hs handshake) (net.Conn, error) {
 	nc, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
+		// A ResponseWriter that cannot hand over its connection (a
+		// middleware's wrapper without Unwrap, HTTP/2): it can still answer.
+		http.Error(w, "Internal Server Error: the connection cannot be taken over for a WebSocket", http.StatusInternalServerError)
 		return nil, err
 	}
 	if brw.Reader.Buffered() > 0 {
@@ -110,6 +118,7 @@ func (n *Node) accept(w http.ResponseWriter, hs handshake) (net.Conn, error) {
 		// Herald compresses and inflates every message on its own (no
 		// context takeover either way), with the full window.
 		resp = append(resp, "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover"...)
+		resp = append(resp, hs.deflateParams...)
 	}
 	resp = append(resp, "\r\n\r\n"...)
 	_ = nc.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
@@ -121,39 +130,61 @@ func (n *Node) accept(w http.ResponseWriter, hs handshake) (net.Conn, error) {
 	return nc, nil
 }
 
-// acceptDeflate reports whether one of the client's permessage-deflate
-// offers can be accepted as Herald compresses: without context takeover,
-// with the full 32 KiB window. An offer that limits the server's window
-// (server_max_window_bits under 15) or has a parameter RFC 7692 does not
-// define is declined; the client then talks uncompressed.
-func acceptDeflate(h http.Header) bool {
+// acceptDeflate picks the first of the client's permessage-deflate offers
+// that Herald can accept as it compresses: without context takeover, with
+// the full 32 KiB window. An offer that limits the server's window
+// (server_max_window_bits under 15), has a parameter RFC 7692 does not
+// define, one twice, or an invalid value, is declined (section 7); with
+// none accepted the client talks uncompressed. params are what the answer
+// adds for the accepted offer: server_max_window_bits=15 when it was
+// offered, which accepting it requires (section 7.1.2.1).
+func acceptDeflate(h http.Header) (params string, ok bool) {
 	for _, offer := range headerList(h, "Sec-WebSocket-Extensions") {
-		params := strings.Split(offer, ";")
-		if strings.TrimSpace(params[0]) != "permessage-deflate" {
-			continue
-		}
-		ok := true
-		seen := make(map[string]bool)
-		for _, p := range params[1:] {
-			name, value, _ := strings.Cut(strings.TrimSpace(p), "=")
-			name, value = strings.TrimSpace(name), strings.Trim(strings.TrimSpace(value), `"`)
-			if seen[name] {
-				ok = false // RFC 7692 section 7: a parameter twice declines the offer
-			}
-			seen[name] = true
-			switch name {
-			case "server_no_context_takeover", "client_no_context_takeover", "client_max_window_bits":
-			case "server_max_window_bits":
-				ok = ok && value == "15"
-			default:
-				ok = false
-			}
-		}
-		if ok {
-			return true
+		if params, ok := deflateOffer(offer); ok {
+			return params, true
 		}
 	}
-	return false
+	return "", false
+}
+
+func deflateOffer(offer string) (params string, ok bool) {
+	parts := strings.Split(offer, ";")
+	if strings.TrimSpace(parts[0]) != "permessage-deflate" {
+		return "", false
+	}
+	seen := make(map[string]bool)
+	for _, p := range parts[1:] {
+		name, value, hasValue := strings.Cut(strings.TrimSpace(p), "=")
+		name, value = strings.TrimSpace(name), strings.Trim(strings.TrimSpace(value), `"`)
+		if seen[name] {
+			return "", false
+		}
+		seen[name] = true
+		switch name {
+		case "server_no_context_takeover", "client_no_context_takeover":
+			if hasValue {
+				return "", false
+			}
+		case "client_max_window_bits": // the client's own window: any it likes
+			if hasValue && !windowBits(value) {
+				return "", false
+			}
+		case "server_max_window_bits":
+			if value != "15" {
+				return "", false // a smaller window than Herald compresses with
+			}
+			params = "; server_max_window_bits=15"
+		default:
+			return "", false
+		}
+	}
+	return params, true
+}
+
+// windowBits reports whether v is a window size of RFC 7692: 8 to 15.
+func windowBits(v string) bool {
+	b, err := strconv.Atoi(v)
+	return err == nil && b >= 8 && b <= 15 && strconv.Itoa(b) == v
 }
 
 // headerList returns the comma-separated elements of every h[name] line.

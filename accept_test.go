@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -71,6 +72,20 @@ func TestAcceptHandshake(t *testing.T) {
 				}
 				return ""
 			}},
+		{"a full server window offered is echoed", handshakeRequest("GET", "/ws", v13, goodKey, "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=15"), "101 Switching Protocols",
+			func(h http.Header) string {
+				if !strings.HasSuffix(h.Get("Sec-WebSocket-Extensions"), "server_max_window_bits=15") {
+					return "server_max_window_bits=15 not echoed"
+				}
+				return ""
+			}},
+		{"an invalid value declines the offer", handshakeRequest("GET", "/ws", v13, goodKey, "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=abc, permessage-deflate; client_no_context_takeover=1"), "101 Switching Protocols",
+			func(h http.Header) string {
+				if h.Get("Sec-WebSocket-Extensions") != "" {
+					return "an invalid offer was accepted"
+				}
+				return ""
+			}},
 		{"raw endpoint selects no subprotocol", handshakeRequest("GET", "/ws/raw?channel=a", v13, goodKey, "Sec-WebSocket-Protocol: herald.v1"), "101 Switching Protocols",
 			func(h http.Header) string {
 				if h.Get("Sec-WebSocket-Protocol") != "" {
@@ -112,4 +127,36 @@ func TestAcceptEarlyData(t *testing.T) {
 	if status != "400 Bad Request" {
 		t.Fatalf("got %s, want 400", status)
 	}
+}
+
+// plainWriter hides the ResponseWriter's Hijack, as a logging middleware's
+// wrapper without Unwrap does.
+type plainWriter struct{ w http.ResponseWriter }
+
+func (p plainWriter) Header() http.Header         { return p.w.Header() }
+func (p plainWriter) Write(b []byte) (int, error) { return p.w.Write(b) }
+func (p plainWriter) WriteHeader(s int)           { p.w.WriteHeader(s) }
+
+// A handshake whose connection cannot be taken over is answered 500, not an
+// empty 200, and counts no connection.
+func TestAcceptCannotHijack(t *testing.T) {
+	t.Parallel()
+	n, err := New(Config{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := n.Handler()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(plainWriter{w}, r) }))
+	defer srv.Close()
+	ts := &testServer{t: t, node: n, srv: srv, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
+	if status, _ := rawHandshake(t, ts, handshakeRequest("GET", "/ws", "Sec-WebSocket-Version: 13", goodKey)); status != "500 Internal Server Error" {
+		t.Fatalf("got %s, want 500", status)
+	}
+	n.mu.Lock()
+	admitted := n.conns
+	n.mu.Unlock()
+	if admitted != 0 {
+		t.Fatalf("%d connections still counted after the failed handshake", admitted)
+	}
+	_ = n.Shutdown(t.Context())
 }

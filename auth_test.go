@@ -193,6 +193,13 @@ func TestConnectTimeoutAndExpiry(t *testing.T) {
 			t.Fatalf("close %v", ce)
 		}
 	})
+	t.Run("raw token expires", func(t *testing.T) {
+		t.Parallel()
+		c := ts.dial(t, "/ws/raw?channel=a&token="+userToken(t, "erin", 2*time.Second), nil)
+		if ce := c.expectClose(); CloseCode(ce.Code) != CloseTokenExpired {
+			t.Fatalf("close %v", ce)
+		}
+	})
 	t.Run("refresh keeps the connection", func(t *testing.T) {
 		t.Parallel()
 		c := ts.client(t)

@@ -150,7 +150,9 @@ type Broker interface {
 	// before any other method.
 	Register(h BrokerHandler)
 	// Run connects and keeps delivering to the handler until ctx is done;
-	// it returns ctx's error then, or an error that made it stop.
+	// it returns ctx's error then, or an error that made it stop for good,
+	// which stops the node (Node.Run shuts it down). It must not return
+	// earlier for any other reason.
 	Run(ctx context.Context) error
 	// Subscribe makes the broker deliver the channel's publications to this
 	// node. The node calls it when the channel gets its first local subscriber.

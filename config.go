@@ -167,6 +167,7 @@ func (c Config) withDefaults() Config {
 	defDur(&c.WriteTimeout, 10*time.Second)
 	defDur(&c.HandshakeTimeout, 10*time.Second)
 	defDur(&c.CloseGrace, 2*time.Second)
+	c.DrainWindow = max(c.DrainWindow, 0) // negative: no drain, as zero
 	defDur(&c.IdempotencyWindow, 2*time.Minute)
 	defDur(&c.BrokerTimeout, 5*time.Second)
 	defDur(&c.ConnectTimeout, 10*time.Second)

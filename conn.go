@@ -77,40 +77,36 @@ var (
 // queue is dropped and it is closed with CloseSlowConsumer, and nobody else
 // waits. It reports whether the frame was queued. Safe from any goroutine.
 func (c *conn) enqueue(frame []byte) bool {
-	ok, start, overflow := c.out.push(frame)
-	c.pushed(start, overflow)
+	ok, start, cut := c.out.push(frame)
+	c.pushed(start, cut)
 	return ok
 }
 
 // ping pushes the heartbeat's ping. Called by the heartbeat once per
 // PingInterval.
 func (c *conn) ping() {
-	_, start, overflow := c.out.pushPing(pingFrame)
-	c.pushed(start, overflow)
+	_, start, cut := c.out.pushPing(pingFrame)
+	c.pushed(start, cut)
 }
 
 // pushed acts on a push's outcome: it starts a writer for a push that took
-// the writer role, and cuts a client whose queue overflowed.
-func (c *conn) pushed(start, overflow bool) {
-	if overflow {
-		c.cutSlow()
-		return
-	}
-	if start {
+// the writer role, and finishes cutting a slow consumer.
+func (c *conn) pushed(start bool, cut int) {
+	switch {
+	case cut > 0:
+		if start {
+			go c.writeLoopFn() // it sends the close
+		}
+		c.cutSlow(cut)
+	case start:
 		c.startWriter()
 	}
 }
 
-// cutSlow closes a slow consumer: its queue is dropped and the close frame
-// queued alone.
-func (c *conn) cutSlow() {
-	dropped, began, start := c.out.cut(closeSlowFrame)
-	if start {
-		go c.writeLoopFn()
-	}
-	if !began {
-		return
-	}
+// cutSlow finishes cutting a slow consumer whose push dropped its queue
+// and queued the close (outbound.push): counts it, logs it, and shortens a
+// write stuck on the client's full window.
+func (c *conn) cutSlow(dropped int) {
 	c.node.metrics.slowConsumers.Add(1)
 	c.node.metrics.dropped.Add(uint64(dropped))
 	c.node.log.Warn("slow consumer disconnected", "client", c.id)

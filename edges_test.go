@@ -208,3 +208,33 @@ func TestRunContextIsShutdown(t *testing.T) {
 		t.Fatalf("Ready after Run returned: %v", err)
 	}
 }
+
+// Shutdown honours its own deadline while a stop is already under way
+// (Run's, after its context ended, drains for DrainWindow): the earliest
+// deadline cuts the stop short, and Shutdown says so.
+func TestShutdownDeadlineDuringRunsStop(t *testing.T) {
+	t.Parallel()
+	n, err := New(Config{Logger: testLogger(t), DrainWindow: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newHTTPTestServer(n)
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- n.Run(ctx) }()
+	ts := &testServer{t: t, node: n, srv: srv, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
+	for range 3 {
+		ts.client(t)
+	}
+	cancel() // Run starts a stop that would drain for a minute
+	waitFor(t, "the drain", func() bool { return n.Ready(context.Background()) == ErrDraining })
+	sctx, scancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer scancel()
+	if err := n.Shutdown(sctx); err != context.DeadlineExceeded {
+		t.Fatalf("Shutdown: %v, want its deadline's error", err)
+	}
+	if err := <-ran; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}

@@ -149,13 +149,3 @@ type DisconnectError struct {
 func (e *DisconnectError) Error() string {
 	return fmt.Sprintf("herald: disconnected: %s: %s", e.Code, e.Reason)
 }
-
-// CloseCodeOf returns the close code an error carries (a *DisconnectError
-// in its chain), or false.
-func CloseCodeOf(err error) (CloseCode, bool) {
-	var de *DisconnectError
-	if errors.As(err, &de) {
-		return de.Code, true
-	}
-	return 0, false
-}

@@ -90,7 +90,11 @@ type Node struct {
 	bg       sync.WaitGroup // goBackground's goroutines
 	runMu    sync.Mutex
 	runDone  chan struct{} // closed when Run returns; nil until Run starts
-	shutOnce sync.Once
+	// The stop (shutdown): shutDone is closed when it is over; shutCut
+	// cuts it short. Guarded by shutMu.
+	shutMu   sync.Mutex
+	shutDone chan struct{}
+	shutCut  context.CancelFunc
 }
 
 // New returns a Node for cfg. It starts no goroutine; see Run.
@@ -156,7 +160,9 @@ func (n *Node) Run(ctx context.Context) error {
 	n.runMu.Unlock()
 	defer close(done)
 
-	bctx, stopBackground := context.WithCancel(context.Background())
+	// Not ctx: the broker and heartbeats must outlive it until the stop is
+	// over. Its values (tracing, say) still reach the broker.
+	bctx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBackground()
 	brokerErr := make(chan error, 1)
 	go func() { brokerErr <- n.broker.Run(bctx) }()
@@ -174,6 +180,10 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Error("broker stopped; shutting the node down", "err", err)
 		n.shutdownBounded()
 	}
+	n.shutMu.Lock()
+	stopped := n.shutDone
+	n.shutMu.Unlock()
+	<-stopped // the stop is over, whoever began it
 	stopBackground()
 	<-beats
 	if !brokerDone {
@@ -238,34 +248,65 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// shutdown runs the stop once; a caller that comes while it runs waits for
+// it, and if its own ctx ends first it cuts the stop short (every deadline
+// given is honoured, the earliest wins) and returns its ctx's error.
 func (n *Node) shutdown(ctx context.Context) error {
-	var err error
-	n.shutOnce.Do(func() {
-		n.mu.Lock()
-		begun := n.draining
-		n.mu.Unlock()
-		if w := n.cfg.DrainWindow; w > 0 && !begun {
-			err = n.Drain(ctx, w) // cut short by ctx: the rest below cuts at once
+	n.shutMu.Lock()
+	if n.shutDone == nil {
+		n.shutDone = make(chan struct{})
+		sctx, cancel := context.WithCancel(ctx)
+		n.shutCut = cancel
+		n.shutMu.Unlock()
+		cut := n.stop(sctx)
+		cancel()
+		close(n.shutDone)
+		if cut {
+			return ctx.Err() // nil when another caller's deadline cut it
 		}
-		n.mu.Lock()
-		n.closing = true
-		n.mu.Unlock()
-		n.forEachConn(func(c *conn) { c.close(CloseGoingAway, "server shutting down") })
-		drained := make(chan struct{})
-		go func() { n.wg.Wait(); close(drained) }()
-		select {
-		case <-drained:
-		case <-ctx.Done():
-			err = ctx.Err()
-			n.forEachConn(func(c *conn) { c.nc.Close() })
-			<-drained
-		}
-		n.mu.Lock() // orders the cancel with goBackground's Add
-		n.cancel()
-		n.mu.Unlock()
-		n.bg.Wait()
-	})
-	return err
+		return nil
+	}
+	done, cut := n.shutDone, n.shutCut
+	n.shutMu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		cut()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// stop is the stop itself: refuse new connections, drain with
+// DrainWindow, close the rest with 1001, wait for every connection until
+// ctx ends (then cut their sockets), then end the node's background work.
+// It reports whether ctx cut it short.
+func (n *Node) stop(ctx context.Context) (cut bool) {
+	n.mu.Lock()
+	begun := n.draining
+	n.mu.Unlock()
+	if w := n.cfg.DrainWindow; w > 0 && !begun {
+		_ = n.Drain(ctx, w) // cut short by ctx: the rest below cuts at once
+	}
+	n.mu.Lock()
+	n.closing = true
+	n.mu.Unlock()
+	n.forEachConn(func(c *conn) { c.close(CloseGoingAway, "server shutting down") })
+	drained := make(chan struct{})
+	go func() { n.wg.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		cut = true
+		n.forEachConn(func(c *conn) { c.nc.Close() })
+		<-drained
+	}
+	n.mu.Lock() // orders the cancel with goBackground's Add
+	n.cancel()
+	n.mu.Unlock()
+	n.bg.Wait()
+	return cut
 }
 
 func (n *Node) forEachConn(f func(c *conn)) {
@@ -329,6 +370,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	n.hub.addConn(c)
 	if raw {
 		s := &rawSession{c: c, channel: rawCh}
+		s.exp.set(c, id.expires)
 		c.sess = s
 		if _, finish, err := n.subscribeConn(c, rawCh, nil, ""); err != nil {
 			c.close(CloseTryAgainLater, toProto(err).Message)
@@ -366,7 +408,7 @@ func (n *Node) newConn(nc net.Conn, hs handshake, id identity, ip string, raw bo
 		user:   id.user,
 		info:   id.info,
 		grants: id.grants,
-		out:    newOutbound(n.cfg.MaxQueueMessages, n.cfg.MaxQueueBytes),
+		out:    newOutbound(n.cfg.MaxQueueMessages, n.cfg.MaxQueueBytes, closeSlowFrame),
 	}
 	c.nc, c.rc = nc, rawConn(nc)
 	c.writeLoopFn, c.readLoopFn = c.writeLoop, c.readLoop

@@ -15,8 +15,9 @@ import "sync"
 // whoever it is (a writer-pool worker or the connection's own writeLoop,
 // see writer.go and transport.go).
 //
-// The queue is bounded in frames and bytes: a push past either is refused
-// with overflow, and the caller cuts the client as a slow consumer. Once
+// The queue is bounded in frames and bytes: a push past either cuts the
+// client as a slow consumer, in the same step — the queue is dropped and
+// the slow-consumer close frame (slow) queued alone. Once
 // closing (a close frame queued, or the socket failed) no data frame is
 // accepted; flushed is closed when closing and no writer runs any more.
 //
@@ -24,7 +25,8 @@ import "sync"
 // hub shard's lock (fan-out pushes under the shard's read lock); nothing
 // else is locked while holding it.
 type outbound struct {
-	maxFrames, maxBytes int // set at creation
+	maxFrames, maxBytes int    // set at creation
+	slow                []byte // the close frame of a slow consumer
 
 	mu sync.Mutex
 	// queue holds the frames not yet taken; spare is a drained batch kept
@@ -47,28 +49,31 @@ type outbound struct {
 	active bool
 }
 
-func newOutbound(maxFrames, maxBytes int) outbound {
-	return outbound{maxFrames: maxFrames, maxBytes: maxBytes, flushed: make(chan struct{})}
+func newOutbound(maxFrames, maxBytes int, slow []byte) outbound {
+	return outbound{maxFrames: maxFrames, maxBytes: maxBytes, slow: slow, flushed: make(chan struct{})}
 }
 
 // push queues frame. start reports that the caller took the writer role and
-// must start a writer; overflow, that frame would take the queue past its
-// limits, so nothing was queued and the client is a slow consumer. ok is
-// false for a closing queue (the frame is dropped: the client is going).
-func (o *outbound) push(frame []byte) (ok, start, overflow bool) {
+// must start a writer. ok is false for a closing queue (the frame is
+// dropped: the client is going). cut, when not 0, says that frame would
+// have taken the queue past its limits: the queue was dropped and the
+// slow-consumer close queued instead (cut counts the frames dropped, this
+// one included), and a writer to start must be writeLoop, which sends
+// closes.
+func (o *outbound) push(frame []byte) (ok, start bool, cut int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	ok, start, overflow = o.pushLocked(frame)
+	ok, start, cut = o.pushLocked(frame)
 	if ok {
 		o.active = true
 	}
-	return ok, start, overflow
+	return ok, start, cut
 }
 
 // pushPing pushes the heartbeat's ping. A queue that pushed nothing since
 // the previous ping first gives up a large drained batch; the ping itself
 // does not count as activity.
-func (o *outbound) pushPing(frame []byte) (ok, start, overflow bool) {
+func (o *outbound) pushPing(frame []byte) (ok, start bool, cut int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if !o.writing && !o.active {
@@ -83,12 +88,13 @@ func (o *outbound) pushPing(frame []byte) (ok, start, overflow bool) {
 	return o.pushLocked(frame)
 }
 
-func (o *outbound) pushLocked(frame []byte) (ok, start, overflow bool) {
+func (o *outbound) pushLocked(frame []byte) (ok, start bool, cut int) {
 	if o.closing {
-		return false, false, false
+		return false, false, 0
 	}
 	if len(o.queue) >= o.maxFrames || o.bytes+len(frame) > o.maxBytes {
-		return false, false, true
+		cut, _, start = o.closeLocked(o.slow, true)
+		return false, start, cut
 	}
 	if o.queue == nil {
 		// Reuse the drained batch rather than allocate a queue per burst.
@@ -98,7 +104,7 @@ func (o *outbound) pushLocked(frame []byte) (ok, start, overflow bool) {
 	o.bytes += len(frame)
 	start = !o.writing
 	o.writing = true
-	return true, start, false
+	return true, start, 0
 }
 
 // close marks the queue closing and queues frame after what is queued
@@ -110,14 +116,6 @@ func (o *outbound) close(frame []byte, drop bool) (began, start bool) {
 	defer o.mu.Unlock()
 	_, began, start = o.closeLocked(frame, drop)
 	return began, start
-}
-
-// cut is close with drop for a slow consumer; dropped counts the frames
-// dropped, the one refused included.
-func (o *outbound) cut(frame []byte) (dropped int, began, start bool) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.closeLocked(frame, true)
 }
 
 func (o *outbound) closeLocked(frame []byte, drop bool) (dropped int, began, start bool) {

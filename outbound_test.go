@@ -45,7 +45,7 @@ func (w *fakeWriter) run(o *outbound) {
 // and never by two writers at once.
 func TestOutboundOneWriter(t *testing.T) {
 	t.Parallel()
-	o := newOutbound(1<<20, 1<<30)
+	o := newOutbound(1<<20, 1<<30, []byte("slow"))
 	w := &fakeWriter{t: t}
 	start := func() { w.run(&o) }
 	var wg sync.WaitGroup
@@ -53,8 +53,8 @@ func TestOutboundOneWriter(t *testing.T) {
 	for p := range pushers {
 		wg.Go(func() {
 			for i := range each {
-				ok, st, overflow := o.push(fmt.Appendf(nil, "%d:%d", p, i))
-				if !ok || overflow {
+				ok, st, cut := o.push(fmt.Appendf(nil, "%d:%d", p, i))
+				if !ok || cut != 0 {
 					t.Errorf("push %d:%d refused", p, i)
 					return
 				}
@@ -82,38 +82,47 @@ func TestOutboundOneWriter(t *testing.T) {
 	}
 }
 
-// The limits: a push past either is an overflow and queues nothing; a
-// batch taken no longer counts.
+// The limits: a push past either cuts the client in the same step — the
+// queue dropped, the slow-consumer close queued alone; a batch taken no
+// longer counts.
 func TestOutboundLimits(t *testing.T) {
 	t.Parallel()
-	o := newOutbound(3, 10)
+	o := newOutbound(3, 10, []byte("slow"))
 	for _, f := range []string{"aaaa", "bbbb"} {
 		if ok, _, _ := o.push([]byte(f)); !ok {
 			t.Fatalf("push %s refused", f)
 		}
 	}
-	if _, _, overflow := o.push([]byte("ccc")); !overflow { // 11 bytes
-		t.Fatal("over the byte limit, no overflow")
-	}
 	if b, _ := o.take(); len(b) != 2 {
 		t.Fatalf("took %d frames", len(b))
 	}
 	for range 3 {
-		if ok, _, _ := o.push([]byte("d")); !ok {
+		if ok, _, cut := o.push([]byte("d")); !ok || cut != 0 {
 			t.Fatal("push refused after the take")
 		}
 	}
-	if _, _, overflow := o.push([]byte("e")); !overflow {
-		t.Fatal("over the frame limit, no overflow")
+	ok, start, cut := o.push([]byte("e")) // a fourth frame
+	if ok || start || cut != 4 {
+		t.Fatalf("over the frame limit: ok %v start %v cut %d, want a cut of 4 (the writer holds the role)", ok, start, cut)
+	}
+	if ok, _, cut := o.push([]byte("f")); ok || cut != 0 {
+		t.Fatal("a cut queue took data, or was cut twice")
+	}
+	if b, closing := o.take(); !closing || len(b) != 1 || string(b[0]) != "slow" {
+		t.Fatalf("after the cut took %q, closing %v", b, closing)
+	}
+
+	idle := newOutbound(1, 10, []byte("slow"))
+	if _, _, cut := idle.push([]byte("0123456789x")); cut != 1 {
+		t.Fatalf("over the byte limit: cut %d", cut)
 	}
 }
 
-// Closing: what is queued goes first, then the close frame; a cut drops the
-// queue; a closing queue refuses data and is flushed once its writer is
-// done.
+// Closing: what is queued goes first, then the close frame; a closing
+// queue refuses data and is flushed once its writer is done.
 func TestOutboundClose(t *testing.T) {
 	t.Parallel()
-	o := newOutbound(100, 1000)
+	o := newOutbound(100, 1000, []byte("slow"))
 	o.push([]byte("a"))
 	if began, start := o.close([]byte("close"), false); !began || start {
 		t.Fatalf("close: began %v start %v (the push's writer holds the role)", began, start)
@@ -138,15 +147,6 @@ func TestOutboundClose(t *testing.T) {
 	}
 	<-o.flushed
 
-	c := newOutbound(100, 1000)
-	c.push([]byte("a"))
-	c.push([]byte("b"))
-	if dropped, began, _ := c.cut([]byte("slow")); dropped != 3 || !began {
-		t.Fatalf("cut: dropped %d began %v", dropped, began)
-	}
-	if b, _ := c.take(); len(b) != 1 || string(b[0]) != "slow" {
-		t.Fatalf("after a cut took %q", b)
-	}
 }
 
 // The heartbeat's ping drops a large drained queue only after a whole
@@ -154,7 +154,7 @@ func TestOutboundClose(t *testing.T) {
 // burst was most of the fan-out's garbage), and a small one is always kept.
 func TestOutboundPingTrimsIdleSpare(t *testing.T) {
 	t.Parallel()
-	o := newOutbound(100, 1000)
+	o := newOutbound(100, 1000, []byte("slow"))
 	o.closing = true // the ping queues nothing
 	o.spare = make([][]byte, 0, 64)
 	o.queue = make([][]byte, 0, 32)

@@ -9,11 +9,12 @@ import "bytes"
 type rawSession struct {
 	c       *conn
 	channel string // validated at the handshake
+	exp     expiry // the handshake token's, if it had one
 }
 
 var _ session = (*rawSession)(nil)
 
-func (s *rawSession) stop() {}
+func (s *rawSession) stop() { s.exp.stop() }
 
 func (s *rawSession) message(msg []byte, binary bool) {
 	c, n := s.c, s.c.node

@@ -16,8 +16,8 @@ import (
 // commands in, replies and pushes out, in command order.
 //
 // Its methods run on the connection's reader goroutine; the two timers
-// (connect timeout, token expiry) only close the connection. mu guards the
-// timers and expires, which connect and refresh change.
+// (connect timeout, token expiry) only close the connection. mu guards
+// authTimer.
 type v1Session struct {
 	c *conn
 
@@ -28,8 +28,7 @@ type v1Session struct {
 
 	mu        sync.Mutex
 	authTimer *time.Timer // closes a connection that does not connect in time
-	expTimer  *time.Timer // closes it when its token expires unrefreshed
-	expires   int64       // the token's expiry, Unix seconds
+	exp       expiry      // closes it when its token expires unrefreshed
 }
 
 var _ session = (*v1Session)(nil)
@@ -48,19 +47,18 @@ func newV1Session(c *conn, id identity) *v1Session {
 			}
 		})
 	}
-	s.setExpiry(id.expires)
+	s.exp.set(c, id.expires)
 	return s
 }
 
 func (s *v1Session) stop() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, t := range []**time.Timer{&s.authTimer, &s.expTimer} {
-		if *t != nil {
-			(*t).Stop()
-			*t = nil
-		}
+	if s.authTimer != nil {
+		s.authTimer.Stop()
+		s.authTimer = nil
 	}
+	s.mu.Unlock()
+	s.exp.stop()
 }
 
 // reply queues the reply to command id: an error, or a result (encoded
@@ -277,7 +275,7 @@ func (s *v1Session) connect(cmd protocol.Command) {
 			}
 			c.grants[ch] = struct{}{}
 		}
-		s.setExpiry(claims.ExpiresAt)
+		s.exp.set(c, claims.ExpiresAt)
 	}
 	s.connected = true
 	if !s.authed.Load() {
@@ -290,27 +288,8 @@ func (s *v1Session) connect(cmd protocol.Command) {
 		s.mu.Unlock()
 	}
 	res := protocol.ConnectResult{Client: c.id, User: c.user}
-	s.mu.Lock()
-	if s.expTimer != nil {
-		res.Expires = s.expires
+	if unix, ok := s.exp.at(); ok {
+		res.Expires = unix
 	}
-	s.mu.Unlock()
 	s.reply(cmd.ID, res, nil)
-}
-
-// setExpiry (re)arms the token expiry timer: an expired token closes the
-// connection with CloseTokenExpired unless refreshed before.
-func (s *v1Session) setExpiry(exp time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.expTimer != nil {
-		s.expTimer.Stop()
-		s.expTimer = nil
-	}
-	if exp.IsZero() {
-		return
-	}
-	s.expires = exp.Unix()
-	c := s.c
-	s.expTimer = time.AfterFunc(time.Until(exp), func() { c.close(CloseTokenExpired, "token expired") })
 }

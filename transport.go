@@ -17,7 +17,8 @@ import (
 // the connection's session.
 type transport struct {
 	// nc is the socket: written only by the writer role's holder, closed
-	// by finish (and by Shutdown's cut); deadlines are set by either side.
+	// by finish, by a failed write (writeFailed) and by Shutdown's cut;
+	// deadlines are set by either side.
 	nc net.Conn
 	// rc is nc's descriptor, set before the connection is shared; nil if
 	// nc has none (TLS): then the reader keeps rbuf and writes go through
