@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
@@ -257,6 +258,13 @@ func TestAPIUnsubscribeUserRaw(t *testing.T) {
 	}})
 	ann := s.dial(t, "/ws/raw?channel=news", http.Header{"X-Test-User": {"ann"}})
 	bob := s.dial(t, "/ws/raw?channel=news", http.Header{"X-Test-User": {"bob"}})
+	// A raw client's subscription is made just after its 101 is written:
+	// wait for both before taking ann's away.
+	for deadline := time.Now().Add(5 * time.Second); s.node.Stats().Channels["news"] < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the raw clients never subscribed")
+		}
+	}
 	if st := s.call(t, "POST", "/api/v1/unsubscribe_user", `{"user":"ann","channel":"news"}`, nil); st != 200 {
 		t.Fatal(st)
 	}
