@@ -53,6 +53,11 @@ type Config struct {
 	// refuse the connection with 401. Nil means every connection is anonymous.
 	Authenticate func(r *http.Request) (Credentials, error)
 
+	// Hooks ask the application's backend before a connection, a
+	// subscription, a publication or an RPC call goes ahead (see Hooks).
+	// The zero value calls nothing.
+	Hooks Hooks
+
 	// Tokens, if set, turns token authentication on: clients authenticate
 	// with a token in the protocol's connect command (the first command), an
 	// Authorization: Bearer header, or raw mode's token query parameter, and
@@ -141,6 +146,9 @@ type Credentials struct {
 type ClientInfo struct {
 	ID     string
 	UserID string
+	// Info is the connection's public info (Credentials.Info, a token's
+	// info, or the connect hook's).
+	Info json.RawMessage
 	// Raw is true for a raw-mode connection, whose channel is RawChannel.
 	Raw        bool
 	RawChannel string
@@ -176,6 +184,8 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxQueueMessages, 8192)
 	def(&c.CompressionMinSize, 256)
 	def(&c.Shards, 64)
+	defDur(&c.Hooks.Timeout, 5*time.Second)
+	defDur(&c.Hooks.RefreshRetry, time.Minute)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -49,6 +49,9 @@ const (
 	CmdPresence = "presence"
 	// CmdPresenceStats counts them.
 	CmdPresenceStats = "presence_stats"
+	// CmdRPC calls "method" of the application's backend with "data"; the
+	// result carries the backend's answer (RPCResult).
+	CmdRPC = "rpc"
 )
 
 // Push kinds the server sends without a request.
@@ -67,6 +70,13 @@ const (
 	// subscriptions ("code" says why, "reason" in words): the client must
 	// not resubscribe by itself.
 	PushUnsub = "unsub"
+	// PushSubscribe tells a client that the server subscribed it to a
+	// channel (a server-side subscription): "channel", and the channel's
+	// position as in a SubscribeResult. Publications of the channel
+	// follow it, recovered ones first. The client treats it as its own
+	// subscription, but does not resubscribe to it after a reconnect: it
+	// sends its position in connect's "subs" instead.
+	PushSubscribe = "subscribe"
 )
 
 // Codes of an unsub push.
@@ -74,6 +84,10 @@ const (
 	// UnsubServer: the server application unsubscribed the client (the
 	// HTTP API's unsubscribe_user, Node.UnsubscribeUser).
 	UnsubServer = "server_unsubscribe"
+	// UnsubNotRestored: a server-side subscription the client named in
+	// connect's "subs" was not made again on this connection (the
+	// application no longer grants it).
+	UnsubNotRestored = "not_restored"
 )
 
 // Command is a request from a client. Every command carries an ID chosen by
@@ -99,6 +113,13 @@ type Command struct {
 	Limit *int `json:"limit,omitempty"`
 	// Reverse makes history return the newest first.
 	Reverse bool `json:"reverse,omitempty"`
+	// Method is the method an rpc calls.
+	Method string `json:"method,omitempty"`
+	// Subs are, in connect, the server-side subscriptions the client held
+	// on its previous connection, each with the position it reached: the
+	// server makes again those the application still grants, recovering
+	// from there, and ends the others with an unsub push (not_restored).
+	Subs map[string]Position `json:"subs,omitempty"`
 }
 
 // Position is a position in a channel's history: the offset of the last
@@ -229,6 +250,22 @@ const (
 	CodeInternal       Code = "internal"
 )
 
+// ValidCode reports whether code can travel as an error code: 1 to 64
+// bytes of lowercase ASCII letters, digits and '_', starting with a
+// letter. Every code above is valid; an application's hooks may refuse
+// with codes of their own of this form.
+func ValidCode(code Code) bool {
+	if len(code) == 0 || len(code) > 64 || code[0] < 'a' || code[0] > 'z' {
+		return false
+	}
+	for i := 0; i < len(code); i++ {
+		if c := code[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
 // Error is the error object of a failed command's reply.
 type Error struct {
 	Code    Code   `json:"code"`
@@ -258,6 +295,14 @@ type ConnectResult struct {
 	// Expires is the token's expiry in Unix seconds; absent if it has none.
 	// The client must refresh before then.
 	Expires int64 `json:"expires,omitempty"`
+	// Data is the connect hook's data for the client, if it gave any.
+	Data json.RawMessage `json:"data,omitempty"`
+}
+
+// RPCResult is the result of rpc: the backend's answer, absent if it gave
+// none.
+type RPCResult struct {
+	Data json.RawMessage `json:"data,omitempty"`
 }
 
 // Push is a server-initiated message, decoded (clients use this; the server
@@ -272,6 +317,10 @@ type Push struct {
 	// Code and Reason say why an unsub push ended a subscription.
 	Code   string `json:"code,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	// Epoch, Recovered and Reason (with Offset) are the channel's
+	// position in a subscribe push, as in a SubscribeResult.
+	Epoch     string `json:"epoch,omitempty"`
+	Recovered *bool  `json:"recovered,omitempty"`
 }
 
 // ErrNoSeparator reports a binary frame without the '\n' that ends its header.

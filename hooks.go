@@ -1,0 +1,217 @@
+package herald
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/heraldhq/herald/protocol"
+)
+
+// Hooks let the application's backend decide what clients may do: Herald
+// asks it, and waits for the answer, before it lets a connection in,
+// subscribes it, publishes for it, or answers its RPC call. Every field is
+// optional: a nil hook is not called.
+//
+// Calls: each hook call gets a context that ends at Timeout (or when the
+// node shuts down). The hooks of one connection run on that connection's
+// reader goroutine, one at a time, in the order of its commands: a slow
+// hook delays only its own connection's later commands, never another
+// connection. Hooks of different connections run concurrently, so they
+// must be safe for concurrent use.
+//
+// Answers: a hook refuses by returning an *Error (see Refuse): its Code
+// reaches the client as the error reply's code, which the client can
+// switch on; the application may use codes of its own (ValidAppCode). Any
+// other error is a failure (the backend is down or slow): each hook's doc
+// says what a failure does, a deliberate choice written down in
+// docs/hooks.md. Calls, refusals, failures and durations are counted in
+// herald_hook_calls_total and herald_hook_duration_seconds.
+type Hooks struct {
+	// Connect authenticates a connection from its handshake request (its
+	// cookies, say) and can set its user, info, expiry and server-side
+	// subscriptions. For herald.v1 it runs on the client's connect command
+	// (which becomes required, as with token checks) and sees the
+	// command's data; for raw mode it runs at the handshake, before the
+	// upgrade. It runs after Authenticate and token checks, with the user
+	// they found.
+	//
+	// Refused: the connect reply carries the error, and the connection is
+	// closed with 4501 (code unauthorized) or 4500 (any other code), which
+	// the bundled clients do not reconnect after; a raw handshake is
+	// answered 401 or 403. Failed: the reply is unavailable and the
+	// connection is closed with 1013, which clients retry with backoff (a
+	// raw handshake gets 503): no one gets in unchecked.
+	Connect func(ctx context.Context, e *ConnectEvent) (*ConnectReply, error)
+
+	// Refresh is called when the expiry that Connect (or a later Refresh)
+	// set comes, to extend it. Its reply's ExpiresAt is the new expiry. A
+	// refusal closes the connection (4501 or 4500, as Connect). A failure
+	// keeps the connection and asks again after RefreshRetry: an outage of
+	// the backend must not disconnect every user at once.
+	Refresh func(ctx context.Context, e *RefreshEvent) (*RefreshReply, error)
+
+	// Subscribe is asked after Herald's own checks (channel, namespace
+	// permission, grants, subscription token) pass: it can only refuse
+	// more, and attach the subscriber's info in this channel's presence.
+	// A refusal or a failure (code unavailable) is the subscribe's error
+	// reply; the connection stays. Server-side subscriptions (Connect's
+	// Channels, SubscribeUser, SubscribeClient) are made by the backend
+	// and do not ask it.
+	Subscribe func(ctx context.Context, e *SubscribeEvent) (*SubscribeReply, error)
+	// SubscribeNamespaces, when not nil, limits Subscribe to the channels
+	// of these namespaces ("" names channels without one); nil means all.
+	SubscribeNamespaces []string
+
+	// Publish is asked before a client's publication (herald.v1 publish,
+	// or a raw client's message) is published: it may allow it, refuse
+	// it, or replace its data. A refusal or a failure is the publish's
+	// error reply (code unavailable for a failure): nothing is published
+	// that the backend did not see. A raw client has no replies: a
+	// refusal closes it with 1008, a failure with 1013.
+	Publish func(ctx context.Context, e *PublishEvent) (*PublishReply, error)
+	// PublishNamespaces limits Publish as SubscribeNamespaces does
+	// Subscribe.
+	PublishNamespaces []string
+
+	// RPC answers a client's rpc command: a named method with a payload,
+	// answered over the same socket. Without it rpc is refused with
+	// not_enabled. A failure is the error reply unavailable.
+	RPC func(ctx context.Context, e *RPCEvent) (*RPCReply, error)
+
+	// Disconnected and Unsubscribed are notifications: called after the
+	// fact, on a goroutine of their own (bounded by Timeout), never
+	// holding anything up. An error is counted and logged, not retried.
+	Disconnected func(ctx context.Context, e *DisconnectEvent) error
+	Unsubscribed func(ctx context.Context, e *UnsubscribeEvent) error
+
+	// Timeout bounds each hook call. Zero means 5s.
+	Timeout time.Duration
+	// RefreshRetry is how long after a failed Refresh it is asked again.
+	// Zero means 1 minute.
+	RefreshRetry time.Duration
+}
+
+// ConnectEvent is what Hooks.Connect is asked about.
+type ConnectEvent struct {
+	// Client is the connection: its id, and the user Authenticate or a
+	// token set ("" for anonymous).
+	Client ClientInfo
+	// Header is the handshake request's header (cookies included), URL
+	// its URL: read them, do not change them.
+	Header http.Header
+	URL    string
+	// Data is the connect command's data (herald.v1), nil if it had none
+	// and for raw mode.
+	Data json.RawMessage
+}
+
+// ConnectReply is Hooks.Connect's answer. A nil reply lets the connection
+// in as it is.
+type ConnectReply struct {
+	// UserID, when not empty, is the connection's user, in place of the
+	// one in ConnectEvent.Client.
+	UserID string
+	// Info is the connection's public info (shown in presence); nil keeps
+	// what it had.
+	Info json.RawMessage
+	// Channels are server-side subscriptions: the connection is subscribed
+	// to each, without asking Subscribe, and told by a subscribe push.
+	// Raw mode ignores them.
+	Channels []string
+	// ExpiresAt, when not zero, is when Refresh is asked to extend the
+	// connection; without Refresh the connection is then closed with 4004.
+	ExpiresAt time.Time
+	// Data is sent to the client in the connect result (herald.v1).
+	Data json.RawMessage
+}
+
+// RefreshEvent is what Hooks.Refresh is asked about.
+type RefreshEvent struct {
+	Client ClientInfo
+}
+
+// RefreshReply is Hooks.Refresh's answer.
+type RefreshReply struct {
+	// ExpiresAt is the next expiry; zero means none (the connection stays
+	// until it ends).
+	ExpiresAt time.Time
+}
+
+// SubscribeEvent is what Hooks.Subscribe is asked about.
+type SubscribeEvent struct {
+	Client  ClientInfo
+	Channel string
+	// Data is the subscribe command's data, nil if none.
+	Data json.RawMessage
+}
+
+// SubscribeReply is Hooks.Subscribe's answer; nil allows.
+type SubscribeReply struct {
+	// Info, when not nil, is the subscriber's info in this channel
+	// (presence, join and leave), in place of the connection's.
+	Info json.RawMessage
+}
+
+// PublishEvent is what Hooks.Publish is asked about.
+type PublishEvent struct {
+	Client  ClientInfo
+	Channel string
+	// Data is the payload: JSON for a text publication, bytes for a
+	// binary one (Binary set).
+	Data   []byte
+	Binary bool
+}
+
+// PublishReply is Hooks.Publish's answer; nil publishes the data as sent.
+type PublishReply struct {
+	// Data, when not nil, is published in place of the client's (JSON for
+	// a text publication: it must be valid JSON).
+	Data []byte
+}
+
+// RPCEvent is what Hooks.RPC is asked: the client called Method with Data.
+type RPCEvent struct {
+	Client ClientInfo
+	Method string
+	// Data is the call's payload, any JSON; nil if it had none.
+	Data json.RawMessage
+}
+
+// RPCReply is Hooks.RPC's answer.
+type RPCReply struct {
+	// Data is the result sent to the client, any JSON; nil sends none.
+	Data json.RawMessage
+}
+
+// DisconnectEvent tells Hooks.Disconnected that a connection ended.
+type DisconnectEvent struct {
+	Client ClientInfo
+	// Code and Reason are the close the server sent, or received from the
+	// client (1006 when the socket was lost without one).
+	Code   CloseCode
+	Reason string
+}
+
+// UnsubscribeEvent tells Hooks.Unsubscribed that a subscription ended.
+type UnsubscribeEvent struct {
+	Client  ClientInfo
+	Channel string
+	// Reason is why: "client" (it unsubscribed), "server" (the
+	// application took it away), or "disconnect" (the connection ended).
+	Reason string
+}
+
+// Refuse is the error a hook returns to refuse: the client gets code and
+// message in its error reply. code is one of protocol's codes or one of
+// the application's own (ValidAppCode).
+func Refuse(code Code, message string) *Error {
+	return &Error{Code: code, Message: message}
+}
+
+// ValidAppCode reports whether code may be sent to a client as an error
+// code: 1 to 64 bytes of lowercase ASCII letters, digits and '_',
+// starting with a letter (protocol.ValidCode). A hook's refusal with any
+// other code reaches the client as permission_denied, and is logged.
+func ValidAppCode(code Code) bool { return protocol.ValidCode(code) }
