@@ -385,7 +385,7 @@ func TestPublish(t *testing.T) {
 		case req.Channel == "wrong":
 			answerJSON(`{"result":{"binary":"AAE="}}`)(w, r)
 		case req.Binary != nil:
-			answerJSON(`{"result":{"binary":"` + "AQID" + `"}}`)(w, r) // bytes 1 2 3
+			answerJSON(`{"result":{"binary":"`+"AQID"+`"}}`)(w, r) // bytes 1 2 3
 		default:
 			answerJSON(`{"result":{"data":{"text":"***"}}}`)(w, r)
 		}
