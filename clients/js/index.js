@@ -403,8 +403,9 @@ export class Herald {
    * connect's `subs`: every server-side subscription with the position it
    * reached, so that the server can make it again and recover what was
    * missed; null when there is none. A channel without history has no
-   * position: it goes with offset 0 and an empty epoch, which the server
-   * takes as "no position" (nothing to recover).
+   * position, but subs names every channel: it goes with offset 0 and an
+   * empty epoch, and the server answers that it could not recover
+   * (no_history), which is true: what was published meanwhile is lost.
    */
   _serverSidePositions() {
     let subs = null;
