@@ -44,8 +44,10 @@ type eventStore struct {
 }
 
 // ekey returns the key of one of the store's structures. The hash tag
-// {webhooks} puts them all in one Cluster slot; no channel key can collide,
-// since channel keys end in m, h, i:*, pz, pi or pu.
+// {webhooks} puts them all in one Cluster slot. No channel's key can be
+// one of them: channel names have no braces (protocol.ValidChannel), so a
+// channel key P:{webhooks}:... is channel "webhooks"'s, and those end in
+// m, h, i:*, pz, pi or pu.
 func (s *eventStore) ekey(kind string) string {
 	return s.b.opts.Prefix + ":{webhooks}:" + kind
 }
