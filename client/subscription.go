@@ -74,11 +74,18 @@ const (
 )
 
 // Subscription is a client's subscription to one channel. It lives across
-// reconnects until Unsubscribe, Close, or OnError.
+// reconnects until Unsubscribe, Close, or OnError; a server-side one
+// (ServerSide) until Unsubscribe, Close, or the server ends it
+// (OnUnsubscribed).
 type Subscription struct {
 	c       *Client
 	channel string
-	opts    SubscribeOptions
+	// server: made by the server (a subscribe push), not by Subscribe.
+	server bool
+	// opts is fixed at Subscribe for the client's own subscriptions. A
+	// server-side one gets its handlers from OnServerSubscribe, on the
+	// dispatcher, which alone reads them (see Client.handles).
+	opts SubscribeOptions
 	// closed is set once no handler of the subscription may start any more
 	// (read by the dispatcher without the client's lock).
 	closed atomic.Bool
@@ -94,6 +101,9 @@ type Subscription struct {
 	// leaves the client's map only when none is left, so that a late reply
 	// always finds it.
 	inflight int
+	// restoring: a server-side subscription named in the connect command
+	// of the current connection, whose subscribe push has not come yet.
+	restoring bool
 }
 
 // Subscribe subscribes to channel and returns once the server confirmed it.
