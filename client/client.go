@@ -25,6 +25,33 @@
 // application's unsubscribe_user) is never resubscribed: OnUnsubscribed
 // says so. Close stops everything and waits for the client's goroutines.
 //
+// A refused connect command (a token or the server's Connect hook said no)
+// fails with an *Error carrying the server's code, which may be one of the
+// application's own; the server then closes with 4500 or 4501 (the client
+// stops: the error holds the *CloseError too) or, when its backend failed,
+// with 1013 (the client retries with backoff). Options.ConnectData is
+// sent with each connect for the Connect hook, whose answer is
+// StateChange.Data.
+//
+// # Server-side subscriptions
+//
+// The server may subscribe the client by itself (its Connect hook, or the
+// application's Node.SubscribeUser and SubscribeClient).
+// Options.OnServerSubscribe announces each such *Subscription
+// (ServerSide reports true) and gives its handlers; from then on it
+// behaves as one of the client's own — publications in order, Position,
+// OnUnsubscribed, Unsubscribe — except after a reconnect: the client does
+// not resubscribe it but sends its position in the connect command, and
+// the server makes it again (recovering what was missed, or saying it
+// could not with OnRecoveryFailed) or ends it (OnUnsubscribed with
+// protocol.UnsubNotRestored). It is never resubscribed by the client.
+//
+// # RPC
+//
+// RPC calls a method of the application's backend through the server and
+// returns its JSON answer; a refusal is an *Error whose Code is the
+// backend's (switch on it).
+//
 // # Goroutines and handlers
 //
 // A connected client runs two goroutines: the connection goroutine, which

@@ -43,8 +43,10 @@ type SubscribeOptions struct {
 	// OnUnsubscribed is called when the server ends the subscription (an
 	// unsub push): code says why — protocol.UnsubServer, the server
 	// application unsubscribed this client's user (the HTTP API's
-	// unsubscribe_user, Node.UnsubscribeUser); later versions may add codes
-	// — and reason says it in words. It is the subscription's last handler
+	// unsubscribe_user, Node.UnsubscribeUser); protocol.UnsubNotRestored,
+	// a server-side subscription the server did not make again after a
+	// reconnect; later versions may add codes — and reason says it in
+	// words. It is the subscription's last handler
 	// call: the publications the server sent before ending it are delivered
 	// first, and nothing after. The client never resubscribes the channel
 	// by itself, on this connection or after a reconnect; a new Subscribe
@@ -503,6 +505,10 @@ func (sub *Subscription) Position() Position {
 // rate_limited is sent again in the background, at the client's pace, and
 // Unsubscribe waits for the server's confirmation within ctx; the channel
 // counts as held until then. Calling it again is a no-op.
+//
+// A server-side subscription is unsubscribed the same way; the server may
+// make it again at a later connect (its Connect hook's Channels), and it
+// is then announced as a new one.
 func (sub *Subscription) Unsubscribe(ctx context.Context) error {
 	c := sub.c
 	c.mu.Lock()
