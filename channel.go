@@ -32,6 +32,9 @@ type subEntry struct {
 	// subscription was made: it leaves as it joined, whatever SetNamespaces
 	// did meanwhile.
 	presence, joinLeave bool
+	// info is the subscriber's info in this channel, from the subscribe
+	// hook; nil means the connection's.
+	info json.RawMessage
 }
 
 type recoverBuf struct {
@@ -76,8 +79,10 @@ func badChannel(ch string) *Error {
 // and makes the subscription live. since asks for recovery.
 //
 // subToken, when not empty, is a subscription token: verified, it grants
-// the channel to c (see PermGranted).
-func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, subToken string) (*protocol.SubscribeResult, func(), *Error) {
+// the channel to c (see PermGranted). After Herald's own checks, the
+// subscribe hook (if on for the channel) is asked, with data. Reader
+// goroutine of c only (it reads c.grants).
+func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, subToken string, data json.RawMessage) (*protocol.SubscribeResult, func(), *Error) {
 	ns, perr := n.channelNamespace(channel)
 	if perr != nil {
 		return nil, nil, perr
@@ -90,6 +95,43 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 	if perr := n.permit(c.user, c.grants, channel, ns.AllowSubscribe); perr != nil {
 		return nil, nil, perr
 	}
+	if subscribed(c, channel) {
+		return nil, nil, errorf(protocol.CodeAlreadySub, "already subscribed to %q", channel)
+	}
+	var info json.RawMessage
+	if hook := n.cfg.Hooks.Subscribe; hook != nil && hookOn(n.cfg.Hooks.SubscribeNamespaces, channel) {
+		var reply *SubscribeReply
+		ev := &SubscribeEvent{Client: c.clientInfo(), Channel: channel, Data: data}
+		if v, perr := n.callHook(hookSubscribe, c.id, func(ctx context.Context) (err error) {
+			reply, err = hook(ctx, ev)
+			return err
+		}); v != hookOK {
+			return nil, nil, perr
+		}
+		if reply != nil && reply.Info != nil {
+			if !json.Valid(reply.Info) {
+				n.log.Warn("subscribe hook answered info that is not JSON", "channel", channel)
+				return nil, nil, errorf(protocol.CodeUnavailable, "subscribe hook unavailable")
+			}
+			info = reply.Info
+		}
+	}
+	return n.subscribeChecked(c, ns, channel, since, info)
+}
+
+// subscribed reports whether c holds a subscription to channel.
+func subscribed(c *conn, channel string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.channels[channel]
+	return ok
+}
+
+// subscribeChecked subscribes c to channel of namespace ns, past every
+// check of who may: as subscribeConn, for a subscription allowed by the
+// client's rights or made by the server. info, when not nil, is c's info
+// in this channel's presence.
+func (n *Node) subscribeChecked(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage) (*protocol.SubscribeResult, func(), *Error) {
 	c.mu.Lock()
 	_, dup := c.channels[channel]
 	count := len(c.channels)
@@ -101,7 +143,7 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 		return nil, nil, errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d channels", maxChannels)
 	}
 
-	e := &subEntry{presence: ns.Presence, joinLeave: ns.JoinLeave}
+	e := &subEntry{presence: ns.Presence, joinLeave: ns.JoinLeave, info: info}
 	var rb *recoverBuf
 	if ns.HistorySize > 0 {
 		rb = &recoverBuf{}
@@ -157,7 +199,12 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 		res.Recovered, res.Reason = &f, protocol.ReasonNoHistory
 	}
 	if e.presence {
+		c.mu.Lock()
 		p := ClientPresence{Client: c.id, User: c.user, Info: c.info}
+		c.mu.Unlock()
+		if e.info != nil {
+			p.Info = e.info
+		}
 		ctx, cancel := n.opCtx()
 		defer cancel()
 		if err := n.presence.AddPresence(ctx, channel, p); err != nil {
@@ -301,14 +348,21 @@ func (n *Node) removeSubscription(c *conn, channel string) bool {
 			c.mu.Lock() // may run off c's reader goroutine (unsubscribe_user)
 			p := &ClientPresence{Client: c.id, User: c.user, Info: c.info}
 			c.mu.Unlock()
+			if e.info != nil {
+				p.Info = e.info
+			}
 			n.publishEvent(channel, KindLeave, p)
 		}
 	}
 	return true
 }
 
-// unregister removes c from every registry. Reader goroutine of c only.
+// unregister removes c from every registry, and tells the notification
+// hooks. Reader goroutine of c only; once it holds subMu, the connection
+// is closing, so no server-side subscription is added after it.
 func (n *Node) unregister(c *conn) {
+	c.subMu.Lock()
+	defer c.subMu.Unlock()
 	c.mu.Lock()
 	chans := make([]string, 0, len(c.channels))
 	for ch := range c.channels {
@@ -316,9 +370,12 @@ func (n *Node) unregister(c *conn) {
 	}
 	c.mu.Unlock()
 	for _, ch := range chans {
-		n.removeSubscription(c, ch)
+		if n.removeSubscription(c, ch) {
+			n.unsubscribed(c, ch, "disconnect")
+		}
 	}
 	n.hub.removeConn(c)
+	n.disconnected(c)
 	n.log.Debug("disconnected", "client", c.id, "user", c.user)
 }
 

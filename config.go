@@ -58,6 +58,10 @@ type Config struct {
 	// The zero value calls nothing.
 	Hooks Hooks
 
+	// Webhooks tell the application's backend what happened (see
+	// Webhooks). The zero value sends none.
+	Webhooks Webhooks
+
 	// Tokens, if set, turns token authentication on: clients authenticate
 	// with a token in the protocol's connect command (the first command), an
 	// Authorization: Bearer header, or raw mode's token query parameter, and

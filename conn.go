@@ -8,6 +8,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/heraldhq/herald/internal/wsframe"
+	"github.com/heraldhq/herald/protocol"
 )
 
 // Wire forms: every publication is encoded at most once per form, and each
@@ -38,9 +39,10 @@ const (
 // writeLoop — writes. Everything else (fan-out, replies, the heartbeat,
 // closes) pushes frames and never blocks.
 type conn struct {
-	node *Node
-	id   string
-	ip   string
+	node   *Node
+	id     string
+	ip     string
+	remote string // the handshake's RemoteAddr, for hooks
 	// form is the wire form of the publications it reads; raw and echo are
 	// the raw session's (fan-out skips a raw client's own frames without
 	// echo, and presence events). All three are fixed at creation.
@@ -56,6 +58,16 @@ type conn struct {
 	info     json.RawMessage
 	channels map[string]struct{}
 	grants   map[string]struct{}
+	// endCode and endReason: how it ended (setEnded), under mu.
+	endCode   CloseCode
+	endReason string
+
+	// subMu serialises the changes of the connection's subscriptions:
+	// its own commands (on the reader) and the server's (SubscribeUser
+	// and the like, on goroutines of their own), so that each sees the
+	// other's result. Held across a subscribe's hook and history calls,
+	// which are bounded; taken before mu and the node's subLocks.
+	subMu sync.Mutex
 
 	// limiter paces incoming messages at the rate in force at admission
 	// (nil with no MessageRate); refusals paces the refused ones (see
@@ -107,6 +119,7 @@ func (c *conn) pushed(start bool, cut int) {
 // and queued the close (outbound.push): counts it, logs it, and shortens a
 // write stuck on the client's full window.
 func (c *conn) cutSlow(dropped int) {
+	c.setEnded(CloseSlowConsumer, "slow consumer")
 	c.node.metrics.slowConsumers.Add(1)
 	c.node.metrics.dropped.Add(uint64(dropped))
 	c.node.log.Warn("slow consumer disconnected", "client", c.id)
@@ -119,7 +132,32 @@ func (c *conn) cutSlow(dropped int) {
 // receives everything sent before it. A no-op on a closing connection; it
 // reports whether this call began the close.
 func (c *conn) close(code CloseCode, reason string) bool {
-	return c.closeFrame(wsframe.Close(code, reason), false)
+	began := c.closeFrame(wsframe.Close(code, reason), false)
+	if began {
+		c.setEnded(code, reason)
+	}
+	return began
+}
+
+// setEnded records how the connection ended, for Hooks.Disconnected: the
+// first close begun wins.
+func (c *conn) setEnded(code CloseCode, reason string) {
+	c.mu.Lock()
+	if c.endCode == 0 {
+		c.endCode, c.endReason = code, reason
+	}
+	c.mu.Unlock()
+}
+
+// ended returns how the connection ended: the close code sent (or the
+// client's, echoed), 1006 if the socket was lost without one.
+func (c *conn) ended() (CloseCode, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.endCode == 0 {
+		return protocol.CloseAbnormal, ""
+	}
+	return c.endCode, c.endReason
 }
 
 // closeFrame begins the close with frame (none if nil), dropping what is

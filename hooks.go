@@ -3,7 +3,11 @@ package herald
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/heraldhq/herald/protocol"
@@ -81,8 +85,10 @@ type Hooks struct {
 	RPC func(ctx context.Context, e *RPCEvent) (*RPCReply, error)
 
 	// Disconnected and Unsubscribed are notifications: called after the
-	// fact, on a goroutine of their own (bounded by Timeout), never
-	// holding anything up. An error is counted and logged, not retried.
+	// fact, each on a goroutine of its own (bounded by Timeout), never
+	// holding anything up, and so in no particular order. An error is
+	// counted and logged, not retried; past 256 calls in flight on a node
+	// a notification is dropped and counted (result "dropped").
 	Disconnected func(ctx context.Context, e *DisconnectEvent) error
 	Unsubscribed func(ctx context.Context, e *UnsubscribeEvent) error
 
@@ -215,3 +221,117 @@ func Refuse(code Code, message string) *Error {
 // starting with a letter (protocol.ValidCode). A hook's refusal with any
 // other code reaches the client as permission_denied, and is logged.
 func ValidAppCode(code Code) bool { return protocol.ValidCode(code) }
+
+// Hook names, the hook label of the hook metrics.
+const (
+	hookConnect      = "connect"
+	hookRefresh      = "refresh"
+	hookSubscribe    = "subscribe"
+	hookPublish      = "publish"
+	hookRPC          = "rpc"
+	hookDisconnected = "disconnected"
+	hookUnsubscribed = "unsubscribed"
+)
+
+// hookVerdict is what became of one hook call.
+type hookVerdict uint8
+
+const (
+	hookOK      hookVerdict = iota
+	hookRefused             // the hook returned an *Error: err is it
+	hookFailed              // any other error, a timeout, a panic: err says which
+)
+
+// callHook runs one hook call, bounded by Hooks.Timeout and the node's
+// life, and counts it. A refusal comes back as an *Error whose code the
+// client may see (an invalid app code becomes permission_denied); a
+// failure as an unavailable *Error whose cause is logged, never shown.
+// A panicking hook is a failure: it must not take the node down.
+func (n *Node) callHook(name string, client string, call func(ctx context.Context) error) (v hookVerdict, perr *Error) {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.Hooks.Timeout)
+	defer cancel()
+	start := time.Now()
+	err := func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("hook panicked: %v", p)
+			}
+		}()
+		return call(ctx)
+	}()
+	n.metrics.hookDuration.WithLabelValues(name).Observe(time.Since(start).Seconds())
+	var refusal *Error
+	switch {
+	case err == nil:
+		v = hookOK
+	case errors.As(err, &refusal) && refusal.Code != protocol.CodeUnavailable:
+		v = hookRefused
+		perr = &Error{Code: refusal.Code, Message: refusal.Message}
+		if !protocol.ValidCode(refusal.Code) {
+			n.log.Warn("hook refused with an invalid code; sent as permission_denied", "hook", name, "code", string(refusal.Code))
+			perr.Code = protocol.CodePermission
+		}
+	default:
+		v = hookFailed
+		if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
+			err = fmt.Errorf("%w (no answer within %v)", err, n.cfg.Hooks.Timeout)
+		}
+		n.log.Warn("hook failed", "hook", name, "client", client, "err", err)
+		perr = &Error{Code: protocol.CodeUnavailable, Message: name + " hook unavailable", Err: err}
+	}
+	n.metrics.hookCalls.WithLabelValues(name, [...]string{"ok", "refused", "failed"}[v]).Inc()
+	return v, perr
+}
+
+// hookOn reports whether a hook limited to namespaces (nil: all) applies
+// to channel.
+func hookOn(namespaces []string, channel string) bool {
+	if namespaces == nil {
+		return true
+	}
+	ns, _, found := strings.Cut(channel, ":")
+	if !found {
+		ns = ""
+	}
+	return slices.Contains(namespaces, ns)
+}
+
+// closeForRefusal is the close code of a connection whose connect or
+// refresh the backend refused: 4501 for unauthorized, 4500 otherwise.
+// Neither is reconnected after by the bundled clients.
+func closeForRefusal(perr *Error) CloseCode {
+	if perr.Code == protocol.CodeUnauthorized {
+		return CloseUnauthorized
+	}
+	return CloseForbidden
+}
+
+// notify calls a notification hook (Disconnected, Unsubscribed) off the
+// caller's goroutine. At most maxNotifying run at once: past that, the
+// notification is dropped and counted (result "dropped"), so that a mass
+// disconnect never piles up goroutines waiting on a slow backend.
+func (n *Node) notify(name, client string, call func(ctx context.Context) error) {
+	select {
+	case n.notifying <- struct{}{}:
+	default:
+		n.metrics.hookCalls.WithLabelValues(name, "dropped").Inc()
+		n.log.Warn("hook notification dropped: too many in flight", "hook", name, "client", client)
+		return
+	}
+	if !n.goBackground(func() {
+		defer func() { <-n.notifying }()
+		n.callHook(name, client, call)
+	}) {
+		<-n.notifying // shut down: nothing more is told
+	}
+}
+
+// maxNotifying bounds the notification hook calls in flight on a node.
+const maxNotifying = 256
+
+// clientInfo describes c to a hook.
+func (c *conn) clientInfo() ClientInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return ClientInfo{ID: c.id, UserID: c.user, Info: c.info, Raw: c.raw, RemoteAddr: c.remote}
+}

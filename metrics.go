@@ -31,7 +31,11 @@ type nodeMetrics struct {
 	resubscribes  atomic.Uint64 // subscribers closed with 4006
 
 	broadcast prometheus.Histogram
-	registry  *prometheus.Registry
+	// Hook calls by hook and result (ok, refused, failed, dropped), and
+	// their durations by hook.
+	hookCalls    *prometheus.CounterVec
+	hookDuration *prometheus.HistogramVec
+	registry     *prometheus.Registry
 }
 
 func (n *Node) initMetrics() {
@@ -41,6 +45,15 @@ func (n *Node) initMetrics() {
 		Help:    "Time to fan one publication out to this node's subscribers (encode and enqueue, not the socket writes).",
 		Buckets: prometheus.ExponentialBuckets(1e-6, 4, 12), // 1µs .. 4s
 	})
+	m.hookCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_hook_calls_total",
+		Help: "Calls of the backend's hooks, by hook and result: ok, refused (the backend said no), failed (error, timeout, down), dropped (a notification not sent: too many in flight).",
+	}, []string{"hook", "result"})
+	m.hookDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "herald_hook_duration_seconds",
+		Help:    "Time the backend's hooks took to answer, by hook.",
+		Buckets: prometheus.ExponentialBuckets(250e-6, 2, 16), // 250µs .. 8s
+	}, []string{"hook"})
 	reg := prometheus.NewRegistry()
 	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
@@ -58,6 +71,8 @@ func (n *Node) initMetrics() {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.broadcast,
+		m.hookCalls,
+		m.hookDuration,
 		counter("herald_messages_received_total", "WebSocket messages received from clients.", &m.messagesIn),
 		counter("herald_received_bytes_total", "Bytes of WebSocket messages received from clients.", &m.bytesIn),
 		counter("herald_messages_sent_total", "WebSocket frames written to clients (pushes, replies, control frames).", &m.framesOut),

@@ -34,6 +34,17 @@ type Namespace struct {
 	// a client subscribes or leaves. It implies Presence.
 	JoinLeave bool
 
+	// Webhook events of the namespace's channels (see Webhooks):
+	// ChannelEvents sends channel.occupied and channel.vacated (the first
+	// subscriber anywhere in the cluster, the last one gone);
+	// MemberEvents member.added and member.removed (needs Presence);
+	// PublishEvents a publication event for each publication a client
+	// makes (not those of Node.Publish or the HTTP API: the backend made
+	// those).
+	ChannelEvents bool
+	MemberEvents  bool
+	PublishEvents bool
+
 	// Who may subscribe, publish, read presence and read history. The zero
 	// value, PermDefault, means PermAnyone when the node checks no tokens
 	// (Config.Tokens is nil) and PermAuthenticated when it does. Publishing

@@ -88,8 +88,16 @@ type Node struct {
 	ips      *ipLimits
 	wg       sync.WaitGroup // one per live connection (its reader)
 	bg       sync.WaitGroup // goBackground's goroutines
-	runMu    sync.Mutex
-	runDone  chan struct{} // closed when Run returns; nil until Run starts
+	// serialQ holds inOrder's work, run by one goroutine while
+	// serialRunning; both guarded by serialMu.
+	serialMu      sync.Mutex
+	serialQ       []func()
+	serialRunning bool
+	// notifying holds a token per notification hook call in flight
+	// (notify): at most maxNotifying.
+	notifying chan struct{}
+	runMu     sync.Mutex
+	runDone   chan struct{} // closed when Run returns; nil until Run starts
 	// The stop (shutdown): shutDone is closed when it is over; shutCut
 	// cuts it short. Guarded by shutMu.
 	shutMu   sync.Mutex
@@ -118,7 +126,8 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, broker: cfg.Broker, hub: newHub(cfg.Shards), presence: cfg.Presence, ips: newIPLimits(),
-		writers: newWriterPool(runtime.GOMAXPROCS(0)), originWarned: newOriginWarnings()}
+		writers: newWriterPool(runtime.GOMAXPROCS(0)), originWarned: newOriginWarnings(),
+		notifying: make(chan struct{}, maxNotifying)}
 	n.origins.Store(oc)
 	n.ns.p.Store(ns)
 	n.limits.Store(lim)
@@ -348,9 +357,9 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		subprotocols, rawCh = nil, r.URL.Query().Get("channel")
 	}
 	hs, no := n.checkHandshake(w, r, subprotocols)
-	var id identity
+	id := identity{client: newID()}
 	if no == nil {
-		id, no = n.identify(r, raw, rawCh)
+		no = n.identify(r, raw, rawCh, &id)
 	}
 	ip := clientIP(r)
 	if no == nil {
@@ -367,18 +376,23 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		return
 	}
 	c := n.newConn(nc, hs, id, ip, raw)
+	c.remote = r.RemoteAddr
 	n.hub.addConn(c)
 	if raw {
 		s := &rawSession{c: c, channel: rawCh}
-		s.exp.set(c, id.expires)
+		s.exp.set(c, id.expires, id.hookExpiry)
 		c.sess = s
-		if _, finish, err := n.subscribeConn(c, rawCh, nil, ""); err != nil {
-			c.close(CloseTryAgainLater, toProto(err).Message)
+		if _, finish, err := n.subscribeConn(c, rawCh, nil, "", nil); err != nil {
+			code := CloseTryAgainLater
+			if err.Code != protocol.CodeUnavailable {
+				code = ClosePolicyViolation // the subscribe hook refused
+			}
+			c.close(code, err.Message)
 		} else {
 			finish()
 		}
 	} else {
-		c.sess = newV1Session(c, id)
+		c.sess = newV1Session(c, id, r)
 	}
 	n.mu.Lock()
 	closing, draining := n.closing, n.draining
@@ -390,7 +404,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		c.close(CloseGoingAway, "server shutting down")
 	}
 	if n.cfg.OnConnect != nil {
-		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Raw: raw, RawChannel: rawCh, RemoteAddr: r.RemoteAddr})
+		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Info: c.info, Raw: raw, RawChannel: rawCh, RemoteAddr: r.RemoteAddr})
 	}
 	n.log.Debug("connected", "client", c.id, "user", c.user, "raw", raw, "remote", r.RemoteAddr)
 	c.startReader(hs.deflate)
@@ -401,7 +415,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 func (n *Node) newConn(nc net.Conn, hs handshake, id identity, ip string, raw bool) *conn {
 	c := &conn{
 		node:   n,
-		id:     newID(),
+		id:     id.client,
 		ip:     ip,
 		raw:    raw,
 		echo:   false,
@@ -428,6 +442,7 @@ func (n *Node) newConn(nc net.Conn, hs handshake, id identity, ip string, raw bo
 
 // identity is who a handshake says the client is.
 type identity struct {
+	client string // the connection's id, chosen before the hooks see it
 	user   string
 	info   json.RawMessage
 	grants map[string]struct{}
@@ -435,7 +450,10 @@ type identity struct {
 	// token came with the handshake).
 	authed  bool
 	expires time.Time
-	echo    bool // raw mode's echo=1
+	// hookExpiry: expires was set by the connect hook, and the refresh
+	// hook extends it (a token's expiry is the client's to refresh).
+	hookExpiry bool
+	echo       bool // raw mode's echo=1
 }
 
 // identify says who a handshake's client is: Config.Authenticate's user,
@@ -443,12 +461,12 @@ type identity struct {
 // Authorization: Bearer header, or for raw mode the token query
 // parameter). For raw mode it also checks the channel and that the client
 // may subscribe to it.
-func (n *Node) identify(r *http.Request, raw bool, rawCh string) (id identity, no *handshakeRefusal) {
+func (n *Node) identify(r *http.Request, raw bool, rawCh string, id *identity) (no *handshakeRefusal) {
 	var rawNS *Namespace
 	if raw {
 		ns, err := n.channelNamespace(rawCh)
 		if err != nil {
-			return id, &handshakeRefusal{http.StatusBadRequest, "Bad Request: " + err.Message}
+			return &handshakeRefusal{http.StatusBadRequest, "Bad Request: " + err.Message}
 		}
 		rawNS, id.echo = ns, r.URL.Query().Get("echo") == "1"
 	}
@@ -460,21 +478,26 @@ func (n *Node) identify(r *http.Request, raw bool, rawCh string) (id identity, n
 		if err != nil {
 			n.metrics.authFailures.Add(1)
 			n.log.Info("connection refused by Authenticate", "remote", r.RemoteAddr, "err", err)
-			return id, &handshakeRefusal{http.StatusUnauthorized, "Unauthorized"}
+			return &handshakeRefusal{http.StatusUnauthorized, "Unauthorized"}
 		}
 		id.user, id.info = creds.UserID, creds.Info
 	}
 	if n.cfg.Tokens == nil {
 		id.authed = true
-	} else if no := n.handshakeToken(r, raw, &id); no != nil {
-		return id, no
+	} else if no := n.handshakeToken(r, raw, id); no != nil {
+		return no
+	}
+	if raw && n.cfg.Hooks.Connect != nil {
+		if no := n.rawConnectHook(r, rawCh, id); no != nil {
+			return no
+		}
 	}
 	if raw {
 		if err := n.permit(id.user, id.grants, rawCh, rawNS.AllowSubscribe); err != nil {
-			return id, &handshakeRefusal{http.StatusForbidden, "Forbidden: " + err.Message}
+			return &handshakeRefusal{http.StatusForbidden, "Forbidden: " + err.Message}
 		}
 	}
-	return id, nil
+	return nil
 }
 
 // handshakeToken verifies the token sent with a handshake, if any, into id.
@@ -698,13 +721,22 @@ func (n *Node) HandleControl(data []byte) {
 		if c := n.hub.conn(m.Client); c != nil {
 			c.close(m.Code, m.Reason)
 		}
-	case "unsubscribe_user":
+	case "unsubscribe_user", "unsubscribe_client":
 		// Not on this goroutine: ending a channel's last subscription calls
 		// the broker (Unsubscribe), whose answer may need the very goroutine
 		// that delivers this message (Redis reads its pub/sub connection
 		// there): waiting for it stalled all delivery until the link was
-		// deemed dead, and every subscriber got 4006.
-		n.goBackground(func() { n.unsubscribeUserHere(m.User, m.Channel, m.Reason) })
+		// deemed dead, and every subscriber got 4006. The same holds for
+		// a first subscription (Subscribe).
+		// In order with the subscribes: a subscribe then an unsubscribe
+		// must leave the connection unsubscribed.
+		if conns := n.connsOf(m); len(conns) > 0 {
+			n.inOrder(func() { n.unsubscribeHere(conns, m.Channel, m.Reason) })
+		}
+	case "subscribe_user", "subscribe_client":
+		if conns := n.connsOf(m); len(conns) > 0 {
+			n.inOrder(func() { n.subscribeHere(conns, m.Channel) })
+		}
 	case "disconnect_user":
 		n.hub.forEachUserConn(m.User, func(c *conn) { c.close(m.Code, m.Reason) })
 	default:
@@ -712,32 +744,14 @@ func (n *Node) HandleControl(data []byte) {
 	}
 }
 
-// unsubscribeUserHere ends user's subscriptions to channel on this node:
-// a protocol client gets an unsub push, a raw one is closed.
-func (n *Node) unsubscribeUserHere(user, channel, reason string) {
-	var conns []*conn
-	n.hub.forEachUserConn(user, func(c *conn) { conns = append(conns, c) })
-	for _, c := range conns { // outside the hub lock: this takes other locks
-		// Once removeSubscription returns no fan-out queues c anything
-		// more of the channel, so the push comes after its last pub.
-		switch {
-		case !n.removeSubscription(c, channel):
-		case c.raw: // its one channel is gone: nothing left to serve
-			c.close(CloseForbidden, reason)
-		default:
-			c.enqueue(c.frame(wsframe.OpText, protocol.AppendUnsubPush(nil, channel, protocol.UnsubServer, reason)))
-		}
-	}
-}
-
 // goBackground runs f on a goroutine the node owns: Shutdown waits for it
 // (f's broker calls end with the node's context). Once the node is shut
-// down it runs nothing.
-func (n *Node) goBackground(f func()) {
+// down it runs nothing, and reports false.
+func (n *Node) goBackground(f func()) bool {
 	n.mu.Lock()
 	if n.ctx.Err() != nil {
 		n.mu.Unlock()
-		return
+		return false
 	}
 	n.bg.Add(1)
 	n.mu.Unlock()
@@ -745,6 +759,7 @@ func (n *Node) goBackground(f func()) {
 		defer n.bg.Done()
 		f()
 	}()
+	return true
 }
 
 // Send sends data to one connection, on whichever node holds it, as a

@@ -1,6 +1,7 @@
 package herald
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -25,35 +26,70 @@ type session interface {
 
 // expiry closes a connection when the credentials it was admitted with
 // expire (CloseTokenExpired), unless renewed first. Both sessions have one:
-// a raw client's token expires as a protocol client's does.
+// a raw client's token expires as a protocol client's does. An expiry the
+// connect hook set is the backend's to extend: when it comes, Hooks.Refresh
+// is asked (on the timer's goroutine), and the connection closes only if
+// the backend refuses.
 type expiry struct {
-	mu    sync.Mutex
-	timer *time.Timer
-	unix  int64 // the expiry, Unix seconds, while the timer is set
+	mu      sync.Mutex
+	timer   *time.Timer
+	unix    int64 // the expiry, Unix seconds, while the timer is set
+	hook    bool  // set by the connect or refresh hook
+	stopped bool  // the connection ended: set nothing more
 }
 
-// set (re)arms the timer for exp; a zero exp means none.
-func (e *expiry) set(c *conn, exp time.Time) {
+// set (re)arms the timer for exp; a zero exp means none. viaHook says
+// the hooks set it.
+func (e *expiry) set(c *conn, exp time.Time, viaHook bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.stopLocked()
-	if exp.IsZero() {
+	if exp.IsZero() || e.stopped {
 		return
 	}
-	e.unix = exp.Unix()
+	e.unix, e.hook = exp.Unix(), viaHook
+	if viaHook && c.node.cfg.Hooks.Refresh != nil {
+		e.timer = time.AfterFunc(time.Until(exp), func() { e.refresh(c) })
+		return
+	}
 	e.timer = time.AfterFunc(time.Until(exp), func() { c.close(CloseTokenExpired, "token expired") })
 }
 
-// at returns the expiry, if one is set.
+// refresh asks Hooks.Refresh to extend the connection. A refusal closes
+// it; a failure keeps it and asks again after Hooks.RefreshRetry, so that
+// a backend outage does not disconnect everyone at once.
+func (e *expiry) refresh(c *conn) {
+	n := c.node
+	var reply *RefreshReply
+	v, perr := n.callHook(hookRefresh, c.id, func(ctx context.Context) (err error) {
+		reply, err = n.cfg.Hooks.Refresh(ctx, &RefreshEvent{Client: c.clientInfo()})
+		return err
+	})
+	switch {
+	case v == hookRefused:
+		c.close(closeForRefusal(perr), perr.Message)
+	case v == hookFailed:
+		e.set(c, time.Now().Add(n.cfg.Hooks.RefreshRetry), true)
+	case reply != nil:
+		e.set(c, reply.ExpiresAt, true)
+	default:
+		e.set(c, time.Time{}, true)
+	}
+}
+
+// at returns the expiry the client must refresh a token before, if one
+// is set: not one the hooks extend.
 func (e *expiry) at() (unix int64, ok bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.unix, e.timer != nil
+	return e.unix, e.timer != nil && !e.hook
 }
 
+// stop ends the expiry for good, as the connection ends.
 func (e *expiry) stop() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.stopped = true
 	e.stopLocked()
 }
 

@@ -1,6 +1,10 @@
 package herald
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/heraldhq/herald/protocol"
+)
 
 // rawSession is raw relay mode (PROTOCOL.md, "Raw mode") on one
 // connection: every message the client sends is published, verbatim and
@@ -31,6 +35,14 @@ func (s *rawSession) message(msg []byte, binary bool) {
 		return
 	}
 	pub := &Publication{Channel: s.channel, Data: bytes.Clone(msg), Binary: binary, Origin: c.id}
+	if perr := n.publishHook(c, pub, false); perr != nil {
+		code := ClosePolicyViolation
+		if perr.Code == protocol.CodeUnavailable {
+			code = CloseTryAgainLater
+		}
+		c.close(code, perr.Message)
+		return
+	}
 	n.metrics.pubRaw.Add(1)
 	ctx, cancel := n.opCtx()
 	defer cancel()

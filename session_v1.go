@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,16 +30,25 @@ type v1Session struct {
 	mu        sync.Mutex
 	authTimer *time.Timer // closes a connection that does not connect in time
 	exp       expiry      // closes it when its token expires unrefreshed
+
+	// header and url are the handshake's, kept for the connect hook until
+	// connect (reader only).
+	header http.Header
+	url    string
 }
 
 var _ session = (*v1Session)(nil)
 
 // newV1Session starts a session for a connection the handshake identified
-// as id: with a connect timeout if it must still authenticate, and the
-// handshake token's expiry if it had one.
-func newV1Session(c *conn, id identity) *v1Session {
+// as id: with a connect timeout if it must still authenticate (it must,
+// with a connect hook: the hook runs on connect), and the handshake
+// token's expiry if it had one.
+func newV1Session(c *conn, id identity, r *http.Request) *v1Session {
 	s := &v1Session{c: c}
-	if id.authed {
+	if c.node.cfg.Hooks.Connect != nil {
+		s.header, s.url = r.Header, r.URL.String()
+	}
+	if id.authed && c.node.cfg.Hooks.Connect == nil {
 		s.authed.Store(true)
 	} else {
 		s.authTimer = time.AfterFunc(c.node.cfg.ConnectTimeout, func() {
@@ -47,7 +57,7 @@ func newV1Session(c *conn, id identity) *v1Session {
 			}
 		})
 	}
-	s.exp.set(c, id.expires)
+	s.exp.set(c, id.expires, false)
 	return s
 }
 
@@ -112,11 +122,17 @@ func (s *v1Session) message(msg []byte, binary bool) {
 	case protocol.CmdSubscribe:
 		s.subscribe(cmd)
 	case protocol.CmdUnsubscribe:
-		if err := n.unsubscribeConn(c, cmd.Channel); err != nil {
+		c.subMu.Lock()
+		err := n.unsubscribeConn(c, cmd.Channel)
+		c.subMu.Unlock()
+		if err != nil {
 			s.fail(cmd.ID, err)
 			return
 		}
 		s.reply(cmd.ID, nil, nil)
+		n.unsubscribed(c, cmd.Channel, "client")
+	case protocol.CmdRPC:
+		s.rpc(cmd, binary)
 	case protocol.CmdPublish:
 		s.publish(cmd, payload, binary)
 	case protocol.CmdHistory:
@@ -129,7 +145,9 @@ func (s *v1Session) message(msg []byte, binary bool) {
 }
 
 func (s *v1Session) subscribe(cmd protocol.Command) {
-	res, finish, err := s.c.node.subscribeConn(s.c, cmd.Channel, cmd.Since, cmd.Token)
+	s.c.subMu.Lock()
+	defer s.c.subMu.Unlock()
+	res, finish, err := s.c.node.subscribeConn(s.c, cmd.Channel, cmd.Since, cmd.Token, cmd.Data)
 	if err != nil {
 		s.fail(cmd.ID, err)
 		return
@@ -157,6 +175,10 @@ func (s *v1Session) publish(cmd protocol.Command, payload []byte, binary bool) {
 		return
 	}
 	pub := &Publication{Channel: cmd.Channel, Data: bytes.Clone(payload), Binary: binary, Origin: c.id}
+	if perr := n.publishHook(c, pub, true); perr != nil {
+		s.fail(cmd.ID, perr)
+		return
+	}
 	n.metrics.pubClient.Add(1)
 	ctx, cancel := n.opCtx()
 	defer cancel()
@@ -275,7 +297,15 @@ func (s *v1Session) connect(cmd protocol.Command) {
 			}
 			c.grants[ch] = struct{}{}
 		}
-		s.exp.set(c, claims.ExpiresAt)
+		s.exp.set(c, claims.ExpiresAt, false)
+	}
+	var hooked *ConnectReply
+	if !refresh && n.cfg.Hooks.Connect != nil {
+		var ok bool
+		if hooked, ok = s.connectHook(cmd); !ok {
+			return
+		}
+		s.header = nil // not needed any more
 	}
 	s.connected = true
 	if !s.authed.Load() {
@@ -291,5 +321,11 @@ func (s *v1Session) connect(cmd protocol.Command) {
 	if unix, ok := s.exp.at(); ok {
 		res.Expires = unix
 	}
+	if hooked != nil {
+		res.Data = hooked.Data
+	}
 	s.reply(cmd.ID, res, nil)
+	if !refresh && (hooked != nil && len(hooked.Channels) > 0 || len(cmd.Subs) > 0) {
+		s.connectSubs(hooked, cmd.Subs)
+	}
 }

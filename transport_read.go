@@ -203,7 +203,9 @@ func (c *conn) handleControl() bool {
 	case wsframe.OpClose:
 		// Echo the client's code (RFC 6455 section 5.5.1), unless we sent ours.
 		if code := wsframe.CloseCode(payload); code == protocol.CloseNoStatus {
-			c.closeFrame(wsframe.Append(nil, wsframe.OpClose, nil, false), false)
+			if c.closeFrame(wsframe.Append(nil, wsframe.OpClose, nil, false), false) {
+				c.setEnded(protocol.CloseNoStatus, "")
+			}
 		} else {
 			c.close(code, "")
 		}

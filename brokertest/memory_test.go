@@ -24,3 +24,10 @@ func TestMemoryPresence(t *testing.T) {
 func TestMemoryLiveSubscribe(t *testing.T) {
 	brokertest.RunLiveSubscribe(t, func(t *testing.T) herald.Broker { return herald.NewMemoryBroker() })
 }
+
+func TestMemoryEventStore(t *testing.T) {
+	brokertest.RunEventStore(t, func(t *testing.T) (herald.EventStore, herald.EventStore) {
+		s := herald.NewMemoryEventStore()
+		return s, s
+	})
+}

@@ -8,6 +8,7 @@
 package httpapi
 
 import (
+	"context"
 	"crypto/subtle"
 	_ "embed"
 	"encoding/base64"
@@ -106,6 +107,9 @@ func (a *api) routes() []apiRoute {
 		{"POST", "/api/v1/send_user", a.sendUser},
 		{"POST", "/api/v1/disconnect_user", a.disconnectUser},
 		{"POST", "/api/v1/unsubscribe_user", a.unsubscribeUser},
+		{"POST", "/api/v1/subscribe_user", a.serverSide("user", a.n.SubscribeUser)},
+		{"POST", "/api/v1/subscribe_client", a.serverSide("client", a.n.SubscribeClient)},
+		{"POST", "/api/v1/unsubscribe_client", a.serverSide("client", a.n.UnsubscribeClient)},
 		{"GET", "/api/v1/channels", a.channels},
 		{"GET", "/api/v1/presence", a.presence},
 		{"GET", "/api/v1/presence_stats", a.presenceStats},
@@ -328,6 +332,34 @@ func (a *api) unsubscribeUser(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpx.WriteJSON(w, http.StatusOK, struct{}{})
+}
+
+// serverSide serves a server-side subscription call: {who, channel}
+// where who is "user" or "client".
+func (a *api) serverSide(who string, call func(ctx context.Context, id, channel string) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			User    string `json:"user"`
+			Client  string `json:"client"`
+			Channel string `json:"channel"`
+		}
+		if !a.decode(w, r, &req) {
+			return
+		}
+		id := req.User
+		if who == "client" {
+			id = req.Client
+		}
+		if id == "" {
+			a.fail(w, http.StatusBadRequest, "bad_request", who+" is required", who)
+			return
+		}
+		if err := call(r.Context(), id, req.Channel); err != nil {
+			a.nodeError(w, err, "channel")
+			return
+		}
+		httpx.WriteJSON(w, http.StatusOK, struct{}{})
+	}
 }
 
 func (a *api) channels(w http.ResponseWriter, r *http.Request) {

@@ -332,3 +332,51 @@ func TestAPIHistoryByteExact(t *testing.T) {
 		}
 	}
 }
+
+// subscribe_user, subscribe_client and unsubscribe_client over HTTP: the
+// client is told by pushes and receives the channel in between.
+func TestAPIServerSideSubscriptions(t *testing.T) {
+	t.Parallel()
+	s := newAPIServer(t, herald.Config{Authenticate: func(r *http.Request) (herald.Credentials, error) {
+		return herald.Credentials{UserID: r.Header.Get("X-Test-User")}, nil
+	}})
+	ann := s.dial(t, "/ws", http.Header{"X-Test-User": {"ann"}})
+	var res protocol.ConnectResult
+	if err := json.Unmarshal(ann.OK(protocol.Command{Cmd: "connect"}).Result, &res); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.call(t, "POST", "/api/v1/subscribe_user", `{"user":"ann","channel":"team"}`, nil); st != 200 {
+		t.Fatal(st)
+	}
+	if m := ann.ReadJSON(); m.Push != protocol.PushSubscribe || m.Channel != "team" {
+		t.Fatalf("%+v", m)
+	}
+	if st := s.call(t, "POST", "/api/v1/subscribe_client", `{"client":"`+res.Client+`","channel":"desk"}`, nil); st != 200 {
+		t.Fatal(st)
+	}
+	if m := ann.ReadJSON(); m.Push != protocol.PushSubscribe || m.Channel != "desk" {
+		t.Fatalf("%+v", m)
+	}
+	if st := s.call(t, "POST", "/api/v1/publish", `{"channel":"desk","data":1}`, nil); st != 200 {
+		t.Fatal(st)
+	}
+	if m := ann.ReadJSON(); m.Push != "pub" || string(m.Data) != "1" {
+		t.Fatalf("%+v", m)
+	}
+	if st := s.call(t, "POST", "/api/v1/unsubscribe_client", `{"client":"`+res.Client+`","channel":"desk"}`, nil); st != 200 {
+		t.Fatal(st)
+	}
+	if m := ann.ReadJSON(); m.Push != protocol.PushUnsub || m.Channel != "desk" {
+		t.Fatalf("%+v", m)
+	}
+	for _, tc := range []struct{ path, body, field string }{
+		{"/api/v1/subscribe_user", `{"channel":"x"}`, "user"},
+		{"/api/v1/subscribe_client", `{"user":"ann","channel":"x"}`, "client"},
+		{"/api/v1/unsubscribe_client", `{"client":"c","channel":"bad channel"}`, "channel"},
+	} {
+		var e apiErr
+		if st := s.call(t, "POST", tc.path, tc.body, &e); st != 400 || e.Error.Field != tc.field {
+			t.Errorf("%s %s: %d %+v", tc.path, tc.body, st, e)
+		}
+	}
+}

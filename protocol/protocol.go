@@ -487,6 +487,38 @@ func AppendUnsubPush(dst []byte, channel, code, reason string) []byte {
 	return dst
 }
 
+// AppendRPCResult appends the JSON of an rpc result, its data byte for
+// byte (it must be valid JSON), as AppendReply does a result.
+func AppendRPCResult(dst []byte, r RPCResult) []byte {
+	if len(r.Data) == 0 {
+		return append(dst, "{}"...)
+	}
+	dst = append(dst, `{"data":`...)
+	dst = append(dst, r.Data...)
+	return append(dst, '}')
+}
+
+// AppendSubscribePush appends a complete subscribe push: the channel and
+// its position, as in r.
+func AppendSubscribePush(dst []byte, channel string, r SubscribeResult) []byte {
+	dst = AppendPushHeader(dst, PushSubscribe, channel, r.Offset)
+	if r.Epoch != "" {
+		e, _ := json.Marshal(r.Epoch) // a string: cannot fail
+		dst = append(dst, `,"epoch":`...)
+		dst = append(dst, e...)
+	}
+	if r.Recovered != nil {
+		dst = append(dst, `,"recovered":`...)
+		dst = strconv.AppendBool(dst, *r.Recovered)
+	}
+	if r.Reason != "" {
+		dst = append(dst, `,"reason":"`...)
+		dst = append(dst, r.Reason...) // one of the Reason constants
+		dst = append(dst, '"')
+	}
+	return append(dst, '}')
+}
+
 // AppendBinaryPush appends a complete binary-form push: header, '\n', payload.
 func AppendBinaryPush(dst []byte, kind, channel string, offset uint64, payload []byte) []byte {
 	dst = AppendPushHeader(dst, kind, channel, offset)
