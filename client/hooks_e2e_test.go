@@ -313,3 +313,38 @@ func TestServerSubscriptionRecoveryFailed(t *testing.T) {
 		t.Errorf("announcements in %q, want 2", rec.list())
 	}
 }
+
+// The app may unsubscribe a server-side subscription: the server drops it,
+// and it is not named in the next connect (the hook grants none here).
+func TestUnsubscribeServerSide(t *testing.T) {
+	t.Parallel()
+	var grant atomic.Value
+	grant.Store([]string(nil))
+	ts := grantServer(t, &grant)
+	var (
+		rec  serverSubs
+		logs logCapture
+	)
+	c := connect(t, ts.url, client.Options{OnServerSubscribe: rec.onServerSubscribe, Logger: slog.New(&logs)})
+	if err := ts.node().SubscribeClient(ctxT(t), c.ID(), "vip:alerts"); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitEvents(t, "sub vip:alerts")
+	if err := rec.sub("vip:alerts").Unsubscribe(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if n := subscribers(ts.node(), "vip:alerts"); n != 0 {
+		t.Fatalf("vip:alerts has %d subscribers after Unsubscribe, want 0", n)
+	}
+	first := c.ID()
+	if err := ts.node().Disconnect(ctxT(t), first, herald.CloseDisconnected, "test"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reconnect", func() bool { return c.ID() != first && c.State() == client.StateConnected })
+	if got := logs.ints("connected", "restoring"); !slices.Equal(got, []int64{0, 0}) {
+		t.Errorf("restoring %v at the connects, want [0 0]", got)
+	}
+	if got := rec.list(); len(got) != 1 {
+		t.Errorf("events %q, want the announcement only (no OnUnsubscribed after Unsubscribe)", got)
+	}
+}
