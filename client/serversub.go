@@ -63,6 +63,10 @@ func (c *Client) serverSubscribed(f *inFrame) {
 		// The missed publications follow; the position moves with them.
 		sub.restoring = false
 		sub.pos.Epoch = f.Epoch
+	case f.Recovered == nil && f.Epoch == "" && sub.pos.Epoch == "":
+		// A channel without history: nothing to recover, as for the
+		// client's own subscriptions (delivery there is at most once).
+		sub.restoring = false
 	default:
 		// Not recovered, or made again without the position the connect
 		// command carried: publications may have been missed.

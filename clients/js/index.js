@@ -404,8 +404,9 @@ export class Herald {
    * reached, so that the server can make it again and recover what was
    * missed; null when there is none. A channel without history has no
    * position, but subs names every channel: it goes with offset 0 and an
-   * empty epoch, and the server answers that it could not recover
-   * (no_history), which is true: what was published meanwhile is lost.
+   * empty epoch, which the server takes for "no position": it makes the
+   * subscription again with nothing to recover, as a resubscribe of the
+   * client's own subscriptions without history does.
    */
   _serverSidePositions() {
     let subs = null;
