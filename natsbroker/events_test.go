@@ -1,0 +1,194 @@
+package natsbroker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/brokertest"
+	"github.com/heraldhq/herald/natsbroker"
+)
+
+// TestEventStoreConformance: two brokers (two connections, as two nodes)
+// on one prefix share one store.
+func TestEventStoreConformance(t *testing.T) {
+	natsURL(t)
+	brokertest.RunEventStore(t, func(t *testing.T) (herald.EventStore, herald.EventStore) {
+		return newBroker(t, testOpts{}).EventStore(), newBroker(t, testOpts{}).EventStore()
+	})
+}
+
+func evt(kind, key string) *herald.Event {
+	return &herald.Event{ID: fmt.Sprint(kind, "/", key, "/", time.Now().UnixNano()), Kind: kind, Key: key, Time: time.Now().UTC()}
+}
+
+// streamMsgs returns the number of messages in the events stream.
+func streamMsgs(t *testing.T, prefix string) uint64 {
+	t.Helper()
+	nc, err := nats.Connect(natsURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, prefix+"_events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// drain delivers the whole outbox as the deliverer does: Pending, then Ack
+// of the last position, until empty.
+func drain(t *testing.T, s herald.EventStore) []herald.EventRecord {
+	t.Helper()
+	ctx := context.Background()
+	var all []herald.EventRecord
+	for {
+		recs, err := s.Pending(ctx, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) == 0 {
+			return all
+		}
+		all = append(all, recs...)
+		if err := s.Ack(ctx, recs[len(recs)-1].Pos); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestEventStoreCompaction: once delivered, the stream keeps only the
+// current state of held keys: a key nobody holds, superseded states and
+// delivered appends are removed, an undelivered edge is never.
+func TestEventStoreCompaction(t *testing.T) {
+	natsURL(t)
+	t.Parallel()
+	a, b := newBroker(t, testOpts{}), newBroker(t, testOpts{})
+	sa, sb := a.EventStore(), b.EventStore()
+	ctx := context.Background()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// k1: held by two nodes, then by one; k2: on and off before delivery.
+	must(sa.Hold(ctx, "n1", "user:k1", evt("on", "user:k1")))
+	must(sb.Hold(ctx, "n2", "user:k1", evt("on", "user:k1")))
+	must(sa.Release(ctx, "n1", "user:k1", evt("off", "user:k1")))
+	must(sa.Hold(ctx, "n1", "user:k2", evt("on", "user:k2")))
+	must(sb.Hold(ctx, "n2", "user:k2", evt("on", "user:k2")))
+	must(sa.Release(ctx, "n1", "user:k2", evt("off", "user:k2")))
+	must(sb.Release(ctx, "n2", "user:k2", evt("off", "user:k2")))
+	must(sb.Append(ctx, evt("p", "channel:x"), evt("p", "channel:x")))
+	got := drain(t, sa)
+	var kinds []string
+	for _, r := range got {
+		kinds = append(kinds, r.Event.Kind+" "+r.Event.Key)
+	}
+	want := fmt.Sprint([]string{"on user:k1", "on user:k2", "off user:k2", "p channel:x", "p channel:x"})
+	if fmt.Sprint(kinds) != want {
+		t.Fatalf("delivered %q, want %s", kinds, want)
+	}
+	// Left: k1's state only (held by n2).
+	if n := streamMsgs(t, prefix(t)); n != 1 {
+		t.Fatalf("%d messages left in the stream, want 1 (k1's state)", n)
+	}
+	// The kept state is right: n2's release is an edge.
+	must(sb.Release(ctx, "n2", "user:k1", evt("off", "user:k1")))
+	if got := drain(t, sb); len(got) != 1 || got[0].Event.Kind != "off" {
+		t.Fatalf("after the last release: %+v", got)
+	}
+	if n := streamMsgs(t, prefix(t)); n != 0 {
+		t.Fatalf("%d messages left in the stream, want 0", n)
+	}
+	// Nothing pending, nothing walked again.
+	if recs, err := sa.Pending(ctx, 10); err != nil || len(recs) != 0 {
+		t.Fatalf("pending %v %v", recs, err)
+	}
+}
+
+// TestEventStorePartialAppend: Pending may stop inside one Append's
+// message; the rest follows after the Ack, once.
+func TestEventStorePartialAppend(t *testing.T) {
+	natsURL(t)
+	t.Parallel()
+	s := newBroker(t, testOpts{}).EventStore()
+	ctx := context.Background()
+	var in []*herald.Event
+	for i := range 5 {
+		in = append(in, evt("p", fmt.Sprint("k", i)))
+	}
+	if err := s.Append(ctx, in...); err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for {
+		recs, err := s.Pending(ctx, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) == 0 {
+			break
+		}
+		for _, r := range recs {
+			keys = append(keys, r.Event.Key)
+		}
+		if err := s.Ack(ctx, recs[len(recs)-1].Pos); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fmt.Sprint(keys) != "[k0 k1 k2 k3 k4]" {
+		t.Fatalf("delivered %v", keys)
+	}
+}
+
+// TestEventStoreBadInput: empty names, nil events and foreign positions
+// are refused with an error.
+func TestEventStoreBadInput(t *testing.T) {
+	natsURL(t)
+	t.Parallel()
+	s := newBroker(t, testOpts{}).EventStore()
+	ctx := context.Background()
+	if err := s.Hold(ctx, "", "user:a", evt("on", "user:a")); err == nil {
+		t.Error("Hold with an empty node")
+	}
+	if err := s.Hold(ctx, "n", "", evt("on", "")); err == nil {
+		t.Error("Hold with an empty key")
+	}
+	if err := s.Hold(ctx, "n", "user:a", nil); err == nil {
+		t.Error("Hold without an event")
+	}
+	if err := s.Append(ctx, nil); err == nil {
+		t.Error("Append of nil")
+	}
+	for _, pos := range []string{"", "x", "0", "1.-1", "1.x"} {
+		if err := s.Ack(ctx, pos); err == nil {
+			t.Errorf("Ack(%q) accepted", pos)
+		}
+	}
+}
+
+// TestEventStoreLiveOnly: without JetStream the store says why it cannot.
+func TestEventStoreLiveOnly(t *testing.T) {
+	natsURL(t)
+	t.Parallel()
+	s := newBroker(t, testOpts{liveOnly: true}).EventStore()
+	if err := s.Append(context.Background(), evt("p", "k")); !errors.Is(err, natsbroker.ErrNoJetStream) {
+		t.Fatalf("Append live-only: %v, want ErrNoJetStream", err)
+	}
+}
