@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -190,5 +192,99 @@ func TestEventStoreLiveOnly(t *testing.T) {
 	s := newBroker(t, testOpts{liveOnly: true}).EventStore()
 	if err := s.Append(context.Background(), evt("p", "k")); !errors.Is(err, natsbroker.ErrNoJetStream) {
 		t.Fatalf("Append live-only: %v, want ErrNoJetStream", err)
+	}
+}
+
+// TestEventStoreDeliverWhileWriting: a deliverer drains the outbox while
+// four nodes on two connections hold and release three keys and append:
+// every event comes out once, each key's events alternate on and off, and
+// at the end (every key released, all delivered) the stream is empty.
+func TestEventStoreDeliverWhileWriting(t *testing.T) {
+	natsURL(t)
+	t.Parallel()
+	sa, sb := newBroker(t, testOpts{}).EventStore(), newBroker(t, testOpts{}).EventStore()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	keys := []string{"channel:a", "channel:b", "user:c"}
+	var wg sync.WaitGroup
+	var appended atomic.Int64
+	for i := range 4 {
+		s, node := sa, fmt.Sprint("n", i)
+		if i%2 == 1 {
+			s = sb
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 15 {
+				k := keys[(i+j)%len(keys)]
+				if err := s.Hold(ctx, node, k, evt("on", k)); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := s.Append(ctx, evt("p", k)); err != nil {
+					t.Error(err)
+					return
+				}
+				appended.Add(1)
+				if err := s.Release(ctx, node, k, evt("off", k)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	var got []herald.EventRecord
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	for writing := true; writing; {
+		select {
+		case <-done:
+			writing = false
+		default:
+		}
+		recs, err := sa.Pending(ctx, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) > 0 {
+			got = append(got, recs...)
+			if err := sa.Ack(ctx, recs[len(recs)-1].Pos); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	got = append(got, drain(t, sa)...)
+	seen := map[string]bool{}
+	last := map[string]string{}
+	pubs := 0
+	for _, r := range got {
+		if seen[r.Event.ID] {
+			t.Fatalf("event %s delivered twice", r.Event.ID)
+		}
+		seen[r.Event.ID] = true
+		switch r.Event.Kind {
+		case "p":
+			pubs++
+		case "on", "off":
+			if last[r.Event.Key] == r.Event.Kind {
+				t.Fatalf("two %s in a row for %s", r.Event.Kind, r.Event.Key)
+			}
+			last[r.Event.Key] = r.Event.Kind
+		}
+	}
+	if pubs != int(appended.Load()) {
+		t.Fatalf("%d appended events delivered, %d appended", pubs, appended.Load())
+	}
+	for _, k := range keys {
+		if last[k] != "off" {
+			t.Errorf("%s: last event %q, want off", k, last[k])
+		}
+	}
+	if n := streamMsgs(t, prefix(t)); n != 0 {
+		t.Fatalf("%d messages left in the stream, want 0", n)
 	}
 }
