@@ -90,13 +90,12 @@ func parsePos(s string) (evPos, error) {
 	return evPos{Seq: seq, Idx: idx}, nil
 }
 
-// walkedMsg is a message a Pending call read: the Ack that covers it
-// compacts the stream below it.
+// walkedMsg is a key state a Pending call read: the Ack that covers it
+// compacts the key's subject below it.
 type walkedMsg struct {
 	seq   uint64
 	subj  string
-	state bool // a key's state message (else an appended one)
-	empty bool // a state without holders
+	empty bool // no holders
 	old   bool // evState.Old
 }
 
@@ -629,7 +628,7 @@ func (s *eventStore) Pending(ctx context.Context, max int) ([]herald.EventRecord
 	}
 	var recs []herald.EventRecord
 	var walked []walkedMsg
-	end := false
+	end, lastSeq := false, uint64(0)
 	for len(recs) < max {
 		m, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(s.b.opts.Prefix+".ev.>"))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -639,13 +638,12 @@ func (s *eventStore) Pending(ctx context.Context, max int) ([]herald.EventRecord
 		if err != nil {
 			return nil, s.fail("read the outbox", err)
 		}
-		seq = m.Sequence + 1
+		seq, lastSeq = m.Sequence+1, m.Sequence
 		if m.Subject == s.appendSubject() {
 			var evs []herald.Event
 			if err := json.Unmarshal(m.Data, &evs); err != nil {
 				s.b.log.Warn("webhooks: malformed outbox message skipped", "seq", m.Sequence, "err", err)
 			}
-			walked = append(walked, walkedMsg{seq: m.Sequence, subj: m.Subject})
 			for i, e := range evs {
 				p := evPos{Seq: m.Sequence, Idx: i}
 				if i == len(evs)-1 {
@@ -666,7 +664,7 @@ func (s *eventStore) Pending(ctx context.Context, max int) ([]herald.EventRecord
 			s.b.log.Warn("webhooks: malformed key state skipped", "seq", m.Sequence, "err", err)
 			continue
 		}
-		walked = append(walked, walkedMsg{seq: m.Sequence, subj: m.Subject, state: true, empty: len(st.Holders) == 0, old: st.Old})
+		walked = append(walked, walkedMsg{seq: m.Sequence, subj: m.Subject, empty: len(st.Holders) == 0, old: st.Old})
 		if st.Event != nil {
 			recs = append(recs, herald.EventRecord{Pos: evPos{Seq: m.Sequence, Idx: posWhole}.String(), Event: *st.Event})
 		}
@@ -674,10 +672,10 @@ func (s *eventStore) Pending(ctx context.Context, max int) ([]herald.EventRecord
 	s.mu.Lock()
 	s.walked = walked
 	s.mu.Unlock()
-	if !end || len(walked) == 0 {
+	if !end || lastSeq == 0 {
 		return recs, nil
 	}
-	through := evPos{Seq: walked[len(walked)-1].seq, Idx: posWhole}
+	through := evPos{Seq: lastSeq, Idx: posWhole}
 	if len(recs) > 0 {
 		recs[len(recs)-1].Pos = through.String()
 		return recs, nil
@@ -745,7 +743,7 @@ func (s *eventStore) compact(ctx context.Context, p evPos) {
 	s.mu.Lock()
 	var todo []walkedMsg
 	for _, w := range s.walked {
-		if w.state && (w.seq < p.Seq || w.seq == p.Seq && p.Idx == posWhole) {
+		if w.seq < p.Seq || w.seq == p.Seq && p.Idx == posWhole {
 			todo = append(todo, w)
 		}
 	}

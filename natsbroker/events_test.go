@@ -288,3 +288,54 @@ func TestEventStoreDeliverWhileWriting(t *testing.T) {
 		t.Fatalf("%d messages left in the stream, want 0", n)
 	}
 }
+
+// TestEventStoreConcurrentReap: two nodes reaping one expired node at once
+// report it once between them, and each of its keys gets one off event.
+func TestEventStoreConcurrentReap(t *testing.T) {
+	natsURL(t)
+	t.Parallel()
+	sa, sb := newBroker(t, testOpts{}).EventStore(), newBroker(t, testOpts{}).EventStore()
+	ctx := context.Background()
+	if err := sa.Beat(ctx, "dead", 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		k := fmt.Sprint("user:", i)
+		if err := sa.Hold(ctx, "dead", k, evt("on", k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	off := func(k string) *herald.Event { return evt("off", k) }
+	var wg sync.WaitGroup
+	reaped := make([][]string, 2)
+	for i, s := range []herald.EventStore{sa, sb} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n, err := s.Reap(ctx, "", off)
+			if err != nil {
+				t.Error(err)
+			}
+			reaped[i] = n
+		}()
+	}
+	wg.Wait()
+	if all := append(reaped[0], reaped[1]...); len(all) != 1 || all[0] != "dead" {
+		t.Fatalf("reaped %q", reaped)
+	}
+	offs := map[string]int{}
+	for _, r := range drain(t, sb) {
+		if r.Event.Kind == "off" {
+			offs[r.Event.Key]++
+		}
+	}
+	if len(offs) != 5 {
+		t.Fatalf("off events %v, want one for each of 5 keys", offs)
+	}
+	for k, n := range offs {
+		if n != 1 {
+			t.Errorf("%s: %d off events", k, n)
+		}
+	}
+}
