@@ -304,6 +304,9 @@ func (n *Node) addSub(c *conn, channel string, e *subEntry, history bool) *Error
 		if err := n.broker.Subscribe(ctx, channel); err != nil {
 			n.streams.Delete(channel)
 			n.hub.removeSub(channel, c)
+			if e.chEvents {
+				n.events.channelDown(channel)
+			}
 			n.log.Warn("broker subscribe failed", "channel", channel, "err", err)
 			return errorf(protocol.CodeUnavailable, "subscribe failed: broker unavailable")
 		}
@@ -393,7 +396,9 @@ func (n *Node) unregister(c *conn) {
 		}
 	}
 	n.hub.removeConn(c)
-	n.events.userMoved(c.user, "")
+	if c.admitted.Load() {
+		n.events.userMoved(c.user, "")
+	}
 	n.disconnected(c)
 	n.log.Debug("disconnected", "client", c.id, "user", c.user)
 }

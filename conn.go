@@ -3,6 +3,7 @@ package herald
 import (
 	"encoding/json"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -58,6 +59,11 @@ type conn struct {
 	info     json.RawMessage
 	channels map[string]struct{}
 	grants   map[string]struct{}
+	// admitted: the connection is in — raw, or herald.v1 past what it
+	// must pass (connect, with token checks or a connect hook). Until
+	// then the server subscribes it to nothing and webhooks do not count
+	// its user.
+	admitted atomic.Bool
 	// endCode and endReason: how it ended (setEnded), under mu.
 	endCode   CloseCode
 	endReason string
@@ -68,6 +74,12 @@ type conn struct {
 	// other's result. Held across a subscribe's hook and history calls,
 	// which are bounded; taken before mu and the node's subLocks.
 	subMu sync.Mutex
+	// ops are the server-side subscription changes waiting for this
+	// connection, run in order by one goroutine while opsRunning
+	// (Node.serverOp); guarded by opsMu.
+	opsMu      sync.Mutex
+	ops        []func()
+	opsRunning bool
 
 	// limiter paces incoming messages at the rate in force at admission
 	// (nil with no MessageRate); refusals paces the refused ones (see

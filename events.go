@@ -34,8 +34,8 @@ import (
 // connections to another node does not make it flap offline and online.
 // Members and publications are not delayed.
 //
-// One node at a time delivers (a lease in the store, renewed every
-// NodeTTL/3); the others record. Events are in Event; the batch order is
+// One node at a time delivers (a lease in the store, renewed before each
+// call); the others record. Events are in Event; the batch order is
 // the outbox's.
 type Webhooks struct {
 	// Deliver sends a batch of events, in order, and returns nil once the
@@ -66,7 +66,9 @@ type Webhooks struct {
 	// Zero means 24 hours.
 	RetryFor time.Duration
 	// NodeTTL is how long a node that stopped beating is taken for alive;
-	// past it another node releases what it held. Zero means 15s.
+	// past it another node releases what it held. It is also the
+	// delivery lease, renewed before each Deliver call: keep it above
+	// Timeout plus Config.BrokerTimeout. Zero means 20s.
 	NodeTTL time.Duration
 	// Timeout bounds each Deliver call. Zero means 10s.
 	Timeout time.Duration

@@ -96,22 +96,7 @@ func (d *deliverer) step(ctx context.Context) bool {
 	defer d.mu.Unlock()
 	t := d.t
 	now := time.Now()
-	if !now.Before(d.leadUntil.Add(-t.cfg.NodeTTL * 2 / 3)) { // renew every NodeTTL/3
-		cctx, cancel := context.WithTimeout(ctx, t.n.cfg.BrokerTimeout)
-		ok, err := t.store.Lead(cctx, t.n.id, t.cfg.NodeTTL)
-		cancel()
-		if err != nil {
-			t.storeFailed("lead", err)
-			ok = false
-		}
-		if ok {
-			d.leadUntil = now.Add(t.cfg.NodeTTL)
-		} else {
-			d.leadUntil = time.Time{}
-		}
-		d.setStats(func(s *WebhookStats) { s.Leading = ok })
-	}
-	if d.leadUntil.IsZero() {
+	if !now.Before(d.leadUntil.Add(-t.cfg.NodeTTL*2/3)) && !d.lead(ctx) { // renew every NodeTTL/3
 		return false
 	}
 	if now.Sub(d.lastReap) >= t.cfg.NodeTTL/3 {
@@ -162,6 +147,12 @@ func (d *deliverer) step(ctx context.Context) bool {
 	for i, r := range recs {
 		events[i] = r.Event
 	}
+	// The lease is renewed right before each call, so that it outlasts
+	// the call (and its ack) unless Timeout and BrokerTimeout together
+	// reach NodeTTL: another node would then deliver the same events.
+	if !d.lead(ctx) {
+		return false
+	}
 	err = d.deliver(ctx, events)
 	if err != nil {
 		d.failures++
@@ -186,6 +177,43 @@ func (d *deliverer) step(ctx context.Context) bool {
 		s.Retrying, s.LastOK = false, time.Now()
 	})
 	return len(recs) == size
+}
+
+// lead takes or renews the delivery lease, and reports whether this node
+// leads. Under mu.
+func (d *deliverer) lead(ctx context.Context) bool {
+	t := d.t
+	cctx, cancel := context.WithTimeout(ctx, t.n.cfg.BrokerTimeout)
+	ok, err := t.store.Lead(cctx, t.n.id, t.cfg.NodeTTL)
+	cancel()
+	if err != nil {
+		t.storeFailed("lead", err)
+		ok = false
+	}
+	if ok {
+		d.leadUntil = time.Now().Add(t.cfg.NodeTTL)
+	} else {
+		d.leadUntil = time.Time{}
+	}
+	d.setStats(func(s *WebhookStats) { s.Leading = ok })
+	return ok
+}
+
+// resign gives the lease up, if this node holds it, as the node stops:
+// another node takes over at once rather than after NodeTTL. (A lead of
+// a millisecond is one that has ended.)
+func (d *deliverer) resign(ctx context.Context) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.leadUntil.IsZero() || ctx.Err() != nil {
+		return
+	}
+	t := d.t
+	cctx, cancel := context.WithTimeout(ctx, t.n.cfg.BrokerTimeout)
+	defer cancel()
+	if ok, err := t.store.Lead(cctx, t.n.id, time.Millisecond); err == nil && ok {
+		d.leadUntil = time.Time{}
+	}
 }
 
 // deliver makes one Deliver call, bounded by Timeout; a panic is a

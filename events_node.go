@@ -1,8 +1,10 @@
 package herald
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,9 +26,13 @@ type eventTracker struct {
 
 	mu    sync.Mutex
 	keys  map[string]*holding // store key -> what this node holds
-	queue []*Event            // appends waiting (publications)
-	// dropped counts the appends dropped because the queue was full.
+	queue []queued            // appends waiting (publications), in order
+	// seq numbers the edges and appends in the order they happened, so
+	// that sync sends them to the store in that order.
+	seq  uint64
 	wake chan struct{} // cap 1: a sync is wanted
+	// lastBeat is when the last Beat succeeded (beat's goroutine only).
+	lastBeat time.Time
 
 	syncMu sync.Mutex
 
@@ -42,8 +48,16 @@ type holding struct {
 	held  bool      // the store has this node as a holder
 	since time.Time // when count last rose from 0
 	gone  time.Time // when count last fell to 0
-	grace bool      // users and channels wait Grace before releasing
-	ev    Event     // the on-event's fields (kind, key, user, channel, client, info)
+	// upSeq and downSeq are the seq of those two moments.
+	upSeq, downSeq uint64
+	grace          bool  // users and channels wait Grace before releasing
+	ev             Event // the on-event's fields (kind, key, user, channel, client, info)
+}
+
+// queued is an append waiting for the store, with its seq.
+type queued struct {
+	seq uint64
+	ev  *Event
 }
 
 // maxQueuedEvents bounds the appends waiting for the store; past it (the
@@ -58,13 +72,17 @@ func newEventTracker(n *Node, cfg Webhooks) *eventTracker {
 		cfg.RetryFor = 24 * time.Hour
 	}
 	if cfg.NodeTTL <= 0 {
-		cfg.NodeTTL = 15 * time.Second
+		cfg.NodeTTL = 20 * time.Second
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = 100
+	}
+	if cfg.Timeout+n.cfg.BrokerTimeout >= cfg.NodeTTL {
+		n.log.Warn("webhooks: Timeout plus BrokerTimeout reach NodeTTL: a delivery may outlast the lease, and another node deliver the same events (at least once still holds)",
+			"timeout", cfg.Timeout, "broker_timeout", n.cfg.BrokerTimeout, "node_ttl", cfg.NodeTTL)
 	}
 	store := cfg.Store
 	if store == nil {
@@ -118,7 +136,8 @@ func (t *eventTracker) up(key string, grace bool, ev Event) {
 	}
 	h.count++
 	if h.count == 1 {
-		h.came, h.since = true, time.Now()
+		t.seq++
+		h.came, h.since, h.upSeq = true, time.Now(), t.seq
 	}
 	t.mu.Unlock()
 	t.poke()
@@ -131,7 +150,8 @@ func (t *eventTracker) down(key string) {
 	if h != nil && h.count > 0 {
 		h.count--
 		if h.count == 0 {
-			h.gone = time.Now()
+			t.seq++
+			h.gone, h.downSeq = time.Now(), t.seq
 		}
 	}
 	t.mu.Unlock()
@@ -198,7 +218,8 @@ func (t *eventTracker) published(c *conn, pub *Publication) {
 	t.mu.Lock()
 	full := len(t.queue) >= maxQueuedEvents
 	if !full {
-		t.queue = append(t.queue, e)
+		t.seq++
+		t.queue = append(t.queue, queued{t.seq, e})
 	}
 	t.mu.Unlock()
 	if full {
@@ -209,96 +230,118 @@ func (t *eventTracker) published(c *conn, pub *Publication) {
 	t.poke()
 }
 
-// storeOp is one store call sync decided on.
+// storeOp is one store call sync decided on: a Hold, a Release or an
+// Append, at its seq.
 type storeOp struct {
-	key     string
-	h       *holding
-	release bool
-	ev      *Event
+	seq  uint64
+	kind byte // 'h', 'r', 'a'
+	key  string
+	h    *holding
+	ev   *Event
 }
 
 // sync brings the store up to date with this node's holdings and queued
-// appends. final: release everything now, without grace (the node stops).
-// A failed store call leaves its change for the next sync.
+// appends, in the order they happened (seq), so that the events of one
+// key keep their order. final: the node stops; releases are left to the
+// Reap of itself that follows. A failed store call ends the round; what
+// it and the calls after it were to do is left for the next one, so
+// nothing overtakes it.
 func (t *eventTracker) sync(ctx context.Context, final bool) {
 	t.syncMu.Lock()
 	defer t.syncMu.Unlock()
+	ops := t.plan(final)
+	for i, op := range ops {
+		if err := t.exec(ctx, op); err != nil {
+			t.storeFailed(map[byte]string{'h': "hold", 'r': "release", 'a': "append"}[op.kind], err)
+			t.requeue(ops[i:])
+			return
+		}
+	}
+}
+
+// plan decides the round's store calls, sorted by seq.
+func (t *eventTracker) plan(final bool) []storeOp {
 	now := time.Now()
 	var ops []storeOp
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	for key, h := range t.keys {
+		if h.held {
+			h.came = false // a return within the grace: nothing to tell
+		}
 		switch {
 		case !h.held && (h.count > 0 || h.came):
 			on := h.ev
 			on.ID, on.Time = newID(), h.since.UTC().Truncate(time.Millisecond)
-			ops = append(ops, storeOp{key: key, h: h, ev: &on})
+			ops = append(ops, storeOp{seq: h.upSeq, kind: 'h', key: key, h: h, ev: &on})
 			h.came = false
-		case h.held && h.count == 0 && (final || !h.grace || now.Sub(h.gone) >= t.cfg.Grace):
-			ops = append(ops, storeOp{key: key, h: h, release: true, ev: offEvent(key, h.gone)})
+			if h.count == 0 && !h.grace && !final {
+				// A member already gone: its release follows its hold.
+				ops = append(ops, storeOp{seq: h.downSeq, kind: 'r', key: key, h: h, ev: offEvent(key, h.gone)})
+			}
+		case h.held && h.count == 0 && !final && (!h.grace || now.Sub(h.gone) >= t.cfg.Grace):
+			seq := h.downSeq
+			if h.grace { // released now, after everything queued before
+				t.seq++
+				seq = t.seq
+			}
+			ops = append(ops, storeOp{seq: seq, kind: 'r', key: key, h: h, ev: offEvent(key, h.gone)})
 		case !h.held && h.count == 0:
 			delete(t.keys, key)
 		}
 	}
-	queue := t.queue
+	for _, q := range t.queue {
+		ops = append(ops, storeOp{seq: q.seq, kind: 'a', ev: q.ev})
+	}
 	t.queue = nil
-	t.mu.Unlock()
+	slices.SortFunc(ops, func(a, b storeOp) int { return cmp.Compare(a.seq, b.seq) })
+	return ops
+}
 
-	// Holds first, then releases: a visit shorter than a sync holds in
-	// this round and releases in the next (or this one, when final).
+// exec makes one store call and records its success.
+func (t *eventTracker) exec(ctx context.Context, op storeOp) error {
+	cctx, cancel := context.WithTimeout(ctx, t.n.cfg.BrokerTimeout)
+	defer cancel()
+	var err error
+	switch op.kind {
+	case 'h':
+		err = t.store.Hold(cctx, t.n.id, op.key, op.ev)
+	case 'r':
+		if op.ev == nil {
+			return nil // not a key of ours (cannot happen): nothing to tell
+		}
+		err = t.store.Release(cctx, t.n.id, op.key, op.ev)
+	case 'a':
+		err = t.store.Append(cctx, op.ev)
+	}
+	if err != nil || op.kind == 'a' {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	op.h.held = op.kind == 'h'
+	if op.kind == 'r' && op.h.count == 0 && !op.h.came && t.keys[op.key] == op.h {
+		delete(t.keys, op.key)
+	}
+	return nil
+}
+
+// requeue keeps the calls of a round cut short by a failure for the next
+// one: holds are planned again (came), releases stay due, appends go back
+// to the front of the queue, in order.
+func (t *eventTracker) requeue(ops []storeOp) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var back []queued
 	for _, op := range ops {
-		if op.release {
-			continue
-		}
-		cctx, cancel := context.WithTimeout(ctx, t.n.cfg.BrokerTimeout)
-		err := t.store.Hold(cctx, t.n.id, op.key, op.ev)
-		cancel()
-		t.mu.Lock()
-		if err != nil {
-			op.h.came = true // try again
-		} else {
-			op.h.held = true
-			if op.h.count == 0 && !op.h.grace {
-				// A member already gone: release in this round.
-				ops = append(ops, storeOp{key: op.key, h: op.h, release: true, ev: offEvent(op.key, op.h.gone)})
-			}
-		}
-		t.mu.Unlock()
-		if err != nil {
-			t.storeFailed("hold", err)
+		switch op.kind {
+		case 'h':
+			op.h.came = true
+		case 'a':
+			back = append(back, queued{op.seq, op.ev})
 		}
 	}
-	if final {
-		return // Reap(self) releases the rest, in one step per key
-	}
-	for _, op := range ops {
-		if !op.release || op.ev == nil {
-			continue
-		}
-		cctx, cancel := context.WithTimeout(ctx, t.n.cfg.BrokerTimeout)
-		err := t.store.Release(cctx, t.n.id, op.key, op.ev)
-		cancel()
-		if err != nil {
-			t.storeFailed("release", err)
-			continue
-		}
-		t.mu.Lock()
-		op.h.held = false
-		if op.h.count == 0 && !op.h.came {
-			delete(t.keys, op.key)
-		}
-		t.mu.Unlock()
-	}
-	if len(queue) > 0 {
-		cctx, cancel := context.WithTimeout(ctx, t.n.cfg.BrokerTimeout)
-		err := t.store.Append(cctx, queue...)
-		cancel()
-		if err != nil {
-			t.storeFailed("append", err)
-			t.mu.Lock()
-			t.queue = append(queue, t.queue...) // in order, before the newer ones
-			t.mu.Unlock()
-		}
-	}
+	t.queue = append(back, t.queue...)
 }
 
 func (t *eventTracker) storeFailed(op string, err error) {
@@ -307,12 +350,15 @@ func (t *eventTracker) storeFailed(op string, err error) {
 }
 
 // run is the tracker's loop: it syncs when poked (and at least every
-// 100ms, for graces that end), and beats every NodeTTL/3. It ends with
-// ctx; the node's stop makes the final flush (finish).
+// 100ms, for graces that end); a goroutine of its own beats every
+// NodeTTL/3, so that a long sync never makes the node look dead. It ends
+// with ctx; the node's stop makes the final flush (finish).
 func (t *eventTracker) run(ctx context.Context) {
+	beats := make(chan struct{})
+	go func() { defer close(beats); t.beat(ctx) }()
+	defer func() { <-beats }()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	var lastBeat time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -320,17 +366,45 @@ func (t *eventTracker) run(ctx context.Context) {
 		case <-tick.C:
 		case <-t.wake:
 		}
-		if time.Since(lastBeat) >= t.cfg.NodeTTL/3 {
-			cctx, cancel := context.WithTimeout(ctx, t.n.cfg.BrokerTimeout)
-			if err := t.store.Beat(cctx, t.n.id, t.cfg.NodeTTL); err != nil {
-				t.storeFailed("beat", err)
-			} else {
-				lastBeat = time.Now()
-			}
-			cancel()
-		}
 		t.sync(ctx, false)
 		t.deliverer.poke()
+	}
+}
+
+// beat tells the store this node is alive, every NodeTTL/3. A node whose
+// beats stopped reaching the store for NodeTTL may have been taken for
+// dead and reaped by another (its keys released, their off-events sent):
+// it then holds everything again, so that what it still holds is online
+// again, and what leaves later is told.
+func (t *eventTracker) beat(ctx context.Context) {
+	tick := time.NewTicker(t.cfg.NodeTTL / 3)
+	defer tick.Stop()
+	for {
+		cctx, cancel := context.WithTimeout(ctx, t.n.cfg.BrokerTimeout)
+		err := t.store.Beat(cctx, t.n.id, t.cfg.NodeTTL)
+		cancel()
+		switch {
+		case err != nil:
+			t.storeFailed("beat", err)
+		default:
+			if !t.lastBeat.IsZero() && time.Since(t.lastBeat) >= t.cfg.NodeTTL {
+				t.n.log.Warn("webhooks: this node's beats stopped for longer than the node TTL; holding everything again")
+				t.mu.Lock()
+				for _, h := range t.keys {
+					if h.held {
+						h.held, h.came = false, true
+					}
+				}
+				t.mu.Unlock()
+				t.poke()
+			}
+			t.lastBeat = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
 	}
 }
 
@@ -347,4 +421,5 @@ func (t *eventTracker) finish(ctx context.Context) {
 		t.storeFailed("reap", err)
 	}
 	t.deliverer.drain(ctx)
+	t.deliverer.resign(ctx)
 }

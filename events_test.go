@@ -316,3 +316,63 @@ func TestWebhookShutdownFlushes(t *testing.T) {
 	<-done
 	b.waitFor(t, "user.online ann", "user.offline ann")
 }
+
+// A reload on the same node, within the grace, is no event; leaving
+// afterwards is one offline event, and nothing follows it.
+func TestWebhookReloadSameNode(t *testing.T) {
+	t.Parallel()
+	b := &backend{}
+	ts := newTestServer(t, webhookConfig(b, nil))
+	ts.dial(t, "/ws", as("ann")).ws.Close()
+	time.Sleep(50 * time.Millisecond)
+	c := ts.dial(t, "/ws", as("ann"))
+	b.waitFor(t, "user.online ann")
+	time.Sleep(500 * time.Millisecond) // past the grace: still here
+	c.ws.Close()
+	b.waitFor(t, "user.online ann", "user.offline ann")
+	b.quiet(t, time.Second, "user.online ann", "user.offline ann")
+}
+
+// What a client published just before the node stops is recorded and
+// delivered by the final flush.
+func TestWebhookShutdownKeepsPublications(t *testing.T) {
+	t.Parallel()
+	b := &backend{}
+	cfg := webhookConfig(b, nil)
+	cfg.Webhooks.Users = false
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newHTTPTestServer(n)
+	defer srv.Close()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(context.Background()) }()
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", as("ann"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	for i := range 20 {
+		msg := fmt.Sprintf(`{"id":%d,"cmd":"publish","channel":"room:1","data":%d}`, i+1, i)
+		if err := ws.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 20 { // every publish answered: all published
+		if _, _, err := ws.ReadMessage(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	var want []string
+	for i := range 20 {
+		want = append(want, fmt.Sprintf("publication room:1 %d", i))
+	}
+	b.waitFor(t, want...)
+}

@@ -60,7 +60,9 @@ type Hooks struct {
 	// permission, grants, subscription token) pass: it can only refuse
 	// more, and attach the subscriber's info in this channel's presence.
 	// A refusal or a failure (code unavailable) is the subscribe's error
-	// reply; the connection stays. Server-side subscriptions (Connect's
+	// reply; the connection stays. A raw client, whose one channel is
+	// subscribed just after the upgrade, is closed instead: 1008 for a
+	// refusal, 1013 for a failure. Server-side subscriptions (Connect's
 	// Channels, SubscribeUser, SubscribeClient) are made by the backend
 	// and do not ask it.
 	Subscribe func(ctx context.Context, e *SubscribeEvent) (*SubscribeReply, error)
@@ -87,8 +89,10 @@ type Hooks struct {
 	// Disconnected and Unsubscribed are notifications: called after the
 	// fact, each on a goroutine of its own (bounded by Timeout), never
 	// holding anything up, and so in no particular order. An error is
-	// counted and logged, not retried; past 256 calls in flight on a node
-	// a notification is dropped and counted (result "dropped").
+	// counted and logged, not retried; past 256 calls of one of them in
+	// flight on a node a notification is dropped and counted (result
+	// "dropped"). A node that stops waits for the calls in flight, within
+	// its Shutdown's deadline.
 	Disconnected func(ctx context.Context, e *DisconnectEvent) error
 	Unsubscribed func(ctx context.Context, e *UnsubscribeEvent) error
 
@@ -248,7 +252,13 @@ const (
 // failure as an unavailable *Error whose cause is logged, never shown.
 // A panicking hook is a failure: it must not take the node down.
 func (n *Node) callHook(name string, client string, call func(ctx context.Context) error) (v hookVerdict, perr *Error) {
-	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.Hooks.Timeout)
+	return n.callHookIn(n.ctx, name, client, call)
+}
+
+// callHookIn is callHook within base (the node's life, or for
+// notifications one that outlasts the connections' end; see notify).
+func (n *Node) callHookIn(base context.Context, name string, client string, call func(ctx context.Context) error) (v hookVerdict, perr *Error) {
+	ctx, cancel := context.WithTimeout(base, n.cfg.Hooks.Timeout)
 	defer cancel()
 	start := time.Now()
 	err := func() (err error) {
@@ -307,23 +317,46 @@ func closeForRefusal(perr *Error) CloseCode {
 }
 
 // notify calls a notification hook (Disconnected, Unsubscribed) off the
-// caller's goroutine. At most maxNotifying run at once: past that, the
-// notification is dropped and counted (result "dropped"), so that a mass
-// disconnect never piles up goroutines waiting on a slow backend.
+// caller's goroutine. At most maxNotifying of each hook run at once: past
+// that, the notification is dropped and counted (result "dropped"), so
+// that a mass disconnect never piles up goroutines waiting on a slow
+// backend, and a connection with many channels cannot crowd out the
+// Disconnected calls. The calls run within notifyCtx, which outlives the
+// connections: a node that stops waits for them (within its Shutdown's
+// deadline), so that the disconnects of a restart are told.
 func (n *Node) notify(name, client string, call func(ctx context.Context) error) {
+	slots := n.notifying
+	if name == hookDisconnected {
+		slots = n.notifyingDisc
+	}
 	select {
-	case n.notifying <- struct{}{}:
+	case slots <- struct{}{}:
 	default:
 		n.metrics.hookCalls.WithLabelValues(name, "dropped").Inc()
 		n.log.Warn("hook notification dropped: too many in flight", "hook", name, "client", client)
 		return
 	}
-	if !n.goBackground(func() {
-		defer func() { <-n.notifying }()
-		n.callHook(name, client, call)
-	}) {
-		<-n.notifying // shut down: nothing more is told
+	n.notifyWG.Add(1)
+	go func() {
+		defer n.notifyWG.Done()
+		defer func() { <-slots }()
+		n.callHookIn(n.notifyCtx, name, client, call)
+	}()
+}
+
+// waitNotifications waits for the notification calls in flight, until
+// ctx ends; then it cancels those left. Called by the node's stop once
+// every connection has ended (so no more begin).
+func (n *Node) waitNotifications(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { n.notifyWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		n.notifyCancel()
+		<-done
 	}
+	n.notifyCancel()
 }
 
 // maxNotifying bounds the notification hook calls in flight on a node.

@@ -42,6 +42,35 @@ func (n *Node) rawConnectHook(r *http.Request, rawCh string, id *identity) *hand
 	}
 }
 
+// rawConnectAdmitted asks the connect hook about an admitted raw
+// handshake — after the limits, so that a flood of handshakes is refused
+// before it reaches the backend — then counts the connection under the
+// user the hook gave, and checks that user may subscribe to the channel.
+// A refusal releases the admission.
+func (n *Node) rawConnectAdmitted(r *http.Request, rawCh, ip string, id *identity) *handshakeRefusal {
+	counted := id.user
+	no := n.rawConnectHook(r, rawCh, id)
+	switch {
+	case no != nil:
+	case id.user != counted && !n.moveUser(counted, id.user):
+		n.metrics.limitHits.Add(1)
+		no = &handshakeRefusal{http.StatusTooManyRequests, "Too Many Requests: too many connections for this user"}
+	default:
+		counted = id.user
+		ns, err := n.channelNamespace(rawCh)
+		if err == nil {
+			err = n.permit(id.user, id.grants, rawCh, ns.AllowSubscribe)
+		}
+		if err != nil {
+			no = &handshakeRefusal{http.StatusForbidden, "Forbidden: " + err.Message}
+		}
+	}
+	if no != nil {
+		n.release(ip, counted)
+	}
+	return no
+}
+
 // applyConnectReply sets what the connect hook answered into id. A reply
 // Herald cannot use (a user id or info that is not valid) is the
 // backend's failure, refused as unavailable: no one gets in on a garbled
@@ -112,7 +141,9 @@ func (s *v1Session) connectHook(cmd protocol.Command) (reply *ConnectReply, ok b
 	}
 	if id.user != ev.Client.UserID {
 		n.hub.setUser(c, id.user)
-		n.events.userMoved(ev.Client.UserID, id.user)
+		if c.admitted.Load() {
+			n.events.userMoved(ev.Client.UserID, id.user)
+		}
 	}
 	c.mu.Lock()
 	c.info = id.info
@@ -147,7 +178,7 @@ func (s *v1Session) connectSubs(reply *ConnectReply, subs map[string]protocol.Po
 		if granted[ch] {
 			continue
 		}
-		if err := n.serverSubscribe(c, ch, position(subs, ch), true); err != nil {
+		if err := n.serverSubscribe(c, ch, position(subs, ch), true); err != nil && err.Code != protocol.CodeAlreadySub {
 			c.enqueue(c.frame(wsframe.OpText, protocol.AppendUnsubPush(nil, ch, protocol.UnsubNotRestored, err.Message)))
 		}
 	}

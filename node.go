@@ -91,16 +91,15 @@ type Node struct {
 	// events is the webhooks' tracker and deliverer; nil when webhooks
 	// are off.
 	events *eventTracker
-	// serialQ holds inOrder's work, run by one goroutine while
-	// serialRunning; both guarded by serialMu.
-	serialMu      sync.Mutex
-	serialQ       []func()
-	serialRunning bool
-	// notifying holds a token per notification hook call in flight
-	// (notify): at most maxNotifying.
-	notifying chan struct{}
-	runMu     sync.Mutex
-	runDone   chan struct{} // closed when Run returns; nil until Run starts
+	// notifying and notifyingDisc hold a token per notification hook
+	// call in flight (notify): at most maxNotifying of each. notifyWG
+	// counts those calls; notifyCtx bounds them (waitNotifications).
+	notifying, notifyingDisc chan struct{}
+	notifyWG                 sync.WaitGroup
+	notifyCtx                context.Context
+	notifyCancel             context.CancelFunc
+	runMu                    sync.Mutex
+	runDone                  chan struct{} // closed when Run returns; nil until Run starts
 	// The stop (shutdown): shutDone is closed when it is over; shutCut
 	// cuts it short. Guarded by shutMu.
 	shutMu   sync.Mutex
@@ -130,7 +129,8 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, broker: cfg.Broker, hub: newHub(cfg.Shards), presence: cfg.Presence, ips: newIPLimits(),
 		writers: newWriterPool(runtime.GOMAXPROCS(0)), originWarned: newOriginWarnings(),
-		notifying: make(chan struct{}, maxNotifying)}
+		notifying: make(chan struct{}, maxNotifying), notifyingDisc: make(chan struct{}, maxNotifying)}
+	n.notifyCtx, n.notifyCancel = context.WithCancel(context.Background())
 	n.origins.Store(oc)
 	n.ns.p.Store(ns)
 	n.limits.Store(lim)
@@ -327,6 +327,7 @@ func (n *Node) stop(ctx context.Context) (cut bool) {
 		n.forEachConn(func(c *conn) { c.nc.Close() })
 		<-drained
 	}
+	n.waitNotifications(ctx)
 	if n.events != nil {
 		// Every connection is gone: release what this node held, and
 		// deliver what it can, within what is left of ctx.
@@ -385,6 +386,9 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	ip := clientIP(r)
 	if no == nil {
 		no = n.admit(w, ip, id.user)
+		if no == nil && raw && n.cfg.Hooks.Connect != nil {
+			no = n.rawConnectAdmitted(r, rawCh, ip, &id)
+		}
 	}
 	if no != nil {
 		http.Error(w, no.msg, no.status)
@@ -399,7 +403,6 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	c := n.newConn(nc, hs, id, ip, raw)
 	c.remote = r.RemoteAddr
 	n.hub.addConn(c)
-	n.events.userMoved("", c.user)
 	if raw {
 		s := &rawSession{c: c, channel: rawCh}
 		s.exp.set(c, id.expires, id.hookExpiry)
@@ -418,6 +421,9 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		c.subMu.Unlock()
 	} else {
 		c.sess = newV1Session(c, id, r)
+	}
+	if raw || (id.authed && n.cfg.Hooks.Connect == nil) {
+		n.admitConn(c)
 	}
 	n.mu.Lock()
 	closing, draining := n.closing, n.draining
@@ -485,7 +491,8 @@ type identity struct {
 // and with token checks on, a token sent with the handshake (an
 // Authorization: Bearer header, or for raw mode the token query
 // parameter). For raw mode it also checks the channel and that the client
-// may subscribe to it.
+// may subscribe to it (after the connect hook, when there is one:
+// rawConnectAdmitted).
 func (n *Node) identify(r *http.Request, raw bool, rawCh string, id *identity) (no *handshakeRefusal) {
 	var rawNS *Namespace
 	if raw {
@@ -512,12 +519,7 @@ func (n *Node) identify(r *http.Request, raw bool, rawCh string, id *identity) (
 	} else if no := n.handshakeToken(r, raw, id); no != nil {
 		return no
 	}
-	if raw && n.cfg.Hooks.Connect != nil {
-		if no := n.rawConnectHook(r, rawCh, id); no != nil {
-			return no
-		}
-	}
-	if raw {
+	if raw && n.cfg.Hooks.Connect == nil { // else: after the hook (rawConnectAdmitted)
 		if err := n.permit(id.user, id.grants, rawCh, rawNS.AllowSubscribe); err != nil {
 			return &handshakeRefusal{http.StatusForbidden, "Forbidden: " + err.Message}
 		}
@@ -755,12 +757,12 @@ func (n *Node) HandleControl(data []byte) {
 		// a first subscription (Subscribe).
 		// In order with the subscribes: a subscribe then an unsubscribe
 		// must leave the connection unsubscribed.
-		if conns := n.connsOf(m); len(conns) > 0 {
-			n.inOrder(func() { n.unsubscribeHere(conns, m.Channel, m.Reason) })
+		for _, c := range n.connsOf(m) {
+			n.serverOp(c, func() { n.unsubscribeHere(c, m.Channel, m.Reason) })
 		}
 	case "subscribe_user", "subscribe_client":
-		if conns := n.connsOf(m); len(conns) > 0 {
-			n.inOrder(func() { n.subscribeHere(conns, m.Channel) })
+		for _, c := range n.connsOf(m) {
+			n.serverOp(c, func() { n.subscribeHere(c, m.Channel) })
 		}
 	case "disconnect_user":
 		n.hub.forEachUserConn(m.User, func(c *conn) { c.close(m.Code, m.Reason) })

@@ -48,6 +48,18 @@ func (n *Node) UnsubscribeClient(ctx context.Context, clientID, channel string) 
 	return n.publishControl(ctx, control{Op: "unsubscribe_client", Client: clientID, Channel: channel, Reason: "unsubscribed by the server"})
 }
 
+// admitConn marks c as in (conn.admitted): from now on the server may
+// subscribe it, and webhooks count its user.
+func (n *Node) admitConn(c *conn) {
+	if c.admitted.Swap(true) {
+		return
+	}
+	c.mu.Lock()
+	user := c.user
+	c.mu.Unlock()
+	n.events.userMoved("", user)
+}
+
 func (n *Node) serverSideCheck(who, channel string) error {
 	if who == "" {
 		return errorf(protocol.CodeBadRequest, "a user or client id is required")
@@ -64,8 +76,8 @@ func (n *Node) serverSideCheck(who, channel string) error {
 func (n *Node) serverSubscribe(c *conn, channel string, since *protocol.Position, check bool) *Error {
 	c.subMu.Lock()
 	defer c.subMu.Unlock()
-	if c.isClosing() {
-		return nil
+	if c.isClosing() || !c.admitted.Load() {
+		return nil // not (or no longer) in: nothing to subscribe
 	}
 	var (
 		res    *protocol.SubscribeResult
@@ -92,69 +104,75 @@ func (n *Node) serverSubscribe(c *conn, channel string, since *protocol.Position
 	return nil
 }
 
-// inOrder runs f on a goroutine of the node's (goBackground), after every
-// f given before it has run: the server-side subscription changes apply in
-// the order the broker delivered them, off its delivery goroutine.
-func (n *Node) inOrder(f func()) {
-	n.serialMu.Lock()
-	defer n.serialMu.Unlock()
-	n.serialQ = append(n.serialQ, f)
-	if n.serialRunning {
+// serverOp queues f, a server-side subscription change of c, to run on
+// a goroutine of the node's (goBackground) after every change queued for
+// c before it: changes apply to each connection in the order the broker
+// delivered them, off its delivery goroutine, and a connection slow to
+// change (its subscribe hook, say) holds up only its own. Past
+// maxServerOps waiting, a change is dropped and logged.
+func (n *Node) serverOp(c *conn, f func()) {
+	c.opsMu.Lock()
+	defer c.opsMu.Unlock()
+	if len(c.ops) >= maxServerOps {
+		n.log.Warn("server-side subscription change dropped: too many waiting for this connection", "client", c.id)
 		return
 	}
-	n.serialRunning = n.goBackground(func() {
+	c.ops = append(c.ops, f)
+	if c.opsRunning {
+		return
+	}
+	c.opsRunning = n.goBackground(func() {
 		for {
-			n.serialMu.Lock()
-			if len(n.serialQ) == 0 {
-				n.serialRunning = false
-				n.serialMu.Unlock()
+			c.opsMu.Lock()
+			if len(c.ops) == 0 {
+				c.opsRunning = false
+				c.opsMu.Unlock()
 				return
 			}
-			f := n.serialQ[0]
-			n.serialQ = n.serialQ[1:]
-			n.serialMu.Unlock()
+			f := c.ops[0]
+			c.ops = c.ops[1:]
+			c.opsMu.Unlock()
 			f()
 		}
 	})
-	if !n.serialRunning {
-		n.serialQ = nil // shut down: nothing more runs
+	if !c.opsRunning {
+		c.ops = nil // shut down: nothing more runs
 	}
 }
+
+// maxServerOps bounds the server-side subscription changes waiting for
+// one connection.
+const maxServerOps = 1024
 
 // subscribeHere makes the server-side subscription of a control message
-// for the connections of this node in conns. Off the broker's delivery
-// goroutine (see HandleControl).
-func (n *Node) subscribeHere(conns []*conn, channel string) {
-	for _, c := range conns {
-		if c.raw {
-			continue
-		}
-		if err := n.serverSubscribe(c, channel, nil, false); err != nil && err.Code != protocol.CodeAlreadySub {
-			n.log.Warn("server-side subscription failed", "client", c.id, "channel", channel, "err", err)
-			c.enqueue(c.frame(wsframe.OpText, protocol.AppendUnsubPush(nil, channel, protocol.UnsubNotRestored, err.Message)))
-		}
+// for c. Off the broker's delivery goroutine (see HandleControl).
+func (n *Node) subscribeHere(c *conn, channel string) {
+	if c.raw {
+		return
+	}
+	if err := n.serverSubscribe(c, channel, nil, false); err != nil && err.Code != protocol.CodeAlreadySub {
+		n.log.Warn("server-side subscription failed", "client", c.id, "channel", channel, "err", err)
+		c.enqueue(c.frame(wsframe.OpText, protocol.AppendUnsubPush(nil, channel, protocol.UnsubNotRestored, err.Message)))
 	}
 }
 
-// unsubscribeHere ends the subscriptions to channel of conns: a protocol
-// client gets an unsub push, a raw one is closed.
-func (n *Node) unsubscribeHere(conns []*conn, channel, reason string) {
-	for _, c := range conns {
-		// Once removeSubscription returns no fan-out queues c anything
-		// more of the channel, so the push comes after its last pub.
-		c.subMu.Lock()
-		removed := n.removeSubscription(c, channel)
-		c.subMu.Unlock()
-		switch {
-		case !removed:
-			continue
-		case c.raw: // its one channel is gone: nothing left to serve
-			c.close(CloseForbidden, reason)
-		default:
-			c.enqueue(c.frame(wsframe.OpText, protocol.AppendUnsubPush(nil, channel, protocol.UnsubServer, reason)))
-		}
-		n.unsubscribed(c, channel, "server")
+// unsubscribeHere ends c's subscription to channel: a protocol client
+// gets an unsub push, a raw one is closed.
+func (n *Node) unsubscribeHere(c *conn, channel, reason string) {
+	// Once removeSubscription returns no fan-out queues c anything more
+	// of the channel, so the push comes after its last pub.
+	c.subMu.Lock()
+	removed := n.removeSubscription(c, channel)
+	c.subMu.Unlock()
+	switch {
+	case !removed:
+		return
+	case c.raw: // its one channel is gone: nothing left to serve
+		c.close(CloseForbidden, reason)
+	default:
+		c.enqueue(c.frame(wsframe.OpText, protocol.AppendUnsubPush(nil, channel, protocol.UnsubServer, reason)))
 	}
+	n.unsubscribed(c, channel, "server")
 }
 
 // connsOf returns this node's connections of a control message's user or

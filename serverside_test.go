@@ -3,7 +3,9 @@ package herald
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"testing"
+	"time"
 
 	"github.com/heraldhq/herald/protocol"
 )
@@ -153,5 +155,32 @@ func TestSubscribeUserAndUnsubscribeClient(t *testing.T) {
 		if !errorsAs(bad, &e) {
 			t.Errorf("want an *Error, got %v", bad)
 		}
+	}
+}
+
+// A connection that has not passed the connect hook yet is not in: the
+// server subscribes it to nothing (it could be one the hook refuses).
+func TestServerSideWaitsForConnect(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{
+		Authenticate: func(r *http.Request) (Credentials, error) { return Credentials{UserID: "mallory"}, nil },
+		Hooks: Hooks{Connect: func(context.Context, *ConnectEvent) (*ConnectReply, error) {
+			return nil, Refuse("banned", "go away")
+		}},
+	})
+	c := ts.client(t)
+	waitFor(t, "the connection", func() bool { return ts.node.Stats().Connections == 1 })
+	if err := ts.node.SubscribeUser(context.Background(), "mallory", "secret"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the control message's round trip
+	if _, err := ts.node.Publish(context.Background(), "secret", []byte(`"psst"`)); err != nil {
+		t.Fatal(err)
+	}
+	if m := c.call(protocol.Command{Cmd: "ping"}); m.Error != nil {
+		t.Fatalf("the first thing the client reads must be its ping's reply: %+v", m)
+	}
+	if ts.node.Stats().Channels["secret"] != 0 {
+		t.Fatal("subscribed before connect")
 	}
 }

@@ -68,7 +68,9 @@ func (e *expiry) refresh(c *conn) {
 	switch {
 	case v == hookRefused:
 		c.close(closeForRefusal(perr), perr.Message)
-	case v == hookFailed:
+	case v == hookFailed, reply != nil && !reply.ExpiresAt.IsZero() && !reply.ExpiresAt.After(time.Now()):
+		// Failed, or answered an expiry already past (asking again at
+		// once would spin): ask again later.
 		e.set(c, time.Now().Add(n.cfg.Hooks.RefreshRetry), true)
 	case reply != nil:
 		e.set(c, reply.ExpiresAt, true)
@@ -83,6 +85,14 @@ func (e *expiry) at() (unix int64, ok bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.unix, e.timer != nil && !e.hook
+}
+
+// hooked reports whether the hooks set the expiry (and Refresh extends
+// it): a token refreshed meanwhile does not replace it.
+func (e *expiry) hooked() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.timer != nil && e.hook
 }
 
 // stop ends the expiry for good, as the connection ends.

@@ -291,7 +291,9 @@ func (s *v1Session) connect(cmd protocol.Command) {
 		}
 		old := c.user
 		n.hub.setUser(c, claims.UserID)
-		n.events.userMoved(old, claims.UserID)
+		if c.admitted.Load() {
+			n.events.userMoved(old, claims.UserID)
+		}
 		if claims.Info != nil {
 			c.mu.Lock()
 			c.info = claims.Info
@@ -303,7 +305,9 @@ func (s *v1Session) connect(cmd protocol.Command) {
 			}
 			c.grants[ch] = struct{}{}
 		}
-		s.exp.set(c, claims.ExpiresAt, false)
+		if !s.exp.hooked() { // the backend's expiry stays the backend's
+			s.exp.set(c, claims.ExpiresAt, false)
+		}
 	}
 	var hooked *ConnectReply
 	if !refresh && n.cfg.Hooks.Connect != nil {
@@ -331,6 +335,7 @@ func (s *v1Session) connect(cmd protocol.Command) {
 		res.Data = hooked.Data
 	}
 	s.reply(cmd.ID, res, nil)
+	n.admitConn(c)
 	if !refresh && (hooked != nil && len(hooked.Channels) > 0 || len(cmd.Subs) > 0) {
 		s.connectSubs(hooked, cmd.Subs)
 	}
