@@ -81,6 +81,14 @@ export interface HeraldOptions {
    * first one when no token is given). A rejection counts as a failed attempt.
    */
   getToken?: () => string | Promise<string>;
+  /**
+   * Sent as "data" in the connect command, for the server's connect hook
+   * (the application's backend): a JSON value, or a function called before
+   * every attempt (a rejection, or a value that is not JSON, counts as a
+   * failed attempt). undefined sends none. The hook's answer comes back in
+   * the connected state event's data.
+   */
+  connectData?: JSONValue | (() => JSONValue | undefined | Promise<JSONValue | undefined>);
   /** Milliseconds for each request's reply and for each connection attempt. Default 10000. */
   timeout?: number;
   /**
@@ -107,7 +115,12 @@ export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
 
 export type StateEvent =
   | { state: 'connecting'; /** failed attempts since the last connection (0 for the first) */ attempt: number }
-  | { state: 'connected'; clientId: string | null }
+  | {
+      state: 'connected';
+      clientId: string | null;
+      /** The server's connect hook's data for this connection, when it gave any. */
+      data?: JSONValue;
+    }
   | {
       state: 'disconnected';
       /** The close code; 1006 when the connection failed or the client dropped it (timeouts). */
@@ -121,8 +134,13 @@ export type StateEvent =
 
 /** Why the server ended a subscription (an unsub push): Subscription onUnsubscribed. */
 export interface UnsubscribeInfo {
-  /** "server_unsubscribe": the server application unsubscribed the user (HTTP API unsubscribe_user). */
-  code: 'server_unsubscribe' | (string & {});
+  /**
+   * "server_unsubscribe": the server application unsubscribed the user or
+   * this client (HTTP API unsubscribe_user, unsubscribe_client).
+   * "not_restored": a server-side subscription that the server did not make
+   * again on a new connection (the application no longer grants it).
+   */
+  code: 'server_unsubscribe' | 'not_restored' | (string & {});
   /** For humans. */
   reason: string;
 }
@@ -153,7 +171,8 @@ export interface SubscribeResult {
   reason?: 'epoch_changed' | 'too_old' | 'no_history' | (string & {});
 }
 
-export interface SubscribeOptions<T = Payload> {
+/** A Subscription's callbacks: SubscribeOptions, or Subscription.setHandlers. */
+export interface SubscriptionHandlers<T = Payload> {
   /** A publication on the channel: T is what the app expects, not checked. */
   onMessage?: (data: T, ctx: MessageContext) => void;
   /** A client subscribed (namespaces with join/leave; you see your own join too). */
@@ -175,6 +194,9 @@ export interface SubscribeOptions<T = Payload> {
    * now or after a reconnect. Not called for the app's own unsubscribe().
    */
   onUnsubscribed?: (info: UnsubscribeInfo) => void;
+}
+
+export interface SubscribeOptions<T = Payload> extends SubscriptionHandlers<T> {
   /** Start from this position: the first subscribe then recovers what followed it. */
   since?: Position;
   /** A subscription token, for channels that need one; sent with every (re)subscribe. */
@@ -261,7 +283,17 @@ export declare class Herald {
   on(event: 'state', listener: (event: StateEvent) => void): () => void;
   /** A message the server sent to this connection directly (not through a channel). */
   on(event: 'message', listener: (data: Payload, ctx: { binary: boolean }) => void): () => void;
-  off(event: 'state' | 'message', listener: (...args: any[]) => void): void;
+  /**
+   * The server subscribed this client to a channel it had no Subscription
+   * for (a server-side subscription: its connect hook, or its API's
+   * subscribe_user / subscribe_client). sub.serverSide is true; give it its
+   * callbacks here with sub.setHandlers: the listener runs before any of
+   * the channel's publications. A reconnect does not subscribe to it again:
+   * the server makes it again (recovering what was missed, onSubscribed /
+   * onRecoveryFailed) or ends it (onUnsubscribed, code "not_restored").
+   */
+  on(event: 'subscription', listener: (sub: Subscription, result: SubscribeResult) => void): () => void;
+  off(event: 'state' | 'message' | 'subscription', listener: (...args: any[]) => void): void;
 
   /** Subscribes now if connected, and again after every reconnect. Throws if channel already has a Subscription. */
   subscribe<T = Payload>(channel: string, options?: SubscribeOptions<T>): Subscription<T>;
@@ -277,6 +309,18 @@ export declare class Herald {
   history(channel: string, options?: HistoryOptions): Promise<HistoryResult>;
   presence(channel: string): Promise<PresenceResult>;
   presenceStats(channel: string): Promise<PresenceStats>;
+  /**
+   * Calls method of the application's backend (the server's RPC hook) with
+   * data, over this connection. Resolves with the backend's answer, T being
+   * what the app expects (not checked); undefined when it gave none. Rejects
+   * with a HeraldError: the backend's refusal with its code (the
+   * application's own codes included), "not_enabled" (no RPC backend),
+   * "unavailable" (the backend failed or timed out), "timeout",
+   * "disconnected"; with a TypeError for an empty method or data that is not
+   * JSON. Not retried (except "rate_limited"): after "disconnected",
+   * "timeout" or "unavailable" the backend may or may not have acted.
+   */
+  rpc<T = JSONValue>(method: string, data?: JSONValue): Promise<T | undefined>;
   /** An application-level round trip. */
   ping(): Promise<void>;
 }
@@ -290,6 +334,13 @@ export declare class Subscription<T = Payload> {
   readonly offset: number | undefined;
   readonly epoch: string | undefined;
   /**
+   * Made by the server (a subscribe push) rather than by subscribe(); a
+   * Subscription of the app's own becomes server-side when the server
+   * subscribes the client to its channel too. On a reconnect the client
+   * names it in connect's subs instead of subscribing to it.
+   */
+  readonly serverSide: boolean;
+  /**
    * Settles with the first subscribe: resolves with its result, or rejects
    * with the server's error, "unsubscribed", or "disconnected" when the
    * client gives up before subscribing.
@@ -297,6 +348,8 @@ export declare class Subscription<T = Payload> {
   readonly ready: Promise<SubscribeResult>;
   publish(data: PublishData, options?: PublishOptions): Promise<PublishResult>;
   unsubscribe(): Promise<void>;
+  /** Sets the callbacks given, replacing those of the same names; returns this. */
+  setHandlers(handlers: SubscriptionHandlers<T>): this;
 }
 
 export default Herald;

@@ -14,6 +14,13 @@
 // done) is sent again later, through a line that sends one command at a
 // time and pauses after each refusal. A publish carries an idempotency key
 // and is retried, with that key, when its outcome is unknown.
+//
+// Server-side subscriptions (made by the server: its connect hook or its
+// API) arrive as `subscribe` pushes and become Subscriptions like the app's
+// own. They differ on reconnect: the client does not subscribe to them
+// again, it names them with their positions in connect's `subs`, and the
+// server makes again those it still grants (a `subscribe` push each) and
+// ends the others (an `unsub` push, not_restored).
 
 export const SUBPROTOCOL = 'herald.v1';
 
@@ -116,6 +123,19 @@ function decodeFrame(raw) {
   return msg;
 }
 
+/** Throws a TypeError, naming what, unless value is undefined or JSON. */
+function checkJSON(value, what) {
+  if (value === undefined) return;
+  if (typeof value === 'function' || typeof value === 'symbol' || asBytes(value)) {
+    throw new TypeError(`${what} must be a JSON value, not ${asBytes(value) ? 'bytes' : typeof value}`);
+  }
+  try {
+    JSON.stringify(value);
+  } catch (err) {
+    throw new TypeError(`${what} must be a JSON value: ${err.message}`); // a BigInt, a cycle
+  }
+}
+
 /** A fresh idempotency key: 16 random bytes, base64url (22 characters). */
 function newIdempotencyKey() {
   const bytes = new Uint8Array(16);
@@ -168,9 +188,13 @@ function detach(ws) {
  * A client of one Herald server. See README.md for the whole API.
  *
  * Events (c.on(name, fn)):
- *   state    ({state, ...}) connecting {attempt} | connected {clientId} |
+ *   state    ({state, ...}) connecting {attempt} | connected {clientId, data?} |
  *            disconnected {code, reason, reconnect, delay}
  *   message  (data, {binary}) a message the server sent to this connection
+ *   subscription (sub, result) the server subscribed this client to a
+ *            channel it had no Subscription for (sub.serverSide is true);
+ *            called before any publication of it, so that sub.setHandlers
+ *            there sees them all
  */
 export class Herald {
   constructor(url, options = {}) {
@@ -178,6 +202,8 @@ export class Herald {
     this.clientId = null;
     this._token = options.token;
     this._getToken = options.getToken;
+    this._connectData = options.connectData;
+    if (typeof this._connectData !== 'function') checkJSON(this._connectData, 'options.connectData');
     this._timeout = options.timeout ?? DEFAULT_TIMEOUT;
     this._backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this._WebSocket = options.WebSocket;
@@ -290,6 +316,18 @@ export class Herald {
         return;
       }
     }
+    // Asked anew for every attempt, like the token: what the app's backend
+    // wants to hear (a device id, a resume cursor) may have changed.
+    let data = this._connectData;
+    if (typeof data === 'function') {
+      try {
+        data = await data();
+        checkJSON(data, 'connectData');
+      } catch (err) {
+        this._attemptFailed(gen, `connectData failed: ${err?.message ?? err}`);
+        return;
+      }
+    }
     let WS = this._WebSocket;
     if (!WS) {
       try {
@@ -312,7 +350,7 @@ export class Herald {
     }
     this._socket = ws;
     ws.binaryType = 'arraybuffer';
-    ws.onopen = () => this._onOpen(ws, gen, token);
+    ws.onopen = () => this._onOpen(ws, gen, token, data);
     ws.onmessage = (ev) => this._onFrame(ws, ev.data);
     ws.onclose = (ev) => this._onClose(ws, ev.code, ev.reason);
     // An error means the connection failed. Browsers and `ws` follow it with
@@ -323,10 +361,13 @@ export class Herald {
     };
   }
 
-  _onOpen(ws, gen, token) {
+  _onOpen(ws, gen, token, data) {
     if (ws !== this._socket) return;
     const cmd = { cmd: 'connect' };
     if (token != null) cmd.token = token;
+    if (data !== undefined) cmd.data = data;
+    const subs = this._serverSidePositions();
+    if (subs) cmd.subs = subs;
     // No timeout of its own: the attempt's timer covers it.
     this._command(cmd, null, { now: true, timeout: 0 }, (err, result) => {
       if (err) {
@@ -345,15 +386,34 @@ export class Herald {
       // Subscriptions first, then requests made meanwhile: replies come in
       // command order, so a queued publish sees its channel subscribed.
       // (After a close 4007 they all go through the line.)
-      for (const sub of this._subs.values()) this._subscribe(sub);
+      // (Server-side ones are not the client's to make: the server sent
+      // their subscribe pushes, or will, or ends them with unsub.)
+      for (const sub of this._subs.values()) if (!sub.serverSide) this._subscribe(sub);
       const queued = [...this._queue];
       this._queue.clear();
       for (const req of queued) this._dispatch(req);
       this._pump();
-      this._setState('connected', { clientId: this.clientId });
+      this._setState('connected', result?.data === undefined ? { clientId: this.clientId } : { clientId: this.clientId, data: result.data });
       for (const w of this._waiters.splice(0)) w.resolve();
       this._scheduleRefresh(result?.expires, gen);
     });
+  }
+
+  /**
+   * connect's `subs`: every server-side subscription with the position it
+   * reached, so that the server can make it again and recover what was
+   * missed; null when there is none. A channel without history has no
+   * position: it goes with offset 0 and an empty epoch, which the server
+   * takes as "no position" (nothing to recover).
+   */
+  _serverSidePositions() {
+    let subs = null;
+    for (const sub of this._subs.values()) {
+      if (!sub.serverSide) continue;
+      subs ??= {};
+      subs[sub.channel] = { offset: sub.offset ?? 0, epoch: sub.epoch ?? '' };
+    }
+    return subs;
   }
 
   /**
@@ -716,6 +776,10 @@ export class Herald {
       this._onUnsub(msg);
       return;
     }
+    if (msg.push === 'subscribe') {
+      this._onServerSubscribe(msg);
+      return;
+    }
     if (msg.push !== 'pub' && msg.push !== 'join' && msg.push !== 'leave') return; // a newer kind: ignore
     // Until the unsubscribe reply, pushes are the old subscription's (in
     // flight when we unsubscribed), even if the channel was subscribed again.
@@ -745,6 +809,40 @@ export class Herald {
   }
 
   /**
+   * The server subscribed this connection to a channel (a subscribe push):
+   * on connect (its hook's channels, or those named in connect's subs that
+   * it made again) or later (its API). The channel's Subscription, new or
+   * existing, is server-side from now on: a reconnect names it in subs
+   * rather than subscribing. The push runs synchronously in the frame loop,
+   * so the 'subscription' listeners see the new Subscription before the
+   * publications that follow the push.
+   */
+  _onServerSubscribe(msg) {
+    if (typeof msg.channel !== 'string') return;
+    // Our own unsubscribe is on its way: the server made this one before it
+    // read that command, which then ends it.
+    if (this._leaving.has(msg.channel)) return;
+    const res = {};
+    if (msg.offset !== undefined) res.offset = msg.offset;
+    if (msg.epoch !== undefined) res.epoch = msg.epoch;
+    if (msg.recovered !== undefined) res.recovered = msg.recovered;
+    if (msg.reason !== undefined) res.reason = msg.reason;
+    let sub = this._subs.get(msg.channel);
+    if (sub) {
+      // Ours, or one made on an earlier connection. Ours becomes the
+      // server's: a second subscribe for the same channel (ours, on a
+      // reconnect) would be refused as already_subscribed.
+      sub.serverSide = true;
+    } else {
+      sub = new Subscription(this, msg.channel, {});
+      sub.serverSide = true;
+      this._subs.set(msg.channel, sub);
+      this._emit('subscription', sub, res);
+    }
+    sub._subscribed(res);
+  }
+
+  /**
    * Subscribes to channel, now if connected and after every reconnect. Throws
    * if this client already has a Subscription for channel.
    */
@@ -771,6 +869,10 @@ export class Herald {
     const stale = () => this._subs.get(sub.channel) !== sub;
     this._command(cmd, null, { perSend: true, bound: true, stale }, (err, result) => {
       if (stale() || ws !== this._socket) return; // superseded
+      // The server made it its own meanwhile (a subscribe push): its
+      // push said how it stands; our command's answer (already_subscribed,
+      // say) no longer matters.
+      if (sub.serverSide) return;
       if (!err) {
         sub._subscribed(result ?? {});
       } else if (err.code === 'timeout') {
@@ -781,7 +883,7 @@ export class Herald {
         // Transient on the server's side: try again after a backoff delay.
         // (rate_limited does not come here: _command sends it again itself.)
         sub._retryTimer = setTimeout(() => {
-          if (this._state === 'connected' && this._subs.get(sub.channel) === sub) this._subscribe(sub);
+          if (this._state === 'connected' && this._subs.get(sub.channel) === sub && !sub.serverSide) this._subscribe(sub);
         }, backoffDelay(sub._retries++, this._backoff));
       } else if (err.code !== 'disconnected') {
         this._subs.delete(sub.channel);
@@ -940,17 +1042,48 @@ export class Herald {
     return { clients: res?.clients ?? 0, users: res?.users ?? 0 };
   }
 
+  /**
+   * Calls method of the application's backend with data (any JSON value, or
+   * none) over this connection, and resolves with the backend's answer (a
+   * JSON value; undefined when it gave none). Rejects with a HeraldError:
+   * the backend's refusal with its own code (which may be one of the
+   * application's, e.g. "not_found"), "not_enabled" (the server has no RPC
+   * backend), "unavailable" (the backend failed or did not answer in time),
+   * or one of the client's ("timeout", "disconnected").
+   *
+   * An rpc is not retried: the client cannot know whether the backend acted
+   * on one whose reply was lost ("disconnected", "timeout", "unavailable"),
+   * so only the app can say whether calling again is safe. ("rate_limited"
+   * answers are retried: nothing was done.)
+   */
+  rpc(method, data) {
+    if (typeof method !== 'string' || method === '') {
+      return Promise.reject(new TypeError('rpc: method must be a non-empty string'));
+    }
+    try {
+      checkJSON(data, 'rpc data');
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const cmd = { cmd: 'rpc', method };
+    if (data !== undefined) cmd.data = data;
+    return this._request(cmd).then((r) => r?.data);
+  }
+
   /** An application-level round trip to the server. */
   async ping() {
     await this._request({ cmd: 'ping' });
   }
 }
 
+const HANDLER_NAMES = ['onMessage', 'onJoin', 'onLeave', 'onRecoveryFailed', 'onSubscribed', 'onError', 'onUnsubscribed'];
+
 /**
- * A client's subscription to one channel, from Herald#subscribe until
- * unsubscribe(), a refusal for good (onError) or its end by the server
- * (onUnsubscribed). It survives reconnects: it tracks the channel's position
- * (offset and epoch) so that a resubscribe recovers what was missed.
+ * A client's subscription to one channel, from Herald#subscribe (or the
+ * server's subscribe push: serverSide) until unsubscribe(), a refusal for
+ * good (onError) or its end by the server (onUnsubscribed). It survives
+ * reconnects: it tracks the channel's position (offset and epoch) so that a
+ * resubscribe, or the server's making it again, recovers what was missed.
  */
 export class Subscription {
   constructor(client, channel, options) {
@@ -958,7 +1091,10 @@ export class Subscription {
     this.channel = channel;
     this.offset = options.since?.offset;
     this.epoch = options.since?.epoch;
-    this._handlers = options;
+    // Made by the server (a subscribe push), not by subscribe(): on a
+    // reconnect the server, not the client, makes it again.
+    this.serverSide = false;
+    this._handlers = { ...options };
     this._state = 'subscribing';
     this._retries = 0;
     this._retryTimer = null;
@@ -978,6 +1114,19 @@ export class Subscription {
   /** Publishes to this subscription's channel; see Herald#publish. */
   publish(data, options) {
     return this.client.publish(this.channel, data, options);
+  }
+
+  /**
+   * Sets callbacks (onMessage, onJoin, onLeave, onRecoveryFailed,
+   * onSubscribed, onError, onUnsubscribed), replacing those of the same
+   * names: how an app gives a server-side subscription its callbacks, in
+   * its 'subscription' listener. Returns this.
+   */
+  setHandlers(handlers) {
+    for (const name of HANDLER_NAMES) {
+      if (handlers[name] !== undefined) this._handlers[name] = handlers[name];
+    }
+    return this;
   }
 
   /** Stops the subscription (its callbacks are not called any more). */

@@ -1,7 +1,9 @@
-// Runs real `herald serve` processes for the tests: builds the binary once
-// (or takes $HERALD_BIN, which test/run.js sets after building it once for
-// every test file), starts servers on loopback, reads the address each one
-// logs, and stops them — every step bounded in time. Call cleanup() from an
+// Runs real `herald serve` processes for the tests, and the hook test
+// server (test/hookserver: a herald.Node with Go hooks): builds each binary
+// once (or takes $HERALD_BIN and $HERALD_HOOKSERVER_BIN, which test/run.js
+// sets after building them once for every test file), starts servers on
+// loopback, reads the address each one logs, and stops them — every step
+// bounded in time. Call cleanup() from an
 // after() hook: it kills whatever is still running and removes the temp dir.
 
 import { execFile, spawn } from 'node:child_process';
@@ -35,6 +37,7 @@ namespaces:
 
 let work;
 let built;
+let builtHooks;
 const running = new Set();
 
 async function workDir() {
@@ -58,6 +61,24 @@ export function heraldBinary() {
 }
 
 /**
+ * The hook test server (test/hookserver, a herald.Node with Go hooks):
+ * $HERALD_HOOKSERVER_BIN, else built once per process from the repository.
+ */
+export function hookServerBinary() {
+  if (process.env.HERALD_HOOKSERVER_BIN) return Promise.resolve(process.env.HERALD_HOOKSERVER_BIN);
+  builtHooks ??= (async () => {
+    const bin = path.join(await workDir(), 'hookserver');
+    await promisify(execFile)('go', ['build', '-o', bin, './clients/js/test/hookserver'], {
+      cwd: repoRoot,
+      timeout: BUILD_TIMEOUT,
+      maxBuffer: 16 << 20,
+    });
+    return bin;
+  })();
+  return builtHooks;
+}
+
+/**
  * Starts `herald serve` on addr (port 0 picks a free one) and resolves once
  * it logs `msg=listening addr=...`. Only the flags given here apply: HERALD_
  * variables of the environment are dropped.
@@ -67,10 +88,36 @@ export async function startHerald({ addr = '127.0.0.1:0', config = CONFIG } = {}
   const dir = await workDir();
   const configFile = path.join(dir, 'herald.yaml');
   await writeFile(configFile, config);
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HERALD_')));
   // --drain-window off: a stop closes every client with 1001 at once (the
   // default spreads 1012 closes over 10 s, which these tests need not wait for).
-  const proc = spawn(bin, ['serve', '--addr', addr, '--config', configFile, '--shutdown-timeout', '5s', '--drain-window', 'off'], {
+  return launch(bin, ['serve', '--addr', addr, '--config', configFile, '--shutdown-timeout', '5s', '--drain-window', 'off']);
+}
+
+/**
+ * Starts the hook test server (see test/hookserver/main.go for its hooks
+ * and its control API) like startHerald; server.control(op, body) calls
+ * the control API and resolves with its JSON answer.
+ */
+export async function startHookServer({ addr = '127.0.0.1:0' } = {}) {
+  const server = await launch(await hookServerBinary(), ['-addr', addr]);
+  server.control = async (op, body) => {
+    const res = await fetch(`http://${server.addr}/control/${op}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(10_000),
+    });
+    const text = await res.text();
+    if (res.status !== 200) throw new Error(`control ${op}: ${res.status} ${text}`);
+    return JSON.parse(text);
+  };
+  return server;
+}
+
+/** Runs bin with args and resolves once it logs `msg=listening addr=...`. */
+async function launch(bin, args) {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HERALD_')));
+  const proc = spawn(bin, args, {
     env,
     stdio: ['ignore', 'ignore', 'pipe'],
   });

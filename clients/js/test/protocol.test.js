@@ -637,3 +637,227 @@ test('an unsub push ends the subscription: onUnsubscribed, state, no resubscribe
   assert.equal(ended.items.length, 2);
   assert.deepEqual(messages.items, []);
 });
+
+test('rpc: method and data on the wire; resolves with the result\'s data (undefined without); refusals keep their code; never resent', async () => {
+  const s = await scriptedServer((cmd) => {
+    if (cmd.cmd !== 'rpc') return undefined;
+    switch (cmd.method) {
+      case 'echo':
+        return { data: { got: cmd.data ?? null } };
+      case 'empty':
+        return {}; // the backend gave no data
+      case 'bare':
+        return undefined; // a reply without a result at all
+      case 'refuse':
+        return { error: { code: 'no_such_room', message: 'room 42 is gone' } };
+      case 'hang':
+        return false;
+    }
+    return { error: { code: 'not_enabled', message: 'no rpc backend' } };
+  });
+  const c = newClient(s.url);
+  await c.connect();
+  assert.deepEqual(await c.rpc('echo', { before: 42, list: [1, 'two'] }), { got: { before: 42, list: [1, 'two'] } });
+  assert.deepEqual(await c.rpc('echo', 'a string'), { got: 'a string' });
+  assert.deepEqual(await c.rpc('echo'), { got: null });
+  assert.deepEqual(await c.rpc('echo', null), { got: null });
+  assert.equal(await c.rpc('empty'), undefined);
+  assert.equal(await c.rpc('bare'), undefined);
+  await assert.rejects(c.rpc('refuse', 1), (err) => err instanceof HeraldError && err.code === 'no_such_room' && err.message === 'room 42 is gone');
+  await assert.rejects(c.rpc('other'), { name: 'HeraldError', code: 'not_enabled' });
+
+  const [c1] = s.conns.items;
+  const rpcs = c1.commands.items.filter((cmd) => cmd.cmd === 'rpc');
+  assert.deepEqual(rpcs[0], { id: rpcs[0].id, cmd: 'rpc', method: 'echo', data: { before: 42, list: [1, 'two'] } });
+  assert.deepEqual(rpcs[2], { id: rpcs[2].id, cmd: 'rpc', method: 'echo' }, 'no data: no "data" field');
+  assert.deepEqual(rpcs[3].data, null, 'null is data');
+
+  // Bad input is refused before anything is sent.
+  const sent = c1.commands.items.length;
+  await assert.rejects(c.rpc(''), TypeError);
+  await assert.rejects(c.rpc(7), TypeError);
+  await assert.rejects(c.rpc('echo', 10n), /rpc data must be a JSON value/);
+  await assert.rejects(c.rpc('echo', () => 1), TypeError);
+  await assert.rejects(c.rpc('echo', new Uint8Array([1])), /not bytes/);
+  await c.ping();
+  assert.equal(c1.commands.items.length, sent + 1, 'only the ping was sent');
+
+  // Lost before the reply: the outcome is unknown, so the client does not
+  // call it again on the next connection; the app decides.
+  const hanging = c.rpc('hang', { n: 1 });
+  await c1.commands.find((cmd) => cmd.method === 'hang', 5000, 'the rpc');
+  c1.ws.close(4003, 'go away for a moment');
+  await assert.rejects(hanging, { name: 'HeraldError', code: 'disconnected' });
+  const c2 = (await s.conns.count(2, 5000, 'a reconnect'))[1];
+  await within(5000, 'connected again', c.connect());
+  await c.ping();
+  assert.deepEqual(c2.commands.items.map((cmd) => cmd.cmd), ['connect', 'ping']);
+
+  c.disconnect();
+  await assert.rejects(c.rpc('echo'), { name: 'HeraldError', code: 'disconnected' });
+});
+
+test('connectData: a value, or a function asked before every attempt; the connect result\'s data in the connected event', async () => {
+  let n = 0;
+  const s = await scriptedServer((cmd, conn) => (cmd.cmd === 'connect' ? { client: `client-${conn.n}`, data: { welcome: cmd.data ?? 'none' } } : undefined));
+
+  const fixed = newClient(s.url, { connectData: { device: 'tablet' } });
+  const fixedStates = recordStates(fixed);
+  await fixed.connect();
+  assert.deepEqual(s.conns.items[0].commands.items[0], { id: 1, cmd: 'connect', data: { device: 'tablet' } });
+  assert.deepEqual(fixedStates.items.at(-1), { state: 'connected', clientId: 'client-1', data: { welcome: { device: 'tablet' } } });
+  fixed.disconnect();
+
+  const c = newClient(s.url, {
+    connectData: async () => {
+      n++;
+      if (n === 2) throw new Error('the device id is not ready');
+      return { attempt: n };
+    },
+  });
+  const states = recordStates(c);
+  await c.connect();
+  const c2 = s.conns.items[1];
+  assert.deepEqual(c2.commands.items[0].data, { attempt: 1 });
+  assert.deepEqual(states.items.at(-1).data, { welcome: { attempt: 1 } });
+
+  // Asked again for the reconnect: its failure is a failed attempt, retried.
+  c2.ws.close(4003, 'go away for a moment');
+  const failed = await states.find((e) => e.state === 'disconnected' && e.code === 1006, 5000, 'the failed attempt');
+  assert.equal(failed.reason, 'connectData failed: the device id is not ready');
+  assert.equal(failed.reconnect, true);
+  const c3 = (await s.conns.count(3, 5000, 'a reconnect'))[2];
+  await states.find((e) => e.state === 'connected' && e.clientId === 'client-3', 5000, 'connected again');
+  assert.deepEqual(c3.commands.items[0].data, { attempt: 3 });
+  assert.equal(n, 3);
+
+  // Without data in the result, the event has no data field.
+  const plain = await scriptedServer();
+  const p = newClient(plain.url);
+  const pStates = recordStates(p);
+  await p.connect();
+  assert.deepEqual(pStates.items.at(-1), { state: 'connected', clientId: 'client-1' });
+  assert.deepEqual(plain.conns.items[0].commands.items[0], { id: 1, cmd: 'connect' });
+
+  assert.throws(() => new Herald(s.url, { connectData: 1n }), /options.connectData must be a JSON value/);
+  const bad = newClient(s.url, { connectData: () => 2n, timeout: 500 });
+  const badStates = recordStates(bad);
+  bad.connect();
+  const ev = await badStates.find((e) => e.state === 'disconnected', 5000, 'the failed attempt');
+  assert.match(ev.reason, /^connectData failed: connectData must be a JSON value/);
+});
+
+test('a subscribe push makes a server-side Subscription: announced before its publications, positions tracked, named in connect\'s subs on reconnect', async () => {
+  const s = await scriptedServer((cmd, conn) => {
+    if (cmd.cmd !== 'connect') return undefined;
+    if (conn.n === 1) {
+      // The server's connect hook gave two channels: news keeps history,
+      // plain does not. Their pushes follow the reply, as Herald sends them.
+      setImmediate(() => {
+        conn.send({ push: 'subscribe', channel: 'news', offset: 5, epoch: 'E' });
+        conn.send({ push: 'pub', channel: 'news', offset: 6, data: 'six' });
+        conn.send({ push: 'subscribe', channel: 'plain' });
+        conn.send({ push: 'pub', channel: 'plain', data: 'live' });
+      });
+    }
+    return undefined;
+  });
+  const c = newClient(s.url);
+  const announced = new Inbox();
+  const messages = new Inbox();
+  const subscribed = new Inbox();
+  const ended = new Inbox();
+  c.on('subscription', (sub, result) => {
+    announced.push([sub, result]);
+    sub.setHandlers({ onMessage: messages.push, onSubscribed: subscribed.push, onUnsubscribed: (info) => ended.push([sub.channel, info]) });
+  });
+  await c.connect();
+  const own = c.subscribe('own');
+  await own.ready;
+  await messages.count(2, 5000, 'the publications after the pushes');
+
+  const [[news, newsResult], [plain, plainResult]] = announced.items;
+  assert.equal(announced.items.length, 2);
+  assert.deepEqual(newsResult, { offset: 5, epoch: 'E' });
+  assert.deepEqual(plainResult, {});
+  assert.equal(news.channel, 'news');
+  assert.equal(news.serverSide, true);
+  assert.equal(own.serverSide, false);
+  assert.equal(c.getSubscription('news'), news);
+  assert.equal(news.state, 'subscribed');
+  assert.deepEqual(await news.ready, { offset: 5, epoch: 'E' });
+  assert.deepEqual(messages.items, [
+    ['six', { channel: 'news', offset: 6, binary: false }],
+    ['live', { channel: 'plain', offset: undefined, binary: false }],
+  ]);
+  assert.equal(news.offset, 6);
+  assert.equal(news.epoch, 'E');
+  assert.throws(() => c.subscribe('news'), { code: 'already_subscribed' });
+
+  // The reconnect names them with their positions, and subscribes to its own only.
+  const [c1] = s.conns.items;
+  c1.ws.close(4003, 'go away for a moment');
+  const c2 = (await s.conns.count(2, 5000, 'a reconnect'))[1];
+  await c2.commands.count(2, 5000, 'connect and the resubscribe');
+  assert.deepEqual(c2.commands.items[0].subs, { news: { offset: 6, epoch: 'E' }, plain: { offset: 0, epoch: '' } });
+  assert.deepEqual(c2.commands.items.slice(1).map((cmd) => [cmd.cmd, cmd.channel]), [['subscribe', 'own']]);
+  assert.equal(news.state, 'subscribing', 'until the server says');
+
+  // The server makes news again, recovering, and no longer grants plain.
+  c2.send({ push: 'subscribe', channel: 'news', offset: 8, epoch: 'E', recovered: true });
+  c2.send({ push: 'pub', channel: 'news', offset: 7, data: 'seven' });
+  c2.send({ push: 'pub', channel: 'news', offset: 8, data: 'eight' });
+  c2.send({ push: 'unsub', channel: 'plain', code: 'not_restored', reason: 'not granted any more' });
+  await ended.count(1, 5000, 'plain ended');
+  assert.deepEqual(ended.items, [['plain', { code: 'not_restored', reason: 'not granted any more' }]]);
+  assert.equal(plain.state, 'unsubscribed');
+  assert.equal(c.getSubscription('plain'), null);
+  await messages.count(4);
+  assert.deepEqual(messages.items.slice(2).map(([d, m]) => [d, m.offset]), [['seven', 7], ['eight', 8]]);
+  assert.equal(news.state, 'subscribed');
+  assert.equal(news.offset, 8);
+  assert.deepEqual(subscribed.items.at(-1), { offset: 8, epoch: 'E', recovered: true });
+  assert.equal(announced.items.length, 2, 'the same Subscription: not announced again');
+
+  // Ended by the server: never named again.
+  c2.ws.close(4003, 'again');
+  const c3 = (await s.conns.count(3, 5000, 'a second reconnect'))[2];
+  await c3.commands.count(2);
+  assert.deepEqual(c3.commands.items[0].subs, { news: { offset: 8, epoch: 'E' } });
+  c3.send({ push: 'unsub', channel: 'news', code: 'server_unsubscribe', reason: 'gone' });
+  await ended.count(2);
+  c3.ws.close(4003, 'and again');
+  const c4 = (await s.conns.count(4, 5000, 'a third reconnect'))[3];
+  await c4.commands.count(2);
+  assert.equal(c4.commands.items[0].subs, undefined, 'no server-side subscription left: no subs');
+  assert.deepEqual(c4.commands.items.slice(1).map((cmd) => cmd.channel), ['own']);
+});
+
+test('a subscribe push for a channel the app subscribed to itself makes that Subscription server-side; the refused subscribe does not end it', async () => {
+  const s = await scriptedServer((cmd, conn) => {
+    if (cmd.cmd !== 'subscribe' || cmd.channel !== 'both') return undefined;
+    // The server made it first (its connect hook named it) and refuses ours.
+    conn.send({ push: 'subscribe', channel: 'both', offset: 3, epoch: 'E' });
+    return { error: { code: 'already_subscribed', message: 'already subscribed' } };
+  });
+  const c = newClient(s.url);
+  const announced = new Inbox();
+  c.on('subscription', announced.push);
+  const errors = new Inbox();
+  const sub = c.subscribe('both', { onError: errors.push });
+  await c.connect();
+  assert.deepEqual(await within(5000, 'ready', sub.ready), { offset: 3, epoch: 'E' });
+  await c.ping(); // after the subscribe's error reply
+  assert.equal(sub.state, 'subscribed');
+  assert.equal(sub.serverSide, true);
+  assert.equal(c.getSubscription('both'), sub);
+  assert.deepEqual(errors.items, []);
+  assert.deepEqual(announced.items, [], 'the app knows this Subscription already');
+
+  s.conns.items[0].ws.close(4003, 'go away for a moment');
+  const c2 = (await s.conns.count(2, 5000, 'a reconnect'))[1];
+  await c2.commands.count(1);
+  await c.ping();
+  assert.deepEqual(c2.commands.items[0].subs, { both: { offset: 3, epoch: 'E' } });
+  assert.deepEqual(c2.commands.items.map((cmd) => cmd.cmd), ['connect', 'ping']);
+});

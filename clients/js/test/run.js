@@ -1,11 +1,13 @@
-// `npm test`: builds the herald binary once, then runs the tests with
+// `npm test`: builds the herald binary and the hook test server
+// (test/hookserver) once, then runs the tests with
 // `node --test`
 //   1. every test file, the client on the `ws` package (Node 20 has no
 //      global WebSocket; on a Node that has one, it is turned off);
 //   2. the Node test files again on Node's built-in WebSocket
 //      (--experimental-websocket on Node 20), when this Node has one;
 // and removes the build. Every step is bounded in time. With $HERALD_BIN set,
-// that binary is tested and nothing is built. Single files run fine without
+// that binary is tested and herald is not built ($HERALD_HOOKSERVER_BIN does
+// the same for the hook server). Single files run fine without
 // this script too (`node --test test/herald.test.js`): they build the binary
 // themselves when $HERALD_BIN is not set.
 
@@ -17,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, '..', '..', '..');
-const nodeFiles = ['test/protocol.test.js', 'test/herald.test.js'];
+const nodeFiles = ['test/protocol.test.js', 'test/herald.test.js', 'test/hooks.test.js'];
 const browserFiles = ['test/browser.test.js'];
 const flag = (f) => process.allowedNodeEnvironmentFlags.has(f);
 const builtIn = typeof globalThis.WebSocket === 'function';
@@ -46,11 +48,18 @@ try {
     }
   }
 
+  let hookBin = process.env.HERALD_HOOKSERVER_BIN;
+  if (!hookBin) {
+    hookBin = path.join(work, 'hookserver');
+    console.log(`# building the hook test server: go build -o ${hookBin} ./clients/js/test/hookserver`);
+    execFileSync('go', ['build', '-o', hookBin, './clients/js/test/hookserver'], { cwd: repoRoot, stdio: 'inherit', timeout: 300_000 });
+  }
+
   for (const run of runs) {
     console.log(`\n# === client on the ${run.name}: node ${[...run.flags, '--test', ...run.files].join(' ')}`);
     const r = spawnSync(process.execPath, [...run.flags, '--test', '--test-timeout=120000', ...run.files], {
       cwd: path.resolve(here, '..'),
-      env: { ...process.env, HERALD_BIN: bin },
+      env: { ...process.env, HERALD_BIN: bin, HERALD_HOOKSERVER_BIN: hookBin },
       stdio: 'inherit',
       timeout: 600_000,
     });
