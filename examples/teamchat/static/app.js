@@ -158,6 +158,6 @@ $('logout').addEventListener('click', async () => {
   showLogin();
 });
 
-const me = await fetch('/me');
-if (me.ok) startChat((await me.json()).name);
+const me = await (await fetch('/me')).json();
+if (me.name) startChat(me.name);
 else showLogin();
