@@ -35,6 +35,10 @@ type subEntry struct {
 	// info is the subscriber's info in this channel, from the subscribe
 	// hook; nil means the connection's.
 	info json.RawMessage
+	// chEvents and memberEvents: the namespace sent channel and member
+	// webhook events when the subscription was made.
+	chEvents, memberEvents bool
+	user                   string // the member's user, for memberDown
 }
 
 type recoverBuf struct {
@@ -143,7 +147,8 @@ func (n *Node) subscribeChecked(c *conn, ns *Namespace, channel string, since *p
 		return nil, nil, errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d channels", maxChannels)
 	}
 
-	e := &subEntry{presence: ns.Presence, joinLeave: ns.JoinLeave, info: info}
+	e := &subEntry{presence: ns.Presence, joinLeave: ns.JoinLeave, info: info, chEvents: ns.ChannelEvents && n.events != nil}
+	e.memberEvents = e.presence && ns.MemberEvents && n.events != nil
 	var rb *recoverBuf
 	if ns.HistorySize > 0 {
 		rb = &recoverBuf{}
@@ -204,6 +209,10 @@ func (n *Node) subscribeChecked(c *conn, ns *Namespace, channel string, since *p
 		c.mu.Unlock()
 		if e.info != nil {
 			p.Info = e.info
+		}
+		if e.memberEvents {
+			e.user = p.User
+			n.events.memberUp(channel, p)
 		}
 		ctx, cancel := n.opCtx()
 		defer cancel()
@@ -284,6 +293,9 @@ func (n *Node) addSub(c *conn, channel string, e *subEntry, history bool) *Error
 	l.Lock()
 	defer l.Unlock()
 	if n.hub.addSub(channel, c, e) {
+		if e.chEvents {
+			n.events.channelUp(channel)
+		}
 		if history {
 			n.streams.Store(channel, &stream{})
 		}
@@ -328,6 +340,9 @@ func (n *Node) removeSubscription(c *conn, channel string) bool {
 	l := &n.subLocks[n.hub.index(channel)%len(n.subLocks)]
 	l.Lock()
 	e, last := n.hub.removeSub(channel, c)
+	if last && n.events != nil {
+		n.events.channelDown(channel) // changes nothing unless it was tracked
+	}
 	if last {
 		n.streams.Delete(channel)
 		ctx, cancel := n.opCtx()
@@ -338,6 +353,9 @@ func (n *Node) removeSubscription(c *conn, channel string) bool {
 	}
 	l.Unlock()
 	// The subscription leaves as it joined (its namespace may have changed).
+	if e != nil && e.memberEvents {
+		n.events.memberDown(channel, ClientPresence{Client: c.id, User: e.user})
+	}
 	if e != nil && e.presence {
 		ctx, cancel := n.opCtx()
 		defer cancel()
@@ -375,6 +393,7 @@ func (n *Node) unregister(c *conn) {
 		}
 	}
 	n.hub.removeConn(c)
+	n.events.userMoved(c.user, "")
 	n.disconnected(c)
 	n.log.Debug("disconnected", "client", c.id, "user", c.user)
 }

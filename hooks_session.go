@@ -112,6 +112,7 @@ func (s *v1Session) connectHook(cmd protocol.Command) (reply *ConnectReply, ok b
 	}
 	if id.user != ev.Client.UserID {
 		n.hub.setUser(c, id.user)
+		n.events.userMoved(ev.Client.UserID, id.user)
 	}
 	c.mu.Lock()
 	c.info = id.info
@@ -152,8 +153,10 @@ func (s *v1Session) connectSubs(reply *ConnectReply, subs map[string]protocol.Po
 	}
 }
 
+// position is the recovery position of ch in connect's subs: none for a
+// channel without history (no epoch), which has nothing to recover.
 func position(subs map[string]protocol.Position, ch string) *protocol.Position {
-	if p, ok := subs[ch]; ok {
+	if p, ok := subs[ch]; ok && p.Epoch != "" {
 		return &p
 	}
 	return nil

@@ -35,7 +35,12 @@ type nodeMetrics struct {
 	// their durations by hook.
 	hookCalls    *prometheus.CounterVec
 	hookDuration *prometheus.HistogramVec
-	registry     *prometheus.Registry
+	// Webhooks: events by result (delivered, dropped), Deliver calls by
+	// result (ok, failed), failed store calls.
+	webhookEvents      *prometheus.CounterVec
+	webhookDeliveries  *prometheus.CounterVec
+	webhookStoreErrors prometheus.Counter
+	registry           *prometheus.Registry
 }
 
 func (n *Node) initMetrics() {
@@ -54,6 +59,18 @@ func (n *Node) initMetrics() {
 		Help:    "Time the backend's hooks took to answer, by hook.",
 		Buckets: prometheus.ExponentialBuckets(250e-6, 2, 16), // 250µs .. 8s
 	}, []string{"hook"})
+	m.webhookEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_webhook_events_total",
+		Help: "Webhook events that left the outbox, by result: delivered, or dropped (not delivered within webhook RetryFor, or not recorded because the store was down for long).",
+	}, []string{"result"})
+	m.webhookDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_webhook_deliveries_total",
+		Help: "Webhook delivery calls (batches) made by this node, by result: ok or failed.",
+	}, []string{"result"})
+	m.webhookStoreErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_webhook_store_errors_total",
+		Help: "Failed calls to the webhooks' event store (each is retried).",
+	})
 	reg := prometheus.NewRegistry()
 	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
@@ -73,6 +90,9 @@ func (n *Node) initMetrics() {
 		m.broadcast,
 		m.hookCalls,
 		m.hookDuration,
+		m.webhookEvents,
+		m.webhookDeliveries,
+		m.webhookStoreErrors,
 		counter("herald_messages_received_total", "WebSocket messages received from clients.", &m.messagesIn),
 		counter("herald_received_bytes_total", "Bytes of WebSocket messages received from clients.", &m.bytesIn),
 		counter("herald_messages_sent_total", "WebSocket frames written to clients (pushes, replies, control frames).", &m.framesOut),

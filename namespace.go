@@ -126,6 +126,9 @@ func newNamespaces(list []Namespace) (*namespaces, error) {
 		if n.JoinLeave {
 			n.Presence = true
 		}
+		if n.MemberEvents && !n.Presence {
+			return nil, fmt.Errorf("herald: namespace %q: member events need presence", n.Name)
+		}
 		ns.byName[n.Name] = &n
 	}
 	return ns, nil

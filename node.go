@@ -88,6 +88,9 @@ type Node struct {
 	ips      *ipLimits
 	wg       sync.WaitGroup // one per live connection (its reader)
 	bg       sync.WaitGroup // goBackground's goroutines
+	// events is the webhooks' tracker and deliverer; nil when webhooks
+	// are off.
+	events *eventTracker
 	// serialQ holds inOrder's work, run by one goroutine while
 	// serialRunning; both guarded by serialMu.
 	serialMu      sync.Mutex
@@ -144,6 +147,9 @@ func New(cfg Config) (*Node, error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.id, n.started = newID(), time.Now()
 	n.initMetrics()
+	if cfg.Webhooks.Deliver != nil {
+		n.events = newEventTracker(n, cfg.Webhooks)
+	}
 	if cfg.AllowAnyOrigin {
 		n.log.Warn("origin check disabled (AllowAnyOrigin): any web site can open connections with your users' cookies")
 	}
@@ -177,6 +183,14 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() { brokerErr <- n.broker.Run(bctx) }()
 	beats := make(chan struct{})
 	go func() { defer close(beats); n.heartbeat(bctx) }()
+	hooks := make(chan struct{}, 2)
+	if n.events != nil {
+		go func() { defer func() { hooks <- struct{}{} }(); n.events.run(bctx) }()
+		go func() { defer func() { hooks <- struct{}{} }(); n.events.deliverer.run(bctx) }()
+	} else {
+		hooks <- struct{}{}
+		hooks <- struct{}{}
+	}
 
 	var err error
 	brokerDone := false
@@ -195,6 +209,8 @@ func (n *Node) Run(ctx context.Context) error {
 	<-stopped // the stop is over, whoever began it
 	stopBackground()
 	<-beats
+	<-hooks
+	<-hooks
 	if !brokerDone {
 		err = <-brokerErr
 	}
@@ -311,6 +327,11 @@ func (n *Node) stop(ctx context.Context) (cut bool) {
 		n.forEachConn(func(c *conn) { c.nc.Close() })
 		<-drained
 	}
+	if n.events != nil {
+		// Every connection is gone: release what this node held, and
+		// deliver what it can, within what is left of ctx.
+		n.events.finish(ctx)
+	}
 	n.mu.Lock() // orders the cancel with goBackground's Add
 	n.cancel()
 	n.mu.Unlock()
@@ -378,6 +399,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	c := n.newConn(nc, hs, id, ip, raw)
 	c.remote = r.RemoteAddr
 	n.hub.addConn(c)
+	n.events.userMoved("", c.user)
 	if raw {
 		s := &rawSession{c: c, channel: rawCh}
 		s.exp.set(c, id.expires, id.hookExpiry)

@@ -46,8 +46,14 @@ func (s *rawSession) message(msg []byte, binary bool) {
 	n.metrics.pubRaw.Add(1)
 	ctx, cancel := n.opCtx()
 	defer cancel()
-	if _, err := n.publish(ctx, pub, ns.publishOptions("", 0)); err != nil {
+	res, err := n.publish(ctx, pub, ns.publishOptions("", 0))
+	if err != nil {
 		n.log.Warn("raw publish failed", "client", c.id, "channel", s.channel, "err", err)
 		c.close(CloseTryAgainLater, "publish failed")
+		return
+	}
+	if ns.PublishEvents && n.events != nil {
+		pub.Offset = res.Offset
+		n.events.published(c, pub)
 	}
 }

@@ -188,6 +188,10 @@ func (s *v1Session) publish(cmd protocol.Command, payload []byte, binary bool) {
 		s.fail(cmd.ID, err)
 		return
 	}
+	if ns.PublishEvents && n.events != nil && !res.Duplicate {
+		pub.Offset = res.Offset
+		n.events.published(c, pub)
+	}
 	if res.Offset == 0 && !res.Duplicate {
 		s.reply(cmd.ID, nil, nil)
 		return
@@ -285,7 +289,9 @@ func (s *v1Session) connect(cmd protocol.Command) {
 			c.close(ClosePolicyViolation, "too many connections for this user")
 			return
 		}
+		old := c.user
 		n.hub.setUser(c, claims.UserID)
+		n.events.userMoved(old, claims.UserID)
 		if claims.Info != nil {
 			c.mu.Lock()
 			c.info = claims.Info

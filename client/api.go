@@ -220,3 +220,67 @@ func (c *Client) Ping(ctx context.Context) error {
 	}
 	return nil
 }
+
+// RPC calls method of the application's backend (the server's RPC hook)
+// with data, and returns the backend's answer: any JSON value, nil when it
+// gave none. data may be nil (the call carries none), a json.RawMessage
+// (sent as is; it must be valid JSON), or any value encoding/json can
+// marshal.
+//
+// A refusal is an *Error, reached with errors.As: switch on its Code, which
+// is one of protocol's codes or one of the application's own (lowercase,
+// as the backend refused with, passed through untouched). Herald's own
+// answers: protocol.CodeNotEnabled when the server has no RPC hook,
+// protocol.CodeUnavailable when the backend failed or did not answer in
+// time. An rpc is retried only after rate_limited (the server did
+// nothing): after unavailable or a lost connection (ErrDisconnected) the
+// backend may or may not have run it, and only the application knows
+// whether calling again is safe.
+func (c *Client) RPC(ctx context.Context, method string, data any) (json.RawMessage, error) {
+	fail := func(err error) (json.RawMessage, error) {
+		return nil, fmt.Errorf("failed to call %q: %w", method, err)
+	}
+	if method == "" {
+		return fail(errors.New("the method is empty"))
+	}
+	payload, err := rpcPayload(data)
+	if err != nil {
+		return fail(err)
+	}
+	raw, err := c.call(ctx, &command{Command: protocol.Command{Cmd: protocol.CmdRPC, Method: method}}, payload, false)
+	if err != nil {
+		return fail(err)
+	}
+	var res protocol.RPCResult
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &res); err != nil {
+			return fail(fmt.Errorf("failed to decode the rpc result %q: %w", raw, err))
+		}
+	}
+	return res.Data, nil
+}
+
+var errRPCData = errors.New("data is a json.RawMessage that is not a valid UTF-8 JSON value")
+
+// rpcPayload is the JSON of an rpc's data; nil for none. A []byte is
+// marshalled as encoding/json does (base64): only json.RawMessage is taken
+// as JSON already.
+func rpcPayload(data any) ([]byte, error) {
+	switch d := data.(type) {
+	case nil:
+		return nil, nil
+	case json.RawMessage:
+		if d == nil {
+			return nil, nil
+		}
+		if !utf8.Valid(d) || !json.Valid(d) {
+			return nil, errRPCData
+		}
+		return d, nil
+	}
+	b, err := json.Marshal(data)
+	if err != nil {
+		return nil, fmt.Errorf("failed to encode data: %w", err)
+	}
+	return b, nil
+}

@@ -25,6 +25,33 @@
 // application's unsubscribe_user) is never resubscribed: OnUnsubscribed
 // says so. Close stops everything and waits for the client's goroutines.
 //
+// A refused connect command (a token or the server's Connect hook said no)
+// fails with an *Error carrying the server's code, which may be one of the
+// application's own; the server then closes with 4500 or 4501 (the client
+// stops: the error holds the *CloseError too) or, when its backend failed,
+// with 1013 (the client retries with backoff). Options.ConnectData is
+// sent with each connect for the Connect hook, whose answer is
+// StateChange.Data.
+//
+// # Server-side subscriptions
+//
+// The server may subscribe the client by itself (its Connect hook, or the
+// application's Node.SubscribeUser and SubscribeClient).
+// Options.OnServerSubscribe announces each such *Subscription
+// (ServerSide reports true) and gives its handlers; from then on it
+// behaves as one of the client's own — publications in order, Position,
+// OnUnsubscribed, Unsubscribe — except after a reconnect: the client does
+// not resubscribe it but sends its position in the connect command, and
+// the server makes it again (recovering what was missed, or saying it
+// could not with OnRecoveryFailed) or ends it (OnUnsubscribed with
+// protocol.UnsubNotRestored). It is never resubscribed by the client.
+//
+// # RPC
+//
+// RPC calls a method of the application's backend through the server and
+// returns its JSON answer; a refusal is an *Error whose Code is the
+// backend's (switch on it).
+//
 // # Goroutines and handlers
 //
 // A connected client runs two goroutines: the connection goroutine, which
@@ -81,6 +108,7 @@ package client
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -109,6 +137,16 @@ type Options struct {
 	// It must return when ctx is done (Close cancels it). An error counts as
 	// a failed attempt: Connect returns it, a reconnect retries after backoff.
 	GetToken func(ctx context.Context) (string, error)
+	// ConnectData is sent in every connect command as "data", for the
+	// server's Connect hook (a backend's own credentials, a device id…):
+	// any JSON value; nil sends none. GetConnectData, when set, replaces
+	// it: it is called before every connection attempt, after GetToken, on
+	// the connection goroutine, and must return when ctx is done. Data
+	// that is not valid JSON, or an error, fails the attempt (Connect
+	// returns it; a reconnect retries after backoff). The Connect hook's
+	// answer is StateChange.Data and Client.ConnectReplyData.
+	ConnectData    json.RawMessage
+	GetConnectData func(ctx context.Context) (json.RawMessage, error)
 	// Header is sent with every WebSocket handshake (cookies, Authorization).
 	Header http.Header
 	// Dialer dials the WebSocket; it is copied, never modified. Nil means
@@ -171,6 +209,22 @@ type Options struct {
 	// OnMessage is called, on the dispatcher goroutine, for every "message"
 	// push: data the server sent to this connection, its user, or everyone.
 	OnMessage func(Message)
+	// OnServerSubscribe is called, on the dispatcher goroutine, when the
+	// server subscribes the client to a channel by itself (a server-side
+	// subscription: the Connect hook's Channels, Node.SubscribeUser,
+	// Node.SubscribeClient). It returns the subscription's handlers, which
+	// get its events as a Subscribe's would, from its first publication
+	// on: only the handler fields count (Token, GetToken and Since do not).
+	//
+	// Unlike the client's own, a server-side subscription is not
+	// resubscribed after a reconnect: the client sends its position in the
+	// connect command, and the server makes it again and recovers from
+	// there (OnRecoveryFailed when it cannot), or ends it with an unsub
+	// push (OnUnsubscribed, code protocol.UnsubNotRestored) when the
+	// application no longer grants it. A subscription carried across a
+	// reconnect keeps its *Subscription and is announced once. Nil: the
+	// client still holds and restores them, but their events are dropped.
+	OnServerSubscribe func(sub *Subscription) SubscribeOptions
 }
 
 // Backoff configures the waits between reconnection attempts (Options.Backoff)
@@ -246,6 +300,9 @@ type StateChange struct {
 	// could come (dial, HTTP refusal, GetToken).
 	Code   protocol.CloseCode
 	Reason string
+	// Data is the server's Connect hook's data for this connection
+	// (StateConnected), nil if it gave none.
+	Data json.RawMessage
 	// Err says why the connection ended or the attempt failed: a
 	// *CloseError, *HandshakeError, ErrSlowHandler, a network error…
 	Err error
@@ -301,8 +358,9 @@ type Client struct {
 	mu          sync.Mutex
 	state       State
 	id          string
-	cur         *session // the connection being set up or live, so Close can end it
-	live        *session // cur, once the connect reply came: requests go there
+	replyData   json.RawMessage // the connect result's data
+	cur         *session        // the connection being set up or live, so Close can end it
+	live        *session        // cur, once the connect reply came: requests go there
 	subs        map[string]*Subscription
 	running     bool // a connection goroutine exists
 	dispatching bool // the dispatcher was started
@@ -441,6 +499,14 @@ func (c *Client) ID() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.id
+}
+
+// ConnectReplyData returns the data the server's Connect hook gave the
+// current connection (the last one while disconnected), nil if none.
+func (c *Client) ConnectReplyData() json.RawMessage {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.replyData
 }
 
 // State returns the connection's current state.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 
@@ -86,6 +87,10 @@ func (c *Client) establish(ctx context.Context) (*session, error) {
 		}
 		token = t
 	}
+	data, err := c.connectData(ctx)
+	if err != nil {
+		return nil, err
+	}
 	ws, err := c.dial(ctx)
 	if err != nil {
 		return nil, err
@@ -100,9 +105,10 @@ func (c *Client) establish(ctx context.Context) (*session, error) {
 		return nil, ErrClosed
 	}
 	c.cur = s
+	cmd := &command{Command: protocol.Command{Cmd: protocol.CmdConnect, Token: token, Data: data, Subs: c.serverSubsLocked()}}
 	c.mu.Unlock()
 
-	res, err := s.handshake(ctx, token)
+	res, err := s.handshake(ctx, cmd)
 	if err != nil {
 		c.teardown(s)
 		return nil, err
@@ -112,21 +118,24 @@ func (c *Client) establish(ctx context.Context) (*session, error) {
 	c.mu.Lock()
 	c.live = s
 	c.id = id
+	c.replyData = res.Data
 	if !c.closed {
 		c.state = StateConnected
 	}
 	c.notifyLocked()
-	// Resubscribe every active subscription (never one the server ended),
-	// from the last position seen, on the session's sender goroutine.
+	// Resubscribe every active subscription of the client's own (never one
+	// the server ended, nor a server-side one: the connect command carried
+	// those), from the last position seen, on the session's sender
+	// goroutine.
 	var resubs []bgCommand
 	for _, sub := range c.subs {
-		if sub.state == subActive {
+		if sub.state == subActive && !sub.server {
 			resubs = append(resubs, bgCommand{sub: sub})
 		}
 	}
 	c.mu.Unlock()
-	c.log.Info("connected", "client", id, "resubscribing", len(resubs))
-	c.emit(StateChange{State: StateConnected, ClientID: id})
+	c.log.Info("connected", "client", id, "resubscribing", len(resubs), "restoring", len(cmd.Subs))
+	c.emit(StateChange{State: StateConnected, ClientID: id, Data: res.Data})
 
 	if res.Expires != 0 && c.opts.GetToken != nil {
 		c.wg.Add(1)
@@ -196,14 +205,33 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 	return ws, nil
 }
 
+// connectData returns the data of the next connect command.
+func (c *Client) connectData(ctx context.Context) (json.RawMessage, error) {
+	data := c.opts.ConnectData
+	if c.opts.GetConnectData != nil {
+		d, err := c.opts.GetConnectData(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("failed to get the connect data: %w", err)
+		}
+		data = d
+	}
+	if data != nil && (!utf8.Valid(data) || !json.Valid(data)) {
+		return nil, fmt.Errorf("failed to send the connect data: %q is not a valid UTF-8 JSON value", data)
+	}
+	return data, nil
+}
+
 // handshake sends the connect command and reads until its reply, handling
-// any push that comes first. It returns the connection's client id.
-func (s *session) handshake(ctx context.Context, token string) (protocol.ConnectResult, error) {
+// any push that comes first. It returns the connect result.
+func (s *session) handshake(ctx context.Context, cmd *command) (protocol.ConnectResult, error) {
 	var none protocol.ConnectResult
 	c := s.c
 	_ = s.ws.SetReadDeadline(time.Now().Add(c.opts.RequestTimeout))
 	stop := onCancel(ctx, func() { s.interrupt(time.Now()) })
-	reply, err := s.awaitConnect(token)
+	reply, err := s.awaitConnect(cmd)
+	if err == nil && reply.Error != nil {
+		err = s.refused(reply.Error)
+	}
 	stop()
 	// Checked after stop: once ctx has fired, the session is interrupted
 	// and unusable even if the reply made it in.
@@ -221,9 +249,6 @@ func (s *session) handshake(ctx context.Context, token string) (protocol.Connect
 		}
 		return none, fmt.Errorf("failed to connect: %w", err)
 	}
-	if reply.Error != nil {
-		return none, fmt.Errorf("failed to connect: %w", replyError(reply.Error))
-	}
 	var res protocol.ConnectResult
 	if err := json.Unmarshal(reply.Result, &res); err != nil {
 		return none, fmt.Errorf("failed to decode the connect result %q: %w", reply.Result, err)
@@ -234,10 +259,34 @@ func (s *session) handshake(ctx context.Context, token string) (protocol.Connect
 	return res, nil
 }
 
-func (s *session) awaitConnect(token string) (*protocol.Reply, error) {
+// refused returns the error of a connect the server refused. A server
+// closes the connection right after such a reply, and its close code says
+// whether to come back (1013: the backend failed, retry with backoff) or
+// not (4500, 4501: refused): the close frame is awaited, up to closeGrace,
+// so that the error carries both the reply's *Error and the *CloseError.
+func (s *session) refused(pe *protocol.Error) error {
+	refusal := replyError(pe)
+	s.dmu.Lock()
+	if !s.closing {
+		_ = s.ws.SetReadDeadline(time.Now().Add(closeGrace))
+	}
+	s.dmu.Unlock()
+	for {
+		err := s.readOne()
+		if err == nil {
+			continue // a push the server sent before closing
+		}
+		var we *websocket.CloseError
+		if errors.As(err, &we) && we.Code != websocket.CloseAbnormalClosure {
+			return fmt.Errorf("%w (%w)", refusal, &CloseError{Code: protocol.CloseCode(we.Code), Reason: we.Text})
+		}
+		return refusal // no close frame in time: the reply says all there is
+	}
+}
+
+func (s *session) awaitConnect(cmd *command) (*protocol.Reply, error) {
 	var reply *protocol.Reply
 	p := &pending{onReply: func(r protocol.Reply) error { reply = &r; return nil }}
-	cmd := &command{Command: protocol.Command{Cmd: protocol.CmdConnect, Token: token}}
 	if _, err := s.start(cmd, nil, false, p); err != nil {
 		return nil, err
 	}
@@ -443,7 +492,10 @@ type inFrame struct {
 	Data    json.RawMessage      `json:"data"`
 	Info    *protocol.ClientInfo `json:"info"`
 	Code    string               `json:"code"`   // of an unsub push
-	Reason  string               `json:"reason"` // of an unsub push
+	Reason  string               `json:"reason"` // of an unsub or subscribe push
+	// Of a subscribe push, with Offset: the channel's position.
+	Epoch     string `json:"epoch"`
+	Recovered *bool  `json:"recovered"`
 }
 
 // handleFrame handles one frame on the connection goroutine. A non-nil
@@ -518,6 +570,9 @@ func (c *Client) handlePush(f *inFrame, data []byte, binary bool) error {
 	case protocol.PushUnsub:
 		c.serverUnsubscribed(f.Channel, f.Code, f.Reason)
 		return nil
+	case protocol.PushSubscribe:
+		c.serverSubscribed(f)
+		return nil
 	case protocol.PushPub, protocol.PushJoin, protocol.PushLeave:
 	default:
 		return nil // unknown kinds are ignored: later versions add some
@@ -535,7 +590,7 @@ func (c *Client) handlePush(f *inFrame, data []byte, binary bool) error {
 	}
 	switch f.Push {
 	case protocol.PushPub:
-		if sub.opts.OnPublication != nil {
+		if c.handles(sub, evPub) {
 			pub := Publication{Channel: f.Channel, Offset: f.Offset, Data: data, Binary: binary}
 			if err := c.queueEvent(event{kind: evPub, sub: sub, pub: pub}); err != nil {
 				return err
@@ -547,11 +602,11 @@ func (c *Client) handlePush(f *inFrame, data []byte, binary bool) error {
 			c.mu.Unlock()
 		}
 	case protocol.PushJoin, protocol.PushLeave:
-		h, kind := sub.opts.OnJoin, evJoin
+		kind := evJoin
 		if f.Push == protocol.PushLeave {
-			h, kind = sub.opts.OnLeave, evLeave
+			kind = evLeave
 		}
-		if h == nil || f.Info == nil {
+		if !c.handles(sub, kind) || f.Info == nil {
 			return nil
 		}
 		return c.queueEvent(event{kind: kind, sub: sub, info: *f.Info})

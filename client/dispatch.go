@@ -35,6 +35,7 @@ const (
 	evRecoveryFailed
 	evSubError
 	evUnsubscribed
+	evServerSubscribe
 )
 
 // event is one handler call waiting in the queue.
@@ -222,6 +223,10 @@ func (c *Client) deliver(ev event) {
 		if f := c.opts.OnMessage; f != nil {
 			f(ev.msg)
 		}
+	case evServerSubscribe:
+		// Announced even if the server ended it since: OnUnsubscribed,
+		// queued after, then says so.
+		c.announce(ev.sub)
 	case evSubError:
 		// Delivered even though the subscription has ended: that is the news.
 		if f := ev.sub.opts.OnError; f != nil {

@@ -43,8 +43,10 @@ type SubscribeOptions struct {
 	// OnUnsubscribed is called when the server ends the subscription (an
 	// unsub push): code says why — protocol.UnsubServer, the server
 	// application unsubscribed this client's user (the HTTP API's
-	// unsubscribe_user, Node.UnsubscribeUser); later versions may add codes
-	// — and reason says it in words. It is the subscription's last handler
+	// unsubscribe_user, Node.UnsubscribeUser); protocol.UnsubNotRestored,
+	// a server-side subscription the server did not make again after a
+	// reconnect; later versions may add codes — and reason says it in
+	// words. It is the subscription's last handler
 	// call: the publications the server sent before ending it are delivered
 	// first, and nothing after. The client never resubscribes the channel
 	// by itself, on this connection or after a reconnect; a new Subscribe
@@ -74,11 +76,18 @@ const (
 )
 
 // Subscription is a client's subscription to one channel. It lives across
-// reconnects until Unsubscribe, Close, or OnError.
+// reconnects until Unsubscribe, Close, or OnError; a server-side one
+// (ServerSide) until Unsubscribe, Close, or the server ends it
+// (OnUnsubscribed).
 type Subscription struct {
 	c       *Client
 	channel string
-	opts    SubscribeOptions
+	// server: made by the server (a subscribe push), not by Subscribe.
+	server bool
+	// opts is fixed at Subscribe for the client's own subscriptions. A
+	// server-side one gets its handlers from OnServerSubscribe, on the
+	// dispatcher, which alone reads them (see Client.handles).
+	opts SubscribeOptions
 	// closed is set once no handler of the subscription may start any more
 	// (read by the dispatcher without the client's lock).
 	closed atomic.Bool
@@ -94,6 +103,9 @@ type Subscription struct {
 	// leaves the client's map only when none is left, so that a late reply
 	// always finds it.
 	inflight int
+	// restoring: a server-side subscription named in the connect command
+	// of the current connection, whose subscribe push has not come yet.
+	restoring bool
 }
 
 // Subscribe subscribes to channel and returns once the server confirmed it.
@@ -493,6 +505,10 @@ func (sub *Subscription) Position() Position {
 // rate_limited is sent again in the background, at the client's pace, and
 // Unsubscribe waits for the server's confirmation within ctx; the channel
 // counts as held until then. Calling it again is a no-op.
+//
+// A server-side subscription is unsubscribed the same way; the server may
+// make it again at a later connect (its Connect hook's Channels), and it
+// is then announced as a new one.
 func (sub *Subscription) Unsubscribe(ctx context.Context) error {
 	c := sub.c
 	c.mu.Lock()

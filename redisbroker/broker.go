@@ -107,8 +107,9 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Broker is a herald.Broker and herald.PresenceManager backed by Redis.
-// See the package documentation for the design.
+// Broker is a herald.Broker and herald.PresenceManager backed by Redis,
+// and provides the webhooks' herald.EventStore (EventStore). See the
+// package documentation for the design.
 //
 // Goroutines: Run owns the pub/sub connection (one per Broker) and the
 // presence refresher; rueidis calls onMessage from that connection's reader

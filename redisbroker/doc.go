@@ -1,5 +1,6 @@
-// Package redisbroker is a herald.Broker and herald.PresenceManager backed
-// by Redis (7 or later), joining several Herald nodes:
+// Package redisbroker is a herald.Broker, herald.PresenceManager and
+// herald.EventStoreProvider backed by Redis (7 or later), joining several
+// Herald nodes:
 //
 //	b, err := redisbroker.New(redisbroker.Options{URL: "redis://127.0.0.1:6379/0"})
 //	defer b.Close()
@@ -49,6 +50,50 @@
 // with one bound: MemoryBroker keeps a channel's position for the life of
 // the process, Redis for HistoryMetaTTL after the last publish or read.
 //
+// # Webhooks
+//
+// Broker.EventStore is the webhooks' outbox and the state the nodes share
+// for them (herald.Webhooks uses it when Webhooks.Store is nil). Its keys
+// share the hash tag {webhooks}, so that a script may touch several of
+// them in one Cluster slot (and no channel's key can be one of them):
+//
+//	P:{webhooks}:out     STREAM the outbox: one entry per event, field "e" = the
+//	                            herald.Event as JSON; positions are entry IDs
+//	P:{webhooks}:k:<key> SET    the nodes holding key (a user, channel or member)
+//	P:{webhooks}:n:<node> SET   the keys node holds
+//	P:{webhooks}:beats   ZSET   node -> alive until (unix ms, Redis clock)
+//	P:{webhooks}:lead    STRING the delivering node, PX the lead's ttl
+//
+// Scripts (scripts.go), each one atomic step: hold (SADD to both sets,
+// XADD the on event if the key had no holder), release (SREM, XADD the off
+// event if none is left), append (XADD each event, so one Append's events
+// are contiguous), beat, lead (SET NX PX, or PEXPIRE if the value is this
+// node). Pending is XRANGE - + COUNT max; Ack(pos) is XTRIM MINID with the
+// ID just after pos, exact, so it removes every entry up to and including
+// pos, nothing newer, and nothing when pos is older than the oldest entry.
+//
+// Reap cannot be one script, since the off events are built by a Go
+// callback: for each node whose beat has expired (by Redis' clock) it reads
+// up to 1000 of the node's keys, builds their off events, and runs a
+// script that first checks the node is still expired (not beating again,
+// not finished by another node's Reap), then releases those keys, appending
+// the off event of each key that has no holder left at that moment (so a
+// Hold by a live node in between wins, and its key gets no event). It
+// repeats until the node's key set is empty, then removes its beat: each
+// key's release is atomic and makes at most one event, one reaper reports
+// the node, and a big node blocks Redis for many short scripts rather than
+// one long one.
+//
+// Durability: the outbox lives as long as Redis keeps its data. With no
+// persistence, a Redis restart loses the events not yet delivered and who
+// held what (so no offline events follow for users held before it);
+// AOF (appendfsync everysec loses at most about a second) or RDB snapshots
+// are the operator's choice. Replication to a Sentinel replica is
+// asynchronous: a failover may lose the last events. The outbox grows
+// while no node delivers (Webhooks.RetryFor bounds how long an event is
+// retried, not how long Redis keeps it when no node runs); XLEN
+// P:{webhooks}:out shows its length.
+//
 // # Pub/sub connection, reconnects and health
 //
 // Each Broker holds one dedicated pub/sub connection, owned by Run. Run
@@ -96,7 +141,8 @@
 // are lost, and offsets may then be handed out again under the same epoch
 // (Redis replication is asynchronous), so clients may miss publications
 // without being told. Cluster: every script touches only one channel's
-// keys, which share a slot through the hash tag, and PUBLISH works from
+// keys, or only the webhooks' keys, which share a slot through the hash tag
+// and are all named in KEYS, and PUBLISH works from
 // any node; but the pub/sub connection is taken with Dedicate, which on a
 // Cluster client needs a keyed first command, so Cluster is not supported
 // as written and not tested (a sharded design would use SSUBSCRIBE per

@@ -165,3 +165,109 @@ return redis.call('hgetall', KEYS[2])
 var presenceStatsScript = rueidis.NewLuaScript(luaPresence + `
 return {redis.call('hlen', KEYS[2]), redis.call('hlen', KEYS[3])}
 `)
+
+// The webhooks' event store (events.go). Every key it uses carries the
+// hash tag {webhooks}, so that one script may touch the outbox, a key's
+// holders and a node's keys in one Cluster slot, and every script declares
+// each key it touches in KEYS. A holder set or a node's key set that
+// becomes empty is deleted by Redis, so EXISTS tells "no holder left".
+
+// eventsHoldScript adds a holder and appends the on event if there was
+// none, in one step.
+//
+// KEYS: the key's holder set, the node's key set, the outbox stream.
+// ARGV: node, key, on event (JSON).
+// Returns 1 if it appended, 0 if not.
+var eventsHoldScript = rueidis.NewLuaScript(`
+if redis.call('sadd', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('sadd', KEYS[2], ARGV[2])
+if redis.call('scard', KEYS[1]) > 1 then return 0 end
+redis.call('xadd', KEYS[3], '*', 'e', ARGV[3])
+return 1
+`)
+
+// eventsReleaseScript removes a holder and appends the off event if it was
+// the last one, in one step.
+//
+// KEYS: the key's holder set, the node's key set, the outbox stream.
+// ARGV: node, key, off event (JSON).
+// Returns 1 if it appended, 0 if not.
+var eventsReleaseScript = rueidis.NewLuaScript(`
+if redis.call('srem', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('srem', KEYS[2], ARGV[2])
+if redis.call('exists', KEYS[1]) == 1 then return 0 end
+redis.call('xadd', KEYS[3], '*', 'e', ARGV[3])
+return 1
+`)
+
+// eventsAppendScript appends events in one step, so that the events of
+// one Append are contiguous in the outbox.
+//
+// KEYS: the outbox stream. ARGV: events (JSON).
+var eventsAppendScript = rueidis.NewLuaScript(`
+for i = 1, #ARGV do redis.call('xadd', KEYS[1], '*', 'e', ARGV[i]) end
+return #ARGV
+`)
+
+// eventsBeatScript records that a node is alive until Redis' now + ttl.
+//
+// KEYS: the beats zset. ARGV: node, ttl ms.
+var eventsBeatScript = rueidis.NewLuaScript(luaNow + `
+redis.call('zadd', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+`)
+
+// eventsExpiredScript lists the nodes whose beat has expired, by Redis'
+// clock, oldest first.
+//
+// KEYS: the beats zset.
+var eventsExpiredScript = rueidis.NewLuaScript(luaNow + `
+return redis.call('zrangebyscore', KEYS[1], '-inf', now)
+`)
+
+// eventsReapScript releases some keys of a node that is being reaped,
+// appending the off event of each key that has no holder left. It runs
+// after Go read the node's keys and built their off events; meanwhile
+// other nodes may have held or released those keys, so each key is
+// checked again here. When only expired nodes are reaped (ARGV[2] == "1"),
+// a node that beat again, or that another reaper finished, is left alone.
+// Once the node holds nothing, its beat is removed.
+//
+// KEYS: the beats zset, the outbox stream, the node's key set, then the
+// holder set of each key.
+// ARGV: node, "1" to reap only if expired (else "0"), then per key of
+// KEYS[4..]: the key, its off event (JSON).
+// Returns -1 if the node is not (or no longer) expired, 0 if it still
+// holds keys (not in this call's list: read them and call again), 1 once
+// it holds nothing and its beat is gone.
+var eventsReapScript = rueidis.NewLuaScript(luaNow + `
+if ARGV[2] == '1' then
+  local s = redis.call('zscore', KEYS[1], ARGV[1])
+  if not s or tonumber(s) > now then return -1 end
+end
+for i = 4, #KEYS do
+  local key, e = ARGV[2 * i - 5], ARGV[2 * i - 4]
+  if redis.call('srem', KEYS[i], ARGV[1]) == 1 and redis.call('exists', KEYS[i]) == 0 then
+    redis.call('xadd', KEYS[2], '*', 'e', e)
+  end
+  redis.call('srem', KEYS[3], key)
+end
+if redis.call('exists', KEYS[3]) == 1 then return 0 end
+redis.call('zrem', KEYS[1], ARGV[1])
+return 1
+`)
+
+// eventsLeadScript takes the lead if no node has it, or extends it if
+// this node has it, in one step; the lead expires by Redis' clock.
+//
+// KEYS: the lead string. ARGV: node, ttl ms. Returns 1 if node leads.
+var eventsLeadScript = rueidis.NewLuaScript(`
+local v = redis.call('get', KEYS[1])
+if not v then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v ~= ARGV[1] then return 0 end
+redis.call('pexpire', KEYS[1], ARGV[2])
+return 1
+`)

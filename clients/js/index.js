@@ -403,8 +403,10 @@ export class Herald {
    * connect's `subs`: every server-side subscription with the position it
    * reached, so that the server can make it again and recover what was
    * missed; null when there is none. A channel without history has no
-   * position: it goes with offset 0 and an empty epoch, which the server
-   * takes as "no position" (nothing to recover).
+   * position, but subs names every channel: it goes with offset 0 and an
+   * empty epoch, which the server takes for "no position": it makes the
+   * subscription again with nothing to recover, as a resubscribe of the
+   * client's own subscriptions without history does.
    */
   _serverSidePositions() {
     let subs = null;

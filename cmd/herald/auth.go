@@ -106,6 +106,11 @@ func (c *Config) tokenVerifier(ctx context.Context, logger *slog.Logger) (herald
 // logAuth says at start how clients are authenticated: loudly when they
 // are not. It never logs the secret, only which kinds of key are set.
 func logAuth(logger *slog.Logger, c *Config) {
+	if !c.authEnabled() && c.Hooks.ConnectURL != "" {
+		// The connect hook lets in whom the backend accepts: not open.
+		logger.Info("token authentication off: the connect hook (hook_connect_url) decides who may connect")
+		return
+	}
 	if !c.authEnabled() {
 		logger.Warn(openModeWarning)
 		warnNamespacePermissions(logger, c)

@@ -157,6 +157,10 @@ type Config struct {
 	LogFormat string
 	LogLevel  slog.Level
 
+	// Hooks are the backend's HTTP hooks (hooks.go): the hook_* settings
+	// and hooks_secret.
+	Hooks hookSettings
+
 	// secretOnCommandLine is set when JWTSecret came from a flag, where
 	// every user of the machine can read it (ps); serve warns about it.
 	// onCommandLine lists the other secrets that did (api_key, admin_password).
@@ -313,7 +317,7 @@ func (s *setting) flagName() string { return strings.ReplaceAll(s.name, "_", "-"
 func (s *setting) envName() string  { return "HERALD_" + strings.ToUpper(s.name) }
 
 // settings lists every setting of `herald serve`, in the order of the usage text.
-var settings = []*setting{
+var settings = slices.Concat([]*setting{
 	{
 		name: "addr", arg: "ADDR", def: defaultAddr, want: wantAddr,
 		usage: "TCP address to listen on (port 0 picks a free port)",
@@ -372,6 +376,7 @@ var settings = []*setting{
 		func(c *Config) *string { return &c.JWTAudience }),
 	durationSetting("connect_timeout", "with token authentication, time a protocol client has to send connect before close 4005", "10s",
 		func(c *Config) *time.Duration { return &c.ConnectTimeout }),
+}, hookSettingList(), []*setting{
 	intSetting("read_buffer_size", "read buffer in bytes of a TLS connection (plain connections hold none while idle)", "512",
 		func(c *Config) *int { return &c.ReadBufferSize }),
 	numberSetting("max_message_size", "BYTES",
@@ -497,7 +502,7 @@ var settings = []*setting{
 		},
 		get: func(c *Config) string { return strings.ToLower(c.LogLevel.String()) },
 	},
-}
+})
 
 // wantAddr and wantJWKSURL describe a valid addr and jwks_url.
 const (
@@ -885,7 +890,7 @@ func parseServeConfig(args, env []string, usageOut io.Writer) (Config, error) {
 		switch f.s.name {
 		case "jwt_secret":
 			cfg.secretOnCommandLine = true
-		case "api_key", "admin_password":
+		case "api_key", "admin_password", "hooks_secret":
 			cfg.onCommandLine = append(cfg.onCommandLine, f.s.name)
 		}
 	}
@@ -982,7 +987,9 @@ func (c *Config) validate(src sources) error {
 		if c.JWTAudience != "" {
 			orphans = append(orphans, "jwt_audience")
 		}
-		if c.ConnectTimeout != 0 {
+		// The connect hook makes connect required too, so its timeout
+		// applies.
+		if c.ConnectTimeout != 0 && c.Hooks.ConnectURL == "" {
 			orphans = append(orphans, "connect_timeout")
 		}
 		if len(orphans) > 0 {
@@ -1003,7 +1010,7 @@ func (c *Config) validate(src sources) error {
 	if c.NATSURL != "" && c.Broker != "nats" {
 		return fmt.Errorf("nats_url set, but broker is %s: set broker nats too, or remove it", c.Broker)
 	}
-	return nil
+	return c.Hooks.validate()
 }
 
 // maxMessageSize and maxQueueBytes are the sizes the node runs with,

@@ -89,7 +89,7 @@ func (c *Config) nodeSettings() herald.Settings {
 }
 
 // startFiles are the settings naming files that are read at start only.
-var startFiles = []string{"jwt_secret_file", "jwt_rsa_public_key", "jwt_ecdsa_public_key"}
+var startFiles = []string{"jwt_secret_file", "jwt_rsa_public_key", "jwt_ecdsa_public_key", "hooks_secret_file"}
 
 // startFileSums returns a digest of each file read at start only, so that a
 // reload can tell that one changed.

@@ -17,6 +17,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/dashboard"
 	"github.com/heraldhq/herald/httpapi"
+	"github.com/heraldhq/herald/httphooks"
 	"github.com/heraldhq/herald/web"
 )
 
@@ -45,6 +46,7 @@ type instance struct {
 	logs   *dashboard.LogRecorder // the logger's recent warnings and errors
 	node   *herald.Node
 	dash   *dashboard.Dashboard
+	hooks  *httphooks.Backend // nil: no hook is on
 
 	draining atomic.Bool                     // /readyz fails from the first signal on
 	api      atomic.Pointer[http.Handler]    // nil: the API is off
@@ -150,16 +152,33 @@ func (in *instance) newNode(ctx, authCtx context.Context) (closeBroker func(), e
 	if err != nil {
 		return nil, err
 	}
+	hooks, err := in.cfg.Hooks.backend()
+	if err != nil {
+		closeBroker()
+		return nil, err
+	}
 	nodeCfg := in.cfg.nodeConfig(in.logger)
 	nodeCfg.Broker = broker
 	if tokens != nil {
 		nodeCfg.Tokens = tokens
 	}
+	if hooks != nil {
+		nodeCfg.Hooks = hooks.Hooks()
+	}
 	if in.node, err = herald.New(nodeCfg); err != nil {
 		closeBroker()
 		return nil, fmt.Errorf("failed to create node: %w", err)
 	}
-	return closeBroker, nil
+	in.hooks = hooks
+	// The hooks' idle connections are closed with the broker, once the
+	// node has stopped and no hook can be called.
+	brokerClose := closeBroker // the named result is about to be this func
+	return func() {
+		brokerClose()
+		if hooks != nil {
+			hooks.Close()
+		}
+	}, nil
 }
 
 // mount sets up what the routes serve around the node — metrics, the HTTP
@@ -177,6 +196,7 @@ func (in *instance) mount(s startSecrets) {
 		Broker:   in.cfg.Broker,
 	})
 	logAuth(in.logger, &in.cfg)
+	logHooks(in.logger, &in.cfg.Hooks, in.hooks)
 	in.logOps()
 }
 

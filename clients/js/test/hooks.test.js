@@ -155,15 +155,20 @@ test('server-side subscriptions from the connect hook: announced, publications, 
   const [, res] = await subs.subscribed.find(([ch]) => ch === news, 5000, 'news made again', subscribedBefore);
   assert.equal(res.recovered, true);
   assert.equal(subs.announced.items.length, 2, 'the same Subscriptions, not announced again');
+  // Without history there is nothing to recover from: made again, as is.
+  const [, plainRes] = await subs.subscribed.find(([ch]) => ch === plain, 5000, 'plain made again', subscribedBefore);
+  assert.deepEqual(plainRes, {});
   assert.equal(sub.offset, 5);
   assert.deepEqual(subs.ended.items, []);
 });
 
-test('SubscribeUser subscribes a live connection; UnsubscribeUser ends it for good; a grant taken away ends with not_restored', async () => {
+test('SubscribeUser subscribes a live connection; UnsubscribeUser ends it for good; after a reconnect, what the client may no longer have ends with not_restored', async () => {
   const user = uniq('ed-');
-  const kept = uniq('lobby-kept-');
-  const taken = uniq('lobby-taken-');
-  const pushed = uniq('hist:pushed-');
+  const kept = uniq('lobby-kept-'); // granted by the connect hook throughout
+  const taken = uniq('locked:taken-'); // granted, then not: clients may not subscribe to locked: by themselves
+  const pushed = uniq('hist:pushed-'); // SubscribeUser, then UnsubscribeUser
+  const open = uniq('lobby-open-'); // SubscribeUser: the client may subscribe to it itself, so it is made again
+  const extra = uniq('locked:extra-'); // SubscribeUser: not granted by the hook, so not made again
   await server.control('grant', { user, channels: [kept, taken] });
   const c = newClient({ connectData: { user } });
   const subs = withServerSubs(c);
@@ -173,8 +178,10 @@ test('SubscribeUser subscribes a live connection; UnsubscribeUser ends it for go
   await within(5000, 'own subscription', ownSub.ready);
   await subs.announced.count(2, 5000, 'the granted channels');
 
-  await server.control('subscribe_user', { user, channel: pushed });
-  await subs.announced.find(([ch]) => ch === pushed, 5000, 'the SubscribeUser push');
+  for (const channel of [pushed, open, extra]) await server.control('subscribe_user', { user, channel });
+  await subs.announced.count(5, 5000, 'the SubscribeUser pushes');
+  assert.deepEqual(subs.announced.items.slice(2).map(([ch]) => ch), [pushed, open, extra]);
+  assert.equal(c.getSubscription(extra).serverSide, true);
   await server.control('publish', { channel: pushed, data: 'to ed' });
   await subs.messages.find(([ch]) => ch === pushed, 5000, 'the publication');
 
@@ -183,25 +190,33 @@ test('SubscribeUser subscribes a live connection; UnsubscribeUser ends it for go
   assert.equal(info.code, 'server_unsubscribe');
   assert.equal(c.getSubscription(pushed), null);
 
-  // The backend takes one grant away; the next connection names both, and
-  // the server ends the one it does not make again.
+  // The backend takes one grant away; the next connection names the four
+  // server-side subscriptions left, and the server ends those it does not
+  // make again.
   await server.control('grant', { user, channels: [kept] });
+  const made = subs.subscribed.items.length;
   c.disconnect();
   await within(5000, 'reconnect', c.connect());
-  const [, gone] = await subs.ended.find(([ch]) => ch === taken, 5000, 'not_restored', 0);
-  assert.equal(gone.code, 'not_restored');
-  await waitFor(() => c.getSubscription(kept)?.state === 'subscribed', 5000, 'kept subscribed again');
-  assert.equal(c.getSubscription(taken), null);
-  assert.equal(c.getSubscription(pushed), null, 'never brought back');
+  await subs.ended.count(3, 5000, 'two not_restored pushes');
+  assert.deepEqual(
+    subs.ended.items.slice(1).sort(([a], [b]) => a.localeCompare(b)).map(([ch, i]) => [ch, i.code]),
+    [[extra, 'not_restored'], [taken, 'not_restored']].sort(([a], [b]) => a.localeCompare(b)),
+  );
+  await subs.subscribed.count(made + 2, 5000, 'kept and open made again');
+  assert.deepEqual(subs.subscribed.items.slice(made).map(([ch]) => ch).sort(), [kept, open].sort());
+  await c.ping(); // answered after the resubscribe of the client's own
+  for (const ch of [taken, extra, pushed]) assert.equal(c.getSubscription(ch), null, `${ch} is gone`);
+  assert.equal(c.getSubscription(open).state, 'subscribed');
   assert.equal(ownSub.state, 'subscribed');
   assert.equal(ownSub.serverSide, false);
+  assert.equal(subs.announced.items.length, 5, 'nothing new announced');
 
-  // Publications prove it on the server's side: the one to the channel
-  // taken away does not arrive, the later one to a kept channel does.
+  // Publications prove it on the server's side: those to the channels
+  // ended do not arrive, the later ones to those kept do.
   const count = subs.messages.items.length;
-  await server.control('publish', { channel: taken, data: 'not for ed' });
-  await server.control('publish', { channel: pushed, data: 'not for ed either' });
+  for (const channel of [taken, extra, pushed]) await server.control('publish', { channel, data: 'not for ed' });
   await server.control('publish', { channel: kept, data: 'for ed' });
-  await subs.messages.count(count + 1, 5000, 'the kept publication');
-  assert.deepEqual(subs.messages.items.slice(count).map(([ch, d]) => [ch, d]), [[kept, 'for ed']]);
+  await server.control('publish', { channel: open, data: 'for ed too' });
+  await subs.messages.count(count + 2, 5000, 'the kept publications');
+  assert.deepEqual(subs.messages.items.slice(count).map(([ch, d]) => [ch, d]), [[kept, 'for ed'], [open, 'for ed too']]);
 });

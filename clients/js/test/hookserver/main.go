@@ -4,6 +4,9 @@
 // subscriptions meet the real node. `herald serve` calls its hooks over
 // HTTP (package httphooks); this server needs no backend of its own.
 //
+// Namespaces: "" (channels without one), "hist" (history), and "locked",
+// which no client may subscribe to by itself (only server-side).
+//
 // It serves the protocol at /ws and a control API under /control/ (JSON
 // bodies, 200 with {} or the result, 400/500 with the error in words):
 //
@@ -73,6 +76,11 @@ func run() error {
 		Namespaces: []herald.Namespace{
 			{Name: ""},
 			{Name: "hist", HistorySize: 100, HistoryTTL: 10 * time.Minute},
+			// Only the server subscribes clients here: a server-side
+			// subscription that the connect hook no longer names is not
+			// restored after a reconnect (in the other namespaces the
+			// client may take it by itself, so the node restores it).
+			{Name: "locked", AllowSubscribe: herald.PermNobody},
 		},
 		Hooks: herald.Hooks{Connect: b.connect, RPC: b.rpc, Timeout: hookTimeout},
 	})

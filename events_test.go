@@ -1,0 +1,318 @@
+package herald
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/heraldhq/herald/protocol"
+)
+
+// backend collects delivered webhook events, as an app would: it can be
+// told to fail, and it de-duplicates on the event id.
+type backend struct {
+	mu      sync.Mutex
+	fail    int // fail this many calls
+	calls   int
+	batches [][]Event
+	seen    map[string]bool
+	events  []Event // de-duplicated, in arrival order
+}
+
+func (b *backend) deliver(ctx context.Context, events []Event) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.calls++
+	if b.fail > 0 {
+		b.fail--
+		return errors.New("HTTP 500")
+	}
+	b.batches = append(b.batches, events)
+	if b.seen == nil {
+		b.seen = map[string]bool{}
+	}
+	for _, e := range events {
+		if !b.seen[e.ID] {
+			b.seen[e.ID] = true
+			b.events = append(b.events, e)
+		}
+	}
+	return nil
+}
+
+// got returns the events so far as "kind subject" lines.
+func (b *backend) got() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, e := range b.events {
+		s := e.Kind + " " + strings.TrimPrefix(strings.TrimPrefix(e.Key, "user:"), "channel:")
+		if e.Client != "" && e.Kind != EventPublication {
+			s += " " + e.User
+		}
+		if e.Data != nil {
+			s += " " + string(e.Data)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func (b *backend) waitFor(t *testing.T, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := b.got()
+		if slices.Equal(got, want) {
+			return
+		}
+		if len(got) > len(want) || time.Now().After(deadline) {
+			t.Fatalf("events:\n got %q\nwant %q", got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// quiet checks that nothing more arrives for d.
+func (b *backend) quiet(t *testing.T, d time.Duration, want ...string) {
+	t.Helper()
+	time.Sleep(d)
+	if got := b.got(); !slices.Equal(got, want) {
+		t.Fatalf("events:\n got %q\nwant %q", got, want)
+	}
+}
+
+func webhookConfig(b *backend, store EventStore) Config {
+	return Config{
+		Authenticate: func(r *http.Request) (Credentials, error) {
+			return Credentials{UserID: r.Header.Get("X-User")}, nil
+		},
+		Namespaces: []Namespace{
+			{Name: ""},
+			{Name: "room", Presence: true, ChannelEvents: true, MemberEvents: true, PublishEvents: true},
+		},
+		Webhooks: Webhooks{Deliver: b.deliver, Store: store, Users: true, Grace: 300 * time.Millisecond, NodeTTL: 600 * time.Millisecond},
+	}
+}
+
+func as(user string) http.Header { return http.Header{"X-User": {user}} }
+
+// Two nodes, one store: a user online on both is one online event, and
+// one offline event once the last connection anywhere is gone (after the
+// grace). A reload within the grace makes none.
+func TestWebhookUsersOncePerCluster(t *testing.T) {
+	t.Parallel()
+	b := &backend{}
+	store := NewMemoryEventStore()
+	n1 := newTestServer(t, webhookConfig(b, store))
+	n2 := newTestServer(t, webhookConfig(b, store))
+
+	a1 := n1.dial(t, "/ws", as("ann"))
+	b.waitFor(t, "user.online ann")
+	a2 := n2.dial(t, "/ws", as("ann"))
+	a1.ws.Close()
+	b.quiet(t, time.Second, "user.online ann")
+
+	a2.ws.Close() // a reload: back within the grace, on the other node
+	time.Sleep(100 * time.Millisecond)
+	a3 := n1.dial(t, "/ws", as("ann"))
+	b.quiet(t, time.Second, "user.online ann")
+	a3.ws.Close()
+	b.waitFor(t, "user.online ann", "user.offline ann")
+	// A visit shorter than anything still counts, once each way.
+	n2.dial(t, "/ws", as("bob")).ws.Close()
+	b.waitFor(t, "user.online ann", "user.offline ann", "user.online bob", "user.offline bob")
+	// Anonymous connections are nobody.
+	n1.client(t).ws.Close()
+	b.quiet(t, 500*time.Millisecond, "user.online ann", "user.offline ann", "user.online bob", "user.offline bob")
+}
+
+// Channel, member and publication events of a namespace that has them,
+// in order per channel; none for a namespace without.
+func TestWebhookChannelEvents(t *testing.T) {
+	t.Parallel()
+	b := &backend{}
+	ts := newTestServer(t, webhookConfig(b, nil))
+	ann := ts.dial(t, "/ws", as("ann"))
+	b.waitFor(t, "user.online ann")
+	ann.subscribe("room:1")
+	bob := ts.dial(t, "/ws", as("bob"))
+	ann.subscribe("plain") // no events in this namespace
+	bob.mustOK(protocol.Command{Cmd: "publish", Channel: "room:1", Data: json.RawMessage(`{"text":"hi"}`)})
+	bob.mustOK(protocol.Command{Cmd: "publish", Channel: "plain", Data: json.RawMessage(`1`)})
+	if _, err := ts.node.Publish(context.Background(), "room:1", []byte(`"from the server"`)); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if m := ann.readJSON(); m.Push != "pub" {
+			t.Fatalf("%+v", m)
+		}
+	}
+	ann.mustOK(protocol.Command{Cmd: "unsubscribe", Channel: "room:1"})
+	b.waitFor(t, "user.online ann", "channel.occupied room:1", "member.added room:1 ann", "user.online bob", `publication room:1 {"text":"hi"}`,
+		"member.removed room:1 ann", "channel.vacated room:1")
+	b.mu.Lock()
+	e := b.events[4]
+	b.mu.Unlock()
+	if e.User != "bob" || e.Client == "" || e.Channel != "room:1" || e.ID == "" || time.Since(e.Time) > time.Minute {
+		t.Fatalf("publication event %+v", e)
+	}
+}
+
+// A backend that fails gets the same events again, in order, the first
+// one alone until it passes; each event arrives (after de-duplication)
+// once.
+func TestWebhookRetries(t *testing.T) {
+	t.Parallel()
+	b := &backend{fail: 2}
+	ts := newTestServer(t, webhookConfig(b, nil))
+	for i := range 5 {
+		ts.dial(t, "/ws", as(fmt.Sprint("u", i)))
+	}
+	want := []string{"user.online u0", "user.online u1", "user.online u2", "user.online u3", "user.online u4"}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		got := b.got()
+		slices.Sort(got) // the five connect concurrently
+		if slices.Equal(got, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("got %q", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.calls < 3 || len(b.batches[0]) != 1 {
+		t.Fatalf("%d calls, first batch after the failures %d events: want the head alone", b.calls, len(b.batches[0]))
+	}
+	if st := ts.node.WebhookStats(); st.Failures != 2 || !st.Leading || st.Retrying {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// An event the backend never takes is dropped after RetryFor, counted,
+// and the next ones go through.
+func TestWebhookRetryForDrops(t *testing.T) {
+	t.Parallel()
+	b := &backend{fail: 1 << 30}
+	cfg := webhookConfig(b, nil)
+	cfg.Webhooks.RetryFor = 500 * time.Millisecond
+	ts := newTestServer(t, cfg)
+	ts.dial(t, "/ws", as("ann"))
+	waitFor(t, "the event dropped", func() bool { return ts.node.WebhookStats().Dropped == 1 })
+	b.mu.Lock()
+	b.fail = 0
+	b.mu.Unlock()
+	ts.dial(t, "/ws", as("bob"))
+	b.waitFor(t, "user.online bob")
+}
+
+// crashable is an EventStore that stops answering once crashed, as the
+// store looks from a node that died: the fault no real node can make on
+// demand inside one test process.
+type crashable struct {
+	EventStore
+	mu      sync.Mutex
+	crashed bool
+}
+
+var errCrashed = errors.New("node crashed")
+
+func (c *crashable) down() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.crashed }
+
+func (c *crashable) Hold(ctx context.Context, node, key string, on *Event) error {
+	if c.down() {
+		return errCrashed
+	}
+	return c.EventStore.Hold(ctx, node, key, on)
+}
+
+func (c *crashable) Release(ctx context.Context, node, key string, off *Event) error {
+	if c.down() {
+		return errCrashed
+	}
+	return c.EventStore.Release(ctx, node, key, off)
+}
+
+func (c *crashable) Beat(ctx context.Context, node string, ttl time.Duration) error {
+	if c.down() {
+		return errCrashed
+	}
+	return c.EventStore.Beat(ctx, node, ttl)
+}
+
+func (c *crashable) Reap(ctx context.Context, node string, off func(string) *Event) ([]string, error) {
+	if c.down() {
+		return nil, errCrashed
+	}
+	return c.EventStore.Reap(ctx, node, off)
+}
+
+func (c *crashable) Lead(ctx context.Context, node string, ttl time.Duration) (bool, error) {
+	if c.down() {
+		return false, errCrashed
+	}
+	return c.EventStore.Lead(ctx, node, ttl)
+}
+
+// A node that dies holding users: another node notices (NodeTTL) and
+// sends their offline events; a user also on a live node stays online.
+func TestWebhookNodeCrash(t *testing.T) {
+	t.Parallel()
+	b := &backend{}
+	shared := NewMemoryEventStore()
+	doomed := &crashable{EventStore: shared}
+	n1 := newTestServer(t, webhookConfig(b, doomed))
+	n1.dial(t, "/ws", as("ann"))
+	n1.dial(t, "/ws", as("bob"))
+	b.waitFor(t, "user.online ann", "user.online bob")
+	n2 := newTestServer(t, webhookConfig(b, shared))
+	n2.dial(t, "/ws", as("bob"))
+	time.Sleep(300 * time.Millisecond) // n2 holds bob in the store
+	doomed.mu.Lock()
+	doomed.crashed = true
+	doomed.mu.Unlock()
+	b.waitFor(t, "user.online ann", "user.online bob", "user.offline ann")
+	b.quiet(t, time.Second, "user.online ann", "user.online bob", "user.offline ann")
+}
+
+// A node that shuts down releases what it held and delivers the
+// offline events before it stops.
+func TestWebhookShutdownFlushes(t *testing.T) {
+	t.Parallel()
+	b := &backend{}
+	cfg := webhookConfig(b, nil)
+	cfg.Webhooks.Grace = time.Hour // only the final flush can release
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newHTTPTestServer(n)
+	defer srv.Close()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(context.Background()) }()
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", as("ann"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	b.waitFor(t, "user.online ann")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	b.waitFor(t, "user.online ann", "user.offline ann")
+}
