@@ -13,7 +13,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -24,6 +24,7 @@ import { chromium } from 'playwright-core';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '..', '..');
 const chromiumPath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const screenshot = path.join(repo, 'artifacts', 'teamchat.png');
 
 // Bounds, so that a hang fails the test instead of holding CI.
 const BUILD_TIMEOUT = 300_000;
@@ -78,7 +79,7 @@ async function startExample() {
 
 /**
  * Opens the page in a browser context of its own (its own cookies, like
- * another person). page.rpcs lists the rpc commands the page sent.
+ * another person).
  */
 async function openPage(url, problems) {
   const context = await browser.newContext({ viewport: { width: 900, height: 640 } });
@@ -88,15 +89,18 @@ async function openPage(url, problems) {
   page.on('console', (msg) => {
     if (msg.type() === 'error') problems.push(`console error: ${msg.text()}`);
   });
-  page.rpcs = [];
-  page.on('websocket', (ws) => ws.on('framesent', ({ payload }) => {
-    if (typeof payload !== 'string') return;
-    const cmd = JSON.parse(payload);
-    if (cmd.cmd === 'rpc') page.rpcs.push(cmd);
-  }));
   const resp = await page.goto(url);
   assert.equal(resp.status(), 200);
   return page;
+}
+
+/** Records in page.rpcs the rpc commands the page sends. */
+function recordRPCs(page) {
+  page.rpcs = [];
+  page.on('websocket', (ws) => ws.on('framesent', ({ payload }) => {
+    const cmd = typeof payload === 'string' ? JSON.parse(payload) : null;
+    if (cmd?.cmd === 'rpc') page.rpcs.push(cmd);
+  }));
 }
 
 async function login(page, name) {
@@ -105,6 +109,7 @@ async function login(page, name) {
   await page.click('#login');
   await page.waitForSelector('#status[data-state="connected"]');
   assert.equal(await page.textContent('#me'), name);
+  assert.equal(await page.locator('#login-form').isHidden(), true, 'the login form is gone');
 }
 
 /** Sends text and waits until the backend accepted it (the input clears). */
@@ -170,6 +175,8 @@ test('two people use the team chat, its backend in the loop', { timeout: 240_000
     // The stored form carries the store's id.
     const ids = await alice.$$eval('#messages li.message', (lis) => lis.map((li) => Number(li.dataset.id)));
     assert.deepEqual(ids, [1, 2]);
+    await mkdir(path.dirname(screenshot), { recursive: true });
+    await bob.screenshot({ path: screenshot });
   });
 
   await t.test('the backend refuses an empty and a too-long message', async () => {
@@ -190,10 +197,8 @@ test('two people use the team chat, its backend in the loop', { timeout: 240_000
     // A third tab of bob's: same cookie, a fresh page.
     const tab = await bob.context().newPage();
     tab.setDefaultTimeout(UI_TIMEOUT);
-    tab.rpcs = [];
-    tab.on('websocket', (ws) => ws.on('framesent', ({ payload }) => {
-      if (typeof payload === 'string' && JSON.parse(payload).cmd === 'rpc') tab.rpcs.push(JSON.parse(payload));
-    }));
+    tab.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+    recordRPCs(tab);
     await tab.goto(`http://${server.addr}/`);
     await tab.waitForSelector('#status[data-state="connected"]');
     await tab.locator('#messages li.message').nth(19).waitFor();
@@ -219,6 +224,16 @@ test('two people use the team chat, its backend in the loop', { timeout: 240_000
     await bob.context().close();
     await online(alice, ['alice']);
     assert.ok(Date.now() - closed >= GRACE_MS * 0.8, `offline after ${Date.now() - closed} ms; the grace is ${GRACE_MS} ms`);
+    assert.deepEqual(problems, [], 'no page or console errors');
+  });
+
+  await t.test('logging out closes the connection and shows the login form, also after a reload', async () => {
+    await alice.click('#logout');
+    await alice.waitForSelector('#login-form:not([hidden])');
+    assert.equal(await alice.getAttribute('#status', 'data-state'), 'disconnected');
+    await alice.reload();
+    await alice.waitForSelector('#login-form:not([hidden])');
+    assert.equal(await alice.locator('#chat').isHidden(), true);
     assert.deepEqual(problems, [], 'no page or console errors');
   });
 
