@@ -145,6 +145,10 @@ type frame struct {
 	Push    string          `json:"push"`
 	Channel string          `json:"channel"`
 	Data    json.RawMessage `json:"data"`
+	// subscribe pushes
+	Offset    uint64 `json:"offset"`
+	Epoch     string `json:"epoch"`
+	Recovered *bool  `json:"recovered"`
 }
 
 // client is a herald.v1 connection, spoken by hand.
@@ -152,6 +156,7 @@ type client struct {
 	t      *testing.T
 	ws     *websocket.Conn
 	nextID uint64
+	queued []frame // read before the socket
 }
 
 // dial opens a WebSocket with cookie (nil: none) and the given Origin ("":
@@ -177,28 +182,39 @@ func (s *server) dial(t *testing.T, cookie *http.Cookie, origin string) (*client
 // connect dials as the owner of cookie, sends connect, and waits for the
 // reply and the subscribe pushes of both channels (in whatever order).
 func (s *server) connect(t *testing.T, cookie *http.Cookie) *client {
+	c, _ := s.connectWith(t, cookie, nil)
+	return c
+}
+
+// connectWith is connect with fields for the connect command (subs, say);
+// it returns the subscribe pushes by channel.
+func (s *server) connectWith(t *testing.T, cookie *http.Cookie, fields map[string]any) (*client, map[string]frame) {
 	t.Helper()
 	c, _, err := s.dial(t, cookie, "http://"+s.addr)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
-	id := c.send("connect", nil)
-	want := map[string]bool{generalChannel: true, onlineChannel: true}
+	id := c.send("connect", fields)
+	pushes := map[string]frame{}
+	var later []frame
 	replied := false
-	for !replied || len(want) > 0 {
+	for !replied || len(pushes) < 2 {
 		m := c.read()
 		switch {
 		case m.ID == id && m.Error == nil:
 			replied = true
-		case m.Push == protocol.PushSubscribe:
-			delete(want, m.Channel)
+		case m.Push == protocol.PushSubscribe && (m.Channel == generalChannel || m.Channel == onlineChannel):
+			pushes[m.Channel] = m
 		case m.Push == protocol.PushPub:
-			// the online list may change meanwhile
+			// recovered messages follow their subscribe push; the online
+			// list may change meanwhile: kept for the test to read
+			later = append(later, m)
 		default:
 			t.Fatalf("connecting: unexpected %+v", m)
 		}
 	}
-	return c
+	c.queued = later
+	return c, pushes
 }
 
 // send sends a command with fields merged in and returns its id.
@@ -218,6 +234,11 @@ func (c *client) send(cmd string, fields map[string]any) uint64 {
 
 func (c *client) read() frame {
 	c.t.Helper()
+	if len(c.queued) > 0 {
+		m := c.queued[0]
+		c.queued = c.queued[1:]
+		return m
+	}
 	_ = c.ws.SetReadDeadline(time.Now().Add(5 * time.Second))
 	op, b, err := c.ws.ReadMessage()
 	if err != nil {
@@ -359,6 +380,38 @@ func TestPublish(t *testing.T) {
 		}
 		if got.ID != want.ID || got.User != "alice" || got.Text != want.Text || time.Since(got.At) > time.Minute {
 			t.Errorf("publication %d: %+v, want id %d by alice, %q, now", i, got, want.ID, want.Text)
+		}
+	}
+}
+
+// TestReconnect: a page that reconnects names its position in the room
+// (connect's subs, as herald-client does) and gets what it missed from the
+// room's history, though it may not subscribe by itself.
+func TestReconnect(t *testing.T) {
+	t.Parallel()
+	s := start(t, time.Second)
+	aliceCookie := s.login(t, "alice")
+	alice, pushes := s.connectWith(t, aliceCookie, nil)
+	bob := s.connect(t, s.login(t, "bob"))
+	pos := pushes[generalChannel]
+	if pos.Epoch == "" {
+		t.Fatalf("subscribe push %+v: want a position (the room keeps history)", pos)
+	}
+	alice.ws.Close()
+	for _, text := range []string{"missed 1", "missed 2"} {
+		if m := bob.reply("publish", map[string]any{"channel": generalChannel, "data": map[string]string{"text": text}}); m.Error != nil {
+			t.Fatalf("publish: %+v", m.Error)
+		}
+	}
+	subs := map[string]any{generalChannel: map[string]any{"offset": pos.Offset, "epoch": pos.Epoch}}
+	alice, pushes = s.connectWith(t, aliceCookie, map[string]any{"subs": subs})
+	if p := pushes[generalChannel]; p.Recovered == nil || !*p.Recovered {
+		t.Fatalf("subscribe push after reconnect %+v: want recovered", p)
+	}
+	for _, want := range []string{"missed 1", "missed 2"} {
+		var got message
+		if err := json.Unmarshal(alice.pub(generalChannel), &got); err != nil || got.Text != want {
+			t.Fatalf("recovered %+v (%v), want %q", got, err, want)
 		}
 	}
 }
