@@ -573,4 +573,3 @@ func TestPage(t *testing.T) {
 		t.Error("app.js does not import ./herald-client.js")
 	}
 }
-
