@@ -1,8 +1,10 @@
 package herald
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,6 +26,7 @@ type eventTracker struct {
 
 	mu    sync.Mutex
 	keys  map[string]*holding // store key -> what this node holds
+	edges uint64              // counts the edges (0->1, 1->0) of every key, for sync's order
 	queue []*Event            // appends waiting (publications)
 	// dropped counts the appends dropped because the queue was full.
 	wake chan struct{} // cap 1: a sync is wanted
@@ -43,7 +46,12 @@ type holding struct {
 	since time.Time // when count last rose from 0
 	gone  time.Time // when count last fell to 0
 	grace bool      // users and channels wait Grace before releasing
-	ev    Event     // the on-event's fields (kind, key, user, channel, client, info)
+	// edge is the tracker's edges count at this key's last edge: sync
+	// makes its store calls in this order, so that the events of one
+	// store key that change together (a channel occupied, then its first
+	// member added) leave in the order they happened, not the map's.
+	edge uint64
+	ev   Event // the on-event's fields (kind, key, user, channel, client, info)
 }
 
 // maxQueuedEvents bounds the appends waiting for the store; past it (the
@@ -119,6 +127,8 @@ func (t *eventTracker) up(key string, grace bool, ev Event) {
 	h.count++
 	if h.count == 1 {
 		h.came, h.since = true, time.Now()
+		t.edges++
+		h.edge = t.edges
 	}
 	t.mu.Unlock()
 	t.poke()
@@ -132,6 +142,8 @@ func (t *eventTracker) down(key string) {
 		h.count--
 		if h.count == 0 {
 			h.gone = time.Now()
+			t.edges++
+			h.edge = t.edges
 		}
 	}
 	t.mu.Unlock()
@@ -215,6 +227,7 @@ type storeOp struct {
 	h       *holding
 	release bool
 	ev      *Event
+	edge    uint64 // h.edge when sync decided
 }
 
 // sync brings the store up to date with this node's holdings and queued
@@ -231,10 +244,10 @@ func (t *eventTracker) sync(ctx context.Context, final bool) {
 		case !h.held && (h.count > 0 || h.came):
 			on := h.ev
 			on.ID, on.Time = newID(), h.since.UTC().Truncate(time.Millisecond)
-			ops = append(ops, storeOp{key: key, h: h, ev: &on})
+			ops = append(ops, storeOp{key: key, h: h, ev: &on, edge: h.edge})
 			h.came = false
 		case h.held && h.count == 0 && (final || !h.grace || now.Sub(h.gone) >= t.cfg.Grace):
-			ops = append(ops, storeOp{key: key, h: h, release: true, ev: offEvent(key, h.gone)})
+			ops = append(ops, storeOp{key: key, h: h, release: true, ev: offEvent(key, h.gone), edge: h.edge})
 		case !h.held && h.count == 0:
 			delete(t.keys, key)
 		}
@@ -242,6 +255,7 @@ func (t *eventTracker) sync(ctx context.Context, final bool) {
 	queue := t.queue
 	t.queue = nil
 	t.mu.Unlock()
+	slices.SortFunc(ops, func(a, b storeOp) int { return cmp.Compare(a.edge, b.edge) })
 
 	// Holds first, then releases: a visit shorter than a sync holds in
 	// this round and releases in the next (or this one, when final).
@@ -259,7 +273,7 @@ func (t *eventTracker) sync(ctx context.Context, final bool) {
 			op.h.held = true
 			if op.h.count == 0 && !op.h.grace {
 				// A member already gone: release in this round.
-				ops = append(ops, storeOp{key: op.key, h: op.h, release: true, ev: offEvent(op.key, op.h.gone)})
+				ops = append(ops, storeOp{key: op.key, h: op.h, release: true, ev: offEvent(op.key, op.h.gone), edge: op.h.edge})
 			}
 		}
 		t.mu.Unlock()
