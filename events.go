@@ -113,7 +113,8 @@ type Event struct {
 
 // EventStore is the webhooks' outbox and the state the nodes share: who
 // holds each key, which nodes are alive, who delivers. Each method is one
-// atomic step in the store, safe for concurrent use by many nodes. The
+// atomic step in the store (Reap: one per key), safe for concurrent use
+// by many nodes. The
 // public conformance suite brokertest.RunEventStore states the contract
 // each implementation must pass.
 type EventStore interface {
@@ -133,7 +134,9 @@ type EventStore interface {
 	// Reap releases every key of node (when not empty), or else of every
 	// node whose last beat has expired, as Release does: for a key no node
 	// holds then it appends off(key). A reaped node's beat is forgotten.
-	// It returns the nodes reaped.
+	// It returns the nodes reaped. Each key is released atomically, but
+	// not the node as a whole: off may be called for a key that then gets
+	// no event (a live node held it meanwhile).
 	Reap(ctx context.Context, node string, off func(key string) *Event) ([]string, error)
 	// Lead makes node the deliverer for ttl if no other node is, or
 	// extends its lead, and reports whether node leads. A node that stops

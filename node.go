@@ -404,7 +404,9 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		s := &rawSession{c: c, channel: rawCh}
 		s.exp.set(c, id.expires, id.hookExpiry)
 		c.sess = s
-		if _, finish, err := n.subscribeConn(c, rawCh, nil, "", nil); err != nil {
+		c.subMu.Lock() // the hub holds c already: the server may unsubscribe it
+		_, finish, err := n.subscribeConn(c, rawCh, nil, "", nil)
+		if err != nil {
 			code := CloseTryAgainLater
 			if err.Code != protocol.CodeUnavailable {
 				code = ClosePolicyViolation // the subscribe hook refused
@@ -413,6 +415,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		} else {
 			finish()
 		}
+		c.subMu.Unlock()
 	} else {
 		c.sess = newV1Session(c, id, r)
 	}

@@ -84,6 +84,7 @@ func (d *Dashboard) stats(w http.ResponseWriter, r *http.Request) {
 	body := httpx.StatsFields(st)
 	body["version"], body["broker"], body["ready"] = d.cfg.Version, d.cfg.Broker, ready
 	body["samples"] = nonNil(samples) // [] rather than null before the first sample
+	body["webhooks"] = d.node.WebhookStats()
 	httpx.WriteJSON(w, http.StatusOK, body)
 }
 

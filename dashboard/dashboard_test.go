@@ -3,6 +3,7 @@ package dashboard
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -12,7 +13,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
 
 	"github.com/heraldhq/herald"
@@ -360,3 +363,57 @@ type testError string
 func (e testError) Error() string { return string(e) }
 
 const errNotReady = testError("draining: the server is shutting down")
+
+// The stats carry the webhooks' state: a backend that fails shows as
+// failures and the error being retried.
+func TestWebhookStats(t *testing.T) {
+	t.Parallel()
+	n, err := herald.New(herald.Config{
+		Authenticate: func(r *http.Request) (herald.Credentials, error) { return herald.Credentials{UserID: "ann"}, nil },
+		Webhooks: herald.Webhooks{Users: true, Deliver: func(context.Context, []herald.Event) error {
+			return errors.New("backend answered 502")
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dash := New(n, Config{Password: testPassword})
+	mux := http.NewServeMux()
+	mux.Handle("/ws", n.Handler())
+	mux.Handle(Path+"/", dash)
+	srv := httptest.NewServer(mux)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = n.Run(ctx) })
+	wg.Go(func() { dash.Run(ctx) })
+	defer func() {
+		_ = n.Shutdown(context.Background())
+		cancel()
+		wg.Wait()
+		srv.Close()
+	}()
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	c := newBrowser(t, srv.URL)
+	if resp := c.Login(testPassword); resp.StatusCode != http.StatusSeeOther {
+		t.Fatal(resp.StatusCode)
+	}
+	var stats struct {
+		Webhooks herald.WebhookStats `json:"webhooks"`
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.GetJSON("/admin/api/stats", &stats)
+		w := stats.Webhooks
+		if w.Enabled && w.Leading && w.Failures > 0 && w.Retrying && strings.Contains(w.LastError, "502") && w.Pending == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("webhook stats %+v", w)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -199,6 +199,14 @@ type Broker struct {
 	pmu       sync.Mutex
 	local     map[string]map[string]herald.ClientPresence
 	refreshMu sync.RWMutex
+
+	// The webhooks' event store (events.go), set up at its first use.
+	evOnce   sync.Once
+	evStore  *eventStore
+	evOn     atomic.Bool // set up once: ensure sets it up again
+	evMu     sync.Mutex  // guards evStream, evKV
+	evStream jetstream.Stream
+	evKV     jetstream.KeyValue
 }
 
 // stripe caches the last history message this node knows of each channel,
@@ -322,7 +330,11 @@ func (b *Broker) storeGone(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, flushTimeout)
 	defer cancel()
 	p := b.opts.Prefix
-	for _, name := range []string{p + "_history", "KV_" + p + "_idem", "KV_" + p + "_presence"} {
+	names := []string{p + "_history", "KV_" + p + "_idem", "KV_" + p + "_presence"}
+	if b.evOn.Load() {
+		names = append(names, p+"_events", "KV_"+p+"_eventstate")
+	}
+	for _, name := range names {
 		if _, err := b.js.Stream(ctx, name); errors.Is(err, jetstream.ErrStreamNotFound) {
 			return true
 		}
@@ -448,6 +460,9 @@ func (b *Broker) ensure(ctx context.Context) error {
 	}
 	if b.stream == nil { // at start, before the broker is shared
 		b.stream, b.idemKV, b.presKV = stream, idemKV, presKV
+	}
+	if b.evOn.Load() {
+		return b.ensureEvents(ctx)
 	}
 	return nil
 }

@@ -67,7 +67,7 @@ func prefix(t testing.TB) string {
 		js, _ := jetstream.New(nc)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		for _, s := range []string{p + "_history", "KV_" + p + "_idem", "KV_" + p + "_presence"} {
+		for _, s := range []string{p + "_history", "KV_" + p + "_idem", "KV_" + p + "_presence", p + "_events", "KV_" + p + "_eventstate"} {
 			if err := js.DeleteStream(ctx, s); err != nil && !strings.Contains(err.Error(), "not found") {
 				t.Errorf("cleanup: delete stream %s: %v", s, err)
 			}

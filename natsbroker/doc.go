@@ -1,6 +1,7 @@
-// Package natsbroker is a herald.Broker and herald.PresenceManager over
-// NATS, with history, idempotency and presence in JetStream (nats-server
-// 2.9 or later, started with -js):
+// Package natsbroker is a herald.Broker, herald.PresenceManager and
+// herald.EventStoreProvider over NATS, with history, idempotency, presence
+// and the webhooks' outbox in JetStream (nats-server 2.9 or later, started
+// with -js):
 //
 //	b, err := natsbroker.New(ctx, natsbroker.Options{URL: "nats://127.0.0.1:4222"})
 //	defer b.Close()
@@ -22,6 +23,10 @@
 //	               publishes without history
 //	P_presence     KV bucket, TTL PresenceTTL: key base64url(C).base64url(client),
 //	               value the ClientPresence as JSON
+//	P_events       stream (created at the EventStore's first use): subjects
+//	               P.ev.>, no limits, Duplicates 2 minutes, AllowDirect
+//	P_eventstate   KV bucket, no TTL: the outbox cursor, the lead, the nodes'
+//	               beats and the keys each node holds (see Webhooks)
 //
 // # Publications and offsets
 //
@@ -93,14 +98,86 @@
 // PresenceStats counts distinct users while reading: O(clients in the
 // channel) per call.
 //
+// # Webhooks
+//
+// Broker.EventStore is the webhooks' herald.EventStore, shared by every
+// node on the same NATS and Prefix. Each method is one atomic step in
+// JetStream, whatever the number of nodes. For a key K (a user or a
+// channel) and node N, E(x) being base64url(x) without padding:
+//
+//	P.ev.k.E(K)     the key's state: its last message holds the holder set
+//	                (JSON) and, when the change was an edge (the first holder
+//	                came, the last went), the on or off event
+//	P.ev.a          Append: one message per call, a JSON array of events
+//	P_eventstate    cursor (the acked position), lead ({node, until}),
+//	                beat.E(N) (expiry, unix ms), held.E(N).E(K) (empty)
+//
+// Hold and Release read the last message of P.ev.k.E(K) (a direct get),
+// compute the new set and publish it with Nats-Expected-Last-Subject-
+// Sequence set to that message's sequence: the server stores it only if
+// no other node changed the key meanwhile, else the node reads again and
+// retries. So the holder set and the event of an edge are written in one
+// message, and an edge gets exactly one event. A key whose state is
+// unchanged (a second Hold, a Release by a non-holder) costs one read.
+//
+// The outbox is the stream itself, in stream order: the appended messages
+// and the state messages that carry an event. Pending reads from the
+// cursor on, one direct get per message, skipping states without an
+// event; a position is the stream sequence ("seq", or "seq.i" inside an
+// Append message that Pending returned in part). Ack moves the cursor
+// forward only (a KV update by revision). Delivered events therefore keep
+// the order in which the server stored them, and the events of one key
+// the order of its changes.
+//
+// Nothing is lost to the stream's limits, because it has none: a key's
+// last message is its state, and every message after the cursor may be
+// an event not yet delivered. A per-subject limit of one would have kept
+// the states small but let a later state replace an edge not yet
+// delivered. Instead the store removes exactly what is neither:
+//
+//   - a superseded state without an event, at once, by the node that
+//     superseded it;
+//   - after an Ack: appended messages up to the cursor (one purge), and,
+//     for each state that the acking node's last Pending read at or
+//     before the cursor, the older messages of its key (all acked), and
+//     the state itself when it has no holders (a key with no message has
+//     no holders; a node that read it and publishes after the purge is
+//     refused and reads again).
+//
+// So a delivered outbox holds one message per key held somewhere; what
+// this misses (an Ack by a node other than the one that read, a failure)
+// is removed at the key's next change. Pending steps the cursor over
+// states without events by itself, so they are not read again on every
+// call. Append is atomic per call unless the events exceed the server's
+// max payload together (then several messages, in order); its message id
+// is the first event's ID, so an Append retried within two minutes is
+// stored once.
+//
+// Reap: Hold writes held.E(N).E(K) before the state (Release removes it
+// after), so a node that crashed between the two leaves at most an entry
+// for a key it does not hold, which Reap's release ignores. Reap lists
+// the beats, claims an expired node by replacing its beat (by revision)
+// with a 30-second lease of its own, releases each of the node's keys as
+// Release does, then deletes the beat by revision: concurrent reapers do
+// not both report a node, and one that dies midway leaves it to the next
+// Reap after the lease. Lead is one KV key changed by revision. Beats and
+// leads compare the nodes' wall clocks, which must be close (as for
+// history expiry). The cost: Hold and Release are three or four round
+// trips (entry, read, publish, maybe a delete); Pending is one round trip
+// per message read, fine for the outbox's batches of a hundred; Ack is
+// three (cursor read, cursor update, appends purge) plus one purge per
+// key compacted.
+//
 // # Without JetStream
 //
 // When the server has no JetStream, or with Options.LiveOnly, the broker
 // is live-only: publications and control messages flow, and History,
-// Publish with history or an idempotency key, and the presence methods
-// return ErrNoJetStream. Give the node Config.Presence =
-// herald.NewMemoryPresence() then (presence per node only), and configure
-// no namespace with history.
+// Publish with history or an idempotency key, the presence methods and
+// the EventStore's methods return ErrNoJetStream. Give the node
+// Config.Presence = herald.NewMemoryPresence() then (presence per node
+// only), and configure no namespace with history. Webhooks need
+// JetStream with several nodes: herald.NewMemoryEventStore sees only its
+// own node's holders, so it fits a single node only.
 //
 // # Reconnects, dead links and restarts
 //

@@ -110,6 +110,22 @@ async function pollStats() {
   ready.dataset.state = s.ready === 'ok' ? 'ok' : 'bad';
   $('node').textContent = `${s.version} · broker ${s.broker} · up ${Math.floor(s.uptime_seconds / 60)} min`;
   drawSamples(s.samples);
+  drawWebhooks(s.webhooks);
+}
+
+// drawWebhooks shows what this node's webhooks did. Only the leading node
+// delivers (and sees the outbox); the others record.
+function drawWebhooks(w) {
+  $('webhooks').hidden = !w?.enabled;
+  if (!w?.enabled) return;
+  $('webhooks-role').textContent = w.leading ? '· this node delivers' : '· another node delivers';
+  $('wh-pending').textContent = w.leading ? String(w.pending) : '–';
+  $('wh-delivered').textContent = String(w.delivered);
+  $('wh-failures').textContent = String(w.failures);
+  $('wh-dropped').textContent = String(w.dropped);
+  const err = $('wh-error');
+  err.hidden = !w.retrying;
+  err.textContent = w.retrying ? `Retrying: ${w.last_error} (since ${new Date(w.last_error_at).toLocaleTimeString()})` : '';
 }
 
 let channels = [];
