@@ -104,6 +104,12 @@ func TestWebhooksNodeCrashRedis(t *testing.T) {
 	testWebhooksNodeCrash(t, redisCluster(t))
 }
 
+// The same crash with the outbox in JetStream.
+func TestWebhooksNodeCrashNATS(t *testing.T) {
+	t.Parallel()
+	testWebhooksNodeCrash(t, natsCluster(t))
+}
+
 func testWebhooksNodeCrash(t *testing.T, broker []string) {
 	bin := buildHerald(t)
 	app := newEventApp(t)
