@@ -167,7 +167,7 @@ func hookSettingList() []*setting {
 		hookURLSetting("unsubscribed", "URL told of each subscription that ends (a notification: not retried)",
 			func(c *Config) *string { return &h(c).UnsubscribedURL }),
 		secretSetting("hooks_secret", "SECRET", "none (unsigned)", "a secret of at least 32 bytes",
-			"secret (at least 32 bytes) that signs every hook call (Herald-Signature header, docs/hooks.md); a flag shows in ps: prefer the variable or hooks_secret_file",
+			"secret (at least 32 bytes) that signs every hook and webhook call (Herald-Signature header, docs/hooks.md); a flag shows in ps: prefer the variable or hooks_secret_file",
 			checkHooksSecret, func(c *Config) *secret { return &h(c).Secret }),
 		stringSetting("hooks_secret_file", "FILE", "file holding hooks_secret (trailing newlines ignored); instead of hooks_secret", "none",
 			func(c *Config) *string { return &h(c).SecretFile }),
