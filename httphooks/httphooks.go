@@ -20,6 +20,11 @@
 // handles as each hook's doc in herald.Hooks says (docs/hooks.md). The
 // notifications (disconnected, unsubscribed) only need a 2xx.
 //
+// Backend.Deliver is herald.Webhooks.Deliver over HTTP: it POSTs a batch
+// of events ({"events":[...]}, WebhookBatch) to Config.Webhook with
+// Herald-Hook: events, signed the same way; any 2xx delivers it
+// (docs/webhooks.md).
+//
 // Redirects are not followed (a 3xx is a failure): a POST redirected would
 // become a GET, or carry the signed body somewhere else.
 package httphooks
