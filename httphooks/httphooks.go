@@ -20,6 +20,11 @@
 // handles as each hook's doc in herald.Hooks says (docs/hooks.md). The
 // notifications (disconnected, unsubscribed) only need a 2xx.
 //
+// Backend.Deliver is herald.Webhooks.Deliver over HTTP: it POSTs a batch
+// of events ({"events":[...]}, WebhookBatch) to Config.Webhook with
+// Herald-Hook: events, signed the same way; any 2xx delivers it
+// (docs/webhooks.md).
+//
 // Redirects are not followed (a 3xx is a failure): a POST redirected would
 // become a GET, or carry the signed body somewhere else.
 package httphooks
@@ -69,6 +74,11 @@ type Config struct {
 	// One endpoint per hook; those without a URL are off (nil in
 	// herald.Hooks), and Herald then does what it does without that hook.
 	Connect, Refresh, Subscribe, Publish, RPC, Disconnected, Unsubscribed Endpoint
+
+	// Webhook is where Deliver POSTs the webhooks' event batches
+	// (herald.Webhooks, docs/webhooks.md). Its zero Timeout means
+	// Config.Timeout, else DefaultWebhookTimeout.
+	Webhook Endpoint
 
 	// ForwardHeaders names the handshake request headers the connect hook
 	// is sent (ConnectRequest.Headers), any case; others are not sent, so
@@ -123,7 +133,7 @@ type Backend struct {
 // namespace that is not a valid name.
 func New(cfg Config) (*Backend, error) {
 	b := &Backend{cfg: cfg, client: cfg.Client, cookies: make(map[string]bool)}
-	for _, ep := range b.endpoints() {
+	for _, ep := range append(b.endpoints(), namedEndpoint{"webhook", cfg.Webhook}) {
 		if err := ep.check(); err != nil {
 			return nil, err
 		}
@@ -226,7 +236,8 @@ func isToken(s string) bool {
 	return true
 }
 
-// Enabled returns the names of the hooks that have a URL, for a log line.
+// Enabled returns the names of the hooks that have a URL, for a log line
+// (not the Webhook: it is not a hook).
 func (b *Backend) Enabled() []string {
 	var on []string
 	for _, ep := range b.endpoints() {
@@ -338,7 +349,7 @@ func (b *Backend) do(ctx context.Context, name string, ep Endpoint, req, resp an
 	}
 	if resp == nil {
 		if res.StatusCode/100 != 2 {
-			return fmt.Errorf("%w: status %s, want 2xx", ErrBadResponse, res.Status)
+			return fmt.Errorf("%w: status %s, want 2xx%s", ErrBadResponse, res.Status, excerpt(data))
 		}
 		return nil
 	}

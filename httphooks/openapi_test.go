@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/heraldhq/herald"
 )
 
 // TestOpenAPIWebhooks keeps httpapi/openapi.json's webhooks true to the
@@ -84,7 +86,35 @@ func TestOpenAPIWebhooks(t *testing.T) {
 			}
 		}
 	}
-	if len(doc.Webhooks) != len(hookNames) {
-		t.Errorf("%d webhooks documented, %d hooks", len(doc.Webhooks), len(hookNames))
+	// The events batch: {"events":[herald.Event...]}.
+	var batch struct {
+		Webhooks map[string]struct {
+			Post struct {
+				RequestBody struct {
+					Content map[string]struct {
+						Schema struct {
+							Properties struct {
+								Events struct{ Items schema } `json:"events"`
+							} `json:"properties"`
+						}
+					} `json:"content"`
+				} `json:"requestBody"`
+			} `json:"post"`
+		} `json:"webhooks"`
+	}
+	if err := json.Unmarshal(b, &batch); err != nil {
+		t.Fatal(err)
+	}
+	if ev, ok := doc.Webhooks["events"]; !ok {
+		t.Error("no webhook events")
+	} else if got, want := keys(ev.Post.RequestBody.Content["application/json"].Schema), fields(WebhookBatch{}); !slices.Equal(got, want) {
+		t.Errorf("events batch: documented %v, sent %v", got, want)
+	}
+	items := batch.Webhooks["events"].Post.RequestBody.Content["application/json"].Schema.Properties.Events.Items
+	if got, want := keys(items), fields(herald.Event{}); !slices.Equal(got, want) {
+		t.Errorf("event: documented %v, sent %v", got, want)
+	}
+	if len(doc.Webhooks) != len(hookNames)+1 {
+		t.Errorf("%d webhooks documented, %d hooks and the events batch", len(doc.Webhooks), len(hookNames))
 	}
 }

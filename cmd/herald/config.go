@@ -160,6 +160,9 @@ type Config struct {
 	// Hooks are the backend's HTTP hooks (hooks.go): the hook_* settings
 	// and hooks_secret.
 	Hooks hookSettings
+	// Webhooks are the webhook_* settings (webhooks.go); the namespaces
+	// say which channel events are on.
+	Webhooks webhookSettings
 
 	// secretOnCommandLine is set when JWTSecret came from a flag, where
 	// every user of the machine can read it (ps); serve warns about it.
@@ -376,7 +379,7 @@ var settings = slices.Concat([]*setting{
 		func(c *Config) *string { return &c.JWTAudience }),
 	durationSetting("connect_timeout", "with token authentication, time a protocol client has to send connect before close 4005", "10s",
 		func(c *Config) *time.Duration { return &c.ConnectTimeout }),
-}, hookSettingList(), []*setting{
+}, hookSettingList(), webhookSettingList(), []*setting{
 	intSetting("read_buffer_size", "read buffer in bytes of a TLS connection (plain connections hold none while idle)", "512",
 		func(c *Config) *int { return &c.ReadBufferSize }),
 	numberSetting("max_message_size", "BYTES",
@@ -1010,7 +1013,10 @@ func (c *Config) validate(src sources) error {
 	if c.NATSURL != "" && c.Broker != "nats" {
 		return fmt.Errorf("nats_url set, but broker is %s: set broker nats too, or remove it", c.Broker)
 	}
-	return c.Hooks.validate()
+	if err := c.Webhooks.validate(c.Namespaces); err != nil {
+		return err
+	}
+	return c.Hooks.validate(c.Webhooks.URL != "")
 }
 
 // maxMessageSize and maxQueueBytes are the sizes the node runs with,
@@ -1160,6 +1166,11 @@ may connect, subscribe and publish on every channel. With one, clients
 authenticate with tokens (herald token mints one for development), and
 namespaces admit authenticated users only unless their allow_* settings say
 otherwise. See docs/security.md.
+
+With webhook_url, the server POSTs batches of events to your backend: users
+online and offline (webhook_users), and per namespace in the file, channels
+occupied and vacated (channel_events), members (member_events, with
+presence) and client publications (publish_events). See docs/webhooks.md.
 
 Each setting is read from its flag, else from its environment variable, else
 from the YAML config file (same name as the flag, with underscores), else

@@ -147,6 +147,9 @@ var namespaceKeys = []struct {
 	{"allow_publish", wantPermission, nsKey(parsePermission, func(ns *herald.Namespace) *herald.Permission { return &ns.AllowPublish })},
 	{"allow_presence", wantPermission, nsKey(parsePermission, func(ns *herald.Namespace) *herald.Permission { return &ns.AllowPresence })},
 	{"allow_history", wantPermission, nsKey(parsePermission, func(ns *herald.Namespace) *herald.Permission { return &ns.AllowHistory })},
+	{"channel_events", "true or false", nsKey(parseBool, func(ns *herald.Namespace) *bool { return &ns.ChannelEvents })},
+	{"member_events", "true or false", nsKey(parseBool, func(ns *herald.Namespace) *bool { return &ns.MemberEvents })},
+	{"publish_events", "true or false", nsKey(parseBool, func(ns *herald.Namespace) *bool { return &ns.PublishEvents })},
 }
 
 // nsKey sets a namespace's field from its value in the file, read by parse.

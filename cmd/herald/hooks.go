@@ -167,7 +167,7 @@ func hookSettingList() []*setting {
 		hookURLSetting("unsubscribed", "URL told of each subscription that ends (a notification: not retried)",
 			func(c *Config) *string { return &h(c).UnsubscribedURL }),
 		secretSetting("hooks_secret", "SECRET", "none (unsigned)", "a secret of at least 32 bytes",
-			"secret (at least 32 bytes) that signs every hook call (Herald-Signature header, docs/hooks.md); a flag shows in ps: prefer the variable or hooks_secret_file",
+			"secret (at least 32 bytes) that signs every hook and webhook call (Herald-Signature header, docs/hooks.md); a flag shows in ps: prefer the variable or hooks_secret_file",
 			checkHooksSecret, func(c *Config) *secret { return &h(c).Secret }),
 		stringSetting("hooks_secret_file", "FILE", "file holding hooks_secret (trailing newlines ignored); instead of hooks_secret", "none",
 			func(c *Config) *string { return &h(c).SecretFile }),
@@ -181,9 +181,10 @@ func (h *hookSettings) on() bool {
 }
 
 // validate refuses settings that would do nothing: a timeout, namespaces,
-// forwarded names or a secret without the hook they are for. The operator
-// who set them thinks something is on that is not.
-func (h *hookSettings) validate() error {
+// forwarded names or a secret without the hook they are for (webhooks: the
+// webhooks are on, which hooks_secret signs too). The operator who set
+// them thinks something is on that is not.
+func (h *hookSettings) validate(webhooks bool) error {
 	for _, need := range []struct {
 		set   bool
 		names string
@@ -207,16 +208,16 @@ func (h *hookSettings) validate() error {
 	if h.Secret != "" && h.SecretFile != "" {
 		return errors.New("hooks_secret and hooks_secret_file both set: set one of them")
 	}
-	if (h.Secret != "" || h.SecretFile != "") && !h.on() {
-		return errors.New("hooks_secret set, but no hook is: set a hook_*_url too, or remove it")
+	if (h.Secret != "" || h.SecretFile != "") && !h.on() && !webhooks {
+		return errors.New("hooks_secret set, but no hook is: set a hook_*_url or webhook_url too, or remove it")
 	}
 	return nil
 }
 
-// backend builds the hooks' backend, reading hooks_secret_file; nil when
-// no hook is on.
-func (h *hookSettings) backend() (*httphooks.Backend, error) {
-	if !h.on() {
+// backend builds the backend of the hooks and of the webhook (webhookURL,
+// with its timeout), reading hooks_secret_file; nil when neither is on.
+func (h *hookSettings) backend(webhookURL string, webhookTimeout time.Duration) (*httphooks.Backend, error) {
+	if !h.on() && webhookURL == "" {
 		return nil, nil
 	}
 	secret, err := secretOrFile(h.Secret, h.SecretFile, "hooks_secret_file", checkHooksSecret)
@@ -231,6 +232,7 @@ func (h *hookSettings) backend() (*httphooks.Backend, error) {
 		RPC:                 httphooks.Endpoint{URL: h.RPCURL, Timeout: h.RPCTimeout},
 		Disconnected:        httphooks.Endpoint{URL: h.DisconnectedURL},
 		Unsubscribed:        httphooks.Endpoint{URL: h.UnsubscribedURL},
+		Webhook:             httphooks.Endpoint{URL: webhookURL, Timeout: webhookTimeout},
 		ForwardHeaders:      h.ForwardHeaders,
 		ForwardCookies:      h.ForwardCookies,
 		SubscribeNamespaces: h.SubscribeNamespaces,
@@ -249,7 +251,7 @@ func (h *hookSettings) backend() (*httphooks.Backend, error) {
 // logHooks says at start which hooks are on and where they go (URLs
 // redacted), so that an operator can tell why a connection was refused.
 func logHooks(logger *slog.Logger, h *hookSettings, b *httphooks.Backend) {
-	if b == nil {
+	if b == nil || !h.on() {
 		return
 	}
 	attrs := []any{"on", strings.Join(b.Enabled(), ","), "signed", h.Secret != "" || h.SecretFile != ""}

@@ -35,7 +35,7 @@ hook_forward_cookies: [session]
 	if got := settingByName("hook_subscribe_namespaces").get(&cfg); got != `"",chat` {
 		t.Fatalf("get %q", got)
 	}
-	b, err := h.backend()
+	b, err := h.backend("", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

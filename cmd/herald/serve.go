@@ -46,7 +46,10 @@ type instance struct {
 	logs   *dashboard.LogRecorder // the logger's recent warnings and errors
 	node   *herald.Node
 	dash   *dashboard.Dashboard
-	hooks  *httphooks.Backend // nil: no hook is on
+	hooks  *httphooks.Backend // nil: no hook is on, nor the webhooks
+	// webhookStoreShared: the broker keeps the webhooks' outbox (else the
+	// node keeps it in memory).
+	webhookStoreShared bool
 
 	draining atomic.Bool                     // /readyz fails from the first signal on
 	api      atomic.Pointer[http.Handler]    // nil: the API is off
@@ -152,10 +155,20 @@ func (in *instance) newNode(ctx, authCtx context.Context) (closeBroker func(), e
 	if err != nil {
 		return nil, err
 	}
-	hooks, err := in.cfg.Hooks.backend()
+	hooks, err := in.cfg.Hooks.backend(in.cfg.Webhooks.URL, in.cfg.Webhooks.Timeout)
 	if err != nil {
 		closeBroker()
 		return nil, err
+	}
+	if in.cfg.Webhooks.URL != "" {
+		_, in.webhookStoreShared = broker.(herald.EventStoreProvider)
+		// Nodes joined by a broker that keeps no outbox would each think
+		// they hold every user alone: one event per node, not per
+		// happening. Refuse rather than send those.
+		if broker != nil && !in.webhookStoreShared {
+			closeBroker()
+			return nil, fmt.Errorf("webhook_url set, but broker %s keeps no webhook outbox (herald.EventStoreProvider): use broker redis, or memory for one node", in.cfg.Broker)
+		}
 	}
 	nodeCfg := in.cfg.nodeConfig(in.logger)
 	nodeCfg.Broker = broker
@@ -164,6 +177,7 @@ func (in *instance) newNode(ctx, authCtx context.Context) (closeBroker func(), e
 	}
 	if hooks != nil {
 		nodeCfg.Hooks = hooks.Hooks()
+		nodeCfg.Webhooks = in.cfg.Webhooks.webhooks(hooks)
 	}
 	if in.node, err = herald.New(nodeCfg); err != nil {
 		closeBroker()
@@ -197,6 +211,7 @@ func (in *instance) mount(s startSecrets) {
 	})
 	logAuth(in.logger, &in.cfg)
 	logHooks(in.logger, &in.cfg.Hooks, in.hooks)
+	logWebhooks(in.logger, &in.cfg, in.webhookStoreShared)
 	in.logOps()
 }
 
