@@ -47,16 +47,27 @@ func waitBytes(b *testing.B, n *atomic.Int64, want int64) {
 // broadcast allocates nothing per subscriber.
 func BenchmarkBroadcast(b *testing.B) {
 	for _, mode := range []struct {
-		subs  int
-		paced bool
-	}{{100, false}, {1000, false}, {100, true}, {1000, true}} {
+		subs            int
+		paced, webhooks bool
+	}{{100, false, false}, {1000, false, false}, {100, true, false}, {1000, true, false}, {1000, true, true}} {
 		subs := mode.subs
 		name := fmt.Sprintf("subs=%d", subs)
 		if mode.paced {
 			name += "/paced"
 		}
+		if mode.webhooks {
+			name += "/webhooks"
+		}
 		b.Run(name, func(b *testing.B) {
-			ts := newTestServer(b, Config{Logger: nopLogger(), MaxQueueMessages: 1 << 20, MaxQueueBytes: 1 << 30, Limits: Limits{ConnectRatePerIP: -1}})
+			cfg := Config{Logger: nopLogger(), MaxQueueMessages: 1 << 20, MaxQueueBytes: 1 << 30, Limits: Limits{ConnectRatePerIP: -1}}
+			if mode.webhooks {
+				// Every kind of event on: the channel, its members and
+				// its publications. What Publish sends out must cost
+				// the same.
+				cfg.Namespaces = []Namespace{{Name: "", Presence: true, ChannelEvents: true, MemberEvents: true, PublishEvents: true}}
+				cfg.Webhooks = Webhooks{Users: true, Deliver: func(context.Context, []Event) error { return nil }}
+			}
+			ts := newTestServer(b, cfg)
 			var got atomic.Int64
 			for range subs {
 				c := ts.client(b)
