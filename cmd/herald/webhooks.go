@@ -32,11 +32,10 @@ type webhookSettings struct {
 const (
 	defaultWebhookGrace    = 5 * time.Second
 	defaultWebhookRetryFor = 24 * time.Hour
-	defaultWebhookNodeTTL  = 15 * time.Second
-	// minWebhookNodeTTL: a node beats every NodeTTL/3 from a loop that
-	// wakes every 100ms, and each beat is a store call; under a second,
-	// a live node under load could be taken for dead and its users sent
-	// offline.
+	defaultWebhookNodeTTL  = 20 * time.Second
+	// minWebhookNodeTTL: a node beats every NodeTTL/3, each beat a store
+	// call; under a second, a live node under load could be taken for
+	// dead and its users sent offline.
 	minWebhookNodeTTL = time.Second
 )
 
