@@ -2,7 +2,8 @@
 // `herald serve` with an admin password on a free loopback port, and drives
 // the dashboard in Chromium, loaded from that server: log in (after a wrong
 // password), watch the connection count follow WebSocket clients that
-// connect and leave, find their channel and presence, publish from the form
+// connect and leave, find their channel and presence, see the webhooks
+// panel report a backend that answers 503, publish from the form
 // and see the message arrive on a WebSocket client, watch a channel with
 // the dashboard's own herald-client, then log out. It saves a screenshot to
 // artifacts/dashboard.png and fails on any page error or console error (a
@@ -14,6 +15,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
+import http from 'node:http';
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -36,11 +38,21 @@ const UI_TIMEOUT = 20_000;
 
 const work = await mkdtemp(path.join(tmpdir(), 'herald-admin-e2e-'));
 let server;
+// The app's webhook endpoint, down on purpose: every call is answered 503,
+// so that the dashboard has a failing delivery to show.
+const webhookCalls = [];
+const backend = http.createServer((req, res) => {
+  webhookCalls.push(req.headers['herald-hook']);
+  req.resume();
+  res.writeHead(503, { 'Content-Type': 'text/plain' }).end('down for maintenance');
+});
+await new Promise((resolve) => backend.listen(0, '127.0.0.1', resolve));
 let browser;
 
 after(async () => {
   await browser?.close().catch(() => {});
   server?.proc.kill('SIGKILL');
+  backend.close();
   await rm(work, { recursive: true, force: true });
 });
 
@@ -120,7 +132,8 @@ test('the admin dashboard, in Chromium, against herald serve', { timeout: 240_00
   await t.test('build and start the server', async () => {
     const bin = await buildHerald();
     const config = path.join(work, 'herald.yaml');
-    await writeFile(config, 'namespaces:\n  - name: ""\n  - name: room\n    presence: true\n');
+    await writeFile(config, `webhook_url: http://127.0.0.1:${backend.address().port}/events\n` +
+      'namespaces:\n  - name: ""\n  - name: room\n    presence: true\n    channel_events: true\n');
     server = await startHerald(bin, config);
   });
 
@@ -198,6 +211,18 @@ test('the admin dashboard, in Chromium, against herald serve', { timeout: 240_00
     await admin.click('#presence-lookup');
     await admin.waitForFunction(() => document.querySelector('#presence-summary').textContent.startsWith('2 client(s)'));
     assert.equal(await admin.locator('#presence tr').count(), 2);
+  });
+
+  await t.test('the webhooks panel shows the failing backend', async () => {
+    // room:lobby became occupied: its event is retried against the 503s.
+    await admin.waitForFunction(() => !document.querySelector('#webhooks').hidden &&
+      Number(document.querySelector('#wh-failures').textContent) >= 1 &&
+      !document.querySelector('#wh-error').hidden);
+    assert.match(await admin.textContent('#wh-error'), /503/);
+    assert.match(await admin.textContent('#webhooks-role'), /this node delivers/);
+    assert.equal(await admin.textContent('#wh-pending'), '1');
+    assert.equal(await admin.textContent('#wh-delivered'), '0');
+    assert.ok(webhookCalls.length >= 1 && webhookCalls.every((h) => h === 'events'), `calls: ${webhookCalls}`);
   });
 
   await t.test('a message published from the form arrives on a WebSocket client', async () => {
