@@ -186,12 +186,12 @@ func (n *Node) subscribeChecked(c *conn, ns *Namespace, channel string, since *p
 		}
 		finish = func() {
 			for _, p := range recovered {
-				c.enqueue(n.encodePub(p, c.form))
+				c.enqueuePub(p, n.encodePub(p, c.form))
 			}
 			rb.mu.Lock()
 			for _, p := range rb.pubs {
 				if p.Offset == 0 || p.Offset > last { // presence events carry no offset
-					c.enqueue(n.encodePub(p, c.form))
+					c.enqueuePub(p, n.encodePub(p, c.form))
 				}
 			}
 			rb.pubs = nil
@@ -518,7 +518,7 @@ func (n *Node) HandlePublication(pub *Publication) {
 			f = n.encodePub(pub, c.form)
 			frames[c.form] = f
 		}
-		c.enqueue(f)
+		c.enqueuePub(pub, f)
 	})
 }
 
@@ -532,11 +532,17 @@ func (n *Node) encodePub(pub *Publication, form uint8) []byte {
 		kind = protocol.PushLeave
 	}
 	info, _ := json.Marshal(protocol.ClientInfo{Client: pub.Presence.Client, User: pub.Presence.User, Info: pub.Presence.Info})
+	if form == formSSE {
+		return appendSSEEvent(nil, kind, protocol.AppendInfoPush(nil, kind, pub.Channel, info))
+	}
 	return n.buildFrame(wsframe.OpText, protocol.AppendInfoPush(nil, kind, pub.Channel, info), form&1 == 1)
 }
 
 // encode builds the frame of a push in one wire form.
 func (n *Node) encode(kind, channel string, offset uint64, data []byte, binary bool, form uint8) []byte {
+	if form == formSSE {
+		return sseEncode(kind, channel, offset, data, binary)
+	}
 	op := byte(wsframe.OpText)
 	if binary {
 		op = wsframe.OpBinary

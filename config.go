@@ -156,6 +156,9 @@ type ClientInfo struct {
 	// Raw is true for a raw-mode connection, whose channel is RawChannel.
 	Raw        bool
 	RawChannel string
+	// SSE is true for a Server-Sent Events connection (Node.SSEHandler),
+	// whose channels are fixed by its request and which sends nothing.
+	SSE        bool
 	RemoteAddr string
 }
 

@@ -13,13 +13,16 @@ import (
 )
 
 // Wire forms: every publication is encoded at most once per form, and each
-// connection reads one of them. form = raw<<1 | deflate.
+// connection reads one of them. form = raw<<1 | deflate for WebSocket
+// connections; formSSE is a Server-Sent Events stream's (sse.go), never
+// deflated.
 const (
 	formProtocol        = 0
 	formProtocolDeflate = 1
 	formRaw             = 2
 	formRawDeflate      = 3
-	numForms            = 4
+	formSSE             = 4
+	numForms            = 5
 )
 
 // conn is one client connection: who the client is, and the three parts
@@ -50,6 +53,10 @@ type conn struct {
 	form uint8
 	raw  bool
 	echo bool
+	// sse is the session of a Server-Sent Events connection (sse.go), nil
+	// for a WebSocket one: its publications carry per-connection event
+	// ids (enqueuePub). Fixed at creation.
+	sse *sseSession
 
 	// Identity. mu guards user, info and channels: user and info change
 	// only on the reader (connect, refresh), others read them under mu.
@@ -106,10 +113,25 @@ func (c *conn) enqueue(frame []byte) bool {
 	return ok
 }
 
+// enqueuePub pushes the frame of pub (an encodePub of c.form): as enqueue,
+// except that on an SSE connection a publication with an offset goes with
+// the event id that carries the connection's new position.
+func (c *conn) enqueuePub(pub *Publication, frame []byte) {
+	if c.sse != nil {
+		c.sse.deliver(pub, frame)
+		return
+	}
+	c.enqueue(frame)
+}
+
 // ping pushes the heartbeat's ping. Called by the heartbeat once per
 // PingInterval.
 func (c *conn) ping() {
-	_, start, cut := c.out.pushPing(pingFrame)
+	frame := pingFrame
+	if c.sse != nil {
+		frame = ssePing
+	}
+	_, start, cut := c.out.pushPing(frame)
 	c.pushed(start, cut)
 }
 
@@ -144,7 +166,13 @@ func (c *conn) cutSlow(dropped int) {
 // receives everything sent before it. A no-op on a closing connection; it
 // reports whether this call began the close.
 func (c *conn) close(code CloseCode, reason string) bool {
-	began := c.closeFrame(wsframe.Close(code, reason), false)
+	frame := []byte(nil)
+	if c.sse != nil {
+		frame = sseClose(code, reason)
+	} else {
+		frame = wsframe.Close(code, reason)
+	}
+	began := c.closeFrame(frame, false)
 	if began {
 		c.setEnded(code, reason)
 	}

@@ -36,6 +36,7 @@ func newTestServer(t testing.TB, cfg Config) *testServer {
 	mux := http.NewServeMux()
 	mux.Handle("/ws", n.Handler())
 	mux.Handle("/ws/raw", n.RawHandler())
+	mux.Handle("/sse", n.SSEHandler())
 	srv := httptest.NewServer(mux)
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan struct{})

@@ -366,5 +366,5 @@ const maxNotifying = 256
 func (c *conn) clientInfo() ClientInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return ClientInfo{ID: c.id, UserID: c.user, Info: c.info, Raw: c.raw, RemoteAddr: c.remote}
+	return ClientInfo{ID: c.id, UserID: c.user, Info: c.info, Raw: c.raw, SSE: c.sse != nil, RemoteAddr: c.remote}
 }

@@ -16,10 +16,14 @@ import (
 // upgrade: a raw client has no replies, so a refusal is the handshake's
 // HTTP answer (401 or 403, 503 for a failure).
 func (n *Node) rawConnectHook(r *http.Request, rawCh string, id *identity) *handshakeRefusal {
-	ev := &ConnectEvent{
-		Client: ClientInfo{ID: id.client, UserID: id.user, Info: id.info, Raw: true, RawChannel: rawCh, RemoteAddr: r.RemoteAddr},
-		Header: r.Header, URL: r.URL.String(),
-	}
+	return n.handshakeConnectHook(r, ClientInfo{ID: id.client, UserID: id.user, Info: id.info, Raw: true, RawChannel: rawCh, RemoteAddr: r.RemoteAddr}, id)
+}
+
+// handshakeConnectHook asks Hooks.Connect about a request that is its
+// connection's whole say (raw mode, SSE), client describing it; a refusal
+// is the request's HTTP answer.
+func (n *Node) handshakeConnectHook(r *http.Request, client ClientInfo, id *identity) *handshakeRefusal {
+	ev := &ConnectEvent{Client: client, Header: r.Header, URL: r.URL.String()}
 	var reply *ConnectReply
 	v, perr := n.callHook(hookConnect, id.client, func(ctx context.Context) (err error) {
 		reply, err = n.cfg.Hooks.Connect(ctx, ev)

@@ -502,6 +502,21 @@ func (n *Node) identify(r *http.Request, raw bool, rawCh string, id *identity) (
 		}
 		rawNS, id.echo = ns, r.URL.Query().Get("echo") == "1"
 	}
+	if no := n.identifyUser(r, raw, id); no != nil {
+		return no
+	}
+	if raw && n.cfg.Hooks.Connect == nil { // else: after the hook (rawConnectAdmitted)
+		if err := n.permit(id.user, id.grants, rawCh, rawNS.AllowSubscribe); err != nil {
+			return &handshakeRefusal{http.StatusForbidden, "Forbidden: " + err.Message}
+		}
+	}
+	return nil
+}
+
+// identifyUser says who a handshake's user is: Config.Authenticate's,
+// then with token checks on, a token's (Authorization: Bearer, or with
+// queryToken the token query parameter).
+func (n *Node) identifyUser(r *http.Request, queryToken bool, id *identity) *handshakeRefusal {
 	if n.cfg.Authenticate != nil {
 		creds, err := n.cfg.Authenticate(r)
 		if err == nil {
@@ -516,13 +531,8 @@ func (n *Node) identify(r *http.Request, raw bool, rawCh string, id *identity) (
 	}
 	if n.cfg.Tokens == nil {
 		id.authed = true
-	} else if no := n.handshakeToken(r, raw, id); no != nil {
+	} else if no := n.handshakeToken(r, queryToken, id); no != nil {
 		return no
-	}
-	if raw && n.cfg.Hooks.Connect == nil { // else: after the hook (rawConnectAdmitted)
-		if err := n.permit(id.user, id.grants, rawCh, rawNS.AllowSubscribe); err != nil {
-			return &handshakeRefusal{http.StatusForbidden, "Forbidden: " + err.Message}
-		}
 	}
 	return nil
 }

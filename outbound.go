@@ -70,6 +70,29 @@ func (o *outbound) push(frame []byte) (ok, start bool, cut int) {
 	return ok, start, cut
 }
 
+// pushPair queues head and body as one message: both or neither, with
+// nothing pushed in between, counted as one frame against the limits (an
+// SSE event's per-connection id line and its shared body). Results as push.
+func (o *outbound) pushPair(head, body []byte) (ok, start bool, cut int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closing {
+		return false, false, 0
+	}
+	if len(o.queue) >= o.maxFrames || o.bytes+len(head)+len(body) > o.maxBytes {
+		cut, _, start = o.closeLocked(o.slow, true)
+		return false, start, cut
+	}
+	if o.queue == nil {
+		o.queue, o.spare = o.spare, nil
+	}
+	o.queue = append(o.queue, head, body)
+	o.bytes += len(head) + len(body)
+	start = !o.writing
+	o.writing, o.active = true, true
+	return true, start, 0
+}
+
 // pushPing pushes the heartbeat's ping. A queue that pushed nothing since
 // the previous ping first gives up a large drained batch; the ping itself
 // does not count as activity.

@@ -147,8 +147,8 @@ const maxServerOps = 1024
 // subscribeHere makes the server-side subscription of a control message
 // for c. Off the broker's delivery goroutine (see HandleControl).
 func (n *Node) subscribeHere(c *conn, channel string) {
-	if c.raw {
-		return
+	if c.raw || c.sse != nil {
+		return // their channels are fixed by the request
 	}
 	if err := n.serverSubscribe(c, channel, nil, false); err != nil && err.Code != protocol.CodeAlreadySub {
 		n.log.Warn("server-side subscription failed", "client", c.id, "channel", channel, "err", err)
@@ -169,6 +169,8 @@ func (n *Node) unsubscribeHere(c *conn, channel, reason string) {
 		return
 	case c.raw: // its one channel is gone: nothing left to serve
 		c.close(CloseForbidden, reason)
+	case c.sse != nil:
+		c.enqueue(appendSSEEvent(nil, protocol.PushUnsub, protocol.AppendUnsubPush(nil, channel, protocol.UnsubServer, reason)))
 	default:
 		c.enqueue(c.frame(wsframe.OpText, protocol.AppendUnsubPush(nil, channel, protocol.UnsubServer, reason)))
 	}

@@ -431,6 +431,7 @@ func (in *instance) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /ws", in.node.Handler())
 	mux.Handle("GET /ws/raw", in.node.RawHandler())
+	mux.Handle("GET /sse", in.node.SSEHandler())
 	// Liveness: the process answers. It stays 200 while draining, so that
 	// an orchestrator does not kill a server that is leaving on purpose.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,553 @@
+package herald
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/heraldhq/herald/protocol"
+)
+
+// Server-Sent Events (PROTOCOL.md, "Server-Sent Events"): a receive-only
+// connection for clients that cannot open a WebSocket (a proxy that
+// breaks the upgrade, say). It is the same connection as any other — the
+// outbound queue with its limits and slow-consumer cut, the node's
+// subscriptions with recovery, presence, limits, drain and shutdown, the
+// heartbeat, the metrics — over another transport and session:
+//
+//   - the transport is the HTTP response itself (sseStream, a net.Conn
+//     over the ResponseWriter): the writer role's holder writes each batch
+//     of events with one Write and one Flush, under the write deadline;
+//   - the session (sseSession) takes no command: the channels are the
+//     request's, subscribed before anything is sent, and each event id
+//     carries the position of every one of them, so that the browser's own
+//     reconnect (Last-Event-ID) recovers what it missed.
+//
+// The handler's goroutine is the connection's reader: it owns the
+// teardown, and waits for the client to go (the request's context) or for
+// the stream to end (a close event written, or a failed write).
+
+// ssePing is the heartbeat: a comment, which EventSource ignores and which
+// keeps proxies from closing an idle stream.
+var ssePing = []byte(": ping\n\n")
+
+// sseSlowClose is the close event of a slow consumer.
+var sseSlowClose = sseClose(CloseSlowConsumer, "slow consumer")
+
+// sseClose is the event that ends a stream: the code and reason a
+// WebSocket client would get in its close frame.
+func sseClose(code CloseCode, reason string) []byte {
+	b, _ := json.Marshal(struct { // an int and a string: cannot fail
+		Code   CloseCode `json:"code"`
+		Reason string    `json:"reason,omitempty"`
+	}{code, reason})
+	return appendSSEData(append([]byte(nil), "event: close\n"...), b)
+}
+
+// sseEventName is the SSE event type of a herald.v1 push kind: a
+// publication is the default type ("message", what EventSource.onmessage
+// receives); a direct message (Node.Send and the like) is "direct".
+func sseEventName(kind string) string {
+	switch kind {
+	case protocol.PushPub:
+		return ""
+	case protocol.PushMessage:
+		return "direct"
+	case protocol.PushSubscribe:
+		return "subscribed"
+	}
+	return kind
+}
+
+// appendSSEEvent appends the event of a herald.v1 push of kind whose JSON
+// is push.
+func appendSSEEvent(dst []byte, kind string, push []byte) []byte {
+	if name := sseEventName(kind); name != "" {
+		dst = append(dst, "event: "...)
+		dst = append(dst, name...)
+		dst = append(dst, '\n')
+	}
+	return appendSSEData(dst, push)
+}
+
+// appendSSEData appends data as an event's data lines and ends the event.
+// JSON may hold line breaks between its tokens (never inside a string):
+// each starts another data line, which EventSource joins with "\n" — the
+// same JSON.
+func appendSSEData(dst, data []byte) []byte {
+	dst = append(dst, "data: "...)
+	for i := 0; i < len(data); i++ {
+		switch b := data[i]; b {
+		case '\r':
+			if i+1 < len(data) && data[i+1] == '\n' {
+				i++
+			}
+			dst = append(dst, "\ndata: "...)
+		case '\n':
+			dst = append(dst, "\ndata: "...)
+		default:
+			dst = append(dst, b)
+		}
+	}
+	return append(dst, "\n\n"...)
+}
+
+// sseEncode builds the event of a publication or direct message: its data
+// is the herald.v1 push, a binary payload in base64 under "binary" (as
+// history replies carry it).
+func sseEncode(kind, channel string, offset uint64, data []byte, binary bool) []byte {
+	var push []byte
+	switch {
+	case binary:
+		push = protocol.AppendPushHeader(make([]byte, 0, 64+base64.StdEncoding.EncodedLen(len(data))), kind, channel, offset)
+		push = append(push, `,"binary":"`...)
+		push = base64.StdEncoding.AppendEncode(push, data)
+		push = append(push, `"}`...)
+	case json.Valid(data):
+		push = protocol.AppendTextPush(nil, kind, channel, offset, data)
+	default:
+		s, _ := json.Marshal(string(data))
+		push = protocol.AppendTextPush(nil, kind, channel, offset, s)
+	}
+	return appendSSEEvent(make([]byte, 0, len(push)+32), kind, push)
+}
+
+// sseStream is the transport of an SSE connection: a net.Conn over the
+// HTTP response, for the connection's writer (writeLoop: an SSE stream has
+// no descriptor, so it is never the writer pool's). Write writes and
+// flushes; Close makes every write fail at once (a deadline in the past),
+// which ends a write stuck on a client that stopped reading. There is no
+// reading: the request's context tells when the client goes.
+//
+// After detach (the handler is returning) nothing touches the response.
+type sseStream struct {
+	w      http.ResponseWriter
+	rc     *http.ResponseController
+	remote net.Addr
+
+	mu       sync.Mutex // guards closed and detached, and orders rc's calls with detach
+	closed   bool
+	detached bool
+}
+
+var _ net.Conn = (*sseStream)(nil)
+
+// Write writes one batch of events and flushes it. Only the writer role's
+// holder calls it, so there is one writer at a time; it does not hold mu
+// while blocked, so Close can cut it short.
+func (s *sseStream) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return 0, net.ErrClosed
+	}
+	n, err := s.w.Write(p)
+	if err == nil {
+		err = s.rc.Flush()
+	}
+	return n, err
+}
+
+// Close ends the stream for writing; idempotent.
+func (s *sseStream) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.detached {
+		s.closed = true
+		return nil
+	}
+	s.closed = true
+	// A past deadline fails a write in progress at once (HTTP/1: the
+	// socket's; HTTP/2: the stream is reset).
+	_ = s.rc.SetWriteDeadline(time.Now().Add(-time.Second))
+	return nil
+}
+
+// detach is the handler's last word: the response is no longer ours.
+func (s *sseStream) detach() {
+	s.mu.Lock()
+	s.closed, s.detached = true, true
+	s.mu.Unlock()
+}
+
+func (s *sseStream) SetWriteDeadline(t time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.detached {
+		return net.ErrClosed
+	}
+	return s.rc.SetWriteDeadline(t)
+}
+
+func (s *sseStream) SetDeadline(t time.Time) error { return s.SetWriteDeadline(t) }
+
+// SetReadDeadline does nothing: the stream is never read.
+func (s *sseStream) SetReadDeadline(time.Time) error { return nil }
+
+// Read is never called (the connection has no reader); it fails.
+func (s *sseStream) Read([]byte) (int, error) {
+	return 0, errors.New("herald: an SSE stream is not read")
+}
+
+func (s *sseStream) LocalAddr() net.Addr  { return s.remote }
+func (s *sseStream) RemoteAddr() net.Addr { return s.remote }
+
+// sseAddr is the client's address as the request gave it.
+type sseAddr string
+
+func (a sseAddr) Network() string { return "tcp" }
+func (a sseAddr) String() string  { return string(a) }
+
+// sseSession is the session of an SSE connection: no commands, a fixed
+// list of channels, and the position of each, which every event that
+// moves one carries in its id.
+type sseSession struct {
+	c        *conn
+	channels []string       // the request's, in its order: the id's slots
+	index    map[string]int // channel -> slot
+	exp      expiry
+
+	// mu orders the changes of pos with the pushes of the ids that show
+	// them, so that ids rise in the queue's order. Taken on the fan-out
+	// path (under a hub shard's read lock) before the outbound queue's
+	// lock; nothing is locked while holding it but that.
+	mu  sync.Mutex
+	pos []ssePos
+}
+
+var _ session = (*sseSession)(nil)
+
+// ssePos is one channel's slot in an event id.
+type ssePos struct {
+	state  uint8 // posNone, posNoHistory, posAt
+	offset uint64
+	epoch  string // escaped for the id
+}
+
+const (
+	posNone      = iota // not subscribed yet: nothing delivered
+	posNoHistory        // subscribed to a channel without history
+	posAt               // delivered up to offset, of epoch
+)
+
+func (s *sseSession) message([]byte, bool) {} // never called: no reader
+func (s *sseSession) stop()                { s.exp.stop() }
+
+// deliver pushes a publication's event; one with an offset moves its
+// channel's position, and goes with the id that says so.
+func (s *sseSession) deliver(pub *Publication, body []byte) {
+	i, ok := s.index[pub.Channel]
+	if pub.Offset == 0 || !ok {
+		s.c.enqueue(body)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := &s.pos[i]; p.state == posAt && pub.Offset > p.offset {
+		p.offset = pub.Offset
+	}
+	s.pushWithID(body)
+}
+
+// pushWithID pushes body after the id of the positions now. s.mu held.
+func (s *sseSession) pushWithID(body []byte) {
+	_, start, cut := s.c.out.pushPair(s.appendID(nil), body)
+	s.c.pushed(start, cut)
+}
+
+// appendID appends the id line: a slot per channel, in the request's
+// order, separated by commas — empty (nothing delivered yet), "-" (no
+// history), or "OFFSET:EPOCH" (the epoch query-escaped).
+func (s *sseSession) appendID(dst []byte) []byte {
+	dst = append(dst, "id: "...)
+	for i, p := range s.pos {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		switch p.state {
+		case posNoHistory:
+			dst = append(dst, '-')
+		case posAt:
+			dst = strconv.AppendUint(dst, p.offset, 10)
+			dst = append(dst, ':')
+			dst = append(dst, p.epoch...)
+		}
+	}
+	return append(dst, '\n')
+}
+
+// parseLastEventID reads an event id this node sent (appendID) for n
+// channels: the position to recover each from, nil for a slot with none;
+// a no-history slot asks for recovery from nothing, which is answered
+// recovered:false (no_history) as since is.
+func parseLastEventID(id string, n int) ([]*protocol.Position, error) {
+	slots := strings.Split(id, ",")
+	if len(slots) != n {
+		return nil, fmt.Errorf("it holds %d positions for %d channels (the id belongs to the same channels, in the same order)", len(slots), n)
+	}
+	since := make([]*protocol.Position, n)
+	for i, slot := range slots {
+		switch slot {
+		case "":
+			continue
+		case "-":
+			since[i] = &protocol.Position{}
+			continue
+		}
+		off, ep, ok := strings.Cut(slot, ":")
+		offset, err := strconv.ParseUint(off, 10, 64)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("position %d is not OFFSET:EPOCH", i+1)
+		}
+		epoch, err := url.QueryUnescape(ep)
+		if err != nil {
+			return nil, fmt.Errorf("position %d has a badly escaped epoch", i+1)
+		}
+		since[i] = &protocol.Position{Offset: offset, Epoch: epoch}
+	}
+	return since, nil
+}
+
+// SSEHandler returns the http.Handler of Server-Sent Events (PROTOCOL.md,
+// "Server-Sent Events"): GET ?channel=A&channel=B streams the publications
+// of those channels as an event stream, with the tokens, permissions,
+// origin check, limits and recovery of a WebSocket subscription. It is
+// receive-only: clients publish over the HTTP API or a WebSocket.
+//
+// Use it where a WebSocket cannot connect; a WebSocket is cheaper (no
+// per-connection event id to build per publication) and two-way. Serve it
+// with no http.Server WriteTimeout of its own concern: each write sets its
+// deadline (Config.WriteTimeout), and the stream lives until the client,
+// the node or the heartbeat's failed write ends it. A proxy in front must
+// not buffer the response (it says X-Accel-Buffering: no, which nginx
+// honours) and must let it idle longer than Config.PingInterval.
+func (n *Node) SSEHandler() http.Handler {
+	return http.HandlerFunc(n.serveSSE)
+}
+
+// sseRequest is a checked SSE request: its channels and what to recover.
+type sseRequest struct {
+	channels []string
+	ns       []*Namespace
+	since    []*protocol.Position // nil without Last-Event-ID
+}
+
+// checkSSE checks an SSE request before anything is spent on it: method,
+// origin, channels, Last-Event-ID, and that the response can stream.
+func (n *Node) checkSSE(w http.ResponseWriter, r *http.Request) (sseRequest, *handshakeRefusal) {
+	var req sseRequest
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		return req, &handshakeRefusal{http.StatusMethodNotAllowed, "Method Not Allowed: an event stream is a GET"}
+	}
+	if !n.checkOrigin(r) {
+		return req, n.originRefused(r)
+	}
+	q := r.URL.Query()
+	req.channels = q["channel"]
+	if len(req.channels) == 0 {
+		return req, &handshakeRefusal{http.StatusBadRequest, "Bad Request: name at least one channel (?channel=NAME, repeatable)"}
+	}
+	if maxCh := n.limits.Load().MaxChannelsPerConnection; !under(len(req.channels)-1, maxCh) {
+		n.metrics.limitHits.Add(1)
+		return req, &handshakeRefusal{http.StatusBadRequest, fmt.Sprintf("Bad Request: a connection may hold at most %d channels", maxCh)}
+	}
+	seen := make(map[string]struct{}, len(req.channels))
+	for _, ch := range req.channels {
+		ns, err := n.channelNamespace(ch)
+		if err != nil {
+			return req, &handshakeRefusal{http.StatusBadRequest, "Bad Request: " + err.Message}
+		}
+		if _, dup := seen[ch]; dup {
+			return req, &handshakeRefusal{http.StatusBadRequest, fmt.Sprintf("Bad Request: channel %q named twice", ch)}
+		}
+		seen[ch] = struct{}{}
+		req.ns = append(req.ns, ns)
+	}
+	// The header is the browser's own reconnect, with the last id it got;
+	// the query parameter is for a client that opens a new stream (an
+	// EventSource cannot set headers), and an older id than the header's.
+	lastID := r.Header.Get("Last-Event-ID")
+	if lastID == "" {
+		lastID = q.Get("last_event_id")
+	}
+	if lastID != "" {
+		since, err := parseLastEventID(lastID, len(req.channels))
+		if err != nil {
+			return req, &handshakeRefusal{http.StatusBadRequest, "Bad Request: Last-Event-ID: " + err.Error()}
+		}
+		req.since = since
+	}
+	if !canStream(w) {
+		return req, &handshakeRefusal{http.StatusInternalServerError, "Internal Server Error: this response cannot be streamed (a middleware's ResponseWriter without Unwrap)"}
+	}
+	if err := http.NewResponseController(w).SetWriteDeadline(time.Time{}); err != nil {
+		return req, &handshakeRefusal{http.StatusInternalServerError, "Internal Server Error: this response cannot have write deadlines (a middleware's ResponseWriter without Unwrap)"}
+	}
+	return req, nil
+}
+
+// canStream reports whether w, or a ResponseWriter it wraps, can flush:
+// what http.ResponseController.Flush finds, asked without flushing.
+func canStream(w http.ResponseWriter) bool {
+	for {
+		switch t := w.(type) {
+		case interface{ FlushError() error }, http.Flusher:
+			return true
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
+			return false
+		}
+	}
+}
+
+// permitSSE checks that id's user may subscribe to every channel of req.
+func (n *Node) permitSSE(id *identity, req *sseRequest) *handshakeRefusal {
+	for i, ch := range req.channels {
+		if err := n.permit(id.user, id.grants, ch, req.ns[i].AllowSubscribe); err != nil {
+			return &handshakeRefusal{http.StatusForbidden, "Forbidden: " + err.Message}
+		}
+	}
+	return nil
+}
+
+// serveSSE runs one SSE connection: every refusal is an HTTP error before
+// the stream begins; then it subscribes the channels, each announced by a
+// subscribed event (with recovery's outcome), and waits for the end.
+func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
+	req, no := n.checkSSE(w, r)
+	id := identity{client: newID()}
+	if no == nil {
+		no = n.identifyUser(r, true, &id)
+	}
+	if no == nil && n.cfg.Hooks.Connect == nil {
+		no = n.permitSSE(&id, &req)
+	}
+	ip := clientIP(r)
+	if no == nil {
+		no = n.admit(w, ip, id.user)
+		if no == nil && n.cfg.Hooks.Connect != nil {
+			no = n.sseConnectAdmitted(r, ip, &id, &req)
+		}
+	}
+	if no != nil {
+		http.Error(w, no.msg, no.status)
+		return
+	}
+
+	rc := http.NewResponseController(w)
+	// An http.Server ReadTimeout would end the request's context (its
+	// connection's background read) while the stream is still wanted.
+	_ = rc.SetReadDeadline(time.Time{})
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
+	stream := &sseStream{w: w, rc: rc, remote: sseAddr(r.RemoteAddr)}
+
+	c := n.newConn(stream, handshake{}, id, ip, false)
+	c.form = formSSE
+	c.out = newOutbound(n.cfg.MaxQueueMessages, n.cfg.MaxQueueBytes, sseSlowClose)
+	c.remote = r.RemoteAddr
+	s := &sseSession{c: c, channels: req.channels, index: make(map[string]int, len(req.channels)), pos: make([]ssePos, len(req.channels))}
+	for i, ch := range req.channels {
+		s.index[ch] = i
+	}
+	c.sse, c.sess = s, s
+	s.exp.set(c, id.expires, id.hookExpiry)
+	n.hub.addConn(c)
+	n.subscribeSSE(c, s, &req)
+	n.admitConn(c)
+	n.mu.Lock()
+	closing, draining := n.closing, n.draining
+	n.mu.Unlock()
+	switch { // Drain or Shutdown began after admit and may have missed c
+	case draining:
+		c.close(CloseServiceRestart, "server restarting, reconnect")
+	case closing:
+		c.close(CloseGoingAway, "server shutting down")
+	}
+	if n.cfg.OnConnect != nil {
+		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Info: c.info, SSE: true, RemoteAddr: r.RemoteAddr})
+	}
+	n.log.Debug("connected", "client", c.id, "user", c.user, "sse", true, "remote", r.RemoteAddr)
+
+	select {
+	case <-r.Context().Done(): // the client went (or the server is closing)
+		c.closeFrame(nil, false)
+	case <-c.out.flushed: // ended: a close event is out, or a write failed
+	}
+	c.finish()
+	stream.detach()
+}
+
+// subscribeSSE subscribes c to the request's channels in order, each
+// announced by a subscribed event (the subscribe push: position, and
+// recovery's outcome when the request named a position) that carries the
+// id, then followed by what it recovered. A failure ends the stream with
+// a close event, as it closes a raw connection: the subscribe hook's
+// refusal with 1008, a broker's failure with 1013.
+func (n *Node) subscribeSSE(c *conn, s *sseSession, req *sseRequest) {
+	c.subMu.Lock() // the hub holds c already: the server may unsubscribe it
+	defer c.subMu.Unlock()
+	for i, ch := range req.channels {
+		var since *protocol.Position
+		if req.since != nil {
+			since = req.since[i]
+		}
+		res, finish, err := n.subscribeConn(c, ch, since, "", nil)
+		if err != nil {
+			code := CloseTryAgainLater
+			if err.Code != protocol.CodeUnavailable {
+				code = ClosePolicyViolation
+			}
+			c.close(code, err.Message)
+			return
+		}
+		s.mu.Lock()
+		p := &s.pos[i]
+		switch {
+		case req.ns[i].HistorySize == 0:
+			p.state = posNoHistory
+		case since != nil && res.Recovered != nil && *res.Recovered:
+			// Recovered from since: the recovered publications move it.
+			p.state, p.offset, p.epoch = posAt, since.Offset, url.QueryEscape(since.Epoch)
+		default:
+			p.state, p.offset, p.epoch = posAt, res.Offset, url.QueryEscape(res.Epoch)
+		}
+		s.pushWithID(appendSSEEvent(nil, protocol.PushSubscribe, protocol.AppendSubscribePush(nil, ch, *res)))
+		s.mu.Unlock()
+		finish()
+	}
+}
+
+// sseConnectAdmitted asks the connect hook about an admitted SSE request,
+// as rawConnectAdmitted does for raw mode, then checks that the user it
+// gave may subscribe to every channel.
+func (n *Node) sseConnectAdmitted(r *http.Request, ip string, id *identity, req *sseRequest) *handshakeRefusal {
+	counted := id.user
+	no := n.handshakeConnectHook(r, ClientInfo{ID: id.client, UserID: id.user, Info: id.info, SSE: true, RemoteAddr: r.RemoteAddr}, id)
+	switch {
+	case no != nil:
+	case id.user != counted && !n.moveUser(counted, id.user):
+		n.metrics.limitHits.Add(1)
+		no = &handshakeRefusal{http.StatusTooManyRequests, "Too Many Requests: too many connections for this user"}
+	default:
+		counted = id.user
+		no = n.permitSSE(id, req)
+	}
+	if no != nil {
+		n.release(ip, counted)
+	}
+	return no
+}
