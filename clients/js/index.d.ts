@@ -109,6 +109,20 @@ export interface HeraldOptions {
    * nothing was done). Per call: PublishOptions.retry.
    */
   publishRetry?: boolean | { window?: number };
+  /**
+   * Server-Sent Events, for receiving where a WebSocket cannot connect.
+   * false (default): WebSocket only. true: SSE only. 'fallback': SSE once a
+   * WebSocket attempt fails without opening (until connect() is called
+   * again). Over SSE the client is receive-only: subscriptions, messages,
+   * join/leave, recovery and onRecoveryFailed work as over a WebSocket, but
+   * publish, rpc, history, presence and ping reject with code
+   * "receive_only" (publish over the HTTP API, or a WebSocket).
+   */
+  sse?: boolean | 'fallback';
+  /** The SSE endpoint. Default: the url's, ws(s)://host/ws -> http(s)://host/sse. */
+  sseUrl?: string;
+  /** The EventSource class to use. Default: globalThis.EventSource (in Node: pass the eventsource package's). */
+  EventSource?: new (url: string) => any;
 }
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected';
@@ -267,6 +281,8 @@ export declare class Herald {
   /** This connection's id (from the connect reply); null while not connected. */
   readonly clientId: string | null;
   readonly state: ConnectionState;
+  /** The transport in use: 'sse' is receive-only (see HeraldOptions.sse). */
+  readonly transport: 'websocket' | 'sse';
 
   /**
    * Connects, then keeps the connection up (reconnecting with backoff) until

@@ -176,6 +176,20 @@ function invoke(fn, ...args) {
   }
 }
 
+// The receive-only error: over Server-Sent Events the client sends nothing.
+function receiveOnly(cmd) {
+  return new HeraldError('receive_only', `${cmd} is not possible over Server-Sent Events (receive-only): publish over the HTTP API or a WebSocket`);
+}
+
+/** The SSE endpoint next to a WebSocket URL: ws(s)://host/ws -> http(s)://host/sse. */
+function sseUrlFrom(url) {
+  const u = new URL(url);
+  u.protocol = u.protocol === 'wss:' ? 'https:' : u.protocol === 'ws:' ? 'http:' : u.protocol;
+  u.pathname = u.pathname.replace(/\/ws\/?$/, '') + '/sse';
+  u.search = '';
+  return u.toString();
+}
+
 // Replace a dropped socket's handlers so that its late events reach nothing.
 // (They are no-ops, not null: the `ws` package throws on an 'error' event
 // that has no listener.)
@@ -207,6 +221,17 @@ export class Herald {
     this._timeout = options.timeout ?? DEFAULT_TIMEOUT;
     this._backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this._WebSocket = options.WebSocket;
+    // Server-Sent Events, receive-only: false (never), true (only), or
+    // 'fallback' (when a WebSocket cannot open). See _openSSE.
+    this._sse = options.sse ?? false;
+    if (this._sse !== false && this._sse !== true && this._sse !== 'fallback') {
+      throw new TypeError("options.sse must be false, true or 'fallback'");
+    }
+    this._sseUrl = options.sseUrl;
+    this._EventSource = options.EventSource;
+    this._transport = 'websocket'; // or 'sse'
+    this._wsOpened = false; // the current WebSocket opened (its handshake passed)
+    this._reopening = false;
     const retry = options.publishRetry ?? true;
     this._publishRetry = retry !== false;
     this._publishRetryWindow = retry?.window ?? DEFAULT_PUBLISH_RETRY_WINDOW;
@@ -247,6 +272,11 @@ export class Herald {
     return this._state;
   }
 
+  /** 'websocket', or 'sse' (receive-only: see options.sse). */
+  get transport() {
+    return this._transport;
+  }
+
   /** Adds an event listener; returns a function that removes it. */
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
@@ -282,6 +312,7 @@ export class Herald {
       this._active = true;
       this._attempt = 0;
       this._firstAttempt = true;
+      this._transport = this._sse === true ? 'sse' : 'websocket';
       this._open();
     }
     return p;
@@ -328,6 +359,10 @@ export class Herald {
         return;
       }
     }
+    if (this._transport === 'sse') {
+      if (gen === this._generation) this._openSSE(gen, token);
+      return;
+    }
     let WS = this._WebSocket;
     if (!WS) {
       try {
@@ -349,8 +384,12 @@ export class Herald {
       return;
     }
     this._socket = ws;
+    this._wsOpened = false;
     ws.binaryType = 'arraybuffer';
-    ws.onopen = () => this._onOpen(ws, gen, token, data);
+    ws.onopen = () => {
+      if (ws === this._socket) this._wsOpened = true;
+      this._onOpen(ws, gen, token, data);
+    };
     ws.onmessage = (ev) => this._onFrame(ws, ev.data);
     ws.onclose = (ev) => this._onClose(ws, ev.code, ev.reason);
     // An error means the connection failed. Browsers and `ws` follow it with
@@ -505,6 +544,11 @@ export class Herald {
     }
     this._failSent();
     for (const sub of this._subs.values()) sub._connectionLost();
+    if (this._sse === 'fallback' && this._transport === 'websocket' && !this._wsOpened) {
+      // The WebSocket did not even open (a proxy that breaks the upgrade,
+      // say): receive over SSE from now on, until connect() is called anew.
+      this._transport = 'sse';
+    }
     if (isFinalClose(code)) {
       // connect() callers learn why: the connect's error reply if there was one.
       const err = this._refusal ?? new HeraldError('disconnected', `the server closed the connection for good (${code} ${reason})`);
@@ -571,7 +615,7 @@ export class Herald {
 
   /** Whether a command can go on the wire now. */
   _canSend() {
-    return this._state === 'connected' && this._socket !== null;
+    return this._state === 'connected' && this._socket !== null && this._transport === 'websocket';
   }
 
   /**
@@ -596,6 +640,10 @@ export class Herald {
   _command(cmd, bytes, { now = false, timeout = this._timeout, perSend = false, deadline = Infinity, bound = false, stale = null }, done) {
     if (!this._active) {
       done(new HeraldError('disconnected', 'not connected: call connect() first'));
+      return;
+    }
+    if (this._transport === 'sse') {
+      done(receiveOnly(cmd.cmd));
       return;
     }
     const id = this._nextId++;
@@ -845,6 +893,124 @@ export class Herald {
   }
 
   /**
+   * One attempt over Server-Sent Events: an EventSource on sseUrl naming
+   * every subscription's channel, the token in the query (EventSource
+   * cannot send headers), and each channel's position in last_event_id so
+   * that the server recovers what was missed. The client, not EventSource,
+   * reconnects: on any error the stream is closed and the usual backoff
+   * opens a new one, with a fresh token and the positions reached. The
+   * stream's channels are fixed, so subscribe() and unsubscribe() open a
+   * new one. With no subscription there is no stream to open: the client
+   * is connected with nothing to receive.
+   */
+  _openSSE(gen, token) {
+    const ES = this._EventSource ?? globalThis.EventSource;
+    if (typeof ES !== 'function') {
+      const err = new Error('herald-client: no EventSource in this runtime; pass options.EventSource (the "eventsource" package in Node)');
+      this._giveUp(ABNORMAL_CLOSURE, err.message, err);
+      return;
+    }
+    const subs = [...this._subs.values()];
+    if (subs.length === 0) {
+      this._sseOpened(gen);
+      return;
+    }
+    let u;
+    try {
+      u = new URL(this._sseUrl ?? sseUrlFrom(this.url));
+    } catch (err) {
+      this._giveUp(ABNORMAL_CLOSURE, err.message, err); // a bad URL: retrying cannot help
+      return;
+    }
+    for (const sub of subs) u.searchParams.append('channel', sub.channel);
+    if (token != null) u.searchParams.set('token', token);
+    const slots = subs.map((sub) => (sub.epoch === undefined ? '' : `${sub.offset ?? 0}:${encodeURIComponent(sub.epoch)}`));
+    if (slots.some((slot) => slot !== '')) u.searchParams.set('last_event_id', slots.join(','));
+    const es = new ES(u.toString());
+    this._socket = es;
+    const on = (name, fn) =>
+      es.addEventListener(name, (ev) => {
+        if (es !== this._socket) return; // a stream we dropped
+        let msg;
+        try {
+          msg = JSON.parse(ev.data);
+        } catch {
+          console.warn(`herald-client: ignoring an undecodable ${name} event`);
+          return;
+        }
+        if (msg !== null && typeof msg === 'object') fn(msg);
+      });
+    es.onopen = () => {
+      if (es === this._socket) this._sseOpened(gen);
+    };
+    es.onerror = () => {
+      if (es === this._socket) this._attemptFailed(this._generation, 'event stream error');
+    };
+    const push = (msg) => {
+      if (typeof msg.binary === 'string') msg.data = base64ToBytes(msg.binary);
+      this._onPush(msg);
+    };
+    on('message', push);
+    on('direct', push);
+    on('join', push);
+    on('leave', push);
+    on('unsub', push);
+    on('subscribed', (msg) => {
+      const sub = this._subs.get(msg.channel);
+      if (!sub) return;
+      const res = {};
+      for (const k of ['offset', 'epoch', 'recovered', 'reason']) if (msg[k] !== undefined) res[k] = msg[k];
+      sub._subscribed(res);
+    });
+    on('close', (msg) => {
+      // The server ends the stream, saying why as a WebSocket close would.
+      detach(es);
+      es.close();
+      this._lost(msg.code ?? ABNORMAL_CLOSURE, msg.reason ?? '');
+    });
+  }
+
+  /** The event stream is open (or there is none to open): connected. */
+  _sseOpened(gen) {
+    if (gen !== this._generation || this._state === 'connected') return;
+    clearTimeout(this._openTimer);
+    this._openTimer = null;
+    this._attempt = 0;
+    this._state = 'connected';
+    // What waited for a connection cannot go over this one.
+    const queued = [...this._queue];
+    this._queue.clear();
+    for (const req of queued) this._settle(req, receiveOnly(req.cmd));
+    this._setState('connected', { clientId: null, transport: 'sse' });
+    for (const w of this._waiters.splice(0)) w.resolve();
+  }
+
+  /**
+   * The subscriptions changed while receiving over SSE: open a stream for
+   * the new set (once for every change made in the same tick).
+   */
+  _reopenSSE() {
+    if (!this._active || this._reopening) return;
+    this._reopening = true;
+    queueMicrotask(() => {
+      this._reopening = false;
+      // Waiting out a backoff delay: the next attempt names them all.
+      if (!this._active || this._transport !== 'sse' || this._reconnectTimer) return;
+      const es = this._socket;
+      if (es) {
+        detach(es);
+        es.close();
+      }
+      this._socket = null;
+      this._generation++; // an attempt under way is superseded
+      clearTimeout(this._openTimer);
+      this._openTimer = null;
+      for (const sub of this._subs.values()) sub._connectionLost();
+      this._open();
+    });
+  }
+
+  /**
    * Subscribes to channel, now if connected and after every reconnect. Throws
    * if this client already has a Subscription for channel.
    */
@@ -854,6 +1020,7 @@ export class Herald {
     const sub = new Subscription(this, channel, options);
     this._subs.set(channel, sub);
     if (this._canSend()) this._subscribe(sub);
+    else if (this._transport === 'sse') this._reopenSSE();
     return sub;
   }
 
@@ -898,6 +1065,7 @@ export class Herald {
     if (this._subs.get(sub.channel) !== sub) return Promise.resolve();
     this._subs.delete(sub.channel);
     sub._ended(new HeraldError('unsubscribed', `unsubscribed from "${sub.channel}"`));
+    if (this._transport === 'sse') this._reopenSSE();
     if (!this._canSend()) return Promise.resolve(); // the server forgot it with the last connection
     const ch = sub.channel;
     this._leaving.set(ch, (this._leaving.get(ch) ?? 0) + 1);

@@ -1,0 +1,114 @@
+// Server-Sent Events: the client receiving over the eventsource package's
+// EventSource from a real `herald serve` — SSE only, and as the fallback
+// when a WebSocket cannot open — receive-only, with recovery across a
+// reconnect.
+
+import { test, before, after, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { EventSource } from 'eventsource';
+
+import { Herald } from '../index.js';
+import { startHerald, cleanup } from './herald-server.js';
+import { Inbox, recordStates, uniq, waitFor, within } from './util.js';
+
+let server;
+const clients = new Set();
+
+before(async () => {
+  server = await startHerald();
+});
+
+afterEach(() => {
+  for (const c of clients) c.disconnect();
+  clients.clear();
+});
+
+after(cleanup);
+
+function newClient(url, options = {}) {
+  const c = new Herald(url, { timeout: 5000, backoff: { min: 50, max: 300 }, EventSource, ...options });
+  clients.add(c);
+  return c;
+}
+
+test('sse: true receives publications and binary payloads; publish is receive_only', async () => {
+  const c = newClient(server.url, { sse: true });
+  const states = recordStates(c);
+  await within(5000, 'connect', c.connect());
+  assert.equal(c.transport, 'sse');
+  const ch = uniq('hist:sse-');
+  const inbox = new Inbox();
+  const sub = c.subscribe(ch, { onMessage: inbox.push });
+  const res = await within(5000, 'subscribed', sub.ready);
+  assert.equal(res.offset ?? 0, 0);
+  assert.equal(typeof res.epoch, 'string');
+
+  const ws = newClient(server.url);
+  await within(5000, 'ws connect', ws.connect());
+  await ws.publish(ch, { text: 'hello' });
+  await ws.publish(ch, new Uint8Array([0, 1, 2, 255]));
+  const got = await inbox.count(2);
+  assert.deepEqual(got[0], [{ text: 'hello' }, { channel: ch, offset: 1, binary: false }]);
+  assert.deepEqual([...got[1][0]], [0, 1, 2, 255]);
+  assert.equal(got[1][1].binary, true);
+  assert.equal(sub.offset, 2);
+
+  await assert.rejects(sub.publish('no'), { name: 'HeraldError', code: 'receive_only' });
+  await assert.rejects(c.rpc('x'), { code: 'receive_only' });
+  assert.ok(states.items.some((s) => s.state === 'connected' && s.transport === 'sse'));
+});
+
+test('sse: fallback when the WebSocket cannot open; subscribe and unsubscribe reopen the stream', async () => {
+  // A WebSocket URL that answers 404: the upgrade never happens, as behind
+  // a proxy that breaks it.
+  const base = new URL(server.url);
+  const c = newClient(`ws://${base.host}/no-websocket-here`, { sse: 'fallback', sseUrl: `http://${base.host}/sse` });
+  const a = uniq('chat:a-');
+  const b = uniq('lobby-');
+  const inboxA = new Inbox();
+  const inboxB = new Inbox();
+  const subA = c.subscribe(a, { onMessage: inboxA.push });
+  await within(5000, 'connect over SSE', c.connect());
+  assert.equal(c.transport, 'sse');
+  await within(5000, 'a subscribed', subA.ready);
+  const subB = c.subscribe(b, { onMessage: inboxB.push });
+  await within(5000, 'b subscribed', subB.ready);
+
+  const ws = newClient(server.url);
+  await within(5000, 'ws connect', ws.connect());
+  await ws.publish(a, 'to a');
+  await ws.publish(b, 'to b');
+  assert.deepEqual((await inboxA.count(1))[0], ['to a', { channel: a, offset: 1, binary: false }]);
+  assert.equal((await inboxB.count(1))[0][0], 'to b');
+
+  await subB.unsubscribe();
+  await waitFor(() => subA.state === 'subscribed', 5000, 'a again, alone');
+  await ws.publish(b, 'not for us');
+  await ws.publish(a, 'a again');
+  assert.equal((await inboxA.count(2))[1][0], 'a again');
+  assert.equal(inboxB.items.length, 1);
+});
+
+test('sse: a lost stream reconnects and recovers what was published meanwhile, in order', async () => {
+  const c = newClient(server.url, { sse: true });
+  const ch = uniq('hist:rec-');
+  const inbox = new Inbox();
+  const sub = c.subscribe(ch, { onMessage: inbox.push, onRecoveryFailed: (r) => inbox.push(['recovery failed', r]) });
+  await within(5000, 'connect', c.connect());
+  await within(5000, 'subscribed', sub.ready);
+  const ws = newClient(server.url);
+  await within(5000, 'ws connect', ws.connect());
+  await ws.publish(ch, 1);
+  await inbox.count(1);
+
+  // Drop the stream from the client's side, as a network loss would, and
+  // publish while it is away.
+  c._attemptFailed(c._generation, 'test: stream lost');
+  for (const n of [2, 3, 4]) await ws.publish(ch, n);
+  const got = await inbox.count(4);
+  assert.deepEqual(
+    got.map(([data]) => data),
+    [1, 2, 3, 4],
+  );
+  assert.equal(sub.offset, 4);
+});
