@@ -462,6 +462,15 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	s := &sseSession{c: c, channels: req.channels, index: make(map[string]int, len(req.channels)), pos: make([]ssePos, len(req.channels))}
 	for i, ch := range req.channels {
 		s.index[ch] = i
+		// Until its subscription says otherwise, a channel stands where
+		// the request says it is: an id sent meanwhile must not lose it.
+		if req.since != nil && req.since[i] != nil {
+			if p := req.since[i]; p.Offset == 0 && p.Epoch == "" {
+				s.pos[i].state = posNoHistory
+			} else {
+				s.pos[i] = ssePos{state: posAt, offset: p.Offset, epoch: url.QueryEscape(p.Epoch)}
+			}
+		}
 	}
 	c.sse, c.sess = s, s
 	s.exp.set(c, id.expires, id.hookExpiry)

@@ -291,6 +291,11 @@ func TestSSERecovery(t *testing.T) {
 	}
 	for _, ch := range []string{"a", "b"} {
 		res := c2.subscribed(ch)
+		if ch == "a" && c2.lastID != last {
+			// Before a's recovered publications, every position is the
+			// request's: a stream lost now must recover all of them again.
+			t.Fatalf("id before the recovered publications %q, want %q", c2.lastID, last)
+		}
 		if res.Recovered == nil || !*res.Recovered {
 			t.Fatalf("%s not recovered: %+v", ch, res)
 		}
