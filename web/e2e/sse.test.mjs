@@ -87,7 +87,14 @@ async function api(base, route, body) {
 
 test("Chromium's EventSource receives, and its own reconnect recovers via Last-Event-ID", async () => {
   const base = await startHerald();
-  browser = await chromium.launch({ executablePath: chromiumPath, args: ['--no-sandbox'] });
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    // As the other tests: without the background-networking flags this
+    // machine's closed network refuses Chromium's own connections.
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
   const page = await browser.newPage();
   await page.goto(base + '/');
   const token = hs256({ sub: 'alice', exp: Math.floor(Date.now() / 1000) + 3600 });
