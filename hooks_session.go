@@ -17,7 +17,7 @@ import (
 // HTTP answer (401 or 403, 503 for a failure).
 func (n *Node) rawConnectHook(r *http.Request, rawCh string, id *identity) *handshakeRefusal {
 	ev := &ConnectEvent{
-		Client: ClientInfo{ID: id.client, UserID: id.user, Info: id.info, Raw: true, RawChannel: rawCh, RemoteAddr: r.RemoteAddr},
+		Client: ClientInfo{ID: id.client, UserID: id.user, Info: id.info, Raw: true, RawChannel: rawCh, RemoteAddr: id.remote},
 		Header: r.Header, URL: r.URL.String(),
 	}
 	var reply *ConnectReply
