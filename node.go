@@ -140,7 +140,7 @@ func New(cfg Config) (*Node, error) {
 	n.origins.Store(oc)
 	n.ns.p.Store(ns)
 	n.limits.Store(lim)
-	n.proxies.Store(pt)
+	n.setProxies(pt)
 	if n.broker == nil {
 		n.broker = NewMemoryBroker()
 	}

@@ -65,6 +65,18 @@ func newProxyTrust(prefixes []netip.Prefix, header string) (*proxyTrust, error) 
 	return pt, nil
 }
 
+// setProxies puts pt in force, with a warning when it trusts every
+// address of a family: then any client can claim any address.
+func (n *Node) setProxies(pt *proxyTrust) {
+	for _, p := range pt.prefixes {
+		if p.Bits() == 0 {
+			n.log.Warn("a trusted proxy range holds every address of its family: any client of it can claim any address to the per-IP limits, logs and hooks",
+				"trusted_proxies", p.String())
+		}
+	}
+	n.proxies.Store(pt)
+}
+
 // trusts reports whether a is inside one of the trusted ranges.
 func (pt *proxyTrust) trusts(a netip.Addr) bool {
 	for _, p := range pt.prefixes {

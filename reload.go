@@ -179,7 +179,7 @@ func (n *Node) SetTrustedProxies(prefixes []netip.Prefix, header string) error {
 	if err != nil {
 		return err
 	}
-	n.proxies.Store(pt)
+	n.setProxies(pt)
 	return nil
 }
 
@@ -244,7 +244,7 @@ func (n *Node) SetSettings(s Settings) error {
 	}
 	n.limits.Store(nl)
 	n.setOrigins(oc)
-	n.proxies.Store(pt)
+	n.setProxies(pt)
 	n.ns.p.Store(ns)
 	return nil
 }

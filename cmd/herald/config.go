@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -42,6 +43,11 @@ type Config struct {
 	// AllowedOrigins and AllowAnyOrigin: see herald.Config.
 	AllowedOrigins []string
 	AllowAnyOrigin bool
+
+	// TrustedProxies and ForwardedHeader: see herald.Config. ForwardedHeader
+	// is "x-forwarded-for" or "forwarded"; empty means x-forwarded-for.
+	TrustedProxies  []netip.Prefix
+	ForwardedHeader string
 
 	ReadBufferSize           int
 	MaxMessageSize           int64
@@ -247,6 +253,8 @@ func (c Config) nodeConfig(logger *slog.Logger) herald.Config {
 		Logger:            logger,
 		AllowedOrigins:    c.AllowedOrigins,
 		AllowAnyOrigin:    c.AllowAnyOrigin,
+		TrustedProxies:    c.TrustedProxies,
+		ForwardedHeader:   c.ForwardedHeader,
 		ReadBufferSize:    c.ReadBufferSize,
 		MaxMessageSize:    c.MaxMessageSize,
 		PingInterval:      c.PingInterval,
@@ -346,6 +354,16 @@ var settings = slices.Concat([]*setting{
 		func(c *Config) *[]string { return &c.AllowedOrigins }, checkOrigin),
 	boolSetting("allow_any_origin", "disable the origin check (lets any web site use your users' cookies)",
 		func(c *Config) *bool { return &c.AllowAnyOrigin }),
+	trustedProxiesSetting(),
+	withEffective(enumSetting("forwarded_header", "HEADER",
+		"the header trusted_proxies write the client's address in: x-forwarded-for or forwarded (RFC 7239); only that one is read",
+		[]string{"x-forwarded-for", "forwarded"}, func(c *Config) *string { return &c.ForwardedHeader }),
+		func(c *Config) string {
+			if c.ForwardedHeader == "" {
+				return "x-forwarded-for"
+			}
+			return c.ForwardedHeader
+		}),
 	stringSetting("tls_cert", "FILE", "PEM certificate (chain) to serve https:// and wss://; needs tls_key", "none (plain HTTP)",
 		func(c *Config) *string { return &c.TLSCert }),
 	stringSetting("tls_key", "FILE", "PEM private key of tls_cert", "none",
@@ -706,6 +724,38 @@ func enumSetting(name, arg, usage string, values []string, field func(*Config) *
 		return "", errors.New("want " + want)
 	}
 	return valueSetting(name, arg, usage, values[0], want, parse, identity, field)
+}
+
+// trustedProxiesSetting is trusted_proxies: address ranges, or single
+// addresses, comma-separated (or a YAML list).
+func trustedProxiesSetting() *setting {
+	s := &setting{name: "trusted_proxies", arg: "RANGES", def: "none",
+		want:  "address ranges or addresses, such as 10.0.0.0/8, 127.0.0.1",
+		usage: "your reverse proxies' address ranges or addresses, comma-separated (10.0.0.0/8, 127.0.0.1): a request from one has its client's address, for per-IP limits, logs and hooks, read from forwarded_header; from anyone else the header is ignored",
+		get: func(c *Config) string {
+			items := make([]string, len(c.TrustedProxies))
+			for i, p := range c.TrustedProxies {
+				items[i] = p.String()
+			}
+			return strings.Join(items, ",")
+		}}
+	s.setList = func(c *Config, items []string) error {
+		var list []netip.Prefix
+		for _, it := range items {
+			if it = strings.TrimSpace(it); it == "" {
+				continue
+			}
+			p, err := herald.ParseTrustedProxies([]string{it})
+			if err != nil {
+				return fmt.Errorf("%q: want an address range such as 10.0.0.0/8, or an address", it)
+			}
+			list = append(list, p...)
+		}
+		c.TrustedProxies = list
+		return nil
+	}
+	s.set = func(c *Config, v string) error { return s.setList(c, strings.Split(v, ",")) }
+	return s
 }
 
 func listSetting(name, arg, usage, def, want string, field func(*Config) *[]string, check func(string) error) *setting {
@@ -1157,7 +1207,7 @@ history. On SIGINT or SIGTERM the server drains (drain_window), then shuts
 down (shutdown_timeout). SIGHUP reloads log_level, api_key, admin_password,
 metrics, drain_window, shutdown_timeout, the TLS certificate, the connection
 limits and message rate, allowed_origins, allow_any_origin and namespaces (open connections
-and subscriptions stay), and logs every other changed setting as needing a
+and subscriptions stay), trusted_proxies and forwarded_header, and logs every other changed setting as needing a
 restart.
 
 Without a key (jwt_secret_file, jwt_secret, jwt_rsa_public_key,
