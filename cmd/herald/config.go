@@ -45,7 +45,7 @@ type Config struct {
 	AllowAnyOrigin bool
 
 	// TrustedProxies and ForwardedHeader: see herald.Config. ForwardedHeader
-	// is "x-forwarded-for" or "forwarded"; empty means x-forwarded-for.
+	// is "x-forwarded-for" (the default) or "forwarded".
 	TrustedProxies  []netip.Prefix
 	ForwardedHeader string
 
@@ -238,6 +238,7 @@ func defaultConfig() Config {
 		ShutdownTimeout:   defaultShutdownTimeout,
 		DrainWindow:       defaultDrainWindow,
 		Broker:            "memory",
+		ForwardedHeader:   "x-forwarded-for",
 		BrokerPrefix:      defaultBrokerPrefix,
 		RedisPingTimeout:  defaultRedisPingTimeout,
 		NATSPingInterval:  defaultNATSPingInterval,
@@ -355,15 +356,9 @@ var settings = slices.Concat([]*setting{
 	boolSetting("allow_any_origin", "disable the origin check (lets any web site use your users' cookies)",
 		func(c *Config) *bool { return &c.AllowAnyOrigin }),
 	trustedProxiesSetting(),
-	withEffective(enumSetting("forwarded_header", "HEADER",
+	enumSetting("forwarded_header", "HEADER",
 		"the header trusted_proxies write the client's address in: x-forwarded-for or forwarded (RFC 7239); only that one is read",
 		[]string{"x-forwarded-for", "forwarded"}, func(c *Config) *string { return &c.ForwardedHeader }),
-		func(c *Config) string {
-			if c.ForwardedHeader == "" {
-				return "x-forwarded-for"
-			}
-			return c.ForwardedHeader
-		}),
 	stringSetting("tls_cert", "FILE", "PEM certificate (chain) to serve https:// and wss://; needs tls_key", "none (plain HTTP)",
 		func(c *Config) *string { return &c.TLSCert }),
 	stringSetting("tls_key", "FILE", "PEM private key of tls_cert", "none",
@@ -425,7 +420,7 @@ var settings = slices.Concat([]*setting{
 		func(c *Config) *int { return &c.MaxConnections }),
 	intSetting("max_connections_per_user", "connections of one user (429 at the handshake, or close 1008 at connect)", "100",
 		func(c *Config) *int { return &c.MaxConnectionsPerUser }),
-	intSetting("max_connections_per_ip", "connections from one IP address (429); behind a proxy, all clients share the proxy's IP", "0 (no cap)",
+	intSetting("max_connections_per_ip", "connections from one IP address (429); behind a proxy all clients share its address, unless trusted_proxies names it", "0 (no cap)",
 		func(c *Config) *int { return &c.MaxConnectionsPerIP }),
 	withOff(rateSetting("connect_rate_per_ip",
 		"new connections per second from one IP address, in bursts of as many (429 with Retry-After); off for no cap",
