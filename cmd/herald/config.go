@@ -48,6 +48,9 @@ type Config struct {
 	// is "x-forwarded-for" (the default) or "forwarded".
 	TrustedProxies  []netip.Prefix
 	ForwardedHeader string
+	// ProxyProtocol accepts the PROXY protocol (v1 or v2) on the listener
+	// from TrustedProxies (L4 load balancers): see proxyproto.go.
+	ProxyProtocol bool
 
 	ReadBufferSize           int
 	MaxMessageSize           int64
@@ -359,6 +362,8 @@ var settings = slices.Concat([]*setting{
 	enumSetting("forwarded_header", "HEADER",
 		"the header trusted_proxies write the client's address in: x-forwarded-for or forwarded (RFC 7239); only that one is read",
 		[]string{"x-forwarded-for", "forwarded"}, func(c *Config) *string { return &c.ForwardedHeader }),
+	boolSetting("proxy_protocol", "accept the PROXY protocol (v1 or v2, from L4 load balancers) from trusted_proxies: its source address becomes the client's; other peers are served as they are; needs trusted_proxies",
+		func(c *Config) *bool { return &c.ProxyProtocol }),
 	stringSetting("tls_cert", "FILE", "PEM certificate (chain) to serve https:// and wss://; needs tls_key", "none (plain HTTP)",
 		func(c *Config) *string { return &c.TLSCert }),
 	stringSetting("tls_key", "FILE", "PEM private key of tls_cert", "none",
@@ -1018,6 +1023,9 @@ func (c *Config) authEnabled() bool {
 func (c *Config) validate(src sources) error {
 	if err := c.checkQueueHoldsTwoMessages(src); err != nil {
 		return err
+	}
+	if c.ProxyProtocol && len(c.TrustedProxies) == 0 {
+		return errors.New("proxy_protocol needs trusted_proxies: the load balancers' addresses, the only peers whose PROXY header is believed")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("tls_cert and tls_key go together: set both to serve https:// and wss://, or neither for plain HTTP")

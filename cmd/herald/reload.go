@@ -55,7 +55,7 @@ var nodeReloadable = []string{
 	"allowed_origins", "allow_any_origin",
 	"max_connections", "max_connections_per_user", "max_connections_per_ip",
 	"connect_rate_per_ip", "max_channels_per_connection", "message_rate", "message_burst",
-	"trusted_proxies", "forwarded_header",
+	"trusted_proxies", "forwarded_header", // proxy_protocol's listener too
 }
 
 // reloadable lists the settings a reload applies. tls_cert and tls_key are
@@ -218,6 +218,7 @@ func (in *instance) applyNodeSettings(next *Config) []string {
 	in.cfg.MaxChannelsPerConnection, in.cfg.Namespaces = next.MaxChannelsPerConnection, next.Namespaces
 	in.cfg.MessageRate, in.cfg.MessageBurst = next.MessageRate, next.MessageBurst
 	in.cfg.TrustedProxies, in.cfg.ForwardedHeader = next.TrustedProxies, next.ForwardedHeader
+	in.setProxies(next.TrustedProxies)
 	return applied
 }
 
