@@ -307,3 +307,38 @@ func FuzzForwardedHeaders(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkClientAddr measures what trusted proxies add to a handshake:
+// finding the client behind two trusted hops, from X-Forwarded-For and
+// from Forwarded, against the peer alone (no proxy trusted).
+func BenchmarkClientAddr(b *testing.B) {
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("127.0.0.1/32")}
+	for _, bc := range []struct {
+		name    string
+		trusted []netip.Prefix
+		header  string
+		value   string
+	}{
+		{"peer only", nil, "", ""},
+		{"X-Forwarded-For", trusted, HeaderXForwardedFor, "198.51.100.1, 203.0.113.7, 10.1.2.3"},
+		{"Forwarded", trusted, HeaderForwarded, `for=198.51.100.1, for="203.0.113.7:4711";proto=https, for=10.1.2.3`},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			n, err := New(Config{TrustedProxies: bc.trusted, ForwardedHeader: bc.header})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer n.Shutdown(context.Background())
+			r := &http.Request{RemoteAddr: "127.0.0.1:50000", Header: http.Header{}}
+			if bc.header != "" {
+				r.Header.Set(bc.header, bc.value)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if ip, _ := n.clientAddr(r); ip == "" {
+					b.Fatal("no address")
+				}
+			}
+		})
+	}
+}
