@@ -77,9 +77,9 @@ func (n *Node) originRefused(r *http.Request) *handshakeRefusal {
 	origin := r.Header.Get("Origin")
 	if n.originWarned.first(origin) {
 		n.log.Warn("refused a browser connection from an origin that is not allowed; if the page is yours, add its origin to allowed_origins (Config.AllowedOrigins)",
-			"origin", origin, "remote", r.RemoteAddr)
+			"origin", origin, "remote", n.ClientAddr(r))
 	} else {
-		n.log.Debug("websocket handshake refused", "status", http.StatusForbidden, "remote", r.RemoteAddr, "origin", origin)
+		n.log.Debug("websocket handshake refused", "status", http.StatusForbidden, "remote", n.ClientAddr(r), "origin", origin)
 	}
 	return &handshakeRefusal{http.StatusForbidden, "Forbidden: origin " + origin + " is not allowed"}
 }

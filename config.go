@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"time"
 )
 
@@ -47,6 +48,25 @@ type Config struct {
 	// AllowAnyOrigin disables the origin check. It lets every web site open
 	// connections with your users' cookies; New logs a warning when it is set.
 	AllowAnyOrigin bool
+
+	// TrustedProxies are the address ranges of the reverse proxies in front
+	// of the node (ParseTrustedProxies reads "10.0.0.0/8" or "127.0.0.1").
+	// A request from an address inside them has its client's address read
+	// from ForwardedHeader, walked from the right past every trusted hop;
+	// from anyone else the header is ignored, since any client can write
+	// it. That address is what per-IP limits count, logs show and
+	// ClientInfo.RemoteAddr holds (see Node.ClientAddr). Empty means no
+	// proxy is trusted: behind one, every client has the proxy's address.
+	// List only your own proxies' ranges: an address listed can claim to
+	// be anyone. Node.SetTrustedProxies changes them while the node runs.
+	TrustedProxies []netip.Prefix
+	// ForwardedHeader names the header the trusted proxies write the
+	// client's address in: HeaderXForwardedFor (the zero value; nginx,
+	// Caddy, HAProxy and the cloud load balancers write it) or
+	// HeaderForwarded (RFC 7239). Only that one is read: the proxies must
+	// set or append to it, so that a client's own copy cannot pass for
+	// theirs.
+	ForwardedHeader string
 
 	// Authenticate, if set, is called with the upgrade request before the
 	// handshake. It returns the connection's credentials, or an error to
@@ -158,7 +178,10 @@ type ClientInfo struct {
 	RawChannel string
 	// SSE is true for a Server-Sent Events connection (Node.SSEHandler),
 	// whose channels are fixed by its request and which sends nothing.
-	SSE        bool
+	SSE bool
+	// RemoteAddr is the client's address: the handshake's RemoteAddr
+	// (host:port), or behind a trusted proxy (Config.TrustedProxies) the
+	// client's IP address alone, as the proxy forwarded it.
 	RemoteAddr string
 }
 

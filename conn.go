@@ -46,7 +46,7 @@ type conn struct {
 	node   *Node
 	id     string
 	ip     string
-	remote string // the handshake's RemoteAddr, for hooks
+	remote string // the client's address (Node.ClientAddr), for hooks
 	// form is the wire form of the publications it reads; raw and echo are
 	// the raw session's (fan-out skips a raw client's own frames without
 	// echo, and presence events). All three are fixed at creation.

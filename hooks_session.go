@@ -16,7 +16,7 @@ import (
 // upgrade: a raw client has no replies, so a refusal is the handshake's
 // HTTP answer (401 or 403, 503 for a failure).
 func (n *Node) rawConnectHook(r *http.Request, rawCh string, id *identity) *handshakeRefusal {
-	return n.handshakeConnectHook(r, ClientInfo{ID: id.client, UserID: id.user, Info: id.info, Raw: true, RawChannel: rawCh, RemoteAddr: r.RemoteAddr}, id)
+	return n.handshakeConnectHook(r, ClientInfo{ID: id.client, UserID: id.user, Info: id.info, Raw: true, RawChannel: rawCh, RemoteAddr: id.remote}, id)
 }
 
 // handshakeConnectHook asks Hooks.Connect about a request that is its

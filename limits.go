@@ -3,7 +3,6 @@ package herald
 import (
 	"hash/maphash"
 	"math"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -114,16 +113,6 @@ func (l *ipLimits) len() int {
 		s.mu.Unlock()
 	}
 	return n
-}
-
-// clientIP is the IP address of the request's peer. Herald does not trust
-// X-Forwarded-For: behind a proxy, per-IP limits see the proxy.
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }
 
 func retryAfter(w http.ResponseWriter, secs int) {

@@ -42,8 +42,9 @@ import (
 // goroutine; serve Handler and RawHandler; Shutdown (or cancel Run's context)
 // to stop. A Node is not reusable after Shutdown.
 //
-// Its connection limits, allowed origins and namespaces can change while it
-// runs (SetLimits, SetAllowedOrigins, SetNamespaces, SetSettings); the rest
+// Its connection limits, allowed origins, trusted proxies and namespaces can
+// change while it runs (SetLimits, SetAllowedOrigins, SetTrustedProxies,
+// SetNamespaces, SetSettings); the rest
 // of its Config is fixed by New.
 type Node struct {
 	cfg      Config
@@ -62,6 +63,7 @@ type Node struct {
 	origins atomic.Pointer[originChecker]
 	ns      nsRef
 	limits  atomic.Pointer[nodeLimits]
+	proxies atomic.Pointer[proxyTrust]
 
 	// subLocks serialise subscribe/unsubscribe per channel (striped), so the
 	// broker sees Subscribe and Unsubscribe of one channel in the order the
@@ -127,6 +129,10 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	pt, err := newProxyTrust(cfg.TrustedProxies, cfg.ForwardedHeader)
+	if err != nil {
+		return nil, err
+	}
 	n := &Node{cfg: cfg, log: cfg.Logger, broker: cfg.Broker, hub: newHub(cfg.Shards), presence: cfg.Presence, ips: newIPLimits(),
 		writers: newWriterPool(runtime.GOMAXPROCS(0)), originWarned: newOriginWarnings(),
 		notifying: make(chan struct{}, maxNotifying), notifyingDisc: make(chan struct{}, maxNotifying)}
@@ -134,6 +140,7 @@ func New(cfg Config) (*Node, error) {
 	n.origins.Store(oc)
 	n.ns.p.Store(ns)
 	n.limits.Store(lim)
+	n.setProxies(pt)
 	if n.broker == nil {
 		n.broker = NewMemoryBroker()
 	}
@@ -379,11 +386,11 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		subprotocols, rawCh = nil, r.URL.Query().Get("channel")
 	}
 	hs, no := n.checkHandshake(w, r, subprotocols)
-	id := identity{client: newID()}
+	ip, remote := n.clientAddr(r)
+	id := identity{client: newID(), remote: remote}
 	if no == nil {
 		no = n.identify(r, raw, rawCh, &id)
 	}
-	ip := clientIP(r)
 	if no == nil {
 		no = n.admit(w, ip, id.user)
 		if no == nil && raw && n.cfg.Hooks.Connect != nil {
@@ -396,12 +403,12 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	}
 	nc, err := n.accept(w, hs)
 	if err != nil {
-		n.log.Info("websocket handshake failed", "remote", r.RemoteAddr, "err", err)
+		n.log.Info("websocket handshake failed", "remote", remote, "err", err)
 		n.release(ip, id.user)
 		return
 	}
 	c := n.newConn(nc, hs, id, ip, raw)
-	c.remote = r.RemoteAddr
+	c.remote = remote
 	n.hub.addConn(c)
 	if raw {
 		s := &rawSession{c: c, channel: rawCh}
@@ -435,9 +442,9 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		c.close(CloseGoingAway, "server shutting down")
 	}
 	if n.cfg.OnConnect != nil {
-		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Info: c.info, Raw: raw, RawChannel: rawCh, RemoteAddr: r.RemoteAddr})
+		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Info: c.info, Raw: raw, RawChannel: rawCh, RemoteAddr: remote})
 	}
-	n.log.Debug("connected", "client", c.id, "user", c.user, "raw", raw, "remote", r.RemoteAddr)
+	n.log.Debug("connected", "client", c.id, "user", c.user, "raw", raw, "remote", remote)
 	c.startReader(hs.deflate)
 }
 
@@ -485,6 +492,8 @@ type identity struct {
 	// hook extends it (a token's expiry is the client's to refresh).
 	hookExpiry bool
 	echo       bool // raw mode's echo=1
+	// remote is the client's address (Node.ClientAddr), for logs and hooks.
+	remote string
 }
 
 // identify says who a handshake's client is: Config.Authenticate's user,
@@ -524,7 +533,7 @@ func (n *Node) identifyUser(r *http.Request, queryToken bool, id *identity) *han
 		}
 		if err != nil {
 			n.metrics.authFailures.Add(1)
-			n.log.Info("connection refused by Authenticate", "remote", r.RemoteAddr, "err", err)
+			n.log.Info("connection refused by Authenticate", "remote", id.remote, "err", err)
 			return &handshakeRefusal{http.StatusUnauthorized, "Unauthorized"}
 		}
 		id.user, id.info = creds.UserID, creds.Info
@@ -539,7 +548,7 @@ func (n *Node) identifyUser(r *http.Request, queryToken bool, id *identity) *han
 
 // handshakeToken verifies the token sent with a handshake, if any, into id.
 func (n *Node) handshakeToken(r *http.Request, raw bool, id *identity) *handshakeRefusal {
-	chk := tokenCheck{use: forConnection, user: id.user, anyUser: id.user == "", via: "header", remote: r.RemoteAddr}
+	chk := tokenCheck{use: forConnection, user: id.user, anyUser: id.user == "", via: "header", remote: id.remote}
 	token := bearerToken(r.Header.Get("Authorization"))
 	if token == "" && raw {
 		token, chk.via = r.URL.Query().Get("token"), "query"

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"net/http"
+	"net/netip"
 	"sync/atomic"
 
 	"golang.org/x/time/rate"
@@ -12,8 +13,9 @@ import (
 // Changing a running node's settings.
 //
 // A running node can change its connection limits (SetLimits), the browser
-// origins it accepts (SetAllowedOrigins) and its namespaces (SetNamespaces),
-// or all three at once (SetSettings). Each setter validates its input as New
+// origins it accepts (SetAllowedOrigins), the proxies it trusts
+// (SetTrustedProxies) and its namespaces (SetNamespaces), or all of them at
+// once (SetSettings). Each setter validates its input as New
 // does and returns an error without changing anything when it is invalid;
 // otherwise it swaps in an immutable value with one atomic store. Readers
 // load the value in force when they check it, with no lock: a handshake's
@@ -52,8 +54,8 @@ type Limits struct {
 	// until enough have gone.
 	MaxConnectionsPerUser int
 	// MaxConnectionsPerIP caps the connections from one IP address (429).
-	// Zero means the default, no cap: behind a NAT or a proxy many users
-	// share one. Connections are counted per address even with no cap, so
+	// Zero means the default, no cap: behind a NAT many users share one,
+	// and behind a proxy too unless it is trusted (Config.TrustedProxies). Connections are counted per address even with no cap, so
 	// a cap set while running counts the connections already open.
 	MaxConnectionsPerIP int
 	// ConnectRatePerIP caps new connections per second from one IP address,
@@ -166,6 +168,21 @@ func (n *Node) setOrigins(oc *originChecker) {
 // checkOrigin is the handshake's origin check: the policy in force.
 func (n *Node) checkOrigin(r *http.Request) bool { return n.origins.Load().check(r) }
 
+// SetTrustedProxies replaces the proxies whose forwarded header the node
+// believes, and that header, as Config.TrustedProxies and ForwardedHeader
+// (empty: none). The new policy decides every later handshake; a
+// connection already open keeps the address it was admitted with, and is
+// counted and released under it. An invalid prefix or header name is an
+// error, and changes nothing.
+func (n *Node) SetTrustedProxies(prefixes []netip.Prefix, header string) error {
+	pt, err := newProxyTrust(prefixes, header)
+	if err != nil {
+		return err
+	}
+	n.setProxies(pt)
+	return nil
+}
+
 // SetNamespaces replaces the node's namespaces, as Config.Namespaces: an
 // empty list accepts every channel, with no history and no presence.
 // Invalid namespaces are an error, and change nothing.
@@ -197,11 +214,14 @@ type Settings struct {
 	Limits         Limits
 	AllowedOrigins []string
 	AllowAnyOrigin bool
-	Namespaces     []Namespace
+	TrustedProxies []netip.Prefix
+	// ForwardedHeader: see Config.ForwardedHeader.
+	ForwardedHeader string
+	Namespaces      []Namespace
 }
 
-// SetSettings applies SetLimits, SetAllowedOrigins and SetNamespaces
-// together, all or nothing: if any part is invalid it returns the error and
+// SetSettings applies SetLimits, SetAllowedOrigins, SetTrustedProxies and
+// SetNamespaces together, all or nothing: if any part is invalid it returns the error and
 // changes nothing. (Each part is swapped atomically on its own: a handshake
 // that runs while SetSettings does may see the new origins and the old
 // limits, but every value it sees was valid.)
@@ -214,12 +234,17 @@ func (n *Node) SetSettings(s Settings) error {
 	if err != nil {
 		return err
 	}
+	pt, err := newProxyTrust(s.TrustedProxies, s.ForwardedHeader)
+	if err != nil {
+		return err
+	}
 	ns, err := newNamespaces(s.Namespaces)
 	if err != nil {
 		return err
 	}
 	n.limits.Store(nl)
 	n.setOrigins(oc)
+	n.setProxies(pt)
 	n.ns.p.Store(ns)
 	return nil
 }

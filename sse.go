@@ -426,14 +426,14 @@ func (n *Node) permitSSE(id *identity, req *sseRequest) *handshakeRefusal {
 // subscribed event (with recovery's outcome), and waits for the end.
 func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	req, no := n.checkSSE(w, r)
-	id := identity{client: newID()}
+	ip, remote := n.clientAddr(r)
+	id := identity{client: newID(), remote: remote}
 	if no == nil {
 		no = n.identifyUser(r, true, &id)
 	}
 	if no == nil && n.cfg.Hooks.Connect == nil {
 		no = n.permitSSE(&id, &req)
 	}
-	ip := clientIP(r)
 	if no == nil {
 		no = n.admit(w, ip, id.user)
 		if no == nil && n.cfg.Hooks.Connect != nil {
@@ -453,12 +453,12 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
-	stream := &sseStream{w: w, rc: rc, remote: sseAddr(r.RemoteAddr)}
+	stream := &sseStream{w: w, rc: rc, remote: sseAddr(remote)}
 
 	c := n.newConn(stream, handshake{}, id, ip, false)
 	c.form = formSSE
 	c.out = newOutbound(n.cfg.MaxQueueMessages, n.cfg.MaxQueueBytes, sseSlowClose)
-	c.remote = r.RemoteAddr
+	c.remote = remote
 	s := &sseSession{c: c, channels: req.channels, index: make(map[string]int, len(req.channels)), pos: make([]ssePos, len(req.channels))}
 	for i, ch := range req.channels {
 		s.index[ch] = i
@@ -487,9 +487,9 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 		c.close(CloseGoingAway, "server shutting down")
 	}
 	if n.cfg.OnConnect != nil {
-		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Info: c.info, SSE: true, RemoteAddr: r.RemoteAddr})
+		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Info: c.info, SSE: true, RemoteAddr: remote})
 	}
-	n.log.Debug("connected", "client", c.id, "user", c.user, "sse", true, "remote", r.RemoteAddr)
+	n.log.Debug("connected", "client", c.id, "user", c.user, "sse", true, "remote", remote)
 
 	select {
 	case <-r.Context().Done(): // the client went (or the server is closing)
@@ -545,7 +545,7 @@ func (n *Node) subscribeSSE(c *conn, s *sseSession, req *sseRequest) {
 // gave may subscribe to every channel.
 func (n *Node) sseConnectAdmitted(r *http.Request, ip string, id *identity, req *sseRequest) *handshakeRefusal {
 	counted := id.user
-	no := n.handshakeConnectHook(r, ClientInfo{ID: id.client, UserID: id.user, Info: id.info, SSE: true, RemoteAddr: r.RemoteAddr}, id)
+	no := n.handshakeConnectHook(r, ClientInfo{ID: id.client, UserID: id.user, Info: id.info, SSE: true, RemoteAddr: id.remote}, id)
 	switch {
 	case no != nil:
 	case id.user != counted && !n.moveUser(counted, id.user):

@@ -34,7 +34,7 @@ func (d *Dashboard) api(w http.ResponseWriter, r *http.Request, route string) {
 		return
 	}
 	if r.Method == http.MethodPost && !checkCSRF(r, s) {
-		d.log.Warn("admin request refused: cross-origin or without its CSRF token", "remote", r.RemoteAddr, "route", route)
+		d.log.Warn("admin request refused: cross-origin or without its CSRF token", "remote", d.node.ClientAddr(r), "route", route)
 		httpx.WriteError(w, http.StatusForbidden, string(protocol.CodePermission), "cross-origin request, or missing CSRF token", "")
 		return
 	}
@@ -172,7 +172,7 @@ func (d *Dashboard) publish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Who published what where, without the payload (never logged).
-	d.log.Info("admin publish", "channel", req.Channel, "bytes", len(req.Data), "remote", r.RemoteAddr)
+	d.log.Info("admin publish", "channel", req.Channel, "bytes", len(req.Data), "remote", d.node.ClientAddr(r))
 	httpx.WriteJSON(w, http.StatusOK, map[string]any{"offset": res.Offset, "epoch": res.Epoch, "duplicate": res.Duplicate})
 }
 

@@ -79,7 +79,7 @@ func sameOrigin(r *http.Request) bool {
 
 func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
 	if !sameOrigin(r) {
-		d.log.Warn("admin login refused: cross-origin request", "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"))
+		d.log.Warn("admin login refused: cross-origin request", "remote", d.node.ClientAddr(r), "origin", r.Header.Get("Origin"))
 		http.Error(w, "Forbidden: cross-origin request", http.StatusForbidden)
 		return
 	}
@@ -95,13 +95,13 @@ func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
 	d.mu.Unlock()
 	if !ok {
 		// WARN, so that it shows among the dashboard's recent errors too.
-		d.log.Warn("admin login failed", "remote", r.RemoteAddr)
+		d.log.Warn("admin login failed", "remote", d.node.ClientAddr(r))
 		http.Redirect(w, r, Path+"/login?error=wrong", http.StatusSeeOther)
 		return
 	}
 	token, s := d.newSession(time.Now())
 	d.setCookie(w, token, s.expires, int(sessionTTL.Seconds()))
-	d.log.Info("admin login", "remote", r.RemoteAddr)
+	d.log.Info("admin login", "remote", d.node.ClientAddr(r))
 	http.Redirect(w, r, Path+"/", http.StatusSeeOther)
 }
 

@@ -29,8 +29,9 @@ type Client struct {
 	Info json.RawMessage `json:"info,omitempty"`
 	// Raw is true for a raw-mode connection (/ws/raw).
 	Raw bool `json:"raw"`
-	// RemoteAddr is the client's address as the server saw it (a proxy's,
-	// behind one).
+	// RemoteAddr is the client's address as the server saw it: host:port,
+	// or behind a proxy the server trusts (trusted_proxies) the client's IP
+	// address alone; behind a proxy it does not trust, the proxy's.
 	RemoteAddr string `json:"remote_addr"`
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -42,6 +43,14 @@ type Config struct {
 	// AllowedOrigins and AllowAnyOrigin: see herald.Config.
 	AllowedOrigins []string
 	AllowAnyOrigin bool
+
+	// TrustedProxies and ForwardedHeader: see herald.Config. ForwardedHeader
+	// is "x-forwarded-for" (the default) or "forwarded".
+	TrustedProxies  []netip.Prefix
+	ForwardedHeader string
+	// ProxyProtocol accepts the PROXY protocol (v1 or v2) on the listener
+	// from TrustedProxies (L4 load balancers): see proxyproto.go.
+	ProxyProtocol bool
 
 	ReadBufferSize           int
 	MaxMessageSize           int64
@@ -232,6 +241,7 @@ func defaultConfig() Config {
 		ShutdownTimeout:   defaultShutdownTimeout,
 		DrainWindow:       defaultDrainWindow,
 		Broker:            "memory",
+		ForwardedHeader:   "x-forwarded-for",
 		BrokerPrefix:      defaultBrokerPrefix,
 		RedisPingTimeout:  defaultRedisPingTimeout,
 		NATSPingInterval:  defaultNATSPingInterval,
@@ -247,6 +257,8 @@ func (c Config) nodeConfig(logger *slog.Logger) herald.Config {
 		Logger:            logger,
 		AllowedOrigins:    c.AllowedOrigins,
 		AllowAnyOrigin:    c.AllowAnyOrigin,
+		TrustedProxies:    c.TrustedProxies,
+		ForwardedHeader:   c.ForwardedHeader,
 		ReadBufferSize:    c.ReadBufferSize,
 		MaxMessageSize:    c.MaxMessageSize,
 		PingInterval:      c.PingInterval,
@@ -346,6 +358,12 @@ var settings = slices.Concat([]*setting{
 		func(c *Config) *[]string { return &c.AllowedOrigins }, checkOrigin),
 	boolSetting("allow_any_origin", "disable the origin check (lets any web site use your users' cookies)",
 		func(c *Config) *bool { return &c.AllowAnyOrigin }),
+	trustedProxiesSetting(),
+	enumSetting("forwarded_header", "HEADER",
+		"the header trusted_proxies write the client's address in: x-forwarded-for or forwarded (RFC 7239); only that one is read",
+		[]string{"x-forwarded-for", "forwarded"}, func(c *Config) *string { return &c.ForwardedHeader }),
+	boolSetting("proxy_protocol", "accept the PROXY protocol (v1 or v2, from L4 load balancers) from trusted_proxies: its source address becomes the client's; other peers are served as they are; needs trusted_proxies",
+		func(c *Config) *bool { return &c.ProxyProtocol }),
 	stringSetting("tls_cert", "FILE", "PEM certificate (chain) to serve https:// and wss://; needs tls_key", "none (plain HTTP)",
 		func(c *Config) *string { return &c.TLSCert }),
 	stringSetting("tls_key", "FILE", "PEM private key of tls_cert", "none",
@@ -407,7 +425,7 @@ var settings = slices.Concat([]*setting{
 		func(c *Config) *int { return &c.MaxConnections }),
 	intSetting("max_connections_per_user", "connections of one user (429 at the handshake, or close 1008 at connect)", "100",
 		func(c *Config) *int { return &c.MaxConnectionsPerUser }),
-	intSetting("max_connections_per_ip", "connections from one IP address (429); behind a proxy, all clients share the proxy's IP", "0 (no cap)",
+	intSetting("max_connections_per_ip", "connections from one IP address (429); behind a proxy all clients share its address, unless trusted_proxies names it", "0 (no cap)",
 		func(c *Config) *int { return &c.MaxConnectionsPerIP }),
 	withOff(rateSetting("connect_rate_per_ip",
 		"new connections per second from one IP address, in bursts of as many (429 with Retry-After); off for no cap",
@@ -708,6 +726,38 @@ func enumSetting(name, arg, usage string, values []string, field func(*Config) *
 	return valueSetting(name, arg, usage, values[0], want, parse, identity, field)
 }
 
+// trustedProxiesSetting is trusted_proxies: address ranges, or single
+// addresses, comma-separated (or a YAML list).
+func trustedProxiesSetting() *setting {
+	s := &setting{name: "trusted_proxies", arg: "RANGES", def: "none",
+		want:  "address ranges or addresses, such as 10.0.0.0/8, 127.0.0.1",
+		usage: "your reverse proxies' address ranges or addresses, comma-separated (10.0.0.0/8, 127.0.0.1): a request from one has its client's address, for per-IP limits, logs and hooks, read from forwarded_header; from anyone else the header is ignored",
+		get: func(c *Config) string {
+			items := make([]string, len(c.TrustedProxies))
+			for i, p := range c.TrustedProxies {
+				items[i] = p.String()
+			}
+			return strings.Join(items, ",")
+		}}
+	s.setList = func(c *Config, items []string) error {
+		var list []netip.Prefix
+		for _, it := range items {
+			if it = strings.TrimSpace(it); it == "" {
+				continue
+			}
+			p, err := herald.ParseTrustedProxies([]string{it})
+			if err != nil {
+				return fmt.Errorf("%q: want an address range such as 10.0.0.0/8, or an address", it)
+			}
+			list = append(list, p...)
+		}
+		c.TrustedProxies = list
+		return nil
+	}
+	s.set = func(c *Config, v string) error { return s.setList(c, strings.Split(v, ",")) }
+	return s
+}
+
 func listSetting(name, arg, usage, def, want string, field func(*Config) *[]string, check func(string) error) *setting {
 	s := &setting{name: name, arg: arg, usage: usage, def: def, want: want,
 		get: func(c *Config) string { return strings.Join(*field(c), ",") }}
@@ -974,6 +1024,9 @@ func (c *Config) validate(src sources) error {
 	if err := c.checkQueueHoldsTwoMessages(src); err != nil {
 		return err
 	}
+	if c.ProxyProtocol && len(c.TrustedProxies) == 0 {
+		return errors.New("proxy_protocol needs trusted_proxies: the load balancers' addresses, the only peers whose PROXY header is believed")
+	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("tls_cert and tls_key go together: set both to serve https:// and wss://, or neither for plain HTTP")
 	}
@@ -1157,7 +1210,7 @@ history. On SIGINT or SIGTERM the server drains (drain_window), then shuts
 down (shutdown_timeout). SIGHUP reloads log_level, api_key, admin_password,
 metrics, drain_window, shutdown_timeout, the TLS certificate, the connection
 limits and message rate, allowed_origins, allow_any_origin and namespaces (open connections
-and subscriptions stay), and logs every other changed setting as needing a
+and subscriptions stay), trusted_proxies and forwarded_header, and logs every other changed setting as needing a
 restart.
 
 Without a key (jwt_secret_file, jwt_secret, jwt_rsa_public_key,

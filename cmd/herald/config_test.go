@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -200,6 +201,8 @@ max_connections_per_ip: 50
 connect_rate_per_ip: 2.5
 message_rate: 30
 message_burst: 60
+trusted_proxies: [10.0.0.0/8, "::1"]
+forwarded_header: Forwarded
 namespaces:
   - name: ""
   - name: chat
@@ -219,6 +222,8 @@ namespaces:
 		Logger:            logger,
 		AllowedOrigins:    []string{"https://app.example.com", "https://*.example.net"},
 		AllowAnyOrigin:    true,
+		TrustedProxies:    []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+		ForwardedHeader:   "forwarded",
 		ReadBufferSize:    1024,
 		MaxMessageSize:    131072,
 		PingInterval:      20 * time.Second,

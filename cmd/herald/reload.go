@@ -25,7 +25,8 @@ import (
 //     herald.Node.SetSettings: the connection limits (max_connections,
 //     max_connections_per_user, max_connections_per_ip, connect_rate_per_ip,
 //     max_channels_per_connection), the allowed origins (allowed_origins,
-//     allow_any_origin) and the namespaces. Nothing already admitted is
+//     allow_any_origin), the trusted proxies (trusted_proxies,
+//     forwarded_header) and the namespaces. Nothing already admitted is
 //     undone: a lower limit closes no connection, an origin removed closes
 //     no connection, a namespace changed or removed ends no subscription.
 //     Every later handshake, connect, subscribe, publish, history and
@@ -54,6 +55,7 @@ var nodeReloadable = []string{
 	"allowed_origins", "allow_any_origin",
 	"max_connections", "max_connections_per_user", "max_connections_per_ip",
 	"connect_rate_per_ip", "max_channels_per_connection", "message_rate", "message_burst",
+	"trusted_proxies", "forwarded_header", // proxy_protocol's listener too
 }
 
 // reloadable lists the settings a reload applies. tls_cert and tls_key are
@@ -85,6 +87,10 @@ func (c *Config) nodeSettings() herald.Settings {
 		AllowedOrigins: nc.AllowedOrigins,
 		AllowAnyOrigin: nc.AllowAnyOrigin,
 		Namespaces:     nc.Namespaces,
+		// Trusted proxies too: SetSettings sets every field, and an empty
+		// one would trust none.
+		TrustedProxies:  nc.TrustedProxies,
+		ForwardedHeader: nc.ForwardedHeader,
 	}
 }
 
@@ -211,6 +217,8 @@ func (in *instance) applyNodeSettings(next *Config) []string {
 	in.cfg.MaxConnectionsPerIP, in.cfg.ConnectRatePerIP = next.MaxConnectionsPerIP, next.ConnectRatePerIP
 	in.cfg.MaxChannelsPerConnection, in.cfg.Namespaces = next.MaxChannelsPerConnection, next.Namespaces
 	in.cfg.MessageRate, in.cfg.MessageBurst = next.MessageRate, next.MessageBurst
+	in.cfg.TrustedProxies, in.cfg.ForwardedHeader = next.TrustedProxies, next.ForwardedHeader
+	in.setProxies(next.TrustedProxies)
 	return applied
 }
 

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -56,6 +57,10 @@ type instance struct {
 	apiKey   string                          // the key api serves with
 	metrics  atomic.Bool                     // serve /metrics
 	cert     atomic.Pointer[tls.Certificate] // with TLS: the certificate served
+	// proxies are the trusted proxies in force (trusted_proxies), for the
+	// PROXY protocol listener, which decides on accept while a reload may
+	// change them.
+	proxies atomic.Pointer[[]netip.Prefix]
 	// fileSums are digests of the files read at start only (JWT keys), so a
 	// reload can tell that one changed and needs a restart.
 	fileSums map[string]string
@@ -101,6 +106,7 @@ func serve(ctx context.Context, cfg Config, opts serveOptions) error {
 // newInstance makes the instance of cfg, with its logger writing to logOut.
 func newInstance(cfg Config, logOut io.Writer) *instance {
 	in := &instance{cfg: cfg, level: new(slog.LevelVar)}
+	in.setProxies(cfg.TrustedProxies)
 	in.logger, in.logs = newLogger(cfg, logOut, in.level)
 	in.cfg.normalize()
 	return in
@@ -221,6 +227,10 @@ func (in *instance) listen(tlsConfig *tls.Config) (net.Listener, error) {
 	ln, err := net.Listen("tcp", in.cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("failed to listen on %s: %w", in.cfg.Addr, err)
+	}
+	if in.cfg.ProxyProtocol {
+		// Under TLS: a PROXY header comes before the TLS handshake.
+		ln = in.proxyListener(ln)
 	}
 	if tlsConfig != nil {
 		// The TLS handshake runs on each connection's goroutine, bounded
