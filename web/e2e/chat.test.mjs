@@ -1,7 +1,7 @@
 // Real-browser test of the demo chat page: builds the herald binary, runs
 // `herald serve` on a free loopback port, and has two Chromium pages, loaded
 // from that server, chat with each other over the real WebSocket endpoint
-// (the page runs on herald-client, clients/js), then move to another channel.
+// (the page runs on @heraldhq/client, clients/js), then move to another channel.
 // Then it restarts the server on the same port and checks that both pages
 // reconnect and chat again.
 //
@@ -201,7 +201,7 @@ test('two browsers chat through herald serve', { timeout: 240_000 }, async (t) =
     const url = `http://${server.addr}/`;
     alice = await openPage(url, problems);
     bob = await openPage(url, problems);
-    // The page runs on herald-client, clients/js/index.js as the server
+    // The page runs on @heraldhq/client, clients/js/index.js as the server
     // serves it (package jsclient), and on nothing else.
     assert.deepEqual(alice.scripts.sort(), ['/app.js 200', '/herald-client.js 200']);
     assert.equal(await alice.getAttribute('#status', 'data-state'), 'idle');

@@ -3,7 +3,7 @@
 // the sender included, receives each one from the server, so what the page
 // shows is what the channel carried.
 //
-// It runs on herald-client, Herald's JavaScript client: the server answers
+// It runs on @heraldhq/client, Herald's JavaScript client: the server answers
 // herald-client.js with clients/js/index.js itself (package web serves it
 // from package jsclient). The client reconnects with backoff and
 // resubscribes by itself; this page only shows what it reports.
