@@ -69,7 +69,8 @@ type Config struct {
 
 	// Namespaces configure history, recovery, presence and permissions per
 	// channel namespace (file only: `namespaces:` is a list). See
-	// herald.Namespace.
+	// herald.Namespace. The default is defaultNamespaces; a file's list,
+	// even an empty one, replaces it whole.
 	Namespaces []herald.Namespace
 
 	// Token authentication (docs/security.md). Setting any key — JWTSecret,
@@ -238,6 +239,21 @@ func defaultConfig() Config {
 		Metrics:           true,
 		LogFormat:         "text",
 		LogLevel:          slog.LevelInfo,
+		Namespaces:        defaultNamespaces(),
+	}
+}
+
+// defaultNamespaces give the demo chat page's channels (chat:lobby, chat:*)
+// what the page shows on joining: the recent messages (history, which also
+// lets a page recover what it missed during a reconnect) and who is in the
+// room (presence, with join and leave pushes). Every other channel is
+// accepted as with no namespaces at all: no history, no presence
+// (herald.AnyNamespace). The cost: at most 100 publications per chat
+// channel, each kept 10 minutes, in the broker.
+func defaultNamespaces() []herald.Namespace {
+	return []herald.Namespace{
+		{Name: "chat", HistorySize: 100, HistoryTTL: 10 * time.Minute, JoinLeave: true},
+		{Name: herald.AnyNamespace},
 	}
 }
 
