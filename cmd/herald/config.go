@@ -1168,6 +1168,12 @@ Prometheus metrics at /metrics. With api_key, the HTTP API at /api/ (see
 herald help pub); with admin_password, the admin dashboard at /admin. With
 --tls-cert and --tls-key it serves https:// and wss://.
 
+Channels take their settings from the namespaces list of the config file
+(the part of a channel's name before ':'). Without one, chat:* channels keep
+history (the last 100 publications, 10 minutes) and presence with join and
+leave pushes, for the demo page, and every other channel is accepted with
+neither (the namespace "*"); a file's list replaces both.
+
 With broker redis or nats, several servers share channels, presence and
 history. On SIGINT or SIGTERM the server drains (drain_window), then shuts
 down (shutdown_timeout). SIGHUP reloads log_level, api_key, admin_password,
