@@ -16,6 +16,11 @@ import (
 // Namespace: no history, no presence. Once any is configured, a channel whose
 // namespace is not configured is refused (bad_channel), so a typo in a
 // channel name fails loudly instead of silently losing history.
+//
+// The namespace named AnyNamespace ("*") configures every channel whose
+// namespace is not listed, so that a few namespaces can get history or
+// presence while every other channel is still accepted. It gives up the
+// refusal above: a misspelt namespace then falls to "*" instead of failing.
 type Namespace struct {
 	Name string
 
@@ -59,6 +64,11 @@ type Namespace struct {
 	AllowHistory   Permission
 }
 
+// AnyNamespace is the Name of the namespace that configures the channels of
+// every namespace not listed (see Namespace). '*' is not a channel character,
+// so it cannot be the namespace of a channel.
+const AnyNamespace = "*"
+
 // Permission says who may do something on a namespace's channels.
 type Permission string
 
@@ -100,13 +110,16 @@ type namespaces struct {
 	strict bool // namespaces were configured: unknown ones are refused
 	byName map[string]*Namespace
 	zero   Namespace
+	// other configures the namespaces not in byName when strict: the
+	// AnyNamespace entry, or nil to refuse them.
+	other *Namespace
 }
 
 func newNamespaces(list []Namespace) (*namespaces, error) {
 	ns := &namespaces{strict: len(list) > 0, byName: make(map[string]*Namespace)}
 	for i := range list {
 		n := list[i]
-		if n.Name != "" && (!protocol.ValidChannel(n.Name) || strings.Contains(n.Name, ":")) {
+		if n.Name != "" && n.Name != AnyNamespace && (!protocol.ValidChannel(n.Name) || strings.Contains(n.Name, ":")) {
 			return nil, fmt.Errorf("herald: invalid namespace name %q", n.Name)
 		}
 		if _, dup := ns.byName[n.Name]; dup {
@@ -131,6 +144,9 @@ func newNamespaces(list []Namespace) (*namespaces, error) {
 		}
 		ns.byName[n.Name] = &n
 	}
+	// No channel's namespace is "*", so byName never finds this entry by
+	// itself: lookup falls back to it.
+	ns.other = ns.byName[AnyNamespace]
 	return ns, nil
 }
 
@@ -144,7 +160,10 @@ func (ns *namespaces) lookup(channel string) *Namespace {
 	if !found {
 		name = ""
 	}
-	return ns.byName[name]
+	if n := ns.byName[name]; n != nil {
+		return n
+	}
+	return ns.other
 }
 
 func (n *Namespace) publishOptions(idemKey string, window time.Duration) PublishOptions {

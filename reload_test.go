@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -600,5 +601,58 @@ func TestSetLimitsMessageRate(t *testing.T) {
 	fresh := ts.client(t)
 	for range 5 {
 		ping(fresh)
+	}
+}
+
+// TestAnyNamespace: the "*" namespace configures every channel whose
+// namespace is not listed, so none is refused, while listed namespaces keep
+// their own settings.
+func TestAnyNamespace(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ts := newTestServer(t, Config{Namespaces: []Namespace{
+		{Name: "chat", HistorySize: 10, Presence: true},
+		{Name: AnyNamespace, HistorySize: 2},
+	}})
+	c := ts.client(t)
+	for _, ch := range []string{"chat:a", "news:x", "lobby"} {
+		c.subscribe(ch)
+	}
+	r := ts.client(t) // reads history, subscribed to nothing: no pushes between replies
+	// chat keeps its own settings: presence, and up to 10 publications.
+	if _, err := ts.node.Presence(ctx, "chat:a"); err != nil {
+		t.Fatalf("presence in chat: %v", err)
+	}
+	for _, ch := range []string{"news:x", "lobby"} {
+		if _, err := ts.node.Presence(ctx, ch); !errors.Is(err, ErrNotEnabled) {
+			t.Fatalf("presence in %s (from \"*\": none): %v, want ErrNotEnabled", ch, err)
+		}
+	}
+	for _, ch := range []string{"chat:a", "news:x", "lobby"} {
+		for i := range 3 {
+			if _, err := ts.node.Publish(ctx, ch, []byte(strconv.Itoa(i))); err != nil {
+				t.Fatalf("publish to %s: %v", ch, err)
+			}
+		}
+	}
+	for ch, want := range map[string]int{"chat:a": 3, "news:x": 2, "lobby": 2} {
+		m := r.call(protocol.Command{Cmd: "history", Channel: ch})
+		var h protocol.HistoryResult
+		if m.Error != nil || json.Unmarshal(m.Result, &h) != nil || len(h.Publications) != want {
+			t.Fatalf("history of %s: %+v, want %d publications", ch, m, want)
+		}
+	}
+
+	// Without "*", the same unlisted channels are refused again.
+	if err := ts.node.SetNamespaces([]Namespace{{Name: "chat"}}); err != nil {
+		t.Fatal(err)
+	}
+	if m := r.call(protocol.Command{Cmd: "subscribe", Channel: "other:y"}); errCode(m) != protocol.CodeBadChannel {
+		t.Fatalf("subscribe to an unlisted namespace without \"*\": %+v, want bad_channel", m)
+	}
+	for _, bad := range [][]Namespace{{{Name: AnyNamespace}, {Name: AnyNamespace}}, {{Name: "a*"}}} {
+		if err := ts.node.SetNamespaces(bad); err == nil {
+			t.Fatalf("SetNamespaces(%+v): no error", bad)
+		}
 	}
 }

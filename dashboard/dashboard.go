@@ -12,7 +12,7 @@
 //
 // It must be mounted at Path (/admin): its pages link to their files and
 // routes there. Who serves what: package web holds the dashboard's files
-// (pages, scripts, styles, uPlot, and herald-client from clients/js) and
+// (pages, scripts, styles, uPlot, and @heraldhq/client from clients/js) and
 // serves them with their security headers (web.AdminHandler); this package
 // decides which of them a request gets (the login page or the dashboard),
 // and owns the login, the sessions and the JSON routes under /admin/api/.

@@ -5,7 +5,7 @@
 // ES modules; there is no build step and nothing is loaded from another
 // site.
 //
-// Both pages run on herald-client, the JavaScript client in clients/js:
+// Both pages run on @heraldhq/client, the JavaScript client in clients/js:
 // Handler and AdminHandler serve it (package jsclient) at
 // /herald-client.js and /vendor/herald-client.js, so that there is one copy
 // of it. The dashboard's other library, uPlot, is vendored in admin/vendor
@@ -24,7 +24,7 @@ import (
 	jsclient "github.com/heraldhq/herald/clients/js"
 )
 
-// Where the demo page and the dashboard load herald-client from, relative
+// Where the demo page and the dashboard load @heraldhq/client from, relative
 // to the root of their files.
 const (
 	clientPath      = "/herald-client.js"
@@ -61,7 +61,7 @@ func mustSub(f fs.FS, dir string) fs.FS {
 const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; " +
 	"img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
-// Handler serves the demo's files, and herald-client at /herald-client.js.
+// Handler serves the demo's files, and @heraldhq/client at /herald-client.js.
 // Files are not cached without revalidation: they change with the binary,
 // and carry no version in their names.
 func Handler() http.Handler {
@@ -76,7 +76,7 @@ func Handler() http.Handler {
 	})
 }
 
-// withClient serves herald-client at path, and everything else from files.
+// withClient serves @heraldhq/client at path, and everything else from files.
 func withClient(files http.Handler, path string) http.Handler {
 	client := jsclient.Handler()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -93,7 +93,7 @@ func withClient(files http.Handler, path string) http.Handler {
 const adminContentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; " +
 	"img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
-// AdminHandler serves the dashboard's files, and herald-client at
+// AdminHandler serves the dashboard's files, and @heraldhq/client at
 // /vendor/herald-client.js, by paths relative to the dashboard's root (the
 // caller strips /admin). They hold no data, so they need no session; the
 // caller (package dashboard) guards the data routes.

@@ -1,4 +1,4 @@
-// Type declarations for herald-client, written by hand to match index.js.
+// Type declarations for @heraldhq/client, written by hand to match index.js.
 // The wire protocol is herald.v1 (PROTOCOL.md in the Herald repository).
 
 /** The WebSocket subprotocol this client speaks. */

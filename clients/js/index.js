@@ -1,4 +1,4 @@
-// herald-client: a client for Herald's herald.v1 WebSocket protocol
+// @heraldhq/client: a client for Herald's herald.v1 WebSocket protocol
 // (PROTOCOL.md in the Herald repository is the contract this file follows).
 //
 // One file, no build step, no runtime dependency: it uses the platform's

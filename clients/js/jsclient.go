@@ -1,5 +1,5 @@
-// Package jsclient embeds herald-client, Herald's JavaScript client
-// (index.js in this folder, the npm package herald-client), so that Go
+// Package jsclient embeds @heraldhq/client, Herald's JavaScript client
+// (index.js in this folder, the npm package @heraldhq/client), so that Go
 // servers can serve the very file the npm package ships: the demo page and
 // the admin dashboard (package web) load it from here, and there is no
 // copy of it anywhere else in the repository to keep equal.

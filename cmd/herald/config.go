@@ -78,7 +78,8 @@ type Config struct {
 
 	// Namespaces configure history, recovery, presence and permissions per
 	// channel namespace (file only: `namespaces:` is a list). See
-	// herald.Namespace.
+	// herald.Namespace. The default is defaultNamespaces; a file's list,
+	// even an empty one, replaces it whole.
 	Namespaces []herald.Namespace
 
 	// Token authentication (docs/security.md). Setting any key — JWTSecret,
@@ -248,6 +249,21 @@ func defaultConfig() Config {
 		Metrics:           true,
 		LogFormat:         "text",
 		LogLevel:          slog.LevelInfo,
+		Namespaces:        defaultNamespaces(),
+	}
+}
+
+// defaultNamespaces give the demo chat page's channels (chat:lobby, chat:*)
+// what the page shows on joining: the recent messages (history, which also
+// lets a page recover what it missed during a reconnect) and who is in the
+// room (presence, with join and leave pushes). Every other channel is
+// accepted as with no namespaces at all: no history, no presence
+// (herald.AnyNamespace). The cost: at most 100 publications per chat
+// channel, each kept 10 minutes, in the broker.
+func defaultNamespaces() []herald.Namespace {
+	return []herald.Namespace{
+		{Name: "chat", HistorySize: 100, HistoryTTL: 10 * time.Minute, JoinLeave: true},
+		{Name: herald.AnyNamespace},
 	}
 }
 
@@ -1204,6 +1220,12 @@ health checks at /healthz (alive) and /readyz (ready for new clients), and
 Prometheus metrics at /metrics. With api_key, the HTTP API at /api/ (see
 herald help pub); with admin_password, the admin dashboard at /admin. With
 --tls-cert and --tls-key it serves https:// and wss://.
+
+Channels take their settings from the namespaces list of the config file
+(the part of a channel's name before ':'). Without one, chat:* channels keep
+history (the last 100 publications, 10 minutes) and presence with join and
+leave pushes, for the demo page, and every other channel is accepted with
+neither (the namespace "*"); a file's list replaces both.
 
 With broker redis or nats, several servers share channels, presence and
 history. On SIGINT or SIGTERM the server drains (drain_window), then shuts

@@ -273,10 +273,10 @@ func (f configFile) namespaceName(e *yaml.Node) (name string, line int, err erro
 		case v.Kind != yaml.ScalarNode:
 			return "", 0, &SettingError{Setting: "name of a namespace", Source: f.source(raw.Line), Value: render(v),
 				Err: errors.New("want " + namespaceKeys[0].want + "; not " + shape(v))}
-		case v.Value != "" && (!protocol.ValidChannel(v.Value) || strings.Contains(v.Value, ":")):
+		case v.Value != "" && v.Value != herald.AnyNamespace && (!protocol.ValidChannel(v.Value) || strings.Contains(v.Value, ":")):
 			// herald.New has the same rule; this says where.
 			return "", 0, &SettingError{Setting: "name of a namespace", Source: f.source(raw.Line), Value: v.Value,
-				Err: errors.New("want 1-255 of A-Z a-z 0-9 _ - . @ # , = / ! (no ':': a namespace is the part of a channel name before its first ':')")}
+				Err: errors.New(`want 1-255 of A-Z a-z 0-9 _ - . @ # , = / ! (no ':': a namespace is the part of a channel name before its first ':'), or "*" for every namespace not listed`)}
 		default:
 			name = v.Value
 		}

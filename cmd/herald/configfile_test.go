@@ -75,7 +75,7 @@ func TestConfigFileErrorsInWords(t *testing.T) {
 		{"name a list", "namespaces:\n  - name: [chat]\n",
 			`invalid name of a namespace "[chat]" (from config file FILE line 2): want a namespace name such as chat; not a list`},
 		{"name with a colon", "namespaces:\n  - name: \"a:b\"\n",
-			`invalid name of a namespace "a:b" (from config file FILE line 2): want 1-255 of A-Z a-z 0-9 _ - . @ # , = / ! (no ':': a namespace is the part of a channel name before its first ':')`},
+			`invalid name of a namespace "a:b" (from config file FILE line 2): want 1-255 of A-Z a-z 0-9 _ - . @ # , = / ! (no ':': a namespace is the part of a channel name before its first ':'), or "*" for every namespace not listed`},
 		{"namespace twice", "namespaces:\n  - name: chat\n  - name: \"\"\n  - name: chat\n",
 			`invalid name of a namespace "chat" (from config file FILE line 4): namespace "chat" is configured twice (first at line 2)`},
 		{"namespace key twice", "namespaces:\n  - name: chat\n    history_size: 1\n    history_size: 2\n",

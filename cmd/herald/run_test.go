@@ -259,26 +259,29 @@ func TestServe(t *testing.T) {
 		t.Errorf("/app.js: Content-Type %q", resp.Header.Get("Content-Type"))
 	}
 
+	// "lobby": a channel of no namespace, with neither history nor join
+	// pushes by default (those of the demo's chat namespace are
+	// TestDefaultNamespaces'), so every frame here is exactly as written.
 	wsURL := "ws://" + s.addr
 	sub := mustDialWS(t, wsURL+"/ws", nil)
-	call(t, sub, `{"id":1,"cmd":"subscribe","channel":"chat:lobby"}`)
-	raw := mustDialWS(t, wsURL+"/ws/raw?channel=chat:lobby", nil)
+	call(t, sub, `{"id":1,"cmd":"subscribe","channel":"lobby"}`)
+	raw := mustDialWS(t, wsURL+"/ws/raw?channel=lobby", nil)
 	// A raw client's message reaches protocol subscribers. It also proves
 	// the raw connection is subscribed: its reader starts only after that.
 	if err := raw.WriteMessage(websocket.TextMessage, []byte(`{"hello":"raw"}`)); err != nil {
 		t.Fatal(err)
 	}
-	if _, b := readMessage(t, sub); string(b) != `{"push":"pub","channel":"chat:lobby","data":{"hello":"raw"}}` {
+	if _, b := readMessage(t, sub); string(b) != `{"push":"pub","channel":"lobby","data":{"hello":"raw"}}` {
 		t.Fatalf("subscriber got %s", b)
 	}
 
 	// A browser page from an allowed origin (set by HERALD_ALLOWED_ORIGINS).
 	pub := mustDialWS(t, wsURL+"/ws", http.Header{"Origin": {"http://app.example"}})
-	call(t, pub, `{"id":1,"cmd":"publish","channel":"chat:lobby","data":{"name":"bob","text":"hi"}}`)
+	call(t, pub, `{"id":1,"cmd":"publish","channel":"lobby","data":{"name":"bob","text":"hi"}}`)
 
 	var push wireMsg
 	_, b := readMessage(t, sub)
-	if err := json.Unmarshal(b, &push); err != nil || push.Push != "pub" || push.Channel != "chat:lobby" ||
+	if err := json.Unmarshal(b, &push); err != nil || push.Push != "pub" || push.Channel != "lobby" ||
 		string(push.Data) != `{"name":"bob","text":"hi"}` {
 		t.Fatalf("subscriber got %s", b)
 	}

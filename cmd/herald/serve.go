@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -281,7 +282,28 @@ func (in *instance) start(ln net.Listener, tlsOn bool) *running {
 		in.dash.Run(runCtx)
 	}()
 	in.logger.Info("listening", "addr", ln.Addr().String(), "tls", tlsOn, "version", versionString())
+	// A newcomer's next step, spelt out: the address bound is not always
+	// one a browser can open (":8080" binds "[::]:8080").
+	in.logger.Info("open the demo chat", "url", demoURL(ln.Addr(), tlsOn))
 	return run
+}
+
+// demoURL is the address of the demo chat page on addr, the listener's:
+// localhost for a wildcard address (every interface, loopback included),
+// else the address itself.
+func demoURL(addr net.Addr, tlsOn bool) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return "" // not TCP: no URL to give
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "localhost"
+	}
+	u := url.URL{Scheme: "http", Host: net.JoinHostPort(host, port), Path: "/"}
+	if tlsOn {
+		u.Scheme = "https"
+	}
+	return u.String()
 }
 
 // wait serves until ctx is done (signalled: SIGINT or SIGTERM) or the

@@ -14,7 +14,7 @@
 //     what it does with the webhook events (the online list).
 //   - store.go: the application's own state: sessions, messages, who is
 //     online. All in memory: a real application keeps them in its database.
-//   - static/: the page, on herald-client (clients/js), which this program
+//   - static/: the page, on @heraldhq/client (clients/js), which this program
 //     serves at /herald-client.js from package jsclient: no copy of it.
 package main
 

@@ -385,7 +385,7 @@ func TestPublish(t *testing.T) {
 }
 
 // TestReconnect: a page that reconnects names its position in the room
-// (connect's subs, as herald-client does) and gets what it missed from the
+// (connect's subs, as @heraldhq/client does) and gets what it missed from the
 // room's history, though it may not subscribe by itself.
 func TestReconnect(t *testing.T) {
 	t.Parallel()

@@ -5,7 +5,7 @@
 // connect and leave, find their channel and presence, see the webhooks
 // panel report a backend that answers 503, publish from the form
 // and see the message arrive on a WebSocket client, watch a channel with
-// the dashboard's own herald-client, then log out. It saves a screenshot to
+// the dashboard's own @heraldhq/client, then log out. It saves a screenshot to
 // artifacts/dashboard.png and fails on any page error or console error (a
 // Content-Security-Policy violation included).
 //

@@ -1,7 +1,11 @@
 // Real-browser test of the demo chat page: builds the herald binary, runs
 // `herald serve` on a free loopback port, and has two Chromium pages, loaded
 // from that server, chat with each other over the real WebSocket endpoint
-// (the page runs on herald-client, clients/js), then move to another channel.
+// (the page runs on @heraldhq/client, clients/js). A third page joins later:
+// it sees the messages sent before (history) and everyone sees who is in the
+// room (presence), and it keeps a draft typed while a slow send (held back by
+// a WebSocket route) is in flight; when it leaves, the others see it go. Then
+// the pages move to another channel.
 // Then it restarts the server on the same port and checks that both pages
 // reconnect and chat again.
 //
@@ -23,6 +27,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '..', '..');
 const chromiumPath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const screenshot = path.join(repo, 'artifacts', 'demo.png');
+const newcomerShot = path.join(repo, 'artifacts', 'demo-newcomer.png');
 
 // Bounds, so that a hang fails the test instead of holding CI.
 const BUILD_TIMEOUT = 300_000;
@@ -156,6 +161,20 @@ async function switchTo(page, channel) {
   assert.equal(await page.textContent('#room-title'), `#${channel}`);
 }
 
+/** Waits until the page lists exactly these people as in the room. */
+async function people(page, want) {
+  want = JSON.stringify([...want].sort());
+  const listed = () => [...document.querySelectorAll('#people li.person')].map((li) => li.firstChild.textContent).sort();
+  try {
+    await page.waitForFunction(([want]) => {
+      const got = [...document.querySelectorAll('#people li.person')].map((li) => li.firstChild.textContent).sort();
+      return JSON.stringify(got) === want;
+    }, [want]);
+  } catch (err) {
+    throw new Error(`people in the room: ${JSON.stringify(await page.evaluate(listed))}, want ${want} (${err.message.split('\n')[0]})`);
+  }
+}
+
 /** Waits for a message with exactly this text and returns its sender's name. */
 async function receive(page, text) {
   const msg = page.locator('#messages li.message').filter({ has: page.locator('.text', { hasText: text }) });
@@ -201,7 +220,7 @@ test('two browsers chat through herald serve', { timeout: 240_000 }, async (t) =
     const url = `http://${server.addr}/`;
     alice = await openPage(url, problems);
     bob = await openPage(url, problems);
-    // The page runs on herald-client, clients/js/index.js as the server
+    // The page runs on @heraldhq/client, clients/js/index.js as the server
     // serves it (package jsclient), and on nothing else.
     assert.deepEqual(alice.scripts.sort(), ['/app.js 200', '/herald-client.js 200']);
     assert.equal(await alice.getAttribute('#status', 'data-state'), 'idle');
@@ -237,9 +256,73 @@ test('two browsers chat through herald serve', { timeout: 240_000 }, async (t) =
     assert.deepEqual(problems, [], 'no page or console errors');
   });
 
+  // Carol's page sends through a route that can hold her publishes to
+  // chat:lobby back for SLOW_SEND ms: a slow network, on her page only.
+  const SLOW_SEND = 1500;
+  let carol;
+  let slow = false;
+
+  await t.test('a newcomer sees the recent messages, and everyone sees who is here', async () => {
+    carol = await openPage(`http://${server.addr}/`, problems);
+    await carol.routeWebSocket(/\/ws$/, (ws) => {
+      const upstream = ws.connectToServer();
+      ws.onMessage((m) => {
+        if (slow && typeof m === 'string' && m.includes('"cmd":"publish"') && m.includes('"channel":"chat:lobby"')) {
+          setTimeout(() => upstream.send(m), SLOW_SEND);
+        } else {
+          upstream.send(m);
+        }
+      });
+    });
+    await join(carol, 'Carol');
+    // What Alice and Bob said before Carol came, in order, each once, above
+    // her "You joined" line.
+    await carol.locator('#messages li.history-mark', { hasText: '2 earlier messages' }).waitFor();
+    assert.deepEqual(await carol.locator('#messages li.message .text').allTextContents(), [
+      'Hello Bob! <b>not bold</b> <img src=x onerror="window.pwned=1">',
+      'Hi Alice — ça va ?',
+    ]);
+    assert.deepEqual(await carol.locator('#messages li.message .name').allTextContents(), ['Alice', 'Bob']);
+    assert.equal(await carol.locator('#messages li.message.history').count(), 2, 'both marked as history');
+    assert.match(await carol.locator('#messages li.message.history + li.notice').textContent(), /^You joined chat:lobby as Carol\./);
+    assert.equal(await carol.locator('#messages b, #messages img').count(), 0, 'no HTML from history either');
+
+    for (const page of [alice, bob, carol]) await people(page, ['Alice', 'Bob', 'Carol']);
+    assert.equal(await carol.textContent('#people-count'), '3 here:');
+    assert.equal(await carol.locator('#people li.person', { hasText: '(you)' }).evaluate((li) => li.firstChild.textContent), 'Carol');
+    await carol.screenshot({ path: newcomerShot });
+    assert.deepEqual(problems, [], 'no page or console errors');
+  });
+
+  await t.test('a draft typed while a send is on its way is kept', async () => {
+    slow = true;
+    await carol.fill('#text', 'Slow hello');
+    await carol.click('#send');
+    await carol.fill('#text', 'my next thought');
+    // Still in flight: the route holds the publish for SLOW_SEND ms.
+    assert.ok(await carol.isDisabled('#send'), 'send is disabled while the publish is in flight');
+    assert.equal(await bob.locator('#messages li.message', { hasText: 'Slow hello' }).count(), 0, 'not delivered yet');
+    assert.equal(await receive(bob, 'Slow hello'), 'Carol');
+    assert.equal(await receive(carol, 'Slow hello'), 'Carol');
+    await carol.waitForSelector('#send:enabled'); // the publish's reply came
+    slow = false;
+    assert.equal(await carol.inputValue('#text'), 'my next thought', 'the draft typed meanwhile is kept');
+    await say(carol, 'my next thought'); // and a send with no draft behind it clears the input
+    assert.equal(await receive(alice, 'my next thought'), 'Carol');
+    assert.deepEqual(problems, [], 'no page or console errors');
+  });
+
+  await t.test('when a page leaves, the others see it go', async () => {
+    await carol.context().close();
+    for (const page of [alice, bob]) await people(page, ['Alice', 'Bob']);
+    assert.equal(await alice.textContent('#people-count'), '2 here:');
+  });
+
   await t.test('switching channels: a page sees the new channel only', async () => {
     await switchTo(alice, 'chat:side');
     assert.equal(await alice.locator('#messages li.message').count(), 0, 'the old channel\'s messages are cleared');
+    await people(alice, ['Alice']);
+    await people(bob, ['Bob']); // Alice left chat:lobby
     // Alice's unsubscribe from chat:lobby is done: what Bob says there now
     // must not reach her.
     await say(bob, 'Lobby only');

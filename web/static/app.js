@@ -3,7 +3,18 @@
 // the sender included, receives each one from the server, so what the page
 // shows is what the channel carried.
 //
-// It runs on herald-client, Herald's JavaScript client: the server answers
+// On joining, the page shows the channel's recent messages (its history)
+// and who is in the room (its presence, kept up to date by join and leave
+// pushes): `herald serve` keeps both for chat:* channels by default. On a
+// channel whose namespace keeps neither, the page shows live messages only.
+//
+// Presence gives client ids; the names people typed travel on a side
+// channel, "<channel>/who" (the same namespace, so the same permissions):
+// each page says {client, name} there when it joins and whenever someone
+// else joins, so that a newcomer learns every name. The demo server is open,
+// so these names are what pages claim, not identities.
+//
+// It runs on @heraldhq/client, Herald's JavaScript client: the server answers
 // herald-client.js with clients/js/index.js itself (package web serves it
 // from package jsclient). The client reconnects with backoff and
 // resubscribes by itself; this page only shows what it reports.
@@ -14,6 +25,7 @@ import { Herald } from './herald-client.js';
 
 const MAX_MESSAGES = 500; // older ones are dropped from the page
 const MAX_NAME = 32;
+const HISTORY_SHOWN = 50; // recent messages shown on joining
 
 // A channel name, per PROTOCOL.md ("Channels"): 1 to 255 of these characters.
 const CHANNEL_RE = /^[A-Za-z0-9_\-.:@#,=/!]{1,255}$/;
@@ -29,6 +41,9 @@ const ui = {
   roomTitle: $('room-title'),
   messages: $('messages'),
   empty: $('empty'),
+  peopleBar: $('people-bar'),
+  peopleCount: $('people-count'),
+  people: $('people'),
   sendForm: $('send-form'),
   text: $('text'),
   send: $('send'),
@@ -44,6 +59,10 @@ let me = '';
 let channel = ''; // the channel joined, or being joined
 let sub = null; // its Subscription
 let joined = false; // whether sub has been subscribed once (later ones are rejoins)
+let who = null; // the Subscription to channel + '/who', where pages say their names
+let present = new Set(); // client ids in the channel (its presence)
+let names = new Map(); // client id -> the name that page said
+let sending = false; // a publish is in flight: the draft typed meanwhile is not it
 
 // Close codes, as a person would put them.
 const CLOSE_REASONS = {
@@ -79,7 +98,7 @@ function setStatus(state, text) {
   ui.status.textContent = text;
   const live = state === 'connected' && sub !== null;
   ui.text.disabled = !live;
-  ui.send.disabled = !live;
+  ui.send.disabled = !live || sending;
 }
 
 /** Shows the connection's state, and allows sending only when connected and joined. */
@@ -146,29 +165,132 @@ function hue(name) {
   return h % 360;
 }
 
-function showMessage(data, { binary }) {
-  if (binary) {
-    showNotice(`Unrecognised message: ${data.length} bytes of binary data`);
-    return;
-  }
+/**
+ * The list item for a publication: a message, or a notice for anything else
+ * someone published to the channel. received: when it arrived, or null for
+ * one from history (when it was sent is not known).
+ */
+function messageElement(data, { binary }, received) {
+  if (binary) return noticeElement(`Unrecognised message: ${data.length} bytes of binary data`, received);
   if (data === null || typeof data !== 'object' || typeof data.name !== 'string' || typeof data.text !== 'string') {
     // Someone published something else to this channel: show it, as text.
-    showNotice(`Unrecognised message: ${JSON.stringify(data)}`);
-    return;
+    return noticeElement(`Unrecognised message: ${JSON.stringify(data)}`, received);
   }
   const li = el('li', 'message');
   if (data.name === me) li.classList.add('mine');
   li.style.setProperty('--hue', hue(data.name));
   const meta = el('div', 'meta');
-  meta.append(el('span', 'name', data.name), timeElement());
+  meta.append(el('span', 'name', data.name));
+  if (received) meta.append(timeElement());
   li.append(meta, el('p', 'text', data.text));
-  append(li);
+  return li;
+}
+
+function noticeElement(text, received = true) {
+  const li = el('li', 'notice');
+  li.append(el('span', 'notice-text', text));
+  if (received) li.append(timeElement());
+  return li;
+}
+
+function showMessage(data, info) {
+  append(messageElement(data, info, true));
 }
 
 function showNotice(text) {
-  const li = el('li', 'notice');
-  li.append(el('span', 'notice-text', text), timeElement());
+  const li = noticeElement(text);
   append(li);
+  return li;
+}
+
+/**
+ * Shows the channel's recent messages above before (the "You joined"
+ * notice): those up to res, the subscribe result's position, so that none
+ * is shown twice (the later ones arrive as publications). s is the
+ * subscription they are for; a join elsewhere meanwhile drops them.
+ */
+async function showHistory(s, res, before) {
+  const upTo = res.offset ?? 0;
+  if (res.epoch === undefined || upTo === 0) return; // no history here, or nothing in it yet
+  let h;
+  try {
+    h = await client.history(s.channel, { limit: HISTORY_SHOWN, reverse: true });
+  } catch (err) {
+    if (s === sub && err.code !== 'not_enabled' && err.code !== 'permission_denied') {
+      showNotice(`Could not load earlier messages: ${err.message}`);
+    }
+    return;
+  }
+  if (s !== sub || !before.isConnected || h.epoch !== res.epoch) return;
+  const earlier = h.publications.filter((p) => p.offset <= upTo).reverse();
+  if (earlier.length === 0) return;
+  const stick = nearBottom();
+  for (const p of earlier) {
+    const li = messageElement(p.data, p, null);
+    li.classList.add('history');
+    before.before(li);
+  }
+  const mark = noticeElement(`${earlier.length} earlier message${earlier.length === 1 ? '' : 's'}`, false);
+  mark.classList.add('history-mark');
+  ui.messages.firstElementChild.before(mark);
+  while (ui.messages.childElementCount > MAX_MESSAGES) ui.messages.firstElementChild.remove();
+  if (stick) ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+/** Shows who is in the room: one chip per client present, by the name it said. */
+function renderPeople() {
+  ui.peopleBar.hidden = sub === null || present.size === 0;
+  const people = [...present].map((id) => ({ id, name: names.get(id), you: id === client?.clientId }));
+  people.sort((a, b) => (a.name ?? '\uffff').localeCompare(b.name ?? '\uffff') || a.id.localeCompare(b.id));
+  ui.peopleCount.textContent = `${people.length} here:`;
+  ui.people.replaceChildren(...people.map((p) => {
+    const li = el('li', p.name === undefined ? 'person anonymous' : 'person', p.name ?? 'someone');
+    li.dataset.client = p.id;
+    if (p.name !== undefined) li.style.setProperty('--hue', hue(p.name));
+    if (p.you) li.append(el('span', 'you', ' (you)'));
+    return li;
+  }));
+}
+
+/** Reads the channel's presence again (on joining, and after each reconnect). */
+async function loadPresence(s) {
+  let res;
+  try {
+    res = await client.presence(s.channel);
+  } catch {
+    // not_enabled (no presence in this namespace), permission_denied, or
+    // the connection went: the list stays as it is (hidden when empty).
+    return;
+  }
+  if (s !== sub) return;
+  present = new Set(Object.keys(res.clients));
+  renderPeople();
+}
+
+/** Says this page's name on the who channel (not awaited: best effort). */
+function sayName() {
+  const id = client?.clientId;
+  if (!who || !id) return;
+  names.set(id, me);
+  renderPeople();
+  who.publish({ client: id, name: me }).catch(() => {});
+}
+
+/** Subscribes to the side channel where pages say their names. */
+function subscribeWho(name) {
+  const w = client.subscribe(name, {
+    onMessage(data) {
+      if (w !== who || data === null || typeof data !== 'object') return;
+      if (typeof data.client !== 'string' || typeof data.name !== 'string' || !data.name) return;
+      names.set(data.client, data.name.slice(0, MAX_NAME));
+      renderPeople();
+    },
+    onError() {
+      // Refused (a namespace whose permissions differ for '/who'?): the
+      // list then shows "someone" for others. Nothing else depends on it.
+    },
+  });
+  return w;
 }
 
 function onState(ev) {
@@ -212,8 +334,25 @@ function subscribe(name) {
     onMessage(data, info) {
       if (s === sub) showMessage(data, info);
     },
+    onJoin(info) {
+      if (s !== sub) return;
+      present.add(info.client);
+      renderPeople();
+      // Someone new: tell them who this page is.
+      if (joined && info.client !== client.clientId) sayName();
+    },
+    onLeave(info) {
+      if (s !== sub) return;
+      present.delete(info.client);
+      names.delete(info.client);
+      renderPeople();
+    },
     onSubscribed(res) {
       if (s !== sub) return;
+      // A new connection has a new client id: read presence again, and
+      // say this page's name under it.
+      loadPresence(s);
+      sayName();
       if (joined) {
         // A resubscribe after a reconnect: say whether anything was missed.
         if (res.recovered === true) showNotice('Reconnected. Nothing was missed.');
@@ -223,7 +362,7 @@ function subscribe(name) {
         return;
       }
       joined = true;
-      showNotice(`You joined ${name} as ${me}.`);
+      showHistory(s, res, showNotice(`You joined ${name} as ${me}.`));
       ui.join.textContent = 'Update';
       renderStatus();
       ui.text.focus();
@@ -242,9 +381,15 @@ function subscribe(name) {
 /** Leaves the current channel, if any. */
 function leave() {
   const s = sub;
+  const w = who;
   sub = null;
+  who = null;
   joined = false;
   channel = '';
+  present = new Set();
+  names = new Map();
+  renderPeople();
+  if (w && w.state !== 'unsubscribed') w.unsubscribe().catch(() => {});
   ui.roomTitle.textContent = 'No channel joined';
   ui.join.textContent = 'Join';
   // The subscription ends here at once; an error in the reply changes nothing.
@@ -273,28 +418,37 @@ function join(ev) {
   storage('herald.channel', next);
   ensureClient();
   if (next === channel) {
-    renderStatus(); // a new name only
+    sayName(); // a new name only
+    renderStatus();
     return;
   }
   leave();
   channel = next;
   ui.roomTitle.textContent = `#${next}`;
   ui.messages.replaceChildren();
+  // The who channel first: the client subscribes in this order (after a
+  // reconnect too), so this page hears the names others say when they see
+  // its join on the channel.
+  who = subscribeWho(`${next}/who`);
   sub = subscribe(next); // subscribes now if connected, else once connected
   renderStatus();
 }
 
 async function send(ev) {
   ev.preventDefault();
-  const text = ui.text.value.trim();
-  if (!text || !sub) return;
+  const typed = ui.text.value;
+  const text = typed.trim();
+  if (!text || !sub || sending) return;
+  sending = true;
   ui.send.disabled = true;
   try {
     await sub.publish({ name: me, text });
-    ui.text.value = '';
+    // Clear what was sent, not a draft typed while it was on its way.
+    if (ui.text.value === typed) ui.text.value = '';
   } catch (err) {
     showNotice(`Not sent: ${err.message}`);
   } finally {
+    sending = false;
     renderStatus();
     if (!ui.text.disabled) ui.text.focus();
   }

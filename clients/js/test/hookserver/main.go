@@ -1,4 +1,4 @@
-// Command hookserver is the server of herald-client's hook tests
+// Command hookserver is the server of @heraldhq/client's hook tests
 // (test/hooks.test.js): a herald.Node whose hooks are Go functions that
 // the tests steer, so that the client's rpc, connect data and server-side
 // subscriptions meet the real node. `herald serve` calls its hooks over
