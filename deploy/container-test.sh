@@ -14,6 +14,10 @@
 # makes a local one from this machine's Go toolchain (docker import), and
 # builds with the host's network, which only reaches the Go module proxy.
 #
+# WORK (a new folder under /tmp unless set) keeps dockerd's data between runs,
+# so a second run reuses the layers: WORK=/tmp/herald-container-... to reuse,
+# rm -rf it when done.
+#
 # Not part of CI: a container engine is not on every machine, and an image
 # build takes a few minutes on 2 cores.
 set -euo pipefail
@@ -98,7 +102,7 @@ fi
 log "healthy after $(docker inspect "$NAME" --format '{{len .State.Health.Log}}') health check(s)"
 docker exec "$NAME" /usr/local/bin/herald version
 docker exec "$NAME" /usr/local/bin/herald probe http://127.0.0.1:8080/readyz
-uid=$(docker top "$NAME" -o uid | tail -n 1 | tr -d ' ')
+uid=$(docker top "$NAME" -o pid,uid | awk 'NR == 2 { print $2 }')
 [[ "$uid" == 65532 ]] || { echo "herald runs as uid $uid, want 65532" >&2; exit 1; }
 
 log "docker stop (SIGTERM: drain, then exit)"
