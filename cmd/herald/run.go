@@ -25,6 +25,7 @@ Usage:
   herald serve [flags]    run the server
   herald pub [flags] JSON publish to a channel through a server's HTTP API (herald help pub)
   herald token [flags]    mint a token for development (herald help token)
+  herald probe [URL]      exit 0 if a server is ready: the container health check (herald help probe)
   herald version          print the version
   herald help [command]   print help (herald help serve lists every setting)
 `
@@ -82,6 +83,12 @@ func executeWith(ctx context.Context, args, env []string, stdout, logOut io.Writ
 			return nil
 		}
 		return err
+	case "probe":
+		err := probe(ctx, rest, stdout)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
 	case "bench":
 		// The load generator is kept out of the server binary.
 		return errors.New("herald has no bench command: the load generator is its own program, herald-bench " +
@@ -110,6 +117,9 @@ func help(topics []string, w io.Writer) error {
 		return err
 	case "pub":
 		_, err := io.WriteString(w, pubUsage)
+		return err
+	case "probe":
+		_, err := io.WriteString(w, probeUsage)
 		return err
 	case "version":
 		_, err := io.WriteString(w, "Usage: herald version\n\nPrints the version, the commit and the Go version of this build.\n")
