@@ -6,7 +6,9 @@
 // drained (SIGTERM, drain_window 3s). A's pages are told 1012, reconnect
 // through nginx, which skips the draining node (503) for B, and recover
 // what was published meanwhile: every page shows every message exactly once,
-// in order.
+// in order. An EventSource reads the same channel over SSE through nginx:
+// cut by the drain, the browser's own reconnect (Last-Event-ID) through
+// nginx recovers on B, and it too has every message once, in order.
 //
 // Needs /usr/sbin/nginx and Redis (HERALD_TEST_REDIS, default
 // redis://127.0.0.1:6379/0); it skips without them, and fails in CI, where
@@ -247,6 +249,23 @@ test('browsers through nginx keep receiving while a node drains', { timeout: 240
     nodeA.before = a;
   });
 
+  let ssePage;
+  await t.test('an EventSource receives chat:lobby over SSE through nginx', async () => {
+    const context = await browser.newContext();
+    ssePage = await context.newPage();
+    ssePage.setDefaultTimeout(UI_TIMEOUT);
+    ssePage.on('pageerror', (err) => problems.push(`sse page: ${err.message}`));
+    await ssePage.goto(`${nginxURL}/`);
+    await ssePage.evaluate(() => {
+      window.sse = { texts: [], subscribed: [] };
+      const es = new EventSource('/sse?channel=chat:lobby');
+      es.onmessage = (e) => window.sse.texts.push(JSON.parse(e.data).data.text);
+      es.addEventListener('subscribed', (e) => window.sse.subscribed.push(JSON.parse(e.data)));
+    });
+    await ssePage.waitForFunction(() => window.sse.subscribed.length === 1);
+    await waitUntil('the stream counted', async () => (await connections(nodeA)) + (await connections(nodeB)) === PAGES + 1);
+  });
+
   await t.test('node A drains; every page receives every message, once, in order', async () => {
     let n = 0;
     let publishing = true;
@@ -273,7 +292,7 @@ test('browsers through nginx keep receiving while a node drains', { timeout: 240
       const exit = await waitExit(nodeA.proc, 'node A');
       const drained = Date.now() - start;
       assert.deepEqual(exit, { code: 0, signal: null }, `node A's exit; logs:\n${nodeA.logs.join('\n')}`);
-      await waitUntil(`all ${PAGES} pages on node B`, async () => (await connections(nodeB)) === PAGES);
+      await waitUntil(`all ${PAGES} pages and the stream on node B`, async () => (await connections(nodeB)) === PAGES + 1);
       t.diagnostic(`node A drained and exited in ${drained} ms; all pages on B ${Date.now() - start} ms after SIGTERM`);
       await new Promise((r) => setTimeout(r, 500)); // some more, after the move
     } finally {
@@ -294,6 +313,13 @@ test('browsers through nginx keep receiving while a node drains', { timeout: 240
       }
     }
     assert.equal(moved, nodeA.before, 'the pages of node A, and only those, moved');
+    // The stream, wherever it was, has every message once, in order: a
+    // stream cut by the drain came back through nginx with Last-Event-ID.
+    await ssePage.waitForFunction((last) => window.sse.texts.includes(last), last);
+    assert.deepEqual(await ssePage.evaluate(() => window.sse.texts), published, 'the SSE stream got every message once, in order');
+    const subscribed = await ssePage.evaluate(() => window.sse.subscribed);
+    t.diagnostic(`SSE: subscribed ${subscribed.length} time(s): ${JSON.stringify(subscribed)}`);
+    assert.ok(subscribed.slice(1).every((e) => e.recovered === true), 'every resubscription recovered');
     // nginx passed no 503 on: a handshake that reached the draining node went on to B.
     const access = await readFile(path.join(work, 'nginx', 'access.log'), 'utf8');
     const upgrades = access.split('\n').filter((l) => l.includes('GET /ws '));
@@ -304,7 +330,7 @@ test('browsers through nginx keep receiving while a node drains', { timeout: 240
 
   await t.test('nginx stops by its PID', async () => {
     nginx.kill('SIGQUIT'); // graceful: finish what is open, then exit
-    for (const p of pages) await p.context().close();
+    for (const p of [...pages, ssePage]) await p?.context().close();
     const exit = await waitExit(nginx, 'nginx');
     assert.equal(exit.code, 0, `nginx exit ${JSON.stringify(exit)}`);
     nodeB.proc.kill('SIGTERM');
