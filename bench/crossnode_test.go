@@ -18,20 +18,23 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/bench/internal/brokerclean"
+	"github.com/heraldhq/herald/internal/testenv"
 	"github.com/heraldhq/herald/natsbroker"
 	"github.com/heraldhq/herald/redisbroker"
 )
 
 // crossBrokers are the brokers the cross-node test runs through. Like the
-// broker packages' own tests, it skips a broker whose variable is unset;
+// broker packages' own tests, it skips a broker that neither answers at its
+// usual local address nor is named by its variable (internal/testenv);
 // .ci/run sets both, so there a server that does not answer fails the test.
 var crossBrokers = []struct {
-	name, env, example string
-	newBroker          func(t *testing.T, url, prefix string) herald.Broker
-	clean              func(ctx context.Context, url, prefix string) (int, error)
+	name      string
+	url       func(t testing.TB) string
+	newBroker func(t *testing.T, url, prefix string) herald.Broker
+	clean     func(ctx context.Context, url, prefix string) (int, error)
 }{
 	{
-		name: "redis", env: "HERALD_TEST_REDIS", example: "redis://127.0.0.1:6379/0",
+		name: "redis", url: testenv.RedisURL,
 		newBroker: func(t *testing.T, url, prefix string) herald.Broker {
 			b, err := redisbroker.New(redisbroker.Options{URL: url, Prefix: prefix})
 			if err != nil {
@@ -43,7 +46,7 @@ var crossBrokers = []struct {
 		clean: brokerclean.Redis,
 	},
 	{
-		name: "nats", env: "HERALD_TEST_NATS", example: "nats://127.0.0.1:4222",
+		name: "nats", url: testenv.NATSURL,
 		newBroker: func(t *testing.T, url, prefix string) herald.Broker {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -65,10 +68,7 @@ var crossBrokers = []struct {
 func TestCrossNode(t *testing.T) {
 	for _, bk := range crossBrokers {
 		t.Run(bk.name, func(t *testing.T) {
-			url := os.Getenv(bk.env)
-			if url == "" {
-				t.Skipf("set %s=%s to run the cross-node benchmark test through a real %s server (.ci/run does)", bk.env, bk.example, bk.name)
-			}
+			url := bk.url(t)
 			rnd := make([]byte, 4)
 			_, _ = rand.Read(rnd)
 			prefix := "hbt_" + hex.EncodeToString(rnd) + "_" + bk.name

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,20 +18,18 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/brokertest"
+	"github.com/heraldhq/herald/internal/testenv"
 	"github.com/heraldhq/herald/natsbroker"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-const envURL = "HERALD_TEST_NATS"
-
-// natsURL returns the test server's URL, or skips the test.
+// natsURL returns the test server's URL, or skips the test when there is
+// none (internal/testenv: HERALD_TEST_NATS, else 127.0.0.1:4222 with
+// JetStream).
 func natsURL(t testing.TB) string {
-	u := os.Getenv(envURL)
-	if u == "" {
-		t.Skipf("set %s=nats://127.0.0.1:4222 (a server with JetStream, -js) to run the NATS broker tests against a real server (CI does)", envURL)
-	}
-	return u
+	t.Helper()
+	return testenv.NATSURL(t)
 }
 
 var (

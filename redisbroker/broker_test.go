@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,20 +18,17 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/brokertest"
+	"github.com/heraldhq/herald/internal/testenv"
 	"github.com/heraldhq/herald/redisbroker"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-const envURL = "HERALD_TEST_REDIS"
-
-// redisURL returns the test server's URL, or skips the test.
+// redisURL returns the test server's URL, or skips the test when there is
+// none (internal/testenv: HERALD_TEST_REDIS, else 127.0.0.1:6379).
 func redisURL(t testing.TB) string {
-	u := os.Getenv(envURL)
-	if u == "" {
-		t.Skipf("set %s=redis://127.0.0.1:6379/0 to run the Redis broker tests against a real server (CI does)", envURL)
-	}
-	return u
+	t.Helper()
+	return testenv.RedisURL(t)
 }
 
 var (

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,12 +15,15 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/rueidis"
+
+	"github.com/heraldhq/herald/internal/testenv"
 )
 
 // The cluster tests run three `herald serve` in-process, joined by a real
-// Redis or NATS server: set HERALD_TEST_REDIS=redis://127.0.0.1:6379/0 and
-// HERALD_TEST_NATS=nats://127.0.0.1:4222 (CI does). Each test uses its own
-// broker_prefix and deletes its keys, streams and buckets at the end.
+// Redis or NATS server: the one at its usual local address, or the one
+// HERALD_TEST_REDIS / HERALD_TEST_NATS names (see internal/testenv). Each
+// test uses its own broker_prefix and deletes its keys, streams and buckets
+// at the end.
 
 func testPrefix() string {
 	b := make([]byte, 6)
@@ -31,10 +33,7 @@ func testPrefix() string {
 
 // redisCluster returns the serve flags of a Redis-joined node, or skips.
 func redisCluster(t *testing.T) []string {
-	u := os.Getenv("HERALD_TEST_REDIS")
-	if u == "" {
-		t.Skip("set HERALD_TEST_REDIS=redis://127.0.0.1:6379/0 to run the three-node test against a real Redis (CI does)")
-	}
+	u := testenv.RedisURL(t)
 	p := testPrefix()
 	t.Cleanup(func() { deleteRedisKeys(t, u, p) }) // registered first: runs after the servers stop
 	return []string{"--broker", "redis", "--redis-url", u, "--broker-prefix", p}
@@ -73,10 +72,7 @@ func deleteRedisKeys(t *testing.T, u, prefix string) {
 
 // natsCluster returns the serve flags of a NATS-joined node, or skips.
 func natsCluster(t *testing.T) []string {
-	u := os.Getenv("HERALD_TEST_NATS")
-	if u == "" {
-		t.Skip("set HERALD_TEST_NATS=nats://127.0.0.1:4222 to run the three-node test against a real NATS (CI does)")
-	}
+	u := testenv.NATSURL(t)
 	p := testPrefix()
 	t.Cleanup(func() {
 		nc, err := nats.Connect(u)

@@ -7,17 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
-	"runtime/debug"
-	"strings"
 )
-
-// version is the release version, set at build time with
-//
-//	go build -ldflags "-X main.version=v1.2.3" ./cmd/herald
-//
-// When it is empty, the module version from the build info is used.
-var version string
 
 const usage = `Herald is a real-time messaging server over WebSocket.
 
@@ -122,44 +112,13 @@ func help(topics []string, w io.Writer) error {
 		_, err := io.WriteString(w, probeUsage)
 		return err
 	case "version":
-		_, err := io.WriteString(w, "Usage: herald version\n\nPrints the version, the commit and the Go version of this build.\n")
+		_, err := io.WriteString(w, "Usage: herald version\n\nPrints the version, the commit, the Go version and the platform of this build\n(also: herald --version).\n")
 		return err
 	case "help":
 		_, err := io.WriteString(w, usage)
 		return err
 	}
 	return fmt.Errorf("no help for unknown command %q; run herald help", topics[0])
-}
-
-// versionString describes this build: the version (from -ldflags, else the
-// module's), the commit if the build recorded one, and the toolchain.
-func versionString() string {
-	v := version
-	info, ok := debug.ReadBuildInfo()
-	if v == "" && ok && info.Main.Version != "" {
-		v = info.Main.Version
-	}
-	if v == "" {
-		v = "(devel)"
-	}
-	if ok {
-		var rev, dirty string
-		for _, s := range info.Settings {
-			switch s.Key {
-			case "vcs.revision":
-				rev = s.Value
-			case "vcs.modified":
-				if s.Value == "true" {
-					dirty = "-dirty"
-				}
-			}
-		}
-		// A pseudo-version (v0.0.0-date-commit) already names the commit.
-		if short := rev[:min(len(rev), 12)]; short != "" && (!strings.Contains(v, short) || dirty != "") {
-			v += " commit " + short + dirty
-		}
-	}
-	return fmt.Sprintf("%s %s %s/%s", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
 // newFlagSet returns the flag set of a command, with a string flag for

@@ -4,8 +4,8 @@
 // without touching the servers the machine runs for everyone.
 //
 // A missing binary skips the test, unless the environment says the broker
-// is required (HERALD_TEST_REDIS or HERALD_TEST_NATS set, as CI does):
-// then it fails it.
+// is required (HERALD_TEST_REDIS or HERALD_TEST_NATS set to a URL, as CI
+// does; see internal/testenv): then it fails it.
 package testserver
 
 import (
@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/heraldhq/herald/internal/testenv"
 )
 
 // Server is one server process of the test's own. Its methods are for the
@@ -39,7 +41,7 @@ type Server struct {
 // empty.
 func Redis(t testing.TB, persist bool) *Server {
 	t.Helper()
-	s := newServer(t, "redis-server", "HERALD_TEST_REDIS")
+	s := newServer(t, "redis-server", testenv.RedisVar)
 	s.args = func(bool) []string {
 		a := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir, "--save", "", "--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log")}
 		if persist {
@@ -55,7 +57,7 @@ func Redis(t testing.TB, persist bool) *Server {
 // the test's. Start(false) brings it back on an empty store.
 func NATS(t testing.TB) *Server {
 	t.Helper()
-	s := newServer(t, "nats-server", "HERALD_TEST_NATS")
+	s := newServer(t, "nats-server", testenv.NATSVar)
 	s.args = func(keepData bool) []string {
 		store := filepath.Join(s.dir, "store")
 		if !keepData {
@@ -79,7 +81,7 @@ func newServer(t testing.TB, name, requiredBy string) *Server {
 		}
 	}
 	if err != nil {
-		if os.Getenv(requiredBy) != "" {
+		if testenv.Required(requiredBy) {
 			t.Fatalf("%s not found, and %s is set: install it (Debian: apt-get install %s)", name, requiredBy, debianPackage(name))
 		}
 		t.Skipf("%s not found: this test runs a server of its own (Debian: apt-get install %s)", name, debianPackage(name))
