@@ -18,8 +18,8 @@
 # so a second run reuses the layers: WORK=/tmp/herald-container-... to reuse,
 # rm -rf it when done.
 #
-# Not part of CI: a container engine is not on every machine, and an image
-# build takes a few minutes on 2 cores.
+# CI runs it (.ci/run installs Debian's docker.io when missing): about 100 s
+# here, most of it the build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -37,6 +37,9 @@ cleanup() {
     log "stopping the dockerd this script started (pid $DOCKERD_PID)"
     kill "$DOCKERD_PID" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.2; done
+    # What dockerd mounted under its folders (its network namespace file)
+    # outlives it: unmount, so that $WORK can be removed.
+    awk -v w="$WORK/" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | xargs -r umount -l 2>/dev/null || true
   fi
 }
 trap cleanup EXIT
