@@ -186,19 +186,29 @@ func xffClient(lines []string, trusted func(netip.Addr) bool) (client netip.Addr
 }
 
 // forwardedClient walks Forwarded's for= values as xffClient walks
-// X-Forwarded-For. A line is parsed only when the walk reaches it, so a
-// garbled line that a client sent, left of the ones trusted proxies
-// added, does not spoil theirs. An element without for=, or whose for= is
-// "unknown" or an obfuscated identifier ("_hidden"), ends the walk with
-// ok false: that hop did not say who connected to it.
+// X-Forwarded-For: lines from the last, and within a line elements from
+// the last, each found by lastElement and parsed only when the walk
+// reaches it. A proxy that appends its element to the client's text on
+// one line (nginx's "$http_forwarded, for=$remote_addr") is therefore read
+// however garbled the client's prefix is (an open quote, a repeated
+// parameter): only what the walk reaches must parse. An element that
+// does not parse, has no for=, or whose for= is "unknown" or an obfuscated
+// identifier ("_hidden") ends the walk with ok false: that hop did not say
+// who connected to it.
 func forwardedClient(lines []string, trusted func(netip.Addr) bool) (client netip.Addr, ok bool) {
 	for i := len(lines) - 1; i >= 0; i-- {
-		fors, good := forwardedFors(lines[i])
-		if !good {
-			return netip.Addr{}, false
-		}
-		for j := len(fors) - 1; j >= 0; j-- {
-			a, good := parseNode(fors[j])
+		rest, more := lines[i], true
+		for more {
+			var elem string
+			rest, elem, more = lastElement(rest)
+			if strings.TrimLeft(elem, " \t") == "" {
+				continue // an empty list element (RFC 9110's list rule)
+			}
+			f, good := forwardedFor(elem)
+			if !good {
+				return netip.Addr{}, false
+			}
+			a, good := parseNode(f)
 			if !good {
 				return netip.Addr{}, false
 			}
@@ -211,63 +221,92 @@ func forwardedClient(lines []string, trusted func(netip.Addr) bool) (client neti
 	return client, client.IsValid()
 }
 
-// forwardedFors parses one line of a Forwarded header (RFC 7239 section 4)
-// into the for= value of each of its elements, in order, unquoted; "" for
-// an element without one. Empty list elements are skipped (RFC 9110's list
-// rule); ok is false on a syntax error or a repeated parameter.
-func forwardedFors(line string) (fors []string, ok bool) {
-	i, elem, seen := 0, "", map[string]bool{}
-	inElem := false
-	for {
-		i = skipOWS(line, i)
-		if i == len(line) || line[i] == ',' {
-			if inElem {
-				fors = append(fors, elem)
+// lastElement cuts line at its last comma outside a quoted-string, found
+// scanning from the right: elem is what follows it, rest what precedes it,
+// and more is false when there is no such comma (elem is the whole line).
+// Scanning from the right, a '"' met outside a quoted-string closes one;
+// inside, it opens it unless an odd run of backslashes precedes it (a
+// quoted pair). A well-formed element is thus split off exactly, whatever
+// stands left of it: a quote the client left open there is never reached.
+func lastElement(line string) (rest, elem string, more bool) {
+	quoted := false
+	for i := len(line) - 1; i >= 0; i-- {
+		switch line[i] {
+		case '"':
+			if !quoted {
+				quoted = true
+				continue
 			}
-			if i == len(line) {
-				return fors, true
+			n := 0
+			for j := i - 1; j >= 0 && line[j] == '\\'; j-- {
+				n++
 			}
+			quoted = n%2 == 1 // an escaped quote stays inside
+		case ',':
+			if !quoted {
+				return line[:i], line[i+1:], true
+			}
+		}
+	}
+	return "", line, false
+}
+
+// forwardedFor parses one element of a Forwarded header (RFC 7239 section
+// 4: pairs separated by ';', empty ones allowed) and returns its for= value, unquoted; "" when
+// it has none. ok is false on a syntax error (a comma outside a
+// quoted-string among them) or a repeated parameter.
+func forwardedFor(elem string) (val string, ok bool) {
+	var seen [8]string // the parameters seen: RFC 7239 defines four
+	nseen := 0
+	for i := 0; ; {
+		i = skipOWS(elem, i)
+		if i == len(elem) {
+			return val, true
+		}
+		if elem[i] == ';' { // an empty pair: allowed
 			i++
-			elem, inElem = "", false
-			clear(seen)
 			continue
 		}
 		// A pair: token "=" (token / quoted-string).
 		k := i
-		for i < len(line) && isTokenChar(line[i]) {
+		for i < len(elem) && isTokenChar(elem[i]) {
 			i++
 		}
-		key := strings.ToLower(line[k:i])
-		if key == "" || i == len(line) || line[i] != '=' || seen[key] {
-			return nil, false
+		key := elem[k:i]
+		if key == "" || i == len(elem) || elem[i] != '=' {
+			return "", false
 		}
-		seen[key], inElem = true, true
+		for _, s := range seen[:nseen] {
+			if strings.EqualFold(s, key) {
+				return "", false
+			}
+		}
+		if nseen == len(seen) {
+			return "", false // more parameters than any proxy writes
+		}
+		seen[nseen], nseen = key, nseen+1
 		i++
-		var val string
-		if i < len(line) && line[i] == '"' {
+		var v string
+		if i < len(elem) && elem[i] == '"' {
 			var good bool
-			if val, i, good = quotedString(line, i); !good {
-				return nil, false
+			if v, i, good = quotedString(elem, i); !good {
+				return "", false
 			}
 		} else {
 			// A token, read leniently: an unquoted [v6]:port is not one,
 			// but a trusted proxy that writes it means it plainly.
-			v := i
-			for i < len(line) && !strings.ContainsRune(" \t;,\"", rune(line[i])) {
+			j := i
+			for i < len(elem) && !strings.ContainsRune(" \t;,\"", rune(elem[i])) {
 				i++
 			}
-			val = line[v:i]
+			v = elem[j:i]
 		}
-		if key == "for" {
-			elem = val
+		if strings.EqualFold(key, "for") {
+			val = v
 		}
-		i = skipOWS(line, i)
-		if i < len(line) && line[i] == ';' {
-			i++
-			continue
-		}
-		if i < len(line) && line[i] != ',' {
-			return nil, false
+		i = skipOWS(elem, i)
+		if i < len(elem) && elem[i] != ';' {
+			return "", false
 		}
 	}
 }

@@ -81,6 +81,19 @@ func TestForwardedWalk(t *testing.T) {
 		{"unclosed quote", peer, []string{`for="203.0.113.7`}},
 		{"junk after a value", peer, []string{`for=203.0.113.7 x`}},
 		{"IPv6 with a port and no brackets", peer, []string{`for="2001:db8::7:4711:x"`}},
+		// nginx's proxy_set_header Forwarded "$http_forwarded, for=$remote_addr"
+		// appends to the client's text on one line: the proxy's element is
+		// read however the client's prefix is garbled.
+		{"open quote left of the proxy's element", "203.0.113.7", []string{`for="1.1.1.1, for=203.0.113.7`}},
+		{"repeated parameter left of the proxy's element", "203.0.113.7", []string{`for=1.1.1.1;for=2.2.2.2, for=203.0.113.7`}},
+		{"junk left of the proxy's element", "203.0.113.7", []string{`x y z;;=, for=203.0.113.7;proto=https`}},
+		{"trailing backslash left of a quoted element", "2001:db8::7", []string{`for="a\, for="[2001:db8::7]:4711"`}},
+		{"quoted comma and escaped quote in the proxy's element", "203.0.113.7", []string{`for="1.1.1.1, for=203.0.113.7;ext="a,\"b\\"`}},
+		{"garbage left, trusted hops right", "203.0.113.7", []string{`for="1.1.1.1, for=203.0.113.7, for=10.1.1.1`, `for=192.0.2.1`}},
+		{"empty pairs", "203.0.113.7", []string{`;for=203.0.113.7;;proto=https;`}},
+		{"garbage reached behind a trusted hop", peer, []string{`for="1.1.1.1, for=10.1.1.1`}},
+		{"garbled element right of a good one", peer, []string{`for=203.0.113.7, for="10.1.1.1`}},
+		{"repeated parameter behind a trusted hop", peer, []string{`for=1.1.1.1;for=2.2.2.2, for=10.1.1.1`}},
 	}
 	for _, tc := range fwd {
 		got, ok := forwardedClient(tc.lines, pt.trusts)
@@ -295,7 +308,8 @@ func TestTrustedProxiesForwardedAndReload(t *testing.T) {
 // and only ever return an address that is in the header.
 func FuzzForwardedHeaders(f *testing.F) {
 	for _, s := range []string{`for=192.0.2.60;proto=http`, `for="[2001:db8::1]:80", for=unknown`, `1.2.3.4, 10.0.0.1`,
-		`for="\"`, `[::1]:`, `for=_x;for=_y`, ` , ,`} {
+		`for="\"`, `[::1]:`, `for=_x;for=_y`, ` , ,`,
+		`for="1.1.1.1, for=203.0.113.7`, `for=1.1.1.1;for=2.2.2.2, for=10.0.0.1`, `for="a\\", for="[::1]:1";x="\",\""`} {
 		f.Add(s)
 	}
 	pt, _ := newProxyTrust([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, "")
