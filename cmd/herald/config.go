@@ -378,7 +378,7 @@ var settings = slices.Concat([]*setting{
 	enumSetting("forwarded_header", "HEADER",
 		"the header trusted_proxies write the client's address in: x-forwarded-for or forwarded (RFC 7239); only that one is read",
 		[]string{"x-forwarded-for", "forwarded"}, func(c *Config) *string { return &c.ForwardedHeader }),
-	boolSetting("proxy_protocol", "accept the PROXY protocol (v1 or v2, from L4 load balancers) from trusted_proxies: its source address becomes the client's; other peers are served as they are; needs trusted_proxies",
+	boolSetting("proxy_protocol", "accept the PROXY protocol (v1 or v2, from L4 load balancers) from trusted_proxies: its source address becomes the client's, and X-Forwarded-For/Forwarded are then ignored; other peers are served as they are; needs trusted_proxies",
 		func(c *Config) *bool { return &c.ProxyProtocol }),
 	stringSetting("tls_cert", "FILE", "PEM certificate (chain) to serve https:// and wss://; needs tls_key", "none (plain HTTP)",
 		func(c *Config) *string { return &c.TLSCert }),

@@ -131,33 +131,9 @@ func TestServeProxyProtocol(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, nil, "--trusted-proxies", "127.0.0.1", "--proxy-protocol",
 		"--max-connections-per-ip", "1", "--log-level", "debug")
-	url := "ws://" + s.addr + "/ws"
-	// dial opens a WebSocket from local, first sending header (if any).
 	dial := func(local string, header *proxyproto.Header) int {
 		t.Helper()
-		nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: 5 * time.Second}
-		d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, Subprotocols: []string{"herald.v1"},
-			NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				c, err := nd.DialContext(ctx, network, addr)
-				if err == nil && header != nil {
-					if _, err = header.WriteTo(c); err != nil {
-						c.Close()
-					}
-				}
-				return c, err
-			}}
-		ws, resp, err := d.Dial(url, nil)
-		if err == nil {
-			t.Cleanup(func() { ws.Close() })
-			return http.StatusSwitchingProtocols
-		}
-		if resp == nil {
-			if strings.Contains(err.Error(), "assign requested address") {
-				t.Skipf("cannot dial from %s on this host: %v", local, err)
-			}
-			t.Fatalf("dial from %s: %v", local, err)
-		}
-		return resp.StatusCode
+		return dialProxied(t, s.addr, local, header, nil)
 	}
 	server, _ := net.ResolveTCPAddr("tcp", s.addr)
 	from := func(version byte, client string) *proxyproto.Header {
@@ -193,6 +169,65 @@ func TestServeProxyProtocol(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "proxy_protocol needs trusted_proxies") {
 		t.Fatalf("proxy_protocol alone: %v", err)
 	}
+}
+
+// dialProxied opens a WebSocket to addr from local, first sending header
+// (if any), with the request headers h, and returns the handshake's status.
+func dialProxied(t *testing.T, addr, local string, header *proxyproto.Header, h http.Header) int {
+	t.Helper()
+	nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: 5 * time.Second}
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, Subprotocols: []string{"herald.v1"},
+		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := nd.DialContext(ctx, network, addr)
+			if err == nil && header != nil {
+				if _, err = header.WriteTo(c); err != nil {
+					c.Close()
+				}
+			}
+			return c, err
+		}}
+	ws, resp, err := d.Dial("ws://"+addr+"/ws", h)
+	if err == nil {
+		t.Cleanup(func() { ws.Close() })
+		return http.StatusSwitchingProtocols
+	}
+	if resp == nil {
+		if strings.Contains(err.Error(), "assign requested address") {
+			t.Skipf("cannot dial from %s on this host: %v", local, err)
+		}
+		t.Fatalf("dial from %s: %v", local, err)
+	}
+	return resp.StatusCode
+}
+
+// TestServeProxyProtocolForwarded: on a connection whose address came from
+// a PROXY header, X-Forwarded-For and Forwarded are not read, even when
+// that address is inside trusted_proxies: the balancer vouches for the
+// address it saw, and a client behind it (an internal one, inside the
+// trusted ranges) must not claim another. Without a PROXY header, the
+// balancer's own connection is a trusted proxy's as before.
+func TestServeProxyProtocolForwarded(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil, "--trusted-proxies", "127.0.0.0/8", "--proxy-protocol", "--log-level", "debug")
+	server, _ := net.ResolveTCPAddr("tcp", s.addr)
+	internal := proxyproto.HeaderProxyFromAddrs(1, &net.TCPAddr{IP: net.ParseIP("127.0.0.9"), Port: 40000}, server)
+	spoof := http.Header{"X-Forwarded-For": {"198.51.100.9"}, "Forwarded": {"for=198.51.100.9"}}
+	if st := dialProxied(t, s.addr, "127.0.0.1", internal, spoof); st != 101 {
+		t.Fatalf("PROXY header naming a trusted address, with X-Forwarded-For: %d", st)
+	}
+	waitFor(t, "the connection logged with the PROXY header's address", func() bool {
+		return strings.Contains(s.logs.String(), `"remote":"127.0.0.9:40000"`)
+	})
+	if strings.Contains(s.logs.String(), "198.51.100.9") {
+		t.Fatalf("X-Forwarded-For was believed behind a PROXY header:\n%s", s.logs.String())
+	}
+	xff := http.Header{"X-Forwarded-For": {"203.0.113.8"}}
+	if st := dialProxied(t, s.addr, "127.0.0.1", nil, xff); st != 101 {
+		t.Fatalf("no PROXY header, X-Forwarded-For from the trusted balancer: %d", st)
+	}
+	waitFor(t, "X-Forwarded-For read from the balancer's own connection", func() bool {
+		return strings.Contains(s.logs.String(), `"remote":"203.0.113.8"`)
+	})
 }
 
 // TestServeProxyProtocolReload: a SIGHUP that changes trusted_proxies

@@ -262,6 +262,11 @@ func (in *instance) start(ln net.Listener, tlsOn bool) *running {
 		},
 		runDone: make(chan struct{}), serveDone: make(chan struct{}), sample: make(chan struct{}),
 	}
+	if in.cfg.ProxyProtocol {
+		// The PROXY header's source is the client: see proxyproto.go.
+		run.srv.ConnContext = connContext
+		run.srv.Handler = dropForwardedBehindPROXY(run.srv.Handler)
+	}
 	// The node runs on its own context rather than serve's: were that to
 	// stop it, Run would shut the node down itself with only CloseGrace to
 	// drain, racing shutdown's Drain and Shutdown. Shutdown ends Run.
