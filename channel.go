@@ -63,9 +63,19 @@ func (n *Node) channelNamespace(channel string) (*Namespace, *Error) {
 	if !protocol.ValidChannel(channel) {
 		return nil, badChannel(channel)
 	}
-	ns := n.ns.load().lookup(channel)
+	nss := n.ns.load()
+	ns := nss.lookup(channel)
 	if ns == nil {
 		return nil, errorf(protocol.CodeBadChannel, "channel %q is in no configured namespace", channel)
+	}
+	if ns == nss.other {
+		if name, first, last := nss.firstFallback(channel); first {
+			n.log.Warn(`a channel's namespace is not configured, so "*" configures it: if that is a typo, the channel has "*"'s permissions`,
+				"namespace", name, "channel", channel)
+			if last {
+				n.log.Warn(`namespaces falling to "*": no more are logged`, "logged", maxFallbackWarnings)
+			}
+		}
 	}
 	return ns, nil
 }

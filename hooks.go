@@ -68,6 +68,7 @@ type Hooks struct {
 	Subscribe func(ctx context.Context, e *SubscribeEvent) (*SubscribeReply, error)
 	// SubscribeNamespaces, when not nil, limits Subscribe to the channels
 	// of these namespaces ("" names channels without one); nil means all.
+	// AnyNamespace ("*") is refused (New fails): use nil for all.
 	SubscribeNamespaces []string
 
 	// Publish is asked before a client's publication (herald.v1 publish,
@@ -291,6 +292,21 @@ func (n *Node) callHookIn(base context.Context, name string, client string, call
 	}
 	n.metrics.hookCalls.WithLabelValues(name, [...]string{"ok", "refused", "failed"}[v]).Inc()
 	return v, perr
+}
+
+// checkHookNamespaces refuses AnyNamespace in SubscribeNamespaces or
+// PublishNamespaces: no channel's namespace is "*", so hookOn would match
+// none, and a hook meant to authorize every channel would be silently off.
+func checkHookNamespaces(h *Hooks) error {
+	for _, l := range []struct {
+		field string
+		names []string
+	}{{"SubscribeNamespaces", h.SubscribeNamespaces}, {"PublishNamespaces", h.PublishNamespaces}} {
+		if slices.Contains(l.names, AnyNamespace) {
+			return fmt.Errorf("herald: Hooks.%s holds %q, which names no channel's namespace: leave it nil to ask the hook about every channel", l.field, AnyNamespace)
+		}
+	}
+	return nil
 }
 
 // hookOn reports whether a hook limited to namespaces (nil: all) applies

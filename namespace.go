@@ -3,6 +3,8 @@ package herald
 import (
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldhq/herald/protocol"
@@ -21,6 +23,9 @@ import (
 // namespace is not listed, so that a few namespaces can get history or
 // presence while every other channel is still accepted. It gives up the
 // refusal above: a misspelt namespace then falls to "*" instead of failing.
+// So that such a typo shows, the first channel of each namespace that
+// falls to "*" is logged (Warn) when other namespaces are configured too;
+// the first 1000 names are, per SetNamespaces.
 type Namespace struct {
 	Name string
 
@@ -113,7 +118,18 @@ type namespaces struct {
 	// other configures the namespaces not in byName when strict: the
 	// AnyNamespace entry, or nil to refuse them.
 	other *Namespace
+
+	// The namespace names that have fallen to other, each logged once
+	// (firstFallback) when other namespaces are configured too: a typo
+	// ("privte") gets "*"'s permissions without an error. At most
+	// maxFallbackWarnings names are recorded, so that clients naming
+	// endless namespaces cannot grow the set. A SetNamespaces starts anew.
+	fallen  sync.Map // namespace name → struct{}
+	nfallen atomic.Int32
 }
+
+// maxFallbackWarnings bounds the namespace names logged as falling to "*".
+const maxFallbackWarnings = 1000
 
 func newNamespaces(list []Namespace) (*namespaces, error) {
 	ns := &namespaces{strict: len(list) > 0, byName: make(map[string]*Namespace)}
@@ -164,6 +180,33 @@ func (ns *namespaces) lookup(channel string) *Namespace {
 		return n
 	}
 	return ns.other
+}
+
+// firstFallback reports whether channel's namespace, name, falls to
+// other for the first time while namespaces other than "*" are
+// configured, recording it; last is true for the name that fills the
+// record (maxFallbackWarnings). Callers pass a channel that lookup
+// resolved to other. A name already recorded costs a sync.Map read; once
+// the record is full, an atomic load.
+func (ns *namespaces) firstFallback(channel string) (name string, first, last bool) {
+	if ns.other == nil || len(ns.byName) < 2 || ns.nfallen.Load() >= maxFallbackWarnings {
+		return "", false, false // "*" alone: everything falls to it on purpose
+	}
+	name, _, found := strings.Cut(channel, ":")
+	if !found {
+		name = ""
+	}
+	if _, seen := ns.fallen.Load(name); seen {
+		return "", false, false
+	}
+	name = strings.Clone(name) // not the whole channel name, kept alive
+	if _, seen := ns.fallen.LoadOrStore(name, struct{}{}); seen {
+		return "", false, false
+	}
+	// Racing callers may each store a new name past the bound: by at most
+	// their number, once.
+	k := ns.nfallen.Add(1)
+	return name, true, k == maxFallbackWarnings
 }
 
 func (n *Namespace) publishOptions(idemKey string, window time.Duration) PublishOptions {

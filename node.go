@@ -125,6 +125,9 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkHookNamespaces(&cfg.Hooks); err != nil {
+		return nil, err
+	}
 	lim, err := newNodeLimits(cfg.Limits)
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/http"
 	"strconv"
@@ -655,4 +656,81 @@ func TestAnyNamespace(t *testing.T) {
 			t.Fatalf("SetNamespaces(%+v): no error", bad)
 		}
 	}
+}
+
+// A channel whose namespace is not listed falls to "*" silently, so a typo
+// ("privte") would get "*"'s permissions: the first channel of each such
+// namespace is logged, once, when other namespaces are configured. With
+// "*" alone every namespace falls to it on purpose, and nothing is logged.
+func TestAnyNamespaceFallbackWarned(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	n, err := New(Config{Logger: slog.New(slog.NewTextHandler(&logs, nil)), Namespaces: []Namespace{
+		{Name: "private", AllowSubscribe: PermGranted},
+		{Name: AnyNamespace},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Shutdown(context.Background()) })
+	for _, ch := range []string{"private:a", "privte:a", "privte:b", "lobby", "news:x", "lobby"} {
+		if err := n.CheckChannel(ch); err != nil {
+			t.Fatalf("CheckChannel(%q): %v", ch, err)
+		}
+	}
+	out := logs.String()
+	for name, want := range map[string]int{`namespace=privte`: 1, `namespace=""`: 1, `namespace=news`: 1, `namespace=private`: 0} {
+		if got := strings.Count(out, name+" "); got != want {
+			t.Errorf("%s logged %d times, want %d:\n%s", name, got, want, out)
+		}
+	}
+	if !strings.Contains(out, `\"*\"`) {
+		t.Errorf("the warning does not name \"*\":\n%s", out)
+	}
+
+	// Past maxFallbackWarnings names, no more are recorded or logged.
+	logs.mu.Lock()
+	logs.buf.Reset()
+	logs.mu.Unlock()
+	for i := range maxFallbackWarnings + 10 {
+		_ = n.CheckChannel(fmt.Sprintf("ns%d:x", i))
+	}
+	if got := strings.Count(logs.String(), "level=WARN"); got > maxFallbackWarnings+1 {
+		t.Errorf("%d warnings for %d names, want at most %d", got, maxFallbackWarnings+10, maxFallbackWarnings+1)
+	}
+	if strings.Contains(logs.String(), fmt.Sprintf("namespace=ns%d ", maxFallbackWarnings+5)) {
+		t.Error("a name past the bound was logged")
+	}
+
+	logs.mu.Lock()
+	logs.buf.Reset()
+	logs.mu.Unlock()
+	if err := n.SetNamespaces([]Namespace{{Name: AnyNamespace}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.CheckChannel("privte:a"); err != nil || logs.String() != "" {
+		t.Fatalf("with \"*\" alone: %v, logged:\n%s", err, logs.String())
+	}
+}
+
+// A hook limited to "*" would match no channel (hookOn compares names):
+// an authorization hook silently off. New refuses it.
+func TestAnyNamespaceInHookNamespacesRefused(t *testing.T) {
+	t.Parallel()
+	sub := func(context.Context, *SubscribeEvent) (*SubscribeReply, error) { return nil, nil }
+	pub := func(context.Context, *PublishEvent) (*PublishReply, error) { return nil, nil }
+	for _, h := range []Hooks{
+		{Subscribe: sub, SubscribeNamespaces: []string{"chat", AnyNamespace}},
+		{Publish: pub, PublishNamespaces: []string{AnyNamespace}},
+	} {
+		_, err := New(Config{Hooks: h})
+		if err == nil || !strings.Contains(err.Error(), `"*"`) || !strings.Contains(err.Error(), "nil") {
+			t.Fatalf("New with \"*\" in a hook's namespaces: %v, want an error saying to use nil", err)
+		}
+	}
+	n, err := New(Config{Hooks: Hooks{Subscribe: sub, SubscribeNamespaces: []string{"", "chat"}}})
+	if err != nil {
+		t.Fatalf("namespaces without \"*\": %v", err)
+	}
+	n.Shutdown(context.Background())
 }
