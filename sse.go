@@ -352,6 +352,10 @@ func (n *Node) checkSSE(w http.ResponseWriter, r *http.Request) (sseRequest, *ha
 	if !n.checkOrigin(r) {
 		return req, n.originRefused(r)
 	}
+	if no := sseFetchRefused(r); no != nil {
+		n.log.Debug("event stream refused", "status", no.status, "remote", n.ClientAddr(r), "reason", no.msg)
+		return req, no
+	}
 	q := r.URL.Query()
 	req.channels = q["channel"]
 	if len(req.channels) == 0 {
@@ -394,6 +398,49 @@ func (n *Node) checkSSE(w http.ResponseWriter, r *http.Request) (sseRequest, *ha
 		return req, &handshakeRefusal{http.StatusInternalServerError, "Internal Server Error: this response cannot have write deadlines (a middleware's ResponseWriter without Unwrap)"}
 	}
 	return req, nil
+}
+
+// sseFetchRefused refuses a browser's request that another site made
+// without an Origin. The WebSocket rule (no Origin: not a browser, no
+// victim's cookies) does not hold for a plain GET: an <img src>, a no-cors
+// fetch or a top-level navigation carries the user's cookies and no
+// Origin. Browsers say where such a request came from in the Fetch
+// metadata headers: a request from another site (Sec-Fetch-Site
+// cross-site or same-site), or one that is not the CORS fetch EventSource
+// makes (Sec-Fetch-Mode present and neither cors nor same-origin), is
+// refused with 403. A client that sends no Sec-Fetch-* header is not a
+// browser that does, and passes, as without Origin before.
+func sseFetchRefused(r *http.Request) *handshakeRefusal {
+	if r.Header.Get("Origin") != "" {
+		return nil // checked by the origin rule
+	}
+	switch site := r.Header.Get("Sec-Fetch-Site"); site {
+	case "cross-site", "same-site":
+		return &handshakeRefusal{http.StatusForbidden, "Forbidden: a request from another site (Sec-Fetch-Site: " + site + ") without Origin"}
+	}
+	switch mode := r.Header.Get("Sec-Fetch-Mode"); mode {
+	case "", "cors", "same-origin":
+		return nil
+	default:
+		return &handshakeRefusal{http.StatusForbidden, "Forbidden: an event stream is opened by EventSource or fetch (Sec-Fetch-Mode: cors), not by " + mode}
+	}
+}
+
+// sseCORS sets the CORS headers of a stream opened from an allowed
+// origin other than the server's own: without them EventSource
+// (withCredentials or not) discards the response. The origin is echoed,
+// never "*", since credentials are allowed.
+func sseCORS(h http.Header, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return
+	}
+	if u, err := url.Parse(origin); err == nil && strings.EqualFold(u.Host, r.Host) {
+		return // same origin: no CORS
+	}
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Add("Vary", "Origin")
+	h.Set("Access-Control-Allow-Credentials", "true")
 }
 
 // canStream reports whether w, or a ResponseWriter it wraps, can flush:
@@ -453,6 +500,7 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
+	sseCORS(h, r)                    // the origin passed checkSSE
 	stream := &sseStream{w: w, rc: rc, remote: sseAddr(remote)}
 
 	c := n.newConn(stream, handshake{}, id, ip, false)

@@ -369,6 +369,14 @@ func TestSSERefusals(t *testing.T) {
 		{"token in the query", url.Values{"channel": {"news", "public:a"}, "token": {alice}}, nil, 200},
 		{"token in the header", url.Values{"channel": {"news"}}, http.Header{"Authorization": {"Bearer " + alice}}, 200},
 		{"allowed origin", url.Values{"channel": {"public:a"}}, http.Header{"Origin": {"https://app.example.com"}}, 200},
+		// Without Origin, a browser's Fetch metadata tells a cross-site
+		// GET (an <img src>, a no-cors fetch, a link) carrying cookies.
+		{"cross-site without origin", url.Values{"channel": {"public:a"}}, http.Header{"Sec-Fetch-Site": {"cross-site"}, "Sec-Fetch-Mode": {"no-cors"}}, 403},
+		{"same-site without origin", url.Values{"channel": {"public:a"}}, http.Header{"Sec-Fetch-Site": {"same-site"}, "Sec-Fetch-Mode": {"cors"}}, 403},
+		{"image without origin", url.Values{"channel": {"public:a"}}, http.Header{"Sec-Fetch-Mode": {"no-cors"}, "Sec-Fetch-Dest": {"image"}}, 403},
+		{"navigation", url.Values{"channel": {"public:a"}}, http.Header{"Sec-Fetch-Site": {"none"}, "Sec-Fetch-Mode": {"navigate"}}, 403},
+		{"same-origin EventSource", url.Values{"channel": {"public:a"}}, http.Header{"Sec-Fetch-Site": {"same-origin"}, "Sec-Fetch-Mode": {"cors"}}, 200},
+		{"cross-site with an allowed origin", url.Values{"channel": {"public:a"}}, http.Header{"Origin": {"https://app.example.com"}, "Sec-Fetch-Site": {"cross-site"}, "Sec-Fetch-Mode": {"cors"}}, 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, resp, body := sseGet(t, ts.srv.URL+"/sse?"+tc.query.Encode(), tc.hdr)
@@ -396,6 +404,43 @@ func TestSSERefusals(t *testing.T) {
 	c.subscribed("news")
 	if id := ts.sseConnID(t); ts.node.hub.conn(id).user != "alice" {
 		t.Fatal("the token's user is not the connection's")
+	}
+}
+
+func TestSSECORS(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{AllowedOrigins: []string{"https://app.example.com"}})
+	self := "http://" + strings.TrimPrefix(ts.srv.URL, "http://")
+	for _, tc := range []struct {
+		name, origin string
+		cors         bool
+	}{
+		{"allowed other origin", "https://app.example.com", true},
+		{"own origin", self, false},
+		{"no origin", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hdr := http.Header{}
+			if tc.origin != "" {
+				hdr.Set("Origin", tc.origin)
+			}
+			c, resp, body := sseGet(t, ts.sseURL(nil, "x"), hdr)
+			if c == nil {
+				t.Fatalf("%d %s", resp.StatusCode, body)
+			}
+			c.subscribed("x")
+			h := resp.Header
+			want := map[string]string{"Access-Control-Allow-Origin": tc.origin, "Access-Control-Allow-Credentials": "true", "Vary": "Origin"}
+			for k, v := range want {
+				if !tc.cors {
+					v = ""
+				}
+				if got := h.Get(k); got != v {
+					t.Errorf("%s: %q, want %q", k, got, v)
+				}
+			}
+			c.close()
+		})
 	}
 }
 
