@@ -123,18 +123,26 @@ func sseEncode(kind, channel string, offset uint64, data []byte, binary bool) []
 // sseStream is the transport of an SSE connection: a net.Conn over the
 // HTTP response, for the connection's writer (writeLoop: an SSE stream has
 // no descriptor, so it is never the writer pool's). Write writes and
-// flushes; Close makes every write fail at once (a deadline in the past),
-// which ends a write stuck on a client that stopped reading. There is no
-// reading: the request's context tells when the client goes.
+// flushes; Close makes every later write fail, and cuts a write in
+// progress (a deadline in the past), which ends a write stuck on a client
+// that stopped reading. Close leaves a response with no write in progress
+// intact, so that a stream that ended normally (its close event flushed)
+// still gets HTTP's end of body: the terminating chunk, which net/http
+// writes after the handler returns. There is no reading: the request's
+// context tells when the client goes.
 //
 // After detach (the handler is returning) nothing touches the response.
 type sseStream struct {
 	w      http.ResponseWriter
 	rc     *http.ResponseController
 	remote net.Addr
+	grace  time.Duration // Config.CloseGrace: bounds the end of body
 
-	mu       sync.Mutex // guards closed and detached, and orders rc's calls with detach
+	// mu guards the flags, and orders rc's calls with detach.
+	mu       sync.Mutex
 	closed   bool
+	writing  bool // a Write is in progress
+	cut      bool // Close cut a write in progress: the response is broken
 	detached bool
 }
 
@@ -145,15 +153,19 @@ var _ net.Conn = (*sseStream)(nil)
 // while blocked, so Close can cut it short.
 func (s *sseStream) Write(p []byte) (int, error) {
 	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
+	if s.closed {
+		s.mu.Unlock()
 		return 0, net.ErrClosed
 	}
+	s.writing = true
+	s.mu.Unlock()
 	n, err := s.w.Write(p)
 	if err == nil {
 		err = s.rc.Flush()
 	}
+	s.mu.Lock()
+	s.writing = false
+	s.mu.Unlock()
 	return n, err
 }
 
@@ -166,17 +178,27 @@ func (s *sseStream) Close() error {
 		return nil
 	}
 	s.closed = true
-	// A past deadline fails a write in progress at once (HTTP/1: the
-	// socket's; HTTP/2: the stream is reset).
-	_ = s.rc.SetWriteDeadline(time.Now().Add(-time.Second))
+	if s.writing {
+		// A past deadline fails the write in progress at once (HTTP/1:
+		// the socket's; HTTP/2: the stream is reset).
+		s.cut = true
+		_ = s.rc.SetWriteDeadline(time.Now().Add(-time.Second))
+	}
 	return nil
 }
 
 // detach is the handler's last word: the response is no longer ours.
+// Unless a write was cut, it gives net/http's end of the response (the
+// terminating chunk, flushed after the handler returns) CloseGrace: a
+// client that stopped reading cannot hold it longer. net/http clears the
+// deadline once the response is finished.
 func (s *sseStream) detach() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.cut && !s.detached {
+		_ = s.rc.SetWriteDeadline(time.Now().Add(s.grace))
+	}
 	s.closed, s.detached = true, true
-	s.mu.Unlock()
 }
 
 func (s *sseStream) SetWriteDeadline(t time.Time) error {
@@ -501,7 +523,7 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
 	sseCORS(h, r)                    // the origin passed checkSSE
-	stream := &sseStream{w: w, rc: rc, remote: sseAddr(remote)}
+	stream := &sseStream{w: w, rc: rc, remote: sseAddr(remote), grace: n.cfg.CloseGrace}
 
 	c := n.newConn(stream, handshake{}, id, ip, false)
 	c.form = formSSE

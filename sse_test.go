@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -441,6 +442,78 @@ func TestSSECORS(t *testing.T) {
 			}
 			c.close()
 		})
+	}
+}
+
+// TestSSEEndOfBody checks that a stream the server ends (a close event
+// written) ends with HTTP's end of body — the terminating chunk — and not
+// a cut connection: a raw HTTP/1.1 client reads it to the end.
+func TestSSEEndOfBody(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, authConfig(t))
+	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(ts.srv.URL, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(15 * time.Second))
+	q := url.Values{"channel": {"public:a"}, "token": {userToken(t, "carol", time.Hour)}}
+	fmt.Fprintf(nc, "GET /sse?%s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", q.Encode(), strings.TrimPrefix(ts.srv.URL, "http://"))
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || len(resp.TransferEncoding) == 0 || resp.TransferEncoding[0] != "chunked" {
+		t.Fatalf("status %d, transfer encoding %v", resp.StatusCode, resp.TransferEncoding)
+	}
+	body := bufio.NewReader(resp.Body) // dechunks; io.EOF only at the terminating chunk
+	line, err := body.ReadString('\n')
+	if err != nil || line != "id: -\n" {
+		t.Fatalf("first line %q: %v", line, err)
+	}
+	waitFor(t, "the subscription", func() bool { return ts.node.hub.numSubs("public:a") == 1 })
+	if err := ts.node.DisconnectUser(context.Background(), "carol", CloseForbidden, "bye"); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(body)
+	if err != nil {
+		t.Fatalf("the body ended without its terminating chunk: %v (read %q)", err, rest)
+	}
+	if !strings.Contains(string(rest), "event: close\ndata: {\"code\":4500,\"reason\":\"bye\"}\n\n") {
+		t.Fatalf("no close event in %q", rest)
+	}
+}
+
+// TestSSEStuckWriteIsCut checks that closing the stream (Shutdown's cut)
+// still ends a write stuck on a client that stopped reading, long before
+// the write timeout.
+func TestSSEStuckWriteIsCut(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{MaxMessageSize: 64 << 10, MaxQueueBytes: 32 << 20, MaxQueueMessages: 1 << 16, WriteTimeout: 60 * time.Second})
+	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(ts.srv.URL, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	fmt.Fprintf(nc, "GET /sse?channel=x HTTP/1.1\r\nHost: x\r\n\r\n") // and never read
+	waitFor(t, "the subscription", func() bool { return ts.node.hub.numSubs("x") == 1 })
+	big := []byte(`"` + strings.Repeat("z", 60<<10) + `"`)
+	var c *conn
+	ts.node.forEachConn(func(cc *conn) { c = cc })
+	for range 250 { // 15 MB: more than the sockets' buffers hold
+		mustPublish(t, ts.node, "x", big)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if c.out.queued() == 0 {
+		t.Fatal("the writer is not stuck")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_ = ts.node.Shutdown(ctx)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Shutdown took %v: the stuck write was not cut", d)
 	}
 }
 
