@@ -250,7 +250,7 @@ var _ session = (*sseSession)(nil)
 
 // ssePos is one channel's slot in an event id.
 type ssePos struct {
-	state  uint8 // posNone, posNoHistory, posAt
+	state  uint8 // posNone, posNoHistory, posAt, posRemoved
 	offset uint64
 	epoch  string // escaped for the id
 }
@@ -259,6 +259,7 @@ const (
 	posNone      = iota // not subscribed yet: nothing delivered
 	posNoHistory        // subscribed to a channel without history
 	posAt               // delivered up to offset, of epoch
+	posRemoved          // unsubscribed by the server: never resubscribed
 )
 
 func (s *sseSession) message([]byte, bool) {} // never called: no reader
@@ -288,7 +289,8 @@ func (s *sseSession) pushWithID(body []byte) {
 
 // appendID appends the id line: a slot per channel, in the request's
 // order, separated by commas — empty (nothing delivered yet), "-" (no
-// history), or "OFFSET:EPOCH" (the epoch query-escaped).
+// history), "x" (unsubscribed by the server), or "OFFSET:EPOCH" (the
+// epoch query-escaped).
 func (s *sseSession) appendID(dst []byte) []byte {
 	dst = append(dst, "id: "...)
 	for i, p := range s.pos {
@@ -298,6 +300,8 @@ func (s *sseSession) appendID(dst []byte) []byte {
 		switch p.state {
 		case posNoHistory:
 			dst = append(dst, '-')
+		case posRemoved:
+			dst = append(dst, 'x')
 		case posAt:
 			dst = strconv.AppendUint(dst, p.offset, 10)
 			dst = append(dst, ':')
@@ -310,13 +314,15 @@ func (s *sseSession) appendID(dst []byte) []byte {
 // parseLastEventID reads an event id this node sent (appendID) for n
 // channels: the position to recover each from, nil for a slot with none;
 // a no-history slot asks for recovery from nothing, which is answered
-// recovered:false (no_history) as since is.
-func parseLastEventID(id string, n int) ([]*protocol.Position, error) {
+// recovered:false (no_history) as since is. removed marks the slots of
+// channels the server unsubscribed the stream from ("x"): a reconnect
+// must not subscribe them again.
+func parseLastEventID(id string, n int) (since []*protocol.Position, removed []bool, err error) {
 	slots := strings.Split(id, ",")
 	if len(slots) != n {
-		return nil, fmt.Errorf("it holds %d positions for %d channels (the id belongs to the same channels, in the same order)", len(slots), n)
+		return nil, nil, fmt.Errorf("it holds %d positions for %d channels (the id belongs to the same channels, in the same order)", len(slots), n)
 	}
-	since := make([]*protocol.Position, n)
+	since, removed = make([]*protocol.Position, n), make([]bool, n)
 	for i, slot := range slots {
 		switch slot {
 		case "":
@@ -324,19 +330,38 @@ func parseLastEventID(id string, n int) ([]*protocol.Position, error) {
 		case "-":
 			since[i] = &protocol.Position{}
 			continue
+		case "x":
+			removed[i] = true
+			continue
 		}
 		off, ep, ok := strings.Cut(slot, ":")
 		offset, err := strconv.ParseUint(off, 10, 64)
 		if !ok || err != nil {
-			return nil, fmt.Errorf("position %d is not OFFSET:EPOCH", i+1)
+			return nil, nil, fmt.Errorf("position %d is not OFFSET:EPOCH, -, x or empty", i+1)
 		}
 		epoch, err := url.QueryUnescape(ep)
 		if err != nil {
-			return nil, fmt.Errorf("position %d has a badly escaped epoch", i+1)
+			return nil, nil, fmt.Errorf("position %d has a badly escaped epoch", i+1)
 		}
 		since[i] = &protocol.Position{Offset: offset, Epoch: epoch}
 	}
-	return since, nil
+	return since, removed, nil
+}
+
+// unsubscribed marks channel's slot removed and pushes the unsub event
+// of body with the id that says so: the browser's reconnect (which sends
+// the last id) does not subscribe it again. Called once the subscription
+// is gone (no publication of it follows).
+func (s *sseSession) unsubscribed(channel string, body []byte) {
+	i, ok := s.index[channel]
+	if !ok {
+		s.c.enqueue(body)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pos[i] = ssePos{state: posRemoved}
+	s.pushWithID(body)
 }
 
 // SSEHandler returns the http.Handler of Server-Sent Events (PROTOCOL.md,
@@ -361,7 +386,11 @@ type sseRequest struct {
 	channels []string
 	ns       []*Namespace
 	since    []*protocol.Position // nil without Last-Event-ID
+	removed  []bool               // the id's slots marked removed; nil without Last-Event-ID
 }
+
+// isRemoved reports whether the id marked the i-th channel removed.
+func (req *sseRequest) isRemoved(i int) bool { return req.removed != nil && req.removed[i] }
 
 // checkSSE checks an SSE request before anything is spent on it: method,
 // origin, channels, Last-Event-ID, and that the response can stream.
@@ -407,11 +436,11 @@ func (n *Node) checkSSE(w http.ResponseWriter, r *http.Request) (sseRequest, *ha
 		lastID = q.Get("last_event_id")
 	}
 	if lastID != "" {
-		since, err := parseLastEventID(lastID, len(req.channels))
+		since, removed, err := parseLastEventID(lastID, len(req.channels))
 		if err != nil {
 			return req, &handshakeRefusal{http.StatusBadRequest, "Bad Request: Last-Event-ID: " + err.Error()}
 		}
-		req.since = since
+		req.since, req.removed = since, removed
 	}
 	if !canStream(w) {
 		return req, &handshakeRefusal{http.StatusInternalServerError, "Internal Server Error: this response cannot be streamed (a middleware's ResponseWriter without Unwrap)"}
@@ -480,9 +509,13 @@ func canStream(w http.ResponseWriter) bool {
 	}
 }
 
-// permitSSE checks that id's user may subscribe to every channel of req.
+// permitSSE checks that id's user may subscribe to every channel of req
+// but those the server removed (often for a permission taken away).
 func (n *Node) permitSSE(id *identity, req *sseRequest) *handshakeRefusal {
 	for i, ch := range req.channels {
+		if req.isRemoved(i) {
+			continue
+		}
 		if err := n.permit(id.user, id.grants, ch, req.ns[i].AllowSubscribe); err != nil {
 			return &handshakeRefusal{http.StatusForbidden, "Forbidden: " + err.Message}
 		}
@@ -534,7 +567,9 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 		s.index[ch] = i
 		// Until its subscription says otherwise, a channel stands where
 		// the request says it is: an id sent meanwhile must not lose it.
-		if req.since != nil && req.since[i] != nil {
+		if req.isRemoved(i) {
+			s.pos[i].state = posRemoved
+		} else if req.since != nil && req.since[i] != nil {
 			if p := req.since[i]; p.Offset == 0 && p.Epoch == "" {
 				s.pos[i].state = posNoHistory
 			} else {
@@ -580,6 +615,9 @@ func (n *Node) subscribeSSE(c *conn, s *sseSession, req *sseRequest) {
 	c.subMu.Lock() // the hub holds c already: the server may unsubscribe it
 	defer c.subMu.Unlock()
 	for i, ch := range req.channels {
+		if req.isRemoved(i) {
+			continue // the server unsubscribed it: it stays out
+		}
 		var since *protocol.Position
 		if req.since != nil {
 			since = req.since[i]

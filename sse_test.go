@@ -633,6 +633,52 @@ func TestSSEServerUnsubscribeAndPresence(t *testing.T) {
 	}
 }
 
+// TestSSEServerUnsubscribeStaysAfterReconnect checks that a channel the
+// server took away is marked so in the event id ("x"), and that the
+// browser's reconnect with that id neither subscribes it again nor
+// replays what was published on it meanwhile.
+func TestSSEServerUnsubscribeStaysAfterReconnect(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, historyConfig(10))
+	c := ts.sse(t, nil, "a", "b")
+	c.subscribed("a")
+	c.subscribed("b")
+	if err := ts.node.UnsubscribeClient(context.Background(), ts.sseConnID(t), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := c.next(); ev.Event != "unsub" || !strings.HasPrefix(ev.ID, "x,0:") {
+		t.Fatalf("want an unsub event with id x,0:..., got %+v", ev)
+	}
+	last := c.lastID
+	c.close()
+	waitFor(t, "the stream's end", func() bool { return ts.node.hub.numConns() == 0 })
+	mustPublish(t, ts.node, "a", []byte(`"a1"`)) // excluded: must not come back
+	mustPublish(t, ts.node, "b", []byte(`"b1"`))
+
+	c2 := ts.sse(t, http.Header{"Last-Event-Id": {last}}, "a", "b")
+	if res := c2.subscribed("b"); res.Recovered == nil || !*res.Recovered {
+		t.Fatalf("b: %+v", res)
+	}
+	if p := c2.pub(); string(p.Data) != `"b1"` {
+		t.Fatalf("recovered %+v, want b's b1", p)
+	}
+	if !strings.HasPrefix(c2.lastID, "x,1:") {
+		t.Fatalf("id %q keeps a removed, want x,1:...", c2.lastID)
+	}
+	if n := ts.node.hub.numSubs("a"); n != 0 {
+		t.Fatalf("the reconnect subscribed a removed channel (%d subscribers)", n)
+	}
+	mustPublish(t, ts.node, "a", []byte(`"a2"`))
+	mustPublish(t, ts.node, "b", []byte(`"b2"`))
+	if p := c2.pub(); string(p.Data) != `"b2"` {
+		t.Fatalf("got %+v, want b's b2", p)
+	}
+	// The removed mark is no format error.
+	if _, removed, err := parseLastEventID("x,-,", 3); err != nil || !removed[0] || removed[1] || removed[2] {
+		t.Fatalf("x,-,: removed %v, %v", removed, err)
+	}
+}
+
 // sseConnID returns the id of the node's one SSE connection.
 func (ts *testServer) sseConnID(t testing.TB) string {
 	t.Helper()
