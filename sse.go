@@ -1,6 +1,7 @@
 package herald
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -580,7 +581,7 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	c.sse, c.sess = s, s
 	s.exp.set(c, id.expires, id.hookExpiry)
 	n.hub.addConn(c)
-	n.subscribeSSE(c, s, &req)
+	n.subscribeSSE(r.Context(), c, s, &req)
 	n.admitConn(c)
 	n.mu.Lock()
 	closing, draining := n.closing, n.draining
@@ -611,12 +612,22 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 // id, then followed by what it recovered. A failure ends the stream with
 // a close event, as it closes a raw connection: the subscribe hook's
 // refusal with 1008, a broker's failure with 1013.
-func (n *Node) subscribeSSE(c *conn, s *sseSession, req *sseRequest) {
+//
+// Recovery is paced: before each channel after the first, it waits
+// (paceSSE) until the queue is below half its limits, so that many
+// channels' missed publications are not queued at once — every event
+// carries the id of all the channels, and 50 channels × 60 missed
+// publications at once took the queue past MaxQueueBytes (a slow
+// consumer cut) on a client that reads at once.
+func (n *Node) subscribeSSE(ctx context.Context, c *conn, s *sseSession, req *sseRequest) {
 	c.subMu.Lock() // the hub holds c already: the server may unsubscribe it
 	defer c.subMu.Unlock()
 	for i, ch := range req.channels {
 		if req.isRemoved(i) {
 			continue // the server unsubscribed it: it stays out
+		}
+		if i > 0 {
+			n.paceSSE(ctx, c)
 		}
 		var since *protocol.Position
 		if req.since != nil {
@@ -647,6 +658,32 @@ func (n *Node) subscribeSSE(c *conn, s *sseSession, req *sseRequest) {
 		finish()
 	}
 }
+
+// paceSSE waits until c's queue is below half its limits (outbound's
+// belowHalf), polling, for at most WriteTimeout — a writer that moves
+// nothing for that long fails anyway — or until ctx (the request's) ends.
+func (n *Node) paceSSE(ctx context.Context, c *conn) {
+	if c.out.belowHalf() {
+		return
+	}
+	limit := time.NewTimer(n.cfg.WriteTimeout)
+	defer limit.Stop()
+	tick := time.NewTicker(ssePaceTick)
+	defer tick.Stop()
+	for !c.out.belowHalf() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-limit.C:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// ssePaceTick is how often paceSSE looks at the queue: a few ms, against
+// a queue that a reading client drains in well under one.
+const ssePaceTick = 2 * time.Millisecond
 
 // sseConnectAdmitted asks the connect hook about an admitted SSE request,
 // as rawConnectAdmitted does for raw mode, then checks that the user it

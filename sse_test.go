@@ -679,6 +679,51 @@ func TestSSEServerUnsubscribeStaysAfterReconnect(t *testing.T) {
 	}
 }
 
+// TestSSERecoveryOfManyChannels checks that a reconnect recovering many
+// channels at once delivers everything, without a slow-consumer cut:
+// every event carries the id of all 50 channels, and 50 × 60 recovered
+// events queued at once took the queue past its default byte limit.
+func TestSSERecoveryOfManyChannels(t *testing.T) {
+	t.Parallel()
+	const channels, missed = 50, 60
+	ts := newTestServer(t, historyConfig(100))
+	var names []string
+	for i := range channels {
+		names = append(names, fmt.Sprintf("ch%02d", i))
+	}
+	c := ts.sse(t, nil, names...)
+	for _, ch := range names {
+		c.subscribed(ch)
+	}
+	last := c.lastID
+	c.close()
+	waitFor(t, "the stream's end", func() bool { return ts.node.hub.numConns() == 0 })
+	for _, ch := range names {
+		for j := range missed {
+			mustPublish(t, ts.node, ch, []byte(fmt.Sprint(j)))
+		}
+	}
+	c2 := ts.sse(t, http.Header{"Last-Event-Id": {last}}, names...)
+	for _, ch := range names {
+		if res := c2.subscribed(ch); res.Recovered == nil || !*res.Recovered {
+			t.Fatalf("%s: %+v", ch, res)
+		}
+		for j := range missed {
+			ev := c2.next()
+			if ev.Event == "close" {
+				t.Fatalf("%s, publication %d: the stream was closed: %s", ch, j+1, ev.Data)
+			}
+			var p offsetPush
+			if err := json.Unmarshal([]byte(ev.Data), &p); err != nil || p.Offset != uint64(j+1) {
+				t.Fatalf("%s: publication %d: %+v (%v)", ch, j+1, ev, err)
+			}
+		}
+	}
+	if n := ts.node.metrics.slowConsumers.Load(); n != 0 {
+		t.Fatalf("%d slow consumers", n)
+	}
+}
+
 // sseConnID returns the id of the node's one SSE connection.
 func (ts *testServer) sseConnID(t testing.TB) string {
 	t.Helper()
