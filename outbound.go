@@ -34,6 +34,9 @@ type outbound struct {
 	// million deliveries at high rates).
 	queue, spare [][]byte
 	bytes        int // of queue
+	// frames counts the messages in queue, against maxFrames: one per
+	// push, one per pushPair (two entries of queue, one SSE event).
+	frames int
 	// handoff is the unwritten rest of a batch that a writer-pool worker
 	// could not finish (the socket was full): the next batch taken, ahead
 	// of anything queued meanwhile. Like a batch being written it no longer
@@ -79,7 +82,7 @@ func (o *outbound) pushPair(head, body []byte) (ok, start bool, cut int) {
 	if o.closing {
 		return false, false, 0
 	}
-	if len(o.queue) >= o.maxFrames || o.bytes+len(head)+len(body) > o.maxBytes {
+	if o.frames >= o.maxFrames || o.bytes+len(head)+len(body) > o.maxBytes {
 		cut, _, start = o.closeLocked(o.slow, true)
 		return false, start, cut
 	}
@@ -88,6 +91,7 @@ func (o *outbound) pushPair(head, body []byte) (ok, start bool, cut int) {
 	}
 	o.queue = append(o.queue, head, body)
 	o.bytes += len(head) + len(body)
+	o.frames++
 	start = !o.writing
 	o.writing, o.active = true, true
 	return true, start, 0
@@ -115,7 +119,7 @@ func (o *outbound) pushLocked(frame []byte) (ok, start bool, cut int) {
 	if o.closing {
 		return false, false, 0
 	}
-	if len(o.queue) >= o.maxFrames || o.bytes+len(frame) > o.maxBytes {
+	if o.frames >= o.maxFrames || o.bytes+len(frame) > o.maxBytes {
 		cut, _, start = o.closeLocked(o.slow, true)
 		return false, start, cut
 	}
@@ -125,6 +129,7 @@ func (o *outbound) pushLocked(frame []byte) (ok, start bool, cut int) {
 	}
 	o.queue = append(o.queue, frame)
 	o.bytes += len(frame)
+	o.frames++
 	start = !o.writing
 	o.writing = true
 	return true, start, 0
@@ -147,13 +152,14 @@ func (o *outbound) closeLocked(frame []byte, drop bool) (dropped int, began, sta
 	}
 	o.closing = true
 	if drop {
-		dropped = len(o.queue) + 1
+		dropped = o.frames + 1
 		clear(o.queue)
-		o.queue, o.bytes = o.queue[:0], 0
+		o.queue, o.bytes, o.frames = o.queue[:0], 0, 0
 	}
 	if frame != nil {
 		o.queue = append(o.queue, frame)
 		o.bytes += len(frame)
+		o.frames++
 	}
 	switch {
 	case o.writing:
@@ -182,7 +188,7 @@ func (o *outbound) take() (batch [][]byte, closing bool) {
 		}
 		batch = o.queue
 		o.queue, o.spare = o.spare, nil
-		o.bytes = 0
+		o.bytes, o.frames = 0, 0
 	}
 	return batch, o.closing
 }
@@ -218,7 +224,7 @@ func (o *outbound) fail() {
 	defer o.mu.Unlock()
 	o.closing = true
 	clear(o.queue)
-	o.queue, o.bytes, o.handoff = nil, 0, nil
+	o.queue, o.bytes, o.frames, o.handoff = nil, 0, 0, nil
 	o.releaseLocked()
 }
 
@@ -249,6 +255,14 @@ func (o *outbound) isClosing() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.closing
+}
+
+// belowHalf reports whether the queue holds at most half its limits, in
+// frames and in bytes, or is closing (nothing more will be queued).
+func (o *outbound) belowHalf() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.closing || (o.frames <= o.maxFrames/2 && o.bytes <= o.maxBytes/2)
 }
 
 // queued returns the bytes waiting to be taken.

@@ -170,7 +170,7 @@ func (n *Node) unsubscribeHere(c *conn, channel, reason string) {
 	case c.raw: // its one channel is gone: nothing left to serve
 		c.close(CloseForbidden, reason)
 	case c.sse != nil:
-		c.enqueue(appendSSEEvent(nil, protocol.PushUnsub, protocol.AppendUnsubPush(nil, channel, protocol.UnsubServer, reason)))
+		c.sse.unsubscribed(channel, appendSSEEvent(nil, protocol.PushUnsub, protocol.AppendUnsubPush(nil, channel, protocol.UnsubServer, reason)))
 	default:
 		c.enqueue(c.frame(wsframe.OpText, protocol.AppendUnsubPush(nil, channel, protocol.UnsubServer, reason)))
 	}

@@ -1,6 +1,7 @@
 package herald
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -123,18 +124,26 @@ func sseEncode(kind, channel string, offset uint64, data []byte, binary bool) []
 // sseStream is the transport of an SSE connection: a net.Conn over the
 // HTTP response, for the connection's writer (writeLoop: an SSE stream has
 // no descriptor, so it is never the writer pool's). Write writes and
-// flushes; Close makes every write fail at once (a deadline in the past),
-// which ends a write stuck on a client that stopped reading. There is no
-// reading: the request's context tells when the client goes.
+// flushes; Close makes every later write fail, and cuts a write in
+// progress (a deadline in the past), which ends a write stuck on a client
+// that stopped reading. Close leaves a response with no write in progress
+// intact, so that a stream that ended normally (its close event flushed)
+// still gets HTTP's end of body: the terminating chunk, which net/http
+// writes after the handler returns. There is no reading: the request's
+// context tells when the client goes.
 //
 // After detach (the handler is returning) nothing touches the response.
 type sseStream struct {
 	w      http.ResponseWriter
 	rc     *http.ResponseController
 	remote net.Addr
+	grace  time.Duration // Config.CloseGrace: bounds the end of body
 
-	mu       sync.Mutex // guards closed and detached, and orders rc's calls with detach
+	// mu guards the flags, and orders rc's calls with detach.
+	mu       sync.Mutex
 	closed   bool
+	writing  bool // a Write is in progress
+	cut      bool // Close cut a write in progress: the response is broken
 	detached bool
 }
 
@@ -145,15 +154,19 @@ var _ net.Conn = (*sseStream)(nil)
 // while blocked, so Close can cut it short.
 func (s *sseStream) Write(p []byte) (int, error) {
 	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
+	if s.closed {
+		s.mu.Unlock()
 		return 0, net.ErrClosed
 	}
+	s.writing = true
+	s.mu.Unlock()
 	n, err := s.w.Write(p)
 	if err == nil {
 		err = s.rc.Flush()
 	}
+	s.mu.Lock()
+	s.writing = false
+	s.mu.Unlock()
 	return n, err
 }
 
@@ -166,17 +179,27 @@ func (s *sseStream) Close() error {
 		return nil
 	}
 	s.closed = true
-	// A past deadline fails a write in progress at once (HTTP/1: the
-	// socket's; HTTP/2: the stream is reset).
-	_ = s.rc.SetWriteDeadline(time.Now().Add(-time.Second))
+	if s.writing {
+		// A past deadline fails the write in progress at once (HTTP/1:
+		// the socket's; HTTP/2: the stream is reset).
+		s.cut = true
+		_ = s.rc.SetWriteDeadline(time.Now().Add(-time.Second))
+	}
 	return nil
 }
 
 // detach is the handler's last word: the response is no longer ours.
+// Unless a write was cut, it gives net/http's end of the response (the
+// terminating chunk, flushed after the handler returns) CloseGrace: a
+// client that stopped reading cannot hold it longer. net/http clears the
+// deadline once the response is finished.
 func (s *sseStream) detach() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.cut && !s.detached {
+		_ = s.rc.SetWriteDeadline(time.Now().Add(s.grace))
+	}
 	s.closed, s.detached = true, true
-	s.mu.Unlock()
 }
 
 func (s *sseStream) SetWriteDeadline(t time.Time) error {
@@ -228,7 +251,7 @@ var _ session = (*sseSession)(nil)
 
 // ssePos is one channel's slot in an event id.
 type ssePos struct {
-	state  uint8 // posNone, posNoHistory, posAt
+	state  uint8 // posNone, posNoHistory, posAt, posRemoved
 	offset uint64
 	epoch  string // escaped for the id
 }
@@ -237,6 +260,7 @@ const (
 	posNone      = iota // not subscribed yet: nothing delivered
 	posNoHistory        // subscribed to a channel without history
 	posAt               // delivered up to offset, of epoch
+	posRemoved          // unsubscribed by the server: never resubscribed
 )
 
 func (s *sseSession) message([]byte, bool) {} // never called: no reader
@@ -266,7 +290,8 @@ func (s *sseSession) pushWithID(body []byte) {
 
 // appendID appends the id line: a slot per channel, in the request's
 // order, separated by commas — empty (nothing delivered yet), "-" (no
-// history), or "OFFSET:EPOCH" (the epoch query-escaped).
+// history), "x" (unsubscribed by the server), or "OFFSET:EPOCH" (the
+// epoch query-escaped).
 func (s *sseSession) appendID(dst []byte) []byte {
 	dst = append(dst, "id: "...)
 	for i, p := range s.pos {
@@ -276,6 +301,8 @@ func (s *sseSession) appendID(dst []byte) []byte {
 		switch p.state {
 		case posNoHistory:
 			dst = append(dst, '-')
+		case posRemoved:
+			dst = append(dst, 'x')
 		case posAt:
 			dst = strconv.AppendUint(dst, p.offset, 10)
 			dst = append(dst, ':')
@@ -288,13 +315,15 @@ func (s *sseSession) appendID(dst []byte) []byte {
 // parseLastEventID reads an event id this node sent (appendID) for n
 // channels: the position to recover each from, nil for a slot with none;
 // a no-history slot asks for recovery from nothing, which is answered
-// recovered:false (no_history) as since is.
-func parseLastEventID(id string, n int) ([]*protocol.Position, error) {
+// recovered:false (no_history) as since is. removed marks the slots of
+// channels the server unsubscribed the stream from ("x"): a reconnect
+// must not subscribe them again.
+func parseLastEventID(id string, n int) (since []*protocol.Position, removed []bool, err error) {
 	slots := strings.Split(id, ",")
 	if len(slots) != n {
-		return nil, fmt.Errorf("it holds %d positions for %d channels (the id belongs to the same channels, in the same order)", len(slots), n)
+		return nil, nil, fmt.Errorf("it holds %d positions for %d channels (the id belongs to the same channels, in the same order)", len(slots), n)
 	}
-	since := make([]*protocol.Position, n)
+	since, removed = make([]*protocol.Position, n), make([]bool, n)
 	for i, slot := range slots {
 		switch slot {
 		case "":
@@ -302,19 +331,38 @@ func parseLastEventID(id string, n int) ([]*protocol.Position, error) {
 		case "-":
 			since[i] = &protocol.Position{}
 			continue
+		case "x":
+			removed[i] = true
+			continue
 		}
 		off, ep, ok := strings.Cut(slot, ":")
 		offset, err := strconv.ParseUint(off, 10, 64)
 		if !ok || err != nil {
-			return nil, fmt.Errorf("position %d is not OFFSET:EPOCH", i+1)
+			return nil, nil, fmt.Errorf("position %d is not OFFSET:EPOCH, -, x or empty", i+1)
 		}
 		epoch, err := url.QueryUnescape(ep)
 		if err != nil {
-			return nil, fmt.Errorf("position %d has a badly escaped epoch", i+1)
+			return nil, nil, fmt.Errorf("position %d has a badly escaped epoch", i+1)
 		}
 		since[i] = &protocol.Position{Offset: offset, Epoch: epoch}
 	}
-	return since, nil
+	return since, removed, nil
+}
+
+// unsubscribed marks channel's slot removed and pushes the unsub event
+// of body with the id that says so: the browser's reconnect (which sends
+// the last id) does not subscribe it again. Called once the subscription
+// is gone (no publication of it follows).
+func (s *sseSession) unsubscribed(channel string, body []byte) {
+	i, ok := s.index[channel]
+	if !ok {
+		s.c.enqueue(body)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pos[i] = ssePos{state: posRemoved}
+	s.pushWithID(body)
 }
 
 // SSEHandler returns the http.Handler of Server-Sent Events (PROTOCOL.md,
@@ -339,7 +387,11 @@ type sseRequest struct {
 	channels []string
 	ns       []*Namespace
 	since    []*protocol.Position // nil without Last-Event-ID
+	removed  []bool               // the id's slots marked removed; nil without Last-Event-ID
 }
+
+// isRemoved reports whether the id marked the i-th channel removed.
+func (req *sseRequest) isRemoved(i int) bool { return req.removed != nil && req.removed[i] }
 
 // checkSSE checks an SSE request before anything is spent on it: method,
 // origin, channels, Last-Event-ID, and that the response can stream.
@@ -351,6 +403,10 @@ func (n *Node) checkSSE(w http.ResponseWriter, r *http.Request) (sseRequest, *ha
 	}
 	if !n.checkOrigin(r) {
 		return req, n.originRefused(r)
+	}
+	if no := sseFetchRefused(r); no != nil {
+		n.log.Debug("event stream refused", "status", no.status, "remote", n.ClientAddr(r), "reason", no.msg)
+		return req, no
 	}
 	q := r.URL.Query()
 	req.channels = q["channel"]
@@ -381,11 +437,11 @@ func (n *Node) checkSSE(w http.ResponseWriter, r *http.Request) (sseRequest, *ha
 		lastID = q.Get("last_event_id")
 	}
 	if lastID != "" {
-		since, err := parseLastEventID(lastID, len(req.channels))
+		since, removed, err := parseLastEventID(lastID, len(req.channels))
 		if err != nil {
 			return req, &handshakeRefusal{http.StatusBadRequest, "Bad Request: Last-Event-ID: " + err.Error()}
 		}
-		req.since = since
+		req.since, req.removed = since, removed
 	}
 	if !canStream(w) {
 		return req, &handshakeRefusal{http.StatusInternalServerError, "Internal Server Error: this response cannot be streamed (a middleware's ResponseWriter without Unwrap)"}
@@ -394,6 +450,49 @@ func (n *Node) checkSSE(w http.ResponseWriter, r *http.Request) (sseRequest, *ha
 		return req, &handshakeRefusal{http.StatusInternalServerError, "Internal Server Error: this response cannot have write deadlines (a middleware's ResponseWriter without Unwrap)"}
 	}
 	return req, nil
+}
+
+// sseFetchRefused refuses a browser's request that another site made
+// without an Origin. The WebSocket rule (no Origin: not a browser, no
+// victim's cookies) does not hold for a plain GET: an <img src>, a no-cors
+// fetch or a top-level navigation carries the user's cookies and no
+// Origin. Browsers say where such a request came from in the Fetch
+// metadata headers: a request from another site (Sec-Fetch-Site
+// cross-site or same-site), or one that is not the CORS fetch EventSource
+// makes (Sec-Fetch-Mode present and neither cors nor same-origin), is
+// refused with 403. A client that sends no Sec-Fetch-* header is not a
+// browser that does, and passes, as without Origin before.
+func sseFetchRefused(r *http.Request) *handshakeRefusal {
+	if r.Header.Get("Origin") != "" {
+		return nil // checked by the origin rule
+	}
+	switch site := r.Header.Get("Sec-Fetch-Site"); site {
+	case "cross-site", "same-site":
+		return &handshakeRefusal{http.StatusForbidden, "Forbidden: a request from another site (Sec-Fetch-Site: " + site + ") without Origin"}
+	}
+	switch mode := r.Header.Get("Sec-Fetch-Mode"); mode {
+	case "", "cors", "same-origin":
+		return nil
+	default:
+		return &handshakeRefusal{http.StatusForbidden, "Forbidden: an event stream is opened by EventSource or fetch (Sec-Fetch-Mode: cors), not by " + mode}
+	}
+}
+
+// sseCORS sets the CORS headers of a stream opened from an allowed
+// origin other than the server's own: without them EventSource
+// (withCredentials or not) discards the response. The origin is echoed,
+// never "*", since credentials are allowed.
+func sseCORS(h http.Header, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return
+	}
+	if u, err := url.Parse(origin); err == nil && strings.EqualFold(u.Host, r.Host) {
+		return // same origin: no CORS
+	}
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Add("Vary", "Origin")
+	h.Set("Access-Control-Allow-Credentials", "true")
 }
 
 // canStream reports whether w, or a ResponseWriter it wraps, can flush:
@@ -411,9 +510,13 @@ func canStream(w http.ResponseWriter) bool {
 	}
 }
 
-// permitSSE checks that id's user may subscribe to every channel of req.
+// permitSSE checks that id's user may subscribe to every channel of req
+// but those the server removed (often for a permission taken away).
 func (n *Node) permitSSE(id *identity, req *sseRequest) *handshakeRefusal {
 	for i, ch := range req.channels {
+		if req.isRemoved(i) {
+			continue
+		}
 		if err := n.permit(id.user, id.grants, ch, req.ns[i].AllowSubscribe); err != nil {
 			return &handshakeRefusal{http.StatusForbidden, "Forbidden: " + err.Message}
 		}
@@ -453,7 +556,8 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
-	stream := &sseStream{w: w, rc: rc, remote: sseAddr(remote)}
+	sseCORS(h, r)                    // the origin passed checkSSE
+	stream := &sseStream{w: w, rc: rc, remote: sseAddr(remote), grace: n.cfg.CloseGrace}
 
 	c := n.newConn(stream, handshake{}, id, ip, false)
 	c.form = formSSE
@@ -464,7 +568,9 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 		s.index[ch] = i
 		// Until its subscription says otherwise, a channel stands where
 		// the request says it is: an id sent meanwhile must not lose it.
-		if req.since != nil && req.since[i] != nil {
+		if req.isRemoved(i) {
+			s.pos[i].state = posRemoved
+		} else if req.since != nil && req.since[i] != nil {
 			if p := req.since[i]; p.Offset == 0 && p.Epoch == "" {
 				s.pos[i].state = posNoHistory
 			} else {
@@ -475,7 +581,7 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	c.sse, c.sess = s, s
 	s.exp.set(c, id.expires, id.hookExpiry)
 	n.hub.addConn(c)
-	n.subscribeSSE(c, s, &req)
+	n.subscribeSSE(r.Context(), c, s, &req)
 	n.admitConn(c)
 	n.mu.Lock()
 	closing, draining := n.closing, n.draining
@@ -506,10 +612,23 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 // id, then followed by what it recovered. A failure ends the stream with
 // a close event, as it closes a raw connection: the subscribe hook's
 // refusal with 1008, a broker's failure with 1013.
-func (n *Node) subscribeSSE(c *conn, s *sseSession, req *sseRequest) {
+//
+// Recovery is paced: before each channel after the first, it waits
+// (paceSSE) until the queue is below half its limits, so that many
+// channels' missed publications are not queued at once — every event
+// carries the id of all the channels, and 50 channels × 60 missed
+// publications at once took the queue past MaxQueueBytes (a slow
+// consumer cut) on a client that reads at once.
+func (n *Node) subscribeSSE(ctx context.Context, c *conn, s *sseSession, req *sseRequest) {
 	c.subMu.Lock() // the hub holds c already: the server may unsubscribe it
 	defer c.subMu.Unlock()
 	for i, ch := range req.channels {
+		if req.isRemoved(i) {
+			continue // the server unsubscribed it: it stays out
+		}
+		if i > 0 {
+			n.paceSSE(ctx, c)
+		}
 		var since *protocol.Position
 		if req.since != nil {
 			since = req.since[i]
@@ -539,6 +658,32 @@ func (n *Node) subscribeSSE(c *conn, s *sseSession, req *sseRequest) {
 		finish()
 	}
 }
+
+// paceSSE waits until c's queue is below half its limits (outbound's
+// belowHalf), polling, for at most WriteTimeout — a writer that moves
+// nothing for that long fails anyway — or until ctx (the request's) ends.
+func (n *Node) paceSSE(ctx context.Context, c *conn) {
+	if c.out.belowHalf() {
+		return
+	}
+	limit := time.NewTimer(n.cfg.WriteTimeout)
+	defer limit.Stop()
+	tick := time.NewTicker(ssePaceTick)
+	defer tick.Stop()
+	for !c.out.belowHalf() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-limit.C:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// ssePaceTick is how often paceSSE looks at the queue: a few ms, against
+// a queue that a reading client drains in well under one.
+const ssePaceTick = 2 * time.Millisecond
 
 // sseConnectAdmitted asks the connect hook about an admitted SSE request,
 // as rawConnectAdmitted does for raw mode, then checks that the user it

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -369,6 +370,14 @@ func TestSSERefusals(t *testing.T) {
 		{"token in the query", url.Values{"channel": {"news", "public:a"}, "token": {alice}}, nil, 200},
 		{"token in the header", url.Values{"channel": {"news"}}, http.Header{"Authorization": {"Bearer " + alice}}, 200},
 		{"allowed origin", url.Values{"channel": {"public:a"}}, http.Header{"Origin": {"https://app.example.com"}}, 200},
+		// Without Origin, a browser's Fetch metadata tells a cross-site
+		// GET (an <img src>, a no-cors fetch, a link) carrying cookies.
+		{"cross-site without origin", url.Values{"channel": {"public:a"}}, http.Header{"Sec-Fetch-Site": {"cross-site"}, "Sec-Fetch-Mode": {"no-cors"}}, 403},
+		{"same-site without origin", url.Values{"channel": {"public:a"}}, http.Header{"Sec-Fetch-Site": {"same-site"}, "Sec-Fetch-Mode": {"cors"}}, 403},
+		{"image without origin", url.Values{"channel": {"public:a"}}, http.Header{"Sec-Fetch-Mode": {"no-cors"}, "Sec-Fetch-Dest": {"image"}}, 403},
+		{"navigation", url.Values{"channel": {"public:a"}}, http.Header{"Sec-Fetch-Site": {"none"}, "Sec-Fetch-Mode": {"navigate"}}, 403},
+		{"same-origin EventSource", url.Values{"channel": {"public:a"}}, http.Header{"Sec-Fetch-Site": {"same-origin"}, "Sec-Fetch-Mode": {"cors"}}, 200},
+		{"cross-site with an allowed origin", url.Values{"channel": {"public:a"}}, http.Header{"Origin": {"https://app.example.com"}, "Sec-Fetch-Site": {"cross-site"}, "Sec-Fetch-Mode": {"cors"}}, 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, resp, body := sseGet(t, ts.srv.URL+"/sse?"+tc.query.Encode(), tc.hdr)
@@ -396,6 +405,115 @@ func TestSSERefusals(t *testing.T) {
 	c.subscribed("news")
 	if id := ts.sseConnID(t); ts.node.hub.conn(id).user != "alice" {
 		t.Fatal("the token's user is not the connection's")
+	}
+}
+
+func TestSSECORS(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{AllowedOrigins: []string{"https://app.example.com"}})
+	self := "http://" + strings.TrimPrefix(ts.srv.URL, "http://")
+	for _, tc := range []struct {
+		name, origin string
+		cors         bool
+	}{
+		{"allowed other origin", "https://app.example.com", true},
+		{"own origin", self, false},
+		{"no origin", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hdr := http.Header{}
+			if tc.origin != "" {
+				hdr.Set("Origin", tc.origin)
+			}
+			c, resp, body := sseGet(t, ts.sseURL(nil, "x"), hdr)
+			if c == nil {
+				t.Fatalf("%d %s", resp.StatusCode, body)
+			}
+			c.subscribed("x")
+			h := resp.Header
+			want := map[string]string{"Access-Control-Allow-Origin": tc.origin, "Access-Control-Allow-Credentials": "true", "Vary": "Origin"}
+			for k, v := range want {
+				if !tc.cors {
+					v = ""
+				}
+				if got := h.Get(k); got != v {
+					t.Errorf("%s: %q, want %q", k, got, v)
+				}
+			}
+			c.close()
+		})
+	}
+}
+
+// TestSSEEndOfBody checks that a stream the server ends (a close event
+// written) ends with HTTP's end of body — the terminating chunk — and not
+// a cut connection: a raw HTTP/1.1 client reads it to the end.
+func TestSSEEndOfBody(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, authConfig(t))
+	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(ts.srv.URL, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(15 * time.Second))
+	q := url.Values{"channel": {"public:a"}, "token": {userToken(t, "carol", time.Hour)}}
+	fmt.Fprintf(nc, "GET /sse?%s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", q.Encode(), strings.TrimPrefix(ts.srv.URL, "http://"))
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || len(resp.TransferEncoding) == 0 || resp.TransferEncoding[0] != "chunked" {
+		t.Fatalf("status %d, transfer encoding %v", resp.StatusCode, resp.TransferEncoding)
+	}
+	body := bufio.NewReader(resp.Body) // dechunks; io.EOF only at the terminating chunk
+	line, err := body.ReadString('\n')
+	if err != nil || line != "id: -\n" {
+		t.Fatalf("first line %q: %v", line, err)
+	}
+	waitFor(t, "the subscription", func() bool { return ts.node.hub.numSubs("public:a") == 1 })
+	if err := ts.node.DisconnectUser(context.Background(), "carol", CloseForbidden, "bye"); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(body)
+	if err != nil {
+		t.Fatalf("the body ended without its terminating chunk: %v (read %q)", err, rest)
+	}
+	if !strings.Contains(string(rest), "event: close\ndata: {\"code\":4500,\"reason\":\"bye\"}\n\n") {
+		t.Fatalf("no close event in %q", rest)
+	}
+}
+
+// TestSSEStuckWriteIsCut checks that closing the stream (Shutdown's cut)
+// still ends a write stuck on a client that stopped reading, long before
+// the write timeout.
+func TestSSEStuckWriteIsCut(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{MaxMessageSize: 64 << 10, MaxQueueBytes: 32 << 20, MaxQueueMessages: 1 << 16, WriteTimeout: 60 * time.Second})
+	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(ts.srv.URL, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	fmt.Fprintf(nc, "GET /sse?channel=x HTTP/1.1\r\nHost: x\r\n\r\n") // and never read
+	waitFor(t, "the subscription", func() bool { return ts.node.hub.numSubs("x") == 1 })
+	big := []byte(`"` + strings.Repeat("z", 60<<10) + `"`)
+	var c *conn
+	ts.node.forEachConn(func(cc *conn) { c = cc })
+	for range 250 { // 15 MB: more than the sockets' buffers hold
+		mustPublish(t, ts.node, "x", big)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if c.out.queued() == 0 {
+		t.Fatal("the writer is not stuck")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_ = ts.node.Shutdown(ctx)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Shutdown took %v: the stuck write was not cut", d)
 	}
 }
 
@@ -512,6 +630,97 @@ func TestSSEServerUnsubscribeAndPresence(t *testing.T) {
 	}
 	if ts.node.hub.numSubs("other") != 0 {
 		t.Fatal("an SSE stream was subscribed by the server")
+	}
+}
+
+// TestSSEServerUnsubscribeStaysAfterReconnect checks that a channel the
+// server took away is marked so in the event id ("x"), and that the
+// browser's reconnect with that id neither subscribes it again nor
+// replays what was published on it meanwhile.
+func TestSSEServerUnsubscribeStaysAfterReconnect(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, historyConfig(10))
+	c := ts.sse(t, nil, "a", "b")
+	c.subscribed("a")
+	c.subscribed("b")
+	if err := ts.node.UnsubscribeClient(context.Background(), ts.sseConnID(t), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := c.next(); ev.Event != "unsub" || !strings.HasPrefix(ev.ID, "x,0:") {
+		t.Fatalf("want an unsub event with id x,0:..., got %+v", ev)
+	}
+	last := c.lastID
+	c.close()
+	waitFor(t, "the stream's end", func() bool { return ts.node.hub.numConns() == 0 })
+	mustPublish(t, ts.node, "a", []byte(`"a1"`)) // excluded: must not come back
+	mustPublish(t, ts.node, "b", []byte(`"b1"`))
+
+	c2 := ts.sse(t, http.Header{"Last-Event-Id": {last}}, "a", "b")
+	if res := c2.subscribed("b"); res.Recovered == nil || !*res.Recovered {
+		t.Fatalf("b: %+v", res)
+	}
+	if p := c2.pub(); string(p.Data) != `"b1"` {
+		t.Fatalf("recovered %+v, want b's b1", p)
+	}
+	if !strings.HasPrefix(c2.lastID, "x,1:") {
+		t.Fatalf("id %q keeps a removed, want x,1:...", c2.lastID)
+	}
+	if n := ts.node.hub.numSubs("a"); n != 0 {
+		t.Fatalf("the reconnect subscribed a removed channel (%d subscribers)", n)
+	}
+	mustPublish(t, ts.node, "a", []byte(`"a2"`))
+	mustPublish(t, ts.node, "b", []byte(`"b2"`))
+	if p := c2.pub(); string(p.Data) != `"b2"` {
+		t.Fatalf("got %+v, want b's b2", p)
+	}
+	// The removed mark is no format error.
+	if _, removed, err := parseLastEventID("x,-,", 3); err != nil || !removed[0] || removed[1] || removed[2] {
+		t.Fatalf("x,-,: removed %v, %v", removed, err)
+	}
+}
+
+// TestSSERecoveryOfManyChannels checks that a reconnect recovering many
+// channels at once delivers everything, without a slow-consumer cut:
+// every event carries the id of all 50 channels, and 50 × 60 recovered
+// events queued at once took the queue past its default byte limit.
+func TestSSERecoveryOfManyChannels(t *testing.T) {
+	t.Parallel()
+	const channels, missed = 50, 60
+	ts := newTestServer(t, historyConfig(100))
+	var names []string
+	for i := range channels {
+		names = append(names, fmt.Sprintf("ch%02d", i))
+	}
+	c := ts.sse(t, nil, names...)
+	for _, ch := range names {
+		c.subscribed(ch)
+	}
+	last := c.lastID
+	c.close()
+	waitFor(t, "the stream's end", func() bool { return ts.node.hub.numConns() == 0 })
+	for _, ch := range names {
+		for j := range missed {
+			mustPublish(t, ts.node, ch, []byte(fmt.Sprint(j)))
+		}
+	}
+	c2 := ts.sse(t, http.Header{"Last-Event-Id": {last}}, names...)
+	for _, ch := range names {
+		if res := c2.subscribed(ch); res.Recovered == nil || !*res.Recovered {
+			t.Fatalf("%s: %+v", ch, res)
+		}
+		for j := range missed {
+			ev := c2.next()
+			if ev.Event == "close" {
+				t.Fatalf("%s, publication %d: the stream was closed: %s", ch, j+1, ev.Data)
+			}
+			var p offsetPush
+			if err := json.Unmarshal([]byte(ev.Data), &p); err != nil || p.Offset != uint64(j+1) {
+				t.Fatalf("%s: publication %d: %+v (%v)", ch, j+1, ev, err)
+			}
+		}
+	}
+	if n := ts.node.metrics.slowConsumers.Load(); n != 0 {
+		t.Fatalf("%d slow consumers", n)
 	}
 }
 
