@@ -70,10 +70,18 @@ func (n *Node) channelNamespace(channel string) (*Namespace, *Error) {
 	}
 	if ns == nss.other {
 		if name, first, last := nss.firstFallback(channel); first {
-			n.log.Warn(`a channel's namespace is not configured, so "*" configures it: if that is a typo, the channel has "*"'s permissions`,
-				"namespace", name, "channel", channel)
+			// A name a letter or two from a configured one is likely
+			// its typo, with "*"'s permissions instead of its own: that
+			// is worth a warning. Others ("lobby" beside "chat") are
+			// what "*" is for.
+			if like := nss.near(name); like != "" {
+				n.log.Warn(`a channel's namespace is not configured, so "*" configures it: if it is a typo of the configured one, the channel has "*"'s permissions, not its own`,
+					"namespace", name, "configured", like, "channel", channel)
+			} else {
+				n.log.Debug(`a channel's namespace is not configured: "*" configures it`, "namespace", name, "channel", channel)
+			}
 			if last {
-				n.log.Warn(`namespaces falling to "*": no more are logged`, "logged", maxFallbackWarnings)
+				n.log.Info(`namespaces falling to "*": no more are logged`, "logged", maxFallbackWarnings)
 			}
 		}
 	}

@@ -24,8 +24,10 @@ import (
 // presence while every other channel is still accepted. It gives up the
 // refusal above: a misspelt namespace then falls to "*" instead of failing.
 // So that such a typo shows, the first channel of each namespace that
-// falls to "*" is logged (Warn) when other namespaces are configured too;
-// the first 1000 names are, per SetNamespaces.
+// falls to "*" is logged when other namespaces are configured too — as a
+// warning when its name is within two letters of a configured one
+// ("privte" beside "private"), at debug level otherwise; the first 1000
+// names are, per SetNamespaces.
 type Namespace struct {
 	Name string
 
@@ -180,6 +182,43 @@ func (ns *namespaces) lookup(channel string) *Namespace {
 		return n
 	}
 	return ns.other
+}
+
+// near returns a configured namespace name (not "*") within two edits of
+// name, if there is one: name is then likely its typo.
+func (ns *namespaces) near(name string) string {
+	for configured := range ns.byName {
+		if configured != AnyNamespace && configured != name && editDistanceAtMost(name, configured, 2) {
+			return configured
+		}
+	}
+	return ""
+}
+
+// editDistanceAtMost reports whether a and b are within k insertions,
+// deletions and substitutions of each other (Levenshtein). Names are
+// short; this is only run once per namespace name.
+func editDistanceAtMost(a, b string, k int) bool {
+	if d := len(a) - len(b); d > k || -d > k {
+		return false
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)] <= k
 }
 
 // firstFallback reports whether channel's namespace, name, falls to

@@ -665,7 +665,7 @@ func TestAnyNamespace(t *testing.T) {
 func TestAnyNamespaceFallbackWarned(t *testing.T) {
 	t.Parallel()
 	var logs syncBuffer
-	n, err := New(Config{Logger: slog.New(slog.NewTextHandler(&logs, nil)), Namespaces: []Namespace{
+	n, err := New(Config{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Namespaces: []Namespace{
 		{Name: "private", AllowSubscribe: PermGranted},
 		{Name: AnyNamespace},
 	}})
@@ -687,6 +687,14 @@ func TestAnyNamespaceFallbackWarned(t *testing.T) {
 	if !strings.Contains(out, `\"*\"`) {
 		t.Errorf("the warning does not name \"*\":\n%s", out)
 	}
+	// A likely typo of a configured name is a warning; other names are
+	// what "*" is for, logged at debug level.
+	for _, line := range strings.Split(out, "\n") {
+		typo := strings.Contains(line, "namespace=privte ")
+		if (typo || strings.Contains(line, "namespace=news ")) && strings.Contains(line, "level=WARN") != typo {
+			t.Errorf("wrong level: %s", line)
+		}
+	}
 
 	// Past maxFallbackWarnings names, no more are recorded or logged.
 	logs.mu.Lock()
@@ -695,8 +703,8 @@ func TestAnyNamespaceFallbackWarned(t *testing.T) {
 	for i := range maxFallbackWarnings + 10 {
 		_ = n.CheckChannel(fmt.Sprintf("ns%d:x", i))
 	}
-	if got := strings.Count(logs.String(), "level=WARN"); got > maxFallbackWarnings+1 {
-		t.Errorf("%d warnings for %d names, want at most %d", got, maxFallbackWarnings+10, maxFallbackWarnings+1)
+	if got := strings.Count(logs.String(), "namespace=ns"); got > maxFallbackWarnings+1 {
+		t.Errorf("%d lines for %d names, want at most %d", got, maxFallbackWarnings+10, maxFallbackWarnings+1)
 	}
 	if strings.Contains(logs.String(), fmt.Sprintf("namespace=ns%d ", maxFallbackWarnings+5)) {
 		t.Error("a name past the bound was logged")
