@@ -18,7 +18,7 @@ import (
 // openModeWarning is logged at start when no key is configured. It says
 // what "open" means, and how to close it.
 const openModeWarning = "AUTHENTICATION IS OFF: anyone who can reach this server may connect, subscribe and publish on every channel, " +
-	"on the protocol endpoint (/ws) and the raw endpoint (/ws/raw) alike. " +
+	"on the protocol endpoint (/ws), the raw endpoint (/ws/raw) and the SSE endpoint (/sse) alike. " +
 	"To turn token authentication on, set jwt_secret_file (or jwt_secret, jwt_rsa_public_key, jwt_ecdsa_public_key, jwks_url) " +
 	"and give your clients tokens; `herald token` mints one for development. See docs/security.md"
 
