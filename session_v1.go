@@ -334,8 +334,10 @@ func (s *v1Session) connect(cmd protocol.Command) {
 	if hooked != nil {
 		res.Data = hooked.Data
 	}
-	s.reply(cmd.ID, res, nil)
+	// In before the reply goes: a client that acts on it (its backend
+	// subscribing it server-side) must find the connection in.
 	n.admitConn(c)
+	s.reply(cmd.ID, res, nil)
 	if !refresh && (hooked != nil && len(hooked.Channels) > 0 || len(cmd.Subs) > 0) {
 		s.connectSubs(hooked, cmd.Subs)
 	}
