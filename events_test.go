@@ -287,6 +287,34 @@ func TestWebhookNodeCrash(t *testing.T) {
 	b.quiet(t, time.Second, "user.online ann", "user.online bob", "user.offline ann")
 }
 
+// nodeToShutDown runs a node of cfg, which the test shuts down itself
+// (shutdown: within 5s, and Run has returned), with ann connected.
+func nodeToShutDown(t *testing.T, cfg Config) (ann *websocket.Conn, shutdown func()) {
+	t.Helper()
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newHTTPTestServer(n)
+	t.Cleanup(srv.Close)
+	done := make(chan error, 1)
+	go func() { done <- n.Run(context.Background()) }()
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", as("ann"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	return ws, func() {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := n.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		<-done
+	}
+}
+
 // A node that shuts down releases what it held and delivers the
 // offline events before it stops.
 func TestWebhookShutdownFlushes(t *testing.T) {
@@ -294,26 +322,9 @@ func TestWebhookShutdownFlushes(t *testing.T) {
 	b := &backend{}
 	cfg := webhookConfig(b, nil)
 	cfg.Webhooks.Grace = time.Hour // only the final flush can release
-	n, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := newHTTPTestServer(n)
-	defer srv.Close()
-	done := make(chan error, 1)
-	go func() { done <- n.Run(context.Background()) }()
-	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", as("ann"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.Close()
+	_, shutdown := nodeToShutDown(t, cfg)
 	b.waitFor(t, "user.online ann")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := n.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-	<-done
+	shutdown()
 	b.waitFor(t, "user.online ann", "user.offline ann")
 }
 
@@ -340,19 +351,7 @@ func TestWebhookShutdownKeepsPublications(t *testing.T) {
 	b := &backend{}
 	cfg := webhookConfig(b, nil)
 	cfg.Webhooks.Users = false
-	n, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := newHTTPTestServer(n)
-	defer srv.Close()
-	done := make(chan error, 1)
-	go func() { done <- n.Run(context.Background()) }()
-	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", as("ann"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.Close()
+	ws, shutdown := nodeToShutDown(t, cfg)
 	for i := range 20 {
 		msg := fmt.Sprintf(`{"id":%d,"cmd":"publish","channel":"room:1","data":%d}`, i+1, i)
 		if err := ws.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
@@ -364,12 +363,7 @@ func TestWebhookShutdownKeepsPublications(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := n.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-	<-done
+	shutdown()
 	var want []string
 	for i := range 20 {
 		want = append(want, fmt.Sprintf("publication room:1 %d", i))
