@@ -2,6 +2,7 @@ package herald
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -175,19 +176,41 @@ func (r *remotes) add(s string) {
 	r.mu.Unlock()
 }
 
-func (r *remotes) last(t *testing.T, n int) []string {
+// after waits until n addresses were seen and returns the n-th (from 1)
+// with everything seen since. OnConnect may run after the dial has its
+// 101 (a raw client's after its connect hook), so calls of successive
+// dials may land out of order: a test asks whether an address is among
+// those seen once its count is reached, not whether it came last.
+func (r *remotes) after(t *testing.T, n int) []string {
 	t.Helper()
 	var out []string
-	waitFor(t, "remote addresses", func() bool {
+	waitFor(t, fmt.Sprintf("%d remote addresses", n), func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		if len(r.seen) < n {
 			return false
 		}
-		out = append([]string(nil), r.seen[len(r.seen)-n:]...)
+		out = append([]string(nil), r.seen...)
 		return true
 	})
 	return out
+}
+
+// seenOnce reports whether exactly one address in seen satisfies match.
+func seenOnce(seen []string, match func(string) bool) bool {
+	k := 0
+	for _, s := range seen {
+		if match(s) {
+			k++
+		}
+	}
+	return k == 1
+}
+
+func is(want string) func(string) bool { return func(s string) bool { return s == want } }
+
+func hasPrefix(p string) func(string) bool {
+	return func(s string) bool { return strings.HasPrefix(s, p) }
 }
 
 // Over the wire: a client behind a trusted proxy is counted, logged and
@@ -213,12 +236,12 @@ func TestTrustedProxiesOverTheWire(t *testing.T) {
 	if st != 101 {
 		t.Fatalf("first client: %d", st)
 	}
-	if got := seen.last(t, 1)[0]; got != "203.0.113.7" {
+	if got := seen.after(t, 1); !seenOnce(got, is("203.0.113.7")) {
 		t.Fatalf("OnConnect saw %q, want 203.0.113.7", got)
 	}
 	c := &testClient{t: t, ws: ws}
 	c.mustOK(protocol.Command{Cmd: "connect"})
-	if got := hooked.last(t, 1)[0]; got != "203.0.113.7" {
+	if got := hooked.after(t, 1); !seenOnce(got, is("203.0.113.7")) {
 		t.Fatalf("the connect hook saw %q, want 203.0.113.7", got)
 	}
 	// The per-IP cap counts the forwarded address: that client's second
@@ -238,7 +261,7 @@ func TestTrustedProxiesOverTheWire(t *testing.T) {
 	if st, _ := dialFrom(t, "127.0.0.1", ts.url+"/ws/raw?channel=c", xff("[2001:db8::9]:443")); st != 101 {
 		t.Fatalf("raw client: %d", st)
 	}
-	if got := hooked.last(t, 1)[0]; got != "2001:db8::9" {
+	if got := hooked.after(t, 2); !seenOnce(got, is("2001:db8::9")) {
 		t.Fatalf("the raw connect hook saw %q, want 2001:db8::9", got)
 	}
 
@@ -247,8 +270,8 @@ func TestTrustedProxiesOverTheWire(t *testing.T) {
 	if st, _ := dialFrom(t, "127.0.0.2", ts.url+"/ws", xff("203.0.113.50")); st != 101 {
 		t.Fatalf("untrusted peer: %d", st)
 	}
-	if got := seen.last(t, 1)[0]; !strings.HasPrefix(got, "127.0.0.2:") {
-		t.Fatalf("OnConnect saw %q for an untrusted peer, want 127.0.0.2:port", got)
+	if got := seen.after(t, 4); !seenOnce(got, hasPrefix("127.0.0.2:")) || !seenOnce(got, is("2001:db8::9")) {
+		t.Fatalf("OnConnect saw %q: want the raw client 2001:db8::9 and the untrusted peer as 127.0.0.2:port", got)
 	}
 	if st, _ := dialFrom(t, "127.0.0.2", ts.url+"/ws", xff("203.0.113.51")); st != http.StatusTooManyRequests {
 		t.Fatalf("untrusted peer claiming another address: %d, want 429", st)
@@ -259,8 +282,8 @@ func TestTrustedProxiesOverTheWire(t *testing.T) {
 	if st, _ := dialFrom(t, "127.0.0.1", ts.url+"/ws", xff("unknown")); st != 101 {
 		t.Fatalf("malformed header: %d", st)
 	}
-	if got := seen.last(t, 1)[0]; !strings.HasPrefix(got, "127.0.0.1:") {
-		t.Fatalf("OnConnect saw %q for a malformed header, want 127.0.0.1:port", got)
+	if got := seen.after(t, 5); !seenOnce(got, hasPrefix("127.0.0.1:")) {
+		t.Fatalf("OnConnect saw %q, want the malformed header's client as 127.0.0.1:port", got)
 	}
 	if st, _ := dialFrom(t, "127.0.0.1", ts.url+"/ws", xff("not an address")); st != http.StatusTooManyRequests {
 		t.Fatalf("second malformed header: %d, want 429 (counted as the proxy)", st)
@@ -283,14 +306,14 @@ func TestTrustedProxiesForwardedAndReload(t *testing.T) {
 	if st, _ := dialFrom(t, "127.0.0.3", ts.url+"/ws", hdr); st != 101 {
 		t.Fatal(st)
 	}
-	if got := seen.last(t, 1)[0]; got != "2001:db8:cafe::17" {
+	if got := seen.after(t, 1); !seenOnce(got, is("2001:db8:cafe::17")) {
 		t.Fatalf("OnConnect saw %q, want 2001:db8:cafe::17", got)
 	}
 	only := http.Header{"X-Forwarded-For": {"198.51.100.1"}}
 	if st, _ := dialFrom(t, "127.0.0.3", ts.url+"/ws", only); st != 101 {
 		t.Fatal(st)
 	}
-	if got := seen.last(t, 1)[0]; !strings.HasPrefix(got, "127.0.0.3:") {
+	if got := seen.after(t, 2); !seenOnce(got, hasPrefix("127.0.0.3:")) {
 		t.Fatalf("with X-Forwarded-For alone OnConnect saw %q, want the peer", got)
 	}
 	if err := ts.node.SetTrustedProxies(nil, ""); err != nil {
@@ -299,7 +322,7 @@ func TestTrustedProxiesForwardedAndReload(t *testing.T) {
 	if st, _ := dialFrom(t, "127.0.0.3", ts.url+"/ws", hdr); st != 101 {
 		t.Fatal(st)
 	}
-	if got := seen.last(t, 1)[0]; !strings.HasPrefix(got, "127.0.0.3:") {
+	if got := seen.after(t, 3); len(got) != 3 || !seenOnce(got, is("2001:db8:cafe::17")) {
 		t.Fatalf("with no proxy trusted OnConnect saw %q, want the peer", got)
 	}
 }
