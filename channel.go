@@ -39,6 +39,9 @@ type subEntry struct {
 	// webhook events when the subscription was made.
 	chEvents, memberEvents bool
 	user                   string // the member's user, for memberDown
+	// asUser, when not "", is the user the subscriber is in this channel's
+	// presence instead of its connection's (a Pusher presence user_id).
+	asUser string
 }
 
 type recoverBuf struct {
@@ -154,6 +157,13 @@ func subscribed(c *conn, channel string) bool {
 // client's rights or made by the server. info, when not nil, is c's info
 // in this channel's presence.
 func (n *Node) subscribeChecked(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage) (*protocol.SubscribeResult, func(), *Error) {
+	return n.subscribeCheckedAs(c, ns, channel, since, info, "")
+}
+
+// subscribeCheckedAs is subscribeChecked with the user c is in this
+// channel's presence, when not "" (a Pusher presence channel's user_id):
+// else c's own.
+func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage, user string) (*protocol.SubscribeResult, func(), *Error) {
 	c.mu.Lock()
 	_, dup := c.channels[channel]
 	count := len(c.channels)
@@ -165,7 +175,7 @@ func (n *Node) subscribeChecked(c *conn, ns *Namespace, channel string, since *p
 		return nil, nil, errorf(protocol.CodeLimitExceeded, "a connection may hold at most %d channels", maxChannels)
 	}
 
-	e := &subEntry{presence: ns.Presence, joinLeave: ns.JoinLeave, info: info, chEvents: ns.ChannelEvents && n.events != nil}
+	e := &subEntry{presence: ns.Presence, joinLeave: ns.JoinLeave, info: info, chEvents: ns.ChannelEvents && n.events != nil, asUser: user}
 	e.memberEvents = e.presence && ns.MemberEvents && n.events != nil
 	var rb *recoverBuf
 	if ns.HistorySize > 0 {
@@ -227,6 +237,9 @@ func (n *Node) subscribeChecked(c *conn, ns *Namespace, channel string, since *p
 		c.mu.Unlock()
 		if e.info != nil {
 			p.Info = e.info
+		}
+		if e.asUser != "" {
+			p.User = e.asUser
 		}
 		if e.memberEvents {
 			e.user = p.User
@@ -390,6 +403,9 @@ func (n *Node) removeSubscription(c *conn, channel string) bool {
 			if e.info != nil {
 				p.Info = e.info
 			}
+			if e.asUser != "" {
+				p.User = e.asUser
+			}
 			n.publishEvent(channel, KindLeave, p)
 		}
 	}
@@ -531,6 +547,9 @@ func (n *Node) HandlePublication(pub *Publication) {
 		if c.raw && ((!c.echo && pub.Origin != "" && c.id == pub.Origin) || pub.Kind != KindPublication) {
 			return // raw clients get their own frames only with echo, and no presence events
 		}
+		if c.pusher && pusherSkips(c, pub) {
+			return
+		}
 		f := frames[c.form]
 		if f == nil {
 			f = n.encodePub(pub, c.form)
@@ -542,6 +561,9 @@ func (n *Node) HandlePublication(pub *Publication) {
 
 // encodePub builds the frame of a publication or presence event in one wire form.
 func (n *Node) encodePub(pub *Publication, form uint8) []byte {
+	if form >= formPusher {
+		return n.buildFrame(wsframe.OpText, appendPusherPub(nil, pub), form&1 == 1)
+	}
 	if pub.Kind == KindPublication {
 		return n.encode(protocol.PushPub, pub.Channel, pub.Offset, pub.Data, pub.Binary, form)
 	}
@@ -560,6 +582,12 @@ func (n *Node) encodePub(pub *Publication, form uint8) []byte {
 func (n *Node) encode(kind, channel string, offset uint64, data []byte, binary bool, form uint8) []byte {
 	if form == formSSE {
 		return sseEncode(kind, channel, offset, data, binary)
+	}
+	if form >= formPusher {
+		if channel != "" {
+			channel = pusherNameOf(channel)
+		}
+		return n.buildFrame(wsframe.OpText, appendPusherData(nil, channel, offset, data, binary), form&1 == 1)
 	}
 	op := byte(wsframe.OpText)
 	if binary {

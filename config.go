@@ -153,6 +153,11 @@ type Config struct {
 	// is on. Zero means 256 bytes.
 	CompressionMinSize int
 
+	// PusherApps are the Pusher apps the node serves on PusherHandler
+	// (docs/pusher.md). Empty means none. Each app adds its namespaces
+	// (PusherApp.HeraldChannel) to Namespaces.
+	PusherApps []PusherApp
+
 	// Shards is the number of shards of the channel and connection registries.
 	// Zero means 64.
 	Shards int

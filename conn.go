@@ -15,14 +15,17 @@ import (
 // Wire forms: every publication is encoded at most once per form, and each
 // connection reads one of them. form = raw<<1 | deflate for WebSocket
 // connections; formSSE is a Server-Sent Events stream's (sse.go), never
-// deflated.
+// deflated; formPusher (| deflate) a Pusher client's (session_pusher.go).
+// The low bit is the deflate bit in every WebSocket form.
 const (
 	formProtocol        = 0
 	formProtocolDeflate = 1
 	formRaw             = 2
 	formRawDeflate      = 3
 	formSSE             = 4
-	numForms            = 5
+	formPusher          = 6
+	formPusherDeflate   = 7
+	numForms            = 8
 )
 
 // conn is one client connection: who the client is, and the three parts
@@ -57,6 +60,10 @@ type conn struct {
 	// for a WebSocket one: its publications carry per-connection event
 	// ids (enqueuePub). Fixed at creation.
 	sse *sseSession
+	// pusher: a Pusher client (session_pusher.go): fan-out skips its own
+	// client events and presence events, and Herald's close codes are
+	// sent as Pusher's (pusherCloseCode). Fixed at creation.
+	pusher bool
 
 	// Identity. mu guards user, info and channels: user and info change
 	// only on the reader (connect, refresh), others read them under mu.
@@ -167,6 +174,9 @@ func (c *conn) cutSlow(dropped int) {
 // reports whether this call began the close.
 func (c *conn) close(code CloseCode, reason string) bool {
 	frame := []byte(nil)
+	if c.pusher {
+		code = pusherCloseCode(code)
+	}
 	if c.sse != nil {
 		frame = sseClose(code, reason)
 	} else {

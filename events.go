@@ -85,6 +85,10 @@ const (
 	EventMemberAdded     = "member.added"
 	EventMemberRemoved   = "member.removed"
 	EventPublication     = "publication"
+	// EventCacheMiss: a client subscribed to a Pusher cache channel
+	// (PusherHandler) that had no event to give it. Sent for every such
+	// subscription, on the channel's key.
+	EventCacheMiss = "cache_miss"
 )
 
 // Event is one thing that happened, as a webhook tells it.

@@ -199,6 +199,11 @@ func (t *eventTracker) memberDown(channel string, p ClientPresence) {
 	t.down(memberKey(channel, p.Client, p.User))
 }
 
+// cacheMiss queues the cache_miss event of a Pusher cache channel.
+func (t *eventTracker) cacheMiss(channel string) {
+	t.append(&Event{ID: newID(), Kind: EventCacheMiss, Key: channelKey(channel), Time: time.Now().UTC().Truncate(time.Millisecond), Channel: channel})
+}
+
 // published queues the publication event of a client's publication.
 func (t *eventTracker) published(c *conn, pub *Publication) {
 	e := &Event{
@@ -215,6 +220,12 @@ func (t *eventTracker) published(c *conn, pub *Publication) {
 	} else { // a raw client's text that is not JSON: as a JSON string
 		e.Data, _ = json.Marshal(string(pub.Data))
 	}
+	t.append(e)
+}
+
+// append queues e for the outbox, or drops it (counted, logged) when the
+// queue is full.
+func (t *eventTracker) append(e *Event) {
 	t.mu.Lock()
 	full := len(t.queue) >= maxQueuedEvents
 	if !full {
@@ -224,7 +235,7 @@ func (t *eventTracker) published(c *conn, pub *Publication) {
 	t.mu.Unlock()
 	if full {
 		t.n.metrics.webhookEvents.WithLabelValues("dropped").Inc()
-		t.n.log.Warn("webhook event dropped: the store is not keeping up", "channel", pub.Channel)
+		t.n.log.Warn("webhook event dropped: the store is not keeping up", "channel", e.Channel)
 		return
 	}
 	t.poke()

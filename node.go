@@ -64,6 +64,9 @@ type Node struct {
 	ns      nsRef
 	limits  atomic.Pointer[nodeLimits]
 	proxies atomic.Pointer[proxyTrust]
+	// pusher are the Pusher apps (pusher.go); their namespaces are in ns.
+	pusher      atomic.Pointer[pusherApps]
+	pusherConns pusherConns
 
 	// subLocks serialise subscribe/unsubscribe per channel (striped), so the
 	// broker sees Subscribe and Unsubscribe of one channel in the order the
@@ -121,7 +124,11 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	ns, err := newNamespaces(cfg.Namespaces)
+	apps, err := newPusherApps(cfg.PusherApps)
+	if err != nil {
+		return nil, err
+	}
+	ns, err := newNamespaces(apps.withPusher(cfg.Namespaces))
 	if err != nil {
 		return nil, err
 	}
@@ -142,6 +149,7 @@ func New(cfg Config) (*Node, error) {
 	n.notifyCtx, n.notifyCancel = context.WithCancel(context.Background())
 	n.origins.Store(oc)
 	n.ns.p.Store(ns)
+	n.pusher.Store(apps)
 	n.limits.Store(lim)
 	n.setProxies(pt)
 	if n.broker == nil {

@@ -201,7 +201,7 @@ func (n *Node) SetTrustedProxies(prefixes []netip.Prefix, header string) error {
 // numbers its publications from then on, and its existing subscribers
 // receive the offsets too.
 func (n *Node) SetNamespaces(list []Namespace) error {
-	ns, err := newNamespaces(list)
+	ns, err := newNamespaces(n.pusher.Load().withPusher(list))
 	if err != nil {
 		return err
 	}
@@ -238,7 +238,7 @@ func (n *Node) SetSettings(s Settings) error {
 	if err != nil {
 		return err
 	}
-	ns, err := newNamespaces(s.Namespaces)
+	ns, err := newNamespaces(n.pusher.Load().withPusher(s.Namespaces))
 	if err != nil {
 		return err
 	}
