@@ -170,6 +170,10 @@ type Config struct {
 	// Hooks are the backend's HTTP hooks (hooks.go): the hook_* settings
 	// and hooks_secret.
 	Hooks hookSettings
+	// PusherApps are the apps served over Pusher's protocol and HTTP API
+	// (file only: `pusher_apps:` is a list; pusher.go, docs/pusher.md).
+	PusherApps []pusherAppConfig
+
 	// Webhooks are the webhook_* settings (webhooks.go); the namespaces
 	// say which channel events are on.
 	Webhooks webhookSettings
@@ -1082,7 +1086,10 @@ func (c *Config) validate(src sources) error {
 	if c.NATSURL != "" && c.Broker != "nats" {
 		return fmt.Errorf("nats_url set, but broker is %s: set broker nats too, or remove it", c.Broker)
 	}
-	if err := c.Webhooks.validate(c.Namespaces); err != nil {
+	if err := c.validatePusherApps(); err != nil {
+		return err
+	}
+	if err := c.Webhooks.validate(c.Namespaces, c.pusherWebhooks()); err != nil {
 		return err
 	}
 	return c.Hooks.validate(c.Webhooks.URL != "")

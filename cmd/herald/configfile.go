@@ -39,7 +39,7 @@ func applyConfigFile(cfg *Config, path string, src sources) error {
 		v := resolve(raw)
 		name := k.Value
 		var s *setting
-		if name != "namespaces" {
+		if name != "namespaces" && name != "pusher_apps" {
 			if s = lookupSettingByName(name); s == nil || k.Kind != yaml.ScalarNode {
 				hint := "herald help serve lists every setting"
 				if guess := didYouMean(name, settingNames()); guess != "" {
@@ -59,6 +59,12 @@ func applyConfigFile(cfg *Config, path string, src sources) error {
 		first[name] = k.Line
 		if isNull(v) {
 			continue // written with no value: keep the default
+		}
+		if s == nil && name == "pusher_apps" {
+			if cfg.PusherApps, err = f.pusherApps(v, raw.Line); err != nil {
+				return err
+			}
+			continue
 		}
 		if s == nil {
 			if cfg.Namespaces, err = f.namespaces(v, raw.Line); err != nil {
@@ -344,13 +350,14 @@ func render(n *yaml.Node) string {
 	return truncate(b.String(), 100)
 }
 
-// settingNames lists the keys of the file: every setting, and namespaces.
+// settingNames lists the keys of the file: every setting, namespaces and
+// pusher_apps.
 func settingNames() []string {
 	names := make([]string, 0, len(settings)+1)
 	for _, s := range settings {
 		names = append(names, s.name)
 	}
-	return append(names, "namespaces")
+	return append(names, "namespaces", "pusher_apps")
 }
 
 // lookupSettingByName returns the setting called name, or nil.

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -288,6 +289,10 @@ func (in *instance) needsRestart(next *Config) []string {
 		default:
 			in.logger.Warn(msg, "setting", s.name, "running", running, "file", file)
 		}
+	}
+	if !reflect.DeepEqual(in.cfg.PusherApps, next.PusherApps) {
+		names = append(names, "pusher_apps")
+		in.logger.Warn(msg, "setting", "pusher_apps") // secrets inside: no values
 	}
 	for _, name := range startFiles {
 		path := settingByName(name).get(next)

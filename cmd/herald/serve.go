@@ -20,6 +20,7 @@ import (
 	"github.com/heraldhq/herald/dashboard"
 	"github.com/heraldhq/herald/httpapi"
 	"github.com/heraldhq/herald/httphooks"
+	"github.com/heraldhq/herald/pusherapi"
 	"github.com/heraldhq/herald/web"
 )
 
@@ -167,14 +168,14 @@ func (in *instance) newNode(ctx, authCtx context.Context) (closeBroker func(), e
 		closeBroker()
 		return nil, err
 	}
-	if in.cfg.Webhooks.URL != "" {
+	if in.cfg.Webhooks.URL != "" || in.cfg.pusherWebhooks() {
 		_, in.webhookStoreShared = broker.(herald.EventStoreProvider)
 		// Nodes joined by a broker that keeps no outbox would each think
 		// they hold every user alone: one event per node, not per
 		// happening. Refuse rather than send those.
 		if broker != nil && !in.webhookStoreShared {
 			closeBroker()
-			return nil, fmt.Errorf("webhook_url set, but broker %s keeps no webhook outbox (herald.EventStoreProvider): use broker redis, or memory for one node", in.cfg.Broker)
+			return nil, fmt.Errorf("webhooks on (webhook_url or a Pusher app's webhooks), but broker %s keeps no webhook outbox (herald.EventStoreProvider): use broker redis, or memory for one node", in.cfg.Broker)
 		}
 	}
 	nodeCfg := in.cfg.nodeConfig(in.logger)
@@ -185,6 +186,11 @@ func (in *instance) newNode(ctx, authCtx context.Context) (closeBroker func(), e
 	if hooks != nil {
 		nodeCfg.Hooks = hooks.Hooks()
 		nodeCfg.Webhooks = in.cfg.Webhooks.webhooks(hooks)
+	}
+	nodeCfg.PusherApps = in.cfg.pusherApps()
+	if nodeCfg.Webhooks, err = in.cfg.withPusherWebhooks(nodeCfg.Webhooks); err != nil {
+		closeBroker()
+		return nil, err
 	}
 	if in.node, err = herald.New(nodeCfg); err != nil {
 		closeBroker()
@@ -469,6 +475,12 @@ func (in *instance) routes() *http.ServeMux {
 	mux.Handle("GET /ws", in.node.Handler())
 	mux.Handle("GET /ws/raw", in.node.RawHandler())
 	mux.Handle("GET /sse", in.node.SSEHandler())
+	if len(in.cfg.PusherApps) > 0 {
+		// Pusher's paths: pusher-js connects to /app/{key}, the server
+		// SDKs call /apps/{app_id}/… (docs/pusher.md).
+		mux.Handle("GET /app/{key}", in.node.PusherHandler())
+		mux.Handle("/apps/", pusherapi.Handler(in.node, pusherapi.Config{Logger: in.logger}))
+	}
 	// Liveness: the process answers. It stays 200 while draining, so that
 	// an orchestrator does not kill a server that is leaving on purpose.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {

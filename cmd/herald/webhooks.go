@@ -43,17 +43,9 @@ const wantWebhookURL = "an http:// or https:// URL, such as https://app.example.
 
 func webhookSettingList() []*setting {
 	w := func(c *Config) *webhookSettings { return &c.Webhooks }
-	parse := func(v string) (string, error) {
-		v = strings.TrimSpace(v)
-		u, err := url.Parse(v)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return "", errors.New("want " + wantWebhookURL + schemeHint(v, "https"))
-		}
-		return v, nil
-	}
 	webhookURL := valueSetting("webhook_url", "URL",
 		"URL the webhooks POST batches of events to (users online and offline, channels occupied and vacated, members, publications: docs/webhooks.md); turns them on",
-		"none (off)", wantWebhookURL, parse, identity, func(c *Config) *string { return &w(c).URL })
+		"none (off)", wantWebhookURL, parseWebhookURL, identity, func(c *Config) *string { return &w(c).URL })
 	webhookURL.redact = redactURL
 	return []*setting{
 		webhookURL,
@@ -68,6 +60,16 @@ func webhookSettingList() []*setting {
 		durationSetting("webhook_node_ttl", "how long a node that stopped beating (crashed) is taken for alive; then another sends the offline and vacated events of what it held; at least 1s; needs webhook_url",
 			defaultWebhookNodeTTL.String(), func(c *Config) *time.Duration { return &w(c).NodeTTL }),
 	}
+}
+
+// parseWebhookURL reads a URL that webhooks are POSTed to.
+func parseWebhookURL(v string) (string, error) {
+	v = strings.TrimSpace(v)
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", errors.New("want " + wantWebhookURL + schemeHint(v, "https"))
+	}
+	return v, nil
 }
 
 // namespaceEvents lists the namespaces' event keys that are on, as
@@ -88,12 +90,20 @@ func namespaceEvents(list []herald.Namespace) []string {
 }
 
 // validate refuses webhook settings that would do nothing, or not what
-// the operator thinks: a setting without webhook_url, webhook_url with no
-// event on, member events without presence (there are no members to
-// tell of).
-func (w *webhookSettings) validate(namespaces []herald.Namespace) error {
+// the operator thinks: a setting without webhook_url (or a Pusher app's
+// webhooks: pusher says whether there are any), webhook_url with no event
+// on, member events without presence (there are no members to tell of).
+func (w *webhookSettings) validate(namespaces []herald.Namespace, pusher bool) error {
 	events := namespaceEvents(namespaces)
-	if w.URL == "" {
+	if w.URL == "" && pusher {
+		if w.Users {
+			events = append(events, "webhook_users")
+		}
+		if len(events) > 0 {
+			return fmt.Errorf("%s set, but webhook_url is not (the Pusher apps' webhooks tell only of their own channels): set it too, or remove them",
+				strings.Join(events, ", "))
+		}
+	} else if w.URL == "" {
 		var orphans []string
 		for _, s := range []struct {
 			name string
@@ -112,7 +122,7 @@ func (w *webhookSettings) validate(namespaces []herald.Namespace) error {
 		}
 		return nil
 	}
-	if !w.Users && len(events) == 0 {
+	if w.URL != "" && !w.Users && len(events) == 0 {
 		return fmt.Errorf("webhook_url set, but no event is on: set webhook_users, or channel_events, member_events or publish_events in a namespace (docs/webhooks.md)")
 	}
 	if w.NodeTTL != 0 && w.NodeTTL < minWebhookNodeTTL {
