@@ -3,6 +3,7 @@ package pusherapi_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"io"
 	"net/url"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/pusherapi"
 )
 
 // compatDir is the folder of the npm tests (package.json pins pusher and
@@ -91,5 +93,76 @@ func runLogged(t *testing.T, cmd *exec.Cmd) {
 	t.Logf("%s output:\n%s", filepath.Base(cmd.Args[len(cmd.Args)-1]), out.String())
 	if err != nil {
 		t.Fatalf("%s failed: %v", cmd.Args[len(cmd.Args)-1], err)
+	}
+}
+
+// Webhooks in Pusher's format, each call verified by the real SDK's
+// webhook(request).isValid() in compat/pusher/sdk_webhook.mjs, with
+// pusher-js making each event happen: channel_occupied, member_added,
+// client_event, cache_miss, member_removed, channel_vacated; and a forged
+// call refused.
+func TestPusherWebhooksVerifiedBySDK(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := nodeScript(t, ctx, "sdk_webhook.mjs")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 100)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	var out strings.Builder
+	port := ""
+	for port == "" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("the script ended before listening:\n%s", out.String())
+			}
+			out.WriteString(l + "\n")
+			port, _ = strings.CutPrefix(l, "PORT ")
+		case <-ctx.Done():
+			t.Fatal("the script did not listen")
+		}
+	}
+
+	hooks, err := pusherapi.NewWebhooks(pusherapi.WebhookConfig{
+		Apps:  []herald.PusherApp{appA, appB},
+		Hooks: map[string][]pusherapi.Webhook{appA.ID: {{URL: "http://127.0.0.1:" + port + "/pusher"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newServer(t, herald.Config{Webhooks: herald.Webhooks{Deliver: hooks.Deliver, Grace: 100 * time.Millisecond}})
+	u, _ := url.Parse(s.srv.URL)
+	b, _ := json.Marshal(map[string]string{"host": u.Hostname(), "port": u.Port(), "appId": appA.ID, "key": appA.Key, "secret": appA.Secret})
+	if _, err := stdin.Write(append(b, '\n')); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() {
+		err := cmd.Wait() // the process ended and its output is copied
+		pw.Close()
+		waited <- err
+	}()
+	for l := range lines {
+		out.WriteString(l + "\n")
+	}
+	err = <-waited
+	t.Logf("sdk_webhook.mjs output:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("sdk_webhook.mjs failed: %v", err)
 	}
 }
