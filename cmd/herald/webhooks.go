@@ -160,18 +160,25 @@ func (w *webhookSettings) webhooks(b *httphooks.Backend) herald.Webhooks {
 // herald.EventStoreProvider); else the node keeps it in memory.
 func logWebhooks(logger *slog.Logger, c *Config, shared bool) {
 	w := &c.Webhooks
-	if w.URL == "" {
+	if w.URL == "" && !c.pusherWebhooks() {
 		return
 	}
-	logger.Info("webhooks on", "url", redactURL(w.URL), "users", w.Users, "namespace_events", strings.Join(namespaceEvents(c.Namespaces), "; "),
-		"signed", c.Hooks.Secret != "" || c.Hooks.SecretFile != "")
+	if w.URL != "" {
+		logger.Info("webhooks on", "url", redactURL(w.URL), "users", w.Users, "namespace_events", strings.Join(namespaceEvents(c.Namespaces), "; "),
+			"signed", c.Hooks.Secret != "" || c.Hooks.SecretFile != "")
+	}
+	for _, app := range c.PusherApps {
+		for _, h := range app.Webhooks {
+			logger.Info("Pusher webhooks on", "app", app.ID, "url", redactURL(h.URL), "event_types", strings.Join(h.EventTypes, ","))
+		}
+	}
 	if shared {
 		logger.Info("webhook outbox in the broker: undelivered events survive a crash of any node", "broker", c.Broker, "prefix", c.BrokerPrefix)
 	} else {
 		logger.Warn("webhook outbox in this process's memory: a crash loses the events not yet delivered, and nodes do not share it; use a broker that keeps it (redis) (docs/webhooks.md)",
 			"broker", c.Broker)
 	}
-	if c.Hooks.Secret == "" && c.Hooks.SecretFile == "" {
+	if w.URL != "" && c.Hooks.Secret == "" && c.Hooks.SecretFile == "" {
 		logger.Warn("webhook calls are not signed: anyone who can reach webhook_url can forge events; set hooks_secret_file (docs/webhooks.md)")
 	}
 }
