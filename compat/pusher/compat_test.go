@@ -90,7 +90,10 @@ func start(t *testing.T, broker herald.Broker) *backend {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Logf("%s", bytes.TrimSpace(p)); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Logf("%s", bytes.TrimSpace(p))
+	return len(p), nil
+}
 
 // appOf is the app of a request's key (param "key"; the first app else).
 func appOf(r *http.Request) herald.PusherApp {
