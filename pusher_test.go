@@ -598,3 +598,29 @@ func TestPusherAppsIsolated(t *testing.T) {
 		t.Fatalf("PusherChannelOf: %v %q %v", app.ID, ch, ok)
 	}
 }
+
+// TestPusherMembersPerUser: a user with two connections is one member, as
+// in Pusher: the second joins without member_added, the first leaving
+// sends no member_removed, the last does.
+func TestPusherMembersPerUser(t *testing.T) {
+	t.Parallel()
+	ts := pusherServer(t)
+	watcher, tab1, tab2 := ts.pusher(t), ts.pusher(t), ts.pusher(t)
+	watcher.subscribe("presence-room", `{"user_id":"w"}`)
+	tab1.subscribe("presence-room", `{"user_id":"u"}`)
+	if f := watcher.expect("pusher_internal:member_added"); f.str(t) != `{"user_id":"u","user_info":null}` {
+		t.Fatalf("got %+v", f)
+	}
+	f := tab2.subscribe("presence-room", `{"user_id":"u"}`)
+	if !strings.Contains(f.str(t), `"count":2`) {
+		t.Fatalf("two users, one of them twice: %s", f.Data)
+	}
+	watcher.quiet() // no member_added for the second tab
+	tab1.ws.Close()
+	waitFor(t, "tab 1 gone", func() bool { return ts.node.hub.conn(tab1.socketID) == nil })
+	watcher.quiet() // no member_removed while tab 2 is in
+	tab2.ws.Close()
+	if f := watcher.expect("pusher_internal:member_removed"); f.str(t) != `{"user_id":"u"}` {
+		t.Fatalf("got %+v", f)
+	}
+}
