@@ -624,3 +624,42 @@ func TestPusherMembersPerUser(t *testing.T) {
 		t.Fatalf("got %+v", f)
 	}
 }
+
+func TestSetPusherApps(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{Namespaces: []Namespace{{Name: "chat"}}})
+	dial := func(key string) pusherFrame {
+		c := ts.pusherDial(t, "/app/"+key+"?protocol=7")
+		return c.read()
+	}
+	if f := dial(testApp.Key); f.Event != "pusher:error" {
+		t.Fatalf("no apps yet: got %+v", f)
+	}
+	if err := ts.node.SetPusherApps([]PusherApp{{ID: "x"}}); err == nil {
+		t.Fatal("an invalid app accepted")
+	}
+	if err := ts.node.SetPusherApps([]PusherApp{testApp}); err != nil {
+		t.Fatal(err)
+	}
+	if f := dial(testApp.Key); f.Event != "pusher:connection_established" {
+		t.Fatalf("after SetPusherApps: got %+v", f)
+	}
+	// The node's own namespaces stay, and survive a SetNamespaces with the apps'.
+	if err := ts.node.CheckChannel("chat:x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.node.SetNamespaces([]Namespace{{Name: "room"}}); err != nil {
+		t.Fatal(err)
+	}
+	for ch, ok := range map[string]bool{"room:x": true, "chat:x": false, testApp.HeraldChannel("presence-a"): true} {
+		if err := ts.node.CheckChannel(ch); (err == nil) != ok {
+			t.Errorf("CheckChannel(%q) = %v", ch, err)
+		}
+	}
+	if err := ts.node.SetPusherApps(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.node.CheckChannel(testApp.HeraldChannel("orders")); err == nil {
+		t.Error("a removed app's channel is still accepted")
+	}
+}
