@@ -260,7 +260,7 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 				n.log.Warn("presence remove failed", "channel", channel, "err", err)
 			}
 		}
-		if e.joinLeave {
+		if e.joinLeave && (e.asUser == "" || !n.userPresent(ctx, channel, p.User, c.id)) {
 			join := finish
 			finish = func() {
 				join()
@@ -269,6 +269,28 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 		}
 	}
 	return res, finish, nil
+}
+
+// userPresent reports whether user has a client other than client in
+// channel's presence, cluster-wide. A subscription made as a user
+// (subscribeCheckedAs: Pusher presence) joins and leaves per user, as
+// Pusher's member_added and member_removed do: a user's second tab is no
+// new member, and closing it does not remove the user. Two tabs of one
+// user joining on two nodes at the same moment may both be told joined
+// (and both leaving, both left): each reads the set before the other's
+// add. A failed read counts as absent.
+func (n *Node) userPresent(ctx context.Context, channel, user, client string) bool {
+	m, err := n.presence.Presence(ctx, channel)
+	if err != nil {
+		n.log.Warn("presence read failed", "channel", channel, "err", err)
+		return false
+	}
+	for id, p := range m {
+		if id != client && p.User == user {
+			return true
+		}
+	}
+	return false
 }
 
 // grantSubscription verifies a subscription token for channel and, if it is
@@ -405,6 +427,9 @@ func (n *Node) removeSubscription(c *conn, channel string) bool {
 			}
 			if e.asUser != "" {
 				p.User = e.asUser
+				if n.userPresent(ctx, channel, p.User, c.id) {
+					return true // the user is still in: no leave
+				}
 			}
 			n.publishEvent(channel, KindLeave, p)
 		}

@@ -275,6 +275,9 @@ func TestWebhookNodeCrash(t *testing.T) {
 	doomed := &crashable{EventStore: shared}
 	n1 := newTestServer(t, webhookConfig(b, doomed))
 	n1.dial(t, "/ws", as("ann"))
+	// One at a time: a dial returns with the 101, before the node admits
+	// the connection, so two dials' online events may come in either order.
+	b.waitFor(t, "user.online ann")
 	n1.dial(t, "/ws", as("bob"))
 	b.waitFor(t, "user.online ann", "user.online bob")
 	n2 := newTestServer(t, webhookConfig(b, shared))

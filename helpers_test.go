@@ -37,6 +37,7 @@ func newTestServer(t testing.TB, cfg Config) *testServer {
 	mux.Handle("/ws", n.Handler())
 	mux.Handle("/ws/raw", n.RawHandler())
 	mux.Handle("/sse", n.SSEHandler())
+	mux.Handle("/app/", n.PusherHandler())
 	srv := httptest.NewServer(mux)
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan struct{})

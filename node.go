@@ -64,9 +64,13 @@ type Node struct {
 	ns      nsRef
 	limits  atomic.Pointer[nodeLimits]
 	proxies atomic.Pointer[proxyTrust]
-	// pusher are the Pusher apps (pusher.go); their namespaces are in ns.
+	// pusher are the Pusher apps (pusher.go); their namespaces are in ns,
+	// beside nsOwn, the namespaces set by Config, SetNamespaces or
+	// SetSettings. nsMu serialises the changes of ns, nsOwn and pusher.
 	pusher      atomic.Pointer[pusherApps]
 	pusherConns pusherConns
+	nsMu        sync.Mutex
+	nsOwn       []Namespace
 
 	// subLocks serialise subscribe/unsubscribe per channel (striped), so the
 	// broker sees Subscribe and Unsubscribe of one channel in the order the
@@ -150,6 +154,7 @@ func New(cfg Config) (*Node, error) {
 	n.origins.Store(oc)
 	n.ns.p.Store(ns)
 	n.pusher.Store(apps)
+	n.nsOwn = cfg.Namespaces
 	n.limits.Store(lim)
 	n.setProxies(pt)
 	if n.broker == nil {

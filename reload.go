@@ -201,10 +201,35 @@ func (n *Node) SetTrustedProxies(prefixes []netip.Prefix, header string) error {
 // numbers its publications from then on, and its existing subscribers
 // receive the offsets too.
 func (n *Node) SetNamespaces(list []Namespace) error {
+	n.nsMu.Lock()
+	defer n.nsMu.Unlock()
 	ns, err := newNamespaces(n.pusher.Load().withPusher(list))
 	if err != nil {
 		return err
 	}
+	n.ns.p.Store(ns)
+	n.nsOwn = list
+	return nil
+}
+
+// SetPusherApps replaces the Pusher apps (Config.PusherApps) and their
+// namespaces, all or nothing: an invalid list changes nothing. New
+// connections see the new apps; a connection already open keeps the app
+// it connected to (its key and secret, its settings) until it reconnects,
+// and a removed app's channels are refused (bad_channel) as a removed
+// namespace's are.
+func (n *Node) SetPusherApps(apps []PusherApp) error {
+	n.nsMu.Lock()
+	defer n.nsMu.Unlock()
+	a, err := newPusherApps(append([]PusherApp(nil), apps...))
+	if err != nil {
+		return err
+	}
+	ns, err := newNamespaces(a.withPusher(n.nsOwn))
+	if err != nil {
+		return err
+	}
+	n.pusher.Store(a)
 	n.ns.p.Store(ns)
 	return nil
 }
@@ -238,6 +263,8 @@ func (n *Node) SetSettings(s Settings) error {
 	if err != nil {
 		return err
 	}
+	n.nsMu.Lock()
+	defer n.nsMu.Unlock()
 	ns, err := newNamespaces(n.pusher.Load().withPusher(s.Namespaces))
 	if err != nil {
 		return err
@@ -246,6 +273,7 @@ func (n *Node) SetSettings(s Settings) error {
 	n.setOrigins(oc)
 	n.setProxies(pt)
 	n.ns.p.Store(ns)
+	n.nsOwn = s.Namespaces
 	return nil
 }
 

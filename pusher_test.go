@@ -1,0 +1,665 @@
+package herald
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/heraldhq/herald/protocol"
+)
+
+var testApp = PusherApp{ID: "123", Key: "app-key", Secret: "app-secret", ClientEvents: true}
+
+// pusherClient is a Pusher protocol client on a real WebSocket (gorilla).
+type pusherClient struct {
+	t        testing.TB
+	ws       *websocket.Conn
+	socketID string
+}
+
+type pusherFrame struct {
+	Event   string          `json:"event"`
+	Channel string          `json:"channel"`
+	Data    json.RawMessage `json:"data"`
+	UserID  string          `json:"user_id"`
+	Offset  uint64          `json:"offset"`
+	Epoch   string          `json:"epoch"`
+}
+
+// str is the frame's data as Pusher sends it, a JSON string.
+func (f pusherFrame) str(t testing.TB) string {
+	t.Helper()
+	var s string
+	if err := json.Unmarshal(f.Data, &s); err != nil {
+		t.Fatalf("%s: data is not a string: %s", f.Event, f.Data)
+	}
+	return s
+}
+
+func (ts *testServer) pusherDial(t testing.TB, path string) *pusherClient {
+	t.Helper()
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	ws, _, err := d.Dial(ts.url+path, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", path, err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	return &pusherClient{t: t, ws: ws}
+}
+
+// pusher connects to testApp and reads connection_established.
+func (ts *testServer) pusher(t testing.TB) *pusherClient {
+	t.Helper()
+	c := ts.pusherDial(t, "/app/"+testApp.Key+"?protocol=7&client=go&version=1")
+	f := c.read()
+	if f.Event != "pusher:connection_established" {
+		t.Fatalf("want connection_established, got %+v", f)
+	}
+	var d struct {
+		SocketID        string `json:"socket_id"`
+		ActivityTimeout int    `json:"activity_timeout"`
+	}
+	if err := json.Unmarshal([]byte(f.str(t)), &d); err != nil || !validSocketID(d.SocketID) || d.ActivityTimeout != 120 {
+		t.Fatalf("bad connection_established %s (%v)", f.Data, err)
+	}
+	c.socketID = d.SocketID
+	return c
+}
+
+func (c *pusherClient) send(event, channel string, data any) {
+	c.t.Helper()
+	m := map[string]any{"event": event, "data": data}
+	if channel != "" {
+		m["channel"] = channel
+	}
+	b, _ := json.Marshal(m)
+	if err := c.ws.WriteMessage(websocket.TextMessage, b); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *pusherClient) read() pusherFrame {
+	c.t.Helper()
+	_ = c.ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, b, err := c.ws.ReadMessage()
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	var f pusherFrame
+	if err := json.Unmarshal(b, &f); err != nil {
+		c.t.Fatalf("bad JSON %q: %v", b, err)
+	}
+	return f
+}
+
+// expect reads frames until one of event comes (skipping others).
+func (c *pusherClient) expect(event string) pusherFrame {
+	c.t.Helper()
+	for {
+		if f := c.read(); f.Event == event {
+			return f
+		}
+	}
+}
+
+// quiet checks that nothing but what skip allows arrives before a
+// pusher:pong: the server answers in order, so what was sent before the
+// ping has arrived by then.
+func (c *pusherClient) quiet() {
+	c.t.Helper()
+	c.send("pusher:ping", "", map[string]any{})
+	if f := c.read(); f.Event != "pusher:pong" {
+		c.t.Fatalf("want nothing before the pong, got %+v", f)
+	}
+}
+
+func (c *pusherClient) subscribe(channel, channelData string) pusherFrame {
+	c.t.Helper()
+	d := map[string]any{"channel": channel}
+	switch pusherKind(channel) {
+	case pusherPrivate, pusherPresence, pusherPrivateCache, pusherPresenceCache:
+		d["auth"] = PusherChannelAuth(testApp, c.socketID, channel, channelData)
+		if channelData != "" {
+			d["channel_data"] = channelData
+		}
+	}
+	c.send("pusher:subscribe", "", d)
+	return c.expect("pusher_internal:subscription_succeeded")
+}
+
+func (c *pusherClient) expectClose() *websocket.CloseError {
+	c.t.Helper()
+	_ = c.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		if _, _, err := c.ws.ReadMessage(); err != nil {
+			var ce *websocket.CloseError
+			if !errors.As(err, &ce) {
+				c.t.Fatalf("want a close frame, got %v", err)
+			}
+			return ce
+		}
+	}
+}
+
+func pusherServer(t *testing.T, apps ...PusherApp) *testServer {
+	if len(apps) == 0 {
+		apps = []PusherApp{testApp}
+	}
+	return newTestServer(t, Config{PusherApps: apps})
+}
+
+func TestPusherMapping(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ pusher, herald string }{
+		{"orders", "pusher-123:orders"},
+		{"private-orders", "pusher-123.private:private-orders"},
+		{"private-encrypted-x", "pusher-123.private:private-encrypted-x"},
+		{"presence-room", "pusher-123.presence:presence-room"},
+		{"cache-x", "pusher-123.cache:cache-x"},
+		{"private-cache-x", "pusher-123.private-cache:private-cache-x"},
+		{"private-encrypted-cache-x", "pusher-123.private-cache:private-encrypted-cache-x"},
+		{"presence-cache-x", "pusher-123.presence-cache:presence-cache-x"},
+		{"#server-to-user-alice", "pusher-123.user:#alice"},
+		{"a;b=c@d,e.f_g-h", "pusher-123:a!b=c@d,e.f_g-h"},
+		{"bad:name", ""},
+		{"bad name", ""},
+		{"", ""},
+		{strings.Repeat("x", 165), ""},
+		{"#server-to-user-", ""},
+		{"#server-to-user-a,b", ""},
+	} {
+		got := testApp.HeraldChannel(tc.pusher)
+		if got != tc.herald {
+			t.Errorf("HeraldChannel(%q) = %q, want %q", tc.pusher, got, tc.herald)
+			continue
+		}
+		if got == "" {
+			continue
+		}
+		if !protocol.ValidChannel(got) {
+			t.Errorf("HeraldChannel(%q) = %q: not a valid Herald channel", tc.pusher, got)
+		}
+		if back, ok := testApp.PusherChannel(got); !ok || back != tc.pusher {
+			t.Errorf("PusherChannel(%q) = %q, %v; want %q", got, back, ok, tc.pusher)
+		}
+		if back := pusherNameOf(got); back != tc.pusher {
+			t.Errorf("pusherNameOf(%q) = %q, want %q", got, back, tc.pusher)
+		}
+	}
+	other := PusherApp{ID: "1234", Key: "k", Secret: "s"}
+	for _, ch := range []string{"pusher-123:x", "pusher-123.private:x", "chat:x", "pusher-1234:orders"} {
+		if back, ok := testApp.PusherChannel(ch); ok && other.HeraldChannel(back) == ch {
+			t.Errorf("PusherChannel(%q) = %q: another app's channel", ch, back)
+		}
+	}
+	if _, ok := testApp.PusherChannel("pusher-1234:orders"); ok {
+		t.Error("app 123 claims app 1234's channel")
+	}
+}
+
+func TestPusherSignatures(t *testing.T) {
+	t.Parallel()
+	// Pusher's documented example (pusher.com/docs/channels/library_auth_reference/auth-signatures).
+	app := PusherApp{ID: "1", Key: "278d425bdf160c739803", Secret: "7ad3773142a6692b25b8"}
+	want := "278d425bdf160c739803:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4"
+	if got := PusherChannelAuth(app, "1234.1234", "private-foobar", ""); got != want {
+		t.Fatalf("PusherChannelAuth = %s, want %s", got, want)
+	}
+	if !checkPusherAuth(&app, want, "1234.1234:private-foobar") {
+		t.Fatal("a valid signature refused")
+	}
+	for _, bad := range []string{
+		"", want[:len(want)-1], "wrongkey" + want[strings.IndexByte(want, ':'):], strings.Replace(want, ":58", ":59", 1),
+		want + "00", "278d425bdf160c739803:zz", "278d425bdf160c739803",
+	} {
+		if checkPusherAuth(&app, bad, "1234.1234:private-foobar") {
+			t.Errorf("signature %q accepted", bad)
+		}
+	}
+	if checkPusherAuth(&app, want, "1234.1235:private-foobar") {
+		t.Error("a signature for another socket accepted")
+	}
+	for id, ok := range map[string]bool{"1.2": true, "123456.7890": true, "1": false, "a.b": false, "1.": false, ".1": false, "1.2.3": false} {
+		if validSocketID(id) != ok {
+			t.Errorf("validSocketID(%q) = %v", id, !ok)
+		}
+	}
+	for range 100 {
+		if id := newSocketID(); !validSocketID(id) {
+			t.Fatalf("newSocketID() = %q", id)
+		}
+	}
+}
+
+func TestPusherAppsConfig(t *testing.T) {
+	t.Parallel()
+	for name, apps := range map[string][]PusherApp{
+		"no secret":      {{ID: "1", Key: "k"}},
+		"bad id":         {{ID: "a:b", Key: "k", Secret: "s"}},
+		"same id":        {{ID: "1", Key: "k", Secret: "s"}, {ID: "1", Key: "k2", Secret: "s"}},
+		"same key":       {{ID: "1", Key: "k", Secret: "s"}, {ID: "2", Key: "k", Secret: "s"}},
+		"same namespace": {{ID: "1", Key: "k", Secret: "s", Namespace: "x"}, {ID: "2", Key: "k2", Secret: "s", Namespace: "x"}},
+		"bad namespace":  {{ID: "1", Key: "k", Secret: "s", Namespace: "a:b"}},
+	} {
+		if _, err := New(Config{PusherApps: apps}); err == nil {
+			t.Errorf("%s: New accepted %+v", name, apps)
+		}
+	}
+}
+
+func TestPusherConnectRefusals(t *testing.T) {
+	t.Parallel()
+	ts := pusherServer(t, PusherApp{ID: "1", Key: "one", Secret: "s", MaxConnections: 1})
+	for _, tc := range []struct {
+		path string
+		code CloseCode
+	}{
+		{"/app/nokey?protocol=7", PusherAppNotFound},
+		{"/app/one?protocol=6", PusherBadProtocol},
+		{"/app/?protocol=7", PusherPathNotFound},
+	} {
+		c := ts.pusherDial(t, tc.path)
+		f := c.read()
+		var d struct {
+			Code int `json:"code"`
+		}
+		if f.Event != "pusher:error" || json.Unmarshal(f.Data, &d) != nil || d.Code != int(tc.code) {
+			t.Errorf("%s: want pusher:error %d, got %+v", tc.path, tc.code, f)
+		}
+		if ce := c.expectClose(); ce.Code != int(tc.code) {
+			t.Errorf("%s: close %d, want %d", tc.path, ce.Code, tc.code)
+		}
+	}
+	first := ts.pusherDial(t, "/app/one?protocol=7")
+	if f := first.read(); f.Event != "pusher:connection_established" {
+		t.Fatalf("got %+v", f)
+	}
+	over := ts.pusherDial(t, "/app/one?protocol=7")
+	if f := over.read(); f.Event != "pusher:error" {
+		t.Fatalf("over quota: got %+v", f)
+	}
+	if ce := over.expectClose(); ce.Code != int(PusherOverQuota) {
+		t.Fatalf("over quota: close %d", ce.Code)
+	}
+	first.ws.Close()
+	waitFor(t, "the quota freed", func() bool { return ts.node.pusherConns.of("1").Load() == 0 })
+	again := ts.pusherDial(t, "/app/one?protocol=7")
+	if f := again.read(); f.Event != "pusher:connection_established" {
+		t.Fatalf("after a close: got %+v", f)
+	}
+}
+
+func TestPusherPublicAndTrigger(t *testing.T) {
+	t.Parallel()
+	ts := pusherServer(t)
+	a, b := ts.pusher(t), ts.pusher(t)
+	a.send("pusher:ping", "", map[string]any{})
+	if f := a.read(); f.Event != "pusher:pong" {
+		t.Fatalf("ping: got %+v", f)
+	}
+	a.subscribe("orders", "")
+	b.subscribe("orders", "")
+	h := ts.client(t)
+	h.subscribe("pusher-123:orders")
+
+	ctx := context.Background()
+	if err := ts.node.PusherTrigger(ctx, testApp, []string{"orders"}, "new-order", `{"id":1}`, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*pusherClient{a, b} {
+		f := c.expect("new-order")
+		if f.Channel != "orders" || f.str(t) != `{"id":1}` {
+			t.Fatalf("got %+v", f)
+		}
+	}
+	m := h.readJSON()
+	if e, ok := DecodePusherEvent(m.Data); m.Push != "pub" || !ok || e.Event != "new-order" || e.Data != `{"id":1}` {
+		t.Fatalf("herald client got %+v", m)
+	}
+	// Excluding a socket: a does not get it, b does.
+	if err := ts.node.PusherTrigger(ctx, testApp, []string{"orders"}, "second", "x", a.socketID); err != nil {
+		t.Fatal(err)
+	}
+	if f := b.expect("second"); f.str(t) != "x" {
+		t.Fatalf("got %+v", f)
+	}
+	a.quiet()
+	// Herald's own publish reaches Pusher clients.
+	if _, err := ts.node.Publish(ctx, "pusher-123:orders", []byte(`{"from":"herald"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if f := a.expect(PusherEventPublication); f.str(t) != `{"from":"herald"}` || f.Channel != "orders" {
+		t.Fatalf("got %+v", f)
+	}
+	// Bad input to the Go API.
+	if err := ts.node.PusherTrigger(ctx, testApp, []string{"bad:name"}, "e", "", ""); !errors.Is(err, ErrPusherChannel) {
+		t.Fatalf("bad channel: %v", err)
+	}
+	if err := ts.node.PusherTrigger(ctx, testApp, []string{"orders"}, "e", "", "abc"); !errors.Is(err, ErrPusherSocketID) {
+		t.Fatalf("bad socket id: %v", err)
+	}
+	// Unsubscribed, nothing more comes.
+	a.send("pusher:unsubscribe", "", map[string]string{"channel": "orders"})
+	a.quiet()
+	if err := ts.node.PusherTrigger(ctx, testApp, []string{"orders"}, "third", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	b.expect("third")
+	a.quiet()
+}
+
+func TestPusherPrivateAuth(t *testing.T) {
+	t.Parallel()
+	ts := pusherServer(t)
+	c := ts.pusher(t)
+	c.subscribe("private-x", "")
+	// Refused: another socket's signature, a wrong key, none.
+	for _, auth := range []string{
+		PusherChannelAuth(testApp, "1.2", "private-y", ""),
+		"other:" + PusherSign(testApp.Secret, c.socketID+":private-y"),
+		"",
+	} {
+		c.send("pusher:subscribe", "", map[string]string{"channel": "private-y", "auth": auth})
+		f := c.expect("pusher:subscription_error")
+		var d struct {
+			Type   string `json:"type"`
+			Status int    `json:"status"`
+		}
+		if f.Channel != "private-y" || json.Unmarshal(f.Data, &d) != nil || d.Type != "AuthError" || d.Status != 401 {
+			t.Fatalf("auth %q: got %+v", auth, f)
+		}
+	}
+	if subscribed(ts.node.hub.conn(c.socketID), "pusher-123.private:private-y") {
+		t.Fatal("subscribed without a valid signature")
+	}
+	// A Herald client without a grant may not read a private channel.
+	h := ts.client(t)
+	if m := h.call(protocol.Command{Cmd: "subscribe", Channel: "pusher-123.private:private-x"}); m.Error == nil {
+		t.Fatal("a herald client without a grant subscribed to a private pusher channel")
+	}
+	// A user channel needs the sign-in.
+	c.send("pusher:subscribe", "", map[string]string{"channel": "#server-to-user-bob"})
+	if f := c.expect("pusher:subscription_error"); f.Channel != "#server-to-user-bob" {
+		t.Fatalf("got %+v", f)
+	}
+}
+
+func TestPusherPresenceAndClientEvents(t *testing.T) {
+	t.Parallel()
+	ts := pusherServer(t)
+	a, b := ts.pusher(t), ts.pusher(t)
+	f := a.subscribe("presence-room", `{"user_id":"alice","user_info":{"name":"Alice"}}`)
+	var d struct {
+		Presence struct {
+			IDs   []string                   `json:"ids"`
+			Hash  map[string]json.RawMessage `json:"hash"`
+			Count int                        `json:"count"`
+		} `json:"presence"`
+	}
+	if err := json.Unmarshal([]byte(f.str(t)), &d); err != nil || d.Presence.Count != 1 || d.Presence.IDs[0] != "alice" || string(d.Presence.Hash["alice"]) != `{"name":"Alice"}` {
+		t.Fatalf("subscription_succeeded %s (%v)", f.Data, err)
+	}
+	f = b.subscribe("presence-room", `{"user_id":7,"user_info":null}`)
+	if err := json.Unmarshal([]byte(f.str(t)), &d); err != nil || d.Presence.Count != 2 {
+		t.Fatalf("second member: %s", f.Data)
+	}
+	added := a.expect("pusher_internal:member_added")
+	if added.Channel != "presence-room" || added.str(t) != `{"user_id":"7","user_info":null}` {
+		t.Fatalf("member_added %+v", added)
+	}
+	// A client event reaches the other member with the sender's user_id,
+	// and not the sender.
+	b.send("client-typing", "presence-room", map[string]any{"on": true})
+	ev := a.expect("client-typing")
+	if ev.UserID != "7" || ev.str(t) != `{"on":true}` {
+		t.Fatalf("client event %+v", ev)
+	}
+	b.quiet()
+	// Refused: public channel, a channel not subscribed.
+	b.send("client-x", "orders", "x")
+	if f := b.expect("pusher:error"); !strings.Contains(string(f.Data), "private and presence") {
+		t.Fatalf("got %+v", f)
+	}
+	b.send("client-x", "private-nope", "x")
+	if f := b.expect("pusher:error"); !strings.Contains(string(f.Data), "not subscribed") {
+		t.Fatalf("got %+v", f)
+	}
+	// The member leaves: member_removed.
+	b.ws.Close()
+	removed := a.expect("pusher_internal:member_removed")
+	if removed.str(t) != `{"user_id":"7"}` {
+		t.Fatalf("member_removed %+v", removed)
+	}
+	// Bad channel_data.
+	a.send("pusher:subscribe", "", map[string]any{"channel": "presence-x", "channel_data": `{"name":1}`,
+		"auth": PusherChannelAuth(testApp, a.socketID, "presence-x", `{"name":1}`)})
+	if f := a.expect("pusher:subscription_error"); f.Channel != "presence-x" {
+		t.Fatalf("got %+v", f)
+	}
+}
+
+func TestPusherClientEventsOff(t *testing.T) {
+	t.Parallel()
+	app := testApp
+	app.ClientEvents = false
+	ts := pusherServer(t, app)
+	c := ts.pusher(t)
+	c.subscribe("private-x", "")
+	c.send("client-x", "private-x", "hi")
+	if f := c.expect("pusher:error"); !strings.Contains(string(f.Data), "enable client events") {
+		t.Fatalf("got %+v", f)
+	}
+}
+
+func TestPusherCacheChannels(t *testing.T) {
+	t.Parallel()
+	ts := pusherServer(t)
+	c := ts.pusher(t)
+	c.subscribe("cache-x", "")
+	if f := c.read(); f.Event != "pusher:cache_miss" || f.Channel != "cache-x" {
+		t.Fatalf("want cache_miss, got %+v", f)
+	}
+	ctx := context.Background()
+	for _, v := range []string{"1", "2"} {
+		if err := ts.node.PusherTrigger(ctx, testApp, []string{"cache-x"}, "price", v, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.expect("price")
+	c.expect("price")
+	d := ts.pusher(t)
+	d.subscribe("cache-x", "")
+	if f := d.read(); f.Event != "price" || f.str(t) != "2" || f.Offset != 2 {
+		t.Fatalf("want the last event, got %+v", f)
+	}
+	d.quiet()
+}
+
+func TestPusherRecovery(t *testing.T) {
+	t.Parallel()
+	app := testApp
+	app.HistorySize = 100
+	ts := pusherServer(t, app)
+	ctx := context.Background()
+	c := ts.pusher(t)
+	f := c.subscribe("orders", "")
+	if f.Epoch == "" {
+		t.Fatalf("no position in %+v", f)
+	}
+	if err := ts.node.PusherTrigger(ctx, app, []string{"orders"}, "e", "1", ""); err != nil {
+		t.Fatal(err)
+	}
+	last := c.expect("e")
+	c.ws.Close()
+	for _, v := range []string{"2", "3"} {
+		if err := ts.node.PusherTrigger(ctx, app, []string{"orders"}, "e", v, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c = ts.pusher(t)
+	c.send("pusher:subscribe", "", map[string]any{"channel": "orders", "herald_since": map[string]any{"offset": last.Offset, "epoch": f.Epoch}})
+	c.expect("pusher_internal:subscription_succeeded")
+	for _, v := range []string{"2", "3"} {
+		if g := c.read(); g.Event != "e" || g.str(t) != v {
+			t.Fatalf("want recovered %s, got %+v", v, g)
+		}
+	}
+	// An unknown epoch: told so.
+	c.send("pusher:unsubscribe", "", map[string]string{"channel": "orders"})
+	c.send("pusher:subscribe", "", map[string]any{"channel": "orders", "herald_since": map[string]any{"offset": 1, "epoch": "nope"}})
+	c.expect("pusher_internal:subscription_succeeded")
+	if g := c.read(); g.Event != "herald:unrecovered" {
+		t.Fatalf("want herald:unrecovered, got %+v", g)
+	}
+}
+
+func TestPusherSigninAndUserEvents(t *testing.T) {
+	t.Parallel()
+	ts := pusherServer(t)
+	c := ts.pusher(t)
+	ud := `{"id":"alice","name":"Alice"}`
+	c.send("pusher:signin", "", map[string]string{"auth": PusherUserAuth(testApp, c.socketID, ud), "user_data": ud})
+	f := c.expect("pusher:signin_success")
+	var d struct {
+		UserData string `json:"user_data"`
+	}
+	if json.Unmarshal([]byte(f.str(t)), &d) != nil || d.UserData != ud {
+		t.Fatalf("signin_success %+v", f)
+	}
+	c.subscribe("#server-to-user-alice", "")
+	if err := ts.node.PusherSendToUser(context.Background(), testApp, "alice", "hello", "hi"); err != nil {
+		t.Fatal(err)
+	}
+	if f := c.expect("hello"); f.Channel != "#server-to-user-alice" || f.str(t) != "hi" {
+		t.Fatalf("got %+v", f)
+	}
+	// Terminating the user's connections: 4009, no reconnect.
+	if err := ts.node.DisconnectUser(context.Background(), "alice", CloseDisconnected, "terminated"); err != nil {
+		t.Fatal(err)
+	}
+	if ce := c.expectClose(); ce.Code != int(PusherUnauthorized) {
+		t.Fatalf("close %d", ce.Code)
+	}
+	// A bad signature: pusher:error 4009 and the close.
+	b := ts.pusher(t)
+	b.send("pusher:signin", "", map[string]string{"auth": PusherUserAuth(testApp, "1.1", ud), "user_data": ud})
+	b.expect("pusher:error")
+	if ce := b.expectClose(); ce.Code != int(PusherUnauthorized) {
+		t.Fatalf("close %d", ce.Code)
+	}
+}
+
+func TestPusherCloseCodes(t *testing.T) {
+	t.Parallel()
+	ts := pusherServer(t)
+	c := ts.pusher(t)
+	if err := ts.node.Disconnect(context.Background(), c.socketID, CloseResubscribe, "resubscribe"); err != nil {
+		t.Fatal(err)
+	}
+	if ce := c.expectClose(); ce.Code != int(PusherReconnect) {
+		t.Fatalf("close %d, want %d", ce.Code, PusherReconnect)
+	}
+	for herald, pusher := range map[CloseCode]CloseCode{
+		CloseSlowConsumer: PusherOverCapacity, CloseNoPong: PusherPongNotReceived, CloseGoingAway: PusherReconnect,
+		CloseServiceRestart: PusherReconnect, CloseRateLimited: PusherOverCapacity, CloseUnauthorized: PusherUnauthorized,
+	} {
+		if got := pusherCloseCode(herald); got != pusher {
+			t.Errorf("pusherCloseCode(%d) = %d, want %d", herald, got, pusher)
+		}
+	}
+	// Garbage gets pusher:error and harms nothing.
+	d := ts.pusher(t)
+	_ = d.ws.WriteMessage(websocket.TextMessage, []byte("not json"))
+	if f := d.read(); f.Event != "pusher:error" {
+		t.Fatalf("got %+v", f)
+	}
+	d.quiet()
+}
+
+func TestPusherAppsIsolated(t *testing.T) {
+	t.Parallel()
+	other := PusherApp{ID: "456", Key: "other-key", Secret: "other-secret"}
+	ts := pusherServer(t, testApp, other)
+	a := ts.pusher(t)
+	a.subscribe("orders", "")
+	if err := ts.node.PusherTrigger(context.Background(), other, []string{"orders"}, "e", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	a.quiet()
+	if _, ok := ts.node.PusherAppByKey("other-key"); !ok {
+		t.Fatal("PusherAppByKey")
+	}
+	if app, ch, ok := ts.node.PusherChannelOf("pusher-456.presence:presence-x"); !ok || app.ID != "456" || ch != "presence-x" {
+		t.Fatalf("PusherChannelOf: %v %q %v", app.ID, ch, ok)
+	}
+}
+
+// TestPusherMembersPerUser: a user with two connections is one member, as
+// in Pusher: the second joins without member_added, the first leaving
+// sends no member_removed, the last does.
+func TestPusherMembersPerUser(t *testing.T) {
+	t.Parallel()
+	ts := pusherServer(t)
+	watcher, tab1, tab2 := ts.pusher(t), ts.pusher(t), ts.pusher(t)
+	watcher.subscribe("presence-room", `{"user_id":"w"}`)
+	tab1.subscribe("presence-room", `{"user_id":"u"}`)
+	if f := watcher.expect("pusher_internal:member_added"); f.str(t) != `{"user_id":"u","user_info":null}` {
+		t.Fatalf("got %+v", f)
+	}
+	f := tab2.subscribe("presence-room", `{"user_id":"u"}`)
+	if !strings.Contains(f.str(t), `"count":2`) {
+		t.Fatalf("two users, one of them twice: %s", f.Data)
+	}
+	watcher.quiet() // no member_added for the second tab
+	tab1.ws.Close()
+	waitFor(t, "tab 1 gone", func() bool { return ts.node.hub.conn(tab1.socketID) == nil })
+	watcher.quiet() // no member_removed while tab 2 is in
+	tab2.ws.Close()
+	if f := watcher.expect("pusher_internal:member_removed"); f.str(t) != `{"user_id":"u"}` {
+		t.Fatalf("got %+v", f)
+	}
+}
+
+func TestSetPusherApps(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{Namespaces: []Namespace{{Name: "chat"}}})
+	dial := func(key string) pusherFrame {
+		c := ts.pusherDial(t, "/app/"+key+"?protocol=7")
+		return c.read()
+	}
+	if f := dial(testApp.Key); f.Event != "pusher:error" {
+		t.Fatalf("no apps yet: got %+v", f)
+	}
+	if err := ts.node.SetPusherApps([]PusherApp{{ID: "x"}}); err == nil {
+		t.Fatal("an invalid app accepted")
+	}
+	if err := ts.node.SetPusherApps([]PusherApp{testApp}); err != nil {
+		t.Fatal(err)
+	}
+	if f := dial(testApp.Key); f.Event != "pusher:connection_established" {
+		t.Fatalf("after SetPusherApps: got %+v", f)
+	}
+	// The node's own namespaces stay, and survive a SetNamespaces with the apps'.
+	if err := ts.node.CheckChannel("chat:x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.node.SetNamespaces([]Namespace{{Name: "room"}}); err != nil {
+		t.Fatal(err)
+	}
+	for ch, ok := range map[string]bool{"room:x": true, "chat:x": false, testApp.HeraldChannel("presence-a"): true} {
+		if err := ts.node.CheckChannel(ch); (err == nil) != ok {
+			t.Errorf("CheckChannel(%q) = %v", ch, err)
+		}
+	}
+	if err := ts.node.SetPusherApps(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.node.CheckChannel(testApp.HeraldChannel("orders")); err == nil {
+		t.Error("a removed app's channel is still accepted")
+	}
+}
