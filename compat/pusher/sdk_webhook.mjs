@@ -119,18 +119,32 @@ await subscribe(ann, "cache-empty");
 await waitFor("cache_miss", () => has("cache_miss", { channel: "cache-empty" }));
 step("cache_miss");
 
+// Bob in two tabs: one member, as Pusher counts them (per user).
+const count = (name, user) => events.filter((e) => e.name === name && e.user_id === user).length;
 const bob = await client("bob");
 await subscribe(bob, "presence-room");
 await waitFor("member_added bob", () => has("member_added", { channel: "presence-room", user_id: "bob" }));
+const bob2 = await client("bob");
+await subscribe(bob2, "presence-room");
 bob.disconnect();
+// A marker: once ann's client event is in, the outbox has passed bob's
+// second join and first leave, which must have made no event.
+room.trigger("client-marker", {});
+await waitFor("the marker", () => has("client_event", { event: "client-marker" }));
+assert.equal(count("member_added", "bob"), 1, "bob's second connection made a second member_added");
+assert.equal(count("member_removed", "bob"), 0, "bob left while his second connection stays");
+bob2.disconnect();
 await waitFor("member_removed bob", () => has("member_removed", { channel: "presence-room", user_id: "bob" }));
-step("member_removed");
+assert.equal(count("member_added", "bob"), 1);
+step("member_added and member_removed per user: a second connection of a member is no new member");
 
 ann.unsubscribe("news");
 await waitFor("channel_vacated", () => has("channel_vacated", { channel: "news" }));
 step("channel_vacated");
 
 assert.equal(invalid, 1, "a call from Herald failed isValid()");
+assert.equal(count("member_added", "bob"), 1);
+assert.equal(count("member_removed", "bob"), 1);
 assert.ok(!events.some((e) => e.channel === "forged"));
 ann.disconnect();
 receiver.close();
