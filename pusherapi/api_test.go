@@ -3,6 +3,7 @@ package pusherapi_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
 
 	"github.com/heraldhq/herald"
@@ -258,5 +260,84 @@ func TestRefusals(t *testing.T) {
 	}
 	if st, _ := s.do(t, "POST", "/apps/101/events", ev); st != 401 {
 		t.Errorf("unsigned: %d", st)
+	}
+}
+
+// pusherConn is a Pusher protocol client of app (gorilla, as pusher-js
+// speaks it), signed in as user when user is not "".
+func (s *server) pusherConn(t *testing.T, app herald.PusherApp, user string) *websocket.Conn {
+	t.Helper()
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(s.srv.URL, "http")+"/app/"+app.Key+"?protocol=7", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	var est struct{ Event, Data string }
+	if err := ws.ReadJSON(&est); err != nil || est.Event != "pusher:connection_established" {
+		t.Fatalf("connect: %+v %v", est, err)
+	}
+	var d struct {
+		SocketID string `json:"socket_id"`
+	}
+	_ = json.Unmarshal([]byte(est.Data), &d)
+	if user != "" {
+		ud := `{"id":"` + user + `"}`
+		msg, _ := json.Marshal(map[string]any{"event": "pusher:signin", "data": map[string]string{"user_data": ud, "auth": herald.PusherUserAuth(app, d.SocketID, ud)}})
+		if err := ws.WriteMessage(websocket.TextMessage, msg); err != nil {
+			t.Fatal(err)
+		}
+		var ok struct{ Event string }
+		if err := ws.ReadJSON(&ok); err != nil || ok.Event != "pusher:signin_success" {
+			t.Fatalf("signin: %+v %v", ok, err)
+		}
+		// As pusher-js does after signing in: the user's channel.
+		sub := `{"event":"pusher:subscribe","data":{"channel":"#server-to-user-` + user + `"}}`
+		if err := ws.WriteMessage(websocket.TextMessage, []byte(sub)); err != nil {
+			t.Fatal(err)
+		}
+		if err := ws.ReadJSON(&ok); err != nil || ok.Event != "pusher_internal:subscription_succeeded" {
+			t.Fatalf("user channel: %+v %v", ok, err)
+		}
+	}
+	return ws
+}
+
+// terminate_connections closes the app's connections of the user, not
+// the same user id's connections of another app, nor Herald's.
+func TestTerminateIsPerApp(t *testing.T) {
+	t.Parallel()
+	s := newServer(t, herald.Config{})
+	a := s.pusherConn(t, appA, "u1")
+	b := s.pusherConn(t, appB, "u1")
+	h := s.herald(t, "u1")
+	h.OK(protocol.Command{Cmd: "subscribe", Channel: "pusher-202:news"})
+	if st, body := s.signed(t, appA, "POST", "/apps/101/users/u1/terminate_connections", nil, "{}"); st != 200 {
+		t.Fatalf("terminate: %d %s", st, body)
+	}
+	_ = a.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		if _, _, err := a.ReadMessage(); err != nil {
+			var ce *websocket.CloseError
+			if !errors.As(err, &ce) || ce.Code != 4009 {
+				t.Fatalf("app A's connection: %v, want close 4009", err)
+			}
+			break
+		}
+	}
+	// B's and the Herald client are still there: each gets an event sent
+	// after the terminate.
+	if st, body := s.signed(t, appB, "POST", "/apps/202/events", nil, `{"name":"still","channel":"#server-to-user-u1","data":"x"}`); st != 200 {
+		t.Fatalf("send to B's user: %d %s", st, body)
+	}
+	var ev struct{ Event string }
+	_ = b.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if err := b.ReadJSON(&ev); err != nil || ev.Event != "still" {
+		t.Fatalf("app B's connection of the same user: %+v %v", ev, err)
+	}
+	if st, _ := s.signed(t, appB, "POST", "/apps/202/events", nil, `{"name":"herald","channel":"news","data":"x"}`); st != 200 {
+		t.Fatal(st)
+	}
+	if m := h.ReadJSON(); m.Channel != "pusher-202:news" {
+		t.Fatalf("the Herald client of the same user: %+v", m)
 	}
 }

@@ -162,17 +162,15 @@ func (a *api) users(w http.ResponseWriter, r *http.Request, c call) {
 	writeJSON(w, map[string]any{"users": users})
 }
 
-// terminate closes every connection of a user, on every node: Pusher
-// clients get close 4009 (pusher-js does not reconnect on its own). User
-// ids are the node's, not the app's: a user of the same id signed in to
-// another app of the node is closed too (docs/pusher.md).
+// terminate closes every connection of the app signed in as the user, on
+// every node (herald.Node.PusherTerminateUser).
 func (a *api) terminate(w http.ResponseWriter, r *http.Request, c call) {
 	user := r.PathValue("user_id")
 	if user == "" {
 		fail(w, http.StatusBadRequest, "user_id is required")
 		return
 	}
-	if err := a.n.DisconnectUser(r.Context(), user, herald.CloseDisconnected, "terminated by the app's server"); err != nil {
+	if err := a.n.PusherTerminateUser(r.Context(), c.app, user); err != nil {
 		a.nodeError(w, err)
 		return
 	}
