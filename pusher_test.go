@@ -4,7 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -662,4 +666,87 @@ func TestSetPusherApps(t *testing.T) {
 	if err := ts.node.CheckChannel(testApp.HeraldChannel("orders")); err == nil {
 		t.Error("a removed app's channel is still accepted")
 	}
+}
+
+// BenchmarkBroadcastPusher is BenchmarkBroadcast's fan-out of one
+// 128-byte payload to 1,000 subscribers on loopback WebSockets, through
+// Herald's protocol and through the Pusher endpoint (a PusherTrigger to
+// pusher clients) side by side, paced (each publication reaches every
+// socket before the next) and unpaced. Compare deliveries/s and
+// allocs/delivery within one run: the figures are ratios, not absolutes.
+//
+//	go test -run '^$' -bench BroadcastPusher -benchtime 500x .
+func BenchmarkBroadcastPusher(b *testing.B) {
+	for _, proto := range []string{"herald", "pusher"} {
+		for _, paced := range []bool{false, true} {
+			name := "proto=" + proto
+			if paced {
+				name += "/paced"
+			}
+			b.Run(name, func(b *testing.B) { benchFanout(b, proto == "pusher", paced, 1000) })
+		}
+	}
+}
+
+func benchFanout(b *testing.B, pusher, paced bool, subs int) {
+	ts := newTestServer(b, Config{Logger: nopLogger(), MaxQueueMessages: 1 << 20, MaxQueueBytes: 1 << 30, PingInterval: time.Hour,
+		Limits: Limits{ConnectRatePerIP: -1}, PusherApps: []PusherApp{testApp}})
+	var got atomic.Int64
+	for range subs {
+		var nc net.Conn
+		if pusher {
+			c := ts.pusher(b)
+			c.subscribe("bench", "")
+			nc = c.ws.NetConn()
+		} else {
+			c := ts.client(b)
+			c.subscribe("bench")
+			nc = c.ws.NetConn()
+		}
+		_ = nc.SetReadDeadline(time.Time{})
+		go func() { _, _ = io.Copy(countingReader{&got}, nc) }()
+	}
+	text := strings.Repeat("p", 126)
+	payload := []byte(`"` + text + `"`)
+	frameLen := int64(len(ts.node.encode(protocol.PushPub, "bench", 0, payload, false, formProtocol)))
+	if pusher {
+		pub := &Publication{Channel: testApp.HeraldChannel("bench"), Data: PusherEvent{Event: "ev", Data: text}.Encode()}
+		frameLen = int64(len(ts.node.encodePub(pub, formPusher)))
+	}
+	ctx := context.Background()
+	publish := func() error {
+		if pusher {
+			return ts.node.PusherTrigger(ctx, testApp, []string{"bench"}, "ev", text, "")
+		}
+		_, err := ts.node.Publish(ctx, "bench", payload)
+		return err
+	}
+	start := got.Load()
+	b.ReportAllocs()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	mallocs := ms.Mallocs
+	b.ResetTimer()
+	sent := int64(0)
+	for b.Loop() {
+		if err := publish(); err != nil {
+			b.Fatal(err)
+		}
+		sent++
+		if paced {
+			waitBytes(b, &got, start+sent*int64(subs)*frameLen)
+		}
+	}
+	want := start + int64(b.N)*int64(subs)*frameLen
+	deadline := time.Now().Add(time.Minute)
+	for got.Load() < want && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Microsecond)
+	}
+	b.StopTimer()
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(ms.Mallocs-mallocs)/float64(b.N)/float64(subs), "allocs/delivery")
+	if got.Load() != want {
+		b.Fatalf("delivered %d of %d bytes", got.Load()-start, want-start)
+	}
+	b.ReportMetric(float64(b.N)*float64(subs)/b.Elapsed().Seconds(), "deliveries/s")
 }
