@@ -769,10 +769,10 @@ func TestPusherWebhookEvents(t *testing.T) {
 	d.expect("pusher:cache_miss")
 	room := testApp.HeraldChannel("presence-room")
 	want := map[string]bool{
-		EventChannelOccupied + " " + room: false,
-		EventMemberAdded + " " + room + " ann": false,
-		EventMemberAdded + " " + room + " cy": false,
-		EventPublication + " " + room + " client-hi {\"n\":1} ann": false,
+		EventChannelOccupied + " " + room:                           false,
+		EventMemberAdded + " " + room + " ann":                      false,
+		EventMemberAdded + " " + room + " cy":                       false,
+		EventPublication + " " + room + " client-hi {\"n\":1} ann":  false,
 		EventCacheMiss + " " + testApp.HeraldChannel("cache-empty"): false,
 	}
 	waitFor(t, "the webhook events", func() bool {
