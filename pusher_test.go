@@ -4,7 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -662,4 +666,191 @@ func TestSetPusherApps(t *testing.T) {
 	if err := ts.node.CheckChannel(testApp.HeraldChannel("orders")); err == nil {
 		t.Error("a removed app's channel is still accepted")
 	}
+}
+
+// BenchmarkBroadcastPusher is BenchmarkBroadcast's fan-out of one
+// 128-byte payload to 1,000 subscribers on loopback WebSockets, through
+// Herald's protocol and through the Pusher endpoint (a PusherTrigger to
+// pusher clients) side by side, paced (each publication reaches every
+// socket before the next) and unpaced. Compare deliveries/s and
+// allocs/delivery within one run: the figures are ratios, not absolutes.
+//
+//	go test -run '^$' -bench BroadcastPusher -benchtime 500x .
+func BenchmarkBroadcastPusher(b *testing.B) {
+	for _, proto := range []string{"herald", "pusher"} {
+		for _, paced := range []bool{false, true} {
+			name := "proto=" + proto
+			if paced {
+				name += "/paced"
+			}
+			b.Run(name, func(b *testing.B) { benchFanout(b, proto == "pusher", paced, 1000) })
+		}
+	}
+}
+
+func benchFanout(b *testing.B, pusher, paced bool, subs int) {
+	ts := newTestServer(b, Config{Logger: nopLogger(), MaxQueueMessages: 1 << 20, MaxQueueBytes: 1 << 30, PingInterval: time.Hour,
+		Limits: Limits{ConnectRatePerIP: -1}, PusherApps: []PusherApp{testApp}})
+	var got atomic.Int64
+	for range subs {
+		var nc net.Conn
+		if pusher {
+			c := ts.pusher(b)
+			c.subscribe("bench", "")
+			nc = c.ws.NetConn()
+		} else {
+			c := ts.client(b)
+			c.subscribe("bench")
+			nc = c.ws.NetConn()
+		}
+		_ = nc.SetReadDeadline(time.Time{})
+		go func() { _, _ = io.Copy(countingReader{&got}, nc) }()
+	}
+	text := strings.Repeat("p", 126)
+	payload := []byte(`"` + text + `"`)
+	frameLen := int64(len(ts.node.encode(protocol.PushPub, "bench", 0, payload, false, formProtocol)))
+	if pusher {
+		pub := &Publication{Channel: testApp.HeraldChannel("bench"), Data: PusherEvent{Event: "ev", Data: text}.Encode()}
+		frameLen = int64(len(ts.node.encodePub(pub, formPusher)))
+	}
+	ctx := context.Background()
+	publish := func() error {
+		if pusher {
+			return ts.node.PusherTrigger(ctx, testApp, []string{"bench"}, "ev", text, "")
+		}
+		_, err := ts.node.Publish(ctx, "bench", payload)
+		return err
+	}
+	start := got.Load()
+	b.ReportAllocs()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	mallocs := ms.Mallocs
+	b.ResetTimer()
+	sent := int64(0)
+	for b.Loop() {
+		if err := publish(); err != nil {
+			b.Fatal(err)
+		}
+		sent++
+		if paced {
+			waitBytes(b, &got, start+sent*int64(subs)*frameLen)
+		}
+	}
+	want := start + int64(b.N)*int64(subs)*frameLen
+	deadline := time.Now().Add(time.Minute)
+	for got.Load() < want && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Microsecond)
+	}
+	b.StopTimer()
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(ms.Mallocs-mallocs)/float64(b.N)/float64(subs), "allocs/delivery")
+	if got.Load() != want {
+		b.Fatalf("delivered %d of %d bytes", got.Load()-start, want-start)
+	}
+	b.ReportMetric(float64(b.N)*float64(subs)/b.Elapsed().Seconds(), "deliveries/s")
+}
+
+// TestPusherWebhookEvents: what Pusher's webhooks are made from reaches
+// Herald's webhook delivery — channel occupied, member added (with the
+// Pusher user), a client event (its envelope), a cache miss.
+func TestPusherWebhookEvents(t *testing.T) {
+	t.Parallel()
+	b := &backend{}
+	ts := newTestServer(t, Config{PusherApps: []PusherApp{testApp},
+		Webhooks: Webhooks{Deliver: b.deliver, Grace: 100 * time.Millisecond}})
+	a, c := ts.pusher(t), ts.pusher(t)
+	a.subscribe("presence-room", `{"user_id":"ann"}`)
+	c.subscribe("presence-room", `{"user_id":"cy"}`)
+	a.send("client-hi", "presence-room", map[string]int{"n": 1})
+	c.expect("client-hi")
+	d := ts.pusher(t)
+	d.subscribe("cache-empty", "")
+	d.expect("pusher:cache_miss")
+	room := testApp.HeraldChannel("presence-room")
+	want := map[string]bool{
+		EventChannelOccupied + " " + room:                           false,
+		EventMemberAdded + " " + room + " ann":                      false,
+		EventMemberAdded + " " + room + " cy":                       false,
+		EventPublication + " " + room + " client-hi {\"n\":1} ann":  false,
+		EventCacheMiss + " " + testApp.HeraldChannel("cache-empty"): false,
+	}
+	waitFor(t, "the webhook events", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for _, e := range b.events {
+			k := e.Kind + " " + e.Channel
+			switch e.Kind {
+			case EventMemberAdded:
+				k += " " + e.User
+			case EventPublication:
+				ev, ok := DecodePusherEvent(e.Data)
+				if !ok || e.Client != a.socketID {
+					continue
+				}
+				k += " " + ev.Event + " " + ev.Data + " " + ev.UserID
+			}
+			if _, ok := want[k]; ok {
+				want[k] = true
+			}
+		}
+		for _, ok := range want {
+			if !ok {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestPusherCompressed: a client that negotiates permessage-deflate reads
+// the Pusher frames, compressed ones included.
+func TestPusherCompressed(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{PusherApps: []PusherApp{testApp}, EnableCompression: true, CompressionMinSize: 16})
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, EnableCompression: true}
+	ws, resp, err := d.Dial(ts.url+"/app/"+testApp.Key+"?protocol=7", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	if !strings.Contains(resp.Header.Get("Sec-WebSocket-Extensions"), "permessage-deflate") {
+		t.Fatal("no permessage-deflate negotiated")
+	}
+	c := &pusherClient{t: t, ws: ws}
+	f := c.read()
+	var est struct {
+		SocketID string `json:"socket_id"`
+	}
+	_ = json.Unmarshal([]byte(f.str(t)), &est)
+	c.socketID = est.SocketID
+	c.subscribe("orders", "")
+	big := strings.Repeat("compressible ", 100)
+	if err := ts.node.PusherTrigger(context.Background(), testApp, []string{"orders"}, "big", big, ""); err != nil {
+		t.Fatal(err)
+	}
+	if f := c.expect("big"); f.str(t) != big {
+		t.Fatalf("got %d bytes", len(f.str(t)))
+	}
+}
+
+func FuzzPusherChannel(f *testing.F) {
+	for _, s := range []string{"orders", "private-x", "presence-cache-y;z", "#server-to-user-bob", "a!b", "x:y", "#server-to-user-#a"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		h := testApp.HeraldChannel(s)
+		if h == "" {
+			return
+		}
+		if !protocol.ValidChannel(h) {
+			t.Fatalf("HeraldChannel(%q) = %q: invalid", s, h)
+		}
+		if back, ok := testApp.PusherChannel(h); !ok || back != s {
+			t.Fatalf("PusherChannel(HeraldChannel(%q)) = %q, %v", s, back, ok)
+		}
+		if _, ok := DecodePusherEvent(PusherEvent{Event: s, Data: s}.Encode()); !ok {
+			t.Fatalf("envelope of %q not decoded", s)
+		}
+	})
 }
