@@ -1254,6 +1254,13 @@ online and offline (webhook_users), and per namespace in the file, channels
 occupied and vacated (channel_events), members (member_events, with
 presence) and client publications (publish_events). See docs/webhooks.md.
 
+With pusher_apps in the config file (each: id, key, secret or secret_file,
+client_events, max_connections, history_size, history_ttl, activity_timeout,
+webhooks), the server speaks Pusher: pusher-js and Laravel Echo connect to
+/app/{key}, the Pusher server SDKs call /apps/{app_id}/..., and each app's
+webhooks go out in Pusher's format. Changes need a restart. See
+docs/pusher.md.
+
 Each setting is read from its flag, else from its environment variable, else
 from the YAML config file (same name as the flag, with underscores), else
 from its default. Durations are a number and a unit (500ms, 30s, 1m30s, 2h);

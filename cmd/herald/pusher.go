@@ -262,11 +262,13 @@ func (c *Config) pusherWebhookConfig(next func(context.Context, []herald.Event) 
 }
 
 // withPusherWebhooks returns the node's webhooks with the Pusher apps'
-// added, when an app has any: their Deliver sends the events of the apps'
-// channels to the apps' URLs in Pusher's format, and the others to h's
-// Deliver (webhook_url), if set. The webhook_* settings apply to both.
+// added: their Deliver sends the events of the apps' channels to the apps'
+// URLs in Pusher's format (none for an app without webhooks), and the
+// others to h's Deliver (webhook_url), if set. So webhook_url never gets
+// the events of a Pusher app's channels, whose namespaces all record
+// events. The webhook_* settings apply to both.
 func (c *Config) withPusherWebhooks(h herald.Webhooks) (herald.Webhooks, error) {
-	if !c.pusherWebhooks() {
+	if len(c.PusherApps) == 0 || (h.Deliver == nil && !c.pusherWebhooks()) {
 		return h, nil
 	}
 	pw, err := pusherapi.NewWebhooks(c.pusherWebhookConfig(h.Deliver))

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -213,5 +214,40 @@ func TestPusherAppsConfigErrors(t *testing.T) {
 	}
 	if apps := cfg.pusherApps(); len(apps) != 1 || apps[0].HistorySize != 10 || len(cfg.PusherApps[0].Webhooks[0].EventTypes) != 2 {
 		t.Fatalf("parsed %+v", cfg.PusherApps)
+	}
+}
+
+// With webhook_url and a Pusher app without webhooks, webhook_url gets the
+// events of Herald's channels, never those of the app's channels.
+func TestServePusherEventsNotAtWebhookURL(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var channels []string
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var batch struct{ Events []struct{ Kind, Channel string } }
+		_ = json.NewDecoder(r.Body).Decode(&batch)
+		mu.Lock()
+		for _, e := range batch.Events {
+			channels = append(channels, e.Kind+" "+e.Channel)
+		}
+		mu.Unlock()
+	}))
+	defer hook.Close()
+	path := writeFile(t, "webhook_url: "+hook.URL+"\nnamespaces:\n  - name: room\n    channel_events: true\n"+
+		"pusher_apps:\n  - id: \"1\"\n    key: k1\n    secret: 0123456789abcdef\n")
+	s := startServer(t, nil, "--config", path)
+	p := pusherClient(t, s.addr, "k1")
+	pusherSubscribe(t, p, "news")
+	h := mustDialWS(t, "ws://"+s.addr+"/ws", nil)
+	call(t, h, `{"id":1,"cmd":"subscribe","channel":"room:1"}`)
+	waitFor(t, "room:1's channel.occupied at webhook_url", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(channels, "channel.occupied room:1")
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(channels) != 1 {
+		t.Fatalf("webhook_url got %v", channels)
 	}
 }
