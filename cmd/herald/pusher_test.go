@@ -224,7 +224,9 @@ func TestServePusherEventsNotAtWebhookURL(t *testing.T) {
 	var mu sync.Mutex
 	var channels []string
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var batch struct{ Events []struct{ Kind, Channel string } }
+		var batch struct {
+			Events []struct{ Kind, Channel string }
+		}
 		_ = json.NewDecoder(r.Body).Decode(&batch)
 		mu.Lock()
 		for _, e := range batch.Events {
