@@ -118,20 +118,6 @@ func NewWebhooks(cfg WebhookConfig) (*Webhooks, error) {
 	return w, nil
 }
 
-// Wants reports which webhook events the apps' URLs want, so that the
-// node records them (herald.Namespace's ChannelEvents, MemberEvents,
-// PublishEvents for the apps' channels).
-func (w *Webhooks) Wants(name string) bool {
-	for _, hooks := range w.cfg.Hooks {
-		for _, h := range hooks {
-			if len(h.EventTypes) == 0 || slices.Contains(h.EventTypes, name) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // Deliver sends events: those of an app's channels to the app's URLs in
 // Pusher's format, the others to Next. It returns nil only when every
 // call passed. It is herald.Webhooks.Deliver's signature.
