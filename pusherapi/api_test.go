@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,8 +33,18 @@ var (
 // server is a running node with Herald's WebSocket endpoint (/ws), the
 // Pusher endpoint (/app/{key}) and the Pusher API (/apps/), on loopback.
 type server struct {
-	node *herald.Node
-	srv  *httptest.Server
+	node      *herald.Node
+	srv       *httptest.Server
+	socketIDs sync.Map // *websocket.Conn -> its socket id (pusherConn)
+}
+
+// socketIDOf returns the socket id of a pusherConn.
+func (s *server) socketIDOf(t *testing.T, ws *websocket.Conn) string {
+	id, ok := s.socketIDs.Load(ws)
+	if !ok {
+		t.Fatal("not a pusherConn")
+	}
+	return id.(string)
 }
 
 func newServer(t *testing.T, cfg herald.Config) *server {
@@ -280,6 +291,7 @@ func (s *server) pusherConn(t *testing.T, app herald.PusherApp, user string) *we
 		SocketID string `json:"socket_id"`
 	}
 	_ = json.Unmarshal([]byte(est.Data), &d)
+	s.socketIDs.Store(ws, d.SocketID)
 	if user != "" {
 		ud := `{"id":"` + user + `"}`
 		msg, _ := json.Marshal(map[string]any{"event": "pusher:signin", "data": map[string]string{"user_data": ud, "auth": herald.PusherUserAuth(app, d.SocketID, ud)}})
