@@ -1,6 +1,7 @@
 package pusherapi
 
 import (
+	_ "embed"
 	"errors"
 	"fmt"
 	"io"
@@ -66,16 +67,40 @@ func Handler(n *herald.Node, cfg Config) http.Handler {
 		a.log = slog.New(slog.DiscardHandler)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /apps/{app_id}/events", a.signed(a.trigger))
-	mux.HandleFunc("POST /apps/{app_id}/batch_events", a.signed(a.batch))
-	mux.HandleFunc("GET /apps/{app_id}/channels", a.signed(a.channels))
-	mux.HandleFunc("GET /apps/{app_id}/channels/{channel}", a.signed(a.channel))
-	mux.HandleFunc("GET /apps/{app_id}/channels/{channel}/users", a.signed(a.users))
-	mux.HandleFunc("POST /apps/{app_id}/users/{user_id}/terminate_connections", a.signed(a.terminate))
+	for _, rt := range a.routes() {
+		mux.HandleFunc(rt.pattern, a.signed(rt.h))
+	}
+	mux.HandleFunc("GET /apps/openapi.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(OpenAPI)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, "no such route: "+r.Method+" "+r.URL.Path)
 	})
 	return mux
+}
+
+// OpenAPI is the OpenAPI 3.1 document of the API and of the webhooks,
+// served at /apps/openapi.json (no signature needed).
+//
+//go:embed openapi.json
+var OpenAPI []byte
+
+type route struct {
+	pattern string
+	h       signedHandler
+}
+
+// routes are the API's routes; openapi.json describes each.
+func (a *api) routes() []route {
+	return []route{
+		{"POST /apps/{app_id}/events", a.trigger},
+		{"POST /apps/{app_id}/batch_events", a.batch},
+		{"GET /apps/{app_id}/channels", a.channels},
+		{"GET /apps/{app_id}/channels/{channel_name}", a.channel},
+		{"GET /apps/{app_id}/channels/{channel_name}/users", a.users},
+		{"POST /apps/{app_id}/users/{user_id}/terminate_connections", a.terminate},
+	}
 }
 
 type api struct {

@@ -272,6 +272,10 @@ func TestRefusals(t *testing.T) {
 	if st, _ := s.do(t, "POST", "/apps/101/events", ev); st != 401 {
 		t.Errorf("unsigned: %d", st)
 	}
+	// The OpenAPI document needs no signature.
+	if st, body := s.do(t, "GET", "/apps/openapi.json", ""); st != 200 || !strings.Contains(body, `"openapi": "3.1.0"`) {
+		t.Errorf("openapi.json: %d %.80s", st, body)
+	}
 }
 
 // pusherConn is a Pusher protocol client of app (gorilla, as pusher-js

@@ -112,7 +112,7 @@ func (a *api) channels(w http.ResponseWriter, r *http.Request, c call) {
 
 // channel answers one channel's state: occupied, and the counts info asks.
 func (a *api) channel(w http.ResponseWriter, r *http.Request, c call) {
-	ch := r.PathValue("channel")
+	ch := r.PathValue("channel_name")
 	if c.app.HeraldChannel(ch) == "" || strings.HasPrefix(ch, serverToUser) {
 		fail(w, http.StatusBadRequest, "Invalid channel name "+ch)
 		return
@@ -137,7 +137,7 @@ func (a *api) channel(w http.ResponseWriter, r *http.Request, c call) {
 
 // users lists the users of a presence- channel, cluster-wide.
 func (a *api) users(w http.ResponseWriter, r *http.Request, c call) {
-	ch := r.PathValue("channel")
+	ch := r.PathValue("channel_name")
 	if !isPresence(ch) || c.app.HeraldChannel(ch) == "" {
 		fail(w, http.StatusBadRequest, "Users may only be listed for presence- channels, not "+ch)
 		return
