@@ -227,6 +227,7 @@ func TestRefusals(t *testing.T) {
 		want       int
 	}{
 		{"no name", `{"channels":["c"],"data":"d"}`, 400},
+		{"reserved name", `{"name":"pusher_internal:member_added","channels":["presence-x"],"data":"{}"}`, 400},
 		{"no channel", `{"name":"e","data":"d"}`, 400},
 		{"no data", `{"name":"e","channels":["c"]}`, 400},
 		{"bad channel", `{"name":"e","channels":["a b"],"data":"d"}`, 400},

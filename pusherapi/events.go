@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/heraldhq/herald"
 )
@@ -129,6 +130,10 @@ func (a *api) check(app herald.PusherApp, req eventRequest, maxCh int) (ev event
 		return ev, http.StatusBadRequest, "name is required"
 	case len(req.Name) > maxNameLen:
 		return ev, http.StatusBadRequest, fmt.Sprintf("Event name too long (over %d characters)", maxNameLen)
+	case strings.HasPrefix(req.Name, "pusher:") || strings.HasPrefix(req.Name, "pusher_internal:"):
+		// pusher-js acts on these itself (a fake connection_established,
+		// member_added): only the server's protocol may send them.
+		return ev, http.StatusBadRequest, "Event names starting with pusher: or pusher_internal: are reserved"
 	case len(req.Channels) == 0:
 		return ev, http.StatusBadRequest, "channel or channels is required"
 	case len(req.Channels) > maxCh:
