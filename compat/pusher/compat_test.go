@@ -56,11 +56,15 @@ type backend struct {
 }
 
 func start(t *testing.T, broker herald.Broker) *backend {
+	return startWith(t, herald.Config{Broker: broker})
+}
+
+// startWith starts a node of cfg with the test apps.
+func startWith(t *testing.T, cfg herald.Config) *backend {
 	t.Helper()
-	n, err := herald.New(herald.Config{
-		PusherApps: []herald.PusherApp{app, noEvents}, Broker: broker, AllowAnyOrigin: true,
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	cfg.PusherApps, cfg.AllowAnyOrigin = []herald.PusherApp{app, noEvents}, true
+	cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	n, err := herald.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,6 +272,14 @@ func runNode(t *testing.T, script string, env ...string) {
 func TestPusherJS(t *testing.T) {
 	b := start(t, nil)
 	runNode(t, "pusher.test.mjs", "HERALD_URL="+b.srv.URL)
+}
+
+// TestPusherJSHeartbeat: Herald's heartbeat (WebSocket pings, here every
+// 100ms, a close past 200ms more without an answer) does not cut an idle
+// pusher-js client, whose WebSocket answers pings by itself.
+func TestPusherJSHeartbeat(t *testing.T) {
+	b := startWith(t, herald.Config{PingInterval: 100 * time.Millisecond, PongTimeout: 200 * time.Millisecond})
+	runNode(t, "heartbeat.test.mjs", "HERALD_URL="+b.srv.URL)
 }
 
 func TestLaravelEcho(t *testing.T) {
