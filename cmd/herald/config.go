@@ -173,6 +173,9 @@ type Config struct {
 	// PusherApps are the apps served over Pusher's protocol and HTTP API
 	// (file only: `pusher_apps:` is a list; pusher.go, docs/pusher.md).
 	PusherApps []pusherAppConfig
+	// PusherApp is one more app from the pusher_app_* settings (flags,
+	// environment, file): the container-friendly way to run one app.
+	PusherApp pusherAppSettings
 
 	// Webhooks are the webhook_* settings (webhooks.go); the namespaces
 	// say which channel events are on.
@@ -417,7 +420,7 @@ var settings = slices.Concat([]*setting{
 		func(c *Config) *string { return &c.JWTAudience }),
 	durationSetting("connect_timeout", "with token authentication, time a protocol client has to send connect before close 4005", "10s",
 		func(c *Config) *time.Duration { return &c.ConnectTimeout }),
-}, hookSettingList(), webhookSettingList(), []*setting{
+}, hookSettingList(), webhookSettingList(), pusherSettingList(), []*setting{
 	intSetting("read_buffer_size", "read buffer in bytes of a TLS connection (plain connections hold none while idle)", "512",
 		func(c *Config) *int { return &c.ReadBufferSize }),
 	numberSetting("max_message_size", "BYTES",
@@ -963,7 +966,7 @@ func parseServeConfig(args, env []string, usageOut io.Writer) (Config, error) {
 		switch f.s.name {
 		case "jwt_secret":
 			cfg.secretOnCommandLine = true
-		case "api_key", "admin_password", "hooks_secret":
+		case "api_key", "admin_password", "hooks_secret", "pusher_app_secret":
 			cfg.onCommandLine = append(cfg.onCommandLine, f.s.name)
 		}
 	}

@@ -45,6 +45,58 @@ type pusherAppConfig struct {
 	line            int // of the entry, for errors
 }
 
+// pusherAppSettings are the pusher_app_* settings: one app, set like any
+// other setting (HERALD_PUSHER_APP_ID=1001 ...), added to pusher_apps.
+type pusherAppSettings struct {
+	ID, Key      string
+	Secret       secret
+	SecretFile   string
+	ClientEvents bool
+	WebhookURL   string
+}
+
+func pusherSettingList() []*setting {
+	p := func(c *Config) *pusherAppSettings { return &c.PusherApp }
+	name := func(want string) func(string) (string, error) {
+		return func(v string) (string, error) { return parsePusherName(v, want) }
+	}
+	webhook := valueSetting("pusher_app_webhook_url", "URL", "URL of the pusher_app_* app's webhooks (Pusher's format, every event type)",
+		"none", wantWebhookURL, parseWebhookURL, identity, func(c *Config) *string { return &p(c).WebhookURL })
+	webhook.redact = redactURL
+	return []*setting{
+		valueSetting("pusher_app_id", "ID", "id of a Pusher app (PUSHER_APP_ID), added to the file's pusher_apps; with pusher_app_key and a secret (docs/pusher.md)",
+			"none", "an app id such as 1001", name("an app id such as 1001"), identity, func(c *Config) *string { return &p(c).ID }),
+		valueSetting("pusher_app_key", "KEY", "key of the pusher_app_id app (PUSHER_APP_KEY): clients connect to /app/KEY",
+			"none", "an app key such as app-key", name("an app key such as app-key (letters, digits, - and _)"), identity, func(c *Config) *string { return &p(c).Key }),
+		secretSetting("pusher_app_secret", "SECRET", "none", "a secret of at least 16 bytes",
+			"secret of the pusher_app_id app (PUSHER_APP_SECRET); a flag shows in ps: prefer the variable or pusher_app_secret_file",
+			checkPusherSecret, func(c *Config) *secret { return &p(c).Secret }),
+		stringSetting("pusher_app_secret_file", "FILE", "file holding the pusher_app_id app's secret (trailing newlines ignored); instead of pusher_app_secret", "none",
+			func(c *Config) *string { return &p(c).SecretFile }),
+		boolSetting("pusher_app_client_events", "let the pusher_app_id app's clients send client-* events on private and presence channels",
+			func(c *Config) *bool { return &p(c).ClientEvents }),
+		webhook,
+	}
+}
+
+// settingsApp adds the pusher_app_* app to the apps, or says which of its
+// settings is missing.
+func (c *Config) settingsApp() error {
+	s := c.PusherApp
+	if s == (pusherAppSettings{}) {
+		return nil
+	}
+	if s.ID == "" || s.Key == "" {
+		return errors.New("pusher_app_* settings need pusher_app_id and pusher_app_key (and pusher_app_secret or pusher_app_secret_file)")
+	}
+	app := pusherAppConfig{ID: s.ID, Key: s.Key, Secret: s.Secret, SecretFile: s.SecretFile, ClientEvents: s.ClientEvents}
+	if s.WebhookURL != "" {
+		app.Webhooks = []pusherapi.Webhook{{URL: s.WebhookURL}}
+	}
+	c.PusherApps = append(c.PusherApps, app)
+	return nil
+}
+
 // pusherAppKeys are the keys of an app in the file.
 var pusherAppKeys = []string{"id", "key", "secret", "secret_file", "client_events", "max_connections",
 	"history_size", "history_ttl", "activity_timeout", "webhooks"}
@@ -204,10 +256,16 @@ func (f configFile) pusherWebhooks(n *yaml.Node) ([]pusherapi.Webhook, error) {
 // files: every app has an id, a key and one secret, and no two share an id
 // or a key.
 func (c *Config) validatePusherApps() error {
+	if err := c.settingsApp(); err != nil {
+		return err
+	}
 	ids, keys := make(map[string]bool), make(map[string]bool)
 	for i := range c.PusherApps {
 		app := &c.PusherApps[i]
 		where := "Pusher app at line " + strconv.Itoa(app.line)
+		if app.line == 0 {
+			where = "Pusher app of the pusher_app_* settings"
+		}
 		switch {
 		case app.ID == "" || app.Key == "":
 			return fmt.Errorf("%s: id and key are required", where)

@@ -253,3 +253,26 @@ func TestServePusherEventsNotAtWebhookURL(t *testing.T) {
 		t.Fatalf("webhook_url got %v", channels)
 	}
 }
+
+// One app from the environment alone, as a container runs it.
+func TestServePusherAppFromEnv(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, []string{"HERALD_PUSHER_APP_ID=7", "HERALD_PUSHER_APP_KEY=env-key", "HERALD_PUSHER_APP_SECRET=env-secret-0123456789"})
+	ws := pusherClient(t, s.addr, "env-key")
+	pusherSubscribe(t, ws, "news")
+	if st := trigger(t, s.addr, "7", "env-key", "env-secret-0123456789", `{"name":"hi","channel":"news","data":"1"}`); st != 200 {
+		t.Fatalf("trigger: %d", st)
+	}
+	if ev := pusherRead(t, ws); ev.Event != "hi" || ev.Data != "1" {
+		t.Fatalf("got %+v", ev)
+	}
+	// The same id in the file and the environment is refused.
+	path := writeFile(t, "pusher_apps:\n  - {id: \"7\", key: other, secret: 0123456789abcdef}\n")
+	_, err := parseServeConfig([]string{"--config", path}, []string{"HERALD_PUSHER_APP_ID=7", "HERALD_PUSHER_APP_KEY=env-key", "HERALD_PUSHER_APP_SECRET=env-secret-0123456789"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "id 7 is used by another app") {
+		t.Fatalf("same id twice: %v", err)
+	}
+	if _, err := parseServeConfig([]string{"--pusher-app-key", "k"}, nil, io.Discard); err == nil || !strings.Contains(err.Error(), "need pusher_app_id") {
+		t.Fatalf("a key alone: %v", err)
+	}
+}
