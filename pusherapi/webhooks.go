@@ -62,7 +62,10 @@ type WebhookBody struct {
 
 // WebhookConfig configures Webhooks.
 type WebhookConfig struct {
-	// Apps are the node's Pusher apps (herald.Config.PusherApps).
+	// Apps are the node's Pusher apps (herald.Config.PusherApps). They are
+	// fixed: a node whose apps change (Node.SetPusherApps) keeps sending
+	// with these, so make new Webhooks (and a new node) for new apps or
+	// secrets; herald serve needs a restart for them.
 	Apps []herald.PusherApp
 	// Hooks are the webhooks of each app, by app ID. An app without any
 	// gets none.
