@@ -152,6 +152,11 @@ func TestBatchAndInfo(t *testing.T) {
 		t.Fatal(err)
 	}
 	sub.ReadJSON() // the server-side subscription's push
+	// Presence is recorded after the push goes: wait for it.
+	wstest.WaitFor(t, "ann in presence-room's presence", func() bool {
+		st, err := s.node.PresenceStats(ctx, appA.HeraldChannel("presence-room"))
+		return err == nil && st.Users == 1
+	})
 	st, body := s.signed(t, appA, "POST", "/apps/101/batch_events", nil,
 		`{"batch":[{"channel":"a","name":"e1","data":"1"},{"channel":"b","name":"e2","data":"2","info":"subscription_count"},{"channel":"presence-room","name":"e3","data":"3","info":"user_count,subscription_count"}]}`)
 	if st != 200 {

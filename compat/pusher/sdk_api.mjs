@@ -20,9 +20,9 @@ function step(name) {
   console.log("ok - " + name);
 }
 
-// waitFor polls cond until it holds (5s).
+// waitFor polls cond until it holds (15s: a loaded CI machine).
 async function waitFor(what, cond) {
-  const end = Date.now() + 5000;
+  const end = Date.now() + 15000;
   while (!cond()) {
     if (Date.now() > end) throw new Error("timed out waiting for " + what);
     await new Promise((r) => setTimeout(r, 10));
@@ -67,6 +67,20 @@ async function subscribe(c, name) {
     if (!event.startsWith("pusher")) c.got.push({ channel: name, event, data });
   });
   return ch;
+}
+
+// eventually retries check (async, throwing) until it passes (15s): what
+// a node records after it answered a subscription (presence) may lag.
+async function eventually(check) {
+  const end = Date.now() + 15000;
+  for (;;) {
+    try {
+      return await check();
+    } catch (e) {
+      if (Date.now() > end) throw e;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
 }
 
 async function json(res) {
@@ -120,8 +134,10 @@ step("channel queries: one channel, the list, an empty channel");
 // Presence: members and user_count.
 await subscribe(ann, "presence-room");
 await subscribe(bob, "presence-room");
-res = await server.get({ path: "/channels/presence-room/users" });
-assert.deepEqual(await json(res), { users: [{ id: "ann" }, { id: "bob" }] });
+await eventually(async () => {
+  res = await server.get({ path: "/channels/presence-room/users" });
+  assert.deepEqual(await json(res), { users: [{ id: "ann" }, { id: "bob" }] });
+});
 res = await server.get({ path: "/channels", params: { filter_by_prefix: "presence-", info: "user_count" } });
 assert.deepEqual(await json(res), { channels: { "presence-room": { user_count: 2 } } });
 res = await server.get({ path: "/channels/presence-room", params: { info: "user_count,subscription_count" } });
@@ -132,7 +148,7 @@ step("presence channel: users, user_count");
 const signedIn = new Promise((resolve) => bob.user.bind("hello", resolve));
 bob.signin();
 let hello;
-const stop = Date.now() + 5000;
+const stop = Date.now() + 15000;
 while (!hello && Date.now() < stop) {
   await server.sendToUser("bob", "hello", { to: "bob" });
   hello = await Promise.race([signedIn, new Promise((r) => setTimeout(() => r(undefined), 200))]);
