@@ -266,6 +266,7 @@ func TestPusherConnectRefusals(t *testing.T) {
 		{"/app/nokey?protocol=7", PusherAppNotFound},
 		{"/app/one?protocol=6", PusherBadProtocol},
 		{"/app/?protocol=7", PusherPathNotFound},
+		{"/app/" + strings.Repeat("%C3%A9", 100) + "?protocol=7", PusherAppNotFound}, // a long key, not ASCII
 	} {
 		c := ts.pusherDial(t, tc.path)
 		f := c.read()

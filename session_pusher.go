@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/heraldhq/herald/internal/wsframe"
 	"github.com/heraldhq/herald/protocol"
@@ -130,7 +131,7 @@ func (s *pusherSession) start(r *http.Request) bool {
 	}
 	app := n.pusher.Load().byKey[key]
 	if app == nil {
-		s.refuse(PusherAppNotFound, "App key "+key+" not in this cluster")
+		s.refuse(PusherAppNotFound, "App key "+strconv.Quote(key[:min(len(key), 64)])+" not in this cluster")
 		return false
 	}
 	if v := r.URL.Query().Get("protocol"); v != "" {
@@ -234,9 +235,21 @@ func (s *pusherSession) errorEvent(code CloseCode, message string) {
 // as Pusher does for a refused connection. The code is Pusher's own.
 func (s *pusherSession) refuse(code CloseCode, message string) {
 	s.errorEvent(code, message)
-	if s.c.closeFrame(wsframe.Close(code, message), false) {
-		s.c.setEnded(code, message)
+	reason := closeReason(message)
+	if s.c.closeFrame(wsframe.Close(code, reason), false) {
+		s.c.setEnded(code, reason)
 	}
+}
+
+// closeReason is message as a close frame's reason: valid UTF-8 of at
+// most 123 bytes, cut at a character's start.
+func closeReason(message string) string {
+	r := strings.ToValidUTF8(message, "?")
+	for len(r) > 123 {
+		_, size := utf8.DecodeLastRuneInString(r)
+		r = r[:len(r)-size]
+	}
+	return r
 }
 
 // subscriptionError tells the client that a subscription was refused
