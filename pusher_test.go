@@ -902,3 +902,48 @@ func TestPusherTerminateUser(t *testing.T) {
 	}
 	b.quiet()
 }
+
+// TestPusherLimits: Herald's limits and counters apply to Pusher clients:
+// channels per connection, the message rate (pusher:error 4301, then the
+// close 4100 for a flood), the node's connection count.
+func TestPusherLimits(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{PusherApps: []PusherApp{testApp},
+		Limits: Limits{MaxChannelsPerConnection: 1, MessageRate: 1, MessageBurst: 3}})
+	c := ts.pusher(t)
+	if n := ts.node.Stats().Connections; n != 1 {
+		t.Fatalf("Stats().Connections = %d", n)
+	}
+	c.subscribe("one", "")
+	c.send("pusher:subscribe", "", map[string]string{"channel": "two"})
+	f := c.expect("pusher:subscription_error")
+	var d struct {
+		Status int `json:"status"`
+	}
+	if json.Unmarshal(f.Data, &d) != nil || d.Status != 429 {
+		t.Fatalf("over the channel limit: %+v", f)
+	}
+	// Past the burst of 3 (at one a second), a message is refused with
+	// 4301: send until one is (a slow machine may refill a token or two).
+	var e struct {
+		Code int `json:"code"`
+	}
+	for i := 0; ; i++ {
+		if i == 10 {
+			t.Fatal("10 messages past a burst of 3 and none refused")
+		}
+		c.send("pusher:ping", "", map[string]any{})
+		if f = c.read(); f.Event == "pusher:error" {
+			if json.Unmarshal(f.Data, &e) != nil || e.Code != PusherClientEventLimit {
+				t.Fatalf("over the rate: %+v", f)
+			}
+			break
+		}
+	}
+	for range 20 {
+		c.send("pusher:ping", "", map[string]any{})
+	}
+	if ce := c.expectClose(); ce.Code != int(PusherOverCapacity) {
+		t.Fatalf("flooding: close %d, want %d", ce.Code, PusherOverCapacity)
+	}
+}
