@@ -243,7 +243,7 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 		}
 		if e.memberEvents {
 			e.user = p.User
-			n.events.memberUp(channel, p)
+			n.events.memberUp(channel, memberOf(e, p))
 		}
 		ctx, cancel := n.opCtx()
 		defer cancel()
@@ -269,6 +269,18 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 		}
 	}
 	return res, finish, nil
+}
+
+// memberOf is the member p of a subscription, for the member webhook
+// events: per connection, or for a subscription made as a user (Pusher
+// presence) per user — no client, so that the user's connections, on
+// every node, are one member, as Pusher's member_added and
+// member_removed are.
+func memberOf(e *subEntry, p ClientPresence) ClientPresence {
+	if e.asUser != "" {
+		p.Client = ""
+	}
+	return p
 }
 
 // userPresent reports whether user has a client other than client in
@@ -410,7 +422,7 @@ func (n *Node) removeSubscription(c *conn, channel string) bool {
 	l.Unlock()
 	// The subscription leaves as it joined (its namespace may have changed).
 	if e != nil && e.memberEvents {
-		n.events.memberDown(channel, ClientPresence{Client: c.id, User: e.user})
+		n.events.memberDown(channel, memberOf(e, ClientPresence{Client: c.id, User: e.user}))
 	}
 	if e != nil && e.presence {
 		ctx, cancel := n.opCtx()

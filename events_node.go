@@ -188,17 +188,14 @@ func (t *eventTracker) channelUp(channel string) {
 func (t *eventTracker) channelDown(channel string) { t.down(channelKey(channel)) }
 
 // memberUp and memberDown record a member of a channel's presence, for a
-// namespace with MemberEvents. On a Pusher app's channel the member is the
-// user (pusherMember).
+// namespace with MemberEvents.
 func (t *eventTracker) memberUp(channel string, p ClientPresence) {
-	p.Client = t.pusherMember(channel, p.Client)
 	t.up(memberKey(channel, p.Client, p.User), false, Event{
 		Kind: EventMemberAdded, Key: channelKey(channel), Channel: channel, Client: p.Client, User: p.User, Info: p.Info,
 	})
 }
 
 func (t *eventTracker) memberDown(channel string, p ClientPresence) {
-	p.Client = t.pusherMember(channel, p.Client)
 	t.down(memberKey(channel, p.Client, p.User))
 }
 

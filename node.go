@@ -730,7 +730,7 @@ func (n *Node) buildFrame(op byte, payload []byte, deflate bool) []byte {
 
 // control is a node-to-node command carried by Broker.PublishControl.
 type control struct {
-	Op      string    `json:"op"` // "send", "user", "all", "disconnect", "disconnect_user", ...
+	Op      string    `json:"op"` // "send", "user", "all", "disconnect", "disconnect_user", "pusher_terminate"
 	Client  string    `json:"client,omitempty"`
 	User    string    `json:"user,omitempty"`
 	Data    []byte    `json:"data,omitempty"`
@@ -738,8 +738,7 @@ type control struct {
 	Code    CloseCode `json:"code,omitempty"`
 	Reason  string    `json:"reason,omitempty"`
 	Channel string    `json:"channel,omitempty"`
-	// App is the Pusher app of "disconnect_pusher_user" (pusher_api.go).
-	App string `json:"app,omitempty"`
+	App     string    `json:"app,omitempty"` // pusher_terminate's app ID
 }
 
 func (n *Node) publishControl(ctx context.Context, m control) error {
@@ -803,8 +802,8 @@ func (n *Node) HandleControl(data []byte) {
 		}
 	case "disconnect_user":
 		n.hub.forEachUserConn(m.User, func(c *conn) { c.close(m.Code, m.Reason) })
-	case "disconnect_pusher_user":
-		n.disconnectPusherUser(m)
+	case "pusher_terminate":
+		n.hub.forEachUserConn(m.User, func(c *conn) { pusherTerminate(c, m.App, m.Reason) })
 	default:
 		n.log.Warn("unknown control op from broker", "op", m.Op)
 	}

@@ -266,6 +266,7 @@ func TestPusherConnectRefusals(t *testing.T) {
 		{"/app/nokey?protocol=7", PusherAppNotFound},
 		{"/app/one?protocol=6", PusherBadProtocol},
 		{"/app/?protocol=7", PusherPathNotFound},
+		{"/app/" + strings.Repeat("%C3%A9", 100) + "?protocol=7", PusherAppNotFound}, // a long key, not ASCII
 	} {
 		c := ts.pusherDial(t, tc.path)
 		f := c.read()
@@ -762,6 +763,7 @@ func TestPusherWebhookEvents(t *testing.T) {
 	a, c := ts.pusher(t), ts.pusher(t)
 	a.subscribe("presence-room", `{"user_id":"ann"}`)
 	c.subscribe("presence-room", `{"user_id":"cy"}`)
+	ts.pusher(t).subscribe("presence-room", `{"user_id":"ann"}`) // ann's second tab: no second member
 	a.send("client-hi", "presence-room", map[string]int{"n": 1})
 	c.expect("client-hi")
 	d := ts.pusher(t)
@@ -801,6 +803,19 @@ func TestPusherWebhookEvents(t *testing.T) {
 		}
 		return true
 	})
+	// Events of one channel come in order: ann's second tab subscribed
+	// before the client event, so its member.added would be in by now.
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, e := range b.events {
+		if e.Kind == EventMemberAdded && e.User == "ann" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d member.added events for ann's two connections, want 1", n)
+	}
 }
 
 // TestPusherCompressed: a client that negotiates permessage-deflate reads
@@ -853,4 +868,82 @@ func FuzzPusherChannel(f *testing.F) {
 			t.Fatalf("envelope of %q not decoded", s)
 		}
 	})
+}
+
+// TestPusherTerminateUser: the app's connections of the user are closed
+// with 4009; the same user on another app, and Herald clients, stay.
+func TestPusherTerminateUser(t *testing.T) {
+	t.Parallel()
+	other := PusherApp{ID: "456", Key: "other-key", Secret: "other-secret"}
+	ts := pusherServer(t, testApp, other)
+	signin := func(app PusherApp) *pusherClient {
+		c := ts.pusherDial(t, "/app/"+app.Key+"?protocol=7")
+		var est struct {
+			SocketID string `json:"socket_id"`
+		}
+		_ = json.Unmarshal([]byte(c.expect("pusher:connection_established").str(t)), &est)
+		c.socketID = est.SocketID
+		ud := `{"id":"zoe"}`
+		c.send("pusher:signin", "", map[string]string{"auth": PusherUserAuth(app, c.socketID, ud), "user_data": ud})
+		c.expect("pusher:signin_success")
+		return c
+	}
+	a1, a2, b := signin(testApp), signin(testApp), signin(other)
+	if err := ts.node.PusherTerminateUser(context.Background(), testApp, ""); err == nil {
+		t.Fatal("an empty user accepted")
+	}
+	if err := ts.node.PusherTerminateUser(context.Background(), testApp, "zoe"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*pusherClient{a1, a2} {
+		if ce := c.expectClose(); ce.Code != int(PusherUnauthorized) {
+			t.Fatalf("close %d", ce.Code)
+		}
+	}
+	b.quiet()
+}
+
+// TestPusherLimits: Herald's limits and counters apply to Pusher clients:
+// channels per connection, the message rate (pusher:error 4301, then the
+// close 4100 for a flood), the node's connection count.
+func TestPusherLimits(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{PusherApps: []PusherApp{testApp},
+		Limits: Limits{MaxChannelsPerConnection: 1, MessageRate: 1, MessageBurst: 3}})
+	c := ts.pusher(t)
+	if n := ts.node.Stats().Connections; n != 1 {
+		t.Fatalf("Stats().Connections = %d", n)
+	}
+	c.subscribe("one", "")
+	c.send("pusher:subscribe", "", map[string]string{"channel": "two"})
+	f := c.expect("pusher:subscription_error")
+	var d struct {
+		Status int `json:"status"`
+	}
+	if json.Unmarshal(f.Data, &d) != nil || d.Status != 429 {
+		t.Fatalf("over the channel limit: %+v", f)
+	}
+	// Past the burst of 3 (at one a second), a message is refused with
+	// 4301: send until one is (a slow machine may refill a token or two).
+	var e struct {
+		Code int `json:"code"`
+	}
+	for i := 0; ; i++ {
+		if i == 10 {
+			t.Fatal("10 messages past a burst of 3 and none refused")
+		}
+		c.send("pusher:ping", "", map[string]any{})
+		if f = c.read(); f.Event == "pusher:error" {
+			if json.Unmarshal(f.Data, &e) != nil || e.Code != PusherClientEventLimit {
+				t.Fatalf("over the rate: %+v", f)
+			}
+			break
+		}
+	}
+	for range 20 {
+		c.send("pusher:ping", "", map[string]any{})
+	}
+	if ce := c.expectClose(); ce.Code != int(PusherOverCapacity) {
+		t.Fatalf("flooding: close %d, want %d", ce.Code, PusherOverCapacity)
+	}
 }

@@ -1,11 +1,13 @@
 package herald
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/heraldhq/herald/internal/wsframe"
 	"github.com/heraldhq/herald/protocol"
@@ -97,8 +99,11 @@ func (n *Node) servePusher(w http.ResponseWriter, r *http.Request) {
 	c.remote = remote
 	s := &pusherSession{c: c}
 	c.sess = s
+	welcome := s.start(r) // s.app is set before the hub shares c (pusherTerminate reads it)
 	n.hub.addConn(c)
-	s.start(r)
+	if welcome { // in before the welcome, as a herald.v1 connect reply
+		s.welcome()
+	}
 	n.mu.Lock()
 	closing, draining := n.closing, n.draining
 	n.mu.Unlock()
@@ -115,24 +120,24 @@ func (n *Node) servePusher(w http.ResponseWriter, r *http.Request) {
 	c.startReader(hs.deflate)
 }
 
-// start checks the app and the protocol of the handshake and welcomes the
-// client with pusher:connection_established, or refuses it.
-func (s *pusherSession) start(r *http.Request) {
-	c, n := s.c, s.c.node
+// start checks the app and the protocol of the handshake: it reports
+// whether the client is to be welcomed, or refuses it.
+func (s *pusherSession) start(r *http.Request) bool {
+	n := s.c.node
 	key := r.URL.Path[strings.LastIndex(r.URL.Path, "/app/")+len("/app/"):]
 	if strings.LastIndex(r.URL.Path, "/app/") < 0 || key == "" || strings.Contains(key, "/") {
 		s.refuse(PusherPathNotFound, "Path not found: connect to /app/{key}")
-		return
+		return false
 	}
 	app := n.pusher.Load().byKey[key]
 	if app == nil {
-		s.refuse(PusherAppNotFound, "App key "+key+" not in this cluster")
-		return
+		s.refuse(PusherAppNotFound, "App key "+strconv.Quote(key[:min(len(key), 64)])+" not in this cluster")
+		return false
 	}
 	if v := r.URL.Query().Get("protocol"); v != "" {
 		if p, err := strconv.Atoi(v); err != nil || p < 7 {
 			s.refuse(PusherBadProtocol, "Unsupported protocol version: this server speaks 7")
-			return
+			return false
 		}
 	}
 	count := n.pusherConns.of(app.ID)
@@ -140,16 +145,23 @@ func (s *pusherSession) start(r *http.Request) {
 		count.Add(-1)
 		n.metrics.limitHits.Add(1)
 		s.refuse(PusherOverQuota, "Application is over connection quota")
-		return
+		return false
 	}
 	s.app, s.counted = app, true
-	timeout := app.ActivityTimeout
+	return true
+}
+
+// welcome sends pusher:connection_established: the socket id and the
+// activity timeout.
+func (s *pusherSession) welcome() {
+	c, n := s.c, s.c.node
+	timeout := s.app.ActivityTimeout
 	if timeout == 0 {
 		timeout = 120
 	}
 	data, _ := json.Marshal(map[string]any{"socket_id": c.id, "activity_timeout": timeout})
-	s.send("pusher:connection_established", "", string(data))
 	n.admitConn(c)
+	s.send("pusher:connection_established", "", string(data))
 }
 
 func (s *pusherSession) stop() {
@@ -223,9 +235,21 @@ func (s *pusherSession) errorEvent(code CloseCode, message string) {
 // as Pusher does for a refused connection. The code is Pusher's own.
 func (s *pusherSession) refuse(code CloseCode, message string) {
 	s.errorEvent(code, message)
-	if s.c.closeFrame(wsframe.Close(code, message), false) {
-		s.c.setEnded(code, message)
+	reason := closeReason(message)
+	if s.c.closeFrame(wsframe.Close(code, reason), false) {
+		s.c.setEnded(code, reason)
 	}
+}
+
+// closeReason is message as a close frame's reason: valid UTF-8 of at
+// most 123 bytes, cut at a character's start.
+func closeReason(message string) string {
+	r := strings.ToValidUTF8(message, "?")
+	for len(r) > 123 {
+		_, size := utf8.DecodeLastRuneInString(r)
+		r = r[:len(r)-size]
+	}
+	return r
 }
 
 // subscriptionError tells the client that a subscription was refused
@@ -605,4 +629,23 @@ func pusherSkips(c *conn, pub *Publication) bool {
 		return pub.Presence != nil && pub.Presence.Client == c.id
 	}
 	return pub.Origin != "" && pub.Origin == c.id
+}
+
+// PusherTerminateUser closes every connection of the app signed in as
+// userID (pusher:signin), on every node: Pusher's "terminate user
+// connections". Each gets pusher:error 4009 and the close 4009, on which
+// pusher-js does not reconnect. The user's connections to other apps,
+// and Herald protocol clients of that user, stay.
+func (n *Node) PusherTerminateUser(ctx context.Context, app PusherApp, userID string) error {
+	if userID == "" {
+		return errorf(protocol.CodeBadRequest, "a user id is required")
+	}
+	return n.publishControl(ctx, control{Op: "pusher_terminate", User: userID, App: app.ID, Reason: "Connection terminated by the app"})
+}
+
+// pusherTerminate closes c if it is a Pusher client of the app appID.
+func pusherTerminate(c *conn, appID, reason string) {
+	if s, ok := c.sess.(*pusherSession); ok && s.app != nil && s.app.ID == appID {
+		s.refuse(PusherUnauthorized, reason)
+	}
 }

@@ -6,8 +6,12 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { createHash } from 'node:crypto';
 import { chromium } from 'playwright-core';
+import nacl from 'tweetnacl';
 import { base, op } from './common.mjs';
+
+const MASTER = 'compat-encryption-master-key-32b'; // compat_test.go's encryptionMasterKey
 
 let context, dir;
 before(async () => {
@@ -71,4 +75,31 @@ test('pusher-js in Chromium: public, private, presence, client events', async ()
   const wave = (await events(alice)).find((g) => g.event === 'client-wave');
   assert.deepEqual(wave.data, { hi: true });
   assert.equal(wave.user_id, 'bob');
+});
+
+// An encrypted channel end to end: the backend encrypts with the channel's
+// key (as the Pusher server SDKs do), Herald relays the ciphertext it
+// cannot read, and pusher-js's encryption build decrypts it in the page.
+test('pusher-js in Chromium: private-encrypted channel, relayed untouched', async () => {
+  const p = await context.newPage();
+  await p.goto(base + '/encrypted.html');
+  await p.evaluate(() => new Promise((resolve, reject) => {
+    window.got = [];
+    window.pusher = new Pusher('compat-key', {
+      cluster: 'mt1', wsHost: location.hostname, wsPort: Number(location.port), forceTLS: false,
+      enabledTransports: ['ws'], disableStats: true,
+      channelAuthorization: { endpoint: '/broadcasting/auth', transport: 'ajax', params: { user: 'eve' } },
+    });
+    const ch = window.pusher.subscribe('private-encrypted-vault');
+    ch.bind('secret', (d) => window.got.push(d));
+    ch.bind('pusher:subscription_succeeded', resolve);
+    ch.bind('pusher:subscription_error', (e) => reject(new Error(JSON.stringify(e))));
+  }));
+  const key = createHash('sha256').update('private-encrypted-vault' + MASTER).digest();
+  const nonce = nacl.randomBytes(nacl.secretbox.nonceLength);
+  const box = nacl.secretbox(Buffer.from(JSON.stringify({ code: 42 })), nonce, new Uint8Array(key));
+  const data = JSON.stringify({ nonce: Buffer.from(nonce).toString('base64'), ciphertext: Buffer.from(box).toString('base64') });
+  await op('trigger', { channels: ['private-encrypted-vault'], event: 'secret', data });
+  await until(p, () => window.got.length === 1);
+  assert.deepEqual(await events(p), [{ code: 42 }]);
 });

@@ -13,6 +13,8 @@ package pusher_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -41,6 +43,10 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var app = herald.PusherApp{ID: "1", Key: "compat-key", Secret: "compat-secret", ClientEvents: true, HistorySize: 100}
+
+// encryptionMasterKey is the app backend's master key for encrypted
+// channels (browser.test.mjs encrypts with the same derivation).
+const encryptionMasterKey = "compat-encryption-master-key-32b"
 
 // noEvents is a second app, client events off.
 var noEvents = herald.PusherApp{ID: "2", Key: "quiet-key", Secret: "quiet-secret"}
@@ -124,6 +130,12 @@ func (b *backend) channelAuth(w http.ResponseWriter, r *http.Request) {
 		out["channel_data"] = string(cd)
 	}
 	out["auth"] = herald.PusherChannelAuth(a, socket, channel, out["channel_data"])
+	if strings.HasPrefix(channel, "private-encrypted-") {
+		// As the Pusher server SDKs derive it: the key of an encrypted
+		// channel, which Herald never sees.
+		sum := sha256.Sum256([]byte(channel + encryptionMasterKey))
+		out["shared_secret"] = base64.StdEncoding.EncodeToString(sum[:])
+	}
 	writeJSON(w, out)
 }
 
@@ -233,6 +245,11 @@ func (b *backend) static(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/pusher.js":
 		http.ServeFile(w, r, filepath.Join("node_modules", "pusher-js", "dist", "web", "pusher.js"))
+	case "/pusher-with-encryption.js":
+		http.ServeFile(w, r, filepath.Join("node_modules", "pusher-js", "dist", "web", "pusher-with-encryption.js"))
+	case "/encrypted.html":
+		w.Header().Set("Content-Type", "text/html")
+		fmt.Fprint(w, `<!doctype html><title>pusher-js with encryption</title><script src="/pusher-with-encryption.js"></script><p>ready</p>`)
 	case "/herald-recovery.js":
 		http.ServeFile(w, r, filepath.Join("..", "..", "clients", "pusher", "herald-recovery.js"))
 	case "/":
