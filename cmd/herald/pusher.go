@@ -194,12 +194,13 @@ func parseCount(v string) (int, error) {
 }
 
 // parsePusherName reads an app id or key: it goes in URL paths unescaped.
+// 64 is herald.PusherApp's limit on an id; keys get the same.
 func parsePusherName(v, want string) (string, error) {
 	v = strings.TrimSpace(v)
-	if v == "" || len(v) > 100 || strings.IndexFunc(v, func(r rune) bool {
+	if v == "" || len(v) > 64 || strings.IndexFunc(v, func(r rune) bool {
 		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
 	}) >= 0 {
-		return "", errors.New("want " + want + ", 1-100 characters")
+		return "", errors.New("want " + want + ", 1-64 characters")
 	}
 	return v, nil
 }
