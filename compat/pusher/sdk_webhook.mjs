@@ -66,7 +66,6 @@ async function client(user) {
     forceTLS: false,
     enabledTransports: ["ws"],
     cluster: "mt1",
-    disableStats: true,
     channelAuthorization: {
       customHandler: ({ socketId, channelName }, cb) => {
         const presence = channelName.startsWith("presence-") ? { user_id: user, user_info: { name: user } } : undefined;
