@@ -79,3 +79,15 @@ test('presence: here, joining, leaving, whisper', async () => {
   await waitFor(() => left.length === 1, 'bob leaving');
   assert.deepEqual(left, [{ name: 'BOB' }]);
 });
+
+test("a Laravel notification on the user's private channel", async () => {
+  const e = echo('alice');
+  const got = [];
+  const ch = e.private('App.Models.User.1').notification((n) => got.push(n));
+  await waitFor(() => ch.subscription.subscribed, 'the private subscription');
+  // What Laravel's BroadcastNotificationCreated broadcasts.
+  const n = { id: 'b3c1', type: 'App\\Notifications\\InvoicePaid', amount: 12 };
+  await op('trigger', { channels: ['private-App.Models.User.1'], event: 'Illuminate\\Notifications\\Events\\BroadcastNotificationCreated', data: JSON.stringify(n) });
+  await waitFor(() => got.length === 1, 'the notification');
+  assert.deepEqual(got[0], n);
+});
