@@ -644,7 +644,12 @@ func (n *Node) PusherTerminateUser(ctx context.Context, app PusherApp, userID st
 }
 
 // pusherTerminate closes c if it is a Pusher client of the app appID.
+// c.pusher first: it is fixed at creation, while another connection's
+// sess may still be written by its serve (a race otherwise).
 func pusherTerminate(c *conn, appID, reason string) {
+	if !c.pusher {
+		return
+	}
 	if s, ok := c.sess.(*pusherSession); ok && s.app != nil && s.app.ID == appID {
 		s.refuse(PusherUnauthorized, reason)
 	}
