@@ -1247,6 +1247,9 @@ online and offline (webhook_users), and per namespace in the file, channels
 occupied and vacated (channel_events), members (member_events, with
 presence) and client publications (publish_events). See docs/webhooks.md.
 
+A namespace with history may set delta: fossil: its subscribers that ask get
+each publication as a delta against the previous one. See PROTOCOL.md.
+
 Each setting is read from its flag, else from its environment variable, else
 from the YAML config file (same name as the flag, with underscores), else
 from its default. Durations are a number and a unit (500ms, 30s, 1m30s, 2h);
