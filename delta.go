@@ -47,7 +47,7 @@ func (d DeltaType) check(historySize int) error {
 		return nil
 	case DeltaFossil:
 		if historySize <= 0 {
-			return errors.New("delta needs history (a history size): a delta's base is named by its offset")
+			return errors.New("delta needs history (HistorySize; history_size in the config file): a delta's base is named by its offset")
 		}
 		return nil
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -235,4 +236,90 @@ func TestDeltaNeedsHistory(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "unknown delta type") {
 		t.Fatalf("New with an unknown delta type: %v", err)
 	}
+}
+
+// deltaBegin offers a base only for the publication right after it: same
+// epoch, offset+1, same kind, JSON without surrounding whitespace, and not
+// the 32nd.
+func TestDeltaBase(t *testing.T) {
+	t.Parallel()
+	n, err := New(Config{Logger: testLogger(t), Namespaces: deltaConfig().Namespaces})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.delta.states.Store("d:x", &deltaState{stats: new(deltaCounters)})
+	n.delta.nstates.Add(1)
+	pub := func(off uint64, epoch, data string, binary bool) *Publication {
+		return &Publication{Channel: "d:x", Offset: off, Epoch: epoch, Data: []byte(data), Binary: binary}
+	}
+	for i, c := range []struct {
+		pub  *Publication
+		base uint64 // 0: none
+	}{
+		{pub(1, "e", `{"a":1}`, false), 0},            // nothing before
+		{pub(2, "e", `{"a":2}`, false), 1},            // the next one
+		{pub(4, "e", `{"a":4}`, false), 0},            // a gap
+		{pub(5, "f", `{"a":5}`, false), 0},            // another epoch
+		{pub(6, "f", "\x00\x01", true), 0},            // text to binary
+		{pub(7, "f", "\x00\x02", true), 6},            // binary to binary
+		{pub(8, "f", ` {"a":8}`, false), 0},           // whitespace: never a delta
+		{pub(9, "f", `{"a":9}`, false), 0},            // nor a base
+		{pub(10, "f", `not json`, false), 0},          // not JSON
+		{pub(11, "f", `{"a":11}`, false), 0},          // not JSON before
+		{pub(12, "f", `{"a":12}`, false), 11},         // fine again
+		{&Publication{Channel: "d:y", Offset: 13}, 0}, // no delta subscriber there
+	} {
+		dx := n.deltaBegin(c.pub)
+		got := uint64(0)
+		if dx.base != nil {
+			got = dx.base.Offset
+		}
+		if got != c.base {
+			t.Errorf("case %d (offset %d): base %d, want %d", i, c.pub.Offset, got, c.base)
+		}
+	}
+	// The 32nd publication of the channel on this node is full.
+	ds, _ := n.delta.states.Load("d:x")
+	ds.(*deltaState).count = deltaFullEvery - 2
+	if dx := n.deltaBegin(pub(13, "f", `{"a":13}`, false)); dx.base == nil {
+		t.Fatal("31st: no base")
+	}
+	if dx := n.deltaBegin(pub(14, "f", `{"a":14}`, false)); dx.base != nil {
+		t.Fatal("32nd: a base")
+	}
+}
+
+// The counters reach Prometheus by namespace.
+func TestDeltaMetrics(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, deltaConfig())
+	sub := &deltaSub{c: ts.client(t)}
+	sub.c.mustOK(protocol.Command{Cmd: "subscribe", Channel: "d:m", Delta: "fossil"})
+	doc, r := newStateDoc(), rand.New(rand.NewPCG(3, 4))
+	for range 3 {
+		if _, err := ts.node.Publish(context.Background(), "d:m", doc.tick(r)); err != nil {
+			t.Fatal(err)
+		}
+		sub.next(t)
+	}
+	rec := httptest.NewRecorder()
+	ts.node.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	if !strings.Contains(body, `herald_delta_deliveries_total{namespace="d"} 2`) {
+		t.Fatalf("no delta deliveries in the metrics:\n%s", grepLines(body, "herald_delta"))
+	}
+	st := ts.node.DeltaStats()["d"]
+	if want := fmt.Sprintf(`herald_delta_bytes_saved_total{namespace="d"} %d`, st.BytesSaved); st.BytesSaved == 0 || !strings.Contains(body, want) {
+		t.Fatalf("want %q in the metrics:\n%s", want, grepLines(body, "herald_delta"))
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

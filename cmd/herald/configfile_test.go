@@ -64,6 +64,8 @@ func TestConfigFileErrorsInWords(t *testing.T) {
 			`invalid history_size of namespace "chat" "-5" (from config file FILE line 3): must not be negative`},
 		{"history size too large", "namespaces:\n  - name: chat\n    history_size: 99999999999999999999\n",
 			`invalid history_size of namespace "chat" "99999999999999999999" (from config file FILE line 3): too large: at most 9223372036854775807`},
+		{"delta unknown", "namespaces:\n  - name: chat\n    history_size: 5\n    delta: xdelta\n",
+			`invalid delta of namespace "chat" "xdelta" (from config file FILE line 4): want fossil or none`},
 		{"history ttl a word", "namespaces:\n  - name: chat\n    history_ttl: soon\n",
 			`invalid history_ttl of namespace "chat" "soon" (from config file FILE line 3): want a duration such as 500ms, 30s or 1m30s`},
 		{"history ttl negative", "namespaces:\n  - name: chat\n    history_ttl: -1m\n",
