@@ -522,7 +522,9 @@ func (n *Node) publish(ctx context.Context, pub *Publication, opts PublishOption
 // subscribers of its channel. Each wire form is encoded at most once and the
 // same bytes are queued to every subscriber that reads that form; nothing is
 // allocated per subscriber, and nothing blocks (a full queue cuts that
-// subscriber alone).
+// subscriber alone). A subscriber that negotiated deltas gets the
+// publication's delta frame instead, also made at most once per form, when
+// the previous publication queued to it is the delta's base (delta.go).
 func (n *Node) HandlePublication(pub *Publication) {
 	start := time.Now()
 	defer n.metrics.observeBroadcast(start)

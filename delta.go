@@ -76,11 +76,11 @@ type deltaCounters struct{ deliveries, saved atomic.Uint64 }
 
 // deltaNode is the node's delta state.
 type deltaNode struct {
-	// states: channel -> *deltaState, for each channel with at least one
-	// local subscriber that negotiated deltas. Added (subscribeChecked) and
-	// removed (removeSubscription, last subscriber) under the channel's
-	// subLock; nstates counts them, so that channels without any pay no
-	// map lookup per publication.
+	// states: channel -> *deltaState, for each channel that got a local
+	// subscriber that negotiated deltas since it last had no local
+	// subscriber. Added (subscribeChecked) and removed (removeSubscription,
+	// last local subscriber) under the channel's subLock; nstates counts
+	// them, so that channels without any pay no map lookup per publication.
 	states  sync.Map
 	nstates atomic.Int64
 	// stats: namespace name -> *deltaCounters, never removed (one per
