@@ -1371,7 +1371,8 @@ export class Subscription {
     if (this._state === 'unsubscribed') return;
     switch (msg.push) {
       case 'pub':
-        if (this._delta && !this._applyDeltaTo(msg, raw)) return;
+        // A delta never reaches onMessage as bytes, even one not asked for.
+        if ((this._delta || msg.delta === true) && !this._applyDeltaTo(msg, raw)) return;
         if (typeof msg.offset === 'number') this.offset = msg.offset;
         invoke(this._handlers.onMessage, msg.data, {
           channel: this.channel,
