@@ -57,8 +57,8 @@ func (c *Client) deltaPayload(sub *Subscription, f *inFrame, data []byte, binary
 // startResyncLocked marks sub resynchronising; the caller then sends
 // resyncCommand. c.mu must be held.
 func (c *Client) startResyncLocked(sub *Subscription) bool {
-	if sub.state != subActive {
-		return false
+	if sub.state != subActive || sub.server {
+		return false // a server-side subscription never asked for deltas: the push is dropped
 	}
 	sub.resyncing, sub.base = true, nil
 	sub.inflight++ // the unsubscribe, until its last reply

@@ -1119,7 +1119,8 @@ export class Herald {
       if (n > 0) this._leaving.set(ch, n);
       else this._leaving.delete(ch);
       if (err?.code === 'disconnected') return; // the reconnect resubscribes from the position
-      if (this._subs.get(ch) === sub && this._canSend()) this._subscribe(sub);
+      // A server-side subscription is the server's to make again.
+      if (this._subs.get(ch) === sub && this._canSend() && !sub.serverSide) this._subscribe(sub);
     });
   }
 
