@@ -1119,7 +1119,6 @@ export class Herald {
       if (n > 0) this._leaving.set(ch, n);
       else this._leaving.delete(ch);
       if (err?.code === 'disconnected') return; // the reconnect resubscribes from the position
-      // A server-side subscription is the server's to make again.
       if (this._subs.get(ch) === sub && this._canSend() && !sub.serverSide) this._subscribe(sub);
     });
   }
@@ -1419,7 +1418,9 @@ export class Subscription {
 
   _resync() {
     this._base = null;
-    this.client._resync(this);
+    // A server-side subscription never asked for deltas: drop the push,
+    // and leave the subscription (the server's to make or end) alone.
+    if (!this.serverSide) this.client._resync(this);
     return false;
   }
 
