@@ -122,8 +122,20 @@ func (d *stateDoc) tick(r *rand.Rand) []byte {
 // namespace without deltas, get only full publications.
 func TestDeltaLongSequence(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, deltaConfig())
+	cfg := deltaConfig()
+	cfg.EnableCompression = true
+	ts := newTestServer(t, cfg)
 	sub := &deltaSub{c: ts.client(t)}
+	// A fourth subscriber with permessage-deflate: its frames, deltas
+	// included, are the deflated form's.
+	d := websocket.Dialer{Subprotocols: []string{protocol.Subprotocol}, HandshakeTimeout: 5 * time.Second, EnableCompression: true}
+	ws, _, err := d.Dial(ts.url+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	deflated := &deltaSub{c: &testClient{t: t, ws: ws}}
+	deflated.c.mustOK(protocol.Command{Cmd: "subscribe", Channel: "d:state", Delta: "fossil"})
 	m := sub.c.call(protocol.Command{Cmd: "subscribe", Channel: "d:state", Delta: "fossil"})
 	var res protocol.SubscribeResult
 	if m.Error != nil || json.Unmarshal(m.Result, &res) != nil || !res.Delta {
@@ -152,7 +164,7 @@ func TestDeltaLongSequence(t *testing.T) {
 		if _, err := ts.node.Publish(ctx, "plain:state", data); err != nil {
 			t.Fatal(err)
 		}
-		for _, s := range []*deltaSub{sub, plain, other} {
+		for _, s := range []*deltaSub{sub, plain, other, deflated} {
 			if got := s.next(t); !bytes.Equal(got, data) {
 				t.Fatalf("publication %d: got %q, want %q", i+1, got, data)
 			}
@@ -166,12 +178,14 @@ func TestDeltaLongSequence(t *testing.T) {
 	for o := uint64(deltaFullEvery); o <= n; o += deltaFullEvery {
 		wantFull = append(wantFull, o)
 	}
-	if fmt.Sprint(sub.fullAt) != fmt.Sprint(wantFull) {
-		t.Fatalf("full publications at %v, want %v", sub.fullAt, wantFull)
+	for _, s := range []*deltaSub{sub, deflated} {
+		if fmt.Sprint(s.fullAt) != fmt.Sprint(wantFull) {
+			t.Fatalf("full publications at %v, want %v", s.fullAt, wantFull)
+		}
 	}
 	st := ts.node.DeltaStats()["d"]
-	if st.Deliveries != uint64(sub.deltas) || st.BytesSaved == 0 {
-		t.Fatalf("DeltaStats %+v, client got %d deltas", st, sub.deltas)
+	if st.Deliveries != uint64(sub.deltas+deflated.deltas) || st.BytesSaved == 0 {
+		t.Fatalf("DeltaStats %+v, clients got %d deltas", st, sub.deltas+deflated.deltas)
 	}
 	if _, ok := ts.node.DeltaStats()["plain"]; ok {
 		t.Fatal("DeltaStats counts a namespace without deltas")
