@@ -42,6 +42,12 @@ type subEntry struct {
 	// asUser, when not "", is the user the subscriber is in this channel's
 	// presence instead of its connection's (a Pusher presence user_id).
 	asUser string
+	// delta: the subscriber asked for deltas and its namespace sends them
+	// (fixed at creation). deltaLast is the offset of the last publication
+	// the fan-out queued to it, 0 before the first live one: a delta goes
+	// only on that base (delta.go). Written by the fan-out only.
+	delta     bool
+	deltaLast atomic.Uint64
 }
 
 type recoverBuf struct {
@@ -107,7 +113,7 @@ func badChannel(ch string) *Error {
 // the channel to c (see PermGranted). After Herald's own checks, the
 // subscribe hook (if on for the channel) is asked, with data. Reader
 // goroutine of c only (it reads c.grants).
-func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, subToken string, data json.RawMessage) (*protocol.SubscribeResult, func(), *Error) {
+func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, subToken string, data json.RawMessage, delta string) (*protocol.SubscribeResult, func(), *Error) {
 	ns, perr := n.channelNamespace(channel)
 	if perr != nil {
 		return nil, nil, perr
@@ -141,7 +147,7 @@ func (n *Node) subscribeConn(c *conn, channel string, since *protocol.Position, 
 			info = reply.Info
 		}
 	}
-	return n.subscribeChecked(c, ns, channel, since, info)
+	return n.subscribeChecked(c, ns, channel, since, info, delta)
 }
 
 // subscribed reports whether c holds a subscription to channel.
@@ -155,15 +161,16 @@ func subscribed(c *conn, channel string) bool {
 // subscribeChecked subscribes c to channel of namespace ns, past every
 // check of who may: as subscribeConn, for a subscription allowed by the
 // client's rights or made by the server. info, when not nil, is c's info
-// in this channel's presence.
-func (n *Node) subscribeChecked(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage) (*protocol.SubscribeResult, func(), *Error) {
-	return n.subscribeCheckedAs(c, ns, channel, since, info, "")
+// in this channel's presence. delta is the delta type the client asked
+// for ("" for none): see wantDelta.
+func (n *Node) subscribeChecked(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage, delta string) (*protocol.SubscribeResult, func(), *Error) {
+	return n.subscribeCheckedAs(c, ns, channel, since, info, "", delta)
 }
 
 // subscribeCheckedAs is subscribeChecked with the user c is in this
 // channel's presence, when not "" (a Pusher presence channel's user_id):
 // else c's own.
-func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage, user string) (*protocol.SubscribeResult, func(), *Error) {
+func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage, user, delta string) (*protocol.SubscribeResult, func(), *Error) {
 	c.mu.Lock()
 	_, dup := c.channels[channel]
 	count := len(c.channels)
@@ -177,6 +184,7 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 
 	e := &subEntry{presence: ns.Presence, joinLeave: ns.JoinLeave, info: info, chEvents: ns.ChannelEvents && n.events != nil, asUser: user}
 	e.memberEvents = e.presence && ns.MemberEvents && n.events != nil
+	e.delta = wantDelta(c, ns, delta)
 	var rb *recoverBuf
 	if ns.HistorySize > 0 {
 		rb = &recoverBuf{}
@@ -185,7 +193,10 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 	if perr := n.addSub(c, channel, e, rb != nil); perr != nil {
 		return nil, nil, perr
 	}
-	res := &protocol.SubscribeResult{}
+	res := &protocol.SubscribeResult{Delta: e.delta}
+	if e.delta {
+		n.trackDelta(c, channel, ns)
+	}
 	finish := func() {}
 	if rb != nil {
 		hopts := HistoryOptions{Limit: 0}
@@ -413,6 +424,7 @@ func (n *Node) removeSubscription(c *conn, channel string) bool {
 	}
 	if last {
 		n.streams.Delete(channel)
+		n.untrackDelta(channel)
 		ctx, cancel := n.opCtx()
 		defer cancel()
 		if err := n.broker.Unsubscribe(ctx, channel); err != nil && n.ctx.Err() == nil {
@@ -563,7 +575,9 @@ func (n *Node) publish(ctx context.Context, pub *Publication, opts PublishOption
 // subscribers of its channel. Each wire form is encoded at most once and the
 // same bytes are queued to every subscriber that reads that form; nothing is
 // allocated per subscriber, and nothing blocks (a full queue cuts that
-// subscriber alone).
+// subscriber alone). A subscriber that negotiated deltas gets the
+// publication's delta frame instead, also made at most once per form, when
+// the previous publication queued to it is the delta's base (delta.go).
 func (n *Node) HandlePublication(pub *Publication) {
 	start := time.Now()
 	defer n.metrics.observeBroadcast(start)
@@ -574,6 +588,8 @@ func (n *Node) HandlePublication(pub *Publication) {
 		n.checkContinuity(pub)
 	}
 	var frames [numForms][]byte
+	dx := n.deltaBegin(pub)
+	defer dx.end()
 	n.hub.forEachSub(pub.Channel, func(c *conn, e *subEntry) {
 		if rb := e.rec.Load(); rb != nil && e.buffer(rb, pub) {
 			return
@@ -591,6 +607,9 @@ func (n *Node) HandlePublication(pub *Publication) {
 		if f == nil {
 			f = n.encodePub(pub, c.form)
 			frames[c.form] = f
+		}
+		if e.delta && n.sendDelta(&dx, c, e, f) {
+			return
 		}
 		c.enqueuePub(pub, f)
 	})

@@ -112,6 +112,7 @@ func (n *Node) initMetrics() {
 		gauge("herald_channels", "Channels with local subscribers.", func() float64 { c, _ := n.hub.subscriptionCounts(); return float64(c) }),
 		gauge("herald_subscriptions", "Local channel subscriptions.", func() float64 { _, s := n.hub.subscriptionCounts(); return float64(s) }),
 		gauge("herald_queued_bytes", "Bytes waiting in connections' outbound queues.", func() float64 { return float64(n.queuedBytes()) }),
+		deltaCollector{n},
 	)
 	m.registry = reg
 }

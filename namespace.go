@@ -57,6 +57,14 @@ type Namespace struct {
 	MemberEvents  bool
 	PublishEvents bool
 
+	// Delta lets the namespace's subscribers ask for deltas (subscribe's
+	// "delta"): each publication is then sent as a fossil delta against
+	// the previous one the subscriber got, when that is smaller (see
+	// delta.go and PROTOCOL.md, "Delta delivery"). It needs HistorySize:
+	// the base of a delta is named by its offset. The zero value,
+	// DeltaNone, sends full publications only.
+	Delta DeltaType
+
 	// Who may subscribe, publish, read presence and read history. The zero
 	// value, PermDefault, means PermAnyone when the node checks no tokens
 	// (Config.Tokens is nil) and PermAuthenticated when it does. Publishing
@@ -156,6 +164,9 @@ func newNamespaces(list []Namespace) (*namespaces, error) {
 		}
 		if n.JoinLeave {
 			n.Presence = true
+		}
+		if err := n.Delta.check(n.HistorySize); err != nil {
+			return nil, fmt.Errorf("herald: namespace %q: %w", n.Name, err)
 		}
 		if n.MemberEvents && !n.Presence {
 			return nil, fmt.Errorf("herald: namespace %q: member events need presence", n.Name)

@@ -85,6 +85,9 @@ type Node struct {
 	// history and local subscribers (track.go). Entries are added and
 	// removed under the channel's subLock.
 	streams sync.Map
+	// delta: the channels whose previous publication is kept for delta
+	// subscribers, and the namespaces' delta counters (delta.go).
+	delta deltaNode
 
 	id      string // random, for logs and the API's info
 	started time.Time
@@ -431,7 +434,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		s.exp.set(c, id.expires, id.hookExpiry)
 		c.sess = s
 		c.subMu.Lock() // the hub holds c already: the server may unsubscribe it
-		_, finish, err := n.subscribeConn(c, rawCh, nil, "", nil)
+		_, finish, err := n.subscribeConn(c, rawCh, nil, "", nil, "")
 		if err != nil {
 			code := CloseTryAgainLater
 			if err.Code != protocol.CodeUnavailable {

@@ -85,7 +85,7 @@ func (n *Node) serverSubscribe(c *conn, channel string, since *protocol.Position
 		perr   *Error
 	)
 	if check {
-		res, finish, perr = n.subscribeConn(c, channel, since, "", nil)
+		res, finish, perr = n.subscribeConn(c, channel, since, "", nil, "")
 	} else {
 		ns, err := n.channelNamespace(channel)
 		if err != nil {
@@ -94,7 +94,7 @@ func (n *Node) serverSubscribe(c *conn, channel string, since *protocol.Position
 		if subscribed(c, channel) {
 			return errorf(protocol.CodeAlreadySub, "already subscribed to %q", channel)
 		}
-		res, finish, perr = n.subscribeChecked(c, ns, channel, since, nil)
+		res, finish, perr = n.subscribeChecked(c, ns, channel, since, nil, "")
 	}
 	if perr != nil {
 		return perr

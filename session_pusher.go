@@ -357,7 +357,7 @@ func (s *pusherSession) subscribeHerald(d pusherSubscribe, hch, kind string, mem
 	if member != nil {
 		user, info = member.User, member.Info
 	}
-	res, finish, perr := n.subscribeCheckedAs(c, ns, hch, d.Since, info, user)
+	res, finish, perr := n.subscribeCheckedAs(c, ns, hch, d.Since, info, user, "")
 	if perr != nil {
 		s.subscriptionError(d.Channel, "SubscriptionError", perr.Message, HTTPStatus(perr.Code))
 		return

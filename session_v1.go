@@ -147,7 +147,7 @@ func (s *v1Session) message(msg []byte, binary bool) {
 func (s *v1Session) subscribe(cmd protocol.Command) {
 	s.c.subMu.Lock()
 	defer s.c.subMu.Unlock()
-	res, finish, err := s.c.node.subscribeConn(s.c, cmd.Channel, cmd.Since, cmd.Token, cmd.Data)
+	res, finish, err := s.c.node.subscribeConn(s.c, cmd.Channel, cmd.Since, cmd.Token, cmd.Data, cmd.Delta)
 	if err != nil {
 		s.fail(cmd.ID, err)
 		return

@@ -633,7 +633,7 @@ func (n *Node) subscribeSSE(ctx context.Context, c *conn, s *sseSession, req *ss
 		if req.since != nil {
 			since = req.since[i]
 		}
-		res, finish, err := n.subscribeConn(c, ch, since, "", nil)
+		res, finish, err := n.subscribeConn(c, ch, since, "", nil, "")
 		if err != nil {
 			code := CloseTryAgainLater
 			if err.Code != protocol.CodeUnavailable {

@@ -496,6 +496,8 @@ type inFrame struct {
 	// Of a subscribe push, with Offset: the channel's position.
 	Epoch     string `json:"epoch"`
 	Recovered *bool  `json:"recovered"`
+	// Of a pub push: the payload is a delta (client/delta.go).
+	Delta bool `json:"delta"`
 }
 
 // handleFrame handles one frame on the connection goroutine. A non-nil
@@ -520,7 +522,7 @@ func (c *Client) handleFrame(s *session, mt int, frame []byte) error {
 		if binary {
 			data = payload // ReadMessage allocates each frame: no copy needed
 		}
-		return c.handlePush(&f, data, binary)
+		return c.handlePush(s, &f, data, binary)
 	}
 	return s.handleReply(protocol.Reply{ID: f.ID, Result: f.Result, Error: f.Error})
 }
@@ -560,7 +562,7 @@ func (s *session) handleReply(r protocol.Reply) error {
 // position past a publication once it is queued — so that after a
 // reconnect, recovery starts right after the last publication the handlers
 // will see.
-func (c *Client) handlePush(f *inFrame, data []byte, binary bool) error {
+func (c *Client) handlePush(s *session, f *inFrame, data []byte, binary bool) error {
 	switch f.Push {
 	case protocol.PushMessage:
 		if c.opts.OnMessage == nil {
@@ -590,6 +592,13 @@ func (c *Client) handlePush(f *inFrame, data []byte, binary bool) error {
 	}
 	switch f.Push {
 	case protocol.PushPub:
+		data, binary, ok, resync := c.deltaPayload(sub, f, data, binary)
+		if resync {
+			s.enqueue(resyncCommand(sub))
+		}
+		if !ok {
+			return nil
+		}
 		if c.handles(sub, evPub) {
 			pub := Publication{Channel: f.Channel, Offset: f.Offset, Data: data, Binary: binary}
 			if err := c.queueEvent(event{kind: evPub, sub: sub, pub: pub}); err != nil {

@@ -64,6 +64,13 @@ type SubscribeOptions struct {
 	// Subscription.Position): the publications after it arrive first, or
 	// OnRecoveryFailed says they cannot.
 	Since *Position
+	// Delta asks for the channel's publications as deltas against the
+	// previous one, where the channel's namespace sends them (the server's
+	// Namespace.Delta): fewer bytes on the wire for a state that changes a
+	// little at a time. The client applies them: OnPublication sees full
+	// payloads either way. A delta whose base the client does not hold
+	// makes it resubscribe that channel from its position (client/delta.go).
+	Delta bool
 }
 
 type subState uint8
@@ -106,6 +113,12 @@ type Subscription struct {
 	// restoring: a server-side subscription named in the connect command
 	// of the current connection, whose subscribe push has not come yet.
 	restoring bool
+	// Delta state (client/delta.go): the server sends deltas (delta), the
+	// payload of the last publication received (base) and its kind, and
+	// resyncing: the base broke, pushes are ignored until the resubscribe's
+	// reply.
+	delta, baseBinary, resyncing bool
+	base                         []byte
 }
 
 // Subscribe subscribes to channel and returns once the server confirmed it.
@@ -197,7 +210,7 @@ func (c *Client) Subscribe(ctx context.Context, channel string, opts SubscribeOp
 func (c *Client) subscribeOnce(ctx context.Context, s *session, sub *Subscription, token string) (protocol.Reply, error) {
 	p := &pending{done: make(chan result, 1)}
 	p.onReply = func(r protocol.Reply) error { return c.subscribeReplied(s, sub, r, 0) }
-	cmd := &command{Command: protocol.Command{Cmd: protocol.CmdSubscribe, Channel: sub.channel, Since: sub.opts.Since, Token: token}}
+	cmd := &command{Command: protocol.Command{Cmd: protocol.CmdSubscribe, Channel: sub.channel, Since: sub.opts.Since, Token: token, Delta: subscribeDelta(sub)}}
 	id, err := s.start(cmd, nil, false, p)
 	if err != nil {
 		c.mu.Lock()
@@ -247,6 +260,9 @@ func (c *Client) subscribeReplied(s *session, sub *Subscription, r protocol.Repl
 	)
 	c.mu.Lock()
 	sub.inflight--
+	if r.Error == nil {
+		deltaSubscribedLocked(sub, res)
+	}
 	switch {
 	case sub.state == subClosing || sub.state == subUnsubscribed:
 		// Unsubscribed, abandoned or ended by the server while the command
@@ -310,15 +326,18 @@ func (c *Client) subscribeReplied(s *session, sub *Subscription, r protocol.Repl
 // unsubscribeReplied handles the reply to an unsubscribe, on the connection
 // goroutine. One refused with rate_limited is sent again later, the
 // subscription still held (and counted in inflight) meanwhile.
-func (c *Client) unsubscribeReplied(s *session, sub *Subscription, r protocol.Reply, attempt int) {
+func (c *Client) unsubscribeReplied(s *session, sub *Subscription, r protocol.Reply, attempt int, resync bool) {
 	if rateLimited(r) {
-		s.enqueue(c.later(bgCommand{sub: sub, unsub: true}, attempt))
+		s.enqueue(c.later(bgCommand{sub: sub, unsub: true, resync: resync}, attempt))
 		return
 	}
 	c.mu.Lock()
 	sub.inflight--
 	c.endLocked(sub)
 	c.mu.Unlock()
+	if resync {
+		s.enqueue(bgCommand{sub: sub}) // skipped if the app unsubscribed meanwhile
+	}
 }
 
 // serverUnsubscribed handles an unsub push, on the connection goroutine:
@@ -365,6 +384,7 @@ func (c *Client) removeLocked(sub *Subscription) {
 type bgCommand struct {
 	sub     *Subscription
 	unsub   bool      // unsubscribe, else resubscribe from sub's position
+	resync  bool      // an unsubscribe whose reply resubscribes (client/delta.go)
 	attempt int       // rate_limited replies to it so far
 	at      time.Time // not before
 }
@@ -448,7 +468,7 @@ func (c *Client) sendBackground(s *session, b bgCommand) {
 	var p *pending
 	if b.unsub {
 		// Counted in inflight when it was decided, until its last reply.
-		p = &pending{onReply: func(r protocol.Reply) error { c.unsubscribeReplied(s, sub, r, b.attempt); return nil }}
+		p = &pending{onReply: func(r protocol.Reply) error { c.unsubscribeReplied(s, sub, r, b.attempt, b.resync); return nil }}
 	} else {
 		c.mu.Lock()
 		if sub.state != subActive || c.subs[sub.channel] != sub {
@@ -465,7 +485,7 @@ func (c *Client) sendBackground(s *session, b bgCommand) {
 		if err != nil {
 			c.log.Warn("no subscription token for the resubscribe", "channel", sub.channel, "err", err)
 		}
-		cmd.Cmd, cmd.Since, cmd.Token = protocol.CmdSubscribe, &since, token
+		cmd.Cmd, cmd.Since, cmd.Token, cmd.Delta = protocol.CmdSubscribe, &since, token, subscribeDelta(sub)
 		p = &pending{onReply: func(r protocol.Reply) error { return c.subscribeReplied(s, sub, r, b.attempt) }}
 	}
 	if _, err := s.start(cmd, nil, false, p); err != nil {
@@ -531,7 +551,7 @@ func (sub *Subscription) Unsubscribe(ctx context.Context) error {
 	// At the client's pace; but if ctx ends first, the unsubscribe goes out
 	// anyway, unawaited, so that the server does not keep the subscription.
 	paced := c.pace.wait(ctx)
-	p := &pending{onReply: func(r protocol.Reply) error { c.unsubscribeReplied(s, sub, r, 0); return nil }}
+	p := &pending{onReply: func(r protocol.Reply) error { c.unsubscribeReplied(s, sub, r, 0, false); return nil }}
 	if paced == nil {
 		p.done = make(chan result, 1)
 	}

@@ -120,7 +120,16 @@ type Command struct {
 	// server makes again those the application still grants, recovering
 	// from there, and ends the others with an unsub push (not_restored).
 	Subs map[string]Position `json:"subs,omitempty"`
+	// Delta, in subscribe, asks for the channel's publications as deltas
+	// of this type (DeltaFossil) when its namespace allows them; the
+	// result's Delta says whether they were granted.
+	Delta string `json:"delta,omitempty"`
 }
+
+// DeltaFossil is the delta type of subscribe's "delta": fossil delta
+// (https://fossil-scm.org/home/doc/tip/www/delta_format.wiki), each delta
+// against the channel's previous publication (offset-1).
+const DeltaFossil = "fossil"
 
 // Position is a position in a channel's history: the offset of the last
 // publication seen and the epoch of the history it belongs to.
@@ -149,6 +158,9 @@ type SubscribeResult struct {
 	Recovered *bool  `json:"recovered,omitempty"`
 	// Reason says why recovery failed (one of the Reason constants).
 	Reason string `json:"reason,omitempty"`
+	// Delta: the subscription gets deltas (the command asked and the
+	// namespace allows them). See AppendDeltaPush.
+	Delta bool `json:"delta,omitempty"`
 }
 
 // PublishResult is the result of publish on a channel with history, or of a
@@ -321,6 +333,9 @@ type Push struct {
 	// position in a subscribe push, as in a SubscribeResult.
 	Epoch     string `json:"epoch,omitempty"`
 	Recovered *bool  `json:"recovered,omitempty"`
+	// Delta marks a pub push (always a binary frame) whose payload is a
+	// delta against the publication at Offset-1 (AppendDeltaPush).
+	Delta bool `json:"delta,omitempty"`
 }
 
 // ErrNoSeparator reports a binary frame without the '\n' that ends its header.
@@ -524,6 +539,21 @@ func AppendBinaryPush(dst []byte, kind, channel string, offset uint64, payload [
 	dst = AppendPushHeader(dst, kind, channel, offset)
 	dst = append(dst, "}\n"...)
 	return append(dst, payload...)
+}
+
+// AppendDeltaPush appends a complete delta push, sent as a binary frame:
+//
+//	{"push":"pub","channel":"prices","offset":8,"delta":true}\n<delta>
+//
+// delta is a fossil delta that turns the payload of the publication at
+// offset-1 into this one's. The result has the base's kind: JSON text when
+// the base was a text publication, bytes when it was binary. A client
+// applies it only if the last publication it holds of channel is exactly
+// offset-1; otherwise its base is broken and it resubscribes with since.
+func AppendDeltaPush(dst []byte, channel string, offset uint64, delta []byte) []byte {
+	dst = AppendPushHeader(dst, PushPub, channel, offset)
+	dst = append(dst, `,"delta":true}`+"\n"...)
+	return append(dst, delta...)
 }
 
 // MaxChannelLen is the longest valid channel name, in bytes.

@@ -419,6 +419,7 @@ func TestAppendTextPushExact(t *testing.T) {
 		{string(protocol.AppendTextPush(nil, "pub", "chat", 0, []byte(`1`))), `{"push":"pub","channel":"chat","data":1}`},
 		{string(protocol.AppendTextPush(nil, "message", "", 0, []byte(`"x"`))), `{"push":"message","data":"x"}`},
 		{string(protocol.AppendBinaryPush(nil, "pub", "f", 2, []byte("\x00\n"))), "{\"push\":\"pub\",\"channel\":\"f\",\"offset\":2}\n\x00\n"},
+		{string(protocol.AppendDeltaPush(nil, "prices", 8, []byte("1\n0:;"))), "{\"push\":\"pub\",\"channel\":\"prices\",\"offset\":8,\"delta\":true}\n1\n0:;"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {

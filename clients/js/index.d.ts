@@ -110,6 +110,12 @@ export interface HeraldOptions {
    */
   publishRetry?: boolean | { window?: number };
   /**
+   * Applies a fossil delta: `import { applyDelta } from 'fossil-delta'`.
+   * Needed by subscriptions with SubscribeOptions.delta; injected so that
+   * the client stays one module without imports.
+   */
+  applyDelta?: (base: Uint8Array, delta: Uint8Array) => Uint8Array;
+  /**
    * Server-Sent Events, for receiving where a WebSocket cannot connect.
    * false (default): WebSocket only. true: SSE only. 'fallback': SSE once a
    * WebSocket attempt fails without opening (until connect() is called
@@ -183,6 +189,8 @@ export interface SubscribeResult {
   /** Present when the subscribe asked to recover (a resubscribe, or options.since). */
   recovered?: boolean;
   reason?: 'epoch_changed' | 'too_old' | 'no_history' | (string & {});
+  /** The server sends this subscription deltas (SubscribeOptions.delta, granted). */
+  delta?: boolean;
 }
 
 /** A Subscription's callbacks: SubscribeOptions, or Subscription.setHandlers. */
@@ -215,6 +223,13 @@ export interface SubscribeOptions<T = Payload> extends SubscriptionHandlers<T> {
   since?: Position;
   /** A subscription token, for channels that need one; sent with every (re)subscribe. */
   token?: string;
+  /**
+   * Ask for publications as fossil deltas where the channel's namespace
+   * sends them (`delta: fossil`, WebSocket only). onMessage still gets full
+   * payloads; a delta on a base the client does not hold makes it
+   * resubscribe from its position. Needs HeraldOptions.applyDelta.
+   */
+  delta?: boolean;
 }
 
 export interface PublishOptions {

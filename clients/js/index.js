@@ -123,6 +123,17 @@ function decodeFrame(raw) {
   return msg;
 }
 
+/**
+ * The data of a text pub push exactly as the server sent it: its bytes are
+ * a delta's base. The server writes {"push":"pub","channel":…,"offset":…,
+ * "data":<data>} with data last, and nothing before it can hold ',"data":'
+ * (channel names have no quotes).
+ */
+function rawData(raw) {
+  const i = typeof raw === 'string' ? raw.indexOf(',"data":') : -1;
+  return i < 0 ? '' : raw.slice(i + 8, raw.lastIndexOf('}'));
+}
+
 /** Throws a TypeError, naming what, unless value is undefined or JSON. */
 function checkJSON(value, what) {
   if (value === undefined) return;
@@ -235,6 +246,13 @@ export class Herald {
     const retry = options.publishRetry ?? true;
     this._publishRetry = retry !== false;
     this._publishRetryWindow = retry?.window ?? DEFAULT_PUBLISH_RETRY_WINDOW;
+    // Delta delivery: applyDelta(base, delta) -> bytes, fossil-delta's
+    // (see subscribe's delta option). Injected rather than imported, so this
+    // file stays one module without imports, as browsers load it.
+    this._applyDelta = options.applyDelta;
+    if (this._applyDelta !== undefined && typeof this._applyDelta !== 'function') {
+      throw new TypeError("options.applyDelta must be a function: import { applyDelta } from 'fossil-delta'");
+    }
 
     this._state = 'disconnected';
     this._listeners = new Map(); // event -> Set of functions
@@ -795,7 +813,7 @@ export class Herald {
     }
     if (msg === null || typeof msg !== 'object') return;
     if (typeof msg.push === 'string') {
-      this._onPush(msg);
+      this._onPush(msg, raw);
       return;
     }
     const req = this._pending.get(msg.id);
@@ -817,7 +835,7 @@ export class Herald {
     if (fromLine) this._pump();
   }
 
-  _onPush(msg) {
+  _onPush(msg, raw) {
     if (msg.push === 'message') {
       this._emit('message', msg.data, { binary: msg.data instanceof Uint8Array });
       return;
@@ -836,7 +854,7 @@ export class Herald {
     if (this._leaving.has(msg.channel)) return;
     const sub = this._subs.get(msg.channel);
     if (sub) {
-      sub._onPush(msg);
+      sub._onPush(msg, raw);
     } else if (!this._warned.has(msg.channel)) {
       this._warned.add(msg.channel);
       console.warn(`herald-client: ignoring ${msg.push} pushes for "${msg.channel}": no subscription (logged once per channel)`);
@@ -1017,6 +1035,9 @@ export class Herald {
   subscribe(channel, options = {}) {
     if (typeof channel !== 'string') throw new TypeError('channel must be a string');
     if (this._subs.has(channel)) throw new HeraldError('already_subscribed', `already subscribed to "${channel}"`);
+    if (options.delta && !this._applyDelta) {
+      throw new TypeError("options.delta needs the client's applyDelta option: new Herald(url, { applyDelta }) with import { applyDelta } from 'fossil-delta'");
+    }
     const sub = new Subscription(this, channel, options);
     this._subs.set(channel, sub);
     if (this._canSend()) this._subscribe(sub);
@@ -1032,6 +1053,7 @@ export class Herald {
     const cmd = { cmd: 'subscribe', channel: sub.channel };
     if (sub.epoch !== undefined) cmd.since = { offset: sub.offset ?? 0, epoch: sub.epoch };
     if (sub._handlers.token) cmd.token = sub._handlers.token; // a subscription token
+    if (sub._handlers.delta) cmd.delta = 'fossil';
     const ws = this._socket;
     // perSend: a subscribe waiting in the rate limit's line has no timeout;
     // only one on the wire does.
@@ -1078,6 +1100,26 @@ export class Herald {
         if (err && err.code !== 'not_subscribed' && err.code !== 'disconnected') reject(err);
         else resolve();
       });
+    });
+  }
+
+  /**
+   * A delta of sub's channel came on a base sub does not hold (a publication
+   * was lost on the way, or the checksum failed): unsubscribe, and once
+   * that is answered subscribe again from sub's position, which recovers
+   * the missed publications in full. Until the unsubscribe's reply the
+   * channel's pushes are ignored (_leaving), as those of any unsubscribe.
+   */
+  _resync(sub) {
+    const ch = sub.channel;
+    this._leaving.set(ch, (this._leaving.get(ch) ?? 0) + 1);
+    sub._state = 'subscribing';
+    this._command({ cmd: 'unsubscribe', channel: ch }, null, {}, (err) => {
+      const n = this._leaving.get(ch) - 1;
+      if (n > 0) this._leaving.set(ch, n);
+      else this._leaving.delete(ch);
+      if (err?.code === 'disconnected') return; // the reconnect resubscribes from the position
+      if (this._subs.get(ch) === sub && this._canSend() && !sub.serverSide) this._subscribe(sub);
     });
   }
 
@@ -1314,6 +1356,9 @@ export class Subscription {
     }
     this._state = 'subscribed';
     this._retries = 0;
+    // A new subscription on the server: it sends full publications first.
+    this._delta = res.delta === true;
+    this._base = null;
     if (!this._settled) {
       this._settled = true;
       this._resolveReady(res);
@@ -1322,10 +1367,12 @@ export class Subscription {
     invoke(this._handlers.onSubscribed, res);
   }
 
-  _onPush(msg) {
+  _onPush(msg, raw) {
     if (this._state === 'unsubscribed') return;
     switch (msg.push) {
       case 'pub':
+        // A delta never reaches onMessage as bytes, even one not asked for.
+        if ((this._delta || msg.delta === true) && !this._applyDeltaTo(msg, raw)) return;
         if (typeof msg.offset === 'number') this.offset = msg.offset;
         invoke(this._handlers.onMessage, msg.data, {
           channel: this.channel,
@@ -1340,6 +1387,41 @@ export class Subscription {
         invoke(this._handlers.onLeave, msg.info);
         break;
     }
+  }
+
+  /**
+   * Delta delivery: keeps the payload of each publication as its base, and
+   * replaces a delta push's data by the delta applied to the base — only
+   * when the base is the publication at offset-1 and the checksum holds.
+   * Otherwise it resynchronises the subscription (Herald#_resync) and
+   * returns false: the push is dropped, and recovery sends it again in full.
+   */
+  _applyDeltaTo(msg, raw) {
+    if (msg.delta === true) {
+      const base = this._base;
+      if (!base || typeof msg.offset !== 'number' || this.offset !== msg.offset - 1) return this._resync();
+      let out;
+      try {
+        out = this.client._applyDelta(base.bytes, msg.data);
+      } catch (err) {
+        console.warn(`herald-client: a delta of "${this.channel}" does not apply (${err.message}): resubscribing`);
+        return this._resync();
+      }
+      this._base = { bytes: out, binary: base.binary };
+      msg.data = base.binary ? out.slice() : JSON.parse(decoder.decode(out));
+      return true;
+    }
+    if (msg.data instanceof Uint8Array) this._base = { bytes: msg.data.slice(), binary: true };
+    else this._base = { bytes: encoder.encode(rawData(raw)), binary: false };
+    return true;
+  }
+
+  _resync() {
+    this._base = null;
+    // A server-side subscription never asked for deltas: drop the push,
+    // and leave the subscription (the server's to make or end) alone.
+    if (!this.serverSide) this.client._resync(this);
+    return false;
   }
 
   // The connection ended: resubscribe on the next one. final: the client

@@ -1264,6 +1264,9 @@ webhooks), the server speaks Pusher: pusher-js and Laravel Echo connect to
 webhooks go out in Pusher's format. Changes need a restart. See
 docs/pusher.md.
 
+A namespace with history may set delta: fossil: its subscribers that ask get
+each publication as a delta against the previous one. See PROTOCOL.md.
+
 Each setting is read from its flag, else from its environment variable, else
 from the YAML config file (same name as the flag, with underscores), else
 from its default. Durations are a number and a unit (500ms, 30s, 1m30s, 2h);

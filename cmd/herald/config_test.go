@@ -207,6 +207,7 @@ namespaces:
   - name: ""
   - name: chat
     history_size: 10
+    delta: fossil
     allow_subscribe: anyone
     allow_publish: Authenticated
     allow_presence: granted
@@ -244,7 +245,7 @@ namespaces:
 			MessageRate:              30,
 			MessageBurst:             60,
 		},
-		Namespaces: []herald.Namespace{{Name: ""}, {Name: "chat", HistorySize: 10,
+		Namespaces: []herald.Namespace{{Name: ""}, {Name: "chat", HistorySize: 10, Delta: herald.DeltaFossil,
 			AllowSubscribe: herald.PermAnyone, AllowPublish: herald.PermAuthenticated,
 			AllowPresence: herald.PermGranted, AllowHistory: herald.PermNobody}},
 	}
@@ -286,6 +287,7 @@ func TestConfigExampleFile(t *testing.T) {
 		{Name: "news", AllowSubscribe: herald.PermAnyone, AllowPublish: herald.PermNobody, AllowHistory: herald.PermAnyone, HistorySize: 20},
 		{Name: "private", AllowSubscribe: herald.PermGranted, AllowPublish: herald.PermGranted},
 		{Name: "dm"},
+		{Name: "prices", HistorySize: 10, Delta: herald.DeltaFossil},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("got  %+v\nwant %+v", cfg, want)

@@ -156,6 +156,7 @@ var namespaceKeys = []struct {
 	{"channel_events", "true or false", nsKey(parseBool, func(ns *herald.Namespace) *bool { return &ns.ChannelEvents })},
 	{"member_events", "true or false", nsKey(parseBool, func(ns *herald.Namespace) *bool { return &ns.MemberEvents })},
 	{"publish_events", "true or false", nsKey(parseBool, func(ns *herald.Namespace) *bool { return &ns.PublishEvents })},
+	{"delta", wantDelta, nsKey(parseDelta, func(ns *herald.Namespace) *herald.DeltaType { return &ns.Delta })},
 }
 
 // nsKey sets a namespace's field from its value in the file, read by parse.
@@ -168,6 +169,18 @@ func nsKey[T any](parse func(string) (T, error), field func(*herald.Namespace) *
 		*field(ns) = x
 		return nil
 	}
+}
+
+const wantDelta = "fossil or none"
+
+func parseDelta(v string) (herald.DeltaType, error) {
+	switch d := strings.ToLower(strings.TrimSpace(v)); d {
+	case "none", "":
+		return herald.DeltaNone, nil
+	case string(herald.DeltaFossil):
+		return herald.DeltaFossil, nil
+	}
+	return "", errors.New("want " + wantDelta)
 }
 
 const wantPermission = "anyone, authenticated, granted or nobody"

@@ -18,6 +18,8 @@ import { startHerald, cleanup } from './herald-server.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const source = await readFile(new URL('../index.js', import.meta.url), 'utf8');
+// fossil-delta, loaded by the page as an app would bundle or serve it.
+const fossilSource = await readFile(new URL('../node_modules/fossil-delta/fossil-delta.js', import.meta.url), 'utf8');
 
 let server;
 let browser;
@@ -162,6 +164,58 @@ test('in Chromium: publish/subscribe, binary round trip, errors, history', { tim
     window.t.a.disconnect();
     window.t.b.disconnect();
   });
+  assert.deepEqual(problems, [], 'no page errors, console errors or warnings');
+  await context.close();
+});
+
+test('in Chromium: deltas applied transparently with fossil-delta', { timeout: 120_000 }, async () => {
+  const origin = `http://${server.addr}`;
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(20_000);
+  const problems = [];
+  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' || msg.type() === 'warning') problems.push(`console ${msg.type()}: ${msg.text()}`);
+  });
+  for (const [file, body] of [
+    ['index.js', source],
+    ['fossil-delta.js', fossilSource],
+  ]) {
+    await page.route(`${origin}/herald-client/${file}`, (route) =>
+      route.fulfill({ status: 200, contentType: 'text/javascript; charset=utf-8', body }),
+    );
+  }
+  assert.equal((await page.goto(`${origin}/`)).status(), 200);
+  const out = await page.evaluate(async (url) => {
+    const { Herald } = await import('/herald-client/index.js');
+    const { applyDelta } = await import('/herald-client/fossil-delta.js');
+    const within = (ms, what, p) =>
+      Promise.race([p, new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms))]);
+    let deltas = 0;
+    const a = new Herald(url, { timeout: 5000, applyDelta: (base, d) => (deltas++, applyDelta(base, d)) });
+    const b = new Herald(url, { timeout: 5000 });
+    await within(5000, 'connect', Promise.all([a.connect(), b.connect()]));
+    const got = [];
+    let notify = () => {};
+    const sub = a.subscribe('delta:browser', { delta: true, onMessage: (data) => (got.push(data), notify()) });
+    const res = await within(5000, 'subscribed', sub.ready);
+    const doc = { seq: 0, rows: Array.from({ length: 40 }, (_, i) => ({ id: i, name: `row ${i} ✓`, value: i * 3 })) };
+    const want = [];
+    for (let i = 0; i < 40; i++) {
+      doc.seq = i;
+      doc.rows[(i * 7) % 40].value += i;
+      want.push(structuredClone(doc));
+      await b.publish('delta:browser', doc);
+    }
+    await within(10000, '40 publications', new Promise((resolve) => (notify = () => got.length >= 40 && resolve()) && notify()));
+    a.disconnect();
+    b.disconnect();
+    return { granted: res.delta, deltas, same: JSON.stringify(got) === JSON.stringify(want) };
+  }, server.url);
+  assert.equal(out.granted, true);
+  assert.ok(out.same, 'the page got every state, full');
+  assert.equal(out.deltas, 40 - 2, 'deltas but for the first and the 32nd');
   assert.deepEqual(problems, [], 'no page errors, console errors or warnings');
   await context.close();
 });

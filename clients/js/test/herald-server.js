@@ -21,7 +21,8 @@ const START_TIMEOUT = 20_000;
 const STOP_TIMEOUT = 15_000;
 
 // Namespaces for the tests: plain channels ("lobby") keep nothing; chat:*
-// keeps history and presence with join/leave; hist:* keeps history only.
+// keeps history and presence with join/leave; hist:* keeps history only;
+// delta:* keeps history and sends fossil deltas to subscribers that ask.
 export const CONFIG = `
 namespaces:
   - name: ""
@@ -33,6 +34,10 @@ namespaces:
   - name: hist
     history_size: 100
     history_ttl: 10m
+  - name: delta
+    history_size: 1000
+    history_ttl: 10m
+    delta: fossil
 `;
 
 let work;

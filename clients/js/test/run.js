@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, '..', '..', '..');
-const nodeFiles = ['test/protocol.test.js', 'test/herald.test.js', 'test/hooks.test.js', 'test/sse.test.js'];
+const nodeFiles = ['test/protocol.test.js', 'test/herald.test.js', 'test/hooks.test.js', 'test/sse.test.js', 'test/delta.test.js'];
 const browserFiles = ['test/browser.test.js'];
 const flag = (f) => process.allowedNodeEnvironmentFlags.has(f);
 const builtIn = typeof globalThis.WebSocket === 'function';
