@@ -1,0 +1,168 @@
+package testserver
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/testenv"
+)
+
+// PortBlock returns the first of n consecutive ports in [lo, hi) that are
+// all free on 127.0.0.1 (and so are their +offset companions when offset is
+// not 0, such as a Redis Cluster's bus ports, +10000), so that servers of a
+// test keep to the port range their package was given even when a crashed
+// run left something behind. Blocks are tried n apart.
+func PortBlock(t testing.TB, lo, hi, n, offset int) int {
+	t.Helper()
+	for base := lo; base+n <= hi; base += n {
+		if blockFree(base, n, offset) {
+			return base
+		}
+	}
+	t.Fatalf("no %d free ports in 127.0.0.1:%d-%d", n, lo, hi-1)
+	return 0
+}
+
+func blockFree(base, n, offset int) bool {
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	for p := base; p < base+n; p++ {
+		ports := []int{p}
+		if offset != 0 {
+			ports = append(ports, p+offset)
+		}
+		for _, q := range ports {
+			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(q)))
+			if err != nil {
+				return false
+			}
+			held = append(held, l)
+		}
+	}
+	return true
+}
+
+// RedisAt starts a redis-server without persistence on port, plus args.
+func RedisAt(t testing.TB, port int, args ...string) *Server {
+	t.Helper()
+	s := newServer(t, "redis-server", testenv.RedisVar)
+	s.port = port
+	s.args = func(bool) []string {
+		a := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir, "--save", "", "--appendonly", "no",
+			"--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log")}
+		return append(a, args...)
+	}
+	s.Start(true)
+	return s
+}
+
+// RedisCluster starts n redis-servers on the ports from base (bus ports
+// base+10000 on), joins them into a Cluster of n masters without replicas
+// (redis-cli --cluster create), and waits until every node reports
+// cluster_state:ok. A master that is down fails only its own slots
+// (cluster-require-full-coverage no). The servers are killed when the test
+// ends; one started again after Kill rejoins with its node id (its
+// nodes.conf is kept), without data.
+func RedisCluster(t testing.TB, base, n int) []*Server {
+	t.Helper()
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		if testenv.Required(testenv.RedisVar) {
+			t.Fatalf("redis-cli not found, and %s is set: install it (Debian: apt-get install redis-tools)", testenv.RedisVar)
+		}
+		t.Skip("redis-cli not found: this test creates a Redis Cluster with it (Debian: apt-get install redis-tools)")
+	}
+	var nodes []*Server
+	var addrs []string
+	for i := range n {
+		s := RedisAt(t, base+i, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+			// A master that is down fails only its slots (the default fails them all).
+			"--cluster-require-full-coverage", "no")
+		nodes = append(nodes, s)
+		addrs = append(addrs, s.Addr())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, s := range nodes {
+		for {
+			info, err := redisCommand(s.Addr(), "CLUSTER", "INFO")
+			if err == nil && strings.Contains(info, "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: cluster_state not ok within 30s: %q %v", s, info, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return nodes
+}
+
+// redisCommand sends one command (inline) and returns the reply's text:
+// enough for CLUSTER INFO's bulk string.
+func redisCommand(addr string, args ...string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := fmt.Fprintf(c, "%s\r\n", strings.Join(args, " ")); err != nil {
+		return "", err
+	}
+	r := bufio.NewReader(c)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	if !strings.HasPrefix(line, "$") {
+		return line, nil
+	}
+	size, err := strconv.Atoi(strings.TrimSpace(line[1:]))
+	if err != nil || size < 0 {
+		return line, err
+	}
+	buf := make([]byte, size+2)
+	_, err = io.ReadFull(r, buf)
+	return string(buf), err
+}
+
+// FirstSlot returns the first slot a Cluster node serves, from CLUSTER
+// NODES ("myself" line), or -1.
+func FirstSlot(t testing.TB, s *Server) int {
+	t.Helper()
+	out, err := redisCommand(s.Addr(), "CLUSTER", "NODES")
+	if err != nil {
+		t.Fatalf("%s: CLUSTER NODES: %v", s, err)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 8 && strings.Contains(f[2], "myself") {
+			first, _, _ := strings.Cut(f[8], "-")
+			n, err := strconv.Atoi(first)
+			if err == nil {
+				return n
+			}
+		}
+	}
+	return -1
+}

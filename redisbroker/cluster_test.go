@@ -1,0 +1,126 @@
+package redisbroker_test
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/brokertest"
+	"github.com/heraldhq/herald/internal/testserver"
+	"github.com/heraldhq/herald/redisbroker"
+)
+
+// Servers of this package's own, on the ports its tests were given: a
+// Cluster in 17000-17049 (bus ports +10000), shards in 17050-17099.
+const (
+	clusterPorts, shardPorts, portsEnd = 17000, 17050, 17100
+)
+
+// ownPrefix is t's key prefix on servers the test started itself (no
+// cleanup needed: they die with the test). Instances of one test share it.
+var ownPrefixes sync.Map
+
+func ownPrefix(t testing.TB) string {
+	if p, ok := ownPrefixes.Load(t); ok {
+		return p.(string)
+	}
+	p := fmt.Sprintf("hrt-%s-%d", runID, seq.Add(1))
+	ownPrefixes.Store(t, p)
+	t.Cleanup(func() { ownPrefixes.Delete(t) })
+	return p
+}
+
+func urls(srvs []*testserver.Server) []string {
+	out := make([]string, len(srvs))
+	for i, s := range srvs {
+		out[i] = "redis://" + s.Addr() + "/0"
+	}
+	return out
+}
+
+// shardSuite runs the conformance suites on brokers made by mk.
+func shardSuite(t *testing.T, mk func(t *testing.T, o redisbroker.Options) *redisbroker.Broker) {
+	newB := func(t *testing.T) herald.Broker { return mk(t, redisbroker.Options{}) }
+	t.Run("Conformance", func(t *testing.T) { brokertest.Run(t, newB, brokertest.MultiNode()) })
+	t.Run("Presence", func(t *testing.T) {
+		const ttl = 4 * time.Second
+		brokertest.RunPresence(t, func(t *testing.T) herald.PresenceManager {
+			return mk(t, redisbroker.Options{PresenceTTL: ttl})
+		}, brokertest.PresenceTTL(ttl))
+	})
+	t.Run("EventStore", func(t *testing.T) {
+		brokertest.RunEventStore(t, func(t *testing.T) (herald.EventStore, herald.EventStore) {
+			return mk(t, redisbroker.Options{}).EventStore(), mk(t, redisbroker.Options{}).EventStore()
+		})
+	})
+	t.Run("CrossNode", func(t *testing.T) { brokertest.RunCrossNode(t, newB) })
+}
+
+// TestShards: the suites against three standalone servers sharing the
+// channels (Options.Shards), and one server killed: only its channels'
+// subscribers are told.
+func TestShards(t *testing.T) {
+	base := testserver.PortBlock(t, shardPorts, portsEnd, 3, 0)
+	var srvs []*testserver.Server
+	for i := range 3 {
+		srvs = append(srvs, testserver.RedisAt(t, base+i))
+	}
+	mk := func(t *testing.T, o redisbroker.Options) *redisbroker.Broker {
+		o.Shards, o.Prefix, o.Logger = urls(srvs), ownPrefix(t), logger(t, false)
+		b, err := redisbroker.New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		return b
+	}
+	shardSuite(t, mk)
+	t.Run("Spread", func(t *testing.T) {
+		b := mk(t, redisbroker.Options{})
+		counts := map[string]int{}
+		for i := range 3000 {
+			counts[b.ShardOf(fmt.Sprintf("room:%d", i))]++
+		}
+		for _, s := range srvs {
+			if n := counts[s.Addr()+"/0"]; n < 800 || n > 1200 {
+				t.Errorf("shard %s carries %d of 3000 channels, want about 1000 (%v)", s.Addr(), n, counts)
+			}
+		}
+	})
+	t.Run("Outage", func(t *testing.T) {
+		b := mk(t, redisbroker.Options{})
+		victim := srvs[1]
+		brokertest.RunShardOutage(t, func(t *testing.T) herald.Broker { return b }, victim,
+			func(ch string) bool { return b.ShardOf(ch) == victim.Addr()+"/0" })
+	})
+}
+
+// TestCluster: the suites against a Redis Cluster of three masters.
+func TestCluster(t *testing.T) {
+	nodes := testserver.RedisCluster(t, testserver.PortBlock(t, clusterPorts, shardPorts, 3, 10000), 3)
+	mk := func(t *testing.T, o redisbroker.Options) *redisbroker.Broker {
+		o.Cluster, o.Prefix, o.Logger = urls(nodes[:1]), ownPrefix(t), logger(t, false)
+		b, err := redisbroker.New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		return b
+	}
+	shardSuite(t, mk)
+	t.Run("Masters", func(t *testing.T) {
+		b := mk(t, redisbroker.Options{})
+		if n := len(b.ShardsHealth()); n != 3 {
+			t.Fatalf("%d shards, want one per master (3)", n)
+		}
+	})
+	t.Run("Outage", func(t *testing.T) {
+		b := mk(t, redisbroker.Options{})
+		victim := nodes[1]
+		name := fmt.Sprintf("slot %d", testserver.FirstSlot(t, victim))
+		brokertest.RunShardOutage(t, func(t *testing.T) herald.Broker { return b }, victim,
+			func(ch string) bool { return b.ShardOf(ch) == name })
+	})
+}

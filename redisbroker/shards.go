@@ -1,0 +1,228 @@
+package redisbroker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/redis/rueidis"
+)
+
+// Client-side sharding (Options.Shards): each channel lives on the server
+// whose rendezvous score for it is highest. A score is a hash of the
+// server's identity (host:port/db, not its place in the list) mixed with a
+// hash of the channel, so adding a server takes from each of the others
+// only the channels it now scores highest on: about 1/(N+1) of them move,
+// all to the new server, and reordering the list moves none.
+
+// ringNode is one server's identity, hashed once.
+type ringNode struct{ seed uint64 }
+
+// rendezvous returns the index of the node with the highest score for
+// channel.
+func rendezvous(ring []ringNode, channel string) int {
+	hc := fnv64(channel)
+	best, bestScore := 0, uint64(0)
+	for i, n := range ring {
+		if s := mix64(n.seed ^ hc); i == 0 || s > bestScore {
+			best, bestScore = i, s
+		}
+	}
+	return best
+}
+
+// fnv64 is FNV-1a, 64 bits.
+func fnv64(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
+// mix64 is MurmurHash3's finalizer: every input bit affects every output
+// bit, so the scores of one channel on different servers are independent
+// enough for rendezvous hashing.
+func mix64(h uint64) uint64 {
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
+	return h
+}
+
+// shardID names a server by what makes it the same server: its address
+// and database, not its place in the list nor its password.
+func shardID(co rueidis.ClientOption) string {
+	addr := ""
+	if len(co.InitAddress) > 0 {
+		addr = co.InitAddress[0]
+	}
+	return addr + "/" + strconv.Itoa(co.SelectDB)
+}
+
+func (b *Broker) setUpShards() error {
+	seen := make(map[string]bool)
+	for i, u := range b.opts.Shards {
+		co, err := b.clientOption(u)
+		if err != nil {
+			return fmt.Errorf("%w (shard %d)", err, i)
+		}
+		id := shardID(co)
+		if seen[id] {
+			return fmt.Errorf("redisbroker: shard %s listed twice", id)
+		}
+		seen[id] = true
+		c, err := b.newClient(co)
+		if err != nil {
+			return err
+		}
+		b.shards = append(b.shards, newShard(b, id, c, true))
+		b.ring = append(b.ring, ringNode{seed: mix64(fnv64(id))})
+	}
+	return nil
+}
+
+// Redis Cluster (Options.Cluster). Commands and scripts go through one
+// rueidis cluster client, which routes each by the slot of its keys (a
+// channel's keys share the slot of its hash tag, so every script touches
+// one slot). Sharded pub/sub needs a connection to the master that owns a
+// channel's slot, so each master found at New is a shard with a pub/sub
+// connection of its own; a shard finds its master again (CLUSTER SLOTS) at
+// each reconnect, so a failover to a replica is followed.
+
+const clusterSlots = 16384
+
+// slotOf is the Cluster slot of channel's keys and shard channel: CRC16
+// (XMODEM) of the hash tag, which is the channel (channel names have no
+// braces, nor has the prefix).
+func slotOf(channel string) uint16 {
+	var crc uint16
+	for i := 0; i < len(channel); i++ {
+		crc ^= uint16(channel[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc % clusterSlots
+}
+
+// slotRange is a range of slots a master owns, from CLUSTER SLOTS.
+type slotRange struct {
+	first, last int
+	addr, id    string
+}
+
+// clusterSlotRanges asks the cluster which master owns which slots.
+func clusterSlotRanges(ctx context.Context, c rueidis.Client, defaultHost string) ([]slotRange, error) {
+	entries, err := c.Do(ctx, c.B().ClusterSlots().Build()).ToArray()
+	if err != nil {
+		return nil, fmt.Errorf("failed to read CLUSTER SLOTS: %w", err)
+	}
+	var out []slotRange
+	for _, e := range entries {
+		f, err := e.ToArray()
+		if err != nil || len(f) < 3 {
+			return nil, errors.New("unexpected CLUSTER SLOTS reply")
+		}
+		first, err1 := f[0].AsInt64()
+		last, err2 := f[1].AsInt64()
+		m, err3 := f[2].ToArray()
+		if err := errors.Join(err1, err2, err3); err != nil || len(m) < 3 {
+			return nil, fmt.Errorf("unexpected CLUSTER SLOTS reply: %v", err)
+		}
+		host, _ := m[0].ToString()
+		port, _ := m[1].AsInt64()
+		id, _ := m[2].ToString()
+		if host == "" || host == "?" {
+			host = defaultHost
+		}
+		out = append(out, slotRange{first: int(first), last: int(last), addr: net.JoinHostPort(host, strconv.FormatInt(port, 10)), id: id})
+	}
+	return out, nil
+}
+
+func (b *Broker) setUpCluster() error {
+	co, err := b.clientOption(b.opts.Cluster[0])
+	if err != nil {
+		return err
+	}
+	for _, u := range b.opts.Cluster[1:] {
+		more, err := rueidis.ParseURL(u)
+		if err != nil {
+			return fmt.Errorf("redisbroker: failed to parse URL: %w", err)
+		}
+		co.InitAddress = append(co.InitAddress, more.InitAddress...)
+	}
+	client, err := b.newClient(co)
+	if err != nil {
+		return err
+	}
+	defaultHost, _, _ := net.SplitHostPort(co.InitAddress[0])
+	ctx, cancel := context.WithTimeout(context.Background(), b.opts.ConnectWait)
+	defer cancel()
+	ranges, err := clusterSlotRanges(ctx, client, defaultHost)
+	if err != nil {
+		return fmt.Errorf("redisbroker: %w", err)
+	}
+	b.slots = make([]uint16, clusterSlots)
+	covered := 0
+	byID := make(map[string]int) // master id -> index of its shard
+	for _, r := range ranges {
+		i, ok := byID[r.id]
+		if !ok {
+			s := newShard(b, "slot "+strconv.Itoa(r.first), client, len(b.shards) == 0)
+			s.dial = b.masterDialer(co, defaultHost, r.first)
+			i = len(b.shards)
+			byID[r.id] = i
+			b.shards = append(b.shards, s)
+		}
+		for slot := max(r.first, 0); slot <= r.last && slot < clusterSlots; slot++ {
+			b.slots[slot] = uint16(i)
+			covered++
+		}
+	}
+	if covered != clusterSlots {
+		return fmt.Errorf("redisbroker: the cluster serves %d of %d slots (cluster_state is not ok)", covered, clusterSlots)
+	}
+	return nil
+}
+
+// masterDialer returns a shard's dial: it finds the master that owns slot
+// now, and a client of that master alone (the pub/sub connection is one
+// server's), closed when the session ends.
+func (b *Broker) masterDialer(co rueidis.ClientOption, defaultHost string, slot int) func(context.Context) (rueidis.Client, func(), error) {
+	return func(ctx context.Context) (rueidis.Client, func(), error) {
+		cctx, cancel := context.WithTimeout(ctx, b.opts.ConnectWait)
+		defer cancel()
+		ranges, err := clusterSlotRanges(cctx, b.shards[0].cmd, defaultHost)
+		if err != nil {
+			return nil, nil, err
+		}
+		addr := ""
+		for _, r := range ranges {
+			if r.first <= slot && slot <= r.last {
+				addr = r.addr
+			}
+		}
+		if addr == "" {
+			return nil, nil, fmt.Errorf("no master serves slot %d", slot)
+		}
+		one := co
+		one.InitAddress = []string{addr}
+		one.ForceSingleClient = true
+		c, err := rueidis.NewClient(one)
+		if err != nil {
+			return nil, nil, fmt.Errorf("failed to connect to the master of slot %d at %s: %w", slot, addr, err)
+		}
+		return c, c.Close, nil
+	}
+}
