@@ -26,7 +26,7 @@ import (
 // goroutine that first sleeps up to a second and that Close does not stop;
 // it ends by itself (TestCluster/Outage leaves one).
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/redis/rueidis.(*call).DelayDo.func1"))
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/redis/rueidis.(*call).DelayDo.func1"))
 }
 
 // redisURL returns the test server's URL, or skips the test when there is
