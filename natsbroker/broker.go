@@ -425,10 +425,18 @@ func (b *Broker) ensure(ctx context.Context) error {
 	if b.js == nil {
 		return nil // live-only
 	}
-	ctx, cancel := context.WithTimeout(ctx, flushTimeout)
+	update := b.stream == nil // at start, before the broker is shared
+	timeout := flushTimeout
+	if !update {
+		// In a cluster a JetStream request made while a stream elects a
+		// new leader (a server was lost) gets no answer at all: a short
+		// attempt, retried by repair, serves again seconds sooner.
+		timeout = repairAttemptTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	p := b.opts.Prefix
-	stream, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	stream, err := b.ensureStream(ctx, update, jetstream.StreamConfig{
 		Name:              p + "_history",
 		Description:       "Herald channel history",
 		Subjects:          []string{b.subjHistory + ">"},
@@ -446,7 +454,7 @@ func (b *Broker) ensure(ctx context.Context) error {
 		return fmt.Errorf("natsbroker: failed to create the history stream: %w", err)
 	}
 	kv := func(name string, ttl time.Duration) (jetstream.KeyValue, error) {
-		return b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		return b.ensureKV(ctx, update, jetstream.KeyValueConfig{
 			Bucket: p + "_" + name, History: 1, TTL: ttl, Storage: b.opts.Storage, Replicas: b.opts.Replicas,
 		})
 	}
@@ -458,13 +466,49 @@ func (b *Broker) ensure(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("natsbroker: failed to create the presence bucket: %w", err)
 	}
-	if b.stream == nil { // at start, before the broker is shared
+	if update {
 		b.stream, b.idemKV, b.presKV = stream, idemKV, presKV
 	}
 	if b.evOn.Load() {
 		return b.ensureEvents(ctx)
 	}
 	return nil
+}
+
+// ensureStream creates the stream, or updates it to cfg when update is set
+// (at start). After a reconnect (update false) it only creates a missing
+// one (a server that restarted on an empty store has none): updating a
+// replicated stream whose peer is down waited out its whole timeout on
+// nats-server 2.9 (TestClusterServerKilled), though the stream served.
+func (b *Broker) ensureStream(ctx context.Context, update bool, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if update {
+		return b.js.CreateOrUpdateStream(ctx, cfg)
+	}
+	s, err := b.js.Stream(ctx, cfg.Name)
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return s, err
+	}
+	s, err = b.js.CreateStream(ctx, cfg)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) { // another node made it meanwhile
+		return b.js.Stream(ctx, cfg.Name)
+	}
+	return s, err
+}
+
+// ensureKV is ensureStream for a KV bucket.
+func (b *Broker) ensureKV(ctx context.Context, update bool, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if update {
+		return b.js.CreateOrUpdateKeyValue(ctx, cfg)
+	}
+	kv, err := b.js.KeyValue(ctx, cfg.Bucket)
+	if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return kv, err
+	}
+	kv, err = b.js.CreateKeyValue(ctx, cfg)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		return b.js.KeyValue(ctx, cfg.Bucket)
+	}
+	return kv, err
 }
 
 // Close unsubscribes and closes the connection if New opened it. Call it
@@ -604,6 +648,10 @@ func (b *Broker) Subscribe(ctx context.Context, channel string) error {
 // context has none).
 const flushTimeout = 10 * time.Second
 
+// repairAttemptTimeout bounds one attempt to check the stream and buckets
+// after a reconnect (see ensure).
+const repairAttemptTimeout = 2 * time.Second
+
 // flush waits until the server has processed everything sent so far.
 func (b *Broker) flush(ctx context.Context) error {
 	if _, ok := ctx.Deadline(); !ok {
@@ -682,6 +730,19 @@ func idemID(channel, key string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(channel)) + "." + base64.RawURLEncoding.EncodeToString([]byte(key))
 }
 
+// offsetMsgID is the message id (Nats-Msg-Id) of a channel's offset in an
+// epoch, set on publications with history when the stream is replicated
+// (Options.Replicas > 1) and no idempotency key takes the id. Before
+// nats-server 2.9.21, a replicated stream did not serialise
+// Nats-Expected-Last-Subject-Sequence: two nodes' concurrent publishes
+// expecting the same last message could both be stored, with one offset
+// (nats-io/nats-server#4320; TestClusterServerKilled saw it on 2.9.10).
+// Its duplicate check is serialised, so the second one is refused as a
+// duplicate of the offset, and its node retries with the next offset.
+func offsetMsgID(channel, epoch string, offset uint64) string {
+	return "o." + base64.RawURLEncoding.EncodeToString([]byte(channel)) + "." + epoch + "." + strconv.FormatUint(offset, 10)
+}
+
 // Publish implements herald.Broker.
 //
 // Without history: a core NATS publish on the delivery subject (after a KV
@@ -738,6 +799,7 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 	if opts.IdempotencyKey != "" {
 		popts = append(popts, jetstream.WithMsgID(idemID(pub.Channel, opts.IdempotencyKey)))
 	}
+	offsetID := opts.IdempotencyKey == "" && b.opts.Replicas > 1
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		last, ok := st.last[pub.Channel]
 		if !ok {
@@ -745,6 +807,9 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 			if last, err = b.lastMsg(ctx, subj); err != nil {
 				return herald.PublishResult{}, err
 			}
+		}
+		if offsetID {
+			popts = []jetstream.PublishOpt{jetstream.WithMsgID(offsetMsgID(pub.Channel, last.epoch, last.offset+1))}
 		}
 		hdr := nats.Header{}
 		hdr.Set(hdrOffset, strconv.FormatUint(last.offset+1, 10))
@@ -764,6 +829,11 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 			delete(st.last, pub.Channel)
 			b.storeLost(err)
 			return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to publish to history: %w", err)
+		}
+		if ack.Duplicate && offsetID {
+			// Another node's publish took this offset (see offsetMsgID).
+			delete(st.last, pub.Channel)
+			continue
 		}
 		if ack.Duplicate {
 			return b.duplicate(ctx, ack.Sequence)

@@ -122,12 +122,16 @@ const (
 	leadKey   = "lead"
 )
 
-// ensureEvents creates or updates the events stream and bucket. Called at
+// ensureEvents creates or updates the events stream and bucket (see
+// ensureStream). Called at
 // the store's first use, and by ensure after a reconnect once that use
 // happened (a server that restarted on an empty store has neither).
 func (b *Broker) ensureEvents(ctx context.Context) error {
 	p := b.opts.Prefix
-	stream, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	b.evMu.Lock()
+	update := b.evStream == nil // the first use: after a reconnect only what is missing is made
+	b.evMu.Unlock()
+	stream, err := b.ensureStream(ctx, update, jetstream.StreamConfig{
 		Name:        p + "_events",
 		Description: "Herald webhooks: outbox and key state",
 		Subjects:    []string{p + ".ev.>"},
@@ -144,7 +148,7 @@ func (b *Broker) ensureEvents(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("natsbroker: failed to create the events stream: %w", err)
 	}
-	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := b.ensureKV(ctx, update, jetstream.KeyValueConfig{
 		Bucket: p + "_eventstate", History: 1, Storage: b.opts.Storage, Replicas: b.opts.Replicas,
 	})
 	if err != nil {

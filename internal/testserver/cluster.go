@@ -6,12 +6,17 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/heraldhq/herald/internal/testenv"
 )
@@ -165,4 +170,73 @@ func FirstSlot(t testing.TB, s *Server) int {
 		}
 	}
 	return -1
+}
+
+// NATSCluster starts n nats-servers with JetStream joined by routes into
+// one cluster: client ports from clientBase, route ports from routeBase,
+// each store in a directory of the test's. It waits until JetStream has a
+// meta leader (an account info request succeeds on every server). Kill
+// and Start(true) restart one server on its store.
+func NATSCluster(t testing.TB, clientBase, routeBase, n int) []*Server {
+	t.Helper()
+	var routes []string
+	for i := range n {
+		routes = append(routes, "nats://127.0.0.1:"+strconv.Itoa(routeBase+i))
+	}
+	var srvs []*Server
+	for i := range n {
+		s := newServer(t, "nats-server", testenv.NATSVar)
+		s.port = clientBase + i
+		others := slices.Delete(slices.Clone(routes), i, i+1)
+		s.args = func(keepData bool) []string {
+			store := filepath.Join(s.dir, "store")
+			if !keepData {
+				_ = os.RemoveAll(store)
+			}
+			return []string{"-a", "127.0.0.1", "-p", strconv.Itoa(s.port), "-n", "herald-test-" + strconv.Itoa(i),
+				"-js", "-sd", store, "--cluster_name", "herald-test", "--cluster", routes[i],
+				"--routes", strings.Join(others, ","), "-l", filepath.Join(s.dir, "nats.log")}
+		}
+		s.Start(true)
+		srvs = append(srvs, s)
+		t.Cleanup(func() { // registered after Kill's: runs before it
+			if t.Failed() {
+				log, _ := os.ReadFile(filepath.Join(s.dir, "nats.log"))
+				if len(log) > 6000 {
+					log = log[len(log)-6000:]
+				}
+				t.Logf("%s log (end):\n%s", s, log)
+			}
+		})
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, s := range srvs {
+		for {
+			err := jetStreamReady(s.Addr())
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: JetStream not ready within 30s: %v", s, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return srvs
+}
+
+func jetStreamReady(addr string) error {
+	nc, err := nats.Connect("nats://"+addr, nats.Timeout(time.Second), nats.NoReconnect())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err = js.AccountInfo(ctx)
+	return err
 }

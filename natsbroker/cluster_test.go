@@ -1,0 +1,78 @@
+package natsbroker_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/brokertest"
+	"github.com/heraldhq/herald/internal/testserver"
+	"github.com/heraldhq/herald/natsbroker"
+)
+
+// Servers of this package's own, on the ports its tests were given:
+// clients 14200-14299, routes 16200-16299.
+const (
+	clientPorts, routePorts, portsSpan = 14200, 16200, 100
+)
+
+// TestClusterServerKilled: two nodes connected to different servers of a
+// three-server NATS cluster, JetStream replicated three times; the server
+// of node A is killed while both nodes publish. Nothing acknowledged is
+// lost: each subscriber gets it live or recovers it after being told.
+func TestClusterServerKilled(t *testing.T) {
+	base := testserver.PortBlock(t, clientPorts, clientPorts+portsSpan, 3, routePorts-clientPorts)
+	srvs := testserver.NATSCluster(t, base, routePorts+(base-clientPorts), 3)
+	p := prefixOwn(t)
+	// Each node prefers its own server (no shuffling) and fails over to
+	// the others.
+	newAt := func(first int) func(t *testing.T) herald.Broker {
+		return func(t *testing.T) herald.Broker {
+			var urls []string
+			for i := range srvs {
+				urls = append(urls, "nats://"+srvs[(first+i)%len(srvs)].Addr())
+			}
+			return clusterBroker(t, strings.Join(urls, ","), p)
+		}
+	}
+	brokertest.RunServerKilled(t, newAt(0), newAt(1), srvs[0].Kill)
+}
+
+// clusterBroker makes a broker with replicated (R3) storage, retrying New
+// while the cluster elects the stream's leader.
+func clusterBroker(t *testing.T, url, p string) herald.Broker {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		b, err := natsbroker.New(ctx, natsbroker.Options{
+			URL:         url,
+			NATSOptions: []nats.Option{nats.DontRandomize()},
+			Prefix:      p,
+			Storage:     jetstream.FileStorage,
+			Replicas:    3,
+			Logger:      logger(t, false),
+		})
+		cancel()
+		if err == nil {
+			t.Cleanup(b.Close)
+			return b
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("natsbroker.New on the cluster: %v", err)
+		}
+		t.Logf("natsbroker.New on the cluster: %v; retrying", err)
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// prefixOwn is a prefix for servers the test started itself (they die
+// with the test: nothing to delete).
+func prefixOwn(t testing.TB) string {
+	return "hrt_" + runID + "_c" + strings.ReplaceAll(t.Name(), "/", "_")
+}
