@@ -16,9 +16,10 @@ import (
 )
 
 // Servers of this package's own, on the ports its tests were given:
-// clients 14200-14299, routes 16200-16299.
+// clients 14200-14249, routes 16200-16249 (cmd/herald's tests take
+// 14250-14299 and 16250-16299).
 const (
-	clientPorts, routePorts, portsSpan = 14200, 16200, 100
+	clientPorts, routePorts, portsSpan = 14200, 16200, 50
 )
 
 // TestClusterServerKilled: two nodes connected to different servers of a
@@ -56,7 +57,11 @@ func clusterBroker(t *testing.T, url, p string) herald.Broker {
 			Prefix:      p,
 			Storage:     jetstream.FileStorage,
 			Replicas:    3,
-			Logger:      logger(t, false),
+			// Room for all that is published while node A is cut off
+			// (seconds, while the streams elect new leaders), so that its
+			// subscriber must recover it all.
+			MaxHistorySize: 100000,
+			Logger:         logger(t, false),
 		})
 		cancel()
 		if err == nil {

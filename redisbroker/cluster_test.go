@@ -13,9 +13,10 @@ import (
 )
 
 // Servers of this package's own, on the ports its tests were given: a
-// Cluster in 17000-17049 (bus ports +10000), shards in 17050-17099.
+// Cluster in 17000-17049 (bus ports +10000), shards in 17050-17079
+// (cmd/herald's tests take 17080-17099).
 const (
-	clusterPorts, shardPorts, portsEnd = 17000, 17050, 17100
+	clusterPorts, shardPorts, portsEnd = 17000, 17050, 17080
 )
 
 // ownPrefix is t's key prefix on servers the test started itself (no

@@ -77,9 +77,18 @@ func (b *Broker) setUpShards() error {
 			return fmt.Errorf("redisbroker: shard %s listed twice", id)
 		}
 		seen[id] = true
-		c, err := b.newClient(co)
+		// A standalone client of this one server (no Cluster or Sentinel
+		// guessing), made even when the server is down now: a shard that is
+		// down at start fails only its channels, and its pub/sub link
+		// comes up when the server does.
+		co.ForceSingleClient = true
+		c, err := rueidis.NewClient(co)
+		if c == nil {
+			return fmt.Errorf("redisbroker: failed to create client of shard %s: %w", id, err)
+		}
+		b.closers = append(b.closers, c.Close)
 		if err != nil {
-			return err
+			b.log.Warn("redis shard unreachable at start", "shard", id, "err", err)
 		}
 		b.shards = append(b.shards, newShard(b, id, c, true))
 		b.ring = append(b.ring, ringNode{seed: mix64(fnv64(id))})
@@ -221,6 +230,9 @@ func (b *Broker) masterDialer(co rueidis.ClientOption, defaultHost string, slot 
 		one.ForceSingleClient = true
 		c, err := rueidis.NewClient(one)
 		if err != nil {
+			if c != nil {
+				c.Close()
+			}
 			return nil, nil, fmt.Errorf("failed to connect to the master of slot %d at %s: %w", slot, addr, err)
 		}
 		return c, c.Close, nil
