@@ -168,3 +168,11 @@ func (s *Server) Kill() {
 
 // String names the server for logs.
 func (s *Server) String() string { return fmt.Sprintf("%s on %s", s.name, s.Addr()) }
+
+// Pid is the server process's id, 0 when it is not running.
+func (s *Server) Pid() int {
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
