@@ -267,7 +267,7 @@ func (b *Broker) setUpSingle() error {
 	if err != nil {
 		return err
 	}
-	b.shards = []*shard{newShard(b, strings.Join(co.InitAddress, ","), c, true)}
+	b.shards = []*shard{newShard(b, strings.Join(co.InitAddress, ","), c)}
 	return nil
 }
 
@@ -567,7 +567,11 @@ func (b *Broker) History(ctx context.Context, channel string, opts herald.Histor
 // published on the first shard whose link is up (so a shard that is down
 // does not stop control messages), once: a failed publish is not tried on
 // another shard, since it may have happened. In a Cluster a PUBLISH
-// reaches every master, and the first master's connection subscribes it.
+// reaches every master; every master's connection subscribes it, and the
+// first one that is up hands it on (so a master that is down does not stop
+// control messages either; a message that arrives while the node has not
+// yet noticed that master's loss may be missed: control messages are at
+// most once).
 func (b *Broker) PublishControl(ctx context.Context, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err

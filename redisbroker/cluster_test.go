@@ -1,6 +1,7 @@
 package redisbroker_test
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -90,6 +91,11 @@ func TestShards(t *testing.T) {
 			}
 		}
 	})
+	t.Run("ControlWithoutFirstShard", func(t *testing.T) {
+		b := mk(t, redisbroker.Options{})
+		rec, _ := brokertest.Start(t, b)
+		controlWithout(t, b, rec, srvs[0], srvs[0].Addr()+"/0")
+	})
 	t.Run("Outage", func(t *testing.T) {
 		b := mk(t, redisbroker.Options{})
 		victim := srvs[1]
@@ -124,4 +130,41 @@ func TestCluster(t *testing.T) {
 		brokertest.RunShardOutage(t, func(t *testing.T) herald.Broker { return b }, victim,
 			func(ch string) bool { return b.ShardOf(ch) == name })
 	})
+	// Control messages keep coming while the first master (whose link
+	// hands them on while it is up) is down.
+	t.Run("ControlWithoutFirstMaster", func(t *testing.T) {
+		b := mk(t, redisbroker.Options{})
+		rec, _ := brokertest.Start(t, b)
+		var first *testserver.Server
+		for _, n := range nodes {
+			if testserver.FirstSlot(t, n) == 0 {
+				first = n
+			}
+		}
+		controlWithout(t, b, rec, first, "slot 0")
+	})
+}
+
+// controlWithout kills srv, whose shard is named name, and checks that
+// control messages still reach the node through the other shards.
+func controlWithout(t *testing.T, b *redisbroker.Broker, rec *brokertest.Recorder, srv *testserver.Server, name string) {
+	brokertest.Eventually(t, func() bool { return b.ShardsHealth()[name] == nil },
+		func() string { return fmt.Sprintf("shards: %v", b.ShardsHealth()) })
+	srv.Kill()
+	t.Cleanup(func() { srv.Start(true) })
+	brokertest.Eventually(t, func() bool { return b.ShardsHealth()[name] != nil },
+		func() string { return "the loss of " + name + " not noticed" })
+	msg := []byte("control-" + randHex(4))
+	brokertest.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = b.PublishControl(ctx, msg) // may go to the dead server first: retried
+		time.Sleep(20 * time.Millisecond)
+		for _, c := range rec.Controls() {
+			if string(c) == string(msg) {
+				return true
+			}
+		}
+		return false
+	}, func() string { return "no control message delivered while " + name + " is down" })
 }

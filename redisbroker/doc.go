@@ -190,7 +190,8 @@
 // a pub/sub connection of its own, which at every reconnect asks again
 // which master serves its first slot (so it follows a failover to a
 // replica). Control messages are a plain PUBLISH, which a Cluster sends to
-// every node; the first master's connection SUBSCRIBEs them. A master
+// every node; every master's connection SUBSCRIBEs them, and the first one
+// that is up hands them to the node. A master
 // that is down fails only its slots' channels if the cluster is
 // configured with cluster-require-full-coverage no (the default fails
 // every slot, and so every channel). When a slot moves to another master,

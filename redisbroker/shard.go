@@ -40,8 +40,6 @@ type shard struct {
 	// dial returns the client whose Dedicate gives a pub/sub connection,
 	// and a function to release it once the connection is done with.
 	dial func(ctx context.Context) (rueidis.Client, func(), error)
-	// control: this shard's connection subscribes the control channel.
-	control bool
 	// sessions counts pub/sub connections made (run's goroutine only).
 	sessions int
 
@@ -61,9 +59,9 @@ type pubsubConn struct {
 	once  sync.Once
 }
 
-func newShard(b *Broker, name string, cmd rueidis.Client, control bool) *shard {
+func newShard(b *Broker, name string, cmd rueidis.Client) *shard {
 	s := &shard{
-		b: b, name: name, cmd: cmd, control: control,
+		b: b, name: name, cmd: cmd,
 		subs:    make(map[string]struct{}),
 		unsubs:  make(map[string]int),
 		up:      make(chan struct{}),
@@ -127,7 +125,7 @@ func (s *shard) run(ctx context.Context) error {
 }
 
 // session opens a pub/sub connection, subscribes to the control channel
-// (if s carries it) and every channel in subs, marks the shard up and
+// and every channel in subs, marks the shard up and
 // waits until the connection is lost (returning why) or ctx is done.
 // wasUp reports that the connection got that far.
 func (s *shard) session(ctx context.Context) (wasUp bool, err error) {
@@ -177,8 +175,8 @@ func (s *shard) session(ctx context.Context) (wasUp bool, err error) {
 	}
 }
 
-// subscribeAll subscribes the control channel (if s carries it) and every
-// channel in subs on dc, and returns how many channels.
+// subscribeAll subscribes the control channel and every channel in subs
+// on dc, and returns how many channels.
 func (s *shard) subscribeAll(ctx context.Context, dc rueidis.DedicatedClient) (int, error) {
 	s.mu.RLock()
 	chans := make([]string, 0, len(s.subs))
@@ -186,10 +184,9 @@ func (s *shard) subscribeAll(ctx context.Context, dc rueidis.DedicatedClient) (i
 		chans = append(chans, ch)
 	}
 	s.mu.RUnlock()
-	var cmds rueidis.Commands
-	if s.control {
-		cmds = append(cmds, dc.B().Subscribe().Channel(s.b.ctrlChan).Build())
-	}
+	// Every shard's connection subscribes the control channel: see
+	// Broker.PublishControl.
+	cmds := rueidis.Commands{dc.B().Subscribe().Channel(s.b.ctrlChan).Build()}
 	if s.b.cluster {
 		// SSUBSCRIBE takes channels of one slot.
 		bySlot := make(map[uint16][]string)
@@ -263,7 +260,13 @@ func (s *shard) onSubscription(pc *pubsubConn, sub rueidis.PubSubSubscription) {
 // onMessage runs in the pub/sub connection's reader goroutine.
 func (s *shard) onMessage(m rueidis.PubSubMessage) {
 	if m.Channel == s.b.ctrlChan {
-		s.b.h.HandleControl([]byte(m.Message))
+		// In a Cluster a PUBLISH reaches every master, so each shard's
+		// connection gets every control message: the first shard whose
+		// link is up hands them on, so that they keep coming while any
+		// master is reachable.
+		if !s.b.cluster || s.b.controlShard() == s {
+			s.b.h.HandleControl([]byte(m.Message))
+		}
 		return
 	}
 	ch, ok := s.b.chanOf(m.Channel)

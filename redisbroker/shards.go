@@ -90,7 +90,7 @@ func (b *Broker) setUpShards() error {
 		if err != nil {
 			b.log.Warn("redis shard unreachable at start", "shard", id, "err", err)
 		}
-		b.shards = append(b.shards, newShard(b, id, c, true))
+		b.shards = append(b.shards, newShard(b, id, c))
 		b.ring = append(b.ring, ringNode{seed: mix64(fnv64(id))})
 	}
 	return nil
@@ -159,6 +159,17 @@ func clusterSlotRanges(ctx context.Context, c rueidis.Client, defaultHost string
 	return out, nil
 }
 
+// controlShard is the shard whose connection hands control messages on in
+// a Cluster: the first one that is up.
+func (b *Broker) controlShard() *shard {
+	for _, s := range b.shards {
+		if s.healthy() == nil {
+			return s
+		}
+	}
+	return nil
+}
+
 func (b *Broker) setUpCluster() error {
 	co, err := b.clientOption(b.opts.Cluster[0])
 	if err != nil {
@@ -188,7 +199,7 @@ func (b *Broker) setUpCluster() error {
 	for _, r := range ranges {
 		i, ok := byID[r.id]
 		if !ok {
-			s := newShard(b, "slot "+strconv.Itoa(r.first), client, len(b.shards) == 0)
+			s := newShard(b, "slot "+strconv.Itoa(r.first), client)
 			s.dial = b.masterDialer(co, defaultHost, r.first)
 			i = len(b.shards)
 			byID[r.id] = i
