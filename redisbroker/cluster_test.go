@@ -3,6 +3,8 @@ package redisbroker_test
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -88,6 +90,26 @@ func TestShards(t *testing.T) {
 		for _, s := range srvs {
 			if n := counts[s.Addr()+"/0"]; n < 800 || n > 1200 {
 				t.Errorf("shard %s carries %d of 3000 channels, want about 1000 (%v)", s.Addr(), n, counts)
+			}
+		}
+	})
+	t.Run("DownAtStart", func(t *testing.T) {
+		// A shard whose server is down does not stop New nor the others.
+		dead := "redis://127.0.0.1:" + strconv.Itoa(testserver.PortBlock(t, shardPorts+20, portsEnd, 1, 0)) + "/0"
+		b, err := redisbroker.New(redisbroker.Options{Shards: append(urls(srvs[:2]), dead), Prefix: ownPrefix(t), Logger: logger(t, false)})
+		if err != nil {
+			t.Fatalf("New with a shard down: %v", err)
+		}
+		t.Cleanup(b.Close)
+		brokertest.Start(t, b)
+		brokertest.Eventually(t, func() bool { return b.Healthy() == nil },
+			func() string { return fmt.Sprintf("not healthy with two of three shards up: %v", b.ShardsHealth()) })
+		ctx := context.Background()
+		for i := 0; i < 50; i++ {
+			ch := "chat:" + strconv.Itoa(i)
+			_, err := b.Publish(ctx, &herald.Publication{Channel: ch, Data: []byte("x")}, herald.PublishOptions{HistorySize: 10, HistoryTTL: time.Minute})
+			if onDead := strings.HasSuffix(dead, b.ShardOf(ch)); onDead != (err != nil) {
+				t.Fatalf("publish to %s (on the dead shard: %v): %v", ch, onDead, err)
 			}
 		}
 	})
