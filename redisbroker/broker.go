@@ -147,9 +147,18 @@ type Broker struct {
 	// slots maps a Cluster slot to the shard of its master (nil unless
 	// cluster); ring picks a shard for Options.Shards.
 	cluster bool
-	slots   []uint16
+	slots   atomic.Pointer[[]uint16] // replaced whole by applyRanges
 	ring    []ringNode
 	closers []func() // clients to close
+	// Cluster only: defaultHost is the host of a master that CLUSTER
+	// SLOTS lists without one; remapMu serialises applyRanges; moved
+	// holds the channels that moved to another master until reportMoves
+	// (Run's) hands them to the node, woken by movedSignal.
+	defaultHost string
+	remapMu     sync.Mutex
+	movedMu     sync.Mutex
+	moved       map[string]bool
+	movedSignal chan struct{}
 
 	pubPrefix string // pub/sub channel name of herald channel c: pubPrefix + c (+ "}" in a Cluster)
 	ctrlChan  string
@@ -196,7 +205,7 @@ func New(opts Options) (*Broker, error) {
 	var err error
 	switch {
 	case len(opts.Cluster) > 0:
-		b.cluster, b.pubPrefix = true, opts.Prefix+":s:{"
+		b.cluster, b.pubPrefix, b.movedSignal = true, opts.Prefix+":s:{", make(chan struct{}, 1)
 		err = b.setUpCluster()
 	case len(opts.Shards) > 0:
 		err = b.setUpShards()
@@ -332,6 +341,9 @@ func (b *Broker) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { b.refreshPresence(ctx) })
+	if b.cluster {
+		wg.Go(func() { b.reportMoves(ctx) })
+	}
 	errs := make(chan error, len(b.shards))
 	for _, s := range b.shards {
 		wg.Go(func() { errs <- s.run(ctx) })
@@ -364,7 +376,7 @@ func (b *Broker) shardOf(channel string) *shard {
 	case len(b.shards) == 1:
 		return b.shards[0]
 	case b.cluster:
-		return b.shards[b.slots[slotOf(channel)]]
+		return b.shards[(*b.slots.Load())[slotOf(channel)]]
 	}
 	return b.shards[rendezvous(b.ring, channel)]
 }
@@ -402,7 +414,17 @@ func (b *Broker) chanOf(name string) (string, bool) {
 // Options.ConnectWait for the channel's shard's pub/sub connection,
 // failing with ErrUnavailable.
 func (b *Broker) Subscribe(ctx context.Context, channel string) error {
-	if err := b.shardOf(channel).subscribe(ctx, channel); err != nil {
+	err := b.shardOf(channel).subscribe(ctx, channel)
+	if ret, ok := rueidis.IsRedisErr(err); ok && b.cluster {
+		if _, moved := ret.IsMoved(); moved {
+			// The channel's slot moved to another master: read the slots
+			// again, and subscribe where it is now.
+			if err = b.refreshSlots(ctx); err == nil {
+				err = b.shardOf(channel).subscribe(ctx, channel)
+			}
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("redisbroker: failed to subscribe to %q: %w", channel, err)
 	}
 	return nil
@@ -411,7 +433,17 @@ func (b *Broker) Subscribe(ctx context.Context, channel string) error {
 // Unsubscribe implements herald.Broker. Nothing of the channel is delivered
 // once it returns, even if the UNSUBSCRIBE itself fails.
 func (b *Broker) Unsubscribe(ctx context.Context, channel string) error {
-	if err := b.shardOf(channel).unsubscribe(ctx, channel); err != nil {
+	shards := []*shard{b.shardOf(channel)}
+	if b.cluster {
+		shards = b.shards // a channel moving between masters may still be on its old one
+	}
+	var errs []error
+	for _, s := range shards {
+		if err := s.unsubscribe(ctx, channel); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("redisbroker: failed to unsubscribe from %q: %w", channel, err)
 	}
 	return nil

@@ -145,6 +145,7 @@ func TestCluster(t *testing.T) {
 			t.Fatalf("%d shards, want one per master (3)", n)
 		}
 	})
+	t.Run("Reshard", func(t *testing.T) { testReshard(t, nodes, mk(t, redisbroker.Options{})) })
 	t.Run("Outage", func(t *testing.T) {
 		b := mk(t, redisbroker.Options{})
 		victim := nodes[1]
@@ -189,4 +190,70 @@ func controlWithout(t *testing.T, b *redisbroker.Broker, rec *brokertest.Recorde
 		}
 		return false
 	}, func() string { return "no control message delivered while " + name + " is down" })
+}
+
+// testReshard moves the slot of a subscribed channel with history from the
+// last master to the first one while the broker runs: its publications
+// reach the node again from the new master, and its history moved with
+// its keys (same epoch, consecutive offsets).
+func testReshard(t *testing.T, nodes []*testserver.Server, b *redisbroker.Broker) {
+	rec, _ := brokertest.Start(t, b)
+	var first, last *testserver.Server
+	for _, n := range nodes {
+		switch fs := testserver.FirstSlot(t, n); {
+		case fs == 0:
+			first = n
+		case last == nil || fs > testserver.FirstSlot(t, last):
+			last = n
+		}
+	}
+	lastName := fmt.Sprintf("slot %d", testserver.FirstSlot(t, last))
+	ch := ""
+	for i := 0; ch == ""; i++ {
+		c := "chat:reshard-" + strconv.Itoa(i)
+		if b.ShardOf(c) == lastName && redisbroker.SlotOf(c) != testserver.FirstSlot(t, last) {
+			ch = c
+		}
+	}
+	ctx := context.Background()
+	hist := herald.PublishOptions{HistorySize: 1000, HistoryTTL: time.Minute}
+	if err := b.Subscribe(ctx, ch); err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.Publish(ctx, &herald.Publication{Channel: ch, Data: []byte("before")}, hist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.WaitPubs(t, ch, 1)
+
+	testserver.MoveSlot(t, nodes, redisbroker.SlotOf(ch), last, first)
+	i := 0
+	brokertest.Eventually(t, func() bool {
+		i++
+		if _, err := b.Publish(ctx, &herald.Publication{Channel: ch, Data: []byte("after-" + strconv.Itoa(i))}, hist); err != nil {
+			t.Logf("publish after the move: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		for _, p := range rec.Pubs(ch) {
+			if strings.HasPrefix(string(p.Data), "after-") {
+				return true
+			}
+		}
+		return false
+	}, func() string { return "nothing delivered from the channel's new master" })
+	if got, want := b.ShardOf(ch), "slot 0"; got != want {
+		t.Errorf("channel on shard %q after the move, want %q", got, want)
+	}
+	h, err := b.History(ctx, ch, herald.HistoryOptions{Limit: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Position.Epoch != res.Epoch || len(h.Publications) == 0 || string(h.Publications[0].Data) != "before" {
+		t.Fatalf("history after the move: epoch %q (want %q), %d publications, first %q", h.Position.Epoch, res.Epoch, len(h.Publications), h.Publications[0].Data)
+	}
+	for k, p := range h.Publications {
+		if p.Offset != res.Offset+uint64(k) {
+			t.Fatalf("offset %d at %d, want consecutive from %d", p.Offset, k, res.Offset)
+		}
+	}
 }

@@ -194,20 +194,30 @@
 // that is up hands them to the node. A master
 // that is down fails only its slots' channels if the cluster is
 // configured with cluster-require-full-coverage no (the default fails
-// every slot, and so every channel). When a slot moves to another master,
-// Redis unsubscribes its shard channels; the shard treats that as an
-// outage (its subscribers are told and recover), but the mapping of slots
-// to shards is read once, by New: after resharding a live cluster,
-// restart the nodes (a shard whose channels now live elsewhere keeps
-// failing to subscribe them, and says so in its log and ShardsHealth).
-// A master failover loses what the old master had not replicated, as
-// with Sentinel.
+// every slot, and so every channel). A shard follows its master by node
+// id, and after a failover the master of a slot it had.
+//
+// Resharding a live cluster: when a slot moves to another master, Redis
+// unsubscribes its shard channels on the old master's connection; that
+// shard counts it as an outage (its channels' subscribers are closed with
+// 4006 and recover), and before it reconnects it reads CLUSTER SLOTS
+// again: each slot goes to the shard that follows its new master, and the
+// channels that moved are subscribed on that shard's connection and
+// handed to the node's reconnect check (HandlePartialReconnect), which
+// finds what they missed meanwhile. A Subscribe answered MOVED does the
+// same. The keys move with the slot (MIGRATE), so history, positions and
+// epochs survive (TestCluster/Reshard). Masters added after New get no
+// shard: slots moved to one stay with the shard of their old master,
+// whose connection then fails to subscribe them (logged, ShardsHealth):
+// restart the nodes after adding masters. A master failover loses what
+// the old master had not replicated, as with Sentinel.
 //
 // Tests (cluster_test.go) start their own servers from Debian's binaries:
 // three redis-server as shards, and three joined by redis-cli --cluster
 // create; the conformance, presence and event store suites and the cross
-// node test pass on both, and TestShards/Outage and TestCluster/Outage
-// kill one server and check that only its channels' subscribers are told.
+// node test pass on both, TestShards/Outage and TestCluster/Outage kill
+// one server and check that only its channels' subscribers are told, and
+// TestCluster/Reshard moves a subscribed channel's slot between masters.
 //
 // # Why rueidis
 //

@@ -37,6 +37,11 @@ type shard struct {
 	// cmd runs this shard's channels' commands and scripts: the server's
 	// client, or with a Cluster the cluster client (which routes by slot).
 	cmd rueidis.Client
+	// nodeID (guarded by mu) is the Cluster master the shard follows, and
+	// firstSlot the first slot it had at New (Cluster only; see
+	// masterDialer).
+	nodeID    string
+	firstSlot int
 	// dial returns the client whose Dedicate gives a pub/sub connection,
 	// and a function to release it once the connection is done with.
 	dial func(ctx context.Context) (rueidis.Client, func(), error)
@@ -356,9 +361,14 @@ func (s *shard) subscribe(ctx context.Context, channel string) error {
 	return nil
 }
 
-// unsubscribe: see Broker.Unsubscribe.
+// unsubscribe: see Broker.Unsubscribe. It does nothing if s does not have
+// the channel.
 func (s *shard) unsubscribe(ctx context.Context, channel string) error {
 	s.mu.Lock()
+	if _, ok := s.subs[channel]; !ok {
+		s.mu.Unlock()
+		return nil
+	}
 	delete(s.subs, channel)
 	pc := s.conn
 	if pc != nil && s.b.cluster {
@@ -373,4 +383,41 @@ func (s *shard) unsubscribe(ctx context.Context, channel string) error {
 		return pc.dc.Do(ctx, pc.dc.B().Sunsubscribe().Channel(name).Build()).Error()
 	}
 	return pc.dc.Do(ctx, pc.dc.B().Unsubscribe().Channel(name).Build()).Error()
+}
+
+// release takes out of s's subscriptions the channels that the slot table
+// now gives to another shard, and returns them (see applyRanges). Their
+// shard channels stay subscribed on s's connection until it ends, but
+// their publications go to the other master, and onMessage drops what
+// s no longer has.
+func (s *shard) release() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for ch := range s.subs {
+		if s.b.shardOf(ch) != s {
+			delete(s.subs, ch)
+			out = append(out, ch)
+		}
+	}
+	return out
+}
+
+// adopt adds channel to s's subscriptions, and subscribes it on s's
+// connection if it is up (else the next connection does).
+func (s *shard) adopt(ctx context.Context, channel string) {
+	s.mu.Lock()
+	s.subs[channel] = struct{}{}
+	pc := s.conn
+	s.mu.Unlock()
+	if pc == nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, s.b.opts.ConnectWait)
+	defer cancel()
+	if err := pc.dc.Do(sctx, pc.dc.B().Ssubscribe().Channel(s.b.pubChan(channel)).Build()).Error(); err != nil {
+		// The connection is failing: its session ends, and the next one
+		// subscribes everything in subs.
+		s.b.log.Warn("redis cluster: failed to subscribe a moved channel", "shard", s.name, "channel", channel, "err", err)
+	}
 }

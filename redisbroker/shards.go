@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 
 	"github.com/redis/rueidis"
+
+	"github.com/heraldhq/herald"
 )
 
 // Client-side sharding (Options.Shards): each channel lives on the server
@@ -186,56 +190,58 @@ func (b *Broker) setUpCluster() error {
 	if err != nil {
 		return err
 	}
-	defaultHost, _, _ := net.SplitHostPort(co.InitAddress[0])
+	b.defaultHost, _, _ = net.SplitHostPort(co.InitAddress[0])
 	ctx, cancel := context.WithTimeout(context.Background(), b.opts.ConnectWait)
 	defer cancel()
-	ranges, err := clusterSlotRanges(ctx, client, defaultHost)
+	ranges, err := clusterSlotRanges(ctx, client, b.defaultHost)
 	if err != nil {
 		return fmt.Errorf("redisbroker: %w", err)
 	}
-	b.slots = make([]uint16, clusterSlots)
+	table := make([]uint16, clusterSlots)
 	covered := 0
 	byID := make(map[string]int) // master id -> index of its shard
 	for _, r := range ranges {
 		i, ok := byID[r.id]
 		if !ok {
 			s := newShard(b, "slot "+strconv.Itoa(r.first), client)
-			s.dial = b.masterDialer(co, defaultHost, r.first)
+			s.nodeID, s.firstSlot = r.id, r.first
+			s.dial = b.masterDialer(s, co)
 			i = len(b.shards)
 			byID[r.id] = i
 			b.shards = append(b.shards, s)
 		}
 		for slot := max(r.first, 0); slot <= r.last && slot < clusterSlots; slot++ {
-			b.slots[slot] = uint16(i)
+			table[slot] = uint16(i)
 			covered++
 		}
 	}
 	if covered != clusterSlots {
 		return fmt.Errorf("redisbroker: the cluster serves %d of %d slots (cluster_state is not ok)", covered, clusterSlots)
 	}
+	b.slots.Store(&table)
 	return nil
 }
 
-// masterDialer returns a shard's dial: it finds the master that owns slot
-// now, and a client of that master alone (the pub/sub connection is one
-// server's), closed when the session ends.
-func (b *Broker) masterDialer(co rueidis.ClientOption, defaultHost string, slot int) func(context.Context) (rueidis.Client, func(), error) {
+// masterDialer returns a shard's dial: it reads the cluster's slots
+// (updating the broker's slot table, see applyRanges), finds the master
+// the shard follows, and returns a client of that master alone (the
+// pub/sub connection is one server's), closed when the session ends. A
+// shard follows its master by node id; when that id serves no slot any
+// more (a replica took over, or its slots all moved), it follows the
+// master of a slot it still has in the table, else of its first slot.
+func (b *Broker) masterDialer(s *shard, co rueidis.ClientOption) func(context.Context) (rueidis.Client, func(), error) {
 	return func(ctx context.Context) (rueidis.Client, func(), error) {
 		cctx, cancel := context.WithTimeout(ctx, b.opts.ConnectWait)
 		defer cancel()
-		ranges, err := clusterSlotRanges(cctx, b.shards[0].cmd, defaultHost)
+		ranges, err := clusterSlotRanges(cctx, s.cmd, b.defaultHost)
 		if err != nil {
 			return nil, nil, err
 		}
-		addr := ""
-		for _, r := range ranges {
-			if r.first <= slot && slot <= r.last {
-				addr = r.addr
-			}
-		}
+		addr := b.followMaster(s, ranges)
 		if addr == "" {
-			return nil, nil, fmt.Errorf("no master serves slot %d", slot)
+			return nil, nil, fmt.Errorf("no master serves slot %d", s.firstSlot)
 		}
+		b.applyRanges(cctx, ranges)
 		one := co
 		one.InitAddress = []string{addr}
 		one.ForceSingleClient = true
@@ -244,8 +250,123 @@ func (b *Broker) masterDialer(co rueidis.ClientOption, defaultHost string, slot 
 			if c != nil {
 				c.Close()
 			}
-			return nil, nil, fmt.Errorf("failed to connect to the master of slot %d at %s: %w", slot, addr, err)
+			return nil, nil, fmt.Errorf("failed to connect to the master at %s: %w", addr, err)
 		}
 		return c, c.Close, nil
 	}
+}
+
+// followMaster finds the address of the master s follows in ranges, and
+// adopts a new master id when its own serves nothing (see masterDialer).
+func (b *Broker) followMaster(s *shard, ranges []slotRange) string {
+	s.mu.RLock()
+	id := s.nodeID
+	s.mu.RUnlock()
+	for _, r := range ranges {
+		if r.id == id {
+			return r.addr
+		}
+	}
+	slot := s.firstSlot
+	table := *b.slots.Load()
+	for i, owner := range table {
+		if b.shards[owner] == s {
+			slot = i
+			break
+		}
+	}
+	for _, r := range ranges {
+		if r.first <= slot && slot <= r.last {
+			s.mu.Lock()
+			s.nodeID = r.id
+			s.mu.Unlock()
+			b.log.Info("redis cluster: shard follows another master", "shard", s.name, "addr", r.addr)
+			return r.addr
+		}
+	}
+	return ""
+}
+
+// applyRanges brings the slot table up to date with ranges (CLUSTER
+// SLOTS): each slot goes to the shard that follows its master (a slot of
+// a master no shard follows, one added after New, stays where it was:
+// restart the nodes after adding masters). The channels whose slot moved
+// to another shard are moved there: taken out of the old shard's
+// subscriptions, subscribed on the new one's connection, and handed to
+// the node's reconnect check (their subscribers were closed when the old
+// shard's link was lost; publications made while they moved are found as
+// a gap). Called by each shard's dial, and by Subscribe when Redis says a
+// channel's slot MOVED.
+func (b *Broker) applyRanges(ctx context.Context, ranges []slotRange) {
+	b.remapMu.Lock()
+	defer b.remapMu.Unlock()
+	byID := make(map[string]uint16, len(b.shards))
+	for i, s := range b.shards {
+		s.mu.RLock()
+		byID[s.nodeID] = uint16(i)
+		s.mu.RUnlock()
+	}
+	table := slices.Clone(*b.slots.Load())
+	for _, r := range ranges {
+		if i, ok := byID[r.id]; ok {
+			for slot := max(r.first, 0); slot <= r.last && slot < clusterSlots; slot++ {
+				table[slot] = i
+			}
+		}
+	}
+	b.slots.Store(&table)
+	moved := make(map[string]bool)
+	for _, s := range b.shards {
+		for _, ch := range s.release() {
+			moved[ch] = true
+			b.shardOf(ch).adopt(ctx, ch)
+		}
+	}
+	if len(moved) == 0 {
+		return
+	}
+	b.log.Warn("redis cluster: channels moved to another master", "channels", len(moved))
+	b.movedMu.Lock()
+	if b.moved == nil {
+		b.moved = make(map[string]bool)
+	}
+	maps.Copy(b.moved, moved)
+	b.movedMu.Unlock()
+	select {
+	case b.movedSignal <- struct{}{}:
+	default: // reportMoves has a signal pending: it takes these too
+	}
+}
+
+// reportMoves hands the channels that moved to another master to the
+// node's reconnect check, from Run's goroutine (the check reads history,
+// and applyRanges may run on a caller's goroutine, in Subscribe).
+func (b *Broker) reportMoves(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.movedSignal:
+		}
+		b.movedMu.Lock()
+		moved := b.moved
+		b.moved = nil
+		b.movedMu.Unlock()
+		if ph, ok := b.h.(herald.PartialBrokerHandler); ok {
+			ph.HandlePartialReconnect(func(ch string) bool { return moved[ch] })
+		} else {
+			b.h.HandleReconnect()
+		}
+	}
+}
+
+// refreshSlots reads the cluster's slots and applies them (see
+// applyRanges).
+func (b *Broker) refreshSlots(ctx context.Context) error {
+	ranges, err := clusterSlotRanges(ctx, b.shards[0].cmd, b.defaultHost)
+	if err != nil {
+		return err
+	}
+	b.applyRanges(ctx, ranges)
+	return nil
 }

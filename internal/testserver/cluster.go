@@ -240,3 +240,48 @@ func jetStreamReady(addr string) error {
 	_, err = js.AccountInfo(ctx)
 	return err
 }
+
+// NodeID returns a Cluster node's id (CLUSTER MYID).
+func NodeID(t testing.TB, s *Server) string {
+	t.Helper()
+	id, err := redisCommand(s.Addr(), "CLUSTER", "MYID")
+	if err != nil {
+		t.Fatalf("%s: CLUSTER MYID: %v", s, err)
+	}
+	return strings.TrimSpace(id)
+}
+
+// MoveSlot moves slot, with its keys, from the Cluster node from to the
+// node to, as redis-cli --cluster reshard does for each slot: IMPORTING
+// and MIGRATING, MIGRATE of its keys, then SETSLOT NODE on every node.
+func MoveSlot(t testing.TB, nodes []*Server, slot int, from, to *Server) {
+	t.Helper()
+	cli := func(s *Server, args ...string) string {
+		t.Helper()
+		host, port, _ := net.SplitHostPort(s.Addr())
+		out, err := exec.Command("redis-cli", append([]string{"-h", host, "-p", port}, args...)...).CombinedOutput()
+		if err != nil || strings.HasPrefix(string(out), "ERR") {
+			t.Fatalf("redis-cli %v on %s: %v %s", args, s, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	sl, fromID, toID := strconv.Itoa(slot), NodeID(t, from), NodeID(t, to)
+	cli(to, "CLUSTER", "SETSLOT", sl, "IMPORTING", fromID)
+	cli(from, "CLUSTER", "SETSLOT", sl, "MIGRATING", toID)
+	toHost, toPort, _ := net.SplitHostPort(to.Addr())
+	for {
+		keys := strings.Fields(cli(from, "CLUSTER", "GETKEYSINSLOT", sl, "100"))
+		if len(keys) == 0 {
+			break
+		}
+		cli(from, append([]string{"MIGRATE", toHost, toPort, "", "0", "5000", "KEYS"}, keys...)...)
+	}
+	// The new owner first, then the old one, then the others.
+	cli(to, "CLUSTER", "SETSLOT", sl, "NODE", toID)
+	cli(from, "CLUSTER", "SETSLOT", sl, "NODE", toID)
+	for _, n := range nodes {
+		if n != to && n != from {
+			cli(n, "CLUSTER", "SETSLOT", sl, "NODE", toID)
+		}
+	}
+}
