@@ -173,9 +173,10 @@
 // recovered:false, reason epoch_changed (a subscriber that stayed is
 // closed with 4006 when the first publication of the new epoch reaches
 // its node) — nothing is silently skipped, but the history of a moved
-// channel is gone for its clients. Change the list on every node at once (stop all, start all):
-// while nodes disagree, a moved channel's publications go to two servers
-// and each node's subscribers see only those of their node's choice.
+// channel is gone for its clients. Change the list on every node at once
+// (stop all, start all): while nodes disagree, a moved channel's
+// publications go to two servers, and each node's subscribers see only
+// those of their node's choice.
 //
 // # Redis Cluster (Options.Cluster)
 //
