@@ -2,11 +2,8 @@ package redisbroker_test
 
 import (
 	"context"
-	"os"
 	"strconv"
-	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -68,7 +65,7 @@ func benchThrough(b *testing.B, srvs []*testserver.Server, o redisbroker.Options
 	data := make([]byte, 64)
 	hist := herald.PublishOptions{HistorySize: 100, HistoryTTL: time.Minute}
 	var next atomic.Int64
-	redis0, self0, start := procCPU(b, srvs), selfCPU(), time.Now()
+	redis0, self0, start := procCPU(b, srvs), testserver.SelfCPU(), time.Now()
 	b.ReportAllocs()
 	b.SetParallelism(16)
 	b.ResetTimer()
@@ -86,30 +83,13 @@ func benchThrough(b *testing.B, srvs []*testserver.Server, o redisbroker.Options
 	sec := time.Since(start).Seconds()
 	b.ReportMetric(float64(b.N)/sec, "pubs/s")
 	b.ReportMetric((procCPU(b, srvs)-redis0)/sec, "redis-cores")
-	b.ReportMetric((selfCPU()-self0)/sec, "node-cores")
+	b.ReportMetric((testserver.SelfCPU()-self0)/sec, "node-cores")
 }
 
-// procCPU is the CPU seconds (user and system) the servers' processes have
-// used, from /proc/PID/stat.
 func procCPU(b *testing.B, srvs []*testserver.Server) float64 {
-	total := 0.0
-	for _, s := range srvs {
-		stat, err := os.ReadFile("/proc/" + strconv.Itoa(s.Pid()) + "/stat")
-		if err != nil {
-			b.Skipf("no /proc: %v", err)
-		}
-		// Fields after the command (which is in parentheses): utime and
-		// stime are the 12th and 13th, in clock ticks of 1/100 s.
-		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-		ut, _ := strconv.ParseFloat(f[11], 64)
-		st, _ := strconv.ParseFloat(f[12], 64)
-		total += (ut + st) / 100
+	sec, err := testserver.CPUSeconds(srvs...)
+	if err != nil {
+		b.Skipf("no CPU figures for the servers: %v", err)
 	}
-	return total
-}
-
-func selfCPU() float64 {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	return sec
 }
