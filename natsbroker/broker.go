@@ -201,12 +201,15 @@ type Broker struct {
 	refreshMu sync.RWMutex
 
 	// The webhooks' event store (events.go), set up at its first use.
-	evOnce   sync.Once
-	evStore  *eventStore
-	evOn     atomic.Bool // set up once: ensure sets it up again
-	evMu     sync.Mutex  // guards evStream, evKV
-	evStream jetstream.Stream
-	evKV     jetstream.KeyValue
+	evOnce  sync.Once
+	evStore *eventStore
+	evOn    atomic.Bool // set up once: ensure sets it up again
+	evMu    sync.Mutex  // guards evStream, evKV
+	// evSetupMu serialises the events stream's setup at its first use;
+	// taken before evMu.
+	evSetupMu sync.Mutex
+	evStream  jetstream.Stream
+	evKV      jetstream.KeyValue
 }
 
 // stripe caches the last history message this node knows of each channel,
@@ -446,7 +449,10 @@ func (b *Broker) ensure(ctx context.Context) error {
 		Discard:           jetstream.DiscardOld,
 		Storage:           b.opts.Storage,
 		Replicas:          b.opts.Replicas,
-		AllowDirect:       true,
+		// Direct gets are answered by any replica, which may lag the
+		// leader: with replicas, reads go to the leader, so that a read
+		// sees every publish that returned (TestClusterConformance).
+		AllowDirect: b.opts.Replicas == 1,
 		// Stored messages only, in stream order: delivery order is offset order.
 		RePublish: &jetstream.RePublish{Source: b.subjHistory + ">", Destination: b.subjDeliver + ">"},
 	})
@@ -481,6 +487,12 @@ func (b *Broker) ensure(ctx context.Context) error {
 // replicated stream whose peer is down waited out its whole timeout on
 // nats-server 2.9 (TestClusterServerKilled), though the stream served.
 func (b *Broker) ensureStream(ctx context.Context, update bool, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if update && b.opts.Replicas > 1 {
+		// Wait for a leader before updating: see waitLeader.
+		if _, err := b.waitLeader(ctx, cfg.Name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, err
+		}
+	}
 	if update {
 		return b.js.CreateOrUpdateStream(ctx, cfg)
 	}
@@ -495,8 +507,69 @@ func (b *Broker) ensureStream(ctx context.Context, update bool, cfg jetstream.St
 	return s, err
 }
 
-// ensureKV is ensureStream for a KV bucket.
+// ensureKV is ensureStream for a KV bucket. With replicas, the bucket's
+// reads go to its leader (see leaderReads).
 func (b *Broker) ensureKV(ctx context.Context, update bool, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := b.createKV(ctx, update, cfg)
+	if err != nil || b.opts.Replicas == 1 {
+		return kv, err
+	}
+	return b.leaderReads(ctx, cfg.Bucket)
+}
+
+// leaderReads turns direct gets off on a replicated bucket's stream, which
+// nats.go creates with them on: a direct get is answered by any replica,
+// which may lag, so a presence entry just added was missing from a read
+// (TestClusterConformance/Presence). It returns the bucket bound anew, so
+// that its reads go to the leader.
+func (b *Broker) leaderReads(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	st, err := b.js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return nil, err
+	}
+	if cfg := st.CachedInfo().Config; cfg.AllowDirect {
+		if st, err = b.waitLeader(ctx, "KV_"+bucket); err != nil {
+			return nil, err
+		}
+		cfg.AllowDirect = false
+		if _, err := b.js.UpdateStream(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
+	return b.js.KeyValue(ctx, bucket)
+}
+
+// waitLeader waits until a replicated stream has a leader, and returns it
+// (ErrStreamNotFound when there is no such stream). An update of a stream
+// that has none yet (just created by this node or another, or electing
+// after a server was lost) got no answer on nats-server 2.9: it waited out
+// its timeout (TestClusterConformance, TestClusterServerKilled). Each
+// look is bounded by a second, so one that gets no answer is asked again.
+func (b *Broker) waitLeader(ctx context.Context, name string) (jetstream.Stream, error) {
+	for {
+		lctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := b.js.Stream(lctx, name)
+		cancel()
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, err
+		}
+		if err == nil {
+			if ci := st.CachedInfo().Cluster; ci == nil || ci.Leader != "" {
+				return st, nil
+			}
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return nil, fmt.Errorf("no leader for stream %s: %w", name, err)
+		}
+	}
+}
+
+func (b *Broker) createKV(ctx context.Context, update bool, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if update && b.opts.Replicas > 1 {
+		if _, err := b.waitLeader(ctx, "KV_"+cfg.Bucket); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, err
+		}
+	}
 	if update {
 		return b.js.CreateOrUpdateKeyValue(ctx, cfg)
 	}
@@ -730,17 +803,20 @@ func idemID(channel, key string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(channel)) + "." + base64.RawURLEncoding.EncodeToString([]byte(key))
 }
 
-// offsetMsgID is the message id (Nats-Msg-Id) of a channel's offset in an
-// epoch, set on publications with history when the stream is replicated
-// (Options.Replicas > 1) and no idempotency key takes the id. Before
-// nats-server 2.9.21, a replicated stream did not serialise
-// Nats-Expected-Last-Subject-Sequence: two nodes' concurrent publishes
-// expecting the same last message could both be stored, with one offset
-// (nats-io/nats-server#4320; TestClusterServerKilled saw it on 2.9.10).
-// Its duplicate check is serialised, so the second one is refused as a
-// duplicate of the offset, and its node retries with the next offset.
-func offsetMsgID(channel, epoch string, offset uint64) string {
-	return "o." + base64.RawURLEncoding.EncodeToString([]byte(channel)) + "." + epoch + "." + strconv.FormatUint(offset, 10)
+// offsetMsgID is the message id (Nats-Msg-Id) of the publication that
+// follows stream sequence last on a channel's subject, set on publications
+// with history when the stream is replicated (Options.Replicas > 1) and no
+// idempotency key takes the id. Before nats-server 2.9.21, a replicated
+// stream did not serialise Nats-Expected-Last-Subject-Sequence: two
+// nodes' concurrent publishes expecting the same last message could both
+// be stored, with one offset (nats-io/nats-server#4320;
+// TestClusterServerKilled saw it on 2.9.10). Its duplicate check is
+// serialised, and both carry the same id, so the second is refused as a
+// duplicate and its node retries with the next offset. The id names the
+// position, not the epoch: the first publications of a new channel, made
+// by two nodes that each drew an epoch, collide as well.
+func offsetMsgID(channel string, last uint64) string {
+	return "o." + base64.RawURLEncoding.EncodeToString([]byte(channel)) + "." + strconv.FormatUint(last, 10)
 }
 
 // Publish implements herald.Broker.
@@ -809,7 +885,7 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 			}
 		}
 		if offsetID {
-			popts = []jetstream.PublishOpt{jetstream.WithMsgID(offsetMsgID(pub.Channel, last.epoch, last.offset+1))}
+			popts = []jetstream.PublishOpt{jetstream.WithMsgID(offsetMsgID(pub.Channel, last.seq))}
 		}
 		hdr := nats.Header{}
 		hdr.Set(hdrOffset, strconv.FormatUint(last.offset+1, 10))
@@ -835,6 +911,15 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 			delete(st.last, pub.Channel)
 			continue
 		}
+		if ack.Duplicate && ack.Sequence == 0 && attempt < maxAttempts-1 {
+			// A replicated stream answers a duplicate of a message it has
+			// not applied yet without its sequence: ask again shortly,
+			// once the first is stored, to return its position.
+			if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+				return herald.PublishResult{}, err
+			}
+			continue
+		}
 		if ack.Duplicate {
 			return b.duplicate(ctx, ack.Sequence)
 		}
@@ -846,6 +931,17 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 		return herald.PublishResult{StreamPosition: herald.StreamPosition{Offset: pub.Offset, Epoch: last.epoch}}, nil
 	}
 	return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to publish to %q: %d conflicting attempts", pub.Channel, maxAttempts)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 func isWrongLastSeq(err error) bool {

@@ -143,7 +143,10 @@ func (b *Broker) ensureEvents(ctx context.Context) error {
 		Duplicates:        2 * time.Minute, // an Append retried after a lost ack
 		Storage:           b.opts.Storage,
 		Replicas:          b.opts.Replicas,
-		AllowDirect:       true,
+		// Direct gets are answered by any replica, which may lag the
+		// leader: with replicas, reads go to the leader, so that a read
+		// sees every publish that returned (TestClusterConformance).
+		AllowDirect: b.opts.Replicas == 1,
 	})
 	if err != nil {
 		return fmt.Errorf("natsbroker: failed to create the events stream: %w", err)
@@ -174,6 +177,16 @@ func (s *eventStore) handles(ctx context.Context) (jetstream.Stream, jetstream.K
 	}
 	b.evMu.Lock()
 	st, kv := b.evStream, b.evKV
+	b.evMu.Unlock()
+	if st != nil {
+		return st, kv, nil
+	}
+	// One setup at a time: concurrent first uses each creating the
+	// replicated stream timed out on a cluster (TestClusterConformance).
+	b.evSetupMu.Lock()
+	defer b.evSetupMu.Unlock()
+	b.evMu.Lock()
+	st, kv = b.evStream, b.evKV
 	b.evMu.Unlock()
 	if st != nil {
 		return st, kv, nil
@@ -329,9 +342,15 @@ func (s *eventStore) update(ctx context.Context, key string, f func(h []string) 
 		if err != nil {
 			return false, fmt.Errorf("natsbroker: failed to encode an event: %w", err)
 		}
-		_, err = s.b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: body},
-			jetstream.WithExpectLastSequencePerSubject(last), jetstream.WithExpectStream(s.b.opts.Prefix+"_events"))
-		if isWrongLastSeq(err) {
+		popts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(last), jetstream.WithExpectStream(s.b.opts.Prefix + "_events")}
+		if s.b.opts.Replicas > 1 {
+			// See offsetMsgID: the expected-sequence check alone let two
+			// nodes' updates of one state both in (two "on" events in a
+			// row, TestClusterConformance/EventStore).
+			popts = append(popts, jetstream.WithMsgID("k."+subj+"."+strconv.FormatUint(last, 10)))
+		}
+		ack, err := s.b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: body}, popts...)
+		if isWrongLastSeq(err) || (err == nil && ack.Duplicate) {
 			if err := pause(ctx, attempt); err != nil {
 				return false, err
 			}
