@@ -2,6 +2,7 @@ package natsbroker_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -24,10 +25,19 @@ const (
 )
 
 // TestClusterServerKilled: two nodes connected to different servers of a
-// three-server NATS cluster, JetStream replicated three times; the server
-// of node A is killed while both nodes publish. Nothing acknowledged is
+// three-server NATS cluster, JetStream replicated three times; a server
+// (node A's, or the one no node uses) is killed while both nodes publish. Nothing acknowledged is
 // lost: each subscriber gets it live or recovers it after being told.
 func TestClusterServerKilled(t *testing.T) {
+	t.Parallel()
+	// The server of node A, or the third one, which no node is connected
+	// to (only stream leaders, perhaps, are lost).
+	for _, victim := range []int{0, 2} {
+		t.Run(fmt.Sprintf("server%d", victim), func(t *testing.T) { t.Parallel(); testServerKilled(t, victim) })
+	}
+}
+
+func testServerKilled(t *testing.T, victim int) {
 	base := testserver.PortBlock(t, clientPorts, clientPorts+portsSpan, 3, routePorts-clientPorts)
 	srvs := testserver.NATSCluster(t, base, routePorts+(base-clientPorts), 3)
 	p := prefixOwn(t)
@@ -42,13 +52,14 @@ func TestClusterServerKilled(t *testing.T) {
 			return clusterBroker(t, strings.Join(urls, ","), p, 0)
 		}
 	}
-	brokertest.RunServerKilled(t, newAt(0), newAt(1), srvs[0].Kill)
+	brokertest.RunServerKilled(t, newAt(0), newAt(1), srvs[victim].Kill)
 }
 
 // TestClusterConformance: the conformance suite on a three-server cluster,
 // R3, each broker on another server: offsets stay unique and consecutive
 // when two nodes publish to one channel at once (nats-server#4320).
 func TestClusterConformance(t *testing.T) {
+	t.Parallel()
 	base := testserver.PortBlock(t, clientPorts, clientPorts+portsSpan, 3, routePorts-clientPorts)
 	srvs := testserver.NATSCluster(t, base, routePorts+(base-clientPorts), 3)
 	var n atomic.Int64

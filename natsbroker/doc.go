@@ -260,7 +260,7 @@
 // TestClusterServerKilled (cluster_test.go) starts three nats-servers of
 // its own joined by routes, two nodes on different servers, both
 // publishing to one channel with history while the server of one is
-// killed: every publication whose Publish returned without error reaches
+// killed (or, in a second run, the server no node uses): every publication whose Publish returned without error reaches
 // the subscriber on each node, live or recovered after its 4006, in
 // offset order, with no recovered:false.
 package natsbroker

@@ -66,6 +66,7 @@ func shardSuite(t *testing.T, mk func(t *testing.T, o redisbroker.Options) *redi
 // channels (Options.Shards), and one server killed: only its channels'
 // subscribers are told.
 func TestShards(t *testing.T) {
+	t.Parallel()
 	base := testserver.PortBlock(t, shardPorts, portsEnd, 3, 0)
 	var srvs []*testserver.Server
 	for i := range 3 {
@@ -128,6 +129,7 @@ func TestShards(t *testing.T) {
 
 // TestCluster: the suites against a Redis Cluster of three masters.
 func TestCluster(t *testing.T) {
+	t.Parallel()
 	nodes := testserver.RedisCluster(t, testserver.PortBlock(t, clusterPorts, shardPorts, 3, 10000), 3)
 	mk := func(t *testing.T, o redisbroker.Options) *redisbroker.Broker {
 		o.Cluster, o.Prefix, o.Logger = urls(nodes[:1]), ownPrefix(t), logger(t, false)

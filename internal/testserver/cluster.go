@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,16 +27,32 @@ import (
 // not 0, such as a Redis Cluster's bus ports, +10000), so that servers of a
 // test keep to the port range their package was given even when a crashed
 // run left something behind. Blocks are tried n apart.
+// A block is reserved for its test until the test ends, so that parallel
+// tests of one package never get the same block before their servers
+// listen.
 func PortBlock(t testing.TB, lo, hi, n, offset int) int {
 	t.Helper()
+	reservedMu.Lock()
+	defer reservedMu.Unlock()
 	for base := lo; base+n <= hi; base += n {
-		if blockFree(base, n, offset) {
+		if !reserved[base] && blockFree(base, n, offset) {
+			reserved[base] = true
+			t.Cleanup(func() {
+				reservedMu.Lock()
+				delete(reserved, base)
+				reservedMu.Unlock()
+			})
 			return base
 		}
 	}
 	t.Fatalf("no %d free ports in 127.0.0.1:%d-%d", n, lo, hi-1)
 	return 0
 }
+
+var (
+	reservedMu sync.Mutex
+	reserved   = make(map[int]bool) // first ports of the blocks PortBlock handed out
+)
 
 func blockFree(base, n, offset int) bool {
 	var held []net.Listener
