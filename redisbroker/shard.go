@@ -28,7 +28,7 @@ import (
 // sequential and in publish order. Every other method is safe for
 // concurrent use.
 //
-// Locks: mu guards subs, unsubs and the connection state, and is held
+// Locks: mu guards subs, unsubs, nodeID and the connection state, and is held
 // (read) across a HandlePublication call. It is never held across a Redis
 // call.
 type shard struct {
@@ -37,10 +37,8 @@ type shard struct {
 	// cmd runs this shard's channels' commands and scripts: the server's
 	// client, or with a Cluster the cluster client (which routes by slot).
 	cmd rueidis.Client
-	// nodeID (guarded by mu) is the Cluster master the shard follows, and
-	// firstSlot the first slot it had at New (Cluster only; see
+	// firstSlot is the first slot the shard had at New (Cluster only; see
 	// masterDialer).
-	nodeID    string
 	firstSlot int
 	// dial returns the client whose Dedicate gives a pub/sub connection,
 	// and a function to release it once the connection is done with.
@@ -54,6 +52,7 @@ type shard struct {
 	conn    *pubsubConn         // nil while down
 	up      chan struct{}       // closed when conn goes up; replaced when it goes down
 	lastErr error               // why the connection is down
+	nodeID  string              // the Cluster master the shard follows (see masterDialer)
 }
 
 // pubsubConn is one live pub/sub connection; down is closed when it is lost.
