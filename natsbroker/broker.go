@@ -488,10 +488,9 @@ func (b *Broker) ensure(ctx context.Context) error {
 // nats-server 2.9 (TestClusterServerKilled), though the stream served.
 func (b *Broker) ensureStream(ctx context.Context, update bool, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	if update && b.opts.Replicas > 1 {
-		// Wait for a leader before updating: see waitLeader.
-		if _, err := b.waitLeader(ctx, cfg.Name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return nil, err
-		}
+		return upsertReplicated(b, ctx, cfg.Name,
+			func() (jetstream.Stream, error) { return b.js.CreateStream(ctx, cfg) },
+			func() (jetstream.Stream, error) { return b.js.CreateOrUpdateStream(ctx, cfg) })
 	}
 	if update {
 		return b.js.CreateOrUpdateStream(ctx, cfg)
@@ -539,6 +538,25 @@ func (b *Broker) leaderReads(ctx context.Context, bucket string) (jetstream.KeyV
 	return b.js.KeyValue(ctx, bucket)
 }
 
+// upsertReplicated creates a replicated stream (or bucket) named name, or
+// updates it once it has a leader (see waitLeader): an update sent while
+// another node had just created it waited out its timeout.
+func upsertReplicated[T any](b *Broker, ctx context.Context, name string, create, update func() (T, error)) (T, error) {
+	_, err := b.waitLeader(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		v, err := create()
+		if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && !errors.Is(err, jetstream.ErrBucketExists) {
+			return v, err
+		}
+		_, err = b.waitLeader(ctx, name) // made meanwhile by another node, with another config
+	}
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return update()
+}
+
 // waitLeader waits until a replicated stream has a leader, and returns it
 // (ErrStreamNotFound when there is no such stream). An update of a stream
 // that has none yet (just created by this node or another, or electing
@@ -566,9 +584,9 @@ func (b *Broker) waitLeader(ctx context.Context, name string) (jetstream.Stream,
 
 func (b *Broker) createKV(ctx context.Context, update bool, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if update && b.opts.Replicas > 1 {
-		if _, err := b.waitLeader(ctx, "KV_"+cfg.Bucket); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return nil, err
-		}
+		return upsertReplicated(b, ctx, "KV_"+cfg.Bucket,
+			func() (jetstream.KeyValue, error) { return b.js.CreateKeyValue(ctx, cfg) },
+			func() (jetstream.KeyValue, error) { return b.js.CreateOrUpdateKeyValue(ctx, cfg) })
 	}
 	if update {
 		return b.js.CreateOrUpdateKeyValue(ctx, cfg)
