@@ -248,9 +248,16 @@
 // update of a replicated stream that has no leader yet, just made or
 // electing one, got no answer: Herald waits for a leader first.
 //
-// Tested on a cluster (cluster_test.go): the conformance suite, presence
-// and the cross-node test (TestClusterConformance, each broker on another
-// server), and the kill below. Not verified there: the webhooks' event
+// Tested on a cluster (cluster_test.go): the conformance suite and the
+// cross-node test (TestClusterConformance, each broker on another server),
+// and the kill below. Two guarantees are weaker on a cluster, each seen in
+// about one full test run in three on the loaded machine, so the test
+// skips them: a publication made on another node right after Subscribe
+// returned can be missed, since a subscription's interest reaches the
+// other servers over routes asynchronously (the node finds the gap at the
+// channel's next publication and has its subscribers recover); and a
+// presence read can miss an entry just added, since the watcher's consumer
+// may sit on a replica that lags. Not verified there: the webhooks' event
 // store. Its suite passes on the cluster except, in one run of two under
 // -race on the loaded machine, the test of eight nodes holding and
 // releasing one key at once, whose reads of the key's state timed out
