@@ -134,6 +134,27 @@ type BrokerHandler interface {
 	HandleOutage(err error)
 }
 
+// PartialBrokerHandler is a BrokerHandler that can also be told of an
+// outage that concerns only some channels. The Node implements it. A broker
+// that spreads channels over links that fail on their own (the shards of a
+// Redis Cluster, or several Redis servers) uses it when one link is lost or
+// comes back, so that only the subscribers of that link's channels are
+// closed and checked; a broker with one link, or a handler without these
+// methods, uses HandleOutage and HandleReconnect.
+//
+// The calls follow HandleOutage's and HandleReconnect's rules (from any
+// goroutine, once per lost or restored link, without holding a lock that
+// delivery needs). affects reports whether a channel travels on the link;
+// it must be safe to call from any goroutine and must not call the broker.
+type PartialBrokerHandler interface {
+	BrokerHandler
+	// HandlePartialOutage is HandleOutage for the channels affects reports.
+	HandlePartialOutage(err error, affects func(channel string) bool)
+	// HandlePartialReconnect is HandleReconnect for the channels affects
+	// reports.
+	HandlePartialReconnect(affects func(channel string) bool)
+}
+
 // Broker moves publications and control messages between nodes. The
 // in-memory broker serves a single node; the redisbroker and natsbroker
 // packages join several.

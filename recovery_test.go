@@ -3,6 +3,7 @@ package herald
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -433,4 +434,35 @@ func TestBrokerReconnectGap(t *testing.T) {
 		}
 	}
 	quiet.mustOK(protocol.Command{Cmd: "ping"}) // no gap there: still connected
+}
+
+// TestPartialOutage: an outage of one of a broker's links (a shard) closes
+// only the subscribers of that link's channels, and its reconnect checks
+// only them; the others keep their connection and their deliveries.
+func TestPartialOutage(t *testing.T) {
+	t.Parallel()
+	b := &outageBroker{MemoryBroker: NewMemoryBroker()}
+	cfg := historyConfig(100)
+	cfg.Broker = b
+	ts := newTestServer(t, cfg)
+	ctx := context.Background()
+	onShard, elsewhere := ts.client(t), ts.client(t)
+	onShard.subscribeSince("news", nil)
+	elsewhere.subscribeSince("quiet", nil)
+	affects := func(ch string) bool { return ch == "news" }
+
+	ts.node.HandlePartialOutage(errors.New("shard 2 lost"), affects)
+	if ce := onShard.expectClose(); CloseCode(ce.Code) != CloseResubscribe {
+		t.Fatalf("close %v, want %d", ce, CloseResubscribe)
+	}
+	ts.node.HandlePartialReconnect(affects)
+	if _, err := ts.node.Publish(ctx, "quiet", []byte(`"still here"`)); err != nil {
+		t.Fatal(err)
+	}
+	if m := elsewhere.readJSON(); string(m.Data) != `"still here"` {
+		t.Fatalf("got %+v, want the publication on the channel of another link", m)
+	}
+	if n := ts.node.metrics.brokerOutages.Load(); n != 1 {
+		t.Fatalf("outages counted: %d, want 1", n)
+	}
 }

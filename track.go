@@ -168,7 +168,11 @@ func (n *Node) resubscribeAll(channel string) {
 // end, and a reset with nothing published since), and one without history
 // may have (nothing can tell). The subscribers of those channels are closed
 // with CloseResubscribe. Channels with history and no gap are left alone.
-func (n *Node) HandleReconnect() {
+func (n *Node) HandleReconnect() { n.HandlePartialReconnect(nil) }
+
+// HandlePartialReconnect implements PartialBrokerHandler: HandleReconnect
+// for the channels affects reports (every channel when affects is nil).
+func (n *Node) HandlePartialReconnect(affects func(channel string) bool) {
 	type lag struct {
 		ch  string
 		st  *stream
@@ -177,6 +181,9 @@ func (n *Node) HandleReconnect() {
 	var lagging []lag
 	nss := n.ns.load()
 	for ch := range n.hub.channelCounts() {
+		if affects != nil && !affects(ch) {
+			continue
+		}
 		if ns := nss.lookup(ch); ns != nil && ns.HistorySize > 0 {
 			if v, ok := n.streams.Load(ch); ok {
 				st := v.(*stream)
@@ -221,12 +228,23 @@ func (n *Node) HandleReconnect() {
 // client reconnects — to a healthy node, behind a load balancer that
 // follows Ready — and recovers there, rather than wait in silence.
 // Connections without subscriptions stay. Logged once per outage.
-func (n *Node) HandleOutage(err error) {
+func (n *Node) HandleOutage(err error) { n.HandlePartialOutage(err, nil) }
+
+// HandlePartialOutage implements PartialBrokerHandler: HandleOutage for the
+// channels affects reports (every channel when affects is nil). It counts
+// in herald_broker_outages_total like a whole outage: one per lost link.
+func (n *Node) HandlePartialOutage(err error, affects func(channel string) bool) {
 	n.metrics.brokerOutages.Add(1)
 	chans := n.hub.channelCounts()
-	n.log.Warn("broker link lost: closing subscribers so they resubscribe where the broker is reachable",
-		"err", err, "channels", len(chans))
+	closed := 0
 	for ch := range chans {
-		n.resubscribeAll(ch)
+		if affects == nil || affects(ch) {
+			n.resubscribeAll(ch)
+			closed++
+		}
 	}
+	n.log.Warn("broker link lost: closed subscribers so they resubscribe where the broker is reachable",
+		"err", err, "channels", closed, "partial", affects != nil)
 }
+
+var _ PartialBrokerHandler = (*Node)(nil)

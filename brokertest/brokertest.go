@@ -35,6 +35,26 @@ type Option func(*config)
 type config struct {
 	multiNode   bool
 	presenceTTL time.Duration
+	skip        map[string]string // test name -> why the backend cannot pass it
+}
+
+// Skip skips the suite's test name (such as "SubscribeThenPublishOtherNode")
+// for a backend that does not give its guarantee, saying why. Document the
+// weakness where the backend is documented.
+func Skip(name, why string) Option {
+	return func(c *config) {
+		if c.skip == nil {
+			c.skip = make(map[string]string)
+		}
+		c.skip[name] = why
+	}
+}
+
+func (c config) skipped(t *testing.T, name string) {
+	t.Helper()
+	if why, ok := c.skip[name]; ok {
+		t.Skip("skipped for this backend: " + why)
+	}
 }
 
 // MultiNode says that instances made for the same *testing.T share a

@@ -69,11 +69,18 @@ func RunCrossNode(t *testing.T, newBroker func(t *testing.T) herald.Broker) {
 
 func startNode(t *testing.T, b herald.Broker) *testNode {
 	t.Helper()
+	return startNodeHistory(t, b, 10)
+}
+
+// startNodeHistory is startNode with namespace chat keeping size
+// publications per channel.
+func startNodeHistory(t *testing.T, b herald.Broker, size int) *testNode {
+	t.Helper()
 	n, err := herald.New(herald.Config{
 		Broker: b,
 		Namespaces: []herald.Namespace{
 			{Name: ""},
-			{Name: "chat", HistorySize: 10, HistoryTTL: time.Minute, Presence: true},
+			{Name: "chat", HistorySize: size, HistoryTTL: time.Minute, Presence: true},
 		},
 		Authenticate: func(r *http.Request) (herald.Credentials, error) {
 			return herald.Credentials{UserID: r.Header.Get("X-User")}, nil

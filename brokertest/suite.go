@@ -43,6 +43,7 @@ func Run(t *testing.T, newBroker func(t *testing.T) herald.Broker, opts ...Optio
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
+			cfg.skipped(t, tc.name)
 			tc.f(t, newBroker, cfg)
 		})
 	}

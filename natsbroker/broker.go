@@ -201,12 +201,15 @@ type Broker struct {
 	refreshMu sync.RWMutex
 
 	// The webhooks' event store (events.go), set up at its first use.
-	evOnce   sync.Once
-	evStore  *eventStore
-	evOn     atomic.Bool // set up once: ensure sets it up again
-	evMu     sync.Mutex  // guards evStream, evKV
-	evStream jetstream.Stream
-	evKV     jetstream.KeyValue
+	evOnce  sync.Once
+	evStore *eventStore
+	evOn    atomic.Bool // set up once: ensure sets it up again
+	evMu    sync.Mutex  // guards evStream, evKV
+	// evSetupMu serialises the events stream's setup at its first use;
+	// taken before evMu.
+	evSetupMu sync.Mutex
+	evStream  jetstream.Stream
+	evKV      jetstream.KeyValue
 }
 
 // stripe caches the last history message this node knows of each channel,
@@ -425,10 +428,18 @@ func (b *Broker) ensure(ctx context.Context) error {
 	if b.js == nil {
 		return nil // live-only
 	}
-	ctx, cancel := context.WithTimeout(ctx, flushTimeout)
+	update := b.stream == nil // at start, before the broker is shared
+	timeout := flushTimeout
+	if !update {
+		// In a cluster a JetStream request made while a stream elects a
+		// new leader (a server was lost) gets no answer at all: a short
+		// attempt, retried by repair, serves again seconds sooner.
+		timeout = repairAttemptTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	p := b.opts.Prefix
-	stream, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	stream, err := b.ensureStream(ctx, update, jetstream.StreamConfig{
 		Name:              p + "_history",
 		Description:       "Herald channel history",
 		Subjects:          []string{b.subjHistory + ">"},
@@ -438,7 +449,10 @@ func (b *Broker) ensure(ctx context.Context) error {
 		Discard:           jetstream.DiscardOld,
 		Storage:           b.opts.Storage,
 		Replicas:          b.opts.Replicas,
-		AllowDirect:       true,
+		// Direct gets are answered by any replica, which may lag the
+		// leader: with replicas, reads go to the leader, so that a read
+		// sees every publish that returned (TestClusterConformance).
+		AllowDirect: b.opts.Replicas == 1,
 		// Stored messages only, in stream order: delivery order is offset order.
 		RePublish: &jetstream.RePublish{Source: b.subjHistory + ">", Destination: b.subjDeliver + ">"},
 	})
@@ -446,7 +460,7 @@ func (b *Broker) ensure(ctx context.Context) error {
 		return fmt.Errorf("natsbroker: failed to create the history stream: %w", err)
 	}
 	kv := func(name string, ttl time.Duration) (jetstream.KeyValue, error) {
-		return b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		return b.ensureKV(ctx, update, jetstream.KeyValueConfig{
 			Bucket: p + "_" + name, History: 1, TTL: ttl, Storage: b.opts.Storage, Replicas: b.opts.Replicas,
 		})
 	}
@@ -458,13 +472,134 @@ func (b *Broker) ensure(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("natsbroker: failed to create the presence bucket: %w", err)
 	}
-	if b.stream == nil { // at start, before the broker is shared
+	if update {
 		b.stream, b.idemKV, b.presKV = stream, idemKV, presKV
 	}
 	if b.evOn.Load() {
 		return b.ensureEvents(ctx)
 	}
 	return nil
+}
+
+// ensureStream creates the stream, or updates it to cfg when update is set
+// (at start). After a reconnect (update false) it only creates a missing
+// one (a server that restarted on an empty store has none): updating a
+// replicated stream whose peer is down waited out its whole timeout on
+// nats-server 2.9 (TestClusterServerKilled), though the stream served.
+func (b *Broker) ensureStream(ctx context.Context, update bool, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if update && b.opts.Replicas > 1 {
+		return upsertReplicated(b, ctx, cfg.Name,
+			func() (jetstream.Stream, error) { return b.js.CreateStream(ctx, cfg) },
+			func() (jetstream.Stream, error) { return b.js.CreateOrUpdateStream(ctx, cfg) })
+	}
+	if update {
+		return b.js.CreateOrUpdateStream(ctx, cfg)
+	}
+	s, err := b.js.Stream(ctx, cfg.Name)
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return s, err
+	}
+	s, err = b.js.CreateStream(ctx, cfg)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) { // another node made it meanwhile
+		return b.js.Stream(ctx, cfg.Name)
+	}
+	return s, err
+}
+
+// ensureKV is ensureStream for a KV bucket. With replicas, the bucket's
+// reads go to its leader (see leaderReads).
+func (b *Broker) ensureKV(ctx context.Context, update bool, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := b.createKV(ctx, update, cfg)
+	if err != nil || b.opts.Replicas == 1 {
+		return kv, err
+	}
+	return b.leaderReads(ctx, cfg.Bucket)
+}
+
+// leaderReads turns direct gets off on a replicated bucket's stream, which
+// nats.go creates with them on: a direct get is answered by any replica,
+// which may lag, so a presence entry just added was missing from a read
+// (TestClusterConformance/Presence). It returns the bucket bound anew, so
+// that its reads go to the leader.
+func (b *Broker) leaderReads(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	st, err := b.js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return nil, err
+	}
+	if cfg := st.CachedInfo().Config; cfg.AllowDirect {
+		if st, err = b.waitLeader(ctx, "KV_"+bucket); err != nil {
+			return nil, err
+		}
+		cfg.AllowDirect = false
+		if _, err := b.js.UpdateStream(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
+	return b.js.KeyValue(ctx, bucket)
+}
+
+// upsertReplicated creates a replicated stream (or bucket) named name, or
+// updates it once it has a leader (see waitLeader): an update sent while
+// another node had just created it waited out its timeout.
+func upsertReplicated[T any](b *Broker, ctx context.Context, name string, create, update func() (T, error)) (T, error) {
+	_, err := b.waitLeader(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		v, err := create()
+		if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && !errors.Is(err, jetstream.ErrBucketExists) {
+			return v, err
+		}
+		_, err = b.waitLeader(ctx, name) // made meanwhile by another node, with another config
+	}
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return update()
+}
+
+// waitLeader waits until a replicated stream has a leader, and returns it
+// (ErrStreamNotFound when there is no such stream). An update of a stream
+// that has none yet (just created by this node or another, or electing
+// after a server was lost) got no answer on nats-server 2.9: it waited out
+// its timeout (TestClusterConformance, TestClusterServerKilled). Each
+// look is bounded by a second, so one that gets no answer is asked again.
+func (b *Broker) waitLeader(ctx context.Context, name string) (jetstream.Stream, error) {
+	for {
+		lctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := b.js.Stream(lctx, name)
+		cancel()
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, err
+		}
+		if err == nil {
+			if ci := st.CachedInfo().Cluster; ci == nil || ci.Leader != "" {
+				return st, nil
+			}
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return nil, fmt.Errorf("no leader for stream %s: %w", name, err)
+		}
+	}
+}
+
+func (b *Broker) createKV(ctx context.Context, update bool, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if update && b.opts.Replicas > 1 {
+		return upsertReplicated(b, ctx, "KV_"+cfg.Bucket,
+			func() (jetstream.KeyValue, error) { return b.js.CreateKeyValue(ctx, cfg) },
+			func() (jetstream.KeyValue, error) { return b.js.CreateOrUpdateKeyValue(ctx, cfg) })
+	}
+	if update {
+		return b.js.CreateOrUpdateKeyValue(ctx, cfg)
+	}
+	kv, err := b.js.KeyValue(ctx, cfg.Bucket)
+	if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return kv, err
+	}
+	kv, err = b.js.CreateKeyValue(ctx, cfg)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		return b.js.KeyValue(ctx, cfg.Bucket)
+	}
+	return kv, err
 }
 
 // Close unsubscribes and closes the connection if New opened it. Call it
@@ -604,6 +739,10 @@ func (b *Broker) Subscribe(ctx context.Context, channel string) error {
 // context has none).
 const flushTimeout = 10 * time.Second
 
+// repairAttemptTimeout bounds one attempt to check the stream and buckets
+// after a reconnect (see ensure).
+const repairAttemptTimeout = 2 * time.Second
+
 // flush waits until the server has processed everything sent so far.
 func (b *Broker) flush(ctx context.Context) error {
 	if _, ok := ctx.Deadline(); !ok {
@@ -682,6 +821,22 @@ func idemID(channel, key string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(channel)) + "." + base64.RawURLEncoding.EncodeToString([]byte(key))
 }
 
+// offsetMsgID is the message id (Nats-Msg-Id) of the publication that
+// follows stream sequence last on a channel's subject, set on publications
+// with history when the stream is replicated (Options.Replicas > 1) and no
+// idempotency key takes the id. Before nats-server 2.9.21, a replicated
+// stream did not serialise Nats-Expected-Last-Subject-Sequence: two
+// nodes' concurrent publishes expecting the same last message could both
+// be stored, with one offset (nats-io/nats-server#4320;
+// TestClusterServerKilled saw it on 2.9.10). Its duplicate check is
+// serialised, and both carry the same id, so the second is refused as a
+// duplicate and its node retries with the next offset. The id names the
+// position, not the epoch: the first publications of a new channel, made
+// by two nodes that each drew an epoch, collide as well.
+func offsetMsgID(channel string, last uint64) string {
+	return "o." + base64.RawURLEncoding.EncodeToString([]byte(channel)) + "." + strconv.FormatUint(last, 10)
+}
+
 // Publish implements herald.Broker.
 //
 // Without history: a core NATS publish on the delivery subject (after a KV
@@ -738,6 +893,7 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 	if opts.IdempotencyKey != "" {
 		popts = append(popts, jetstream.WithMsgID(idemID(pub.Channel, opts.IdempotencyKey)))
 	}
+	offsetID := opts.IdempotencyKey == "" && b.opts.Replicas > 1
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		last, ok := st.last[pub.Channel]
 		if !ok {
@@ -745,6 +901,9 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 			if last, err = b.lastMsg(ctx, subj); err != nil {
 				return herald.PublishResult{}, err
 			}
+		}
+		if offsetID {
+			popts = []jetstream.PublishOpt{jetstream.WithMsgID(offsetMsgID(pub.Channel, last.seq))}
 		}
 		hdr := nats.Header{}
 		hdr.Set(hdrOffset, strconv.FormatUint(last.offset+1, 10))
@@ -765,6 +924,20 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 			b.storeLost(err)
 			return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to publish to history: %w", err)
 		}
+		if ack.Duplicate && offsetID {
+			// Another node's publish took this offset (see offsetMsgID).
+			delete(st.last, pub.Channel)
+			continue
+		}
+		if ack.Duplicate && ack.Sequence == 0 && attempt < maxAttempts-1 {
+			// A replicated stream answers a duplicate of a message it has
+			// not applied yet without its sequence: ask again shortly,
+			// once the first is stored, to return its position.
+			if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+				return herald.PublishResult{}, err
+			}
+			continue
+		}
 		if ack.Duplicate {
 			return b.duplicate(ctx, ack.Sequence)
 		}
@@ -776,6 +949,17 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 		return herald.PublishResult{StreamPosition: herald.StreamPosition{Offset: pub.Offset, Epoch: last.epoch}}, nil
 	}
 	return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to publish to %q: %d conflicting attempts", pub.Channel, maxAttempts)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 func isWrongLastSeq(err error) bool {

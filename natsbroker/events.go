@@ -122,12 +122,16 @@ const (
 	leadKey   = "lead"
 )
 
-// ensureEvents creates or updates the events stream and bucket. Called at
+// ensureEvents creates or updates the events stream and bucket (see
+// ensureStream). Called at
 // the store's first use, and by ensure after a reconnect once that use
 // happened (a server that restarted on an empty store has neither).
 func (b *Broker) ensureEvents(ctx context.Context) error {
 	p := b.opts.Prefix
-	stream, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	b.evMu.Lock()
+	update := b.evStream == nil // the first use: after a reconnect only what is missing is made
+	b.evMu.Unlock()
+	stream, err := b.ensureStream(ctx, update, jetstream.StreamConfig{
 		Name:        p + "_events",
 		Description: "Herald webhooks: outbox and key state",
 		Subjects:    []string{p + ".ev.>"},
@@ -139,12 +143,15 @@ func (b *Broker) ensureEvents(ctx context.Context) error {
 		Duplicates:        2 * time.Minute, // an Append retried after a lost ack
 		Storage:           b.opts.Storage,
 		Replicas:          b.opts.Replicas,
-		AllowDirect:       true,
+		// Direct gets are answered by any replica, which may lag the
+		// leader: with replicas, reads go to the leader, so that a read
+		// sees every publish that returned (TestClusterConformance).
+		AllowDirect: b.opts.Replicas == 1,
 	})
 	if err != nil {
 		return fmt.Errorf("natsbroker: failed to create the events stream: %w", err)
 	}
-	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := b.ensureKV(ctx, update, jetstream.KeyValueConfig{
 		Bucket: p + "_eventstate", History: 1, Storage: b.opts.Storage, Replicas: b.opts.Replicas,
 	})
 	if err != nil {
@@ -170,6 +177,16 @@ func (s *eventStore) handles(ctx context.Context) (jetstream.Stream, jetstream.K
 	}
 	b.evMu.Lock()
 	st, kv := b.evStream, b.evKV
+	b.evMu.Unlock()
+	if st != nil {
+		return st, kv, nil
+	}
+	// One setup at a time: concurrent first uses each creating the
+	// replicated stream timed out on a cluster (TestClusterConformance).
+	b.evSetupMu.Lock()
+	defer b.evSetupMu.Unlock()
+	b.evMu.Lock()
+	st, kv = b.evStream, b.evKV
 	b.evMu.Unlock()
 	if st != nil {
 		return st, kv, nil
@@ -325,9 +342,15 @@ func (s *eventStore) update(ctx context.Context, key string, f func(h []string) 
 		if err != nil {
 			return false, fmt.Errorf("natsbroker: failed to encode an event: %w", err)
 		}
-		_, err = s.b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: body},
-			jetstream.WithExpectLastSequencePerSubject(last), jetstream.WithExpectStream(s.b.opts.Prefix+"_events"))
-		if isWrongLastSeq(err) {
+		popts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(last), jetstream.WithExpectStream(s.b.opts.Prefix + "_events")}
+		if s.b.opts.Replicas > 1 {
+			// See offsetMsgID: the expected-sequence check alone let two
+			// nodes' updates of one state both in (two "on" events in a
+			// row, TestClusterConformance/EventStore).
+			popts = append(popts, jetstream.WithMsgID("k."+subj+"."+strconv.FormatUint(last, 10)))
+		}
+		ack, err := s.b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: body}, popts...)
+		if isWrongLastSeq(err) || (err == nil && ack.Duplicate) {
 			if err := pause(ctx, attempt); err != nil {
 				return false, err
 			}

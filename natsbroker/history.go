@@ -135,8 +135,12 @@ func (b *Broker) lastOrCreate(ctx context.Context, subj string) (*jetstream.RawS
 		hdr.Set(hdrMeta, "1")
 		hdr.Set(hdrOffset, "0")
 		hdr.Set(hdrEpoch, b.newEpoch())
-		ack, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Header: hdr}, jetstream.WithExpectLastSequencePerSubject(0))
-		if isWrongLastSeq(err) {
+		popts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(0)}
+		if b.opts.Replicas > 1 { // see offsetMsgID: one first message per subject
+			popts = append(popts, jetstream.WithMsgID("m."+subj))
+		}
+		ack, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Header: hdr}, popts...)
+		if isWrongLastSeq(err) || (err == nil && ack.Duplicate) {
 			continue
 		}
 		if err != nil {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,8 +34,26 @@ var (
 type Options struct {
 	// URL is the Redis server: redis://[user:password@]host:port/db, or
 	// rediss:// for TLS (see rueidis.ParseURL for the query options).
-	// Empty means redis://127.0.0.1:6379/0. Ignored when ClientOption is set.
+	// Empty means redis://127.0.0.1:6379/0, unless Shards or Cluster is
+	// set. Ignored when ClientOption is set.
 	URL string
+	// Shards, when set, are the URLs (as URL) of several standalone Redis
+	// servers that share the channels: each channel lives on one of them,
+	// chosen by rendezvous hashing of its name over the servers' addresses,
+	// so that adding a server moves about 1/N of the channels (and changing
+	// the order moves none). Each server gets a pub/sub connection; one
+	// that is down fails only its channels. The webhooks' event store
+	// lives on the first. See the package documentation, "Sharding", for
+	// what happens to history when the list changes. At most one of URL,
+	// Shards and Cluster.
+	Shards []string
+	// Cluster, when set, are the URLs of some nodes of a Redis Cluster
+	// (7.0 or later): each channel's keys share a slot (hash tags), its
+	// publications travel by sharded pub/sub (SPUBLISH and SSUBSCRIBE, one
+	// pub/sub connection per master). See the package documentation,
+	// "Redis Cluster". The user, password and TLS settings of the first
+	// URL apply to every node.
+	Cluster []string
 	// ClientOption, when not nil, configures the client instead of URL:
 	// Sentinel, TLS, timeouts (see doc.go on Sentinel and Cluster).
 	// ClientOption.DisableCache is forced on.
@@ -83,7 +100,7 @@ type Options struct {
 }
 
 func (o Options) withDefaults() Options {
-	if o.URL == "" {
+	if o.URL == "" && len(o.Shards) == 0 && len(o.Cluster) == 0 {
 		o.URL = "redis://127.0.0.1:6379/0"
 	}
 	if o.Prefix == "" {
@@ -111,35 +128,44 @@ func (o Options) withDefaults() Options {
 // and provides the webhooks' herald.EventStore (EventStore). See the
 // package documentation for the design.
 //
-// Goroutines: Run owns the pub/sub connection (one per Broker) and the
-// presence refresher; rueidis calls onMessage from that connection's reader
-// goroutine, one message at a time, so delivery for a channel is sequential
-// and in PUBLISH order. Every other method is safe for concurrent use.
+// Goroutines: Run owns one pub/sub connection per shard (see shard) and
+// the presence refresher. Every method is safe for concurrent use.
 //
-// Locks: mu guards subs and the connection state, and is held (read)
-// across a HandlePublication call; pmu guards the local presence entries.
-// Neither is held across a Redis call, and they are never held together. refreshMu is taken before pmu and held across the
-// presence scripts.
+// Locks: each shard's mu (see shard); pmu guards the local presence
+// entries. None is held across a Redis call, and no two are held
+// together. refreshMu is taken before pmu and held across the presence
+// scripts.
 type Broker struct {
-	opts   Options
-	log    *slog.Logger
-	client rueidis.Client
-	h      herald.BrokerHandler
-	// sessions counts pub/sub connections made (Run's goroutine only).
-	sessions int
+	opts Options
+	log  *slog.Logger
+	h    herald.BrokerHandler
 
-	pubPrefix string // pub/sub channel name of herald channel c: pubPrefix + c
+	// shards are set by New and never change. With one Redis there is one;
+	// with Options.Shards, one per server, in the order given; with a
+	// Cluster, one per master.
+	shards []*shard
+	// slots maps a Cluster slot to the shard of its master (nil unless
+	// cluster); ring picks a shard for Options.Shards.
+	cluster bool
+	slots   atomic.Pointer[[]uint16] // replaced whole by applyRanges
+	ring    []ringNode
+	closers []func() // clients to close
+	// Cluster only: defaultHost is the host of a master that CLUSTER
+	// SLOTS lists without one; remapMu serialises applyRanges; moved
+	// holds the channels that moved to another master until reportMoves
+	// (Run's) hands them to the node, woken by movedSignal.
+	defaultHost string
+	remapMu     sync.Mutex
+	movedMu     sync.Mutex
+	moved       map[string]bool
+	movedSignal chan struct{}
+
+	pubPrefix string // pub/sub channel name of herald channel c: pubPrefix + c (+ "}" in a Cluster)
 	ctrlChan  string
 
 	epochSeed string
 	epochSeq  atomic.Uint64
 	closed    atomic.Bool
-
-	mu      sync.RWMutex
-	subs    map[string]struct{} // herald channels this node is subscribed to
-	conn    *pubsubConn         // nil while down
-	up      chan struct{}       // closed when conn goes up; replaced when it goes down
-	lastErr error               // why the connection is down
 
 	pmu   sync.Mutex
 	local map[string]map[string]herald.ClientPresence // channel -> client -> entry added here
@@ -148,56 +174,110 @@ type Broker struct {
 	refreshMu sync.RWMutex
 }
 
-// pubsubConn is one live pub/sub connection; down is closed when it is lost.
-type pubsubConn struct {
-	dc   rueidis.DedicatedClient
-	down chan struct{}
-}
-
 var (
 	_ herald.Broker          = (*Broker)(nil)
 	_ herald.PresenceManager = (*Broker)(nil)
 )
 
-// New returns a Broker for opts. It connects lazily: Run opens the pub/sub
-// connection, and the first command opens the command connection.
+// New returns a Broker for opts. With one Redis or Options.Shards it
+// connects lazily: Run opens the pub/sub connections, and the first
+// command opens a command connection. With Options.Cluster it asks the
+// cluster for its masters (CLUSTER SLOTS, within ConnectWait), since each
+// master gets a pub/sub connection of its own.
 func New(opts Options) (*Broker, error) {
 	opts = opts.withDefaults()
 	if strings.ContainsAny(opts.Prefix, "{}") {
 		return nil, fmt.Errorf("redisbroker: prefix %q contains '{' or '}'", opts.Prefix)
 	}
-	var co rueidis.ClientOption
-	if opts.ClientOption != nil {
-		co = *opts.ClientOption
-	} else {
-		var err error
-		if co, err = rueidis.ParseURL(opts.URL); err != nil {
-			return nil, fmt.Errorf("redisbroker: failed to parse URL: %w", err)
-		}
-	}
-	co.DisableCache = true
-	if co.ConnWriteTimeout == 0 {
-		co.ConnWriteTimeout = opts.PingTimeout
-	}
-	client, err := rueidis.NewClient(co)
-	if err != nil {
-		return nil, fmt.Errorf("redisbroker: failed to create client: %w", err)
+	if err := opts.check(); err != nil {
+		return nil, err
 	}
 	var seed [6]byte
 	_, _ = cryptoRead(seed[:])
 	b := &Broker{
 		opts:      opts,
 		log:       opts.Logger,
-		client:    client,
 		pubPrefix: opts.Prefix + ":p:",
 		ctrlChan:  opts.Prefix + ":control",
 		epochSeed: base64.RawURLEncoding.EncodeToString(seed[:]),
-		subs:      make(map[string]struct{}),
-		up:        make(chan struct{}),
-		lastErr:   errors.New("not connected yet"),
 		local:     make(map[string]map[string]herald.ClientPresence),
 	}
+	var err error
+	switch {
+	case len(opts.Cluster) > 0:
+		b.cluster, b.pubPrefix, b.movedSignal = true, opts.Prefix+":s:{", make(chan struct{}, 1)
+		err = b.setUpCluster()
+	case len(opts.Shards) > 0:
+		err = b.setUpShards()
+	default:
+		err = b.setUpSingle()
+	}
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
 	return b, nil
+}
+
+// check reports options that contradict each other.
+func (o Options) check() error {
+	n := 0
+	for _, set := range []bool{o.URL != "", len(o.Shards) > 0, len(o.Cluster) > 0} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return errors.New("redisbroker: set one of URL, Shards and Cluster")
+	}
+	if o.ClientOption != nil && (len(o.Shards) > 0 || len(o.Cluster) > 0) {
+		return errors.New("redisbroker: ClientOption configures one server: use it without Shards and Cluster")
+	}
+	return nil
+}
+
+// clientOption parses u and applies what every client of the broker needs.
+func (b *Broker) clientOption(u string) (rueidis.ClientOption, error) {
+	co, err := rueidis.ParseURL(u)
+	if err != nil {
+		return co, fmt.Errorf("redisbroker: failed to parse URL: %w", err)
+	}
+	return b.withTimeouts(co), nil
+}
+
+func (b *Broker) withTimeouts(co rueidis.ClientOption) rueidis.ClientOption {
+	co.DisableCache = true
+	if co.ConnWriteTimeout == 0 {
+		co.ConnWriteTimeout = b.opts.PingTimeout
+	}
+	return co
+}
+
+func (b *Broker) newClient(co rueidis.ClientOption) (rueidis.Client, error) {
+	c, err := rueidis.NewClient(co)
+	if err != nil {
+		return nil, fmt.Errorf("redisbroker: failed to create client: %w", err)
+	}
+	b.closers = append(b.closers, c.Close)
+	return c, nil
+}
+
+func (b *Broker) setUpSingle() error {
+	var co rueidis.ClientOption
+	if b.opts.ClientOption != nil {
+		co = b.withTimeouts(*b.opts.ClientOption)
+	} else {
+		var err error
+		if co, err = b.clientOption(b.opts.URL); err != nil {
+			return err
+		}
+	}
+	c, err := b.newClient(co)
+	if err != nil {
+		return err
+	}
+	b.shards = []*shard{newShard(b, strings.Join(co.InitAddress, ","), c)}
+	return nil
 }
 
 var cryptoRead = crand.Read
@@ -206,227 +286,145 @@ var cryptoRead = crand.Read
 // a running Run returns ErrClosed.
 func (b *Broker) Close() {
 	if b.closed.CompareAndSwap(false, true) {
-		b.client.Close()
+		for _, c := range b.closers {
+			c()
+		}
 	}
 }
 
 // Register implements herald.Broker.
 func (b *Broker) Register(h herald.BrokerHandler) { b.h = h }
 
-// Healthy reports nil while the pub/sub connection is up with every
-// channel subscribed, and why not otherwise (for a readiness probe).
-// Commands (Publish, History, presence) use other connections and fail on
-// their own when Redis is unreachable.
+// Healthy reports nil while at least one shard's pub/sub connection is up
+// with every channel subscribed (with one Redis: while it is), and why
+// not otherwise (for a readiness probe). A shard that is down fails only
+// its channels (their Subscribe and Publish fail, their subscribers were
+// closed with 4006); the node stays ready for the others, since every
+// node sees the same shard. ShardsHealth tells each shard's state.
+// Commands use other connections and fail on their own when Redis is
+// unreachable.
 func (b *Broker) Healthy() error {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	if b.conn != nil {
-		return nil
+	var errs []error
+	for _, s := range b.shards {
+		err := s.healthy()
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
 	}
-	return fmt.Errorf("%w: %v", ErrUnavailable, b.lastErr)
+	return errors.Join(errs...)
 }
 
-const (
-	minBackoff = 50 * time.Millisecond
-	maxBackoff = 5 * time.Second
-)
+// ShardsHealth reports each shard's pub/sub state, keyed by its name (the
+// server's address, or a Cluster master's first slot): nil while up.
+func (b *Broker) ShardsHealth() map[string]error {
+	out := make(map[string]error, len(b.shards))
+	for _, s := range b.shards {
+		out[s.name] = s.healthy()
+	}
+	return out
+}
 
-// Run keeps the pub/sub connection up and delivers to the handler until ctx
-// is done: when the connection drops it tells the handler (HandleOutage),
-// reconnects with exponential backoff (50ms to 5s, jittered),
-// re-SUBSCRIBEs every channel and tells the handler again
-// (HandleReconnect). It also refreshes the presence entries this node
-// added. It returns ctx's error.
+// Run keeps each shard's pub/sub connection up and delivers to the
+// handler until ctx is done: when a connection drops it tells the handler
+// (HandleOutage; with several shards HandlePartialOutage for the shard's
+// channels, if the handler has it), reconnects with exponential backoff
+// (50ms to 5s, jittered), re-SUBSCRIBEs every channel and tells the
+// handler again (HandleReconnect or HandlePartialReconnect). It also
+// refreshes the presence entries this node added. It returns ctx's error.
 func (b *Broker) Run(ctx context.Context) error {
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { b.refreshPresence(ctx) })
-
-	backoff := minBackoff
-	for {
-		if b.closed.Load() {
-			return ErrClosed
-		}
-		start := time.Now()
-		wasUp, err := b.session(ctx)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if wasUp {
-			// Logged once per outage; the attempts that follow are Debug.
-			b.log.Warn("redis pub/sub connection lost", "err", err)
-			b.h.HandleOutage(err)
-		} else {
-			b.log.Debug("redis pub/sub connection failed", "err", err)
-		}
-		if time.Since(start) > maxBackoff {
-			backoff = minBackoff // it was up for a while: retry soon
-		}
-		d := backoff/2 + rand.N(backoff/2+1)
-		backoff = min(2*backoff, maxBackoff)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(d):
-		}
+	if b.cluster {
+		wg.Go(func() { b.reportMoves(ctx) })
 	}
+	errs := make(chan error, len(b.shards))
+	for _, s := range b.shards {
+		wg.Go(func() { errs <- s.run(ctx) })
+	}
+	err := <-errs // every shard runs until ctx is done, or all return ErrClosed
+	cancel()
+	return err
 }
 
-// session opens a pub/sub connection, subscribes to the control channel and
-// every channel in subs, marks the broker up and waits until the
-// connection is lost (returning why) or ctx is done. wasUp reports that
-// the connection got that far.
-func (b *Broker) session(ctx context.Context) (wasUp bool, err error) {
-	dc, release := b.client.Dedicate()
-	lost := dc.SetPubSubHooks(rueidis.PubSubHooks{OnMessage: b.onMessage})
-	pc := &pubsubConn{dc: dc, down: make(chan struct{})}
-	defer func() {
-		b.setDown(pc, err)
-		dc.Close()
-		release()
-		for range lost { // hooks are not called once lost is closed
-		}
-	}()
-
-	b.mu.RLock()
-	names := make([]string, 0, len(b.subs)+1)
-	names = append(names, b.ctrlChan)
-	for ch := range b.subs {
-		names = append(names, b.pubPrefix+ch)
+// outage and reconnect tell the handler about one shard's link.
+func (b *Broker) outage(s *shard, err error) {
+	if ph, ok := b.h.(herald.PartialBrokerHandler); ok && len(b.shards) > 1 {
+		ph.HandlePartialOutage(fmt.Errorf("shard %s: %w", s.name, err), s.owns)
+		return
 	}
-	b.mu.RUnlock()
-	for chunk := range slices.Chunk(names, 1000) {
-		// Each chunk its own ConnectWait: many channels over a slow link
-		// must not fail every session (and never come back).
-		sctx, cancel := context.WithTimeout(ctx, b.opts.ConnectWait)
-		err := dc.Do(sctx, dc.B().Subscribe().Channel(chunk...).Build()).Error()
-		cancel()
-		if err != nil {
-			return false, fmt.Errorf("failed to subscribe: %w", err)
-		}
-	}
-
-	b.mu.Lock()
-	b.conn = pc
-	close(b.up)
-	b.mu.Unlock()
-	b.log.Info("redis pub/sub connected", "channels", len(names)-1)
-	if b.sessions++; b.sessions > 1 {
-		// A reconnect: what was published while the connection was down
-		// was not delivered here. The node finds the gaps (it reads
-		// history on the command connection, not this one).
-		b.h.HandleReconnect()
-	}
-
-	select {
-	case <-ctx.Done():
-		return true, ctx.Err()
-	case err, ok := <-lost:
-		if !ok || err == nil {
-			err = errors.New("connection closed")
-		}
-		return true, err
-	}
+	b.h.HandleOutage(err)
 }
 
-func (b *Broker) setDown(pc *pubsubConn, err error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.conn == pc {
-		b.conn = nil
-		b.up = make(chan struct{})
+func (b *Broker) reconnect(s *shard) {
+	if ph, ok := b.h.(herald.PartialBrokerHandler); ok && len(b.shards) > 1 {
+		ph.HandlePartialReconnect(s.owns)
+		return
 	}
-	b.lastErr = err
-	close(pc.down)
+	b.h.HandleReconnect()
 }
 
-// onMessage runs in the pub/sub connection's reader goroutine.
-func (b *Broker) onMessage(m rueidis.PubSubMessage) {
-	if m.Channel == b.ctrlChan {
-		b.h.HandleControl([]byte(m.Message))
-		return
+// shardOf returns the shard that carries channel.
+func (b *Broker) shardOf(channel string) *shard {
+	switch {
+	case len(b.shards) == 1:
+		return b.shards[0]
+	case b.cluster:
+		return b.shards[(*b.slots.Load())[slotOf(channel)]]
 	}
-	ch, ok := strings.CutPrefix(m.Channel, b.pubPrefix)
-	if !ok {
-		return
-	}
-	off, body, ok := strings.Cut(m.Message, " ")
-	offset, err := strconv.ParseUint(off, 10, 64)
-	var epoch string
-	if ok && err == nil && offset != 0 {
-		epoch, body, ok = strings.Cut(body, " ")
-	}
-	if !ok || err != nil {
-		b.log.Warn("malformed publication from redis", "channel", ch)
-		return
-	}
-	pub, err := pubcodec.Decode(ch, offset, unsafe.Slice(unsafe.StringData(body), len(body))) // Decode copies
-	if err != nil {
-		b.log.Warn("malformed publication from redis", "channel", ch, "err", err)
-		return
-	}
-	pub.Epoch = epoch
-	// Holding mu (read) across the handler makes Unsubscribe wait for a
-	// delivery in progress: nothing of a channel is delivered after
-	// Unsubscribe returns. The handler never calls the broker.
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	if _, subscribed := b.subs[ch]; subscribed { // else an UNSUBSCRIBE is in flight
-		b.h.HandlePublication(pub)
-	}
+	return b.shards[rendezvous(b.ring, channel)]
 }
 
-// withConn calls f with the live pub/sub connection, waiting up to
-// ConnectWait for one, and again on the next connection if f fails because
-// the current one was lost.
-func (b *Broker) withConn(ctx context.Context, f func(dc rueidis.DedicatedClient) error) error {
-	timer := time.NewTimer(b.opts.ConnectWait)
-	defer timer.Stop()
-	var lastErr error
-	for {
-		b.mu.RLock()
-		pc, up := b.conn, b.up
-		b.mu.RUnlock()
-		var wait <-chan struct{} = up
-		if pc != nil {
-			err := f(pc.dc)
-			if err == nil || ctx.Err() != nil {
-				return err
-			}
-			if _, redisErr := rueidis.IsRedisErr(err); redisErr {
-				return err // Redis refused the command: retrying will not help
-			}
-			lastErr = err
-			wait = pc.down // the connection broke: wait for the next one
-		}
-		select {
-		case <-wait:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-			if err := b.Healthy(); err != nil {
-				return err
-			}
-			return fmt.Errorf("%w: %w", ErrUnavailable, lastErr)
-		}
+// ShardOf names the shard that carries channel, as ShardsHealth does: the
+// server's host:port/db, or in a Cluster "slot N" of its master's first
+// slot. With one Redis, its address.
+func (b *Broker) ShardOf(channel string) string { return b.shardOf(channel).name }
+
+// cmd returns the client that runs channel's commands.
+func (b *Broker) cmd(channel string) rueidis.Client { return b.shardOf(channel).cmd }
+
+// pubChan is the pub/sub channel of herald channel ch: P:p:C, or in a
+// Cluster the shard channel P:s:{C}, whose hash tag puts it in the slot
+// of the channel's keys (a script may SPUBLISH only there).
+func (b *Broker) pubChan(ch string) string {
+	if b.cluster {
+		return b.pubPrefix + ch + "}"
 	}
+	return b.pubPrefix + ch
+}
+
+// chanOf is pubChan's inverse.
+func (b *Broker) chanOf(name string) (string, bool) {
+	ch, ok := strings.CutPrefix(name, b.pubPrefix)
+	if ok && b.cluster {
+		ch, ok = strings.CutSuffix(ch, "}")
+	}
+	return ch, ok
 }
 
 // Subscribe implements herald.Broker. It returns once Redis has confirmed
-// the SUBSCRIBE, so every publication made after it returns is delivered
-// (while the connection holds). It waits up to Options.ConnectWait for the
-// pub/sub connection, failing with ErrUnavailable.
+// the SUBSCRIBE (SSUBSCRIBE in a Cluster), so every publication made after
+// it returns is delivered (while the connection holds). It waits up to
+// Options.ConnectWait for the channel's shard's pub/sub connection,
+// failing with ErrUnavailable.
 func (b *Broker) Subscribe(ctx context.Context, channel string) error {
-	b.mu.Lock()
-	b.subs[channel] = struct{}{}
-	b.mu.Unlock()
-	err := b.withConn(ctx, func(dc rueidis.DedicatedClient) error {
-		return dc.Do(ctx, dc.B().Subscribe().Channel(b.pubPrefix+channel).Build()).Error()
-	})
+	err := b.shardOf(channel).subscribe(ctx, channel)
+	if ret, ok := rueidis.IsRedisErr(err); ok && b.cluster {
+		if _, moved := ret.IsMoved(); moved {
+			// The channel's slot moved to another master: read the slots
+			// again, and subscribe where it is now.
+			if err = b.refreshSlots(ctx); err == nil {
+				err = b.shardOf(channel).subscribe(ctx, channel)
+			}
+		}
+	}
 	if err != nil {
-		b.mu.Lock()
-		delete(b.subs, channel)
-		b.mu.Unlock()
 		return fmt.Errorf("redisbroker: failed to subscribe to %q: %w", channel, err)
 	}
 	return nil
@@ -435,14 +433,17 @@ func (b *Broker) Subscribe(ctx context.Context, channel string) error {
 // Unsubscribe implements herald.Broker. Nothing of the channel is delivered
 // once it returns, even if the UNSUBSCRIBE itself fails.
 func (b *Broker) Unsubscribe(ctx context.Context, channel string) error {
-	b.mu.Lock()
-	delete(b.subs, channel)
-	pc := b.conn
-	b.mu.Unlock()
-	if pc == nil {
-		return nil // the next connection will not subscribe it
+	shards := []*shard{b.shardOf(channel)}
+	if b.cluster {
+		shards = b.shards // a channel moving between masters may still be on its old one
 	}
-	if err := pc.dc.Do(ctx, pc.dc.B().Unsubscribe().Channel(b.pubPrefix+channel).Build()).Error(); err != nil {
+	var errs []error
+	for _, s := range shards {
+		if err := s.unsubscribe(ctx, channel); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("redisbroker: failed to unsubscribe from %q: %w", channel, err)
 	}
 	return nil
@@ -499,10 +500,12 @@ func (b *Broker) Publish(ctx context.Context, pub *herald.Publication, opts hera
 		ms(max(opts.HistoryTTL, 0)),
 		ms(max(b.opts.HistoryMetaTTL, opts.HistoryTTL)),
 		ms(win),
-		b.pubPrefix + pub.Channel,
+		b.pubChan(pub.Channel),
 		b.newEpoch(),
+		b.publishCmd(),
 	}
-	exec := func() rueidis.RedisResult { return publishScript.Exec(ctx, b.client, keys, args) }
+	client := b.cmd(pub.Channel)
+	exec := func() rueidis.RedisResult { return publishScript.Exec(ctx, client, keys, args) }
 	var rr rueidis.RedisResult
 	if win > 0 {
 		rr = execIdempotent(ctx, exec) // the key makes a second run publish nothing
@@ -550,7 +553,8 @@ func (b *Broker) History(ctx context.Context, channel string, opts herald.Histor
 	}
 	keys := []string{b.key(channel, "m"), b.key(channel, "h")}
 	args := []string{b.newEpoch(), ms(b.opts.HistoryMetaTTL), sinceGiven, sinceOff, sinceEpoch, strconv.Itoa(opts.Limit), reverse}
-	arr, err := execIdempotent(ctx, func() rueidis.RedisResult { return historyScript.Exec(ctx, b.client, keys, args) }).ToArray()
+	client := b.cmd(channel)
+	arr, err := execIdempotent(ctx, func() rueidis.RedisResult { return historyScript.Exec(ctx, client, keys, args) }).ToArray()
 	if err != nil {
 		return herald.HistoryResult{}, fmt.Errorf("redisbroker: failed to read history: %w", err)
 	}
@@ -590,14 +594,41 @@ func (b *Broker) History(ctx context.Context, channel string, opts herald.Histor
 }
 
 // PublishControl implements herald.Broker: a PUBLISH on the control
-// channel, which every node's pub/sub connection subscribes first.
+// channel, which every node's pub/sub connection subscribes first. With
+// Options.Shards every shard's connection subscribes it, and it is
+// published on the first shard whose link is up (so a shard that is down
+// does not stop control messages), once: a failed publish is not tried on
+// another shard, since it may have happened. In a Cluster a PUBLISH
+// reaches every master; every master's connection subscribes it, and the
+// first one that is up hands it on (so a master that is down does not stop
+// control messages either; a message that arrives while the node has not
+// yet noticed that master's loss may be missed: control messages are at
+// most once).
 func (b *Broker) PublishControl(ctx context.Context, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	cmd := b.client.B().Publish().Channel(b.ctrlChan).Message(unsafe.String(unsafe.SliceData(data), len(data))).Build()
-	if err := b.client.Do(ctx, cmd).Error(); err != nil {
+	client := b.shards[0].cmd
+	if !b.cluster {
+		for _, s := range b.shards {
+			if s.healthy() == nil {
+				client = s.cmd
+				break
+			}
+		}
+	}
+	cmd := client.B().Publish().Channel(b.ctrlChan).Message(unsafe.String(unsafe.SliceData(data), len(data))).Build()
+	if err := client.Do(ctx, cmd).Error(); err != nil {
 		return fmt.Errorf("redisbroker: failed to publish control message: %w", err)
 	}
 	return nil
+}
+
+// publishCmd is the command the publish script sends a publication with:
+// SPUBLISH on a Cluster's shard channel, PUBLISH elsewhere.
+func (b *Broker) publishCmd() string {
+	if b.cluster {
+		return "spublish"
+	}
+	return "publish"
 }

@@ -3,6 +3,8 @@
 // Herald nodes:
 //
 //	b, err := redisbroker.New(redisbroker.Options{URL: "redis://127.0.0.1:6379/0"})
+//	// or Options{Shards: []string{url1, url2, url3}}: channels spread over servers
+//	// or Options{Cluster: []string{url1}}: a Redis Cluster
 //	defer b.Close()
 //	node, err := herald.New(herald.Config{Broker: b}) // presence too: b implements it
 //	go node.Run(ctx)                                  // runs b.Run
@@ -22,7 +24,8 @@
 //	P:{C}:pi       HASH  client id -> "<len(user)>:<user><info JSON>"
 //	P:{C}:pu       HASH  user id -> number of its clients present
 //
-// Pub/sub channels: P:p:C carries "<offset> <epoch> <encoded publication>",
+// Pub/sub channels: P:p:C (in a Redis Cluster the shard channel P:s:{C})
+// carries "<offset> <epoch> <encoded publication>",
 // or "0 <encoded publication>" without history (the epoch lets every node
 // tell a Redis that restarted without its data: offsets then start over
 // under a new epoch); P:control carries control messages verbatim. Nodes
@@ -96,7 +99,8 @@
 //
 // # Pub/sub connection, reconnects and health
 //
-// Each Broker holds one dedicated pub/sub connection, owned by Run. Run
+// Each Broker holds one dedicated pub/sub connection per shard (one with a
+// single Redis), owned by Run. Run
 // SUBSCRIBEs the control channel and every subscribed channel, then waits
 // for the connection to fail; it then reconnects with jittered
 // exponential backoff (50ms to 5s) and SUBSCRIBEs everything again.
@@ -131,22 +135,90 @@
 // refreshes the entries this Broker added every PresenceTTL/3 (pipelined),
 // so a node that dies loses its entries within PresenceTTL.
 //
-// # Sentinel and Cluster
+// # Sentinel
 //
-// Tested: a single Redis 7 server. Sentinel: Options.ClientOption (or
-// URL ?master_set=NAME with sentinel addresses) makes rueidis follow the
-// master; the code paths are the same as for a single server, but this is
-// not tested here. After a failover the pub/sub connection breaks and Run
-// reconnects to the new master; writes the old master had not replicated
-// are lost, and offsets may then be handed out again under the same epoch
-// (Redis replication is asynchronous), so clients may miss publications
-// without being told. Cluster: every script touches only one channel's
-// keys, or only the webhooks' keys, which share a slot through the hash tag
-// and are all named in KEYS, and PUBLISH works from
-// any node; but the pub/sub connection is taken with Dedicate, which on a
-// Cluster client needs a keyed first command, so Cluster is not supported
-// as written and not tested (a sharded design would use SSUBSCRIBE per
-// slot).
+// Tested: single Redis 7 servers, shards and a Cluster (below). Sentinel:
+// Options.ClientOption (or URL ?master_set=NAME with sentinel addresses)
+// makes rueidis follow the master; the code paths are the same as for a
+// single server, but this is not tested here. After a failover the
+// pub/sub connection breaks and Run reconnects to the new master; writes
+// the old master had not replicated are lost, and offsets may then be
+// handed out again under the same epoch (Redis replication is
+// asynchronous), so clients may miss publications without being told.
+//
+// # Sharding over several servers (Options.Shards)
+//
+// Each channel lives on one server, chosen by rendezvous hashing: the
+// server with the highest hash of (its host:port/db, the channel). All of
+// a channel's keys (history, position, idempotency keys, presence) are on
+// its server, so every script runs as with one Redis. Each server has its
+// own command client and pub/sub connection (a shard: shard.go), which
+// connects, fails and reconnects on its own. When one is lost the node is
+// told through herald.PartialBrokerHandler, for that shard's channels
+// only: their subscribers are closed with 4006 and recover, or are told,
+// once the server is back; the other channels go on, and Healthy (the
+// node's /readyz) fails only when every shard is down, since every node
+// sees the same shards and taking all of them out of a load balancer
+// would stop the channels that work. ShardsHealth reports each shard.
+// Control messages (send to user, disconnect, broadcast) are PUBLISHed on
+// the first shard whose link is up; every shard's connection subscribes
+// them. The webhooks' event store lives on the first server in the list.
+//
+// Changing the list moves channels: adding a server moves about 1/(N+1)
+// of them, all to the new server; removing one moves only its channels;
+// reordering moves none (TestRendezvous). A moved channel's history and
+// position stay behind on its old server (until they expire); on its new
+// server it has none, so its first publish or history read there starts
+// a new epoch, and a client that resubscribes with its position is told
+// recovered:false, reason epoch_changed (a subscriber that stayed is
+// closed with 4006 when the first publication of the new epoch reaches
+// its node) — nothing is silently skipped, but the history of a moved
+// channel is gone for its clients. Change the list on every node at once
+// (stop all, start all): while nodes disagree, a moved channel's
+// publications go to two servers, and each node's subscribers see only
+// those of their node's choice.
+//
+// # Redis Cluster (Options.Cluster)
+//
+// Commands and scripts go through one rueidis cluster client, which sends
+// each to the master of its keys' slot: every script touches one
+// channel's keys, which share the slot of the hash tag {C}, or only the
+// webhooks' keys, which share {webhooks}. Publications travel by sharded
+// pub/sub: the publish script SPUBLISHes on the shard channel P:s:{C}
+// (in the channel's slot, as a script may only touch its own slot), and a
+// node SSUBSCRIBEs it on a connection to the slot's master. New asks the
+// cluster for its masters (CLUSTER SLOTS); each is a shard as above, with
+// a pub/sub connection of its own, which at every reconnect asks again
+// which master serves its first slot (so it follows a failover to a
+// replica). Control messages are a plain PUBLISH, which a Cluster sends to
+// every node; every master's connection SUBSCRIBEs them, and the first one
+// that is up hands them to the node. A master
+// that is down fails only its slots' channels if the cluster is
+// configured with cluster-require-full-coverage no (the default fails
+// every slot, and so every channel). A shard follows its master by node
+// id, and after a failover the master of a slot it had.
+//
+// Resharding a live cluster: when a slot moves to another master, Redis
+// unsubscribes its shard channels on the old master's connection; that
+// shard counts it as an outage (its channels' subscribers are closed with
+// 4006 and recover), and before it reconnects it reads CLUSTER SLOTS
+// again: each slot goes to the shard that follows its new master, and the
+// channels that moved are subscribed on that shard's connection and
+// handed to the node's reconnect check (HandlePartialReconnect), which
+// finds what they missed meanwhile. A Subscribe answered MOVED does the
+// same. The keys move with the slot (MIGRATE), so history, positions and
+// epochs survive (TestCluster/Reshard). Masters added after New get no
+// shard: slots moved to one stay with the shard of their old master,
+// whose connection then fails to subscribe them (logged, ShardsHealth):
+// restart the nodes after adding masters. A master failover loses what
+// the old master had not replicated, as with Sentinel.
+//
+// Tests (cluster_test.go) start their own servers from Debian's binaries:
+// three redis-server as shards, and three joined by redis-cli --cluster
+// create; the conformance, presence and event store suites and the cross
+// node test pass on both, TestShards/Outage and TestCluster/Outage kill
+// one server and check that only its channels' subscribers are told, and
+// TestCluster/Reshard moves a subscribed channel's slot between masters.
 //
 // # Why rueidis
 //

@@ -19,7 +19,8 @@ import (
 // the broker's prefix: with it, undelivered events survive any node, for as
 // long as Redis keeps its data (see the package documentation, "Webhooks").
 // It uses the broker's command connection and needs no Run. Every call
-// returns a handle on the same store.
+// returns a handle on the same store. With Options.Shards it lives on the
+// first server; in a Cluster, in the slot of the hash tag {webhooks}.
 func (b *Broker) EventStore() herald.EventStore { return &eventStore{b: b, chunk: reapChunk} }
 
 var (
@@ -51,6 +52,10 @@ type eventStore struct {
 func (s *eventStore) ekey(kind string) string {
 	return s.b.opts.Prefix + ":{webhooks}:" + kind
 }
+
+// client runs the store's commands: the first shard's (a Cluster's client
+// routes them to the slot of {webhooks}).
+func (s *eventStore) client() rueidis.Client { return s.b.shards[0].cmd }
 
 func (s *eventStore) holdersKey(key string) string { return s.ekey("k:" + key) }
 func (s *eventStore) nodeKey(node string) string   { return s.ekey("n:" + node) }
@@ -106,7 +111,7 @@ func (s *eventStore) holdRelease(ctx context.Context, script *rueidis.Lua, node,
 	args := []string{node, key, data}
 	// Safe to run twice: the second run finds the first one's holder
 	// change and appends nothing.
-	return execIdempotent(ctx, func() rueidis.RedisResult { return script.Exec(ctx, s.b.client, keys, args) }).Error()
+	return execIdempotent(ctx, func() rueidis.RedisResult { return script.Exec(ctx, s.client(), keys, args) }).Error()
 }
 
 // Append implements herald.EventStore: one script, so that the events are
@@ -125,7 +130,7 @@ func (s *eventStore) Append(ctx context.Context, events ...*herald.Event) error 
 		}
 		args[i] = data
 	}
-	if err := eventsAppendScript.Exec(ctx, s.b.client, []string{s.ekey("out")}, args).Error(); err != nil {
+	if err := eventsAppendScript.Exec(ctx, s.client(), []string{s.ekey("out")}, args).Error(); err != nil {
 		return fmt.Errorf("redisbroker: failed to append events: %w", err)
 	}
 	return nil
@@ -142,7 +147,7 @@ func (s *eventStore) Beat(ctx context.Context, node string, ttl time.Duration) e
 		return fmt.Errorf("redisbroker: failed to beat: ttl %v is under 1ms", ttl)
 	}
 	keys, args := []string{s.ekey("beats")}, []string{node, ms(ttl)}
-	if err := execIdempotent(ctx, func() rueidis.RedisResult { return eventsBeatScript.Exec(ctx, s.b.client, keys, args) }).Error(); err != nil {
+	if err := execIdempotent(ctx, func() rueidis.RedisResult { return eventsBeatScript.Exec(ctx, s.client(), keys, args) }).Error(); err != nil {
 		return fmt.Errorf("redisbroker: failed to beat: %w", err)
 	}
 	return nil
@@ -168,7 +173,7 @@ func (s *eventStore) Reap(ctx context.Context, node string, off func(key string)
 	if onlyExpired {
 		var err error
 		nodes, err = execIdempotent(ctx, func() rueidis.RedisResult {
-			return eventsExpiredScript.Exec(ctx, s.b.client, []string{s.ekey("beats")}, nil)
+			return eventsExpiredScript.Exec(ctx, s.client(), []string{s.ekey("beats")}, nil)
 		}).AsStrSlice()
 		if err != nil {
 			return nil, fmt.Errorf("redisbroker: failed to list expired nodes: %w", err)
@@ -199,7 +204,7 @@ func (s *eventStore) reapNode(ctx context.Context, node string, onlyExpired bool
 		if err := ctx.Err(); err != nil {
 			return false, err
 		}
-		held, err := s.b.client.Do(ctx, s.b.client.B().Srandmember().Key(s.nodeKey(node)).Count(int64(s.chunk)).Build()).AsStrSlice()
+		held, err := s.client().Do(ctx, s.client().B().Srandmember().Key(s.nodeKey(node)).Count(int64(s.chunk)).Build()).AsStrSlice()
 		if err != nil {
 			return false, err
 		}
@@ -219,7 +224,7 @@ func (s *eventStore) reapNode(ctx context.Context, node string, onlyExpired bool
 			s.testHookReap(node)
 		}
 		// Safe to run twice: keys already released make no event.
-		r, err := execIdempotent(ctx, func() rueidis.RedisResult { return eventsReapScript.Exec(ctx, s.b.client, keys, args) }).AsInt64()
+		r, err := execIdempotent(ctx, func() rueidis.RedisResult { return eventsReapScript.Exec(ctx, s.client(), keys, args) }).AsInt64()
 		if err != nil {
 			return false, err
 		}
@@ -242,7 +247,7 @@ func (s *eventStore) Lead(ctx context.Context, node string, ttl time.Duration) (
 		return false, fmt.Errorf("redisbroker: failed to lead: ttl %v is under 1ms", ttl)
 	}
 	keys, args := []string{s.ekey("lead")}, []string{node, ms(ttl)}
-	r, err := execIdempotent(ctx, func() rueidis.RedisResult { return eventsLeadScript.Exec(ctx, s.b.client, keys, args) }).AsInt64()
+	r, err := execIdempotent(ctx, func() rueidis.RedisResult { return eventsLeadScript.Exec(ctx, s.client(), keys, args) }).AsInt64()
 	if err != nil {
 		return false, fmt.Errorf("redisbroker: failed to lead: %w", err)
 	}
@@ -257,8 +262,8 @@ func (s *eventStore) Pending(ctx context.Context, max int) ([]herald.EventRecord
 	if max < 1 {
 		return nil, fmt.Errorf("redisbroker: failed to read pending events: max %d is under 1", max)
 	}
-	cmd := s.b.client.B().Xrange().Key(s.ekey("out")).Start("-").End("+").Count(int64(max)).Build()
-	entries, err := s.b.client.Do(ctx, cmd).AsXRange()
+	cmd := s.client().B().Xrange().Key(s.ekey("out")).Start("-").End("+").Count(int64(max)).Build()
+	entries, err := s.client().Do(ctx, cmd).AsXRange()
 	if err != nil {
 		return nil, fmt.Errorf("redisbroker: failed to read pending events: %w", err)
 	}
@@ -281,11 +286,11 @@ func (s *eventStore) Ack(ctx context.Context, pos string) error {
 		return fmt.Errorf("redisbroker: failed to ack: %w", err)
 	}
 	out := s.ekey("out")
-	cmd := s.b.client.B().Xtrim().Key(out).Minid().Threshold(next).Build()
+	cmd := s.client().B().Xtrim().Key(out).Minid().Threshold(next).Build()
 	if next == "" { // pos is the last possible ID: nothing can follow it
-		cmd = s.b.client.B().Xtrim().Key(out).Maxlen().Threshold("0").Build()
+		cmd = s.client().B().Xtrim().Key(out).Maxlen().Threshold("0").Build()
 	}
-	if err := s.b.client.Do(ctx, cmd).Error(); err != nil {
+	if err := s.client().Do(ctx, cmd).Error(); err != nil {
 		return fmt.Errorf("redisbroker: failed to ack: %w", err)
 	}
 	return nil

@@ -8,3 +8,6 @@ import "github.com/heraldhq/herald"
 func EventStoreForTest(b *Broker, chunk int, hook func(node string)) herald.EventStore {
 	return &eventStore{b: b, chunk: chunk, testHookReap: hook}
 }
+
+// SlotOf is the Cluster slot of a channel's keys and shard channel.
+func SlotOf(channel string) int { return int(slotOf(channel)) }

@@ -46,7 +46,7 @@ func (b *Broker) addExec(channel string, p herald.ClientPresence) rueidis.LuaExe
 // entries it added until they are removed.
 func (b *Broker) AddPresence(ctx context.Context, channel string, p herald.ClientPresence) error {
 	e := b.addExec(channel, p)
-	if err := execIdempotent(ctx, func() rueidis.RedisResult { return presenceAddScript.Exec(ctx, b.client, e.Keys, e.Args) }).Error(); err != nil {
+	if err := execIdempotent(ctx, func() rueidis.RedisResult { return presenceAddScript.Exec(ctx, b.cmd(channel), e.Keys, e.Args) }).Error(); err != nil {
 		return fmt.Errorf("redisbroker: failed to add presence: %w", err)
 	}
 	b.pmu.Lock()
@@ -73,7 +73,7 @@ func (b *Broker) RemovePresence(ctx context.Context, channel, clientID string) e
 	}
 	b.pmu.Unlock()
 	if err := execIdempotent(ctx, func() rueidis.RedisResult {
-		return presenceRemoveScript.Exec(ctx, b.client, b.presenceKeys(channel), []string{clientID})
+		return presenceRemoveScript.Exec(ctx, b.cmd(channel), b.presenceKeys(channel), []string{clientID})
 	}).Error(); err != nil {
 		return fmt.Errorf("redisbroker: failed to remove presence: %w", err)
 	}
@@ -82,7 +82,9 @@ func (b *Broker) RemovePresence(ctx context.Context, channel, clientID string) e
 
 // Presence implements herald.PresenceManager.
 func (b *Broker) Presence(ctx context.Context, channel string) (map[string]herald.ClientPresence, error) {
-	kv, err := execIdempotent(ctx, func() rueidis.RedisResult { return presenceGetScript.Exec(ctx, b.client, b.presenceKeys(channel), nil) }).AsStrSlice()
+	kv, err := execIdempotent(ctx, func() rueidis.RedisResult {
+		return presenceGetScript.Exec(ctx, b.cmd(channel), b.presenceKeys(channel), nil)
+	}).AsStrSlice()
 	if err != nil {
 		return nil, fmt.Errorf("redisbroker: failed to read presence: %w", err)
 	}
@@ -99,7 +101,7 @@ func (b *Broker) Presence(ctx context.Context, channel string) (map[string]heral
 // scripts keep a count of each user's clients.
 func (b *Broker) PresenceStats(ctx context.Context, channel string) (herald.PresenceStats, error) {
 	arr, err := execIdempotent(ctx, func() rueidis.RedisResult {
-		return presenceStatsScript.Exec(ctx, b.client, b.presenceKeys(channel), nil)
+		return presenceStatsScript.Exec(ctx, b.cmd(channel), b.presenceKeys(channel), nil)
 	}).AsIntSlice()
 	if err != nil || len(arr) != 2 {
 		return herald.PresenceStats{}, fmt.Errorf("redisbroker: failed to read presence stats: %v", err)
@@ -127,16 +129,25 @@ func (b *Broker) refreshRound(ctx context.Context) {
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
 	b.pmu.Lock()
-	var execs []rueidis.LuaExec
+	// Grouped by shard: a pipeline goes to one client. (A Cluster's
+	// client splits it by slot itself.)
+	execs := make(map[*shard][]rueidis.LuaExec)
 	for ch, m := range b.local {
+		s := b.shardOf(ch)
 		for _, p := range m {
-			execs = append(execs, b.addExec(ch, p))
+			execs[s] = append(execs[s], b.addExec(ch, p))
 		}
 	}
 	b.pmu.Unlock()
+	for s, list := range execs {
+		b.refreshShard(ctx, s.cmd, list)
+	}
+}
+
+func (b *Broker) refreshShard(ctx context.Context, client rueidis.Client, execs []rueidis.LuaExec) {
 	for len(execs) > 0 {
 		n := min(len(execs), 1000)
-		for _, r := range presenceAddScript.ExecMulti(ctx, b.client, execs[:n]...) {
+		for _, r := range presenceAddScript.ExecMulti(ctx, client, execs[:n]...) {
 			if err := r.Error(); err != nil && ctx.Err() == nil {
 				b.log.Warn("presence refresh failed", "err", err)
 				break

@@ -37,7 +37,8 @@ end
 //
 // KEYS: meta hash {t: top, e: epoch}, history list, idempotency key.
 // ARGV: encoded publication, history size, history TTL ms, meta TTL ms,
-// idempotency window ms (0: none), pub/sub channel, epoch to use if new.
+// idempotency window ms (0: none), pub/sub channel, epoch to use if new,
+// publish command (publish, or spublish in a Cluster).
 // Returns {1, "<offset> <epoch>"} for a duplicate, {0, "<offset> <epoch>"}
 // otherwise ("0 " without history).
 var publishScript = rueidis.NewLuaScript(luaNow + luaTrim + `
@@ -62,9 +63,9 @@ if size > 0 then
   trim(KEYS[2])
   redis.call('pexpire', KEYS[2], ttl)
   res = top .. ' ' .. epoch
-  redis.call('publish', ARGV[6], res .. ' ' .. ARGV[1])
+  redis.call(ARGV[8], ARGV[6], res .. ' ' .. ARGV[1])
 else
-  redis.call('publish', ARGV[6], '0 ' .. ARGV[1])
+  redis.call(ARGV[8], ARGV[6], '0 ' .. ARGV[1])
 end
 if win > 0 then redis.call('set', KEYS[3], res, 'PX', win) end
 return {0, res}

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/heraldhq/herald/internal/testenv"
+	"github.com/heraldhq/herald/internal/testserver"
 )
 
 // The cluster tests run three `herald serve` in-process, joined by a real
@@ -158,12 +159,50 @@ func TestServeCluster(t *testing.T) {
 	for _, b := range []struct {
 		name  string
 		flags func(t *testing.T) []string
-	}{{"redis", redisCluster}, {"nats", natsCluster}} {
+	}{
+		{"redis", redisCluster}, {"nats", natsCluster},
+		{"redis-shards", redisShards}, {"redis-cluster", redisClusterMode}, {"nats-cluster", natsClusterMode},
+	} {
 		t.Run(b.name, func(t *testing.T) {
 			t.Parallel()
 			testCluster(t, b.flags(t))
 		})
 	}
+}
+
+// Servers of the tests' own, on the ports this package was given: Redis
+// 17080-17099 (Cluster bus ports +10000), NATS clients 14250-14299 and
+// routes 16250-16299.
+
+// redisShards returns the serve flags of a node joined by three standalone
+// Redis servers of the test's own, as shards.
+func redisShards(t *testing.T) []string {
+	base := testserver.PortBlock(t, 17080, 17090, 3, 0)
+	var urls []string
+	for i := range 3 {
+		urls = append(urls, "redis://"+testserver.RedisAt(t, base+i).Addr()+"/0")
+	}
+	return []string{"--broker", "redis", "--redis-url", strings.Join(urls, ",")}
+}
+
+// redisClusterMode returns the serve flags of a node joined by a Redis
+// Cluster of three masters of the test's own.
+func redisClusterMode(t *testing.T) []string {
+	nodes := testserver.RedisCluster(t, testserver.PortBlock(t, 17090, 17100, 3, 10000), 3)
+	return []string{"--broker", "redis", "--redis-cluster", "--redis-url", "redis://" + nodes[0].Addr()}
+}
+
+// natsClusterMode returns the serve flags of a node joined by a
+// three-server NATS cluster of the test's own, JetStream replicated three
+// times.
+func natsClusterMode(t *testing.T) []string {
+	base := testserver.PortBlock(t, 14250, 14300, 3, 2000)
+	srvs := testserver.NATSCluster(t, base, base+2000, 3)
+	var urls []string
+	for _, s := range srvs {
+		urls = append(urls, "nats://"+s.Addr())
+	}
+	return []string{"--broker", "nats", "--nats-replicas", "3", "--nats-url", strings.Join(urls, ",")}
 }
 
 func testCluster(t *testing.T, flags []string) {

@@ -141,6 +141,13 @@ type Config struct {
 	RedisAddr    string
 	NATSURL      string
 	BrokerPrefix string
+	// RedisCluster makes the URLs of RedisURL (or RedisAddr) nodes of a
+	// Redis Cluster (redisbroker.Options.Cluster); without it several
+	// comma-separated URLs are shards (redisbroker.Options.Shards).
+	// NATSReplicas is the replica count of the JetStream stream and buckets
+	// (natsbroker.Options.Replicas); zero means 1.
+	RedisCluster bool
+	NATSReplicas int
 	// RedisPingTimeout and NATSPingInterval set how fast a dead broker
 	// link (one that stays open and carries nothing) is noticed:
 	// redisbroker.Options.PingTimeout, natsbroker.Options.PingInterval.
@@ -477,8 +484,10 @@ var settings = slices.Concat([]*setting{
 		func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
 	enumSetting("broker", "KIND", "what joins nodes: memory (this node alone), redis or nats",
 		[]string{"memory", "redis", "nats"}, func(c *Config) *string { return &c.Broker }),
-	urlSetting("redis_url", "Redis server for broker redis: redis://[user:password@]host:port/db, or rediss:// for TLS", defaultRedisURL,
+	urlSetting("redis_url", "Redis server for broker redis: redis://[user:password@]host:port/db, or rediss:// for TLS; several, comma-separated, are shards that share the channels (or with redis_cluster, nodes of a Redis Cluster)", defaultRedisURL,
 		[]string{"redis", "rediss", "unix"}, func(c *Config) *string { return &c.RedisURL }),
+	boolSetting("redis_cluster", "broker redis: redis_url (or redis_addr) names nodes of a Redis Cluster (7.0 or later), not standalone servers",
+		func(c *Config) *bool { return &c.RedisCluster }),
 	{
 		name: "redis_addr", arg: "HOST:PORT", def: "none", want: "host:port, such as 127.0.0.1:6379",
 		usage: "shorthand for redis_url redis://HOST:PORT/0",
@@ -511,6 +520,8 @@ var settings = slices.Concat([]*setting{
 	},
 	durationSetting("redis_ping_timeout", "broker redis: how long a connection may leave a PING (sent after each idle second) or a command unanswered before it counts as dead: then /readyz fails and subscribers are closed with 4006 to recover elsewhere",
 		defaultRedisPingTimeout.String(), func(c *Config) *time.Duration { return &c.RedisPingTimeout }),
+	intSetting("nats_replicas", "broker nats: replicas of the JetStream stream and buckets Herald creates (3 on a three-server cluster, so that one server may fail); at most 5", "1",
+		func(c *Config) *int { return &c.NATSReplicas }),
 	durationSetting("nats_ping_interval", "broker nats: how often the connection is pinged; after 2 unanswered pings it counts as dead: then /readyz fails and subscribers are closed with 4006 to recover elsewhere",
 		defaultNATSPingInterval.String(), func(c *Config) *time.Duration { return &c.NATSPingInterval }),
 	secretSetting("api_key", "KEY", "none (no API)", "a key of at least 16 bytes",
@@ -633,6 +644,8 @@ func urlSetting(name, usage, def string, schemes []string, field func(*Config) *
 	}
 	s := valueSetting(name, "URL", usage, def, want, parse, identity, field)
 	s.redact = redactURLs
+	// In a file, several URLs may also be a YAML list.
+	s.setList = func(c *Config, items []string) error { return s.set(c, strings.Join(items, ",")) }
 	return s
 }
 
@@ -1088,6 +1101,15 @@ func (c *Config) validate(src sources) error {
 	}
 	if c.NATSURL != "" && c.Broker != "nats" {
 		return fmt.Errorf("nats_url set, but broker is %s: set broker nats too, or remove it", c.Broker)
+	}
+	if c.RedisCluster && c.Broker != "redis" {
+		return fmt.Errorf("redis_cluster set, but broker is %s: set broker redis too, or remove it", c.Broker)
+	}
+	if c.NATSReplicas != 0 && c.Broker != "nats" {
+		return fmt.Errorf("nats_replicas set, but broker is %s: set broker nats too, or remove it", c.Broker)
+	}
+	if c.NATSReplicas < 0 || c.NATSReplicas > 5 {
+		return fmt.Errorf("nats_replicas %d: want 1 to 5 (JetStream's limit)", c.NATSReplicas)
 	}
 	if err := c.validatePusherApps(); err != nil {
 		return err

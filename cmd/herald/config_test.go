@@ -455,6 +455,14 @@ func TestConfigErrors(t *testing.T) {
 			want: []string{`invalid admin_password "(redacted)" (from config file `, `too short (7 bytes): use at least 12`}},
 		{name: "admin password and file", args: []string{"--admin-password-file", "/p"}, env: []string{"HERALD_ADMIN_PASSWORD=0123456789abcdef"},
 			want: []string{"admin_password and admin_password_file both set: set one of them"}},
+		{name: "redis cluster without broker redis", args: []string{"--redis-cluster"},
+			want: []string{"redis_cluster set, but broker is memory: set broker redis too, or remove it"}},
+		{name: "nats replicas without broker nats", args: []string{"--broker", "redis", "--nats-replicas", "3"},
+			want: []string{"nats_replicas set, but broker is redis: set broker nats too, or remove it"}},
+		{name: "nats replicas over 5", args: []string{"--broker", "nats", "--nats-replicas", "7"},
+			want: []string{"nats_replicas 7: want 1 to 5"}},
+		{name: "redis shard not a URL", file: "broker: redis\nredis_url:\n  - redis://a:1/0\n  - b:2\n",
+			want: []string{`"b:2" is not a URL such as redis://127.0.0.1:6379/0`}},
 		{name: "metrics", args: []string{"--metrics=sometimes"},
 			want: []string{`invalid metrics "sometimes" (from flag --metrics): want true or false`}},
 	} {
@@ -577,6 +585,24 @@ func TestConfigBrokerURLs(t *testing.T) {
 	cfg, err := parseServeConfig([]string{"--broker", "nats"}, nil, io.Discard)
 	if err != nil || cfg.natsURL() != "nats://127.0.0.1:4222" {
 		t.Fatalf("nats default: %q, %v", cfg.natsURL(), err)
+	}
+}
+
+// TestConfigRedisShards: several Redis URLs, as a list in the file or
+// comma-separated, are shards; with redis_cluster, a Cluster's nodes.
+func TestConfigRedisShards(t *testing.T) {
+	t.Parallel()
+	file := writeFile(t, "broker: redis\nredis_url:\n  - redis://a:1/0\n  - redis://b:2/0\nredis_cluster: true\n")
+	cfg, err := parseServeConfig([]string{"--config", file}, nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.redisURL() != "redis://a:1/0,redis://b:2/0" || !cfg.RedisCluster {
+		t.Fatalf("redis_url %q, redis_cluster %v; want both URLs and true", cfg.redisURL(), cfg.RedisCluster)
+	}
+	cfg, err = parseServeConfig([]string{"--broker", "nats", "--nats-replicas", "3"}, nil, io.Discard)
+	if err != nil || cfg.NATSReplicas != 3 {
+		t.Fatalf("nats_replicas: %d, %v; want 3", cfg.NATSReplicas, err)
 	}
 }
 

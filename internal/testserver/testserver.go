@@ -9,12 +9,15 @@
 package testserver
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,6 +67,18 @@ func NATS(t testing.TB) *Server {
 			_ = os.RemoveAll(store)
 		}
 		return []string{"-a", "127.0.0.1", "-p", strconv.Itoa(s.port), "-js", "-sd", store, "-l", filepath.Join(s.dir, "nats.log")}
+	}
+	s.Start(true)
+	return s
+}
+
+// NATSAt is NATS on a given port.
+func NATSAt(t testing.TB, port int) *Server {
+	t.Helper()
+	s := newServer(t, "nats-server", testenv.NATSVar)
+	s.port = port
+	s.args = func(bool) []string {
+		return []string{"-a", "127.0.0.1", "-p", strconv.Itoa(s.port), "-js", "-sd", filepath.Join(s.dir, "store"), "-l", filepath.Join(s.dir, "nats.log")}
 	}
 	s.Start(true)
 	return s
@@ -168,3 +183,40 @@ func (s *Server) Kill() {
 
 // String names the server for logs.
 func (s *Server) String() string { return fmt.Sprintf("%s on %s", s.name, s.Addr()) }
+
+// Pid is the server process's id, 0 when it is not running.
+func (s *Server) Pid() int {
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+// CPUSeconds is the CPU time (user and system) the servers' processes
+// have used, from /proc/PID/stat (Linux; clock ticks of 1/100 s).
+func CPUSeconds(srvs ...*Server) (float64, error) {
+	total := 0.0
+	for _, s := range srvs {
+		stat, err := os.ReadFile("/proc/" + strconv.Itoa(s.Pid()) + "/stat")
+		if err != nil {
+			return 0, err
+		}
+		// The fields after the command (in parentheses): utime and stime
+		// are the 12th and 13th.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 13 {
+			return 0, fmt.Errorf("unexpected /proc/%d/stat", s.Pid())
+		}
+		ut, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		total += (ut + st) / 100
+	}
+	return total, nil
+}
+
+// SelfCPU is the CPU time (user and system) this process has used.
+func SelfCPU() float64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
