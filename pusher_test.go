@@ -947,3 +947,32 @@ func TestPusherLimits(t *testing.T) {
 		t.Fatalf("flooding: close %d, want %d", ce.Code, PusherOverCapacity)
 	}
 }
+
+// TestPusherSigninNumericID: Laravel's user data has the integer id of its
+// users ({"id":42}, as PHP's json_encode writes it), which pusher-js takes
+// (its user channel is #server-to-user-42): the sign-in succeeds, as a
+// presence channel's numeric user_id does. An id of another kind is
+// refused.
+func TestPusherSigninNumericID(t *testing.T) {
+	t.Parallel()
+	ts := pusherServer(t)
+	c := ts.pusher(t)
+	ud := `{"id":42,"name":"Ann"}`
+	c.send("pusher:signin", "", map[string]string{"auth": PusherUserAuth(testApp, c.socketID, ud), "user_data": ud})
+	c.expect("pusher:signin_success")
+	c.subscribe("#server-to-user-42", "")
+	if err := ts.node.PusherSendToUser(context.Background(), testApp, "42", "hello", "hi"); err != nil {
+		t.Fatal(err)
+	}
+	if f := c.expect("hello"); f.Channel != "#server-to-user-42" || f.str(t) != "hi" {
+		t.Fatalf("got %+v", f)
+	}
+	for _, bad := range []string{`{"id":{"a":1}}`, `{"id":null}`, `{"id":""}`, `{"name":"no id"}`} {
+		b := ts.pusher(t)
+		b.send("pusher:signin", "", map[string]string{"auth": PusherUserAuth(testApp, b.socketID, bad), "user_data": bad})
+		b.expect("pusher:error")
+		if ce := b.expectClose(); ce.Code != int(PusherUnauthorized) {
+			t.Fatalf("%s: close %d", bad, ce.Code)
+		}
+	}
+}

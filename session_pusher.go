@@ -319,14 +319,8 @@ func pusherMember(client, channelData string) (*ClientPresence, bool) {
 	if json.Unmarshal([]byte(channelData), &cd) != nil || len(cd.UserID) == 0 {
 		return nil, false
 	}
-	var id string
-	if json.Unmarshal(cd.UserID, &id) != nil { // a number, as PHP sends it
-		if _, err := strconv.ParseFloat(string(cd.UserID), 64); err != nil {
-			return nil, false
-		}
-		id = string(cd.UserID)
-	}
-	if id == "" || validUserID(id) != nil {
+	id, ok := pusherUserID(cd.UserID)
+	if !ok {
 		return nil, false
 	}
 	info := cd.UserInfo
@@ -334,6 +328,20 @@ func pusherMember(client, channelData string) (*ClientPresence, bool) {
 		info = json.RawMessage("null")
 	}
 	return &ClientPresence{Client: client, User: id, Info: info}, true
+}
+
+// pusherUserID reads a user id of channel_data or of sign-in user_data: a
+// string, or a number as PHP's json_encode writes an integer id (Laravel's
+// user ids), taken as its text.
+func pusherUserID(raw json.RawMessage) (string, bool) {
+	var id string
+	if json.Unmarshal(raw, &id) != nil {
+		if _, err := strconv.ParseFloat(string(raw), 64); err != nil {
+			return "", false
+		}
+		id = string(raw)
+	}
+	return id, id != "" && validUserID(id) == nil
 }
 
 // subscribeHerald makes the subscription of an authorized pusher:subscribe
@@ -472,10 +480,15 @@ func (s *pusherSession) signin(raw json.RawMessage) {
 		UserData string `json:"user_data"`
 	}
 	var ud struct {
-		ID string `json:"id"`
+		ID json.RawMessage `json:"id"`
 	}
-	if json.Unmarshal(raw, &d) != nil || json.Unmarshal([]byte(d.UserData), &ud) != nil || ud.ID == "" || validUserID(ud.ID) != nil || !validPusherChannel(pusherUserPrefix+ud.ID) {
-		s.refuse(PusherUnauthorized, `Invalid pusher:signin: user_data must be JSON with a string "id"`)
+	var id string
+	ok := json.Unmarshal(raw, &d) == nil && json.Unmarshal([]byte(d.UserData), &ud) == nil
+	if ok {
+		id, ok = pusherUserID(ud.ID)
+	}
+	if !ok || !validPusherChannel(pusherUserPrefix+id) {
+		s.refuse(PusherUnauthorized, `Invalid pusher:signin: user_data must be JSON with an "id" (a string or a number)`)
 		return
 	}
 	if !checkPusherAuth(s.app, d.Auth, c.id+"::user::"+d.UserData) {
@@ -483,17 +496,17 @@ func (s *pusherSession) signin(raw json.RawMessage) {
 		s.refuse(PusherUnauthorized, "Invalid signature: the auth is not key:HMAC-SHA256(secret, socket_id::user::user_data)")
 		return
 	}
-	if ud.ID != c.user {
-		if !n.moveUser(c.user, ud.ID) {
+	if id != c.user {
+		if !n.moveUser(c.user, id) {
 			n.metrics.limitHits.Add(1)
 			s.refuse(PusherOverQuota, "too many connections for this user")
 			return
 		}
 		old := c.user
-		n.hub.setUser(c, ud.ID)
-		n.events.userMoved(old, ud.ID)
+		n.hub.setUser(c, id)
+		n.events.userMoved(old, id)
 	}
-	s.user = ud.ID
+	s.user = id
 	b, _ := json.Marshal(map[string]string{"user_data": d.UserData})
 	s.send("pusher:signin_success", "", string(b))
 }
