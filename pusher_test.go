@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -974,5 +975,34 @@ func TestPusherSigninNumericID(t *testing.T) {
 		if ce := b.expectClose(); ce.Code != int(PusherUnauthorized) {
 			t.Fatalf("%s: close %d", bad, ce.Code)
 		}
+	}
+}
+
+// TestPusherSubscribeOverRate: a pusher:subscribe over the message rate
+// gets pusher:subscription_error 429 on its channel (pusher-js emits it on
+// the channel, Echo's error callback fires), not a channel-less
+// pusher:error that left the subscription pending for good.
+func TestPusherSubscribeOverRate(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{PusherApps: []PusherApp{testApp}, Limits: Limits{MessageRate: 1, MessageBurst: 2}})
+	c := ts.pusher(t)
+	for i := 0; ; i++ {
+		if i == 8 {
+			t.Fatal("8 subscribes past a burst of 2 and none refused")
+		}
+		ch := "news-" + strconv.Itoa(i)
+		c.send("pusher:subscribe", "", map[string]string{"channel": ch})
+		f := c.read()
+		if f.Event == "pusher_internal:subscription_succeeded" {
+			continue
+		}
+		var d struct {
+			Type   string `json:"type"`
+			Status int    `json:"status"`
+		}
+		if f.Event != "pusher:subscription_error" || f.Channel != ch || json.Unmarshal(f.Data, &d) != nil || d.Status != 429 {
+			t.Fatalf("subscribe %s over the rate: got %+v", ch, f)
+		}
+		break
 	}
 }

@@ -180,11 +180,8 @@ type pusherMsg struct {
 
 func (s *pusherSession) message(msg []byte, binary bool) {
 	c := s.c
-	switch c.limit() {
-	case refused:
-		s.errorEvent(PusherClientEventLimit, "Client event rejected due to rate limit")
-		return
-	case flooding:
+	lim := c.limit()
+	if lim == flooding {
 		c.close(CloseRateLimited, "message rate limit exceeded")
 		return
 	}
@@ -195,6 +192,10 @@ func (s *pusherSession) message(msg []byte, binary bool) {
 	}
 	if s.app == nil {
 		return // refused: closing
+	}
+	if lim == refused {
+		s.rateRefused(m)
+		return
 	}
 	switch {
 	case m.Event == "pusher:ping":
@@ -212,6 +213,28 @@ func (s *pusherSession) message(msg []byte, binary bool) {
 	default:
 		s.errorEvent(0, "Unknown event "+strconv.Quote(m.Event)+": clients send pusher:* and client-* events")
 	}
+}
+
+// rateRefused answers a message over the message rate. A subscription
+// gets pusher:subscription_error 429 on its channel, so that the page
+// learns of it (Echo's error callback): pusher-js does not retry a
+// subscription by itself, and after a reconnect it resubscribes every
+// channel at once. Anything else gets pusher:error 4301, Pusher's code for
+// a client event over the rate.
+func (s *pusherSession) rateRefused(m pusherMsg) {
+	if m.Event == "pusher:subscribe" {
+		var d struct {
+			Channel string `json:"channel"`
+		}
+		_ = json.Unmarshal(m.Data, &d)
+		s.subscriptionError(d.Channel, "LimitReached", "Too many messages (the server's message_rate): subscribe again later", http.StatusTooManyRequests)
+		return
+	}
+	msg := "Client event rejected due to rate limit"
+	if !strings.HasPrefix(m.Event, "client-") {
+		msg = "Message rejected due to rate limit: " + closeReason(m.Event[:min(len(m.Event), 64)])
+	}
+	s.errorEvent(PusherClientEventLimit, msg)
 }
 
 // send queues a Pusher event. data is the event's data: a string, sent as
