@@ -157,13 +157,16 @@ func subscribed(c *conn, channel string) bool {
 // client's rights or made by the server. info, when not nil, is c's info
 // in this channel's presence.
 func (n *Node) subscribeChecked(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage) (*protocol.SubscribeResult, func(), *Error) {
-	return n.subscribeCheckedAs(c, ns, channel, since, info, "")
+	return n.subscribeCheckedAs(c, ns, channel, since, info, "", "")
 }
 
 // subscribeCheckedAs is subscribeChecked with the user c is in this
 // channel's presence, when not "" (a Pusher presence channel's user_id):
-// else c's own.
-func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage, user string) (*protocol.SubscribeResult, func(), *Error) {
+// else c's own. skipOrigin, when not "", is an origin whose publications
+// the recovery (since) leaves out: a Pusher client's previous socket id,
+// whose own client events and the triggers that excluded it that
+// connection was never sent.
+func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage, user, skipOrigin string) (*protocol.SubscribeResult, func(), *Error) {
 	c.mu.Lock()
 	_, dup := c.channels[channel]
 	count := len(c.channels)
@@ -214,7 +217,9 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 		}
 		finish = func() {
 			for _, p := range recovered {
-				c.enqueuePub(p, n.encodePub(p, c.form))
+				if skipOrigin == "" || p.Origin != skipOrigin {
+					c.enqueuePub(p, n.encodePub(p, c.form))
+				}
 			}
 			rb.mu.Lock()
 			for _, p := range rb.pubs {

@@ -1006,3 +1006,41 @@ func TestPusherSubscribeOverRate(t *testing.T) {
 		break
 	}
 }
+
+// TestPusherRecoverySkipsWhatWasNotSent: a recovery that names the
+// client's previous socket (herald_socket_id, as herald-recovery.js sends
+// it) leaves out what that connection was never sent: a trigger that
+// excluded it (Laravel's toOthers) and its own client events. They were
+// recovered, so the page got its own action back after a reconnect.
+func TestPusherRecoverySkipsWhatWasNotSent(t *testing.T) {
+	t.Parallel()
+	app := testApp
+	app.HistorySize = 100
+	ts := pusherServer(t, app)
+	ctx := context.Background()
+	c := ts.pusher(t)
+	f := c.subscribe("private-orders", "")
+	if err := ts.node.PusherTrigger(ctx, app, []string{"private-orders"}, "e", "1", ""); err != nil {
+		t.Fatal(err)
+	}
+	last := c.expect("e")
+	if err := ts.node.PusherTrigger(ctx, app, []string{"private-orders"}, "e", "not-for-c", c.socketID); err != nil {
+		t.Fatal(err)
+	}
+	c.send("client-typing", "private-orders", map[string]any{"own": true})
+	c.quiet() // the client event is in before the close
+	old := c.socketID
+	c.ws.Close()
+	if err := ts.node.PusherTrigger(ctx, app, []string{"private-orders"}, "e", "2", ""); err != nil {
+		t.Fatal(err)
+	}
+	c = ts.pusher(t)
+	c.send("pusher:subscribe", "", map[string]any{"channel": "private-orders",
+		"auth":         PusherChannelAuth(app, c.socketID, "private-orders", ""),
+		"herald_since": map[string]any{"offset": last.Offset, "epoch": f.Epoch}, "herald_socket_id": old})
+	c.expect("pusher_internal:subscription_succeeded")
+	if g := c.read(); g.Event != "e" || g.str(t) != "2" {
+		t.Fatalf("want only the recovered 2, got %+v", g)
+	}
+	c.quiet()
+}

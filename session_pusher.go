@@ -284,12 +284,15 @@ func (s *pusherSession) subscriptionError(channel, typ, msg string, status int) 
 
 // pusherSubscribe is pusher:subscribe's data; Since is Herald's opt-in
 // recovery (docs/pusher.md, "Recovery"): the position of the last event
-// the client has of the channel.
+// the client has of the channel. PrevSocketID is the socket id of the
+// client's connection before this one: what was never sent to it (its
+// own client events, triggers excluding it) is not recovered either.
 type pusherSubscribe struct {
-	Channel     string             `json:"channel"`
-	Auth        string             `json:"auth"`
-	ChannelData string             `json:"channel_data"`
-	Since       *protocol.Position `json:"herald_since"`
+	Channel      string             `json:"channel"`
+	Auth         string             `json:"auth"`
+	ChannelData  string             `json:"channel_data"`
+	Since        *protocol.Position `json:"herald_since"`
+	PrevSocketID string             `json:"herald_socket_id"`
 }
 
 func (s *pusherSession) subscribe(raw json.RawMessage) {
@@ -388,7 +391,11 @@ func (s *pusherSession) subscribeHerald(d pusherSubscribe, hch, kind string, mem
 	if member != nil {
 		user, info = member.User, member.Info
 	}
-	res, finish, perr := n.subscribeCheckedAs(c, ns, hch, d.Since, info, user)
+	prev := d.PrevSocketID
+	if !validSocketID(prev) {
+		prev = ""
+	}
+	res, finish, perr := n.subscribeCheckedAs(c, ns, hch, d.Since, info, user, prev)
 	if perr != nil {
 		s.subscriptionError(d.Channel, "SubscriptionError", perr.Message, HTTPStatus(perr.Code))
 		return
