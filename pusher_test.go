@@ -949,10 +949,13 @@ func TestPusherLimits(t *testing.T) {
 	}
 }
 
-// TestPusherSigninNumericID: Laravel's user data has the integer id of its
-// users ({"id":42}, as PHP's json_encode writes it), which pusher-js takes
-// (its user channel is #server-to-user-42): the sign-in succeeds, as a
-// presence channel's numeric user_id does. An id of another kind is
+// TestPusherSigninNumericID: user data with an integer id ({"id":42}, as
+// PHP's json_encode writes a Laravel user's id) signs in, as a presence
+// channel's numeric user_id subscribes, instead of closing the connection
+// with 4009, on which pusher-js gives up for good (every channel of the
+// page lost). pusher-js itself wants a string id for its user channel and
+// logs an error for a number; a client that subscribes to
+// #server-to-user-42 gets the user's events. An id of another kind is
 // refused.
 func TestPusherSigninNumericID(t *testing.T) {
 	t.Parallel()
