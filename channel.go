@@ -164,13 +164,16 @@ func subscribed(c *conn, channel string) bool {
 // in this channel's presence. delta is the delta type the client asked
 // for ("" for none): see wantDelta.
 func (n *Node) subscribeChecked(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage, delta string) (*protocol.SubscribeResult, func(), *Error) {
-	return n.subscribeCheckedAs(c, ns, channel, since, info, "", delta)
+	return n.subscribeCheckedAs(c, ns, channel, since, info, "", "", delta)
 }
 
 // subscribeCheckedAs is subscribeChecked with the user c is in this
 // channel's presence, when not "" (a Pusher presence channel's user_id):
-// else c's own.
-func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage, user, delta string) (*protocol.SubscribeResult, func(), *Error) {
+// else c's own. skipOrigin, when not "", is an origin whose publications
+// the recovery (since) leaves out: a Pusher client's previous socket id,
+// whose own client events and the triggers that excluded it that
+// connection was never sent.
+func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since *protocol.Position, info json.RawMessage, user, skipOrigin, delta string) (*protocol.SubscribeResult, func(), *Error) {
 	c.mu.Lock()
 	_, dup := c.channels[channel]
 	count := len(c.channels)
@@ -225,7 +228,9 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 		}
 		finish = func() {
 			for _, p := range recovered {
-				c.enqueuePub(p, n.encodePub(p, c.form))
+				if skipOrigin == "" || p.Origin != skipOrigin {
+					c.enqueuePub(p, n.encodePub(p, c.form))
+				}
 			}
 			rb.mu.Lock()
 			for _, p := range rb.pubs {

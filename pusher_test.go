@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -946,4 +947,103 @@ func TestPusherLimits(t *testing.T) {
 	if ce := c.expectClose(); ce.Code != int(PusherOverCapacity) {
 		t.Fatalf("flooding: close %d, want %d", ce.Code, PusherOverCapacity)
 	}
+}
+
+// TestPusherSigninNumericID: user data with an integer id ({"id":42}, as
+// PHP's json_encode writes a Laravel user's id) signs in, as a presence
+// channel's numeric user_id subscribes, instead of closing the connection
+// with 4009, on which pusher-js gives up for good (every channel of the
+// page lost). pusher-js itself wants a string id for its user channel and
+// logs an error for a number; a client that subscribes to
+// #server-to-user-42 gets the user's events. An id of another kind is
+// refused.
+func TestPusherSigninNumericID(t *testing.T) {
+	t.Parallel()
+	ts := pusherServer(t)
+	c := ts.pusher(t)
+	ud := `{"id":42,"name":"Ann"}`
+	c.send("pusher:signin", "", map[string]string{"auth": PusherUserAuth(testApp, c.socketID, ud), "user_data": ud})
+	c.expect("pusher:signin_success")
+	c.subscribe("#server-to-user-42", "")
+	if err := ts.node.PusherSendToUser(context.Background(), testApp, "42", "hello", "hi"); err != nil {
+		t.Fatal(err)
+	}
+	if f := c.expect("hello"); f.Channel != "#server-to-user-42" || f.str(t) != "hi" {
+		t.Fatalf("got %+v", f)
+	}
+	for _, bad := range []string{`{"id":{"a":1}}`, `{"id":null}`, `{"id":""}`, `{"name":"no id"}`} {
+		b := ts.pusher(t)
+		b.send("pusher:signin", "", map[string]string{"auth": PusherUserAuth(testApp, b.socketID, bad), "user_data": bad})
+		b.expect("pusher:error")
+		if ce := b.expectClose(); ce.Code != int(PusherUnauthorized) {
+			t.Fatalf("%s: close %d", bad, ce.Code)
+		}
+	}
+}
+
+// TestPusherSubscribeOverRate: a pusher:subscribe over the message rate
+// gets pusher:subscription_error 429 on its channel (pusher-js emits it on
+// the channel, Echo's error callback fires), not a channel-less
+// pusher:error that left the subscription pending for good.
+func TestPusherSubscribeOverRate(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{PusherApps: []PusherApp{testApp}, Limits: Limits{MessageRate: 1, MessageBurst: 2}})
+	c := ts.pusher(t)
+	for i := 0; ; i++ {
+		if i == 8 {
+			t.Fatal("8 subscribes past a burst of 2 and none refused")
+		}
+		ch := "news-" + strconv.Itoa(i)
+		c.send("pusher:subscribe", "", map[string]string{"channel": ch})
+		f := c.read()
+		if f.Event == "pusher_internal:subscription_succeeded" {
+			continue
+		}
+		var d struct {
+			Type   string `json:"type"`
+			Status int    `json:"status"`
+		}
+		if f.Event != "pusher:subscription_error" || f.Channel != ch || json.Unmarshal(f.Data, &d) != nil || d.Status != 429 {
+			t.Fatalf("subscribe %s over the rate: got %+v", ch, f)
+		}
+		break
+	}
+}
+
+// TestPusherRecoverySkipsWhatWasNotSent: a recovery that names the
+// client's previous socket (herald_socket_id, as herald-recovery.js sends
+// it) leaves out what that connection was never sent: a trigger that
+// excluded it (Laravel's toOthers) and its own client events. They were
+// recovered, so the page got its own action back after a reconnect.
+func TestPusherRecoverySkipsWhatWasNotSent(t *testing.T) {
+	t.Parallel()
+	app := testApp
+	app.HistorySize = 100
+	ts := pusherServer(t, app)
+	ctx := context.Background()
+	c := ts.pusher(t)
+	f := c.subscribe("private-orders", "")
+	if err := ts.node.PusherTrigger(ctx, app, []string{"private-orders"}, "e", "1", ""); err != nil {
+		t.Fatal(err)
+	}
+	last := c.expect("e")
+	if err := ts.node.PusherTrigger(ctx, app, []string{"private-orders"}, "e", "not-for-c", c.socketID); err != nil {
+		t.Fatal(err)
+	}
+	c.send("client-typing", "private-orders", map[string]any{"own": true})
+	c.quiet() // the client event is in before the close
+	old := c.socketID
+	c.ws.Close()
+	if err := ts.node.PusherTrigger(ctx, app, []string{"private-orders"}, "e", "2", ""); err != nil {
+		t.Fatal(err)
+	}
+	c = ts.pusher(t)
+	c.send("pusher:subscribe", "", map[string]any{"channel": "private-orders",
+		"auth":         PusherChannelAuth(app, c.socketID, "private-orders", ""),
+		"herald_since": map[string]any{"offset": last.Offset, "epoch": f.Epoch}, "herald_socket_id": old})
+	c.expect("pusher_internal:subscription_succeeded")
+	if g := c.read(); g.Event != "e" || g.str(t) != "2" {
+		t.Fatalf("want only the recovered 2, got %+v", g)
+	}
+	c.quiet()
 }

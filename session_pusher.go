@@ -180,11 +180,8 @@ type pusherMsg struct {
 
 func (s *pusherSession) message(msg []byte, binary bool) {
 	c := s.c
-	switch c.limit() {
-	case refused:
-		s.errorEvent(PusherClientEventLimit, "Client event rejected due to rate limit")
-		return
-	case flooding:
+	lim := c.limit()
+	if lim == flooding {
 		c.close(CloseRateLimited, "message rate limit exceeded")
 		return
 	}
@@ -195,6 +192,10 @@ func (s *pusherSession) message(msg []byte, binary bool) {
 	}
 	if s.app == nil {
 		return // refused: closing
+	}
+	if lim == refused {
+		s.rateRefused(m)
+		return
 	}
 	switch {
 	case m.Event == "pusher:ping":
@@ -212,6 +213,28 @@ func (s *pusherSession) message(msg []byte, binary bool) {
 	default:
 		s.errorEvent(0, "Unknown event "+strconv.Quote(m.Event)+": clients send pusher:* and client-* events")
 	}
+}
+
+// rateRefused answers a message over the message rate. A subscription
+// gets pusher:subscription_error 429 on its channel, so that the page
+// learns of it (Echo's error callback): pusher-js does not retry a
+// subscription by itself, and after a reconnect it resubscribes every
+// channel at once. Anything else gets pusher:error 4301, Pusher's code for
+// a client event over the rate.
+func (s *pusherSession) rateRefused(m pusherMsg) {
+	if m.Event == "pusher:subscribe" {
+		var d struct {
+			Channel string `json:"channel"`
+		}
+		_ = json.Unmarshal(m.Data, &d)
+		s.subscriptionError(d.Channel, "LimitReached", "Too many messages (the server's message_rate): subscribe again later", http.StatusTooManyRequests)
+		return
+	}
+	msg := "Client event rejected due to rate limit"
+	if !strings.HasPrefix(m.Event, "client-") {
+		msg = "Message rejected due to rate limit: " + closeReason(m.Event[:min(len(m.Event), 64)])
+	}
+	s.errorEvent(PusherClientEventLimit, msg)
 }
 
 // send queues a Pusher event. data is the event's data: a string, sent as
@@ -261,12 +284,15 @@ func (s *pusherSession) subscriptionError(channel, typ, msg string, status int) 
 
 // pusherSubscribe is pusher:subscribe's data; Since is Herald's opt-in
 // recovery (docs/pusher.md, "Recovery"): the position of the last event
-// the client has of the channel.
+// the client has of the channel. PrevSocketID is the socket id of the
+// client's connection before this one: what was never sent to it (its
+// own client events, triggers excluding it) is not recovered either.
 type pusherSubscribe struct {
-	Channel     string             `json:"channel"`
-	Auth        string             `json:"auth"`
-	ChannelData string             `json:"channel_data"`
-	Since       *protocol.Position `json:"herald_since"`
+	Channel      string             `json:"channel"`
+	Auth         string             `json:"auth"`
+	ChannelData  string             `json:"channel_data"`
+	Since        *protocol.Position `json:"herald_since"`
+	PrevSocketID string             `json:"herald_socket_id"`
 }
 
 func (s *pusherSession) subscribe(raw json.RawMessage) {
@@ -319,14 +345,8 @@ func pusherMember(client, channelData string) (*ClientPresence, bool) {
 	if json.Unmarshal([]byte(channelData), &cd) != nil || len(cd.UserID) == 0 {
 		return nil, false
 	}
-	var id string
-	if json.Unmarshal(cd.UserID, &id) != nil { // a number, as PHP sends it
-		if _, err := strconv.ParseFloat(string(cd.UserID), 64); err != nil {
-			return nil, false
-		}
-		id = string(cd.UserID)
-	}
-	if id == "" || validUserID(id) != nil {
+	id, ok := pusherUserID(cd.UserID)
+	if !ok {
 		return nil, false
 	}
 	info := cd.UserInfo
@@ -334,6 +354,20 @@ func pusherMember(client, channelData string) (*ClientPresence, bool) {
 		info = json.RawMessage("null")
 	}
 	return &ClientPresence{Client: client, User: id, Info: info}, true
+}
+
+// pusherUserID reads a user id of channel_data or of sign-in user_data: a
+// string, or a number as PHP's json_encode writes an integer id (Laravel's
+// user ids), taken as its text.
+func pusherUserID(raw json.RawMessage) (string, bool) {
+	var id string
+	if json.Unmarshal(raw, &id) != nil {
+		if _, err := strconv.ParseFloat(string(raw), 64); err != nil {
+			return "", false
+		}
+		id = string(raw)
+	}
+	return id, id != "" && validUserID(id) == nil
 }
 
 // subscribeHerald makes the subscription of an authorized pusher:subscribe
@@ -357,7 +391,11 @@ func (s *pusherSession) subscribeHerald(d pusherSubscribe, hch, kind string, mem
 	if member != nil {
 		user, info = member.User, member.Info
 	}
-	res, finish, perr := n.subscribeCheckedAs(c, ns, hch, d.Since, info, user, "")
+	prev := d.PrevSocketID
+	if !validSocketID(prev) {
+		prev = ""
+	}
+	res, finish, perr := n.subscribeCheckedAs(c, ns, hch, d.Since, info, user, prev, "")
 	if perr != nil {
 		s.subscriptionError(d.Channel, "SubscriptionError", perr.Message, HTTPStatus(perr.Code))
 		return
@@ -472,10 +510,15 @@ func (s *pusherSession) signin(raw json.RawMessage) {
 		UserData string `json:"user_data"`
 	}
 	var ud struct {
-		ID string `json:"id"`
+		ID json.RawMessage `json:"id"`
 	}
-	if json.Unmarshal(raw, &d) != nil || json.Unmarshal([]byte(d.UserData), &ud) != nil || ud.ID == "" || validUserID(ud.ID) != nil || !validPusherChannel(pusherUserPrefix+ud.ID) {
-		s.refuse(PusherUnauthorized, `Invalid pusher:signin: user_data must be JSON with a string "id"`)
+	var id string
+	ok := json.Unmarshal(raw, &d) == nil && json.Unmarshal([]byte(d.UserData), &ud) == nil
+	if ok {
+		id, ok = pusherUserID(ud.ID)
+	}
+	if !ok || !validPusherChannel(pusherUserPrefix+id) {
+		s.refuse(PusherUnauthorized, `Invalid pusher:signin: user_data must be JSON with an "id" (a string or a number)`)
 		return
 	}
 	if !checkPusherAuth(s.app, d.Auth, c.id+"::user::"+d.UserData) {
@@ -483,17 +526,17 @@ func (s *pusherSession) signin(raw json.RawMessage) {
 		s.refuse(PusherUnauthorized, "Invalid signature: the auth is not key:HMAC-SHA256(secret, socket_id::user::user_data)")
 		return
 	}
-	if ud.ID != c.user {
-		if !n.moveUser(c.user, ud.ID) {
+	if id != c.user {
+		if !n.moveUser(c.user, id) {
 			n.metrics.limitHits.Add(1)
 			s.refuse(PusherOverQuota, "too many connections for this user")
 			return
 		}
 		old := c.user
-		n.hub.setUser(c, ud.ID)
-		n.events.userMoved(old, ud.ID)
+		n.hub.setUser(c, id)
+		n.events.userMoved(old, id)
 	}
-	s.user = ud.ID
+	s.user = id
 	b, _ := json.Marshal(map[string]string{"user_data": d.UserData})
 	s.send("pusher:signin_success", "", string(b))
 }

@@ -8,6 +8,10 @@
 // sends it as "herald_since" in pusher:subscribe when pusher-js
 // resubscribes. A channel whose missed events are gone (history too short,
 // or lost) gets the event "herald:unrecovered" with {reason} instead.
+// It also sends the previous connection's socket id ("herald_socket_id"),
+// so that what that connection was never sent (its own client events, and
+// triggers that excluded it, as Laravel's toOthers() does) is not
+// recovered either.
 //
 //   import Pusher from 'pusher-js';
 //   import { enableRecovery } from './herald-recovery.js';
@@ -46,8 +50,22 @@ export function enableRecovery(pusher) {
     }
   };
 
+  // The socket ids of this connection and of the one before it; shifted
+  // when pusher-js has a new one (on 'connected', or at its resubscribe,
+  // whichever comes first).
+  let socketNow = null;
+  let socketBefore = null;
+  const shift = () => {
+    const id = pusher.connection.socket_id;
+    if (id && id !== socketNow) {
+      socketBefore = socketNow;
+      socketNow = id;
+    }
+  };
+
   let hooked = null;
   pusher.connection.bind('connected', () => {
+    shift();
     const transport = pusher.connection.connection && pusher.connection.connection.transport;
     if (transport && transport !== hooked) {
       hooked = transport;
@@ -58,7 +76,9 @@ export function enableRecovery(pusher) {
   const send = pusher.send_event.bind(pusher);
   pusher.send_event = (name, data, channel) => {
     if (name === 'pusher:subscribe' && data && positions.has(data.channel)) {
+      shift();
       data = { ...data, herald_since: positions.get(data.channel) };
+      if (socketBefore) data.herald_socket_id = socketBefore;
     } else if (name === 'pusher:unsubscribe' && data) {
       positions.delete(data.channel);
       joined.delete(data.channel);

@@ -276,3 +276,55 @@ func TestServePusherAppFromEnv(t *testing.T) {
 		t.Fatalf("a key alone: %v", err)
 	}
 }
+
+// TestPusherDocsConfig runs herald serve with the config example of
+// docs/pusher.md as written (only the secret files made real): a page of
+// the site it names (https://app.example.com) connects to /app/{key}, as
+// pusher-js and Echo in a browser do, and another site's page is refused.
+// Without allowed_origins in the example, the site's own page got 403.
+func TestPusherDocsConfig(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile("../../docs/pusher.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```yaml\n# herald.yaml\n")
+	example, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("docs/pusher.md has no ```yaml block starting with # herald.yaml")
+	}
+	dir := t.TempDir()
+	for _, id := range []string{"1001", "1002"} {
+		file := filepath.Join(dir, id+".secret")
+		if err := os.WriteFile(file, []byte("a-secret-of-app-"+id+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		example = strings.ReplaceAll(example, "/etc/herald/pusher-"+id+".secret", file)
+	}
+	cfgPath := filepath.Join(dir, "herald.yaml")
+	if err := os.WriteFile(cfgPath, []byte(example), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, nil, "--config", cfgPath)
+	dial := func(origin string) (*websocket.Conn, int, error) {
+		ws, resp, err := websocket.DefaultDialer.Dial("ws://"+s.addr+"/app/app-key?protocol=7&client=js&version=8.6.0&flash=false",
+			http.Header{"Origin": {origin}})
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+			resp.Body.Close()
+		}
+		return ws, status, err
+	}
+	ws, status, err := dial("https://app.example.com")
+	if err != nil {
+		t.Fatalf("the page of https://app.example.com: %v (status %d)", err, status)
+	}
+	defer ws.Close()
+	if ev := pusherRead(t, ws); ev.Event != "pusher:connection_established" {
+		t.Fatalf("first event %+v", ev)
+	}
+	if _, status, err := dial("https://evil.example.net"); err == nil || status != http.StatusForbidden {
+		t.Fatalf("another site's page: %v, status %d; want 403", err, status)
+	}
+}

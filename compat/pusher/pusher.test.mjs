@@ -196,3 +196,22 @@ test('recovery: the opt-in glue gets what a reconnecting client missed; plain pu
   assert.deepEqual(got.glued, [1, 2, 3, 4]);
   assert.deepEqual(got.plain, [1, 4]);
 });
+
+test('recovery: the glue does not bring back what was not sent to the old connection (a trigger excluding it)', async () => {
+  const glued = enableRecovery(connect());
+  const got = [];
+  const ch = await subscribed(glued, 'ticks-own');
+  ch.bind('tick', (d) => got.push(d));
+  await op('trigger', { channels: ['ticks-own'], event: 'tick', data: '1' });
+  await waitFor(() => got.length === 1, 'tick 1');
+  // As Laravel's toOthers(): the page did this itself, so it is not sent.
+  await op('trigger', { channels: ['ticks-own'], event: 'tick', data: '2', exclude: glued.connection.socket_id });
+  glued.disconnect();
+  await waitFor(() => glued.connection.state === 'disconnected', 'the disconnect');
+  await op('trigger', { channels: ['ticks-own'], event: 'tick', data: '3' });
+  glued.connect();
+  await waitFor(() => glued.channel('ticks-own').subscribed, 'the resubscription');
+  await op('trigger', { channels: ['ticks-own'], event: 'tick', data: '4' });
+  await waitFor(() => got.length >= 3 && got[got.length - 1] === 4, 'tick 4');
+  assert.deepEqual(got, [1, 3, 4]);
+});
