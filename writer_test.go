@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/heraldhq/herald/protocol"
 )
@@ -17,7 +18,11 @@ import (
 // own writer then finishes that frame and the rest.
 func TestPausedReaderGetsEverything(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, Config{MaxQueueBytes: 64 << 20})
+	// The write deadline is the slow-reader cut, not this test's subject:
+	// on a loaded machine publishing the burst alone may outlast the
+	// default 10 s while the client does not read yet (1006, 1 run in 5
+	// beside other work).
+	ts := newTestServer(t, Config{MaxQueueBytes: 64 << 20, WriteTimeout: 2 * time.Minute})
 	paused := ts.client(t)
 	paused.subscribe("burst")
 
