@@ -52,6 +52,7 @@ type Node struct {
 	broker   Broker
 	hub      *hub
 	metrics  nodeMetrics
+	overflow overflowRegistry // conflated and dropped counts, by namespace
 	presence PresenceManager
 	writers  *writerPool // writes for connections whose sockets keep up (writer.go)
 
@@ -470,6 +471,9 @@ func (n *Node) newConn(nc net.Conn, hs handshake, id identity, ip string, raw bo
 	if raw {
 		c.form = formRaw
 		c.echo = id.echo
+	}
+	if !raw {
+		c.out.note = c.droppedFrame
 	}
 	if hs.deflate {
 		c.form |= 1
