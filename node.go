@@ -868,6 +868,19 @@ type Stats struct {
 	FramesOut     uint64 `json:"frames_out"`
 	Published     uint64 `json:"published"`
 	SlowConsumers uint64 `json:"slow_consumers"`
+	// Overflow counts, by namespace name, the publications that overflow
+	// policies took out of slow subscribers' queues (see OverflowPolicy);
+	// only namespaces that have had a policy other than disconnect.
+	Overflow map[string]OverflowCounts `json:"overflow,omitempty"`
+}
+
+// OverflowCounts are one namespace's publications that overflow policies
+// took out of slow subscribers' queues, one per subscriber's copy.
+type OverflowCounts struct {
+	// Conflated: replaced by a newer one of the same channel and key.
+	Conflated uint64 `json:"conflated"`
+	// Dropped: dropped under drop_oldest (the client was told).
+	Dropped uint64 `json:"dropped"`
 }
 
 // Stats returns a snapshot of the node's connections and channels.
@@ -882,7 +895,19 @@ func (n *Node) Stats() Stats {
 		FramesOut:     n.metrics.framesOut.Load(),
 		Published:     n.metrics.pubClient.Load() + n.metrics.pubRaw.Load() + n.metrics.pubServer.Load(),
 		SlowConsumers: n.metrics.slowConsumers.Load(),
+		Overflow:      n.overflowCounts(),
 	}
+}
+
+func (n *Node) overflowCounts() map[string]OverflowCounts {
+	var m map[string]OverflowCounts
+	n.overflow.each(func(name string, st *overflowStats) {
+		if m == nil {
+			m = make(map[string]OverflowCounts)
+		}
+		m[name] = OverflowCounts{Conflated: st.conflated.Load(), Dropped: st.dropped.Load()}
+	})
+	return m
 }
 
 // CheckChannel reports whether channel is one this node serves: a valid
