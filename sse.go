@@ -564,6 +564,7 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	c := n.newConn(stream, handshake{}, id, ip, false)
 	c.form = formSSE
 	c.out = newOutbound(n.cfg.MaxQueueMessages, n.cfg.MaxQueueBytes, sseSlowClose)
+	c.out.note = c.droppedFrame // a "dropped" event (c.sse is set below)
 	c.remote = remote
 	s := &sseSession{c: c, channels: req.channels, index: make(map[string]int, len(req.channels)), pos: make([]ssePos, len(req.channels))}
 	for i, ch := range req.channels {
