@@ -496,6 +496,9 @@ type inFrame struct {
 	// Of a subscribe push, with Offset: the channel's position.
 	Epoch     string `json:"epoch"`
 	Recovered *bool  `json:"recovered"`
+	// Of a dropped push.
+	Count   int         `json:"count"`
+	Offsets [][2]uint64 `json:"offsets"`
 }
 
 // handleFrame handles one frame on the connection goroutine. A non-nil
@@ -573,7 +576,7 @@ func (c *Client) handlePush(f *inFrame, data []byte, binary bool) error {
 	case protocol.PushSubscribe:
 		c.serverSubscribed(f)
 		return nil
-	case protocol.PushPub, protocol.PushJoin, protocol.PushLeave:
+	case protocol.PushPub, protocol.PushJoin, protocol.PushLeave, protocol.PushDropped:
 	default:
 		return nil // unknown kinds are ignored: later versions add some
 	}
@@ -601,6 +604,8 @@ func (c *Client) handlePush(f *inFrame, data []byte, binary bool) error {
 			sub.pos.Offset = f.Offset
 			c.mu.Unlock()
 		}
+	case protocol.PushDropped:
+		return c.dropped(sub, f)
 	case protocol.PushJoin, protocol.PushLeave:
 		kind := evJoin
 		if f.Push == protocol.PushLeave {
@@ -612,6 +617,23 @@ func (c *Client) handlePush(f *inFrame, data []byte, binary bool) error {
 		return c.queueEvent(event{kind: kind, sub: sub, info: *f.Info})
 	}
 	return nil
+}
+
+// dropped queues a dropped push's event and moves the subscription's
+// position past the offsets it lists, so that a reconnect does not recover
+// what the server dropped on purpose.
+func (c *Client) dropped(sub *Subscription, f *inFrame) error {
+	if k := len(f.Offsets); k > 0 {
+		c.mu.Lock()
+		if last := f.Offsets[k-1][1]; last > sub.pos.Offset {
+			sub.pos.Offset = last
+		}
+		c.mu.Unlock()
+	}
+	if !c.handles(sub, evDropped) {
+		return nil
+	}
+	return c.queueEvent(event{kind: evDropped, sub: sub, drop: Dropped{Channel: f.Channel, Count: f.Count, Offsets: f.Offsets}})
 }
 
 // queueEvent queues a push's event, waiting for room up to QueueTimeout.
