@@ -19,9 +19,9 @@ import (
 //
 // Only a push that would take the queue past its limits looks at the
 // metadata (makeRoomLocked). It makes room, in this order, from the
-// entries whose policies allow it: a conflate publication takes the slot
-// of its key's newest queued one; conflate entries that a newer one of
-// the same channel and key supersedes go; then the oldest drop_oldest
+// entries whose policies allow it: conflate entries that a newer queued
+// one of the same channel and key supersedes go; a conflate publication
+// then takes the slot of its key's queued one, if any; then the oldest drop_oldest
 // entries go, each channel's first one replaced by a dropped push that the
 // later drops of the channel extend. An entry that goes becomes a hole
 // (a nil frame), so that nothing is moved on the common overflow; take
@@ -154,16 +154,21 @@ func (o *outbound) makeRoomLocked(size int, m qmeta) (slot int, room bool) {
 	if o.meta == nil {
 		return -1, false // nothing droppable was ever queued
 	}
+	if o.conflatable > 0 {
+		// All the superseded entries go at once: the queue shrinks to one
+		// per key, so the next overflow is a queue's worth of pushes away
+		// (the scan is paid once per that many), and a slow client's
+		// backlog, its staleness, stays short.
+		o.conflateLocked()
+	}
 	if m.pol == OverflowConflate && m.pub != nil {
+		// The newest takes the slot of its key's queued one.
 		if i := o.lastOfKey(m.pub); i >= 0 && o.meta[i].pair == m.pair && o.bytes-o.msgBytes(i)+size <= o.maxBytes {
 			return i, false
 		}
 	}
-	if o.conflatable > 0 {
-		o.conflateLocked(m)
-		if o.fitsLocked(size) {
-			return -1, true
-		}
+	if o.fitsLocked(size) {
+		return -1, true
 	}
 	for o.dropOldestLocked() {
 		if o.fitsLocked(size) {
@@ -254,13 +259,10 @@ func (o *outbound) fullAfterLocked(i int, channel string) {
 
 type conflateKey struct{ channel, key string }
 
-// conflateLocked removes the conflate entries that a newer one of the same
-// channel and key supersedes (m's included).
-func (o *outbound) conflateLocked(m qmeta) {
+// conflateLocked removes the conflate entries that a newer queued one of
+// the same channel and key supersedes.
+func (o *outbound) conflateLocked() {
 	seen := make(map[conflateKey]struct{}, o.conflatable)
-	if m.pol == OverflowConflate && m.pub != nil {
-		seen[conflateKey{m.pub.Channel, m.pub.Key}] = struct{}{}
-	}
 	for i := len(o.meta) - 1; i >= 0; i-- {
 		mt := &o.meta[i]
 		if o.queue[i] == nil || mt.pol != OverflowConflate || !mt.droppable() {
