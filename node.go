@@ -467,6 +467,9 @@ func (n *Node) newConn(nc net.Conn, hs handshake, id identity, ip string, raw bo
 		out:    newOutbound(n.cfg.MaxQueueMessages, n.cfg.MaxQueueBytes, closeSlowFrame),
 	}
 	c.nc, c.rc = nc, rawConn(nc)
+	if size := n.cfg.SocketSendBuffer; size > 0 {
+		setSendBuffer(nc, size)
+	}
 	c.writeLoopFn, c.readLoopFn = c.writeLoop, c.readLoop
 	if raw {
 		c.form = formRaw
@@ -717,6 +720,18 @@ func (n *Node) buildFrame(op byte, payload []byte, deflate bool) []byte {
 		return wsframe.Append(make([]byte, 0, wsframe.HeaderLen(len(d))+len(d)), op, d, true)
 	}
 	return wsframe.Append(make([]byte, 0, wsframe.HeaderLen(len(payload))+len(payload)), op, payload, false)
+}
+
+// setSendBuffer sets a client socket's kernel send buffer
+// (Config.SocketSendBuffer), under TLS that of the connection below; best
+// effort: the OS may round it, and a socket without one is left alone.
+func setSendBuffer(nc net.Conn, size int) {
+	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		nc = t.NetConn()
+	}
+	if b, ok := nc.(interface{ SetWriteBuffer(int) error }); ok {
+		_ = b.SetWriteBuffer(size)
+	}
 }
 
 // control is a node-to-node command carried by Broker.PublishControl.

@@ -239,6 +239,10 @@ func (o *outbound) closeLocked(frame []byte, drop bool) (dropped int, began, sta
 func (o *outbound) take() (batch [][]byte, closing bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	return o.takeLocked()
+}
+
+func (o *outbound) takeLocked() (batch [][]byte, closing bool) {
 	batch, o.handoff = o.handoff, nil
 	if batch == nil {
 		if len(o.queue) == 0 {

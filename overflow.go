@@ -1,6 +1,7 @@
 package herald
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -362,4 +363,54 @@ func (o *outbound) squeezeLocked() {
 		o.meta = o.meta[:k]
 	}
 	o.holes, o.dropFrom = 0, 0
+}
+
+// writeLoopBatch is the most a writeLoop takes at a time from a queue that
+// an overflow policy may act on: what the writer holds is out of the
+// policy's reach, so a slow client's writer holding the whole queue (up to
+// MaxQueueMessages frames, seconds of a slow client's reading) would make
+// conflation moot. 64 frames per write still batches well (DATAPATH.md).
+const writeLoopBatch = 64
+
+// takeSome is take for a writer that may wait on the socket (writeLoop):
+// from a queue that keeps overflow metadata it takes at most n messages,
+// leaving the rest queued, where the policies still apply.
+func (o *outbound) takeSome(n int) (batch [][]byte, closing bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.handoff != nil || o.meta == nil {
+		return o.takeLocked()
+	}
+	if o.holes > 0 {
+		o.squeezeLocked()
+	}
+	if n < len(o.queue) && o.meta[n-1].pair {
+		n++ // never split an SSE event
+	}
+	if len(o.queue) <= n {
+		return o.takeLocked()
+	}
+	batch = append(o.spare[:0], o.queue[:n]...)
+	o.spare = nil
+	for i := range n {
+		mt := &o.meta[i]
+		o.bytes -= len(o.queue[i])
+		if !mt.tail {
+			o.frames--
+		}
+		if mt.droppable() && mt.pol == OverflowConflate {
+			o.conflatable--
+		}
+		if mt.note != nil {
+			o.notes = slices.DeleteFunc(o.notes, func(nt *dropNote) bool { return nt == mt.note })
+		}
+	}
+	k := copy(o.queue, o.queue[n:])
+	clear(o.queue[k:])
+	o.queue = o.queue[:k]
+	copy(o.meta, o.meta[n:])
+	clear(o.meta[k:])
+	o.meta = o.meta[:k]
+	o.dropFrom = max(0, o.dropFrom-n)
+	return batch, o.closing
 }

@@ -300,3 +300,36 @@ func TestOverflowDeltaBase(t *testing.T) {
 		t.Fatalf("delivered %q, want %q", got, want)
 	}
 }
+
+// A writer that may wait (writeLoop) takes a bounded batch from a queue
+// the policies act on: the rest stays queued, where conflation still
+// replaces it.
+func TestOverflowTakeSome(t *testing.T) {
+	t.Parallel()
+	o, st := testQueue(8, 1<<20), &overflowStats{}
+	o.writing = true
+	for i := range 8 {
+		pushPub(t, o, st, OverflowConflate, "p", fmt.Sprint(i%4), fmt.Sprint(i), 0)
+	}
+	batch, _ := o.takeSome(3)
+	if got := len(batch); got != 3 {
+		t.Fatalf("took %d, want 3", got)
+	}
+	checkAccounting(t, o)
+	// The three taken are the writer's; the five left, and the three
+	// pushed that fill the queue, are the policy's: the fourth push drops
+	// every superseded entry and takes key 1's slot.
+	pushPub(t, o, st, OverflowConflate, "p", "1", "8", 0)
+	pushPub(t, o, st, OverflowConflate, "p", "1", "9", 0)
+	pushPub(t, o, st, OverflowConflate, "p", "1", "10", 0)
+	pushPub(t, o, st, OverflowConflate, "p", "1", "11", 0)
+	checkAccounting(t, o)
+	clear(batch)
+	o.done(batch)
+	o.writing = false
+	got := drain(o)
+	want := []string{"p/0=4@0", "p/2=6@0", "p/3=7@0", "p/1=11@0"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("delivered %q, want %q", got, want)
+	}
+}
