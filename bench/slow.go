@@ -78,6 +78,7 @@ type SlowPhase struct {
 	SlowCut     int64   `json:"slow_cut"`
 	PeakRSSMB   float64 `json:"peak_rss_mb,omitempty"`
 	FastMissing int64   `json:"fast_missing"` // publications a fast subscriber did not get
+	CutBy       string  `json:"cut_by,omitempty"` // how the first subscriber cut was cut
 }
 
 func slowMain(ctx context.Context, args []string, stdout io.Writer) error {
@@ -188,6 +189,7 @@ type slowSub struct {
 	slow     bool
 	received atomic.Int64
 	cut      atomic.Bool
+	err      error // why it was cut; its reader's until that ends
 }
 
 func runSlowPhase(ctx context.Context, cfg SlowConfig, t SlowTarget, withSlow bool) (SlowPhase, error) {
@@ -271,6 +273,9 @@ func runSlowPhase(ctx context.Context, cfg SlowConfig, t SlowTarget, withSlow bo
 		return p, err
 	}
 	for _, s := range subs {
+		if s.err != nil && p.CutBy == "" {
+			p.CutBy = s.err.Error()
+		}
 		switch {
 		case s.slow:
 			p.SlowDeliv += s.received.Load()
@@ -352,7 +357,7 @@ func (s *slowSub) read(stop <-chan struct{}, interval time.Duration, fast, stale
 	for {
 		_, msg, err := s.ws.ReadMessage()
 		if err != nil {
-			s.cut.Store(!isTimeout(err))
+			s.ended(err)
 			return
 		}
 		select {
@@ -389,9 +394,18 @@ func (s *slowSub) read(stop <-chan struct{}, interval time.Duration, fast, stale
 func (s *slowSub) drain() {
 	for {
 		if _, _, err := s.ws.ReadMessage(); err != nil {
-			s.cut.Store(!isTimeout(err))
+			s.ended(err)
 			return
 		}
+	}
+}
+
+// ended records how the subscriber's reading ended: the phase's deadline,
+// or a cut.
+func (s *slowSub) ended(err error) {
+	if !isTimeout(err) {
+		s.err = err
+		s.cut.Store(true)
 	}
 }
 
