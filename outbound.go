@@ -151,7 +151,8 @@ func (o *outbound) appendLocked(frame []byte, m qmeta) {
 
 // pushPing pushes the heartbeat's ping. A queue that pushed nothing since
 // the previous ping first gives up a large drained batch; the ping itself
-// does not count as activity.
+// does not count as activity. In a queue that an overflow policy acts on
+// the ping goes first (pingFirstLocked).
 func (o *outbound) pushPing(frame []byte) (ok, start bool, cut int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -167,7 +168,11 @@ func (o *outbound) pushPing(frame []byte) (ok, start bool, cut int) {
 		}
 	}
 	o.active = false
-	return o.pushLocked(frame, qmeta{})
+	ok, start, cut = o.pushLocked(frame, qmeta{})
+	if ok && o.meta != nil {
+		o.pingFirstLocked()
+	}
+	return ok, start, cut
 }
 
 func (o *outbound) pushLocked(frame []byte, m qmeta) (ok, start bool, cut int) {

@@ -414,3 +414,22 @@ func (o *outbound) takeSome(n int) (batch [][]byte, closing bool) {
 	o.dropFrom = max(0, o.dropFrom-n)
 	return batch, o.closing
 }
+
+// pingFirstLocked moves the ping just appended to the front of the queue.
+// A slow client under conflate or drop_oldest is kept connected with a
+// backlog that may take longer to read than the pong timeout: behind it,
+// the ping would make the heartbeat cut a client that is alive. A ping may
+// go ahead of data frames (it is a control frame, and the queue's front is
+// a message boundary); once per ping interval, the shift is cheap.
+func (o *outbound) pingFirstLocked() {
+	n := len(o.queue)
+	if n < 2 {
+		return
+	}
+	ping := o.queue[n-1]
+	copy(o.queue[1:], o.queue[:n-1])
+	o.queue[0] = ping
+	copy(o.meta[1:], o.meta[:n-1])
+	o.meta[0] = qmeta{}
+	o.dropFrom++
+}

@@ -333,3 +333,28 @@ func TestOverflowTakeSome(t *testing.T) {
 		t.Fatalf("delivered %q, want %q", got, want)
 	}
 }
+
+// In a queue the policies act on, the heartbeat's ping goes first: a slow
+// client kept connected with a backlog still answers it in time.
+func TestOverflowPingFirst(t *testing.T) {
+	t.Parallel()
+	o, st := testQueue(8, 1<<20), &overflowStats{}
+	o.writing = true
+	for i := range 3 {
+		pushPub(t, o, st, OverflowDropOldest, "c", "", fmt.Sprint(i), uint64(i+1))
+	}
+	o.active = true
+	if ok, _, _ := o.pushPing([]byte("ping")); !ok {
+		t.Fatal("ping refused")
+	}
+	checkAccounting(t, o)
+	for i := 3; i < 9; i++ {
+		pushPub(t, o, st, OverflowDropOldest, "c", "", fmt.Sprint(i), uint64(i+1))
+	}
+	checkAccounting(t, o)
+	o.writing = false
+	want := []string{"ping", "dropped c 3 [[1 3]]", "c/=3@4", "c/=4@5", "c/=5@6", "c/=6@7", "c/=7@8", "c/=8@9"}
+	if got := drain(o); !slices.Equal(got, want) {
+		t.Fatalf("delivered %q, want %q", got, want)
+	}
+}
