@@ -77,7 +77,7 @@ type SlowPhase struct {
 	FastCut     int64   `json:"fast_cut"`
 	SlowCut     int64   `json:"slow_cut"`
 	PeakRSSMB   float64 `json:"peak_rss_mb,omitempty"`
-	FastMissing int64   `json:"fast_missing"` // publications a fast subscriber did not get
+	FastMissing int64   `json:"fast_missing"`     // publications a fast subscriber did not get
 	CutBy       string  `json:"cut_by,omitempty"` // how the first subscriber cut was cut
 }
 
