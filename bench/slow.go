@@ -79,6 +79,9 @@ type SlowPhase struct {
 	PeakRSSMB   float64 `json:"peak_rss_mb,omitempty"`
 	FastMissing int64   `json:"fast_missing"`     // publications a fast subscriber did not get
 	CutBy       string  `json:"cut_by,omitempty"` // how the first subscriber cut was cut
+	// PublisherCut: the server closed the publisher's connection (the hub
+	// drops any client whose send buffer is full, replies included).
+	PublisherCut string `json:"publisher_cut,omitempty"`
 }
 
 func slowMain(ctx context.Context, args []string, stdout io.Writer) error {
@@ -178,8 +181,12 @@ func report(cfg SlowConfig, p SlowPhase) {
 		if p.PeakRSSMB > 0 {
 			rss = fmt.Sprintf("%.0f", p.PeakRSSMB)
 		}
+		target := p.Target
+		if p.PublisherCut != "" {
+			target += fmt.Sprintf(" (publisher cut after %d)", p.Published)
+		}
 		fmt.Fprintf(cfg.Text, "| %s | %d | %.1f | %.1f | %s | %s | %d | %d | %d | %s |\n",
-			p.Target, p.Slow, p.FastP50ms, p.FastP99ms, stale50, stale99, p.FastCut, p.SlowCut, p.FastMissing, rss)
+			target, p.Slow, p.FastP50ms, p.FastP99ms, stale50, stale99, p.FastCut, p.SlowCut, p.FastMissing, rss)
 	}
 }
 
@@ -258,6 +265,9 @@ func runSlowPhase(ctx context.Context, cfg SlowConfig, t SlowTarget, withSlow bo
 	}()
 
 	p.Published, err = publishTicks(ctx, pubWS, t.Channel, cfg)
+	if err != nil && ctx.Err() == nil {
+		p.PublisherCut, err = err.Error(), nil // a result, not a failure of the run
+	}
 	// Let what is on its way arrive: fast subscribers get everything within
 	// a second on a healthy run; the slow ones read on (staleness counts).
 	time.Sleep(time.Second)
