@@ -62,6 +62,10 @@ type outbound struct {
 	holes       int
 	dropFrom    int
 	conflatable int
+	// superseded: a conflate entry was appended since the last
+	// conflateLocked, so the queue may hold entries a newer one of their
+	// key supersedes (a replacement in place never makes one).
+	superseded bool
 	// note builds a dropped push in the connection's wire form; nil for a
 	// raw connection (nothing to tell it: drops are only counted). Set at
 	// creation.
@@ -144,6 +148,7 @@ func (o *outbound) appendLocked(frame []byte, m qmeta) {
 		o.meta = append(o.meta, m)
 		if m.droppable() && m.pol == OverflowConflate {
 			o.conflatable++
+			o.superseded = true
 		}
 	}
 	o.queue = append(o.queue, frame)
@@ -162,9 +167,9 @@ func (o *outbound) pushPing(frame []byte) (ok, start bool, cut int) {
 		}
 		if len(o.queue) == 0 && cap(o.queue) > maxIdleSpare {
 			o.queue = nil
-			if o.meta != nil {
-				o.meta = make([]qmeta, 0, maxIdleSpare)
-			}
+		}
+		if len(o.queue) == 0 {
+			o.meta = nil // describes nothing; a droppable push makes it again
 		}
 	}
 	o.active = false
@@ -274,7 +279,7 @@ func (o *outbound) resetMetaLocked() {
 	}
 	clear(o.notes)
 	o.notes = o.notes[:0]
-	o.holes, o.dropFrom, o.conflatable = 0, 0, 0
+	o.holes, o.dropFrom, o.conflatable, o.superseded = 0, 0, 0, false
 }
 
 // handOff puts the unwritten rest of a batch back, to be taken first.

@@ -155,7 +155,7 @@ func (o *outbound) makeRoomLocked(size int, m qmeta) (slot int, room bool) {
 	if o.meta == nil {
 		return -1, false // nothing droppable was ever queued
 	}
-	if o.conflatable > 0 {
+	if o.conflatable > 0 && o.superseded {
 		// All the superseded entries go at once: the queue shrinks to one
 		// per key, so the next overflow is a queue's worth of pushes away
 		// (the scan is paid once per that many), and a slow client's
@@ -263,6 +263,7 @@ type conflateKey struct{ channel, key string }
 // conflateLocked removes the conflate entries that a newer queued one of
 // the same channel and key supersedes.
 func (o *outbound) conflateLocked() {
+	o.superseded = false
 	seen := make(map[conflateKey]struct{}, o.conflatable)
 	for i := len(o.meta) - 1; i >= 0; i-- {
 		mt := &o.meta[i]
