@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -287,5 +288,36 @@ func TestOverflowReload(t *testing.T) {
 		if i > 100000 {
 			t.Fatal("not cut after the reload")
 		}
+	}
+}
+
+// keyRecorder is the memory broker, recording each publication's key.
+type keyRecorder struct {
+	*MemoryBroker
+	mu   sync.Mutex
+	keys []string
+}
+
+func (b *keyRecorder) Publish(ctx context.Context, pub *Publication, opts PublishOptions) (PublishResult, error) {
+	b.mu.Lock()
+	b.keys = append(b.keys, pub.Key)
+	b.mu.Unlock()
+	return b.MemoryBroker.Publish(ctx, pub, opts)
+}
+
+// The publish command's "key" and WithKey reach the broker as the
+// publication's conflation key.
+func TestPublishKey(t *testing.T) {
+	t.Parallel()
+	b := &keyRecorder{MemoryBroker: NewMemoryBroker()}
+	ts := newTestServer(t, Config{Broker: b})
+	c := ts.client(t)
+	c.mustOK(protocol.Command{Cmd: "publish", Channel: "px", Data: []byte(`1`), Key: "AAPL"})
+	c.mustOK(protocol.Command{Cmd: "publish", Channel: "px", Data: []byte(`2`)})
+	mustPublishKey(t, ts.node, "px", []byte(`3`), "MSFT")
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if got := strings.Join(b.keys, ","); got != "AAPL,,MSFT" {
+		t.Fatalf("keys %q, want AAPL,,MSFT", got)
 	}
 }
