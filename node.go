@@ -884,8 +884,9 @@ type Stats struct {
 	Published     uint64 `json:"published"`
 	SlowConsumers uint64 `json:"slow_consumers"`
 	// Overflow counts, by namespace name, the publications that overflow
-	// policies took out of slow subscribers' queues (see OverflowPolicy);
-	// only namespaces that have had a policy other than disconnect.
+	// policies took out of slow subscribers' queues (see OverflowPolicy):
+	// every namespace that has fanned out a publication under a policy
+	// other than disconnect since the node started.
 	Overflow map[string]OverflowCounts `json:"overflow,omitempty"`
 }
 
