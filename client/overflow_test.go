@@ -138,3 +138,35 @@ func TestOnDropped(t *testing.T) {
 		t.Fatalf("position %+v, want offset %d", pos, total)
 	}
 }
+
+// keyBroker is the memory broker, recording each publication's key.
+type keyBroker struct {
+	*herald.MemoryBroker
+	mu   sync.Mutex
+	keys []string
+}
+
+func (b *keyBroker) Publish(ctx context.Context, pub *herald.Publication, opts herald.PublishOptions) (herald.PublishResult, error) {
+	b.mu.Lock()
+	b.keys = append(b.keys, pub.Key)
+	b.mu.Unlock()
+	return b.MemoryBroker.Publish(ctx, pub, opts)
+}
+
+// WithKey sends the publication's conflation key.
+func TestPublishWithKey(t *testing.T) {
+	b := &keyBroker{MemoryBroker: herald.NewMemoryBroker()}
+	ts := newServer(t, herald.Config{Broker: b, Namespaces: namespaces})
+	c := connect(t, ts.url, client.Options{})
+	if _, err := c.Publish(ctxT(t), "live:px", []byte(`1`), client.WithKey("AAPL")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Publish(ctxT(t), "live:px", []byte(`2`)); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.keys) != 2 || b.keys[0] != "AAPL" || b.keys[1] != "" {
+		t.Fatalf("keys %q, want [AAPL \"\"]", b.keys)
+	}
+}
