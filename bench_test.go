@@ -49,7 +49,9 @@ func BenchmarkBroadcast(b *testing.B) {
 	for _, mode := range []struct {
 		subs            int
 		paced, webhooks bool
-	}{{100, false, false}, {1000, false, false}, {100, true, false}, {1000, true, false}, {1000, true, true}} {
+		overflow        OverflowPolicy
+	}{{100, false, false, 0}, {1000, false, false, 0}, {100, true, false, 0}, {1000, true, false, 0}, {1000, true, true, 0},
+		{1000, true, false, OverflowConflate}} {
 		subs := mode.subs
 		name := fmt.Sprintf("subs=%d", subs)
 		if mode.paced {
@@ -57,6 +59,11 @@ func BenchmarkBroadcast(b *testing.B) {
 		}
 		if mode.webhooks {
 			name += "/webhooks"
+		}
+		if mode.overflow != OverflowDisconnect {
+			// Queue metadata on every connection: the publication's
+			// entry carries it, still nothing allocated per subscriber.
+			name += "/" + mode.overflow.String()
 		}
 		b.Run(name, func(b *testing.B) {
 			cfg := Config{Logger: nopLogger(), MaxQueueMessages: 1 << 20, MaxQueueBytes: 1 << 30, Limits: Limits{ConnectRatePerIP: -1}}
@@ -66,6 +73,9 @@ func BenchmarkBroadcast(b *testing.B) {
 				// the same.
 				cfg.Namespaces = []Namespace{{Name: "", Presence: true, ChannelEvents: true, MemberEvents: true, PublishEvents: true}}
 				cfg.Webhooks = Webhooks{Users: true, Deliver: func(context.Context, []Event) error { return nil }}
+			}
+			if mode.overflow != OverflowDisconnect {
+				cfg.Namespaces = []Namespace{{Name: "", Overflow: mode.overflow}}
 			}
 			ts := newTestServer(b, cfg)
 			var got atomic.Int64

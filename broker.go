@@ -34,6 +34,11 @@ type Publication struct {
 	// a server-side publish. Raw-mode connections use it to skip their own
 	// frames unless they asked for echo.
 	Origin string
+	// Key is the conflation key (WithKey): in a namespace with
+	// OverflowConflate, a slow subscriber's queue keeps only the newest
+	// publication per channel and Key. Empty is a key like any other, so
+	// a channel whose publications carry none conflates per channel.
+	Key string
 }
 
 // PubKind is the kind of a Publication.

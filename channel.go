@@ -48,6 +48,11 @@ type subEntry struct {
 	// only on that base (delta.go). Written by the fan-out only.
 	delta     bool
 	deltaLast atomic.Uint64
+	// overflowed is set when an overflow policy dropped or replaced a
+	// queued publication of this subscription (overflow.go): the frame
+	// last queued may never reach the client. Delta delivery reads and
+	// clears it to send the next publication full.
+	overflowed atomic.Bool
 }
 
 type recoverBuf struct {
@@ -229,13 +234,13 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 		finish = func() {
 			for _, p := range recovered {
 				if skipOrigin == "" || p.Origin != skipOrigin {
-					c.enqueuePub(p, n.encodePub(p, c.form))
+					c.enqueuePub(p, n.encodePub(p, c.form), n.subMeta(p, e))
 				}
 			}
 			rb.mu.Lock()
 			for _, p := range rb.pubs {
 				if p.Offset == 0 || p.Offset > last { // presence events carry no offset
-					c.enqueuePub(p, n.encodePub(p, c.form))
+					c.enqueuePub(p, n.encodePub(p, c.form), n.subMeta(p, e))
 				}
 			}
 			rb.pubs = nil
@@ -509,6 +514,7 @@ type PublishOption func(*publishSettings)
 type publishSettings struct {
 	binary  bool
 	idemKey string
+	key     string
 }
 
 // WithBinary marks the payload as binary: it travels in binary frames.
@@ -522,6 +528,12 @@ func WithBinary() PublishOption { return func(s *publishSettings) { s.binary = t
 func WithIdempotencyKey(key string) PublishOption {
 	return func(s *publishSettings) { s.idemKey = key }
 }
+
+// WithKey sets the publication's conflation key (Publication.Key): in a
+// namespace with OverflowConflate, a slow subscriber keeps only the newest
+// publication of each key of the channel (one key per instrument, per
+// player). Ignored by Send, SendToUser and Broadcast.
+func WithKey(key string) PublishOption { return func(s *publishSettings) { s.key = key } }
 
 // Binary is WithBinary.
 //
@@ -557,7 +569,7 @@ func (n *Node) Publish(ctx context.Context, channel string, data []byte, opts ..
 	if !s.binary && !utf8.Valid(data) {
 		return PublishResult{}, errorf(protocol.CodeBadRequest, "text data is not valid UTF-8; publish bytes with WithBinary()")
 	}
-	pub := &Publication{Channel: channel, Data: bytes.Clone(data), Binary: s.binary}
+	pub := &Publication{Channel: channel, Data: bytes.Clone(data), Binary: s.binary, Key: s.key}
 	n.metrics.pubServer.Add(1)
 	return n.publish(ctx, pub, ns.publishOptions(s.idemKey, n.cfg.IdempotencyWindow))
 }
@@ -595,6 +607,7 @@ func (n *Node) HandlePublication(pub *Publication) {
 	var frames [numForms][]byte
 	dx := n.deltaBegin(pub)
 	defer dx.end()
+	m := n.overflowMeta(pub)
 	n.hub.forEachSub(pub.Channel, func(c *conn, e *subEntry) {
 		if rb := e.rec.Load(); rb != nil && e.buffer(rb, pub) {
 			return
@@ -613,10 +626,13 @@ func (n *Node) HandlePublication(pub *Publication) {
 			f = n.encodePub(pub, c.form)
 			frames[c.form] = f
 		}
-		if e.delta && n.sendDelta(&dx, c, e, f) {
+		if m.pub != nil {
+			m.sub = e
+		}
+		if e.delta && n.sendDelta(&dx, c, e, f, m) {
 			return
 		}
-		c.enqueuePub(pub, f)
+		c.enqueuePub(pub, f, m)
 	})
 }
 

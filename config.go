@@ -144,6 +144,15 @@ type Config struct {
 	// receivers.
 	MaxQueueBytes    int
 	MaxQueueMessages int
+	// SocketSendBuffer, when not zero, sets each client socket's kernel
+	// send buffer (SO_SNDBUF) in bytes. Zero leaves the OS default, which
+	// on Linux grows to megabytes for a client that reads slowly: all of
+	// it is backlog the queue's overflow policy (Namespace.Overflow) cannot
+	// conflate or drop. A small buffer (64 KiB) keeps a slow client's
+	// backlog in the queue, where conflate keeps only the newest value per
+	// key; it caps each connection's throughput at about the buffer per
+	// round trip, which on a LAN or loopback is far more than enough.
+	SocketSendBuffer int
 
 	// EnableCompression negotiates permessage-deflate (RFC 7692, no context
 	// takeover) with clients that offer it. Off by default: on loopback and

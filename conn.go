@@ -120,15 +120,18 @@ func (c *conn) enqueue(frame []byte) bool {
 	return ok
 }
 
-// enqueuePub pushes the frame of pub (an encodePub of c.form): as enqueue,
-// except that on an SSE connection a publication with an offset goes with
-// the event id that carries the connection's new position.
-func (c *conn) enqueuePub(pub *Publication, frame []byte) {
+// enqueuePub pushes the frame of pub (an encodePub of c.form), described
+// by m for the overflow policy of its namespace (overflowMeta): as enqueue,
+// except that a full queue may make room by that policy, and that on an SSE
+// connection a publication with an offset goes with the event id that
+// carries the connection's new position.
+func (c *conn) enqueuePub(pub *Publication, frame []byte, m qmeta) {
 	if c.sse != nil {
-		c.sse.deliver(pub, frame)
+		c.sse.deliver(pub, frame, m)
 		return
 	}
-	c.enqueue(frame)
+	_, start, cut := c.out.pushMeta(frame, m)
+	c.pushed(start, cut)
 }
 
 // ping pushes the heartbeat's ping. Called by the heartbeat once per

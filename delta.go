@@ -171,7 +171,7 @@ func (n *Node) deltaBegin(pub *Publication) deltaPub {
 	periodic := ds.count%deltaFullEvery == 0
 	ds.mu.Unlock()
 	dx := deltaPub{pub: pub, stats: ds.stats}
-	if ok && prevOK && !periodic && prev.Offset+1 == pub.Offset && prev.Epoch == pub.Epoch && prev.Binary == pub.Binary {
+	if ok && prevOK && !periodic && prev.Offset+1 == pub.Offset && prev.Epoch == pub.Epoch && prev.Binary == pub.Binary && prev.Key == pub.Key {
 		dx.base = prev
 	}
 	return dx
@@ -194,29 +194,32 @@ func jsonSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\n' || b == 
 // previous publication is the delta's base and the delta is worth it, and
 // reports whether it did; otherwise the caller queues full. Fan-out only
 // (it writes e.deltaLast).
-func (n *Node) sendDelta(dx *deltaPub, c *conn, e *subEntry, full []byte) bool {
+func (n *Node) sendDelta(dx *deltaPub, c *conn, e *subEntry, full []byte, m qmeta) bool {
 	last := e.deltaLast.Swap(dx.pub.Offset)
-	if dx.base == nil || last != dx.base.Offset {
+	// An overflow policy dropped or replaced a publication queued to it:
+	// the one it last queued may never arrive, so this one goes full.
+	overflowed := e.overflowed.Swap(false)
+	if overflowed || dx.base == nil || last != dx.base.Offset {
 		return false
 	}
 	f := dx.frame(n, c.form, full)
 	if f == nil {
 		return false
 	}
-	c.enqueuePubFull(dx.pub, f, full)
+	c.enqueuePubFull(dx.pub, f, full, m)
 	dx.sent++
 	dx.saved += uint64(len(full) - len(f))
 	return true
 }
 
 // enqueuePubFull queues frame, the delta of pub, as enqueuePub does;
-// full is pub's full frame. A queue policy that drops or replaces queued
-// publications (conflate, drop_oldest) must queue full instead of a delta
-// whose base it dropped: a delta is only ever applied on its exact base
-// (issue 19: the overflow policies keep it beside the delta).
-func (c *conn) enqueuePubFull(pub *Publication, frame, full []byte) {
-	_ = full // kept for the queue policies' merge
-	c.enqueuePub(pub, frame)
+// full is pub's full frame. It travels in the entry's metadata: a queue
+// policy that drops or replaces a queued publication of the channel
+// (conflate, drop_oldest) swaps every delta queued after it for its full
+// frame, so that a delta is only ever applied on its exact base.
+func (c *conn) enqueuePubFull(pub *Publication, frame, full []byte, m qmeta) {
+	m.full = full
+	c.enqueuePub(pub, frame, m)
 }
 
 // frame returns the delta frame for form, nil when the delta is not

@@ -113,6 +113,7 @@ func (n *Node) initMetrics() {
 		gauge("herald_subscriptions", "Local channel subscriptions.", func() float64 { _, s := n.hub.subscriptionCounts(); return float64(s) }),
 		gauge("herald_queued_bytes", "Bytes waiting in connections' outbound queues.", func() float64 { return float64(n.queuedBytes()) }),
 		deltaCollector{n},
+		overflowCollector{n},
 	)
 	m.registry = reg
 }
@@ -122,6 +123,23 @@ func (n *Node) initMetrics() {
 // conventions: herald_*_total counters, base units (bytes, seconds).
 func (n *Node) MetricsHandler() http.Handler {
 	return promhttp.HandlerFor(n.metrics.registry, promhttp.HandlerOpts{})
+}
+
+// overflowCollector exports the overflow policies' counts by namespace
+// (overflowRegistry), which appear as namespaces get a policy.
+type overflowCollector struct{ n *Node }
+
+var overflowDesc = prometheus.NewDesc("herald_overflow_publications_total",
+	"Publications taken out of slow subscribers' queues by their namespace's overflow policy (one per subscriber's copy), by namespace and action: conflated (replaced by a newer one of the same channel and key) or dropped (drop_oldest; the client is told).",
+	[]string{"namespace", "action"}, nil)
+
+func (c overflowCollector) Describe(ch chan<- *prometheus.Desc) { ch <- overflowDesc }
+
+func (c overflowCollector) Collect(ch chan<- prometheus.Metric) {
+	c.n.overflow.each(func(name string, st *overflowStats) {
+		ch <- prometheus.MustNewConstMetric(overflowDesc, prometheus.CounterValue, float64(st.conflated.Load()), name, "conflated")
+		ch <- prometheus.MustNewConstMetric(overflowDesc, prometheus.CounterValue, float64(st.dropped.Load()), name, "dropped")
+	})
 }
 
 func (n *Node) queuedBytes() int {

@@ -77,6 +77,70 @@ type Namespace struct {
 	AllowPublish   Permission
 	AllowPresence  Permission
 	AllowHistory   Permission
+
+	// Overflow is what happens to a subscriber whose outbound queue is full
+	// (Config.MaxQueueMessages or MaxQueueBytes) when a publication of this
+	// namespace arrives. The zero value, OverflowDisconnect, cuts it with
+	// 4001; see OverflowPolicy for the others and PROTOCOL.md ("Slow
+	// subscribers") for what each promises.
+	Overflow OverflowPolicy
+}
+
+// OverflowPolicy says what a full outbound queue does with a namespace's
+// publications. Whatever the policy, a queue stays within its limits in
+// frames and bytes, and frames that are not publications (replies, pings,
+// join and leave, the dropped push itself) are never dropped: a queue that
+// cannot make room for one by the policies of the publications it holds
+// still cuts its client with 4001. A connection whose channels are in
+// namespaces of several policies has each queued publication treated by
+// the policy of its own namespace (the one in force when it was queued).
+type OverflowPolicy uint8
+
+// Overflow policies.
+const (
+	// OverflowDisconnect cuts the client with 4001 (slow consumer): every
+	// publication is delivered or the client knows it was cut. For chats,
+	// where every message matters and recovery fills the hole.
+	OverflowDisconnect OverflowPolicy = iota
+	// OverflowDropOldest drops the oldest queued publications of such
+	// namespaces to make room, and queues a "dropped" push in the place of
+	// the first one dropped of each channel, naming the offsets lost
+	// (their count, for a channel without history), so that the client can
+	// read them from history with since, or go on.
+	OverflowDropOldest
+	// OverflowConflate keeps, in a full queue, only the newest publication
+	// per channel and key (Publication.Key, WithKey): a new one takes the
+	// queued slot of its key's newest, so a slow client is not cut and
+	// converges to the latest value of every key. A client whose queue is
+	// not full gets every publication. The promise holds while the queue
+	// can hold one frame per key (frames and bytes); past that the client
+	// is cut with 4001. Do not use it where every message matters.
+	OverflowConflate
+)
+
+var overflowNames = [...]string{"disconnect", "drop_oldest", "conflate"}
+
+// String returns the policy's name in the config file: disconnect,
+// drop_oldest or conflate.
+func (p OverflowPolicy) String() string {
+	if int(p) < len(overflowNames) {
+		return overflowNames[p]
+	}
+	return fmt.Sprintf("OverflowPolicy(%d)", p)
+}
+
+// ParseOverflowPolicy reads a policy's name (String); the empty string is
+// OverflowDisconnect.
+func ParseOverflowPolicy(s string) (OverflowPolicy, error) {
+	if s == "" {
+		return OverflowDisconnect, nil
+	}
+	for i, name := range overflowNames {
+		if s == name {
+			return OverflowPolicy(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown overflow policy %q (want disconnect, drop_oldest or conflate)", s)
 }
 
 // AnyNamespace is the Name of the namespace that configures the channels of
@@ -155,6 +219,9 @@ func newNamespaces(list []Namespace) (*namespaces, error) {
 			if !p.valid() {
 				return nil, fmt.Errorf("herald: namespace %q: unknown permission %q (want anyone, authenticated, granted or nobody)", n.Name, p)
 			}
+		}
+		if int(n.Overflow) >= len(overflowNames) {
+			return nil, fmt.Errorf("herald: namespace %q: unknown overflow policy %d", n.Name, n.Overflow)
 		}
 		if n.HistorySize < 0 || n.HistoryTTL < 0 {
 			return nil, fmt.Errorf("herald: namespace %q: negative history size or TTL", n.Name)

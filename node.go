@@ -52,6 +52,7 @@ type Node struct {
 	broker   Broker
 	hub      *hub
 	metrics  nodeMetrics
+	overflow overflowRegistry // conflated and dropped counts, by namespace
 	presence PresenceManager
 	writers  *writerPool // writes for connections whose sockets keep up (writer.go)
 
@@ -482,10 +483,16 @@ func (n *Node) newConn(nc net.Conn, hs handshake, id identity, ip string, raw bo
 		out:    newOutbound(n.cfg.MaxQueueMessages, n.cfg.MaxQueueBytes, closeSlowFrame),
 	}
 	c.nc, c.rc = nc, rawConn(nc)
+	if size := n.cfg.SocketSendBuffer; size > 0 {
+		setSendBuffer(nc, size)
+	}
 	c.writeLoopFn, c.readLoopFn = c.writeLoop, c.readLoop
 	if raw {
 		c.form = formRaw
 		c.echo = id.echo
+	}
+	if !raw {
+		c.out.note = c.droppedFrame
 	}
 	if hs.deflate {
 		c.form |= 1
@@ -731,6 +738,18 @@ func (n *Node) buildFrame(op byte, payload []byte, deflate bool) []byte {
 	return wsframe.Append(make([]byte, 0, wsframe.HeaderLen(len(payload))+len(payload)), op, payload, false)
 }
 
+// setSendBuffer sets a client socket's kernel send buffer
+// (Config.SocketSendBuffer), under TLS that of the connection below; best
+// effort: the OS may round it, and a socket without one is left alone.
+func setSendBuffer(nc net.Conn, size int) {
+	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		nc = t.NetConn()
+	}
+	if b, ok := nc.(interface{ SetWriteBuffer(int) error }); ok {
+		_ = b.SetWriteBuffer(size)
+	}
+}
+
 // control is a node-to-node command carried by Broker.PublishControl.
 type control struct {
 	Op      string    `json:"op"` // "send", "user", "all", "disconnect", "disconnect_user", "pusher_terminate"
@@ -883,6 +902,20 @@ type Stats struct {
 	FramesOut     uint64 `json:"frames_out"`
 	Published     uint64 `json:"published"`
 	SlowConsumers uint64 `json:"slow_consumers"`
+	// Overflow counts, by namespace name, the publications that overflow
+	// policies took out of slow subscribers' queues (see OverflowPolicy):
+	// every namespace that has fanned out a publication under a policy
+	// other than disconnect since the node started.
+	Overflow map[string]OverflowCounts `json:"overflow,omitempty"`
+}
+
+// OverflowCounts are one namespace's publications that overflow policies
+// took out of slow subscribers' queues, one per subscriber's copy.
+type OverflowCounts struct {
+	// Conflated: replaced by a newer one of the same channel and key.
+	Conflated uint64 `json:"conflated"`
+	// Dropped: dropped under drop_oldest (the client was told).
+	Dropped uint64 `json:"dropped"`
 }
 
 // Stats returns a snapshot of the node's connections and channels.
@@ -897,7 +930,19 @@ func (n *Node) Stats() Stats {
 		FramesOut:     n.metrics.framesOut.Load(),
 		Published:     n.metrics.pubClient.Load() + n.metrics.pubRaw.Load() + n.metrics.pubServer.Load(),
 		SlowConsumers: n.metrics.slowConsumers.Load(),
+		Overflow:      n.overflowCounts(),
 	}
+}
+
+func (n *Node) overflowCounts() map[string]OverflowCounts {
+	var m map[string]OverflowCounts
+	n.overflow.each(func(name string, st *overflowStats) {
+		if m == nil {
+			m = make(map[string]OverflowCounts)
+		}
+		m[name] = OverflowCounts{Conflated: st.conflated.Load(), Dropped: st.dropped.Load()}
+	})
+	return m
 }
 
 // CheckChannel reports whether channel is one this node serves: a valid

@@ -50,6 +50,26 @@ type outbound struct {
 	// active: a frame other than a ping was pushed since the last
 	// heartbeat.
 	active bool
+
+	// Overflow policies (overflow.go). meta, when not nil, describes
+	// queue's entries one for one; nil until a droppable publication is
+	// queued. holes counts the nil entries of queue (messages dropped);
+	// dropFrom is where the search for the oldest drop_oldest entry
+	// resumes; conflatable counts the conflate entries; notes are the
+	// dropped pushes in queue. All describe queue and are reset with it.
+	meta        []qmeta
+	notes       []*dropNote
+	holes       int
+	dropFrom    int
+	conflatable int
+	// superseded: a conflate entry was appended since the last
+	// conflateLocked, so the queue may hold entries a newer one of their
+	// key supersedes (a replacement in place never makes one).
+	superseded bool
+	// note builds a dropped push in the connection's wire form; nil for a
+	// raw connection (nothing to tell it: drops are only counted). Set at
+	// creation.
+	note func(channel string, count int, ranges [][2]uint64) []byte
 }
 
 func newOutbound(maxFrames, maxBytes int, slow []byte) outbound {
@@ -64,9 +84,15 @@ func newOutbound(maxFrames, maxBytes int, slow []byte) outbound {
 // one included), and a writer to start must be writeLoop, which sends
 // closes.
 func (o *outbound) push(frame []byte) (ok, start bool, cut int) {
+	return o.pushMeta(frame, qmeta{})
+}
+
+// pushMeta is push for an entry described by m: a publication that the
+// overflow policy of its namespace may drop or replace (overflow.go).
+func (o *outbound) pushMeta(frame []byte, m qmeta) (ok, start bool, cut int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	ok, start, cut = o.pushLocked(frame)
+	ok, start, cut = o.pushLocked(frame, m)
 	if ok {
 		o.active = true
 	}
@@ -75,21 +101,29 @@ func (o *outbound) push(frame []byte) (ok, start bool, cut int) {
 
 // pushPair queues head and body as one message: both or neither, with
 // nothing pushed in between, counted as one frame against the limits (an
-// SSE event's per-connection id line and its shared body). Results as push.
-func (o *outbound) pushPair(head, body []byte) (ok, start bool, cut int) {
+// SSE event's per-connection id line and its shared body), described by m
+// as pushMeta's. Results as push.
+func (o *outbound) pushPair(head, body []byte, m qmeta) (ok, start bool, cut int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closing {
 		return false, false, 0
 	}
-	if o.frames >= o.maxFrames || o.bytes+len(head)+len(body) > o.maxBytes {
-		cut, _, start = o.closeLocked(o.slow, true)
-		return false, start, cut
+	m.pair = true
+	if !o.fitsLocked(len(head) + len(body)) {
+		slot, room := o.makeRoomLocked(len(head)+len(body), m)
+		if slot >= 0 {
+			o.replaceLocked(slot, head, body, m)
+			o.active = true
+			return true, false, 0
+		}
+		if !room {
+			cut, _, start = o.closeLocked(o.slow, true)
+			return false, start, cut
+		}
 	}
-	if o.queue == nil {
-		o.queue, o.spare = o.spare, nil
-	}
-	o.queue = append(o.queue, head, body)
+	o.appendLocked(head, m)
+	o.appendLocked(body, qmeta{tail: true})
 	o.bytes += len(head) + len(body)
 	o.frames++
 	start = !o.writing
@@ -97,9 +131,33 @@ func (o *outbound) pushPair(head, body []byte) (ok, start bool, cut int) {
 	return true, start, 0
 }
 
+// appendLocked appends one entry to queue, and its metadata if the queue
+// keeps any or m is the first droppable one.
+func (o *outbound) appendLocked(frame []byte, m qmeta) {
+	if o.holes > o.maxFrames {
+		o.squeezeLocked() // holes are bounded too
+	}
+	if o.queue == nil {
+		// Reuse the drained batch rather than allocate a queue per burst.
+		o.queue, o.spare = o.spare, nil
+	}
+	if o.meta == nil && m.droppable() {
+		o.meta = make([]qmeta, len(o.queue), max(len(o.queue)+1, 16))
+	}
+	if o.meta != nil {
+		o.meta = append(o.meta, m)
+		if m.droppable() && m.pol == OverflowConflate {
+			o.conflatable++
+			o.superseded = true
+		}
+	}
+	o.queue = append(o.queue, frame)
+}
+
 // pushPing pushes the heartbeat's ping. A queue that pushed nothing since
 // the previous ping first gives up a large drained batch; the ping itself
-// does not count as activity.
+// does not count as activity. In a queue that an overflow policy acts on
+// the ping goes first (pingFirstLocked).
 func (o *outbound) pushPing(frame []byte) (ok, start bool, cut int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -110,24 +168,34 @@ func (o *outbound) pushPing(frame []byte) (ok, start bool, cut int) {
 		if len(o.queue) == 0 && cap(o.queue) > maxIdleSpare {
 			o.queue = nil
 		}
+		if len(o.queue) == 0 {
+			o.meta = nil // describes nothing; a droppable push makes it again
+		}
 	}
 	o.active = false
-	return o.pushLocked(frame)
+	ok, start, cut = o.pushLocked(frame, qmeta{})
+	if ok && o.meta != nil {
+		o.pingFirstLocked()
+	}
+	return ok, start, cut
 }
 
-func (o *outbound) pushLocked(frame []byte) (ok, start bool, cut int) {
+func (o *outbound) pushLocked(frame []byte, m qmeta) (ok, start bool, cut int) {
 	if o.closing {
 		return false, false, 0
 	}
-	if o.frames >= o.maxFrames || o.bytes+len(frame) > o.maxBytes {
-		cut, _, start = o.closeLocked(o.slow, true)
-		return false, start, cut
+	if !o.fitsLocked(len(frame)) {
+		slot, room := o.makeRoomLocked(len(frame), m)
+		if slot >= 0 {
+			o.replaceLocked(slot, nil, frame, m)
+			return true, false, 0 // a writer holds the role: the queue is not empty
+		}
+		if !room {
+			cut, _, start = o.closeLocked(o.slow, true)
+			return false, start, cut
+		}
 	}
-	if o.queue == nil {
-		// Reuse the drained batch rather than allocate a queue per burst.
-		o.queue, o.spare = o.spare, nil
-	}
-	o.queue = append(o.queue, frame)
+	o.appendLocked(frame, m)
 	o.bytes += len(frame)
 	o.frames++
 	start = !o.writing
@@ -155,9 +223,10 @@ func (o *outbound) closeLocked(frame []byte, drop bool) (dropped int, began, sta
 		dropped = o.frames + 1
 		clear(o.queue)
 		o.queue, o.bytes, o.frames = o.queue[:0], 0, 0
+		o.resetMetaLocked()
 	}
 	if frame != nil {
-		o.queue = append(o.queue, frame)
+		o.appendLocked(frame, qmeta{})
 		o.bytes += len(frame)
 		o.frames++
 	}
@@ -180,17 +249,37 @@ func (o *outbound) closeLocked(frame []byte, drop bool) (dropped int, began, sta
 func (o *outbound) take() (batch [][]byte, closing bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	return o.takeLocked()
+}
+
+func (o *outbound) takeLocked() (batch [][]byte, closing bool) {
 	batch, o.handoff = o.handoff, nil
 	if batch == nil {
 		if len(o.queue) == 0 {
 			o.releaseLocked()
 			return nil, o.closing
 		}
+		if o.holes > 0 {
+			o.squeezeLocked()
+		}
 		batch = o.queue
 		o.queue, o.spare = o.spare, nil
 		o.bytes, o.frames = 0, 0
+		o.resetMetaLocked()
 	}
 	return batch, o.closing
+}
+
+// resetMetaLocked empties the overflow metadata with the queue it
+// describes, keeping meta's array (and so the policies in use).
+func (o *outbound) resetMetaLocked() {
+	if o.meta != nil {
+		clear(o.meta)
+		o.meta = o.meta[:0]
+	}
+	clear(o.notes)
+	o.notes = o.notes[:0]
+	o.holes, o.dropFrom, o.conflatable, o.superseded = 0, 0, 0, false
 }
 
 // handOff puts the unwritten rest of a batch back, to be taken first.
@@ -225,6 +314,7 @@ func (o *outbound) fail() {
 	o.closing = true
 	clear(o.queue)
 	o.queue, o.bytes, o.frames, o.handoff = nil, 0, 0, nil
+	o.resetMetaLocked()
 	o.releaseLocked()
 }
 

@@ -179,11 +179,11 @@ func TestOutboundPingTrimsIdleSpare(t *testing.T) {
 func TestOutboundPairIsOneFrame(t *testing.T) {
 	o := newOutbound(2, 1<<20, []byte("slow"))
 	for i := range 2 {
-		if ok, _, cut := o.pushPair([]byte("id: 1\n"), []byte("data: x\n\n")); !ok || cut != 0 {
+		if ok, _, cut := o.pushPair([]byte("id: 1\n"), []byte("data: x\n\n"), qmeta{}); !ok || cut != 0 {
 			t.Fatalf("pair %d of 2 refused (cut %d): a pair counted as two frames", i+1, cut)
 		}
 	}
-	if ok, _, cut := o.pushPair([]byte("id: 1\n"), []byte("data: x\n\n")); ok || cut != 3 {
+	if ok, _, cut := o.pushPair([]byte("id: 1\n"), []byte("data: x\n\n"), qmeta{}); ok || cut != 3 {
 		t.Fatalf("a third pair: ok %v, cut %d; want a cut of 3 frames", ok, cut)
 	}
 }

@@ -174,7 +174,7 @@ func (s *v1Session) publish(cmd protocol.Command, payload []byte, binary bool) {
 		s.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeBadRequest, `publish needs "data" (or a binary frame)`))
 		return
 	}
-	pub := &Publication{Channel: cmd.Channel, Data: bytes.Clone(payload), Binary: binary, Origin: c.id}
+	pub := &Publication{Channel: cmd.Channel, Data: bytes.Clone(payload), Binary: binary, Origin: c.id, Key: cmd.Key}
 	if perr := n.publishHook(c, pub, true); perr != nil {
 		s.fail(cmd.ID, perr)
 		return

@@ -268,10 +268,12 @@ func (s *sseSession) stop()                { s.exp.stop() }
 
 // deliver pushes a publication's event; one with an offset moves its
 // channel's position, and goes with the id that says so.
-func (s *sseSession) deliver(pub *Publication, body []byte) {
+// m describes it for its namespace's overflow policy.
+func (s *sseSession) deliver(pub *Publication, body []byte, m qmeta) {
 	i, ok := s.index[pub.Channel]
 	if pub.Offset == 0 || !ok {
-		s.c.enqueue(body)
+		_, start, cut := s.c.out.pushMeta(body, m)
+		s.c.pushed(start, cut)
 		return
 	}
 	s.mu.Lock()
@@ -279,12 +281,12 @@ func (s *sseSession) deliver(pub *Publication, body []byte) {
 	if p := &s.pos[i]; p.state == posAt && pub.Offset > p.offset {
 		p.offset = pub.Offset
 	}
-	s.pushWithID(body)
+	s.pushWithID(body, m)
 }
 
 // pushWithID pushes body after the id of the positions now. s.mu held.
-func (s *sseSession) pushWithID(body []byte) {
-	_, start, cut := s.c.out.pushPair(s.appendID(nil), body)
+func (s *sseSession) pushWithID(body []byte, m qmeta) {
+	_, start, cut := s.c.out.pushPair(s.appendID(nil), body, m)
 	s.c.pushed(start, cut)
 }
 
@@ -362,7 +364,7 @@ func (s *sseSession) unsubscribed(channel string, body []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pos[i] = ssePos{state: posRemoved}
-	s.pushWithID(body)
+	s.pushWithID(body, qmeta{})
 }
 
 // SSEHandler returns the http.Handler of Server-Sent Events (PROTOCOL.md,
@@ -562,6 +564,7 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	c := n.newConn(stream, handshake{}, id, ip, false)
 	c.form = formSSE
 	c.out = newOutbound(n.cfg.MaxQueueMessages, n.cfg.MaxQueueBytes, sseSlowClose)
+	c.out.note = c.droppedFrame // a "dropped" event (c.sse is set below)
 	c.remote = remote
 	s := &sseSession{c: c, channels: req.channels, index: make(map[string]int, len(req.channels)), pos: make([]ssePos, len(req.channels))}
 	for i, ch := range req.channels {
@@ -653,7 +656,7 @@ func (n *Node) subscribeSSE(ctx context.Context, c *conn, s *sseSession, req *ss
 		default:
 			p.state, p.offset, p.epoch = posAt, res.Offset, url.QueryEscape(res.Epoch)
 		}
-		s.pushWithID(appendSSEEvent(nil, protocol.PushSubscribe, protocol.AppendSubscribePush(nil, ch, *res)))
+		s.pushWithID(appendSSEEvent(nil, protocol.PushSubscribe, protocol.AppendSubscribePush(nil, ch, *res)), qmeta{})
 		s.mu.Unlock()
 		finish()
 	}

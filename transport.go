@@ -59,14 +59,15 @@ func (c *conn) startWriter() {
 }
 
 // writeLoop writes queued frames until the queue is empty, taking everything
-// queued at once and writing it with one vectored write, each with the
-// write deadline. It runs holding the writer role, on a goroutine of its
+// queued at once (at most writeLoopBatch messages of a queue that an
+// overflow policy acts on) and writing it with one vectored write, each
+// with the write deadline. It runs holding the writer role, on a goroutine of its
 // own: it may wait for a slow client. It sends every close frame, then
 // gives the client CloseGrace to answer.
 func (c *conn) writeLoop() {
 	cfg := &c.node.cfg
 	for {
-		batch, closing := c.out.take()
+		batch, closing := c.out.takeSome(writeLoopBatch)
 		if batch == nil {
 			return // the role is given back
 		}

@@ -31,3 +31,7 @@ func TestMemoryEventStore(t *testing.T) {
 		return s, s
 	})
 }
+
+func TestMemoryOverflow(t *testing.T) {
+	brokertest.RunOverflow(t, func(t *testing.T) herald.Broker { return herald.NewMemoryBroker() })
+}

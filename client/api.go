@@ -15,7 +15,15 @@ type PublishOption func(*publishSettings)
 
 type publishSettings struct {
 	idempotencyKey string
+	key            string
 	retry          bool
+}
+
+// WithKey sets the publication's conflation key: in a namespace whose
+// overflow policy is conflate, a slow subscriber keeps only the newest
+// publication per channel and key (one key per instrument, per player).
+func WithKey(key string) PublishOption {
+	return func(s *publishSettings) { s.key = key }
 }
 
 // WithIdempotencyKey makes the publish happen at most once per channel and
@@ -103,7 +111,7 @@ func (c *Client) publish(ctx context.Context, channel string, data []byte, binar
 	if key == "" && set.retry {
 		key = newIdempotencyKey()
 	}
-	cmd := protocol.Command{Cmd: protocol.CmdPublish, Channel: channel, IdempotencyKey: key}
+	cmd := protocol.Command{Cmd: protocol.CmdPublish, Channel: channel, IdempotencyKey: key, Key: set.key}
 	raw, attempts, err := c.do(ctx, cmd, data, binary, set.retry)
 	if err != nil {
 		if key != "" {

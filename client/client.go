@@ -320,6 +320,21 @@ type Publication struct {
 	Binary bool
 }
 
+// Dropped says which publications of a channel the server dropped from
+// this client's queue because it read too slowly (a namespace whose
+// overflow policy is drop_oldest). It comes in their place: the
+// publications before it were delivered, the next one follows the last
+// dropped.
+type Dropped struct {
+	Channel string
+	// Count is how many were dropped.
+	Count int
+	// Offsets are the dropped offsets as inclusive ranges [from, to],
+	// ascending; empty in a channel without history. Read them back with
+	// History (Since: from-1) if they matter.
+	Offsets [][2]uint64
+}
+
 // Message is a "message" push: data sent to this connection directly, not
 // through a channel. Data is JSON, or raw bytes when Binary.
 type Message struct {

@@ -498,6 +498,9 @@ type inFrame struct {
 	Recovered *bool  `json:"recovered"`
 	// Of a pub push: the payload is a delta (client/delta.go).
 	Delta bool `json:"delta"`
+	// Of a dropped push.
+	Count   int         `json:"count"`
+	Offsets [][2]uint64 `json:"offsets"`
 }
 
 // handleFrame handles one frame on the connection goroutine. A non-nil
@@ -575,7 +578,7 @@ func (c *Client) handlePush(s *session, f *inFrame, data []byte, binary bool) er
 	case protocol.PushSubscribe:
 		c.serverSubscribed(f)
 		return nil
-	case protocol.PushPub, protocol.PushJoin, protocol.PushLeave:
+	case protocol.PushPub, protocol.PushJoin, protocol.PushLeave, protocol.PushDropped:
 	default:
 		return nil // unknown kinds are ignored: later versions add some
 	}
@@ -610,6 +613,8 @@ func (c *Client) handlePush(s *session, f *inFrame, data []byte, binary bool) er
 			sub.pos.Offset = f.Offset
 			c.mu.Unlock()
 		}
+	case protocol.PushDropped:
+		return c.dropped(sub, f)
 	case protocol.PushJoin, protocol.PushLeave:
 		kind := evJoin
 		if f.Push == protocol.PushLeave {
@@ -621,6 +626,23 @@ func (c *Client) handlePush(s *session, f *inFrame, data []byte, binary bool) er
 		return c.queueEvent(event{kind: kind, sub: sub, info: *f.Info})
 	}
 	return nil
+}
+
+// dropped queues a dropped push's event and moves the subscription's
+// position past the offsets it lists, so that a reconnect does not recover
+// what the server dropped on purpose.
+func (c *Client) dropped(sub *Subscription, f *inFrame) error {
+	if k := len(f.Offsets); k > 0 {
+		c.mu.Lock()
+		if last := f.Offsets[k-1][1]; last > sub.pos.Offset {
+			sub.pos.Offset = last
+		}
+		c.mu.Unlock()
+	}
+	if !c.handles(sub, evDropped) {
+		return nil
+	}
+	return c.queueEvent(event{kind: evDropped, sub: sub, drop: Dropped{Channel: f.Channel, Count: f.Count, Offsets: f.Offsets}})
 }
 
 // queueEvent queues a push's event, waiting for room up to QueueTimeout.

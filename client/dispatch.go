@@ -36,6 +36,7 @@ const (
 	evSubError
 	evUnsubscribed
 	evServerSubscribe
+	evDropped
 )
 
 // event is one handler call waiting in the queue.
@@ -45,6 +46,7 @@ type event struct {
 	pub    Publication
 	info   ClientInfo
 	msg    Message
+	drop   Dropped
 	state  StateChange
 	code   string // evUnsubscribed
 	reason string
@@ -262,6 +264,10 @@ func (c *Client) deliver(ev event) {
 		case evRecoveryFailed:
 			if f := s.opts.OnRecoveryFailed; f != nil {
 				f(ev.reason)
+			}
+		case evDropped:
+			if f := s.opts.OnDropped; f != nil {
+				f(ev.drop)
 			}
 		}
 	}

@@ -99,6 +99,8 @@ func (c *Client) handles(sub *Subscription, kind eventKind) bool {
 		return sub.opts.OnJoin != nil
 	case evLeave:
 		return sub.opts.OnLeave != nil
+	case evDropped:
+		return sub.opts.OnDropped != nil
 	}
 	return true
 }

@@ -34,6 +34,13 @@ type SubscribeOptions struct {
 	// called: the missed publications simply arrive, in order, no gap, no
 	// duplicate.
 	OnRecoveryFailed func(reason string)
+	// OnDropped is called when the server dropped publications of the
+	// channel because this client read too slowly (a namespace with the
+	// drop_oldest overflow policy), in their place in the order of the
+	// publications: it says exactly which offsets were lost, to be read
+	// from history if they matter. Without it they are skipped silently
+	// (the client's position moves past them).
+	OnDropped func(Dropped)
 	// OnError is called when the server refuses to resubscribe after a
 	// reconnect (say, the channel's namespace was removed): the
 	// subscription has then ended, as after Unsubscribe. err wraps an

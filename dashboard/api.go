@@ -85,7 +85,24 @@ func (d *Dashboard) stats(w http.ResponseWriter, r *http.Request) {
 	body["version"], body["broker"], body["ready"] = d.cfg.Version, d.cfg.Broker, ready
 	body["samples"] = nonNil(samples) // [] rather than null before the first sample
 	body["webhooks"] = d.node.WebhookStats()
+	body["overflow"] = overflowRows(st.Overflow)
 	httpx.WriteJSON(w, http.StatusOK, body)
+}
+
+// overflowRow is one namespace's line in the slow subscribers panel.
+type overflowRow struct {
+	Namespace string `json:"namespace"`
+	herald.OverflowCounts
+}
+
+// overflowRows lists the namespaces' overflow counts by name.
+func overflowRows(m map[string]herald.OverflowCounts) []overflowRow {
+	rows := make([]overflowRow, 0, len(m))
+	for name, c := range m {
+		rows = append(rows, overflowRow{name, c})
+	}
+	slices.SortFunc(rows, func(x, y overflowRow) int { return strings.Compare(x.Namespace, y.Namespace) })
+	return rows
 }
 
 type channelCount struct {

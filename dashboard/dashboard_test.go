@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -415,5 +416,72 @@ func TestWebhookStats(t *testing.T) {
 			t.Fatalf("webhook stats %+v", w)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The stats carry each namespace's overflow counts: a subscriber of a
+// conflating namespace that reads nothing shows as conflated publications.
+func TestOverflowStats(t *testing.T) {
+	t.Parallel()
+	n, err := herald.New(herald.Config{
+		Namespaces:       []herald.Namespace{{Name: "px", Overflow: herald.OverflowConflate}},
+		MaxQueueMessages: 16,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dash := New(n, Config{Password: testPassword})
+	mux := http.NewServeMux()
+	mux.Handle("/ws", n.Handler())
+	mux.Handle(Path+"/", dash)
+	srv := httptest.NewServer(mux)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = n.Run(ctx) })
+	wg.Go(func() { dash.Run(ctx) })
+	defer func() {
+		_ = n.Shutdown(context.Background())
+		cancel()
+		wg.Wait()
+		srv.Close()
+	}()
+	d := websocket.Dialer{Subprotocols: []string{protocol.Subprotocol}}
+	ws, _, err := d.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	if err := ws.WriteJSON(map[string]any{"id": 1, "cmd": "subscribe", "channel": "px:eu"}); err != nil {
+		t.Fatal(err)
+	}
+	wstest.WaitFor(t, "the subscription", func() bool { return n.Stats().Channels["px:eu"] == 1 })
+	// The client reads nothing more: once its socket buffers are full its
+	// queue stays full, and each publication takes its key's slot.
+	big := []byte(`"` + strings.Repeat("z", 16000) + `"`)
+	for i := 0; n.Stats().Overflow["px"].Conflated == 0; i++ {
+		if _, err := n.Publish(ctx, "px:eu", big, herald.WithKey(fmt.Sprint(i%4))); err != nil {
+			t.Fatal(err)
+		}
+		if i > 10000 {
+			t.Fatal("160 MB published and nothing conflated")
+		}
+	}
+	c := newBrowser(t, srv.URL)
+	if resp := c.Login(testPassword); resp.StatusCode != http.StatusSeeOther {
+		t.Fatal(resp.StatusCode)
+	}
+	var stats struct {
+		Overflow []struct {
+			Namespace string `json:"namespace"`
+			Conflated uint64 `json:"conflated"`
+			Dropped   uint64 `json:"dropped"`
+		} `json:"overflow"`
+	}
+	if st := c.GetJSON("/admin/api/stats", &stats); st != http.StatusOK || len(stats.Overflow) != 1 ||
+		stats.Overflow[0].Namespace != "px" || stats.Overflow[0].Conflated == 0 || stats.Overflow[0].Dropped != 0 {
+		t.Fatalf("stats: %d %+v", st, stats)
+	}
+	if n.Stats().SlowConsumers != 0 {
+		t.Fatal("the slow subscriber was cut")
 	}
 }

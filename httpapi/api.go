@@ -207,6 +207,7 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Channel        string `json:"channel"`
 		IdempotencyKey string `json:"idempotency_key,omitempty"`
+		Key            string `json:"key,omitempty"`
 		payload
 	}
 	if !a.decode(w, r, &req) {
@@ -218,6 +219,9 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.IdempotencyKey != "" {
 		opts = append(opts, herald.WithIdempotencyKey(req.IdempotencyKey))
+	}
+	if req.Key != "" {
+		opts = append(opts, herald.WithKey(req.Key))
 	}
 	res, err := a.n.Publish(r.Context(), req.Channel, data, opts...)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -378,5 +379,38 @@ func TestAPIServerSideSubscriptions(t *testing.T) {
 		if st := s.call(t, "POST", tc.path, tc.body, &e); st != 400 || e.Error.Field != tc.field {
 			t.Errorf("%s %s: %d %+v", tc.path, tc.body, st, e)
 		}
+	}
+}
+
+// keyBroker is the memory broker, recording the conflation key of every
+// publication it is handed.
+type keyBroker struct {
+	*herald.MemoryBroker
+	mu   sync.Mutex
+	keys []string
+}
+
+func (b *keyBroker) Publish(ctx context.Context, pub *herald.Publication, opts herald.PublishOptions) (herald.PublishResult, error) {
+	b.mu.Lock()
+	b.keys = append(b.keys, pub.Key)
+	b.mu.Unlock()
+	return b.MemoryBroker.Publish(ctx, pub, opts)
+}
+
+// The publish route's "key" reaches the broker as the publication's
+// conflation key; without one the key is empty.
+func TestAPIPublishKey(t *testing.T) {
+	t.Parallel()
+	b := &keyBroker{MemoryBroker: herald.NewMemoryBroker()}
+	s := newAPIServer(t, herald.Config{Broker: b})
+	for _, body := range []string{`{"channel":"px","data":1,"key":"AAPL"}`, `{"channel":"px","data":2}`} {
+		if st := s.call(t, "POST", "/api/v1/publish", body, nil); st != http.StatusOK {
+			t.Fatalf("publish %s: %d", body, st)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.keys) != 2 || b.keys[0] != "AAPL" || b.keys[1] != "" {
+		t.Fatalf("keys %q, want [AAPL \"\"]", b.keys)
 	}
 }

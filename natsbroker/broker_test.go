@@ -152,6 +152,13 @@ func TestLiveSubscribe(t *testing.T) {
 	brokertest.RunLiveSubscribe(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
 }
 
+// TestOverflow: the namespace overflow policies with a slow subscriber.
+func TestOverflow(t *testing.T) {
+	natsURL(t)
+	t.Parallel()
+	brokertest.RunOverflow(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
+}
+
 // TestLiveOnly: without JetStream, publications flow and history says why
 // it cannot.
 func TestLiveOnly(t *testing.T) {

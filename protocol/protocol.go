@@ -77,6 +77,15 @@ const (
 	// subscription, but does not resubscribe to it after a reconnect: it
 	// sends its position in connect's "subs" instead.
 	PushSubscribe = "subscribe"
+	// PushDropped tells a client that publications of "channel" were
+	// dropped from its queue because it read too slowly (a namespace with
+	// overflow drop_oldest): "count" of them, and for a channel with
+	// history exactly which, in "offsets": inclusive ranges [from,to] in
+	// ascending order. It comes where the first of them would have: the
+	// channel's publications before it were delivered, the next one
+	// after it follows the last dropped. Read them back with history and
+	// since if they matter.
+	PushDropped = "dropped"
 )
 
 // Codes of an unsub push.
@@ -109,6 +118,9 @@ type Command struct {
 	Token string `json:"token,omitempty"`
 	// IdempotencyKey makes a publish happen once within the server's window.
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// Key is a publish's conflation key: in a namespace that conflates, a
+	// slow subscriber keeps only the newest publication per channel and key.
+	Key string `json:"key,omitempty"`
 	// Limit caps how many publications history returns (absent: all kept).
 	Limit *int `json:"limit,omitempty"`
 	// Reverse makes history return the newest first.
@@ -336,6 +348,11 @@ type Push struct {
 	// Delta marks a pub push (always a binary frame) whose payload is a
 	// delta against the publication at Offset-1 (AppendDeltaPush).
 	Delta bool `json:"delta,omitempty"`
+	// Count and Offsets are what a dropped push says was lost: how many
+	// publications, and the offsets as inclusive ranges (none for a
+	// channel without history).
+	Count   int         `json:"count,omitempty"`
+	Offsets [][2]uint64 `json:"offsets,omitempty"`
 }
 
 // ErrNoSeparator reports a binary frame without the '\n' that ends its header.
@@ -530,6 +547,32 @@ func AppendSubscribePush(dst []byte, channel string, r SubscribeResult) []byte {
 		dst = append(dst, `,"reason":"`...)
 		dst = append(dst, r.Reason...) // one of the Reason constants
 		dst = append(dst, '"')
+	}
+	return append(dst, '}')
+}
+
+// AppendDroppedPush appends a complete dropped push: count publications of
+// channel lost, at the offsets in ranges (inclusive, ascending; none for a
+// channel without history).
+//
+//	{"push":"dropped","channel":"prices:eu","count":12,"offsets":[[41,50],[53,54]]}
+func AppendDroppedPush(dst []byte, channel string, count int, ranges [][2]uint64) []byte {
+	dst = AppendPushHeader(dst, PushDropped, channel, 0)
+	dst = append(dst, `,"count":`...)
+	dst = strconv.AppendInt(dst, int64(count), 10)
+	if len(ranges) > 0 {
+		dst = append(dst, `,"offsets":[`...)
+		for i, r := range ranges {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, '[')
+			dst = strconv.AppendUint(dst, r[0], 10)
+			dst = append(dst, ',')
+			dst = strconv.AppendUint(dst, r[1], 10)
+			dst = append(dst, ']')
+		}
+		dst = append(dst, ']')
 	}
 	return append(dst, '}')
 }

@@ -174,6 +174,13 @@ func TestLiveSubscribe(t *testing.T) {
 	brokertest.RunLiveSubscribe(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
 }
 
+// TestOverflow: the namespace overflow policies with a slow subscriber.
+func TestOverflow(t *testing.T) {
+	redisURL(t)
+	t.Parallel()
+	brokertest.RunOverflow(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
+}
+
 // TestReconnect kills the broker's pub/sub connection from another
 // connection (CLIENT KILL ID, found by the connection's name) and checks
 // that Run reconnects, re-subscribes and delivers again.

@@ -181,7 +181,7 @@ func TestAdminHandler(t *testing.T) {
 	page, _ := fs.ReadFile(AdminFS, "index.html")
 	// The browser test relies on these ids.
 	for _, id := range []string{"connections", "chart-connections", "chart-rates", "chart-slow", "channels", "presence-channel",
-		"publish-channel", "publish-data", "publish-send", "publish-result", "errors", "logout", "tap-channel"} {
+		"publish-channel", "publish-data", "publish-send", "publish-result", "errors", "logout", "tap-channel", "overflow", "overflow-rows"} {
 		if !strings.Contains(string(page), `id="`+id+`"`) {
 			t.Errorf("admin/index.html has no #%s", id)
 		}

@@ -206,6 +206,13 @@ export interface SubscriptionHandlers<T = Payload> {
    * then go on from the new position (already tracked).
    */
   onRecoveryFailed?: (reason: 'epoch_changed' | 'too_old' | 'no_history' | (string & {}), result: SubscribeResult) => void;
+  /**
+   * The server dropped publications of the channel because this client read
+   * too slowly (a namespace with overflow drop_oldest), called in their place:
+   * exactly which offsets were lost. Read them with history({since}) if they
+   * matter; the subscription's position is already past them.
+   */
+  onDropped?: (info: DroppedInfo) => void;
   /** Every successful subscribe and resubscribe. */
   onSubscribed?: (result: SubscribeResult) => void;
   /** The server refused the subscription for good (e.g. bad_channel); it has ended. */
@@ -232,7 +239,21 @@ export interface SubscribeOptions<T = Payload> extends SubscriptionHandlers<T> {
   delta?: boolean;
 }
 
+/** What a dropped push says (see SubscriptionHandlers.onDropped). */
+export interface DroppedInfo {
+  channel: string;
+  /** How many publications were dropped. */
+  count: number;
+  /** The dropped offsets as inclusive [from, to] ranges, ascending; empty without history. */
+  offsets: Array<[number, number]>;
+}
+
 export interface PublishOptions {
+  /**
+   * Conflation key: in a namespace with overflow conflate, a slow subscriber
+   * keeps only the newest publication per channel and key.
+   */
+  key?: string;
   /**
    * Publish at most once per channel and key within the server's window (2
    * minutes by default). Without one, a publish with retries gets a random key.

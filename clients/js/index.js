@@ -848,7 +848,7 @@ export class Herald {
       this._onServerSubscribe(msg);
       return;
     }
-    if (msg.push !== 'pub' && msg.push !== 'join' && msg.push !== 'leave') return; // a newer kind: ignore
+    if (msg.push !== 'pub' && msg.push !== 'join' && msg.push !== 'leave' && msg.push !== 'dropped') return; // a newer kind: ignore
     // Until the unsubscribe reply, pushes are the old subscription's (in
     // flight when we unsubscribed), even if the channel was subscribed again.
     if (this._leaving.has(msg.channel)) return;
@@ -1139,13 +1139,16 @@ export class Herald {
    * Unless retry is false (here or in the client's options), the publish
    * carries an idempotency key (idempotencyKey, else a random one) and is
    * retried with it when its outcome is unknown: answered unavailable, or
-   * the connection lost before the reply (then once reconnected). Retries
+   * the connection lost before the reply (then once reconnected). key is the
+   * publication's conflation key (a namespace with overflow conflate keeps
+   * only the newest per channel and key for a slow subscriber). Retries
    * stop after the publishRetry window; the last failure then rejects, with
    * the key in err.idempotencyKey.
    */
-  publish(channel, data, { idempotencyKey, retry } = {}) {
+  publish(channel, data, { idempotencyKey, retry, key: conflationKey } = {}) {
     const bytes = asBytes(data);
     const cmd = { cmd: 'publish', channel };
+    if (conflationKey !== undefined) cmd.key = String(conflationKey);
     if (!bytes) {
       if (data === undefined || typeof data === 'function' || typeof data === 'symbol') {
         return Promise.reject(new TypeError('publish: data must be a JSON value, a Uint8Array or an ArrayBuffer'));
@@ -1288,7 +1291,7 @@ export class Herald {
   }
 }
 
-const HANDLER_NAMES = ['onMessage', 'onJoin', 'onLeave', 'onRecoveryFailed', 'onSubscribed', 'onError', 'onUnsubscribed'];
+const HANDLER_NAMES = ['onMessage', 'onJoin', 'onLeave', 'onRecoveryFailed', 'onDropped', 'onSubscribed', 'onError', 'onUnsubscribed'];
 
 /**
  * A client's subscription to one channel, from Herald#subscribe (or the
@@ -1330,7 +1333,7 @@ export class Subscription {
 
   /**
    * Sets callbacks (onMessage, onJoin, onLeave, onRecoveryFailed,
-   * onSubscribed, onError, onUnsubscribed), replacing those of the same
+   * onDropped, onSubscribed, onError, onUnsubscribed), replacing those of the same
    * names: how an app gives a server-side subscription its callbacks, in
    * its 'subscription' listener. Returns this.
    */
@@ -1386,6 +1389,17 @@ export class Subscription {
       case 'leave':
         invoke(this._handlers.onLeave, msg.info);
         break;
+      case 'dropped': {
+        // The server dropped publications of a slow client (drop_oldest),
+        // here in their place: the position moves past them, so that a
+        // reconnect does not recover them; the app reads them from history
+        // if they matter.
+        const offsets = Array.isArray(msg.offsets) ? msg.offsets : [];
+        const last = offsets.at(-1)?.[1];
+        if (typeof last === 'number' && last > (this.offset ?? 0)) this.offset = last;
+        invoke(this._handlers.onDropped, { channel: this.channel, count: msg.count ?? 0, offsets });
+        break;
+      }
     }
   }
 

@@ -61,6 +61,7 @@ type Config struct {
 	CloseGrace               time.Duration
 	MaxQueueBytes            int
 	MaxQueueMessages         int
+	SocketSendBuffer         int
 	MaxChannelsPerConnection int
 	// Compression is herald.Config.EnableCompression.
 	Compression bool
@@ -298,6 +299,7 @@ func (c Config) nodeConfig(logger *slog.Logger) herald.Config {
 		CloseGrace:        c.CloseGrace,
 		MaxQueueBytes:     c.MaxQueueBytes,
 		MaxQueueMessages:  c.MaxQueueMessages,
+		SocketSendBuffer:  c.SocketSendBuffer,
 		EnableCompression: c.Compression,
 		Namespaces:        c.Namespaces,
 		ConnectTimeout:    c.ConnectTimeout,
@@ -449,6 +451,8 @@ var settings = slices.Concat([]*setting{
 		func(c *Config) *int { return &c.MaxQueueBytes }),
 	intSetting("max_queue_messages", "outbound queue limit per connection in messages", "8192",
 		func(c *Config) *int { return &c.MaxQueueMessages }),
+	intSetting("socket_send_buffer", "kernel send buffer (SO_SNDBUF) of each client socket in bytes; small (65536) keeps a slow client's backlog in its queue, where overflow conflate and drop_oldest act", "0 (the OS default)",
+		func(c *Config) *int { return &c.SocketSendBuffer }),
 	intSetting("max_channels_per_connection", "channels one connection may subscribe to", "256",
 		func(c *Config) *int { return &c.MaxChannelsPerConnection }),
 	intSetting("max_connections", "connections this server accepts; past it the handshake gets 503", "100000",

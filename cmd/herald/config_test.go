@@ -287,7 +287,7 @@ func TestConfigExampleFile(t *testing.T) {
 		{Name: "news", AllowSubscribe: herald.PermAnyone, AllowPublish: herald.PermNobody, AllowHistory: herald.PermAnyone, HistorySize: 20},
 		{Name: "private", AllowSubscribe: herald.PermGranted, AllowPublish: herald.PermGranted},
 		{Name: "dm"},
-		{Name: "prices", HistorySize: 10, Delta: herald.DeltaFossil},
+		{Name: "prices", HistorySize: 10, Delta: herald.DeltaFossil, Overflow: herald.OverflowConflate},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("got  %+v\nwant %+v", cfg, want)

@@ -157,6 +157,15 @@ var namespaceKeys = []struct {
 	{"member_events", "true or false", nsKey(parseBool, func(ns *herald.Namespace) *bool { return &ns.MemberEvents })},
 	{"publish_events", "true or false", nsKey(parseBool, func(ns *herald.Namespace) *bool { return &ns.PublishEvents })},
 	{"delta", wantDelta, nsKey(parseDelta, func(ns *herald.Namespace) *herald.DeltaType { return &ns.Delta })},
+	{"overflow", "disconnect, drop_oldest or conflate", nsKey(parseOverflow, func(ns *herald.Namespace) *herald.OverflowPolicy { return &ns.Overflow })},
+}
+
+func parseOverflow(v string) (herald.OverflowPolicy, error) {
+	p, err := herald.ParseOverflowPolicy(strings.ToLower(strings.TrimSpace(v)))
+	if err != nil {
+		return 0, errors.New("want disconnect, drop_oldest or conflate")
+	}
+	return p, nil
 }
 
 // nsKey sets a namespace's field from its value in the file, read by parse.

@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/heraldhq/herald"
 )
 
 // goTypes matches what a Go type name, or a YAML tag, looks like in a
@@ -55,9 +57,9 @@ func TestConfigFileErrorsInWords(t *testing.T) {
 		{"namespace a word", "namespaces:\n  - chat\n",
 			`invalid namespaces "chat" (from config file FILE line 2): want a namespace's settings, such as "- name: chat", then history_size and the others on lines below; not a single value`},
 		{"unknown namespace key", "namespaces:\n  - name: chat\n    histroy_size: 10\n",
-			`unknown setting histroy_size in namespace "chat" (config file FILE line 3): did you mean history_size? A namespace takes name, history_size, history_ttl, presence, join_leave, allow_subscribe, allow_publish, allow_presence, allow_history, channel_events, member_events, publish_events, delta`},
+			`unknown setting histroy_size in namespace "chat" (config file FILE line 3): did you mean history_size? A namespace takes name, history_size, history_ttl, presence, join_leave, allow_subscribe, allow_publish, allow_presence, allow_history, channel_events, member_events, publish_events, delta, overflow`},
 		{"namespace key before its name", "namespaces:\n  - histroy_size: 10\n    name: chat\n",
-			`unknown setting histroy_size in namespace "chat" (config file FILE line 2): did you mean history_size? A namespace takes name, history_size, history_ttl, presence, join_leave, allow_subscribe, allow_publish, allow_presence, allow_history, channel_events, member_events, publish_events, delta`},
+			`unknown setting histroy_size in namespace "chat" (config file FILE line 2): did you mean history_size? A namespace takes name, history_size, history_ttl, presence, join_leave, allow_subscribe, allow_publish, allow_presence, allow_history, channel_events, member_events, publish_events, delta, overflow`},
 		{"history size a word", "namespaces:\n  - name: chat\n    history_size: lots\n",
 			`invalid history_size of namespace "chat" "lots" (from config file FILE line 3): want a whole number`},
 		{"history size negative", "namespaces:\n  - name: chat\n    history_size: -5\n",
@@ -66,6 +68,8 @@ func TestConfigFileErrorsInWords(t *testing.T) {
 			`invalid history_size of namespace "chat" "99999999999999999999" (from config file FILE line 3): too large: at most 9223372036854775807`},
 		{"delta unknown", "namespaces:\n  - name: chat\n    history_size: 5\n    delta: xdelta\n",
 			`invalid delta of namespace "chat" "xdelta" (from config file FILE line 4): want fossil or none`},
+		{"overflow unknown", "namespaces:\n  - name: px\n    overflow: newest\n",
+			`invalid overflow of namespace "px" "newest" (from config file FILE line 3): want disconnect, drop_oldest or conflate`},
 		{"history ttl a word", "namespaces:\n  - name: chat\n    history_ttl: soon\n",
 			`invalid history_ttl of namespace "chat" "soon" (from config file FILE line 3): want a duration such as 500ms, 30s or 1m30s`},
 		{"history ttl negative", "namespaces:\n  - name: chat\n    history_ttl: -1m\n",
@@ -128,13 +132,14 @@ namespaces:
     history_size:
     history_ttl: 1m
   - name:
+    overflow: Conflate
 `)}, nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.PingInterval.String() != "5s" || cfg.PongTimeout.String() != "5s" || len(cfg.Namespaces) != 2 ||
 		!cfg.Namespaces[0].Presence || cfg.Namespaces[0].JoinLeave || cfg.Namespaces[0].HistoryTTL.String() != "1m0s" ||
-		cfg.Namespaces[1].Name != "" {
+		cfg.Namespaces[1].Name != "" || cfg.Namespaces[1].Overflow != herald.OverflowConflate || cfg.Namespaces[0].Overflow != herald.OverflowDisconnect {
 		t.Fatalf("got %+v", cfg)
 	}
 	for _, body := range []string{"", "# only a comment\n", "~\n", "---\n"} {

@@ -7,8 +7,10 @@
 //
 // Layout:
 //
-//	flags   1 byte: bits 0-1 kind, bit 2 binary, bit 3 presence follows
+//	flags   1 byte: bits 0-1 kind, bit 2 binary, bit 3 presence follows,
+//	        bit 4 key follows
 //	origin  uvarint length, bytes
+//	[key: uvarint length, bytes]
 //	[presence: client, user, info, each uvarint length and bytes]
 //	data    the rest, untouched
 //
@@ -26,6 +28,7 @@ const (
 	flagKind     = 0x03
 	flagBinary   = 0x04
 	flagPresence = 0x08
+	flagKey      = 0x10
 )
 
 // ErrMalformed reports bytes that are not an encoded publication.
@@ -40,8 +43,14 @@ func Append(dst []byte, pub *herald.Publication) []byte {
 	if pub.Presence != nil {
 		flags |= flagPresence
 	}
+	if pub.Key != "" {
+		flags |= flagKey
+	}
 	dst = append(dst, flags)
 	dst = appendString(dst, pub.Origin)
+	if pub.Key != "" {
+		dst = appendString(dst, pub.Key)
+	}
 	if p := pub.Presence; p != nil {
 		dst = appendString(dst, p.Client)
 		dst = appendString(dst, p.User)
@@ -54,6 +63,9 @@ func Append(dst []byte, pub *herald.Publication) []byte {
 // Size is the length of pub's encoding.
 func Size(pub *herald.Publication) int {
 	n := 1 + uvarintLen(len(pub.Origin)) + len(pub.Origin) + len(pub.Data)
+	if pub.Key != "" {
+		n += uvarintLen(len(pub.Key)) + len(pub.Key)
+	}
 	if p := pub.Presence; p != nil {
 		n += uvarintLen(len(p.Client)) + len(p.Client) + uvarintLen(len(p.User)) + len(p.User) + uvarintLen(len(p.Info)) + len(p.Info)
 	}
@@ -68,13 +80,18 @@ func Decode(channel string, offset uint64, b []byte) (*herald.Publication, error
 	}
 	flags := b[0]
 	pub := &herald.Publication{Channel: channel, Offset: offset, Kind: herald.PubKind(flags & flagKind), Binary: flags&flagBinary != 0}
-	if pub.Kind > herald.KindLeave {
+	if pub.Kind > herald.KindLeave || flags&0xe0 != 0 {
 		return nil, ErrMalformed
 	}
 	rest := b[1:]
 	var err error
 	if pub.Origin, rest, err = readString(rest); err != nil {
 		return nil, err
+	}
+	if flags&flagKey != 0 {
+		if pub.Key, rest, err = readString(rest); err != nil {
+			return nil, err
+		}
 	}
 	if flags&flagPresence != 0 {
 		p := &herald.ClientPresence{}

@@ -15,6 +15,8 @@ func TestRoundTrip(t *testing.T) {
 		{Channel: "c", Data: []byte{0, 1, 2, 0xff}, Binary: true, Origin: "client-1", Offset: 7},
 		{Channel: "c", Kind: herald.KindJoin, Presence: &herald.ClientPresence{Client: "x", User: "u", Info: json.RawMessage(`{"n":"A"}`)}},
 		{Channel: "c", Kind: herald.KindLeave, Presence: &herald.ClientPresence{Client: "x"}},
+		{Channel: "c", Data: []byte(`{"px":1}`), Key: "AAPL", Offset: 3},
+		{Channel: "c", Data: []byte{1, 2}, Binary: true, Key: "k", Origin: "o"},
 	}
 	for _, p := range pubs {
 		b := Append(nil, p)

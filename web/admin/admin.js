@@ -111,6 +111,18 @@ async function pollStats() {
   $('node').textContent = `${s.version} · broker ${s.broker} · up ${Math.floor(s.uptime_seconds / 60)} min`;
   drawSamples(s.samples);
   drawWebhooks(s.webhooks);
+  drawOverflow(s.overflow ?? []);
+}
+
+// drawOverflow shows, per namespace with an overflow policy, the
+// publications conflated or dropped from slow subscribers' queues.
+function drawOverflow(rows) {
+  $('overflow').hidden = rows.length === 0;
+  $('overflow-rows').replaceChildren(...rows.map((r) => row([
+    r.namespace === '' ? '(no namespace)' : r.namespace,
+    { text: String(r.conflated), className: 'num' },
+    { text: String(r.dropped), className: 'num' },
+  ])));
 }
 
 // drawWebhooks shows what this node's webhooks did. Only the leading node

@@ -861,3 +861,52 @@ test('a subscribe push for a channel the app subscribed to itself makes that Sub
   assert.deepEqual(c2.commands.items[0].subs, { both: { offset: 3, epoch: 'E' } });
   assert.deepEqual(c2.commands.items.map((cmd) => cmd.cmd), ['connect', 'ping']);
 });
+
+test('a dropped push: onDropped in its place with the offsets; the position moves past them for the resubscribe', async () => {
+  const s = await scriptedServer((cmd, conn) => {
+    if (cmd.cmd !== 'subscribe') return undefined;
+    return conn.n === 1 ? { offset: 0, epoch: 'E1' } : { offset: 7, epoch: 'E1', recovered: true };
+  });
+  const c = newClient(s.url);
+  await c.connect();
+  const events = new Inbox();
+  const sub = c.subscribe('feed:x', {
+    onMessage: (data, ctx) => events.push(['pub', ctx.offset]),
+    onDropped: (info) => events.push(['dropped', info]),
+  });
+  await sub.ready;
+  const [c1] = s.conns.items;
+  for (const offset of [1, 2]) c1.send({ push: 'pub', channel: 'feed:x', offset, data: { n: offset } });
+  c1.send({ push: 'dropped', channel: 'feed:x', count: 3, offsets: [[3, 5]] });
+  for (const offset of [6, 7]) c1.send({ push: 'pub', channel: 'feed:x', offset, data: { n: offset } });
+  c1.send({ push: 'dropped', channel: 'feed:x', count: 2 }); // a channel without history: a count only
+  assert.deepEqual(await events.count(6), [
+    ['pub', 1],
+    ['pub', 2],
+    ['dropped', { channel: 'feed:x', count: 3, offsets: [[3, 5]] }],
+    ['pub', 6],
+    ['pub', 7],
+    ['dropped', { channel: 'feed:x', count: 2, offsets: [] }],
+  ]);
+  assert.equal(sub.offset, 7);
+
+  // A dropped push that is the last thing received still moves the position.
+  c1.send({ push: 'dropped', channel: 'feed:x', count: 2, offsets: [[8, 9]] });
+  await events.count(7);
+  assert.equal(sub.offset, 9);
+  c1.ws.close(4003, 'come back');
+  const c2 = (await s.conns.count(2, 5000, 'a reconnect'))[1];
+  const resub = await c2.commands.find((cmd) => cmd.cmd === 'subscribe', 5000, 'the resubscribe');
+  assert.deepEqual(resub.since, { offset: 9, epoch: 'E1' });
+});
+
+test('publish with a conflation key sends it as "key"', async () => {
+  const s = await scriptedServer();
+  const c = newClient(s.url);
+  await c.connect();
+  await c.publish('px:eu', { bid: 1 }, { key: 'AAPL', retry: false });
+  const [c1] = s.conns.items;
+  const cmd = await c1.commands.find((m) => m.cmd === 'publish', 5000, 'the publish');
+  assert.equal(cmd.key, 'AAPL');
+  assert.deepEqual(cmd.data, { bid: 1 });
+});
