@@ -85,21 +85,30 @@ func (d *Dashboard) stats(w http.ResponseWriter, r *http.Request) {
 	body["version"], body["broker"], body["ready"] = d.cfg.Version, d.cfg.Broker, ready
 	body["samples"] = nonNil(samples) // [] rather than null before the first sample
 	body["webhooks"] = d.node.WebhookStats()
-	body["overflow"] = overflowRows(st.Overflow)
+	body["overflow"] = overflowRows(st.Overflow, d.node.DeltaStats())
 	httpx.WriteJSON(w, http.StatusOK, body)
 }
 
-// overflowRow is one namespace's line in the slow subscribers panel.
+// overflowRow is one namespace's line in the panel of what the node did
+// to keep subscribers current: overflow policies and deltas.
 type overflowRow struct {
 	Namespace string `json:"namespace"`
 	herald.OverflowCounts
+	Deltas     uint64 `json:"deltas"`
+	BytesSaved uint64 `json:"delta_bytes_saved"`
 }
 
-// overflowRows lists the namespaces' overflow counts by name.
-func overflowRows(m map[string]herald.OverflowCounts) []overflowRow {
-	rows := make([]overflowRow, 0, len(m))
-	for name, c := range m {
-		rows = append(rows, overflowRow{name, c})
+// overflowRows lists by name the namespaces with overflow or delta counts.
+func overflowRows(over map[string]herald.OverflowCounts, deltas map[string]herald.DeltaStats) []overflowRow {
+	rows := make([]overflowRow, 0, len(over)+len(deltas))
+	for name, c := range over {
+		d := deltas[name]
+		rows = append(rows, overflowRow{Namespace: name, OverflowCounts: c, Deltas: d.Deliveries, BytesSaved: d.BytesSaved})
+	}
+	for name, d := range deltas {
+		if _, ok := over[name]; !ok {
+			rows = append(rows, overflowRow{Namespace: name, Deltas: d.Deliveries, BytesSaved: d.BytesSaved})
+		}
 	}
 	slices.SortFunc(rows, func(x, y overflowRow) int { return strings.Compare(x.Namespace, y.Namespace) })
 	return rows

@@ -419,12 +419,16 @@ func TestWebhookStats(t *testing.T) {
 	}
 }
 
-// The stats carry each namespace's overflow counts: a subscriber of a
-// conflating namespace that reads nothing shows as conflated publications.
+// The stats carry each namespace's overflow and delta counts: a subscriber
+// of a conflating namespace that reads nothing shows as conflated
+// publications, one that asked for deltas as deltas and bytes saved.
 func TestOverflowStats(t *testing.T) {
 	t.Parallel()
 	n, err := herald.New(herald.Config{
-		Namespaces:       []herald.Namespace{{Name: "px", Overflow: herald.OverflowConflate}},
+		Namespaces: []herald.Namespace{
+			{Name: "px", Overflow: herald.OverflowConflate},
+			{Name: "d", HistorySize: 10, Delta: herald.DeltaFossil},
+		},
 		MaxQueueMessages: 16,
 	})
 	if err != nil {
@@ -454,7 +458,18 @@ func TestOverflowStats(t *testing.T) {
 	if err := ws.WriteJSON(map[string]any{"id": 1, "cmd": "subscribe", "channel": "px:eu"}); err != nil {
 		t.Fatal(err)
 	}
-	wstest.WaitFor(t, "the subscription", func() bool { return n.Stats().Channels["px:eu"] == 1 })
+	if err := ws.WriteJSON(map[string]any{"id": 2, "cmd": "subscribe", "channel": "d:x", "delta": "fossil"}); err != nil {
+		t.Fatal(err)
+	}
+	wstest.WaitFor(t, "the subscriptions", func() bool { st := n.Stats(); return st.Channels["px:eu"] == 1 && st.Channels["d:x"] == 1 })
+	// Small changes to a larger state: after the first, deltas.
+	for i := range 4 {
+		state := fmt.Appendf(nil, `{"tick":%d,"pad":%q}`, i, strings.Repeat("s", 400))
+		if _, err := n.Publish(ctx, "d:x", state); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wstest.WaitFor(t, "deltas", func() bool { return n.DeltaStats()["d"].Deliveries == 3 })
 	// The client reads nothing more: once its socket buffers are full its
 	// queue stays full, and each publication takes its key's slot.
 	big := []byte(`"` + strings.Repeat("z", 16000) + `"`)
@@ -472,14 +487,19 @@ func TestOverflowStats(t *testing.T) {
 	}
 	var stats struct {
 		Overflow []struct {
-			Namespace string `json:"namespace"`
-			Conflated uint64 `json:"conflated"`
-			Dropped   uint64 `json:"dropped"`
+			Namespace  string `json:"namespace"`
+			Conflated  uint64 `json:"conflated"`
+			Dropped    uint64 `json:"dropped"`
+			Deltas     uint64 `json:"deltas"`
+			BytesSaved uint64 `json:"delta_bytes_saved"`
 		} `json:"overflow"`
 	}
-	if st := c.GetJSON("/admin/api/stats", &stats); st != http.StatusOK || len(stats.Overflow) != 1 ||
-		stats.Overflow[0].Namespace != "px" || stats.Overflow[0].Conflated == 0 || stats.Overflow[0].Dropped != 0 {
+	if st := c.GetJSON("/admin/api/stats", &stats); st != http.StatusOK || len(stats.Overflow) != 2 {
 		t.Fatalf("stats: %d %+v", st, stats)
+	}
+	if d, px := stats.Overflow[0], stats.Overflow[1]; d.Namespace != "d" || d.Deltas != 3 || d.BytesSaved < 3*300 || d.Conflated != 0 ||
+		px.Namespace != "px" || px.Conflated == 0 || px.Dropped != 0 || px.Deltas != 0 {
+		t.Fatalf("stats: %+v", stats)
 	}
 	if n.Stats().SlowConsumers != 0 {
 		t.Fatal("the slow subscriber was cut")

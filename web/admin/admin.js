@@ -114,14 +114,17 @@ async function pollStats() {
   drawOverflow(s.overflow ?? []);
 }
 
-// drawOverflow shows, per namespace with an overflow policy, the
-// publications conflated or dropped from slow subscribers' queues.
+// drawOverflow shows, per namespace with an overflow policy or deltas, the
+// publications conflated or dropped from slow subscribers' queues, and
+// those sent as deltas with the bytes that saved.
 function drawOverflow(rows) {
   $('overflow').hidden = rows.length === 0;
   $('overflow-rows').replaceChildren(...rows.map((r) => row([
     r.namespace === '' ? '(no namespace)' : r.namespace,
     { text: String(r.conflated), className: 'num' },
     { text: String(r.dropped), className: 'num' },
+    { text: String(r.deltas ?? 0), className: 'num' },
+    { text: String(r.delta_bytes_saved ?? 0), className: 'num' },
   ])));
 }
 
