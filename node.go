@@ -421,13 +421,14 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		http.Error(w, no.msg, no.status)
 		return
 	}
+	lim := n.limits.Load() // before the 101: see newConn
 	nc, err := n.accept(w, hs)
 	if err != nil {
 		n.log.Info("websocket handshake failed", "remote", remote, "err", err)
 		n.release(ip, id.user)
 		return
 	}
-	c := n.newConn(nc, hs, id, ip, raw)
+	c := n.newConn(nc, hs, id, ip, raw, lim)
 	c.remote = remote
 	n.hub.addConn(c)
 	if raw {
@@ -469,8 +470,11 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 }
 
 // newConn makes the connection of an accepted handshake; its session is
-// the caller's to set, before the connection is shared.
-func (n *Node) newConn(nc net.Conn, hs handshake, id identity, ip string, raw bool) *conn {
+// the caller's to set, before the connection is shared. lim are the limits
+// it is admitted with (its message rate), loaded before the client could
+// see its 101: a SetLimits that returns after the client has its
+// connection never applies to that connection.
+func (n *Node) newConn(nc net.Conn, hs handshake, id identity, ip string, raw bool, lim *nodeLimits) *conn {
 	c := &conn{
 		node:   n,
 		id:     id.client,
@@ -497,7 +501,7 @@ func (n *Node) newConn(nc net.Conn, hs handshake, id identity, ip string, raw bo
 	if hs.deflate {
 		c.form |= 1
 	}
-	if lim := n.limits.Load(); lim.MessageRate > 0 {
+	if lim.MessageRate > 0 {
 		c.limiter = rate.NewLimiter(rate.Limit(lim.MessageRate), lim.MessageBurst)
 		c.refusals = rate.NewLimiter(rate.Limit(lim.MessageRate), lim.MessageBurst)
 	}

@@ -87,13 +87,14 @@ func (n *Node) servePusher(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, no.msg, no.status)
 		return
 	}
+	lim := n.limits.Load() // before the 101: see newConn
 	nc, err := n.accept(w, hs)
 	if err != nil {
 		n.log.Info("websocket handshake failed", "remote", remote, "err", err)
 		n.release(ip, "")
 		return
 	}
-	c := n.newConn(nc, hs, identity{client: newSocketID(), remote: remote, authed: true}, ip, false)
+	c := n.newConn(nc, hs, identity{client: newSocketID(), remote: remote, authed: true}, ip, false, lim)
 	c.form, c.pusher = formPusher|c.form&1, true
 	c.out = newOutbound(n.cfg.MaxQueueMessages, n.cfg.MaxQueueBytes, pusherSlowFrame)
 	c.remote = remote

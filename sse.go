@@ -550,6 +550,7 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	lim := n.limits.Load() // before the stream's first byte: see newConn
 	rc := http.NewResponseController(w)
 	// An http.Server ReadTimeout would end the request's context (its
 	// connection's background read) while the stream is still wanted.
@@ -561,7 +562,7 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	sseCORS(h, r)                    // the origin passed checkSSE
 	stream := &sseStream{w: w, rc: rc, remote: sseAddr(remote), grace: n.cfg.CloseGrace}
 
-	c := n.newConn(stream, handshake{}, id, ip, false)
+	c := n.newConn(stream, handshake{}, id, ip, false, lim)
 	c.form = formSSE
 	c.out = newOutbound(n.cfg.MaxQueueMessages, n.cfg.MaxQueueBytes, sseSlowClose)
 	c.out.note = c.droppedFrame // a "dropped" event (c.sse is set below)
