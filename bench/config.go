@@ -97,6 +97,22 @@ type Config struct {
 	APIURL string
 	APIKey string
 
+	// Protocol is what the connections speak: ProtoHerald (default) or
+	// ProtoCentrifuge (the centrifuge baseline; protocol subscribers and ws
+	// publishers only).
+	Protocol string
+	// Token, when set, is a connection token every subscriber sends in a
+	// connect command before subscribing.
+	Token string
+	// Churn runs the churn scenario instead of fan-out (see churn.go): each
+	// rate of Rates is connection cycles per second — dial, connect with a
+	// token minted from JWTSecret (when set), subscribe, close.
+	Churn     bool
+	JWTSecret string
+	// CAFile is a PEM certificate to trust for wss:// targets (the suite's
+	// self-signed one); empty means the system's roots.
+	CAFile string
+
 	// Channels (default 1) each get Subscribers subscribers (default 10):
 	// Channels × Subscribers connections.
 	Channels    int
@@ -226,6 +242,17 @@ func (c *Config) applyDefaults() error {
 		if *v <= 0 {
 			*v = d
 		}
+	}
+	switch c.Protocol {
+	case "":
+		c.Protocol = ProtoHerald
+	case ProtoHerald:
+	case ProtoCentrifuge:
+		if c.SubMode == SubRaw || c.PubMode == PubRaw || c.PubMode == PubAPI {
+			return errors.New("the centrifuge protocol has protocol subscribers and ws publishers only")
+		}
+	default:
+		return fmt.Errorf("bad protocol %q: want herald or centrifuge", c.Protocol)
 	}
 	def(&c.Channels, 1)
 	def(&c.Subscribers, 10)

@@ -14,6 +14,7 @@ type PlanRecord struct {
 	Type        string   `json:"type"` // "plan"
 	Label       string   `json:"label,omitempty"`
 	Scenario    string   `json:"scenario,omitempty"`
+	Protocol    string   `json:"protocol,omitempty"`
 	URL         string   `json:"url"`
 	PubURL      string   `json:"pub_url,omitempty"` // when publishers use another endpoint than the (first) subscribers'
 	Nodes       int      `json:"nodes,omitempty"`   // distinct endpoints (host:port): 2 or more is a cross-node run
@@ -155,7 +156,7 @@ func (r *runner) planRecord() PlanRecord {
 		pids = all
 	}
 	return PlanRecord{
-		Type: "plan", Label: cfg.Label, Scenario: cfg.Scenario, URL: cfg.URL, PubURL: pubURL, Nodes: cfg.nodes(), Channels: cfg.Channels, Subscribers: cfg.Subscribers,
+		Type: "plan", Label: cfg.Label, Scenario: cfg.Scenario, Protocol: cfg.Protocol, URL: cfg.URL, PubURL: pubURL, Nodes: cfg.nodes(), Channels: cfg.Channels, Subscribers: cfg.Subscribers,
 		Connections: subs + pubs, SubMode: cfg.SubMode, Reader: cfg.Reader, PubMode: cfg.PubMode, Publishers: cfg.Publishers,
 		Rates: rates, StepSeconds: cfg.StepDuration.Seconds(), Payload: cfg.Payload, OnTimeMs: ms(cfg.OnTime),
 		ConnectRate: cfg.ConnectRate, Sources: len(cfg.Sources), IdleSeconds: cfg.Idle.Seconds(),

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -312,7 +311,7 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 	if !proto {
 		u = cfg.subRawURLs[node] + "?channel=" + url.QueryEscape(r.names[s.channel])
 	}
-	ws, hc, err := r.d.dial(ctx, u, proto)
+	ws, hc, err := r.d.dial(ctx, u, proto && cfg.Protocol == ProtoHerald)
 	if err != nil {
 		ready(err)
 		return
@@ -325,9 +324,7 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 	}
 	ws.SetReadLimit(maxMessage)
 	if proto {
-		cmd := `{"id":1,"cmd":"subscribe","channel":"` + r.names[s.channel] + `"}`
-		_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if err := ws.WriteMessage(websocket.TextMessage, []byte(cmd)); err != nil {
+		if err := r.sendSubscribe(ws, r.names[s.channel]); err != nil {
 			ws.Close()
 			ready(fmt.Errorf("subscribe: %w", err))
 			return
@@ -355,9 +352,13 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 			return
 		}
 		wasSubscribed := s.subscribed
-		if !r.message(s, msg, ready) {
+		switch r.message(s, msg, ready) {
+		case msgDone:
 			ws.Close()
 			return
+		case msgPing:
+			_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			_ = ws.WriteMessage(websocket.TextMessage, emptyObjectLine)
 		}
 		if !wasSubscribed && s.subscribed {
 			_ = ws.SetReadDeadline(time.Time{})
@@ -373,25 +374,59 @@ const maxMessage = 1 << 20
 // (a variable for tests).
 var subscribeTimeout = 10 * time.Second
 
-// message handles one data message for s, on its reader: a delivery, or
-// before that the subscribe reply. It returns false when the subscriber is
-// done: its subscription was refused (ready has the reason).
-func (r *runner) message(s *subscriber, msg []byte, ready func(error)) bool {
-	if p, perr := findPayload(msg); perr == nil {
-		r.deliver(s, p)
-		return true
-	} else if perr != errNoPayload {
-		r.malformed.Add(1)
-		return true
-	}
-	if !s.subscribed && bytes.HasPrefix(msg, []byte(`{"id":1`)) {
-		if bytes.Contains(msg, []byte(`"error"`)) {
-			ready(fmt.Errorf("subscribe refused: %s", msg))
-			return false
+// msgAction is what a reader does after message.
+type msgAction int
+
+const (
+	msgOK   msgAction = iota
+	msgDone           // the subscriber is done: close its socket
+	msgPing           // answer centrifuge's app-level ping with an empty object
+)
+
+// sendSubscribe writes a protocol subscriber's first command(s): a connect
+// when the protocol or a token needs one, and the subscribe.
+func (r *runner) sendSubscribe(ws *websocket.Conn, channel string) error {
+	_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if c := connectCommand(r.cfg.Protocol, r.cfg.Token); c != nil {
+		if err := ws.WriteMessage(websocket.TextMessage, c); err != nil {
+			return err
 		}
-		r.subscribed(s, ready)
 	}
-	return true
+	return ws.WriteMessage(websocket.TextMessage, subscribeCommand(r.cfg.Protocol, channel, r.cfg.Token))
+}
+
+// message handles one data message for s, on its reader: deliveries (one,
+// or with centrifuge several a message), or before them the subscribe
+// reply. It returns msgDone when the subscriber is done (its subscription
+// was refused: ready has the reason), msgPing when the message holds an
+// app-level ping to answer.
+func (r *runner) message(s *subscriber, msg []byte, ready func(error)) msgAction {
+	found := false
+	for rest := msg; ; {
+		p, next, perr := nextPayload(rest)
+		if perr == errNoPayload {
+			break
+		}
+		found = true
+		if perr != nil {
+			r.malformed.Add(1)
+			break
+		}
+		r.deliver(s, p)
+		rest = next
+	}
+	if !s.subscribed && !found {
+		if done, refused := subscribeOutcome(msg); refused {
+			ready(fmt.Errorf("subscribe refused: %s", msg))
+			return msgDone
+		} else if done {
+			r.subscribed(s, ready)
+		}
+	}
+	if r.cfg.Protocol == ProtoCentrifuge && !found && isAppPing(msg) {
+		return msgPing
+	}
+	return msgOK
 }
 
 // subscribed counts s in once its subscription holds (on its reader).
