@@ -312,7 +312,13 @@ func (c *Config) applyDefaults() error {
 		c.ConnectRate = 2000
 	}
 	def(&c.ConnectConcurrency, 64)
-	if len(c.Rates) == 0 && c.Idle <= 0 {
+	if c.Churn && len(c.Rates) == 0 {
+		return errors.New("churn needs rates: connection cycles per second")
+	}
+	if c.Churn && slices.ContainsFunc(c.Rates, func(r Rate) bool { return r.Max }) {
+		return errors.New("churn takes fixed rates, not max")
+	}
+	if len(c.Rates) == 0 && c.Idle <= 0 && !c.Churn {
 		c.Idle = 10 * time.Second
 	}
 	if c.Sources == nil && c.allLoopback4() {
@@ -437,6 +443,9 @@ func ParsePIDs(s string) ([]int, error) {
 // connections is how many sockets the plan opens: subscribers plus
 // publishers.
 func (c *Config) connections() (subs, pubs int) {
+	if c.Churn {
+		return c.ConnectConcurrency, 0 // cycles in flight at once
+	}
 	subs = c.Channels * c.Subscribers
 	switch c.PubMode {
 	case PubRaw:
@@ -454,6 +463,9 @@ func (c *Config) connections() (subs, pubs int) {
 func (c *Config) planLength() time.Duration {
 	subs, pubs := c.connections()
 	connect := time.Duration(float64(subs+pubs)/c.ConnectRate*float64(time.Second)) * 2
+	if c.Churn {
+		connect = 0
+	}
 	steps := time.Duration(len(c.Rates)) * (c.StepDuration*2 + c.Drain)
 	return connect + c.Idle + steps
 }

@@ -119,25 +119,49 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 	defer stopProgress()
 	defer r.fillSummary(res)
 
-	var err error
-	res.Connect, err = r.connect(ctx)
-	r.out.connected(&res.Connect)
-	if err != nil {
-		return err
-	}
-	if err := r.openPublishers(ctx); err != nil {
-		return err
+	var tokens []string
+	if cfg.Churn {
+		var err error
+		if tokens, err = r.prepareChurn(); err != nil {
+			return err
+		}
+	} else {
+		var err error
+		res.Connect, err = r.connect(ctx)
+		r.out.connected(&res.Connect)
+		if err != nil {
+			return err
+		}
+		if err := r.openPublishers(ctx); err != nil {
+			return err
+		}
 	}
 	fails := 0
 	for i, rate := range cfg.Rates {
 		if ctx.Err() != nil {
 			break
 		}
-		st := r.runStep(ctx, i, rate)
+		var st StepResult
+		if cfg.Churn {
+			st = r.runChurnStep(ctx, i, rate, tokens)
+		} else {
+			st = r.runStep(ctx, i, rate)
+		}
 		res.Steps = append(res.Steps, st)
 		r.out.step(&st)
-		if st.Pass && (res.Summary.BestStep < 0 || st.DeliveredPerSec >= res.Steps[res.Summary.BestStep].DeliveredPerSec) {
+		if st.Pass && (res.Summary.BestStep < 0 || st.throughput() >= res.Steps[res.Summary.BestStep].throughput()) {
 			res.Summary.BestStep = i
+		}
+		if cfg.Churn {
+			if !st.Pass {
+				if fails++; cfg.StopAfterFails > 0 && fails >= cfg.StopAfterFails {
+					res.Summary.Stopped = fmt.Sprintf("%d steps in a row did not pass", fails)
+					break
+				}
+			} else {
+				fails = 0
+			}
+			continue
 		}
 		if st.Pass {
 			fails = 0
@@ -592,12 +616,24 @@ func (r *runner) runStep(ctx context.Context, i int, rate Rate) StepResult {
 		if res.Delivered > 0 {
 			res.CPUPerMillion = res.ServerCPU / float64(res.Delivered) * 1e6
 		}
+		if res.Published > 0 {
+			res.CPUPerMillionPub = res.ServerCPU / float64(res.Published) * 1e6
+		}
 	}
 	// A step passes only with every subscriber that connected still there:
 	// after a server cut some, a later step serves fewer and proves little.
 	res.Pass = res.Subscribers == r.connected && res.Lost == 0 && res.Dups == 0 && res.Misrouted == 0 && res.SubscribersCut == 0 &&
 		res.PublishErrors == 0 && res.Expected > 0 && res.OnTimePct >= 97
 	return res
+}
+
+// throughput is what a step is ranked by: deliveries per second, or
+// cycles per second for churn.
+func (s StepResult) throughput() float64 {
+	if s.CyclesPerSec > 0 {
+		return s.CyclesPerSec
+	}
+	return s.DeliveredPerSec
 }
 
 func (r *runner) codes() map[int]int64 {
@@ -642,6 +678,9 @@ func (r *runner) fillSummary(res *Result) {
 		sm.BestDeliveredPerSec = b.DeliveredPerSec
 		sm.BestCPUPerMillion = b.CPUPerMillion
 		sm.BestP99 = b.Latency.P99
+		sm.BestCyclesPerSec = b.CyclesPerSec
+		sm.BestCPUPerKCycles = b.CPUPerKCycles
+		sm.BestCPUPerMillionPub = b.CPUPerMillionPub
 	}
 	for _, s := range res.Steps {
 		sm.Published += s.Published
