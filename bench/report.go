@@ -109,7 +109,7 @@ type StepResult struct {
 	CycleError    string  `json:"cycle_error,omitempty"`
 	CyclesPerSec  float64 `json:"cycles_per_s,omitempty"`
 	CPUPerKCycles float64 `json:"server_cpu_s_per_k_cycles,omitempty"`
-	ServerRSS       int64            `json:"server_rss_bytes,omitempty"`
+	ServerRSS     int64   `json:"server_rss_bytes,omitempty"`
 	// Each server's CPU seconds, in the order of -server-pid (or
 	// -metrics-url), when there are several.
 	ServerCPUEach []float64 `json:"server_cpu_each_s,omitempty"`
@@ -143,8 +143,8 @@ type SummaryRecord struct {
 	BestCPUPerKCycles float64 `json:"best_server_cpu_s_per_k_cycles,omitempty"`
 	// The best passing step's server CPU per million publications.
 	BestCPUPerMillionPub float64 `json:"best_server_cpu_s_per_m_publications,omitempty"`
-	Stopped             string  `json:"stopped,omitempty"` // why the steps ended early
-	Error               string  `json:"error,omitempty"`
+	Stopped              string  `json:"stopped,omitempty"` // why the steps ended early
+	Error                string  `json:"error,omitempty"`
 }
 
 // ProgressRecord is written once a second.

@@ -54,15 +54,23 @@ type options struct {
 }
 
 // newNode builds and runs a centrifuge node with o's engine and handlers.
-// The caller shuts it down.
-func newNode(o options) (*centrifuge.Node, error) {
-	node, err := centrifuge.New(centrifuge.Config{})
+// The caller stops it with stop, which shuts the node down and closes its
+// Redis connections.
+func newNode(o options) (node *centrifuge.Node, stop func(context.Context), err error) {
+	node, err = centrifuge.New(centrifuge.Config{})
 	if err != nil {
-		return nil, fmt.Errorf("failed to create the node: %w", err)
+		return nil, nil, fmt.Errorf("failed to create the node: %w", err)
+	}
+	var shard *centrifuge.RedisShard
+	stop = func(ctx context.Context) {
+		_ = node.Shutdown(ctx)
+		if shard != nil {
+			shard.Close()
+		}
 	}
 	if o.RedisURL != "" {
-		if err := useRedis(node, o); err != nil {
-			return nil, err
+		if shard, err = useRedis(node, o); err != nil {
+			return nil, nil, err
 		}
 	}
 	node.OnConnecting(func(_ context.Context, e centrifuge.ConnectEvent) (centrifuge.ConnectReply, error) {
@@ -92,9 +100,10 @@ func newNode(o options) (*centrifuge.Node, error) {
 		})
 	})
 	if err := node.Run(); err != nil {
-		return nil, fmt.Errorf("failed to run the node: %w", err)
+		stop(context.Background())
+		return nil, nil, fmt.Errorf("failed to run the node: %w", err)
 	}
-	return node, nil
+	return node, stop, nil
 }
 
 func (o options) history(channel string) bool {
@@ -102,24 +111,26 @@ func (o options) history(channel string) bool {
 }
 
 // useRedis sets node's broker and presence manager to centrifuge's Redis
-// engine on one Redis (one shard).
-func useRedis(node *centrifuge.Node, o options) error {
+// engine on one Redis (one shard), and returns the shard to close.
+func useRedis(node *centrifuge.Node, o options) (*centrifuge.RedisShard, error) {
 	shard, err := centrifuge.NewRedisShard(node, centrifuge.RedisShardConfig{Address: o.RedisURL})
 	if err != nil {
-		return fmt.Errorf("failed to connect to Redis: %w", err)
+		return nil, fmt.Errorf("failed to connect to Redis: %w", err)
 	}
 	shards := []*centrifuge.RedisShard{shard}
 	broker, err := centrifuge.NewRedisBroker(node, centrifuge.RedisBrokerConfig{Prefix: o.RedisPrefix, Shards: shards})
 	if err != nil {
-		return fmt.Errorf("failed to create the Redis broker: %w", err)
+		shard.Close()
+		return nil, fmt.Errorf("failed to create the Redis broker: %w", err)
 	}
 	presence, err := centrifuge.NewRedisPresenceManager(node, centrifuge.RedisPresenceManagerConfig{Prefix: o.RedisPrefix, Shards: shards})
 	if err != nil {
-		return fmt.Errorf("failed to create the Redis presence manager: %w", err)
+		shard.Close()
+		return nil, fmt.Errorf("failed to create the Redis presence manager: %w", err)
 	}
 	node.SetBroker(broker)
 	node.SetPresenceManager(presence)
-	return nil
+	return shard, nil
 }
 
 // handler serves node's WebSocket endpoint at /ws, to any origin (the
@@ -160,14 +171,14 @@ func serve(ctx context.Context, addr string, o options, cert, key string, log *s
 	if len(o.JWTSecret) > 0 && len(o.JWTSecret) < benchjwt.MinSecret {
 		return fmt.Errorf("-jwt-secret has %d bytes, want at least %d", len(o.JWTSecret), benchjwt.MinSecret)
 	}
-	node, err := newNode(o)
+	node, stopNode, err := newNode(o)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = node.Shutdown(sctx)
+		stopNode(sctx)
 	}()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
