@@ -145,6 +145,9 @@ type Config struct {
 	// subscriber cut and at least 97% of the deliveries due at its target
 	// rate on time.
 	OnTime time.Duration
+	// MaxP99, when set, is one more condition for a step to pass: its
+	// latency p99 at most this (the many-rooms scenario's 100 ms).
+	MaxP99 time.Duration
 	// StopAfterFails ends the run after that many steps in a row did not
 	// pass (0: run every step). Two, not one, so that one step spoiled by a
 	// hiccup of a shared machine does not end a stepped search early.

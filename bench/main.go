@@ -60,8 +60,9 @@ Scenarios (-scenario; explicit flags override their settings):
       1,000/s then 5,000/s, 15s each
   rooms    many rooms, chat-like: 9,000 channels x 2 subscribers (10,000 x 2
            does not fit the 20,000-file cap with the server's side), 4
-           publishers, rates 1,000..40,000/s in 5s steps; reports server CPU
-           per million publications too
+           publishers, rates 2,000..60,000/s in 5s steps; a step passes
+           only with p99 <= 100ms too; reports server CPU per million
+           publications
   history  history through the broker: 100 chat:N channels (history on by
            default) x 10 subscribers, 4 publishers, rates 500..20,000/s in
            5s steps; give two nodes with -url/-pub-url (bench/suite.sh does)
@@ -80,7 +81,7 @@ var scenarios = map[string]map[string]string{
 	"s4": {"channels": "1", "subs": "10000", "payload": "128", "rates": "10", "step": "30s", "label": "s4"},
 	"s5": {"channels": "1000", "subs": "10", "payload": "128", "rates": "1000,5000", "step": "15s", "publishers": "4", "label": "s5"},
 	"rooms": {"channels": "9000", "subs": "2", "payload": "128", "publishers": "4", "step": "5s", "stop-after-fails": "2", "label": "rooms",
-		"rates": "1000,2000,5000,10000,20000,40000"},
+		"max-p99": "100ms", "rates": "2000,5000,10000,15000,20000,30000,40000,60000"},
 	"history": {"channels": "100", "subs": "10", "payload": "128", "publishers": "4", "step": "5s", "stop-after-fails": "2", "label": "history",
 		"channel-prefix": "chat:", "rates": "500,1000,2000,5000,10000,20000"},
 	"churn": {"churn": "true", "channels": "100", "rates": "100,200,500,1000,2000", "step": "5s", "stop-after-fails": "2",
@@ -135,6 +136,7 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.IntVar(&cfg.Payload, "payload", 128, fmt.Sprintf("payload bytes (a JSON string; at least %d)", MinPayload))
 	fs.DurationVar(&cfg.Drain, "drain", 5*time.Second, "longest wait after a step for deliveries still on their way")
 	fs.DurationVar(&cfg.OnTime, "on-time", 100*time.Millisecond, "latency within which a delivery is on time (a step passes with >= 97% on time)")
+	fs.DurationVar(&cfg.MaxP99, "max-p99", 0, "a step passes only with a latency p99 at most this (0: no bound)")
 	fs.IntVar(&cfg.StopAfterFails, "stop-after-fails", 0, "stop after this many steps in a row did not pass (0: never)")
 	fs.Float64Var(&cfg.ConnectRate, "connect-rate", 2000, "new connections per second")
 	fs.IntVar(&cfg.ConnectConcurrency, "connect-concurrency", 64, "handshakes in flight")

@@ -144,7 +144,7 @@ func (p *publisher) readReplies() {
 			return
 		}
 		n, failed := countReplies(msg)
-		if n == 0 && p.r.cfg.Protocol == ProtoCentrifuge && isAppPing(msg) {
+		if p.r.cfg.Protocol == ProtoCentrifuge && isAppPing(msg) {
 			_ = p.fw.write(appendClientFrame(nil, websocket.TextMessage, emptyObjectLine))
 		}
 		for range n {

@@ -32,6 +32,7 @@ type PlanRecord struct {
 	StepSeconds float64  `json:"step_s"`
 	Payload     int      `json:"payload_bytes"`
 	OnTimeMs    float64  `json:"on_time_ms"`
+	MaxP99Ms    float64  `json:"max_p99_ms,omitempty"`
 	ConnectRate float64  `json:"connect_rate_target"`
 	Sources     int      `json:"source_addresses"`
 	IdleSeconds float64  `json:"idle_s"`
@@ -178,7 +179,7 @@ func (r *runner) planRecord() PlanRecord {
 	return PlanRecord{
 		Type: "plan", Label: cfg.Label, Scenario: cfg.Scenario, Protocol: cfg.Protocol, Churn: cfg.Churn, TLS: strings.HasPrefix(cfg.URL, "wss://"), JWT: cfg.JWTSecret != "", URL: cfg.URL, PubURL: pubURL, Nodes: cfg.nodes(), Channels: cfg.Channels, Subscribers: cfg.Subscribers,
 		Connections: subs + pubs, SubMode: cfg.SubMode, Reader: cfg.Reader, PubMode: cfg.PubMode, Publishers: cfg.Publishers,
-		Rates: rates, StepSeconds: cfg.StepDuration.Seconds(), Payload: cfg.Payload, OnTimeMs: ms(cfg.OnTime),
+		Rates: rates, StepSeconds: cfg.StepDuration.Seconds(), Payload: cfg.Payload, OnTimeMs: ms(cfg.OnTime), MaxP99Ms: ms(cfg.MaxP99),
 		ConnectRate: cfg.ConnectRate, Sources: len(cfg.Sources), IdleSeconds: cfg.Idle.Seconds(),
 		TimeoutSecs: cfg.Timeout.Seconds(), ServerPID: cfg.ServerPID, ServerPIDs: pids, Metrics: cfg.MetricsURL,
 		Started: r.base.UTC().Format(time.RFC3339),

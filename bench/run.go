@@ -447,7 +447,8 @@ func (r *runner) message(s *subscriber, msg []byte, ready func(error)) msgAction
 			r.subscribed(s, ready)
 		}
 	}
-	if r.cfg.Protocol == ProtoCentrifuge && !found && isAppPing(msg) {
+	// The ping may come in the same frame as pushes.
+	if r.cfg.Protocol == ProtoCentrifuge && isAppPing(msg) {
 		return msgPing
 	}
 	return msgOK
@@ -623,7 +624,8 @@ func (r *runner) runStep(ctx context.Context, i int, rate Rate) StepResult {
 	// A step passes only with every subscriber that connected still there:
 	// after a server cut some, a later step serves fewer and proves little.
 	res.Pass = res.Subscribers == r.connected && res.Lost == 0 && res.Dups == 0 && res.Misrouted == 0 && res.SubscribersCut == 0 &&
-		res.PublishErrors == 0 && res.Expected > 0 && res.OnTimePct >= 97
+		res.PublishErrors == 0 && res.Expected > 0 && res.OnTimePct >= 97 &&
+		(cfg.MaxP99 <= 0 || res.Latency.P99 <= ms(cfg.MaxP99))
 	return res
 }
 

@@ -150,7 +150,7 @@ func TestCentrifugeFraming(t *testing.T) {
 	if n, _ := countReplies([]byte(`{"id":7}`)); n != 1 {
 		t.Errorf("herald.v1 reply: %d", n)
 	}
-	for msg, want := range map[string]bool{"{}": true, `{"push":{}}` + "\n{}": true, "{}\n" + `{"id":1}`: true, `{"id":1,"connect":{}}`: false, `{"push":{"pub":{"data":{}}}}`: false} {
+	for msg, want := range map[string]bool{"{}": true, `{"id":3,"publish":{}}` + "\n{}\n" + `{"id":4,"publish":{}}`: true, `{"push":{}}` + "\n{}": true, "{}\n" + `{"id":1}`: true, `{"id":1,"connect":{}}`: false, `{"push":{"pub":{"data":{}}}}`: false} {
 		if got := isAppPing([]byte(msg)); got != want {
 			t.Errorf("isAppPing(%q) = %v", msg, got)
 		}
