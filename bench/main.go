@@ -31,6 +31,7 @@ const usage = `Usage:
   herald-bench [flags]                      run a benchmark against a server
   herald-bench plot -o OUT.svg FILE.jsonl…  plot runs saved with -json
   herald-bench summary FILE.jsonl…          medians of repeated runs, as Markdown tables
+  herald-bench capacity FILE.jsonl…         the capacity model (docs/capacity.md) from a suite's runs
 
 (from a checkout: go run ./bench/cmd/herald-bench [flags])
 
@@ -99,6 +100,9 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if len(args) > 0 && args[0] == "summary" {
 		return summaryMain(args[1:], stdout)
+	}
+	if len(args) > 0 && args[0] == "capacity" {
+		return capacityMain(args[1:], stdout)
 	}
 	fs := flag.NewFlagSet("herald-bench", flag.ContinueOnError)
 	fs.SetOutput(stdout)
