@@ -67,6 +67,7 @@ type shapeLoad struct {
 type nodeSpec struct {
 	cores, memGB, nicGbps, headroom float64
 	frameBytes                      float64 // bytes on the wire per delivery
+	kernelPerConn                   float64 // bytes the kernel holds per idle connection (not in RSS)
 }
 
 var capacityShapes = []shape{
@@ -120,7 +121,7 @@ func planFor(in *capacityInputs, s shape, spec nodeSpec, conns float64) capacity
 	usableMem := spec.memGB * 1e9 * spec.headroom
 	usableNet := spec.nicGbps * 1e9 / 8 * spec.headroom
 	var p capacityPlan
-	p.memNodes = math.Ceil(conns * in.memPerConn.v / usableMem)
+	p.memNodes = math.Ceil(conns * (in.memPerConn.v + spec.kernelPerConn) / usableMem)
 	// A node's load depends on the node count (how many nodes a
 	// publication reaches): iterate from the memory bound up.
 	for nodes := math.Max(1, p.memNodes); ; nodes++ {
@@ -225,6 +226,8 @@ func capacityMain(args []string, w io.Writer) error {
 	fs.Float64Var(&spec.nicGbps, "nic-gbps", 10, "network per node, Gbit/s")
 	fs.Float64Var(&spec.headroom, "headroom", 0.6, "share of each resource the plan may use")
 	fs.Float64Var(&spec.frameBytes, "frame-bytes", 250, "bytes on the wire per delivery (a 128-byte payload in its push, WebSocket and TCP/IP headers)")
+	var kernelKB float64
+	fs.Float64Var(&kernelKB, "kernel-kb", 4, "KB the kernel holds per idle connection besides the process's RSS (socket, file, epoll entry; an assumption, not measured)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -234,7 +237,8 @@ func capacityMain(args []string, w io.Writer) error {
 	if fs.NArg() == 0 {
 		return errors.New("capacity: give the JSON lines files of the runs (bench/suite.sh's OUTDIR/*.jsonl)")
 	}
-	if spec.cores <= 0 || spec.memGB <= 0 || spec.nicGbps <= 0 || spec.headroom <= 0 || spec.headroom > 1 || spec.frameBytes <= 0 {
+	spec.kernelPerConn = kernelKB * 1000
+	if kernelKB < 0 || spec.cores <= 0 || spec.memGB <= 0 || spec.nicGbps <= 0 || spec.headroom <= 0 || spec.headroom > 1 || spec.frameBytes <= 0 {
 		return errors.New("capacity: -cores, -mem-gb, -nic-gbps, -frame-bytes must be positive and -headroom in (0, 1]")
 	}
 	var runs []savedRun
@@ -265,8 +269,9 @@ func writeCapacity(w io.Writer, in *capacityInputs, spec nodeSpec, label string)
 	row("CPU per publication, small rooms (2 deliveries in)", fmt.Sprintf("%.2f µs", in.cpuRoomPub.v*1e6), in.cpuRoomPub)
 	row("CPU per connection cycle (dial, JWT, subscribe, close)", fmt.Sprintf("%.0f µs", in.cpuCycle.v*1e6), in.cpuCycle)
 	row("publications with history per second, one Redis, two nodes", fmt.Sprintf("%.0f/s", in.brokerPubs.v), in.brokerPubs)
-	fmt.Fprintf(w, "\nNodes of %.0f cores, %.0f GB and %.0f Gbit/s, each resource used to %.0f%%; %.0f bytes on the wire per delivery.\n\n",
-		spec.cores, spec.memGB, spec.nicGbps, spec.headroom*100, spec.frameBytes)
+	fmt.Fprintf(w, "\nNodes of %.0f cores, %.0f GB and %.0f Gbit/s, each resource used to %.0f%%; %.0f bytes on the wire per delivery; "+
+		"%.1f KB of kernel memory per connection besides the measured RSS (assumed).\n\n",
+		spec.cores, spec.memGB, spec.nicGbps, spec.headroom*100, spec.frameBytes, spec.kernelPerConn/1000)
 	fmt.Fprintln(w, "| shape | connections | deliveries/s | publications/s | nodes | Redis shards | nodes for memory / CPU / network | first bottleneck |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, s := range capacityShapes {

@@ -70,7 +70,7 @@ func TestCapacity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := nodeSpec{cores: 16, memGB: 32, nicGbps: 10, headroom: 0.6, frameBytes: 250}
+	spec := nodeSpec{cores: 16, memGB: 32, nicGbps: 10, headroom: 0.6, frameBytes: 250, kernelPerConn: 4000}
 	for _, sh := range capacityShapes {
 		a, b := planFor(in, sh, spec, 1e6), planFor(in, sh, spec, 1e7)
 		if a.nodes < 1 || b.nodes < a.nodes || math.IsInf(b.nodes, 0) || b.shards < a.shards {
