@@ -108,3 +108,23 @@ func mustRead(t *testing.T, files []string) []savedRun {
 	}
 	return runs
 }
+
+// summary groups churn runs apart from fan-out ones, TLS apart from plain,
+// and gives their best cycles per second.
+func TestSummaryChurn(t *testing.T) {
+	dir := t.TempDir()
+	churn := func(name, label string, tls bool, rate float64) string {
+		return writeRun(t, dir, name, PlanRecord{Label: label, Scenario: "churn", Churn: true, TLS: tls, Connections: 128}, ConnectResult{},
+			StepResult{Rate: "x", TargetRate: rate, Target: int64(rate), Cycles: int64(rate), CyclesPerSec: rate, CPUPerKCycles: 1})
+	}
+	files := []string{churn("a.jsonl", "herald", false, 1000), churn("b.jsonl", "herald", true, 500), churn("c.jsonl", "herald", false, 2000)}
+	var out bytes.Buffer
+	if err := Main(context.Background(), append([]string{"summary"}, files...), &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| churn | herald | 2 | 1500 (1000, 2000) | 1.000 (1.000, 1.000) |", "| churn-tls | herald | 1 | 500 | 1.000 |"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
+		}
+	}
+}
