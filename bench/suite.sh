@@ -203,11 +203,56 @@ server_flags() {
   fi
 }
 
+# Redis servers of our own for the sharded runs (HISTORY_SHARDS=1): three
+# standalone ones on 18001-18003 and a three-master cluster on 18101-18103
+# (bus ports +10000), from Debian's redis-server, no persistence, each in
+# OUTDIR/redis/PORT, stopped by pid when the suite ends.
+redis_pids=()
+stop_redis() {
+  local p
+  for p in "${redis_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${redis_pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  redis_pids=()
+}
+start_redis() { # PORT [more redis-server flags]
+  local port=$1 dir="$out/redis/$1"
+  shift
+  mkdir -p "$dir"
+  redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --save "" --appendonly no "$@" >"$dir/log" 2>&1 &
+  redis_pids+=("$!")
+  for _ in $(seq 50); do
+    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && return 0
+    sleep 0.1
+  done
+  echo "redis-server on $port did not start" >&2
+  return 1
+}
+start_sharded_redis() {
+  [[ ${#redis_pids[@]} -gt 0 ]] && return 0
+  local p
+  for p in 18001 18002 18003; do start_redis "$p"; done
+  for p in 18101 18102 18103; do start_redis "$p" --cluster-enabled yes --cluster-config-file nodes.conf; done
+  timeout 60 redis-cli --cluster create 127.0.0.1:18101 127.0.0.1:18102 127.0.0.1:18103 --cluster-replicas 0 --cluster-yes >"$out/redis/cluster-create.log" 2>&1
+  for _ in $(seq 100); do
+    redis-cli -p 18101 cluster info | grep -q cluster_state:ok && return 0
+    sleep 0.1
+  done
+  echo "the Redis Cluster did not become ok" >&2
+  return 1
+}
+trap 'stop_server; stop_redis' EXIT
+
 # history_run N: history through the broker, two nodes of each server.
 history_run() {
   local n=$1 jsonls=() kind prefix base a_addr a_pid
   local kinds=(herald-redis herald-nats centrifuge-redis)
-  [[ -n "${HISTORY_SHARDS:-}" ]] && kinds+=(herald-shards3 herald-cluster)
+  if [[ -n "${HISTORY_SHARDS:-}" ]]; then
+    start_sharded_redis
+    kinds+=(herald-shards3 herald-cluster)
+  fi
   for kind in "${kinds[@]}"; do
     prefix="hb_${runid}_hist_${kind//-/_}_$n"
     base="$out/history-$kind-2n-$n"
