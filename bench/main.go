@@ -7,8 +7,12 @@
 // duplicates (every payload carries a sequence number), subscribers cut,
 // end-to-end latency percentiles (every payload carries its send time),
 // and, given the server's pid or /metrics, the server's RSS per connection
-// and CPU seconds per million deliveries. Every run is bounded in
-// connections, steps and time, and stops by itself.
+// and CPU seconds per million deliveries (and per million publications).
+// It speaks herald.v1 or, with -proto centrifuge, the centrifuge
+// baseline's JSON protocol; with -churn it measures connections instead:
+// cycles of dial, connect with a JWT, subscribe and close per second, over
+// TLS too. Every run is bounded in connections, steps and time, and stops
+// by itself.
 //
 // docs/benchmarks.md has the scenarios and their figures.
 package bench
