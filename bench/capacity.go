@@ -68,6 +68,7 @@ type nodeSpec struct {
 	cores, memGB, nicGbps, headroom float64
 	frameBytes                      float64 // bytes on the wire per delivery
 	kernelPerConn                   float64 // bytes the kernel holds per idle connection (not in RSS)
+	minNodes                        float64 // at least this many (one may fail)
 }
 
 var capacityShapes = []shape{
@@ -110,6 +111,10 @@ type capacityPlan struct {
 	cpuNodes, memNodes, netNode float64 // nodes each resource alone would need
 	bottleneck                  string
 	load                        shapeLoad
+	// failover is how long the other nodes take to reconnect a lost node's
+	// clients, at the measured CPU per cycle on the CPU the plan leaves
+	// spare (one minus the headroom, plus what the node count leaves).
+	failover float64
 }
 
 // planFor sizes a deployment of conns connections of shape s on nodes of
@@ -124,7 +129,7 @@ func planFor(in *capacityInputs, s shape, spec nodeSpec, conns float64) capacity
 	p.memNodes = math.Ceil(conns * (in.memPerConn.v + spec.kernelPerConn) / usableMem)
 	// A node's load depends on the node count (how many nodes a
 	// publication reaches): iterate from the memory bound up.
-	for nodes := math.Max(1, p.memNodes); ; nodes++ {
+	for nodes := math.Max(math.Max(1, spec.minNodes), p.memNodes); ; nodes++ {
 		l := s.load(conns, nodes)
 		cpu := (l.deliveries*perDelivery+l.cycles*in.cpuCycle.v)/nodes + l.nodePubs*perPub
 		net := l.deliveries / nodes * spec.frameBytes
@@ -138,6 +143,13 @@ func planFor(in *capacityInputs, s shape, spec nodeSpec, conns float64) capacity
 			p.nodes, p.load = math.Inf(1), l
 			break
 		}
+	}
+	if p.nodes > 1 && !math.IsInf(p.nodes, 0) {
+		perNode := conns / p.nodes
+		l := s.load(conns, p.nodes)
+		used := (l.deliveries*perDelivery+l.cycles*in.cpuCycle.v)/p.nodes + l.nodePubs*perPub
+		spare := (p.nodes - 1) * math.Max(spec.cores-used, 0)
+		p.failover = perNode * in.cpuCycle.v / math.Max(spare, 1e-9)
 	}
 	p.shards = 1
 	if in.brokerPubs.v > 0 {
@@ -187,16 +199,33 @@ func gatherInputs(runs []savedRun, label string) (*capacityInputs, error) {
 			return 0, false
 		}
 	}
+	// CPU figures come from the busiest step that delivered everything
+	// (late or not: what a delivery costs does not depend on the deadline).
+	clean := func(f func(StepResult) float64) func(savedRun) (float64, bool) {
+		return func(r savedRun) (float64, bool) {
+			b := -1
+			for i, s := range r.steps {
+				if s.Lost == 0 && s.Dups == 0 && s.SubscribersCut == 0 && s.PublishErrors == 0 && s.Expected > 0 &&
+					s.Subscribers == r.connect.Connections && (b < 0 || s.throughput() >= r.steps[b].throughput()) {
+					b = i
+				}
+			}
+			if b < 0 {
+				return 0, false
+			}
+			return f(r.steps[b]), true
+		}
+	}
 	in := &capacityInputs{}
 	in.memPerConn = med("s1-19k", func(r savedRun) (float64, bool) { return r.connect.RSSPerConn, true })
 	if in.memPerConn.v == 0 {
 		in.memPerConn = med("s1", func(r savedRun) (float64, bool) { return r.connect.RSSPerConn, true })
 	}
-	perDelivery := best(func(s StepResult) float64 { return s.CPUPerMillion / 1e6 })
+	perDelivery := clean(func(s StepResult) float64 { return s.CPUPerMillion / 1e6 })
 	in.cpuBroadcast = med("s4", perDelivery)
 	in.cpuDashboard = med("s5", perDelivery)
 	in.cpuRoomDelivery = med("rooms", perDelivery)
-	in.cpuRoomPub = med("rooms", best(func(s StepResult) float64 { return s.CPUPerMillionPub / 1e6 }))
+	in.cpuRoomPub = med("rooms", clean(func(s StepResult) float64 { return s.CPUPerMillionPub / 1e6 }))
 	in.cpuCycle = med("churn", best(func(s StepResult) float64 { return s.CPUPerKCycles / 1e3 }))
 	in.brokerPubs = med("history", best(func(s StepResult) float64 { return s.TargetRate }))
 	var missing []string
@@ -209,7 +238,7 @@ func gatherInputs(runs []savedRun, label string) (*capacityInputs, error) {
 	}
 	if len(missing) > 0 {
 		sort.Strings(missing)
-		return nil, fmt.Errorf("capacity: no passing figure for %s among the runs labelled %q", strings.Join(missing, "; "), label)
+		return nil, fmt.Errorf("capacity: no usable step (nothing lost; passing, for churn and history) for %s among the runs labelled %q", strings.Join(missing, "; "), label)
 	}
 	return in, nil
 }
@@ -227,6 +256,7 @@ func capacityMain(args []string, w io.Writer) error {
 	fs.Float64Var(&spec.headroom, "headroom", 0.6, "share of each resource the plan may use")
 	fs.Float64Var(&spec.frameBytes, "frame-bytes", 250, "bytes on the wire per delivery (a 128-byte payload in its push, WebSocket and TCP/IP headers)")
 	var kernelKB float64
+	fs.Float64Var(&spec.minNodes, "min-nodes", 2, "at least this many nodes (so that one may fail)")
 	fs.Float64Var(&kernelKB, "kernel-kb", 4, "KB the kernel holds per idle connection besides the process's RSS (socket, file, epoll entry; an assumption, not measured)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -269,11 +299,11 @@ func writeCapacity(w io.Writer, in *capacityInputs, spec nodeSpec, label string)
 	row("CPU per publication, small rooms (2 deliveries in)", fmt.Sprintf("%.2f µs", in.cpuRoomPub.v*1e6), in.cpuRoomPub)
 	row("CPU per connection cycle (dial, JWT, subscribe, close)", fmt.Sprintf("%.0f µs", in.cpuCycle.v*1e6), in.cpuCycle)
 	row("publications with history per second, one Redis, two nodes", fmt.Sprintf("%.0f/s", in.brokerPubs.v), in.brokerPubs)
-	fmt.Fprintf(w, "\nNodes of %.0f cores, %.0f GB and %.0f Gbit/s, each resource used to %.0f%%; %.0f bytes on the wire per delivery; "+
+	fmt.Fprintf(w, "\nNodes of %.0f cores, %.0f GB and %.0f Gbit/s, each resource used to %.0f%%, at least %.0f of them; %.0f bytes on the wire per delivery; "+
 		"%.1f KB of kernel memory per connection besides the measured RSS (assumed).\n\n",
-		spec.cores, spec.memGB, spec.nicGbps, spec.headroom*100, spec.frameBytes, spec.kernelPerConn/1000)
-	fmt.Fprintln(w, "| shape | connections | deliveries/s | publications/s | nodes | Redis shards | nodes for memory / CPU / network | first bottleneck |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+		spec.cores, spec.memGB, spec.nicGbps, spec.headroom*100, spec.minNodes, spec.frameBytes, spec.kernelPerConn/1000)
+	fmt.Fprintln(w, "| shape | connections | deliveries/s | publications/s | nodes | Redis shards | nodes for memory / CPU / network | first bottleneck | a node lost: its clients back in |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, s := range capacityShapes {
 		for _, n := range []float64{1e6, 1e7} {
 			p := planFor(in, s, spec, n)
@@ -281,8 +311,8 @@ func writeCapacity(w io.Writer, in *capacityInputs, spec nodeSpec, label string)
 			if s.history {
 				shards = fmt.Sprintf("%.0f", p.shards)
 			}
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %.0f | %s | %.0f / %.0f / %.0f | %s |\n", s.name, human(n), human(p.load.deliveries), human(p.load.pubs),
-				p.nodes, shards, p.memNodes, p.cpuNodes, p.netNode, p.bottleneck)
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %.0f | %s | %.0f / %.0f / %.0f | %s | %.1f s |\n", s.name, human(n), human(p.load.deliveries), human(p.load.pubs),
+				p.nodes, shards, p.memNodes, p.cpuNodes, p.netNode, p.bottleneck, p.failover)
 		}
 	}
 	fmt.Fprintln(w)
