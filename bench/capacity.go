@@ -157,6 +157,8 @@ func planFor(in *capacityInputs, s shape, spec nodeSpec, conns float64) capacity
 	}
 	p.bottleneck = "memory"
 	switch m := math.Max(p.memNodes, math.Max(p.cpuNodes, p.netNode)); {
+	case s.history && p.shards > p.nodes:
+		p.bottleneck = "broker (more Redis shards than nodes)"
 	case m == p.cpuNodes && p.cpuNodes > p.memNodes:
 		p.bottleneck = "CPU (the kernel's socket writes, then Herald)"
 	case m == p.netNode && p.netNode > p.memNodes:
