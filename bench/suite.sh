@@ -41,8 +41,11 @@
 # centrifuge's Redis engine on the same Redis, two nodes (subscribers on
 # both, publishers on the first), channels chat:N (history on by default in
 # both), each run under its own prefix, removed afterwards. With
-# HISTORY_SHARDS=1 (and a herald that has the flags, see
-# /work/prompts/bench-contract.md) also three Redis shards and a Redis Cluster.
+# HISTORY_SHARDS=1 also through Redis servers the suite starts itself: one
+# (herald-own1), three shards (herald-shards3: --redis-url with three URLs)
+# and a three-master Redis Cluster (herald-cluster: --redis-cluster), with
+# each one's CPU during the run in OUTDIR/history-KIND-2n-N.redis-cpu.txt
+# (HISTORY_FLAGS_SHARDS3 / HISTORY_FLAGS_CLUSTER replace the herald flags).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -208,6 +211,7 @@ server_flags() {
 # (bus ports +10000), from Debian's redis-server, no persistence, each in
 # OUTDIR/redis/PORT, stopped by pid when the suite ends.
 redis_pids=()
+redis_ports=()
 stop_redis() {
   local p
   for p in "${redis_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -216,6 +220,7 @@ stop_redis() {
     kill -KILL "$p" 2>/dev/null || true
   done
   redis_pids=()
+  redis_ports=()
 }
 start_redis() { # PORT [more redis-server flags]
   local port=$1 dir="$out/redis/$1"
@@ -223,12 +228,22 @@ start_redis() { # PORT [more redis-server flags]
   mkdir -p "$dir"
   redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --save "" --appendonly no "$@" >"$dir/log" 2>&1 &
   redis_pids+=("$!")
+  redis_ports+=("$port")
   for _ in $(seq 50); do
     redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && return 0
     sleep 0.1
   done
   echo "redis-server on $port did not start" >&2
   return 1
+}
+# redis_cpu: "PORT CPU-SECONDS" of each of our own Redis servers, a line each.
+redis_cpu() {
+  local i tck
+  tck=$(getconf CLK_TCK)
+  for i in "${!redis_pids[@]}"; do
+    awk -v port="${redis_ports[$i]}" -v tck="$tck" '{printf "%s %.2f\n", port, ($14+$15)/tck}' "/proc/${redis_pids[$i]}/stat" 2>/dev/null ||
+      echo "${redis_ports[$i]} 0"
+  done
 }
 start_sharded_redis() {
   [[ ${#redis_pids[@]} -gt 0 ]] && return 0
@@ -251,7 +266,7 @@ history_run() {
   local kinds=(herald-redis herald-nats centrifuge-redis)
   if [[ -n "${HISTORY_SHARDS:-}" ]]; then
     start_sharded_redis
-    kinds+=(herald-shards3 herald-cluster)
+    kinds+=(herald-own1 herald-shards3 herald-cluster)
   fi
   for kind in "${kinds[@]}"; do
     prefix="hb_${runid}_hist_${kind//-/_}_$n"
@@ -265,17 +280,27 @@ history_run() {
         # R1's flags: HISTORY_FLAGS_SHARDS3 / HISTORY_FLAGS_CLUSTER give them
         # (e.g. "--broker redis --redis-url redis://a,redis://b,redis://c").
         local v="HISTORY_FLAGS_${kind#herald-}"; v=${v^^}
-        read -r -a nflags <<<"${!v:-}"
-        if [[ ${#nflags[@]} -eq 0 ]]; then echo "skipping $kind: set $v" | tee -a "$out/load.log"; continue; fi
+        local def="--broker redis --redis-url redis://127.0.0.1:18001/0,redis://127.0.0.1:18002/0,redis://127.0.0.1:18003/0"
+        [[ $kind == herald-cluster ]] && def="--broker redis --redis-cluster --redis-url redis://127.0.0.1:18101/0"
+        read -r -a nflags <<<"${!v:-$def}"
         nflags+=(--broker-prefix "$prefix")
+        broker_clean=() # our own servers, without persistence: stopped at the end
+        ;;
+      herald-own1)
+        nflags=(--broker redis --redis-url redis://127.0.0.1:18001/0 --broker-prefix "$prefix")
+        broker_clean=()
         ;;
     esac
     start_server "$srv" "$base.node-a.log" "${nflags[@]}"
     a_addr=$addr a_pid=$pid
     start_server "$srv" "$base.node-b.log" "${nflags[@]}"
     sleep 1
+    local rcpu0
+    rcpu0=$(redis_cpu)
     bench_run "$base" "$kind-2n" -scenario history -proto "$proto" -url "ws://$a_addr/ws,ws://$addr/ws" \
       -pub-url "ws://$a_addr/ws" -server-pid "$a_pid,$pid"
+    [[ ${#redis_pids[@]} -gt 0 ]] && paste -d' ' <(echo "$rcpu0") <(redis_cpu) |
+      awk '{printf "redis %s: %.2f CPU-s during the run\n", $1, $4-$2}' | tee "$base.redis-cpu.txt"
     stop_server
     jsonls+=("$base.jsonl")
   done
