@@ -45,7 +45,8 @@
 # (herald-own1), three shards (herald-shards3: --redis-url with three URLs)
 # and a three-master Redis Cluster (herald-cluster: --redis-cluster), with
 # each one's CPU during the run in OUTDIR/history-KIND-2n-N.redis-cpu.txt
-# (HISTORY_FLAGS_SHARDS3 / HISTORY_FLAGS_CLUSTER replace the herald flags).
+# (HISTORY_FLAGS_SHARDS3 / HISTORY_FLAGS_CLUSTER replace the herald flags;
+# HISTORY_KINDS, e.g. "herald-own1 herald-shards3 herald-cluster", picks the runs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -268,6 +269,7 @@ history_run() {
     start_sharded_redis
     kinds+=(herald-own1 herald-shards3 herald-cluster)
   fi
+  [[ -n "${HISTORY_KINDS:-}" ]] && read -r -a kinds <<<"$HISTORY_KINDS"
   for kind in "${kinds[@]}"; do
     prefix="hb_${runid}_hist_${kind//-/_}_$n"
     base="$out/history-$kind-2n-$n"
