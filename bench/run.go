@@ -119,14 +119,13 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 	defer stopProgress()
 	defer r.fillSummary(res)
 
-	var tokens []string
+	var tokens []string // churn's connection tokens
+	var err error
 	if cfg.Churn {
-		var err error
 		if tokens, err = r.prepareChurn(); err != nil {
 			return err
 		}
 	} else {
-		var err error
 		res.Connect, err = r.connect(ctx)
 		r.out.connected(&res.Connect)
 		if err != nil {
@@ -152,22 +151,14 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 		if st.Pass && (res.Summary.BestStep < 0 || st.throughput() >= res.Steps[res.Summary.BestStep].throughput()) {
 			res.Summary.BestStep = i
 		}
-		if cfg.Churn {
-			if !st.Pass {
-				if fails++; cfg.StopAfterFails > 0 && fails >= cfg.StopAfterFails {
-					res.Summary.Stopped = fmt.Sprintf("%d steps in a row did not pass", fails)
-					break
-				}
-			} else {
-				fails = 0
-			}
-			continue
-		}
 		if st.Pass {
 			fails = 0
 		} else if fails++; cfg.StopAfterFails > 0 && fails >= cfg.StopAfterFails {
 			res.Summary.Stopped = fmt.Sprintf("%d steps in a row did not pass", fails)
 			break
+		}
+		if cfg.Churn {
+			continue // no standing subscribers or publishers to lose
 		}
 		if r.aliveSubscribers() == 0 {
 			res.Summary.Stopped = "every subscriber was cut"
