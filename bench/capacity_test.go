@@ -82,8 +82,8 @@ func TestCapacity(t *testing.T) {
 	}
 	// Chat rooms at 10M: 166,667 publications/s over 5,000/s per Redis at
 	// 60% is 56 shards.
-	if p := planFor(in, capacityShapes[0], spec, 1e7); p.shards != 56 {
-		t.Errorf("chat rooms at 10M: %v shards, want 56", p.shards)
+	if p := planFor(in, capacityShapes[0], spec, 1e7); p.shards != 56 || !strings.HasPrefix(p.bottleneck, "broker") {
+		t.Errorf("chat rooms at 10M: %v shards (want 56), bottleneck %q", p.shards, p.bottleneck)
 	}
 	// Memory binds when connections are large and traffic is nil.
 	tiny := spec
