@@ -69,6 +69,10 @@ type nodeSpec struct {
 	frameBytes                      float64 // bytes on the wire per delivery
 	kernelPerConn                   float64 // bytes the kernel holds per idle connection (not in RSS)
 	minNodes                        float64 // at least this many (one may fail)
+	// redisPerPub, when set, sizes the broker from Redis's own CPU per
+	// publication (one core per shard) instead of the rate measured
+	// through one Redis, which the Herald nodes on the same cores bound.
+	redisPerPub float64
 }
 
 var capacityShapes = []shape{
@@ -152,7 +156,10 @@ func planFor(in *capacityInputs, s shape, spec nodeSpec, conns float64) capacity
 		p.failover = perNode * in.cpuCycle.v / math.Max(spare, 1e-9)
 	}
 	p.shards = 1
-	if in.brokerPubs.v > 0 {
+	switch {
+	case spec.redisPerPub > 0:
+		p.shards = math.Max(1, math.Ceil(p.load.pubs*spec.redisPerPub/spec.headroom))
+	case in.brokerPubs.v > 0:
 		p.shards = math.Max(1, math.Ceil(p.load.pubs/(in.brokerPubs.v*spec.headroom)))
 	}
 	p.bottleneck = "memory"
@@ -258,6 +265,8 @@ func capacityMain(args []string, w io.Writer) error {
 	fs.Float64Var(&spec.headroom, "headroom", 0.6, "share of each resource the plan may use")
 	fs.Float64Var(&spec.frameBytes, "frame-bytes", 250, "bytes on the wire per delivery (a 128-byte payload in its push, WebSocket and TCP/IP headers)")
 	var kernelKB float64
+	var redisUs float64
+	fs.Float64Var(&redisUs, "redis-us-per-pub", 0, "size the Redis shards from Redis's own CPU µs per publication with history (one core per shard; bench/suite.sh writes each Redis's CPU per history run) instead of the rate through one Redis")
 	fs.Float64Var(&spec.minNodes, "min-nodes", 2, "at least this many nodes (so that one may fail)")
 	fs.Float64Var(&kernelKB, "kernel-kb", 4, "KB the kernel holds per idle connection besides the process's RSS (socket, file, epoll entry; an assumption, not measured)")
 	if err := fs.Parse(args); err != nil {
@@ -270,6 +279,7 @@ func capacityMain(args []string, w io.Writer) error {
 		return errors.New("capacity: give the JSON lines files of the runs (bench/suite.sh's OUTDIR/*.jsonl)")
 	}
 	spec.kernelPerConn = kernelKB * 1000
+	spec.redisPerPub = redisUs / 1e6
 	if kernelKB < 0 || spec.cores <= 0 || spec.memGB <= 0 || spec.nicGbps <= 0 || spec.headroom <= 0 || spec.headroom > 1 || spec.frameBytes <= 0 {
 		return errors.New("capacity: -cores, -mem-gb, -nic-gbps, -frame-bytes must be positive and -headroom in (0, 1]")
 	}
@@ -301,6 +311,9 @@ func writeCapacity(w io.Writer, in *capacityInputs, spec nodeSpec, label string)
 	row("CPU per publication, small rooms (2 deliveries in)", fmt.Sprintf("%.2f µs", in.cpuRoomPub.v*1e6), in.cpuRoomPub)
 	row("CPU per connection cycle (dial, JWT, subscribe, close)", fmt.Sprintf("%.0f µs", in.cpuCycle.v*1e6), in.cpuCycle)
 	row("publications with history per second, one Redis, two nodes", fmt.Sprintf("%.0f/s", in.brokerPubs.v), in.brokerPubs)
+	if spec.redisPerPub > 0 {
+		fmt.Fprintf(w, "| Redis CPU per publication with history (sizes the shards instead of the rate above) | %.0f µs | -redis-us-per-pub |\n", spec.redisPerPub*1e6)
+	}
 	fmt.Fprintf(w, "\nNodes of %.0f cores, %.0f GB and %.0f Gbit/s, each resource used to %.0f%%, at least %.0f of them; %.0f bytes on the wire per delivery; "+
 		"%.1f KB of kernel memory per connection besides the measured RSS (assumed).\n\n",
 		spec.cores, spec.memGB, spec.nicGbps, spec.headroom*100, spec.minNodes, spec.frameBytes, spec.kernelPerConn/1000)

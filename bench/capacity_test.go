@@ -85,6 +85,13 @@ func TestCapacity(t *testing.T) {
 	if p := planFor(in, capacityShapes[0], spec, 1e7); p.shards != 56 || !strings.HasPrefix(p.bottleneck, "broker") {
 		t.Errorf("chat rooms at 10M: %v shards (want 56), bottleneck %q", p.shards, p.bottleneck)
 	}
+	// Sized from Redis's CPU per publication: 166,667/s × 46 µs over 0.6
+	// of a core is 13 shards.
+	withRedis := spec
+	withRedis.redisPerPub = 46e-6
+	if p := planFor(in, capacityShapes[0], withRedis, 1e7); p.shards != 13 {
+		t.Errorf("chat rooms at 10M from Redis CPU: %v shards, want 13", p.shards)
+	}
 	// Memory binds when connections are large and traffic is nil.
 	tiny := spec
 	tiny.memGB = 1

@@ -252,7 +252,7 @@ func TestPublisherCut(t *testing.T) {
 				_ = ws.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(4001, "go away"))
 				return
 			}
-			_ = ws.WriteMessage(websocket.TextMessage, []byte(`{"id":1}`))
+			_ = ws.WriteMessage(websocket.TextMessage, []byte(`{"id":2}`)) // the subscribe's reply
 		}
 	}))
 	defer func() { ts.Close(); wg.Wait() }()
