@@ -55,7 +55,7 @@ func newScriptedServer(t *testing.T, then []byte, want int) *scriptedServer {
 		sum := sha1.Sum([]byte(r.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 		out := []byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 			"Sec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(sum[:]) + "\r\nSec-WebSocket-Protocol: herald.v1\r\n\r\n")
-		out = wsframe.Append(out, websocket.TextMessage, []byte(`{"id":1}`), false)
+		out = wsframe.Append(out, websocket.TextMessage, []byte(`{"id":2}`), false) // the subscribe's reply
 		out = wsframe.Append(out, websocket.PingMessage, []byte("hb"), false)
 		if _, err := nc.Write(out); err != nil {
 			return
