@@ -42,6 +42,10 @@ type subEntry struct {
 	// asUser, when not "", is the user the subscriber is in this channel's
 	// presence instead of its connection's (a Pusher presence user_id).
 	asUser string
+	// members, for a subscription made as a user (Pusher presence), is
+	// what the subscriber was told of the channel's members: the fan-out
+	// sends it only the joins and leaves that change that.
+	members *pusherMembers
 	// delta: the subscriber asked for deltas and its namespace sends them
 	// (fixed at creation). deltaLast is the offset of the last publication
 	// the fan-out queued to it, 0 before the first live one: a delta goes
@@ -191,6 +195,9 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 	}
 
 	e := &subEntry{presence: ns.Presence, joinLeave: ns.JoinLeave, info: info, chEvents: ns.ChannelEvents && n.events != nil, asUser: user}
+	if user != "" {
+		e.members = &pusherMembers{}
+	}
 	e.memberEvents = e.presence && ns.MemberEvents && n.events != nil
 	e.delta = wantDelta(c, ns, delta)
 	var rb *recoverBuf
@@ -625,6 +632,9 @@ func (n *Node) HandlePublication(pub *Publication) {
 		if f == nil {
 			f = n.encodePub(pub, c.form)
 			frames[c.form] = f
+		}
+		if e.members != nil && pub.Kind != KindPublication && !e.members.admit(pub, f) {
+			return
 		}
 		if m.pub != nil {
 			m.sub = e

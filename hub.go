@@ -269,3 +269,16 @@ func (h *hub) numConns() int {
 	}
 	return n
 }
+
+// sub returns c's entry in channel, nil when c is not subscribed.
+func (h *hub) sub(channel string, c *conn) *subEntry {
+	s := &h.channels[h.index(channel)]
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if set := s.subs[channel]; set != nil {
+		if i, ok := set.pos[c]; ok {
+			return set.list[i].e
+		}
+	}
+	return nil
+}

@@ -380,7 +380,7 @@ func (s *pusherSession) subscribeHerald(d pusherSubscribe, hch, kind string, mem
 	c.subMu.Lock()
 	defer c.subMu.Unlock()
 	if subscribed(c, hch) { // pusher-js may ask again: answer again
-		s.succeeded(d.Channel, hch, nil, member != nil)
+		s.membersReady(hch, s.succeeded(d.Channel, hch, nil, member != nil))
 		return
 	}
 	ns, perr := n.channelNamespace(hch)
@@ -407,7 +407,7 @@ func (s *pusherSession) subscribeHerald(d pusherSubscribe, hch, kind string, mem
 		}
 		s.members[hch] = member.User
 	}
-	s.succeeded(d.Channel, hch, res, member != nil)
+	s.membersReady(hch, s.succeeded(d.Channel, hch, res, member != nil))
 	if res.Recovered != nil && !*res.Recovered {
 		b, _ := json.Marshal(map[string]string{"reason": res.Reason})
 		s.send("herald:unrecovered", d.Channel, string(b))
@@ -420,12 +420,13 @@ func (s *pusherSession) subscribeHerald(d pusherSubscribe, hch, kind string, mem
 }
 
 // succeeded sends pusher_internal:subscription_succeeded, with the
-// channel's members for a presence channel, and the channel's position
-// (offset, epoch) when it keeps history, for the opt-in recovery.
-func (s *pusherSession) succeeded(channel, hch string, res *protocol.SubscribeResult, presence bool) {
+// channel's members for a presence channel (whose users it returns), and
+// the channel's position (offset, epoch) when it keeps history, for the
+// opt-in recovery.
+func (s *pusherSession) succeeded(channel, hch string, res *protocol.SubscribeResult, presence bool) (users []string) {
 	data := "{}"
 	if presence {
-		data = s.presenceData(hch)
+		data, users = s.presenceData(hch)
 	}
 	var offset uint64
 	epoch := ""
@@ -433,12 +434,21 @@ func (s *pusherSession) succeeded(channel, hch string, res *protocol.SubscribeRe
 		offset, epoch = res.Offset, res.Epoch
 	}
 	s.c.enqueue(s.c.frame(wsframe.OpText, appendPusherFrame(nil, "pusher_internal:subscription_succeeded", channel, data, "", offset, epoch)))
+	return users
+}
+
+// membersReady tells a presence subscription's member filter the users
+// its subscription_succeeded listed (see pusherMembers).
+func (s *pusherSession) membersReady(hch string, users []string) {
+	if e := s.c.node.hub.sub(hch, s.c); e != nil && e.members != nil {
+		e.members.ready(s.c, users)
+	}
 }
 
 // presenceData is a presence channel's subscription_succeeded data:
 // {"presence":{"ids":[..],"hash":{id:info},"count":n}}, one entry per
 // user, cluster-wide.
-func (s *pusherSession) presenceData(hch string) string {
+func (s *pusherSession) presenceData(hch string) (string, []string) {
 	ctx, cancel := s.c.node.opCtx()
 	defer cancel()
 	m, err := s.c.node.Presence(ctx, hch)
@@ -459,7 +469,7 @@ func (s *pusherSession) presenceData(hch string) string {
 	}
 	sort.Strings(ids)
 	b, _ := json.Marshal(map[string]any{"presence": map[string]any{"ids": ids, "hash": hash, "count": len(ids)}})
-	return string(b)
+	return string(b), ids
 }
 
 // cached sends a cache channel's last event from history, or
