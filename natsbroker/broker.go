@@ -544,7 +544,7 @@ func (b *Broker) leaderReads(ctx context.Context, bucket string) (jetstream.KeyV
 func upsertReplicated[T any](b *Broker, ctx context.Context, name string, create, update func() (T, error)) (T, error) {
 	_, err := b.waitLeader(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		v, err := create()
+		v, err := createWithPeers(ctx, create)
 		if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && !errors.Is(err, jetstream.ErrBucketExists) {
 			return v, err
 		}
@@ -555,6 +555,28 @@ func upsertReplicated[T any](b *Broker, ctx context.Context, name string, create
 		return zero, err
 	}
 	return update()
+}
+
+// errCodeNoPeers is JetStream's "no suitable peers for placement"
+// (JSClusterNoPeersErr), which nats.go names no constant for.
+const errCodeNoPeers jetstream.ErrorCode = 10005
+
+// createWithPeers runs create until the cluster has the servers to place
+// the replicas on: servers that have just started together know fewer
+// peers than the replica count for a moment, and refuse the stream with
+// "no suitable peers for placement" (TestServeCluster/nats-cluster, 1 CI
+// run in 2). Any other answer, and ctx's end, are create's.
+func createWithPeers[T any](ctx context.Context, create func() (T, error)) (T, error) {
+	for {
+		v, err := create()
+		var apiErr *jetstream.APIError
+		if !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeNoPeers {
+			return v, err
+		}
+		if serr := sleepCtx(ctx, 100*time.Millisecond); serr != nil {
+			return v, err
+		}
+	}
 }
 
 // waitLeader waits until a replicated stream has a leader, and returns it
