@@ -97,6 +97,22 @@ type Config struct {
 	APIURL string
 	APIKey string
 
+	// Protocol is what the connections speak: ProtoHerald (default) or
+	// ProtoCentrifuge (the centrifuge baseline; protocol subscribers and ws
+	// publishers only).
+	Protocol string
+	// Token, when set, is a connection token every subscriber sends in a
+	// connect command before subscribing.
+	Token string
+	// Churn runs the churn scenario instead of fan-out (see churn.go): each
+	// rate of Rates is connection cycles per second — dial, connect with a
+	// token minted from JWTSecret (when set), subscribe, close.
+	Churn     bool
+	JWTSecret string
+	// CAFile is a PEM certificate to trust for wss:// targets (the suite's
+	// self-signed one); empty means the system's roots.
+	CAFile string
+
 	// Channels (default 1) each get Subscribers subscribers (default 10):
 	// Channels × Subscribers connections.
 	Channels    int
@@ -129,6 +145,9 @@ type Config struct {
 	// subscriber cut and at least 97% of the deliveries due at its target
 	// rate on time.
 	OnTime time.Duration
+	// MaxP99, when set, is one more condition for a step to pass: its
+	// latency p99 at most this (the many-rooms scenario's 100 ms).
+	MaxP99 time.Duration
 	// StopAfterFails ends the run after that many steps in a row did not
 	// pass (0: run every step). Two, not one, so that one step spoiled by a
 	// hiccup of a shared machine does not end a stepped search early.
@@ -227,6 +246,17 @@ func (c *Config) applyDefaults() error {
 			*v = d
 		}
 	}
+	switch c.Protocol {
+	case "":
+		c.Protocol = ProtoHerald
+	case ProtoHerald:
+	case ProtoCentrifuge:
+		if c.SubMode == SubRaw || c.PubMode == PubRaw || c.PubMode == PubAPI {
+			return errors.New("the centrifuge protocol has protocol subscribers and ws publishers only")
+		}
+	default:
+		return fmt.Errorf("bad protocol %q: want herald or centrifuge", c.Protocol)
+	}
 	def(&c.Channels, 1)
 	def(&c.Subscribers, 10)
 	if c.SubMode == "" {
@@ -285,7 +315,13 @@ func (c *Config) applyDefaults() error {
 		c.ConnectRate = 2000
 	}
 	def(&c.ConnectConcurrency, 64)
-	if len(c.Rates) == 0 && c.Idle <= 0 {
+	if c.Churn && len(c.Rates) == 0 {
+		return errors.New("churn needs rates: connection cycles per second")
+	}
+	if c.Churn && slices.ContainsFunc(c.Rates, func(r Rate) bool { return r.Max }) {
+		return errors.New("churn takes fixed rates, not max")
+	}
+	if len(c.Rates) == 0 && c.Idle <= 0 && !c.Churn {
 		c.Idle = 10 * time.Second
 	}
 	if c.Sources == nil && c.allLoopback4() {
@@ -410,6 +446,9 @@ func ParsePIDs(s string) ([]int, error) {
 // connections is how many sockets the plan opens: subscribers plus
 // publishers.
 func (c *Config) connections() (subs, pubs int) {
+	if c.Churn {
+		return c.ConnectConcurrency, 0 // cycles in flight at once
+	}
 	subs = c.Channels * c.Subscribers
 	switch c.PubMode {
 	case PubRaw:
@@ -427,6 +466,9 @@ func (c *Config) connections() (subs, pubs int) {
 func (c *Config) planLength() time.Duration {
 	subs, pubs := c.connections()
 	connect := time.Duration(float64(subs+pubs)/c.ConnectRate*float64(time.Second)) * 2
+	if c.Churn {
+		connect = 0
+	}
 	steps := time.Duration(len(c.Rates)) * (c.StepDuration*2 + c.Drain)
 	return connect + c.Idle + steps
 }

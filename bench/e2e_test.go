@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -33,6 +34,15 @@ func startHerald(t *testing.T) string {
 // returns its /ws URL.
 func startNode(t *testing.T, cfg herald.Config) string {
 	t.Helper()
+	u, _ := serveNode(t, cfg, false)
+	return u
+}
+
+// serveNode serves an in-process node as startNode does, over TLS with
+// tlsOn (a test certificate for 127.0.0.1), and returns its /ws URL (ws://
+// or wss://) and the certificate's PEM file (empty without TLS).
+func serveNode(t *testing.T, cfg herald.Config, tlsOn bool) (string, string) {
+	t.Helper()
 	node, err := herald.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +55,18 @@ func startNode(t *testing.T, cfg herald.Config) string {
 	mux.Handle("/ws/raw", node.RawHandler())
 	mux.Handle("/api/", httpapi.Handler(node, httpapi.Config{Key: testAPIKey}))
 	mux.Handle("/metrics", node.MetricsHandler())
-	ts := httptest.NewServer(mux)
+	ts := httptest.NewUnstartedServer(mux)
+	var certFile string
+	if tlsOn {
+		ts.StartTLS()
+		certFile = filepath.Join(t.TempDir(), "cert.pem")
+		pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw})
+		if err := os.WriteFile(certFile, pemBytes, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		ts.Start()
+	}
 	t.Cleanup(func() {
 		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer scancel()
@@ -54,7 +75,7 @@ func startNode(t *testing.T, cfg herald.Config) string {
 		<-runDone
 		ts.Close()
 	})
-	return "ws" + strings.TrimPrefix(ts.URL, "http") + "/ws"
+	return "ws" + strings.TrimPrefix(ts.URL, "http") + "/ws", certFile
 }
 
 // checkClean asserts that every step of a low-rate run passed.

@@ -7,8 +7,12 @@
 // duplicates (every payload carries a sequence number), subscribers cut,
 // end-to-end latency percentiles (every payload carries its send time),
 // and, given the server's pid or /metrics, the server's RSS per connection
-// and CPU seconds per million deliveries. Every run is bounded in
-// connections, steps and time, and stops by itself.
+// and CPU seconds per million deliveries (and per million publications).
+// It speaks herald.v1 or, with -proto centrifuge, the centrifuge
+// baseline's JSON protocol; with -churn it measures connections instead:
+// cycles of dial, connect with a JWT, subscribe and close per second, over
+// TLS too. Every run is bounded in connections, steps and time, and stops
+// by itself.
 //
 // docs/benchmarks.md has the scenarios and their figures.
 package bench
@@ -32,6 +36,7 @@ const usage = `Usage:
   herald-bench plot -o OUT.svg FILE.jsonl…  plot runs saved with -json
   herald-bench summary FILE.jsonl…          medians of repeated runs, as Markdown tables
   herald-bench slow [flags]                 slow subscribers: conflate vs disconnect vs the hub
+  herald-bench capacity FILE.jsonl…         the capacity model (docs/capacity.md) from a suite's runs
 
 (from a checkout: go run ./bench/cmd/herald-bench [flags])
 
@@ -59,6 +64,17 @@ Scenarios (-scenario; explicit flags override their settings):
   s4  wide: 1 channel x 10,000 subscribers at 10/s for 30s
   s5  many channels: 1,000 channels x 10 subscribers, 4 publishers,
       1,000/s then 5,000/s, 15s each
+  rooms    many rooms, chat-like: 9,000 channels x 2 subscribers (10,000 x 2
+           does not fit the 20,000-file cap with the server's side), 4
+           publishers, rates 2,000..60,000/s in 5s steps; a step passes
+           only with p99 <= 100ms too; reports server CPU per million
+           publications
+  history  history through the broker: 100 chat:N channels (history on by
+           default) x 10 subscribers, 4 publishers, rates 500..20,000/s in
+           5s steps; give two nodes with -url/-pub-url (bench/suite.sh does)
+  churn    connections per second: each cycle dials, connects (with a JWT
+           from -jwt-secret), subscribes to one of 100 channels and closes;
+           rates 100..2,000 cycles/s in 5s steps (wss:// with -ca for TLS)
 
 Flags:
 `
@@ -70,6 +86,12 @@ var scenarios = map[string]map[string]string{
 	"s3": {"channels": "1", "subs": "1000", "payload": "128", "rates": "100", "step": "30s", "label": "s3"},
 	"s4": {"channels": "1", "subs": "10000", "payload": "128", "rates": "10", "step": "30s", "label": "s4"},
 	"s5": {"channels": "1000", "subs": "10", "payload": "128", "rates": "1000,5000", "step": "15s", "publishers": "4", "label": "s5"},
+	"rooms": {"channels": "9000", "subs": "2", "payload": "128", "publishers": "4", "step": "5s", "stop-after-fails": "2", "label": "rooms",
+		"max-p99": "100ms", "rates": "2000,5000,10000,15000,20000,30000,40000,60000"},
+	"history": {"channels": "100", "subs": "10", "payload": "128", "publishers": "4", "step": "5s", "stop-after-fails": "2", "label": "history",
+		"channel-prefix": "chat:", "rates": "500,1000,2000,5000,10000,20000"},
+	"churn": {"churn": "true", "channels": "100", "rates": "100,200,500,1000,2000", "step": "5s", "stop-after-fails": "2",
+		"connect-concurrency": "128", "label": "churn"},
 }
 
 // Main is herald-bench: args are the arguments after the program name.
@@ -87,6 +109,9 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) > 0 && args[0] == "slow" {
 		return slowMain(ctx, args[1:], stdout)
 	}
+	if len(args) > 0 && args[0] == "capacity" {
+		return capacityMain(args[1:], stdout)
+	}
 	fs := flag.NewFlagSet("herald-bench", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	fs.Usage = func() {
@@ -100,12 +125,17 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 		jsonOut, svgOut      string
 		progress, cpuProfile string
 	)
-	fs.StringVar(&scenario, "scenario", "", "preset: s1, s2, s3, s4 or s5 (see above)")
+	fs.StringVar(&scenario, "scenario", "", "preset: s1, s2, s3, s4, s5, rooms, history or churn (see above)")
 	fs.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/ws", "the server's herald.v1 WebSocket endpoint; a comma-separated list spreads each channel's subscribers over several nodes in turn")
 	fs.StringVar(&cfg.RawURL, "raw-url", "", "the raw-mode endpoint, one per -url (default: -url with /raw appended)")
 	fs.StringVar(&cfg.PubURL, "pub-url", "", "the publishers' herald.v1 endpoint, e.g. another node of a cluster (default: the first -url; raw publishers use it with /raw appended)")
 	fs.StringVar(&cfg.APIURL, "api-url", "", "the HTTP API's publish route (default: http://HOST/api/v1/publish)")
 	fs.StringVar(&cfg.APIKey, "api-key", os.Getenv("HERALD_API_KEY"), "the HTTP API key (env HERALD_API_KEY)")
+	fs.BoolVar(&cfg.Churn, "churn", false, "churn: each rate is connection cycles per second (dial, connect, subscribe, close) instead of publications")
+	fs.StringVar(&cfg.Protocol, "proto", ProtoHerald, "the server's protocol: herald (herald.v1: Herald, hub, naive, floor) or centrifuge (the centrifuge baseline's JSON protocol)")
+	fs.StringVar(&cfg.JWTSecret, "jwt-secret", os.Getenv("HERALD_BENCH_JWT_SECRET"), "HS256 secret (at least 32 bytes): subscribers connect with a token signed by it (env HERALD_BENCH_JWT_SECRET)")
+	fs.StringVar(&cfg.CAFile, "ca", "", "PEM certificate to trust for wss:// (e.g. the suite's self-signed one)")
+	fs.StringVar(&cfg.ChannelPrefix, "channel-prefix", "bench.", "channel names: PREFIX0, PREFIX1, … (chat: has history on Herald's and the centrifuge baseline's defaults)")
 	fs.IntVar(&cfg.Channels, "channels", 1, "channels")
 	fs.IntVar(&cfg.Subscribers, "subs", 10, "subscribers per channel")
 	fs.StringVar(&cfg.SubMode, "sub-mode", SubProtocol, "subscribers speak: protocol (/ws + subscribe) or raw (/ws/raw?channel=)")
@@ -118,6 +148,7 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.IntVar(&cfg.Payload, "payload", 128, fmt.Sprintf("payload bytes (a JSON string; at least %d)", MinPayload))
 	fs.DurationVar(&cfg.Drain, "drain", 5*time.Second, "longest wait after a step for deliveries still on their way")
 	fs.DurationVar(&cfg.OnTime, "on-time", 100*time.Millisecond, "latency within which a delivery is on time (a step passes with >= 97% on time)")
+	fs.DurationVar(&cfg.MaxP99, "max-p99", 0, "a step passes only with a latency p99 at most this (0: no bound)")
 	fs.IntVar(&cfg.StopAfterFails, "stop-after-fails", 0, "stop after this many steps in a row did not pass (0: never)")
 	fs.Float64Var(&cfg.ConnectRate, "connect-rate", 2000, "new connections per second")
 	fs.IntVar(&cfg.ConnectConcurrency, "connect-concurrency", 64, "handshakes in flight")
@@ -144,7 +175,7 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 		cfg.Scenario = scenario
 		preset, ok := scenarios[scenario]
 		if !ok {
-			return fmt.Errorf("unknown scenario %q: want s1 … s5", scenario)
+			return fmt.Errorf("unknown scenario %q: want s1 … s5, rooms, history or churn", scenario)
 		}
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

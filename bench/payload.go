@@ -58,11 +58,27 @@ var errNoPayload = errors.New("no benchmark payload in message")
 // findPayload locates a payload in a message (a push, or a raw frame) and
 // decodes its fields.
 func findPayload(msg []byte) (payloadInfo, error) {
+	p, _, err := nextPayload(msg)
+	return p, err
+}
+
+// nextPayload decodes the first payload in msg and returns what follows
+// it, where the next one may be (centrifuge batches pushes in a frame).
+func nextPayload(msg []byte) (payloadInfo, []byte, error) {
 	i := bytes.Index(msg, []byte(payloadMarker))
 	if i < 0 {
-		return payloadInfo{}, errNoPayload
+		return payloadInfo{}, nil, errNoPayload
 	}
 	f := msg[i+len(payloadMarker):]
+	p, err := decodeFields(f)
+	if err != nil {
+		return p, nil, err
+	}
+	return p, f[payloadFields:], nil
+}
+
+// decodeFields decodes the fixed-width fields that follow the marker.
+func decodeFields(f []byte) (payloadInfo, error) {
 	if len(f) < payloadFields {
 		return payloadInfo{}, errors.New("truncated benchmark payload")
 	}

@@ -9,7 +9,6 @@ import (
 	"math"
 	"net/http"
 	"net/url"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -81,7 +80,7 @@ func (r *runner) openPublishers(ctx context.Context) error {
 		r.pubs = append(r.pubs, p)
 		switch cfg.PubMode {
 		case PubWS:
-			ws, _, err := r.d.dial(ctx, cfg.pubURL, true)
+			ws, _, err := r.d.dial(ctx, cfg.pubURL, cfg.Protocol == ProtoHerald)
 			if err != nil {
 				return fmt.Errorf("publisher %d: %w", i, err)
 			}
@@ -89,6 +88,14 @@ func (r *runner) openPublishers(ctx context.Context) error {
 			p.window = make(chan struct{}, cfg.Window)
 			p.dead = make(chan struct{})
 			p.fw.installHandlers(ws)
+			if c := publisherConnect(cfg.Protocol); c != nil {
+				// Its reply frees no window slot: none was taken for it.
+				p.nextID = 1
+				if err := p.fw.write(appendClientFrame(nil, websocket.TextMessage, c)); err != nil {
+					ws.Close()
+					return fmt.Errorf("publisher %d: connect: %w", i, err)
+				}
+			}
 			r.wg.Add(1)
 			go p.readReplies()
 		case PubRaw:
@@ -136,14 +143,17 @@ func (p *publisher) readReplies() {
 			p.ws.Close()
 			return
 		}
-		if !bytes.HasPrefix(msg, []byte(`{"id":`)) {
-			continue
+		n, failed := countReplies(msg)
+		if p.r.cfg.Protocol == ProtoCentrifuge && isAppPing(msg) {
+			_ = p.fw.write(appendClientFrame(nil, websocket.TextMessage, emptyObjectLine))
 		}
-		select {
-		case <-p.window:
-		default:
+		for range n {
+			select {
+			case <-p.window:
+			default:
+			}
 		}
-		if bytes.Contains(msg, []byte(`"error"`)) {
+		if failed {
 			p.fail(fmt.Errorf("publish refused: %s", msg))
 		}
 	}
@@ -206,13 +216,7 @@ func (p *publisher) flush(ctx context.Context, counts []int64) error {
 		var cmd []byte
 		for _, m := range p.batch {
 			p.nextID++
-			cmd = append(cmd[:0], `{"id":`...)
-			cmd = strconv.AppendUint(cmd, p.nextID, 10)
-			cmd = append(cmd, `,"cmd":"publish","channel":"`...)
-			cmd = append(cmd, r.names[p.channels[m.pos]]...)
-			cmd = append(cmd, `","data":`...)
-			cmd = append(cmd, m.payload...)
-			cmd = append(cmd, '}')
+			cmd = appendPublish(cmd[:0], r.cfg.Protocol, p.nextID, r.names[p.channels[m.pos]], m.payload)
 			b = appendClientFrame(b, websocket.TextMessage, cmd)
 		}
 		p.buf = b

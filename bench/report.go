@@ -14,6 +14,10 @@ type PlanRecord struct {
 	Type        string   `json:"type"` // "plan"
 	Label       string   `json:"label,omitempty"`
 	Scenario    string   `json:"scenario,omitempty"`
+	Protocol    string   `json:"protocol,omitempty"`
+	Churn       bool     `json:"churn,omitempty"`
+	TLS         bool     `json:"tls,omitempty"`
+	JWT         bool     `json:"jwt,omitempty"`
 	URL         string   `json:"url"`
 	PubURL      string   `json:"pub_url,omitempty"` // when publishers use another endpoint than the (first) subscribers'
 	Nodes       int      `json:"nodes,omitempty"`   // distinct endpoints (host:port): 2 or more is a cross-node run
@@ -28,6 +32,7 @@ type PlanRecord struct {
 	StepSeconds float64  `json:"step_s"`
 	Payload     int      `json:"payload_bytes"`
 	OnTimeMs    float64  `json:"on_time_ms"`
+	MaxP99Ms    float64  `json:"max_p99_ms,omitempty"`
 	ConnectRate float64  `json:"connect_rate_target"`
 	Sources     int      `json:"source_addresses"`
 	IdleSeconds float64  `json:"idle_s"`
@@ -94,7 +99,18 @@ type StepResult struct {
 	Latency         Latency          `json:"latency"`
 	ServerCPU       float64          `json:"server_cpu_s,omitempty"`
 	CPUPerMillion   float64          `json:"server_cpu_s_per_m_deliveries,omitempty"`
-	ServerRSS       int64            `json:"server_rss_bytes,omitempty"`
+	// Server CPU seconds per million publications: what a publication costs
+	// the server whatever its fan-out (the many-rooms figure).
+	CPUPerMillionPub float64 `json:"server_cpu_s_per_m_publications,omitempty"`
+	// Churn steps (Target is the cycles due): cycles completed, failed (or
+	// not started in time), the first error, per second, and server CPU
+	// seconds per thousand cycles.
+	Cycles        int64   `json:"cycles,omitempty"`
+	CyclesFailed  int64   `json:"cycles_failed,omitempty"`
+	CycleError    string  `json:"cycle_error,omitempty"`
+	CyclesPerSec  float64 `json:"cycles_per_s,omitempty"`
+	CPUPerKCycles float64 `json:"server_cpu_s_per_k_cycles,omitempty"`
+	ServerRSS     int64   `json:"server_rss_bytes,omitempty"`
 	// Each server's CPU seconds, in the order of -server-pid (or
 	// -metrics-url), when there are several.
 	ServerCPUEach []float64 `json:"server_cpu_each_s,omitempty"`
@@ -122,8 +138,14 @@ type SummaryRecord struct {
 	BestDeliveredPerSec float64 `json:"best_delivered_per_s,omitempty"`
 	BestCPUPerMillion   float64 `json:"best_server_cpu_s_per_m_deliveries,omitempty"`
 	BestP99             float64 `json:"best_p99_ms,omitempty"`
-	Stopped             string  `json:"stopped,omitempty"` // why the steps ended early
-	Error               string  `json:"error,omitempty"`
+	// Churn: the best passing step's cycles per second and CPU per
+	// thousand cycles.
+	BestCyclesPerSec  float64 `json:"best_cycles_per_s,omitempty"`
+	BestCPUPerKCycles float64 `json:"best_server_cpu_s_per_k_cycles,omitempty"`
+	// The best passing step's server CPU per million publications.
+	BestCPUPerMillionPub float64 `json:"best_server_cpu_s_per_m_publications,omitempty"`
+	Stopped              string  `json:"stopped,omitempty"` // why the steps ended early
+	Error                string  `json:"error,omitempty"`
 }
 
 // ProgressRecord is written once a second.
@@ -155,9 +177,9 @@ func (r *runner) planRecord() PlanRecord {
 		pids = all
 	}
 	return PlanRecord{
-		Type: "plan", Label: cfg.Label, Scenario: cfg.Scenario, URL: cfg.URL, PubURL: pubURL, Nodes: cfg.nodes(), Channels: cfg.Channels, Subscribers: cfg.Subscribers,
+		Type: "plan", Label: cfg.Label, Scenario: cfg.Scenario, Protocol: cfg.Protocol, Churn: cfg.Churn, TLS: strings.HasPrefix(cfg.URL, "wss://"), JWT: cfg.JWTSecret != "", URL: cfg.URL, PubURL: pubURL, Nodes: cfg.nodes(), Channels: cfg.Channels, Subscribers: cfg.Subscribers,
 		Connections: subs + pubs, SubMode: cfg.SubMode, Reader: cfg.Reader, PubMode: cfg.PubMode, Publishers: cfg.Publishers,
-		Rates: rates, StepSeconds: cfg.StepDuration.Seconds(), Payload: cfg.Payload, OnTimeMs: ms(cfg.OnTime),
+		Rates: rates, StepSeconds: cfg.StepDuration.Seconds(), Payload: cfg.Payload, OnTimeMs: ms(cfg.OnTime), MaxP99Ms: ms(cfg.MaxP99),
 		ConnectRate: cfg.ConnectRate, Sources: len(cfg.Sources), IdleSeconds: cfg.Idle.Seconds(),
 		TimeoutSecs: cfg.Timeout.Seconds(), ServerPID: cfg.ServerPID, ServerPIDs: pids, Metrics: cfg.MetricsURL,
 		Started: r.base.UTC().Format(time.RFC3339),
@@ -222,6 +244,11 @@ func (o *reporter) plan(p *PlanRecord) {
 	if p.PubURL != "" {
 		target = fmt.Sprintf("subscribers on %s, publishers on %s (%d nodes)", p.URL, p.PubURL, p.Nodes)
 	}
+	if p.Churn {
+		o.printf("# %s%s: churn over %d channels, %d cycles in flight at most, cycles/s %s, step %gs, on time <= %gms, timeout %gs\n",
+			labelPrefix(p.Label), target, p.Channels, p.Connections, rates, p.StepSeconds, p.OnTimeMs, p.TimeoutSecs)
+		return
+	}
 	o.printf("# %s%s: %d channels x %d subscribers (%s, %s reader), publish %s x%d, rates/s %s, step %gs, payload %d B, on time <= %gms, timeout %gs\n",
 		labelPrefix(p.Label), target, p.Channels, p.Subscribers, p.SubMode, p.Reader, p.PubMode, p.Publishers, rates, p.StepSeconds, p.Payload, p.OnTimeMs, p.TimeoutSecs)
 }
@@ -265,6 +292,10 @@ func (o *reporter) step(s *StepResult) {
 	o.mu.Lock()
 	o.json(s)
 	o.mu.Unlock()
+	if s.TargetRate > 0 && s.Target > 0 && s.Expected == 0 && (s.Cycles > 0 || s.CyclesFailed > 0) {
+		o.churnStep(s)
+		return
+	}
 	if s.Step == 0 {
 		o.printf("%s", stepHeader)
 	}
@@ -294,6 +325,29 @@ func (o *reporter) step(s *StepResult) {
 	}
 }
 
+const churnHeader = "step  cycles/s    due   done  failed  ontime%   p50ms   p90ms   p99ms   maxms  cpu/k  gen-cpu  pass\n"
+
+// churnStep prints a churn step (the JSON line is written by step).
+func (o *reporter) churnStep(s *StepResult) {
+	if s.Step == 0 {
+		o.printf("%s", churnHeader)
+	}
+	cpu := "    -"
+	if s.ServerCPU > 0 {
+		cpu = fmt.Sprintf("%5.3f", s.CPUPerKCycles)
+	}
+	pass := "ok"
+	if !s.Pass {
+		pass = "FAIL"
+	}
+	o.printf("%4d %9s %6d %6d %7d %8.2f %7.2f %7.2f %7.2f %7.1f  %s  %6.2fs  %s\n",
+		s.Step, s.Rate, s.Target, s.Cycles, s.CyclesFailed, s.OnTimePct,
+		s.Latency.P50, s.Latency.P90, s.Latency.P99, s.Latency.Max, cpu, s.GenCPU, pass)
+	if s.CycleError != "" {
+		o.printf("     first failure: %s\n", s.CycleError)
+	}
+}
+
 func (o *reporter) progress(p *ProgressRecord) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -314,6 +368,17 @@ func (o *reporter) summary(s *SummaryRecord) {
 	o.mu.Lock()
 	o.json(s)
 	o.mu.Unlock()
+	if s.Connections == 0 && s.Delivered == 0 && s.BestCyclesPerSec > 0 {
+		line := fmt.Sprintf("summary (churn): best passing step %d (rate %s/s): %.0f cycles/s, p99 %.2fms", s.BestStep, s.BestRate, s.BestCyclesPerSec, s.BestP99)
+		if s.BestCPUPerKCycles > 0 {
+			line += fmt.Sprintf(", %.3f server CPU s per thousand cycles", s.BestCPUPerKCycles)
+		}
+		if s.Stopped != "" {
+			line += "; stopped: " + s.Stopped
+		}
+		o.printf("%s\n", line)
+		return
+	}
 	line := fmt.Sprintf("summary: %d connections at %.0f/s", s.Connections, s.ConnectRate)
 	if s.RSSPerConn != 0 {
 		line += fmt.Sprintf(", server %.2f KB RSS/conn", s.RSSPerConn/1000)

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -120,24 +119,36 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 	defer stopProgress()
 	defer r.fillSummary(res)
 
+	var tokens []string // churn's connection tokens
 	var err error
-	res.Connect, err = r.connect(ctx)
-	r.out.connected(&res.Connect)
-	if err != nil {
-		return err
-	}
-	if err := r.openPublishers(ctx); err != nil {
-		return err
+	if cfg.Churn {
+		if tokens, err = r.prepareChurn(); err != nil {
+			return err
+		}
+	} else {
+		res.Connect, err = r.connect(ctx)
+		r.out.connected(&res.Connect)
+		if err != nil {
+			return err
+		}
+		if err := r.openPublishers(ctx); err != nil {
+			return err
+		}
 	}
 	fails := 0
 	for i, rate := range cfg.Rates {
 		if ctx.Err() != nil {
 			break
 		}
-		st := r.runStep(ctx, i, rate)
+		var st StepResult
+		if cfg.Churn {
+			st = r.runChurnStep(ctx, i, rate, tokens)
+		} else {
+			st = r.runStep(ctx, i, rate)
+		}
 		res.Steps = append(res.Steps, st)
 		r.out.step(&st)
-		if st.Pass && (res.Summary.BestStep < 0 || st.DeliveredPerSec >= res.Steps[res.Summary.BestStep].DeliveredPerSec) {
+		if st.Pass && (res.Summary.BestStep < 0 || st.throughput() >= res.Steps[res.Summary.BestStep].throughput()) {
 			res.Summary.BestStep = i
 		}
 		if st.Pass {
@@ -145,6 +156,9 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 		} else if fails++; cfg.StopAfterFails > 0 && fails >= cfg.StopAfterFails {
 			res.Summary.Stopped = fmt.Sprintf("%d steps in a row did not pass", fails)
 			break
+		}
+		if cfg.Churn {
+			continue // no standing subscribers or publishers to lose
 		}
 		if r.aliveSubscribers() == 0 {
 			res.Summary.Stopped = "every subscriber was cut"
@@ -312,7 +326,7 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 	if !proto {
 		u = cfg.subRawURLs[node] + "?channel=" + url.QueryEscape(r.names[s.channel])
 	}
-	ws, hc, err := r.d.dial(ctx, u, proto)
+	ws, hc, err := r.d.dial(ctx, u, proto && cfg.Protocol == ProtoHerald)
 	if err != nil {
 		ready(err)
 		return
@@ -325,9 +339,7 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 	}
 	ws.SetReadLimit(maxMessage)
 	if proto {
-		cmd := `{"id":1,"cmd":"subscribe","channel":"` + r.names[s.channel] + `"}`
-		_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if err := ws.WriteMessage(websocket.TextMessage, []byte(cmd)); err != nil {
+		if err := r.sendSubscribe(ws, r.names[s.channel]); err != nil {
 			ws.Close()
 			ready(fmt.Errorf("subscribe: %w", err))
 			return
@@ -355,9 +367,13 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 			return
 		}
 		wasSubscribed := s.subscribed
-		if !r.message(s, msg, ready) {
+		switch r.message(s, msg, ready) {
+		case msgDone:
 			ws.Close()
 			return
+		case msgPing:
+			_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			_ = ws.WriteMessage(websocket.TextMessage, emptyObjectLine)
 		}
 		if !wasSubscribed && s.subscribed {
 			_ = ws.SetReadDeadline(time.Time{})
@@ -373,25 +389,60 @@ const maxMessage = 1 << 20
 // (a variable for tests).
 var subscribeTimeout = 10 * time.Second
 
-// message handles one data message for s, on its reader: a delivery, or
-// before that the subscribe reply. It returns false when the subscriber is
-// done: its subscription was refused (ready has the reason).
-func (r *runner) message(s *subscriber, msg []byte, ready func(error)) bool {
-	if p, perr := findPayload(msg); perr == nil {
-		r.deliver(s, p)
-		return true
-	} else if perr != errNoPayload {
-		r.malformed.Add(1)
-		return true
-	}
-	if !s.subscribed && bytes.HasPrefix(msg, []byte(`{"id":1`)) {
-		if bytes.Contains(msg, []byte(`"error"`)) {
-			ready(fmt.Errorf("subscribe refused: %s", msg))
-			return false
+// msgAction is what a reader does after message.
+type msgAction int
+
+const (
+	msgOK   msgAction = iota
+	msgDone           // the subscriber is done: close its socket
+	msgPing           // answer centrifuge's app-level ping with an empty object
+)
+
+// sendSubscribe writes a protocol subscriber's first command(s): a connect
+// when the protocol or a token needs one, and the subscribe.
+func (r *runner) sendSubscribe(ws *websocket.Conn, channel string) error {
+	_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if c := connectCommand(r.cfg.Protocol, r.cfg.Token); c != nil {
+		if err := ws.WriteMessage(websocket.TextMessage, c); err != nil {
+			return err
 		}
-		r.subscribed(s, ready)
 	}
-	return true
+	return ws.WriteMessage(websocket.TextMessage, subscribeCommand(r.cfg.Protocol, channel, r.cfg.Token))
+}
+
+// message handles one data message for s, on its reader: deliveries (one,
+// or with centrifuge several a message), or before them the subscribe
+// reply. It returns msgDone when the subscriber is done (its subscription
+// was refused: ready has the reason), msgPing when the message holds an
+// app-level ping to answer.
+func (r *runner) message(s *subscriber, msg []byte, ready func(error)) msgAction {
+	found := false
+	for rest := msg; ; {
+		p, next, perr := nextPayload(rest)
+		if perr == errNoPayload {
+			break
+		}
+		found = true
+		if perr != nil {
+			r.malformed.Add(1)
+			break
+		}
+		r.deliver(s, p)
+		rest = next
+	}
+	if !s.subscribed && !found {
+		if done, refused := subscribeOutcome(msg); refused {
+			ready(fmt.Errorf("subscribe refused: %s", msg))
+			return msgDone
+		} else if done {
+			r.subscribed(s, ready)
+		}
+	}
+	// The ping may come in the same frame as pushes.
+	if r.cfg.Protocol == ProtoCentrifuge && isAppPing(msg) {
+		return msgPing
+	}
+	return msgOK
 }
 
 // subscribed counts s in once its subscription holds (on its reader).
@@ -557,12 +608,25 @@ func (r *runner) runStep(ctx context.Context, i int, rate Rate) StepResult {
 		if res.Delivered > 0 {
 			res.CPUPerMillion = res.ServerCPU / float64(res.Delivered) * 1e6
 		}
+		if res.Published > 0 {
+			res.CPUPerMillionPub = res.ServerCPU / float64(res.Published) * 1e6
+		}
 	}
 	// A step passes only with every subscriber that connected still there:
 	// after a server cut some, a later step serves fewer and proves little.
 	res.Pass = res.Subscribers == r.connected && res.Lost == 0 && res.Dups == 0 && res.Misrouted == 0 && res.SubscribersCut == 0 &&
-		res.PublishErrors == 0 && res.Expected > 0 && res.OnTimePct >= 97
+		res.PublishErrors == 0 && res.Expected > 0 && res.OnTimePct >= 97 &&
+		(cfg.MaxP99 <= 0 || res.Latency.P99 <= ms(cfg.MaxP99))
 	return res
+}
+
+// throughput is what a step is ranked by: deliveries per second, or
+// cycles per second for churn.
+func (s StepResult) throughput() float64 {
+	if s.CyclesPerSec > 0 {
+		return s.CyclesPerSec
+	}
+	return s.DeliveredPerSec
 }
 
 func (r *runner) codes() map[int]int64 {
@@ -607,6 +671,9 @@ func (r *runner) fillSummary(res *Result) {
 		sm.BestDeliveredPerSec = b.DeliveredPerSec
 		sm.BestCPUPerMillion = b.CPUPerMillion
 		sm.BestP99 = b.Latency.P99
+		sm.BestCyclesPerSec = b.CyclesPerSec
+		sm.BestCPUPerKCycles = b.CPUPerKCycles
+		sm.BestCPUPerMillionPub = b.CPUPerMillionPub
 	}
 	for _, s := range res.Steps {
 		sm.Published += s.Published

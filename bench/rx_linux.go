@@ -237,11 +237,17 @@ func (l *rxLoop) feed(c *rxConn, p []byte) bool {
 		}
 		switch ev {
 		case wsframe.Message:
-			ok := l.r.message(c.s, c.msg, c.ready)
+			act := l.r.message(c.s, c.msg, c.ready)
 			c.msg = c.msg[:0]
-			if !ok {
+			switch act {
+			case msgDone:
 				l.end(c, websocket.CloseNormalClosure, nil)
 				return false
+			case msgPing:
+				if !l.write(c, appendClientFrame(nil, websocket.TextMessage, emptyObjectLine)) {
+					l.end(c, websocket.CloseAbnormalClosure, errors.New("ping reply not written"))
+					return false
+				}
 			}
 		case wsframe.Control:
 			op, payload := c.dec.Control()

@@ -131,7 +131,7 @@ func summaryMain(args []string, w io.Writer) error {
 		if sc == "" {
 			sc = "custom"
 		}
-		k := fmt.Sprintf("%s %06d|%s", sc, r.plan.Connections, r.plan.Label)
+		k := fmt.Sprintf("%s %06d|%s", scenarioName(r.plan), r.plan.Connections, r.plan.Label)
 		if _, ok := groups[k]; !ok {
 			keys = append(keys, k)
 		}
@@ -139,10 +139,18 @@ func summaryMain(args []string, w io.Writer) error {
 	}
 	sort.Strings(keys)
 	if *crossOnly {
-		return crossTable(w, groups, keys, *ref)
+		return crossTable(w, groups, slices.DeleteFunc(keys, isHistory), *ref)
 	}
-	fmt.Fprintln(w, "| scenario | server | runs | connect/s | RSS/conn KB | best passing rate/s | deliveries/s there | CPU s/M there |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	var churn []string
+	keys = slices.DeleteFunc(keys, func(k string) bool {
+		if groups[k][0].plan.Churn {
+			churn = append(churn, k)
+			return true
+		}
+		return false
+	})
+	fmt.Fprintln(w, "| scenario | server | runs | connect/s | RSS/conn KB | best passing rate/s | deliveries/s there | CPU s/M there | CPU s/M publications there |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, k := range keys {
 		runs := groups[k]
 		p := runs[0].plan
@@ -156,15 +164,17 @@ func summaryMain(args []string, w io.Writer) error {
 			}
 		}
 		rate := best(func(s StepResult) float64 { return s.TargetRate })
-		fmt.Fprintf(w, "| %s (%d×%d) | %s | %d | %s | %s | %s | %s | %s |\n",
+		fmt.Fprintf(w, "| %s (%d×%d) | %s | %d | %s | %s | %s | %s | %s | %s |\n",
 			scenarioName(p), p.Channels, p.Subscribers, p.Label, len(runs),
 			medianOf(runs, func(r savedRun) (float64, bool) { return r.connect.RatePerSec, r.connect.RatePerSec > 0 }, "%.0f"),
 			medianOf(runs, func(r savedRun) (float64, bool) { return r.connect.RSSPerConn / 1000, r.connect.RSSPerConn != 0 }, "%.1f"),
 			medianOf(runs, rate, "%.0f"),
 			medianOf(runs, best(func(s StepResult) float64 { return s.DeliveredPerSec }), "%.0f"),
-			medianOf(runs, best(func(s StepResult) float64 { return s.CPUPerMillion }), "%.2f"))
+			medianOf(runs, best(func(s StepResult) float64 { return s.CPUPerMillion }), "%.2f"),
+			medianOf(runs, best(func(s StepResult) float64 { return s.CPUPerMillionPub }), "%.2f"))
 	}
 	fmt.Fprintln(w)
+	churnTable(w, groups, churn)
 	fmt.Fprintln(w, "| scenario | server | rate/s | runs passed | deliveries/s | lost | cut | on time % | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | CPU s/M |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, k := range keys {
@@ -208,7 +218,75 @@ func summaryMain(args []string, w io.Writer) error {
 				medianOf(runs, step(func(s StepResult) float64 { return s.CPUPerMillion }), "%.2f"))
 		}
 	}
-	return crossTable(w, groups, keys, *ref)
+	return crossTable(w, groups, slices.DeleteFunc(keys, isHistory), *ref)
+}
+
+// isHistory reports whether a group key is the history scenario's, whose
+// cross-node runs are compared by rate, not with a single-node p99.
+func isHistory(k string) bool { return strings.HasPrefix(k, "history ") }
+
+// churnTable prints, for the churn groups, the best passing rate of
+// connection cycles and each step's figures (medians over the runs, with
+// every run's value).
+func churnTable(w io.Writer, groups map[string][]savedRun, keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "| scenario | server | runs | best passing cycles/s | CPU s per 1,000 cycles there | p99 ms there |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	for _, k := range keys {
+		runs := groups[k]
+		best := func(f func(StepResult) float64) func(savedRun) (float64, bool) {
+			return func(r savedRun) (float64, bool) {
+				if b := bestStep(r); b >= 0 {
+					return f(r.steps[b]), true
+				}
+				return 0, len(r.steps) > 0
+			}
+		}
+		fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s |\n", scenarioName(runs[0].plan), runs[0].plan.Label, len(runs),
+			medianOf(runs, best(func(s StepResult) float64 { return s.CyclesPerSec }), "%.0f"),
+			medianOf(runs, best(func(s StepResult) float64 { return s.CPUPerKCycles }), "%.3f"),
+			medianOf(runs, best(func(s StepResult) float64 { return s.Latency.P99 }), "%.1f"))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| scenario | server | cycles/s | runs passed | done | failed | on time % | p50 ms | p99 ms | CPU s per 1,000 |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
+	for _, k := range keys {
+		runs := groups[k]
+		n := 0
+		for _, r := range runs {
+			n = max(n, len(r.steps))
+		}
+		for i := range n {
+			var rate string
+			passed, ran := 0, 0
+			for _, r := range runs {
+				if i < len(r.steps) {
+					rate, ran = r.steps[i].Rate, ran+1
+					if r.steps[i].Pass {
+						passed++
+					}
+				}
+			}
+			step := func(f func(StepResult) float64) func(savedRun) (float64, bool) {
+				return func(r savedRun) (float64, bool) {
+					if i >= len(r.steps) {
+						return 0, false
+					}
+					return f(r.steps[i]), true
+				}
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s |\n", scenarioName(runs[0].plan), runs[0].plan.Label, rate, passed, ran,
+				medianOf(runs, step(func(s StepResult) float64 { return float64(s.Cycles) }), "%.0f"),
+				medianOf(runs, step(func(s StepResult) float64 { return float64(s.CyclesFailed) }), "%.0f"),
+				medianOf(runs, step(func(s StepResult) float64 { return s.OnTimePct }), "%.1f"),
+				medianOf(runs, step(func(s StepResult) float64 { return s.Latency.P50 }), "%.1f"),
+				medianOf(runs, step(func(s StepResult) float64 { return s.Latency.P99 }), "%.1f"),
+				medianOf(runs, step(func(s StepResult) float64 { return s.CPUPerKCycles }), "%.3f"))
+		}
+	}
+	fmt.Fprintln(w)
 }
 
 // crossTable prints, for every cross-node group (runs whose plan names two
@@ -350,7 +428,7 @@ func medianValues(v []float64, format string) string {
 func bestStep(r savedRun) int {
 	best := -1
 	for i, s := range r.steps {
-		if s.Pass && s.Subscribers == r.connect.Connections && (best < 0 || s.DeliveredPerSec >= r.steps[best].DeliveredPerSec) {
+		if s.Pass && s.Subscribers == r.connect.Connections && (best < 0 || s.throughput() >= r.steps[best].throughput()) {
 			best = i
 		}
 	}
@@ -364,6 +442,9 @@ func scenarioName(p PlanRecord) string {
 	}
 	if p.Scenario == "s1" && p.Connections != 10000 {
 		s += "-" + strconv.Itoa(p.Connections/1000) + "k"
+	}
+	if p.Churn && p.TLS {
+		s += "-tls"
 	}
 	return s
 }

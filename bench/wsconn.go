@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +54,13 @@ func newDialer(sources []net.IP) *dialer {
 		add(&net.TCPAddr{IP: ip})
 	}
 	return d
+}
+
+// setTLS sets the TLS configuration of wss:// dials; before any dial.
+func (d *dialer) setTLS(c *tls.Config) {
+	for i := range d.ws {
+		d.ws[i].TLSClientConfig = c
+	}
 }
 
 // dial opens one connection, asking for herald.v1 when protocol is set. A

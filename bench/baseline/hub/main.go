@@ -12,7 +12,12 @@
 // example joins queued messages with newlines into one frame; herald.v1
 // carries one JSON object per message, so it cannot) — and pings.
 //
-//	hub -addr 127.0.0.1:0    logs msg=listening addr=127.0.0.1:PORT
+// For the churn scenario it also takes herald.v1's connect command: with
+// -jwt-secret, a connection must connect with an HS256 token first (checked
+// on its readPump), and -tls-cert/-tls-key serve wss://.
+//
+//	hub -addr 127.0.0.1:0 [-jwt-secret S] [-tls-cert F -tls-key F]
+//	logs msg=listening addr=127.0.0.1:PORT
 package main
 
 import (
@@ -31,6 +36,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/heraldhq/herald/bench/internal/benchjwt"
 )
 
 const (
@@ -42,9 +49,17 @@ const (
 )
 
 type client struct {
-	hub  *hub
-	ws   *websocket.Conn
-	send chan []byte
+	hub    *hub
+	ws     *websocket.Conn
+	send   chan []byte
+	authed bool // connected with a valid token (readPump only)
+}
+
+// direct is a reply the hub queues for one client (the hub alone sends on
+// a client's channel, which it closes).
+type direct struct {
+	c   *client
+	msg []byte
 }
 
 type subscription struct {
@@ -67,7 +82,9 @@ type hub struct {
 	subscribe  chan subscription
 	broadcast  chan publication
 	unregister chan *client
+	direct     chan direct
 	done       chan struct{}
+	secret     []byte // HS256 secret: connections must connect with a token; set before run
 }
 
 func newHub() *hub {
@@ -78,6 +95,7 @@ func newHub() *hub {
 		subscribe:  make(chan subscription),
 		broadcast:  make(chan publication),
 		unregister: make(chan *client),
+		direct:     make(chan direct),
 		done:       make(chan struct{}),
 	}
 }
@@ -119,6 +137,10 @@ func (h *hub) run(ctx context.Context) {
 			if _, ok := h.clients[p.c]; ok {
 				h.send(p.c, reply(p.id, ""))
 			}
+		case d := <-h.direct:
+			if _, ok := h.clients[d.c]; ok {
+				h.send(d.c, d.msg)
+			}
 		case c := <-h.unregister:
 			h.remove(c)
 		}
@@ -155,6 +177,7 @@ type command struct {
 	Cmd     string          `json:"cmd"`
 	Channel string          `json:"channel"`
 	Data    json.RawMessage `json:"data"`
+	Token   string          `json:"token"`
 }
 
 func (c *client) readPump() {
@@ -175,14 +198,18 @@ func (c *client) readPump() {
 		}
 		_ = c.ws.SetReadDeadline(time.Now().Add(pongWait))
 		var cmd command
-		if err := json.Unmarshal(msg, &cmd); err != nil || (cmd.Cmd != "subscribe" && cmd.Cmd != "publish") {
-			continue // the hub pattern has no way to answer outside the hub; herald-bench never sends these
+		if err := json.Unmarshal(msg, &cmd); err != nil || (cmd.Cmd != "subscribe" && cmd.Cmd != "publish" && cmd.Cmd != "connect") {
+			continue // herald-bench never sends these
 		}
 		var ev any
-		switch cmd.Cmd {
-		case "subscribe":
+		switch {
+		case cmd.Cmd == "connect":
+			ev = direct{c: c, msg: reply(cmd.ID, c.connect(cmd.Token))}
+		case len(c.hub.secret) > 0 && !c.authed:
+			ev = direct{c: c, msg: reply(cmd.ID, "unauthorized")}
+		case cmd.Cmd == "subscribe":
 			ev = subscription{c: c, channel: cmd.Channel, id: cmd.ID}
-		case "publish":
+		case cmd.Cmd == "publish":
 			push := append([]byte(`{"push":"pub","channel":"`+cmd.Channel+`","data":`), cmd.Data...)
 			ev = publication{c: c, channel: cmd.Channel, push: append(push, '}'), id: cmd.ID}
 		}
@@ -199,8 +226,27 @@ func (c *client) readPump() {
 			case <-c.hub.done:
 				return
 			}
+		case direct:
+			select {
+			case c.hub.direct <- e:
+			case <-c.hub.done:
+				return
+			}
 		}
 	}
+}
+
+// connect checks a connect command's token: the error code to reply with,
+// or "" when it is good (or the hub checks none).
+func (c *client) connect(token string) string {
+	if len(c.hub.secret) == 0 {
+		return ""
+	}
+	if _, err := benchjwt.Verify(c.hub.secret, token); err != nil {
+		return "unauthorized"
+	}
+	c.authed = true
+	return ""
 }
 
 func (c *client) writePump() {
@@ -263,21 +309,40 @@ func handler(h *hub) http.Handler {
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8091", "listen address")
+	var o options
+	var secret string
+	flag.StringVar(&secret, "jwt-secret", "", "HS256 secret: connections must connect with a token signed by it first")
+	flag.StringVar(&o.cert, "tls-cert", "", "PEM certificate: serve wss:// (needs -tls-key)")
+	flag.StringVar(&o.key, "tls-key", "", "PEM private key of -tls-cert")
 	flag.Parse()
+	o.secret = []byte(secret)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, *addr, slog.New(slog.NewTextHandler(os.Stderr, nil))); err != nil {
+	if err := serve(ctx, *addr, o, slog.New(slog.NewTextHandler(os.Stderr, nil))); err != nil {
 		fmt.Fprintln(os.Stderr, "hub:", err)
 		os.Exit(1)
 	}
 }
 
-func serve(ctx context.Context, addr string, log *slog.Logger) error {
+// options are the churn scenario's settings.
+type options struct {
+	secret    []byte
+	cert, key string
+}
+
+func serve(ctx context.Context, addr string, o options, log *slog.Logger) error {
+	if (o.cert == "") != (o.key == "") {
+		return errors.New("-tls-cert and -tls-key go together")
+	}
+	if len(o.secret) > 0 && len(o.secret) < benchjwt.MinSecret {
+		return fmt.Errorf("-jwt-secret has %d bytes, want at least %d", len(o.secret), benchjwt.MinSecret)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
 	h := newHub()
+	h.secret = o.secret
 	go h.run(ctx)
 	srv := &http.Server{Handler: handler(h), ReadHeaderTimeout: 10 * time.Second}
 	log.Info("listening", "addr", ln.Addr().String(), "server", "hub")
@@ -285,7 +350,12 @@ func serve(ctx context.Context, addr string, log *slog.Logger) error {
 		<-ctx.Done()
 		_ = srv.Close()
 	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+	if o.cert != "" {
+		err = srv.ServeTLS(ln, o.cert, o.key)
+	} else {
+		err = srv.Serve(ln)
+	}
+	if !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

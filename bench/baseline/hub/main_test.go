@@ -43,3 +43,36 @@ func TestBench(t *testing.T) {
 		}
 	}
 }
+
+// With a secret, the hub takes herald.v1's connect: churn with good tokens
+// passes, with a wrong secret every cycle is refused.
+func TestChurn(t *testing.T) {
+	const secret = "hub-test-secret-0123456789abcdef-0123"
+	ctx, cancel := context.WithCancel(context.Background())
+	h := newHub()
+	h.secret = []byte(secret)
+	go h.run(ctx)
+	ts := httptest.NewServer(handler(h))
+	defer func() {
+		ts.Close()
+		cancel()
+		<-h.done
+	}()
+	url := "ws" + strings.TrimPrefix(ts.URL, "http") + "/ws"
+	for _, c := range []struct {
+		secret string
+		ok     bool
+	}{{secret, true}, {secret + "x", false}} {
+		res, err := bench.Run(context.Background(), bench.Config{
+			URL: url, Churn: true, JWTSecret: c.secret, Channels: 5,
+			Rates: []bench.Rate{{PerSecond: 20}}, StepDuration: time.Second, OnTime: 5 * time.Second,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := res.Steps[0]
+		if c.ok && (s.Cycles != s.Target || s.CyclesFailed != 0 || s.Target != 20) || !c.ok && (s.Cycles != 0 || s.CyclesFailed != s.Target) {
+			t.Errorf("secret ok=%v: %+v", c.ok, s)
+		}
+	}
+}
