@@ -254,8 +254,12 @@ func (c *Config) applyDefaults() error {
 		if c.SubMode == SubRaw || c.PubMode == PubRaw || c.PubMode == PubAPI {
 			return errors.New("the centrifuge protocol has protocol subscribers and ws publishers only")
 		}
+	case ProtoPusher:
+		if err := c.pusherDefaults(); err != nil {
+			return err
+		}
 	default:
-		return fmt.Errorf("bad protocol %q: want herald or centrifuge", c.Protocol)
+		return fmt.Errorf("bad protocol %q: want herald, centrifuge or pusher", c.Protocol)
 	}
 	def(&c.Channels, 1)
 	def(&c.Subscribers, 10)
