@@ -31,13 +31,16 @@ import (
 const ProtoPusher = "pusher"
 
 var (
-	pusherEventPrefix = []byte(`{"event":"pusher`)
-	pusherSucceeded   = []byte(`{"event":"pusher_internal:subscription_succeeded"`)
-	pusherSubError    = []byte(`{"event":"pusher:subscription_error"`)
-	pusherError       = []byte(`{"event":"pusher:error"`)
-	pusherWelcome     = []byte(`{"event":"pusher:connection_established"`)
-	pusherPing        = []byte(`{"event":"pusher:ping"`)
-	pusherPong        = []byte(`{"event":"pusher:pong","data":{}}`)
+	// Herald writes "event" first in its events, but an error of the
+	// handshake may come with its keys in another order: these are
+	// looked for anywhere in a message.
+	pusherEventKey  = []byte(`"event":"pusher`)
+	pusherSucceeded = []byte(`"event":"pusher_internal:subscription_succeeded"`)
+	pusherSubError  = []byte(`"event":"pusher:subscription_error"`)
+	pusherError     = []byte(`"event":"pusher:error"`)
+	pusherWelcome   = []byte(`{"event":"pusher:connection_established"`)
+	pusherPing      = []byte(`{"event":"pusher:ping"`)
+	pusherPong      = []byte(`{"event":"pusher:pong","data":{}}`)
 )
 
 // pusherChannelName is the Pusher name of a public channel's Herald name
@@ -60,13 +63,13 @@ func pusherSubscribeCommand(channel string) []byte {
 // pusherOutcome is subscribeOutcome for a Pusher message: ok is false for
 // a message that is not a pusher event (another protocol's reply).
 func pusherOutcome(msg []byte) (done, refused, ok bool) {
-	if !bytes.HasPrefix(msg, pusherEventPrefix) {
+	if !bytes.Contains(msg, pusherEventKey) {
 		return false, false, false
 	}
 	switch {
-	case bytes.HasPrefix(msg, pusherSubError), bytes.HasPrefix(msg, pusherError):
+	case bytes.Contains(msg, pusherSubError), bytes.Contains(msg, pusherError):
 		return true, true, true
-	case bytes.HasPrefix(msg, pusherSucceeded):
+	case bytes.Contains(msg, pusherSucceeded):
 		return true, false, true
 	}
 	return false, false, true

@@ -99,6 +99,9 @@ func TestRunPusherRefused(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error about %q", err, tc.want)
 			}
+			if testing.Verbose() {
+				t.Log(err)
+			}
 		})
 	}
 }
@@ -112,7 +115,7 @@ func TestPusherMessages(t *testing.T) {
 	}{
 		{`{"event":"pusher_internal:subscription_succeeded","channel":"bench.0","data":"{}"}`, true, false},
 		{`{"event":"pusher:subscription_error","channel":"bench.0","data":"{\"status\":403}"}`, true, true},
-		{`{"event":"pusher:error","data":{"code":4001,"message":"no such app"}}`, true, true},
+		{`{"data":{"code":4001,"message":"no such app"},"event":"pusher:error"}`, true, true},
 		{`{"event":"pusher:pong","data":"{}"}`, false, false},
 	} {
 		if done, refused := subscribeOutcome([]byte(tc.msg)); done != tc.done || refused != tc.refused {
