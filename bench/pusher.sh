@@ -102,9 +102,23 @@ ratios() {
     ratios "$n" | awk -v n="$n" '{r = "n/a"; if ($3 > 0) r = sprintf("%.2f", $4 / $3); printf "| %s | %s %s | %.3g | %.3g | %s |\n", n, $1, $2, $3, $4, r}'
   done
   echo
-  echo "Medians over the rounds of each ratio (figure names without the rate):"
+  echo "Over the rounds (figure names without the rate; the lower middle for an even count):"
+  echo "the median of each round's ratio, and the ratio of the medians (pusher's median / herald's)."
   echo
+  echo "| figure | median ratio (each round's) | median herald | median pusher | ratio of medians |"
+  echo "|---|---|---|---|---|"
   for n in $(seq "$rounds"); do ratios "$n"; done |
-    awk '$3 > 0 {k = $1 " " $2; sub(/@.*/, "", k); print k, $4 / $3}' | sort -k1,2 -k3g |
-    awk '{k = $1 " " $2; v[k] = v[k] " " $3} END {for (k in v) {m = split(substr(v[k], 2), a, " "); printf "- %s: %.2f (%s)\n", k, a[int((m + 1) / 2)], substr(v[k], 2)}}' | sort
+    awk '{k = $1 " " $2; sub(/@.*/, "", k); sub(/ /, "-", k); r = ($3 > 0 ? $4 / $3 : "n/a"); print k, $3, $4, r}' |
+    awk 'function med(s,   a, m, i, j, t) {
+           m = split(s, a, " ")
+           for (i = 2; i <= m; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+           return a[int((m + 1) / 2)]
+         }
+         {h[$1] = h[$1] " " $2; p[$1] = p[$1] " " $3; r[$1] = r[$1] " " sprintf("%.2f", $4)}
+         END {
+           for (k in h) {
+             mh = med(h[k]); mp = med(p[k])
+             printf "| %s | %.2f (%s) | %.3g | %.3g | %s |\n", k, med(r[k]), substr(r[k], 2), mh, mp, (mh > 0 ? sprintf("%.2f", mp / mh) : "n/a")
+           }
+         }' | sort
 } | tee "$out/ratios.md"
