@@ -97,9 +97,10 @@ type Config struct {
 	APIURL string
 	APIKey string
 
-	// Protocol is what the connections speak: ProtoHerald (default) or
+	// Protocol is what the connections speak: ProtoHerald (default),
 	// ProtoCentrifuge (the centrifuge baseline; protocol subscribers and ws
-	// publishers only).
+	// publishers only) or ProtoPusher (proto_pusher.go; protocol
+	// subscribers and api publishers only).
 	Protocol string
 	// Token, when set, is a connection token every subscriber sends in a
 	// connect command before subscribing.

@@ -18,7 +18,9 @@ import (
 // without Pusher's envelope arrives as the event herald:publication whose
 // data is the publication's JSON text as a JSON string, so the payload's
 // marker and hex fields are found in it unchanged (only its quotes are
-// escaped). A pusher:ping from the server is answered with pusher:pong.
+// escaped). Herald pings at the WebSocket level (both readers answer those);
+// a pusher:ping, which Pusher's own servers send, is answered with
+// pusher:pong.
 //
 // Pusher clients cannot publish on public channels, so the publications go
 // through the HTTP API (-publish api) to the Herald channels the app's
