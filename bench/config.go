@@ -97,9 +97,10 @@ type Config struct {
 	APIURL string
 	APIKey string
 
-	// Protocol is what the connections speak: ProtoHerald (default) or
+	// Protocol is what the connections speak: ProtoHerald (default),
 	// ProtoCentrifuge (the centrifuge baseline; protocol subscribers and ws
-	// publishers only).
+	// publishers only) or ProtoPusher (proto_pusher.go; protocol
+	// subscribers and api publishers only).
 	Protocol string
 	// Token, when set, is a connection token every subscriber sends in a
 	// connect command before subscribing.
@@ -254,8 +255,12 @@ func (c *Config) applyDefaults() error {
 		if c.SubMode == SubRaw || c.PubMode == PubRaw || c.PubMode == PubAPI {
 			return errors.New("the centrifuge protocol has protocol subscribers and ws publishers only")
 		}
+	case ProtoPusher:
+		if err := c.pusherDefaults(); err != nil {
+			return err
+		}
 	default:
-		return fmt.Errorf("bad protocol %q: want herald or centrifuge", c.Protocol)
+		return fmt.Errorf("bad protocol %q: want herald, centrifuge or pusher", c.Protocol)
 	}
 	def(&c.Channels, 1)
 	def(&c.Subscribers, 10)

@@ -132,7 +132,7 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&cfg.APIURL, "api-url", "", "the HTTP API's publish route (default: http://HOST/api/v1/publish)")
 	fs.StringVar(&cfg.APIKey, "api-key", os.Getenv("HERALD_API_KEY"), "the HTTP API key (env HERALD_API_KEY)")
 	fs.BoolVar(&cfg.Churn, "churn", false, "churn: each rate is connection cycles per second (dial, connect, subscribe, close) instead of publications")
-	fs.StringVar(&cfg.Protocol, "proto", ProtoHerald, "the server's protocol: herald (herald.v1: Herald, hub, naive, floor) or centrifuge (the centrifuge baseline's JSON protocol)")
+	fs.StringVar(&cfg.Protocol, "proto", ProtoHerald, "the server's protocol: herald (herald.v1: Herald, hub, naive, floor), centrifuge (the centrifuge baseline's JSON protocol) or pusher (Pusher protocol 7 at -url ws://HOST/app/KEY, with -publish api and -channel-prefix pusher-APPID:NAME; see proto_pusher.go)")
 	fs.StringVar(&cfg.JWTSecret, "jwt-secret", os.Getenv("HERALD_BENCH_JWT_SECRET"), "HS256 secret (at least 32 bytes): subscribers connect with a token signed by it (env HERALD_BENCH_JWT_SECRET)")
 	fs.StringVar(&cfg.CAFile, "ca", "", "PEM certificate to trust for wss:// (e.g. the suite's self-signed one)")
 	fs.StringVar(&cfg.ChannelPrefix, "channel-prefix", "bench.", "channel names: PREFIX0, PREFIX1, … (chat: has history on Herald's and the centrifuge baseline's defaults)")

@@ -29,6 +29,8 @@ const (
 func subscribeCommand(proto, channel, token string) []byte {
 	var b []byte
 	switch proto {
+	case ProtoPusher:
+		return pusherSubscribeCommand(channel)
 	case ProtoCentrifuge:
 		b = append(b, `{"id":1,"connect":{`...)
 		if token != "" {
@@ -97,6 +99,9 @@ var (
 // reply: done when the reply is in it, refused when the connect or the
 // subscribe was.
 func subscribeOutcome(msg []byte) (done, refused bool) {
+	if done, refused, ok := pusherOutcome(msg); ok {
+		return done, refused
+	}
 	if bytes.Contains(msg, connectError) || bytes.Contains(msg, subscribeError) {
 		return true, true
 	}

@@ -373,7 +373,7 @@ func (r *runner) subscriber(ctx context.Context, s *subscriber, ready func(error
 			return
 		case msgPing:
 			_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			_ = ws.WriteMessage(websocket.TextMessage, emptyObjectLine)
+			_ = ws.WriteMessage(websocket.TextMessage, pingReply(r.cfg.Protocol))
 		}
 		if !wasSubscribed && s.subscribed {
 			_ = ws.SetReadDeadline(time.Time{})
@@ -401,6 +401,11 @@ const (
 // sendSubscribe writes a protocol subscriber's first command(s): a connect
 // when the protocol or a token needs one, and the subscribe.
 func (r *runner) sendSubscribe(ws *websocket.Conn, channel string) error {
+	if r.cfg.Protocol == ProtoPusher {
+		if err := awaitPusherWelcome(ws); err != nil {
+			return err
+		}
+	}
 	_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	if c := connectCommand(r.cfg.Protocol, r.cfg.Token); c != nil {
 		if err := ws.WriteMessage(websocket.TextMessage, c); err != nil {
@@ -439,7 +444,7 @@ func (r *runner) message(s *subscriber, msg []byte, ready func(error)) msgAction
 		}
 	}
 	// The ping may come in the same frame as pushes.
-	if r.cfg.Protocol == ProtoCentrifuge && isAppPing(msg) {
+	if r.cfg.Protocol == ProtoCentrifuge && isAppPing(msg) || r.cfg.Protocol == ProtoPusher && isPusherPing(msg) {
 		return msgPing
 	}
 	return msgOK

@@ -244,7 +244,7 @@ func (l *rxLoop) feed(c *rxConn, p []byte) bool {
 				l.end(c, websocket.CloseNormalClosure, nil)
 				return false
 			case msgPing:
-				if !l.write(c, appendClientFrame(nil, websocket.TextMessage, emptyObjectLine)) {
+				if !l.write(c, appendClientFrame(nil, websocket.TextMessage, pingReply(l.r.cfg.Protocol))) {
 					l.end(c, websocket.CloseAbnormalClosure, errors.New("ping reply not written"))
 					return false
 				}
