@@ -195,6 +195,11 @@ func jsonSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\n' || b == 
 // reports whether it did; otherwise the caller queues full. Fan-out only
 // (it writes e.deltaLast).
 func (n *Node) sendDelta(dx *deltaPub, c *conn, e *subEntry, full []byte, m qmeta) bool {
+	if dx.pub == nil {
+		// A join or leave (deltaBegin takes only publications): it goes
+		// full and leaves the chain of publications as it is.
+		return false
+	}
 	last := e.deltaLast.Swap(dx.pub.Offset)
 	// An overflow policy dropped or replaced a publication queued to it:
 	// the one it last queued may never arrive, so this one goes full.

@@ -337,3 +337,42 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// A delta subscriber in a namespace with join and leave events gets them
+// (they are never deltas) and its deltas go on: the fan-out does not take
+// a presence event for a publication of the delta chain.
+func TestDeltaWithJoinLeave(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{Namespaces: []Namespace{
+		{Name: "d", HistorySize: 100, HistoryTTL: time.Minute, Delta: DeltaFossil, Presence: true, JoinLeave: true},
+	}})
+	sub := &deltaSub{c: ts.client(t)}
+	sub.c.mustOK(protocol.Command{Cmd: "subscribe", Channel: "d:room", Delta: "fossil"})
+	if m := sub.c.readJSON(); m.Push != "join" {
+		t.Fatalf("want its own join, got %+v", m)
+	}
+	ctx := context.Background()
+	long := strings.Repeat("x", 300)
+	pub := func(v int) []byte {
+		t.Helper()
+		data := []byte(fmt.Sprintf(`{"v":%d,"pad":"%s"}`, v, long))
+		if _, err := ts.node.Publish(ctx, "d:room", data); err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	if want, got := pub(1), sub.next(t); !bytes.Equal(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	other := ts.client(t)
+	other.subscribe("d:room")
+	if m := sub.c.readJSON(); m.Push != "join" {
+		t.Fatalf("want the join, got %+v", m)
+	}
+	if want, got := pub(2), sub.next(t); !bytes.Equal(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	if sub.deltas != 1 {
+		t.Fatalf("%d deltas, want the second publication as one", sub.deltas)
+	}
+}
