@@ -246,9 +246,17 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 			}
 			rb.mu.Lock()
 			for _, p := range rb.pubs {
-				if p.Offset == 0 || p.Offset > last { // presence events carry no offset
-					c.enqueuePub(p, n.encodePub(p, c.form), n.subMeta(p, e))
+				if p.Offset != 0 && p.Offset <= last { // presence events carry no offset
+					continue
 				}
+				if c.pusher && pusherSkips(c, p) {
+					continue // as the live fan-out does
+				}
+				f := n.encodePub(p, c.form)
+				if e.members != nil && p.Kind != KindPublication && !e.members.admit(p, f) {
+					continue
+				}
+				c.enqueuePub(p, f, n.subMeta(p, e))
 			}
 			rb.pubs = nil
 			e.after = last

@@ -1,8 +1,10 @@
 package herald
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/heraldhq/herald/internal/wsframe"
@@ -121,4 +123,60 @@ func TestPusherMembersFilter(t *testing.T) {
 		}
 	}
 	cl.mustOK(protocol.Command{Cmd: "ping"}) // nothing else was queued before the reply
+}
+
+// historyHook is a MemoryBroker that runs after (once, when set) after a
+// History read: what it publishes reaches a subscriber while its subscribe
+// still buffers the live stream (subscribeCheckedAs's recovery buffer).
+type historyHook struct {
+	*MemoryBroker
+	after atomic.Pointer[func()]
+}
+
+func (b *historyHook) History(ctx context.Context, channel string, opts HistoryOptions) (HistoryResult, error) {
+	res, err := b.MemoryBroker.History(ctx, channel, opts)
+	if f := b.after.Swap(nil); f != nil {
+		(*f)()
+	}
+	return res, err
+}
+
+// Events buffered while a Pusher presence subscriber's subscribe reads
+// history (a presence-cache channel always keeps some) pass the same
+// filters as live ones: the member filter (no member_added for a user the
+// snapshot listed) and the exclusion of its own socket.
+func TestPusherBufferedEventsFiltered(t *testing.T) {
+	t.Parallel()
+	hb := &historyHook{MemoryBroker: NewMemoryBroker()}
+	ts := newTestServer(t, Config{PusherApps: []PusherApp{testApp}, Broker: hb})
+	const ch = "presence-cache-room"
+	hch := testApp.HeraldChannel(ch)
+	a, b := ts.pusher(t), ts.pusher(t)
+	a.subscribe(ch, `{"user_id":"alice"}`)
+	ctx := context.Background()
+	hook := func() {
+		// alice's second tab joins (the snapshot lists alice), and a
+		// trigger excludes b.
+		ts.node.publishEvent(hch, KindJoin, &ClientPresence{Client: "tab2", User: "alice"})
+		if err := ts.node.PusherTrigger(ctx, testApp, []string{ch}, "excluded", "x", b.socketID); err != nil {
+			t.Error(err)
+		}
+	}
+	hb.after.Store(&hook)
+	if f := b.subscribe(ch, `{"user_id":"bob"}`); !json.Valid([]byte(f.str(t))) {
+		t.Fatalf("bad snapshot %+v", f)
+	}
+	if err := ts.node.PusherTrigger(ctx, testApp, []string{ch}, "marker", "x", ""); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f := b.read()
+		switch f.Event {
+		case "marker":
+			return
+		case "pusher:cache_miss":
+		default:
+			t.Fatalf("b got %+v (user %s)", f, f.UserID)
+		}
+	}
 }
