@@ -92,7 +92,10 @@ func TestPusherMembersFilter(t *testing.T) {
 	ts := newTestServer(t, Config{})
 	cl := ts.client(t)
 	var c *conn
-	ts.node.forEachConn(func(x *conn) { c = x })
+	waitFor(t, "the connection", func() bool { // registered just after the 101
+		ts.node.forEachConn(func(x *conn) { c = x })
+		return c != nil
+	})
 	join := func(u string) *Publication {
 		return &Publication{Kind: KindJoin, Presence: &ClientPresence{Client: "x", User: u}}
 	}
