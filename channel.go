@@ -257,6 +257,12 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 					continue
 				}
 				c.enqueuePub(p, f, n.subMeta(p, e))
+				if e.delta && p.Kind == KindPublication {
+					// Sent full, it is a base: the next live one may be its
+					// delta. (The fan-out, which else writes deltaLast,
+					// buffers until rec is cleared below.)
+					e.deltaLast.Store(p.Offset)
+				}
 			}
 			rb.pubs = nil
 			e.after = last
