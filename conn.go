@@ -241,6 +241,7 @@ func (c *conn) finish() {
 	case <-t.C:
 	}
 	t.Stop()
+	c.unpark()
 	c.nc.Close()
 	<-c.out.flushed // the writer, if any, exits now that its socket is closed
 	c.node.release(c.ip, c.user)

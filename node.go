@@ -56,6 +56,14 @@ type Node struct {
 	presence PresenceManager
 	writers  *writerPool // writes for connections whose sockets keep up (writer.go)
 
+	// pollMu guards poll and pollErr: the poller where idle readers park
+	// (transport_park_linux.go), started by the first reader to park and
+	// stopped by stop once every connection is gone; pollErr is why there
+	// is none (it could not start, or the node stopped).
+	pollMu  sync.Mutex
+	poll    *poller
+	pollErr error
+
 	originWarned *originWarnings
 
 	// The settings a running node can change (reload.go): each is an
@@ -351,9 +359,10 @@ func (n *Node) stop(ctx context.Context) (cut bool) {
 	case <-drained:
 	case <-ctx.Done():
 		cut = true
-		n.forEachConn(func(c *conn) { c.nc.Close() })
+		n.forEachConn(func(c *conn) { c.cut() })
 		<-drained
 	}
+	n.stopPoller()
 	n.waitNotifications(ctx)
 	if n.events != nil {
 		// Every connection is gone: release what this node held, and
@@ -979,4 +988,31 @@ func (n *Node) UnsubscribeUser(ctx context.Context, userID, channel string) erro
 // it ends at Config.BrokerTimeout or when the node shuts down.
 func (n *Node) opCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(n.ctx, n.cfg.BrokerTimeout)
+}
+
+// poller returns the node's poller, starting it with the first caller.
+func (n *Node) poller() (*poller, error) {
+	n.pollMu.Lock()
+	defer n.pollMu.Unlock()
+	if n.poll == nil && n.pollErr == nil {
+		n.poll, n.pollErr = startPoller()
+		if n.pollErr != nil {
+			n.log.Warn("idle readers cannot park; each waits in a goroutine", "err", n.pollErr)
+		}
+	}
+	return n.poll, n.pollErr
+}
+
+// errNodeStopped: the node has stopped; nothing may park any more.
+var errNodeStopped = errors.New("herald: node stopped")
+
+// stopPoller stops the poller, once every connection is gone (stop).
+func (n *Node) stopPoller() {
+	n.pollMu.Lock()
+	p := n.poll
+	n.poll, n.pollErr = nil, errNodeStopped
+	n.pollMu.Unlock()
+	if p != nil {
+		p.stop()
+	}
 }

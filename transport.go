@@ -45,6 +45,7 @@ type transport struct {
 	rerr      error
 	tryReadFn func(fd uintptr) bool
 	rdeadline time.Time // the read deadline last set
+	parkState
 }
 
 // startWriter runs a writer for a connection whose push took the writer
@@ -94,7 +95,7 @@ func (c *conn) writeLoop() {
 		}
 		if closing {
 			// Our close frame is out: wait a little for the client's reply.
-			_ = c.nc.SetReadDeadline(time.Now().Add(cfg.CloseGrace))
+			c.closeReadBy(time.Now().Add(cfg.CloseGrace))
 		}
 		if !c.out.done(batch) {
 			return // the role is given back
@@ -103,11 +104,11 @@ func (c *conn) writeLoop() {
 }
 
 // writeFailed ends the writer role after a failed write: nothing more is
-// sent, and closing the socket wakes the reader, which tears the
+// sent, and closing the socket wakes the reader (cut), which tears the
 // connection down.
 func (c *conn) writeFailed() {
 	c.out.fail()
-	c.nc.Close()
+	c.cut()
 }
 
 var writeBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}

@@ -69,6 +69,12 @@ func (c *conn) startReader(deflate bool) {
 func (c *conn) readLoop() {
 	for {
 		p, err := c.fill()
+		if err == errWouldBlock {
+			if c.park() {
+				return
+			}
+			continue
+		}
 		if err != nil {
 			c.readFailed(err)
 			c.finish()
@@ -80,7 +86,9 @@ func (c *conn) readLoop() {
 			c.finish()
 			return
 		}
-		if handled {
+		if handled && !c.canPark() {
+			// About to wait in a goroutine: a fresh one (a parked reader's
+			// goroutine ends anyway).
 			go c.readLoopFn()
 			return
 		}
@@ -96,8 +104,13 @@ func (c *conn) fill() ([]byte, error) {
 		}
 		return nil, err
 	}
+	c.mayPark = c.canPark()
 	if err := c.rc.Read(c.tryReadFn); err != nil {
 		return nil, err // a deadline, or the socket was closed
+	}
+	if c.wouldBlock {
+		c.wouldBlock = false
+		return nil, errWouldBlock
 	}
 	if c.rerr != nil || c.nread <= 0 {
 		err := c.rerr

@@ -11,8 +11,9 @@ import (
 const pollable = true
 
 // tryRead is the function the reader hands syscall.RawConn.Read: it reads
-// into a pooled chunk, and gives the chunk back and reports false (wait for
-// readability) when there is nothing to read. Reader goroutine only.
+// into a pooled chunk, and gives the chunk back when there is nothing to
+// read, reporting false (wait for readability) unless the reader may park.
+// Reader goroutine only.
 func (c *conn) tryRead(fd uintptr) bool {
 	b := readChunks.Get().(*[]byte)
 	for {
@@ -22,7 +23,10 @@ func (c *conn) tryRead(fd uintptr) bool {
 			continue
 		case syscall.EAGAIN:
 			readChunks.Put(b)
-			return false
+			// Park (the reader gives up its goroutine), or wait for
+			// readability here, in Go's netpoller.
+			c.wouldBlock = c.mayPark
+			return c.mayPark
 		}
 		c.chunk, c.nread, c.rerr = b, max(n, 0), err
 		return true
