@@ -24,11 +24,14 @@ import (
 //     and borrows a pooled readChunk only for the read that follows, giving
 //     it back before it waits again. Connections without one (TLS served by
 //     Go's crypto/tls) keep a ReadBufferSize buffer and block in Read.
-//   - a small stack: the goroutine parks in a short call chain (readLoop →
-//     RawConn.Read → the netpoller), and after a read that handled a message
-//     — whose handling may have grown the stack — the reader hands the
-//     connection to a fresh goroutine and exits, so an idle reader's stack
-//     is a new one, not the largest it ever needed.
+//   - no goroutine, on Linux: a reader with nothing to read parks in the
+//     node's poller and ends (transport_park.go); a wake-up starts the
+//     next one.
+//   - elsewhere, a small stack: the goroutine waits in a short call chain
+//     (readLoop → RawConn.Read → the netpoller), and after a read that
+//     handled a message — whose handling may have grown the stack — the
+//     reader hands the connection to a fresh goroutine and exits, so an
+//     idle reader's stack is a new one, not the largest it ever needed.
 //
 // Frames are parsed by wsframe.Decoder, which checks what RFC 6455 asks of
 // a server (masking, opcodes, reserved bits, control frames, fragmentation,
