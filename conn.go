@@ -36,8 +36,9 @@ const (
 //     blocking;
 //   - the transport (transport.go): the socket, its one reader and, for
 //     whoever holds the writer role, its writes;
-//   - sess, the wire protocol's session (session.go): herald.v1 commands,
-//     or raw relay; each protocol is one session type.
+//   - sess, the wire protocol's session (session.go): herald.v1
+//     commands, raw relay, Pusher's protocol or an SSE stream; each
+//     protocol is one session type.
 //
 // Goroutines: exactly one reader at a time (readLoop, started by the HTTP
 // handler, handing itself to a fresh goroutine after each read that handled

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -207,6 +208,42 @@ func TestRunContextIsShutdown(t *testing.T) {
 	if err := n.Ready(context.Background()); err != ErrDraining {
 		t.Fatalf("Ready after Run returned: %v", err)
 	}
+}
+
+// A connection admitted just before a Drain began, but joined to the node
+// only after Drain listed the connections to close, is closed with 1012
+// like the rest (Node.connected, the last step of every endpoint). The
+// connect hook runs between the admission and the join, so a hook that
+// drains the node makes that order certain; raw WebSocket and SSE are the
+// endpoints whose hook runs there.
+func TestDrainCatchesLateAdmission(t *testing.T) {
+	t.Parallel()
+	drainingHook := func(n *atomic.Pointer[Node]) Hooks {
+		return Hooks{Connect: func(ctx context.Context, _ *ConnectEvent) (*ConnectReply, error) {
+			// Drain lists no connection, so it returns at once; the
+			// connection being admitted is not in the node yet.
+			return nil, n.Load().Drain(ctx, 0)
+		}}
+	}
+	t.Run("raw", func(t *testing.T) {
+		t.Parallel()
+		var n atomic.Pointer[Node]
+		ts := newTestServer(t, Config{Hooks: drainingHook(&n)})
+		n.Store(ts.node)
+		c := ts.dial(t, "/ws/raw?channel=late", nil)
+		if ce := c.expectClose(); CloseCode(ce.Code) != CloseServiceRestart {
+			t.Fatalf("close %v, want %d", ce, CloseServiceRestart)
+		}
+	})
+	t.Run("sse", func(t *testing.T) {
+		t.Parallel()
+		var n atomic.Pointer[Node]
+		ts := newTestServer(t, Config{Hooks: drainingHook(&n)})
+		n.Store(ts.node)
+		if code := ts.sse(t, nil, "late").expectEnd(); code != CloseServiceRestart {
+			t.Fatalf("the stream ended with %d, want %d", code, CloseServiceRestart)
+		}
+	})
 }
 
 // Shutdown honours its own deadline while a stop is already under way

@@ -462,20 +462,28 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	if raw || (id.authed && n.cfg.Hooks.Connect == nil) {
 		n.admitConn(c)
 	}
+	n.connected(c, ClientInfo{ID: c.id, UserID: c.user, Info: c.info, Raw: raw, RawChannel: rawCh, RemoteAddr: remote})
+	n.log.Debug("connected", "client", c.id, "user", c.user, "raw", raw, "remote", remote)
+	c.startReader(hs.deflate)
+}
+
+// connected is the last step of every endpoint's admission (WebSocket,
+// Pusher, SSE), once c is in the hub with its session set: a Drain or
+// Shutdown that began after c was admitted may have missed it, so c gets
+// the close they give the rest; then Config.OnConnect is told, with info.
+func (n *Node) connected(c *conn, info ClientInfo) {
 	n.mu.Lock()
 	closing, draining := n.closing, n.draining
 	n.mu.Unlock()
-	switch { // Drain or Shutdown began after admit and may have missed c
+	switch {
 	case draining:
 		c.close(CloseServiceRestart, "server restarting, reconnect")
 	case closing:
 		c.close(CloseGoingAway, "server shutting down")
 	}
 	if n.cfg.OnConnect != nil {
-		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Info: c.info, Raw: raw, RawChannel: rawCh, RemoteAddr: remote})
+		n.cfg.OnConnect(info)
 	}
-	n.log.Debug("connected", "client", c.id, "user", c.user, "raw", raw, "remote", remote)
-	c.startReader(hs.deflate)
 }
 
 // newConn makes the connection of an accepted handshake; its session is

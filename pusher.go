@@ -41,8 +41,9 @@ type PusherApp struct {
 	// client-* events to each other. Off by default, as in Pusher.
 	ClientEvents bool
 	// MaxConnections caps the app's connections on this node; past it a
-	// new one gets pusher:error 4004 and is closed. Zero means no cap
-	// beyond the node's own Limits.
+	// new one gets pusher:error 4004 and is closed. As for every limit
+	// (Limits), zero means the default — here no cap beyond the node's own
+	// Limits — and NoLimit (any negative value) means no cap.
 	MaxConnections int
 	// Namespace is the prefix of the app's Herald namespaces: the
 	// channels of app "123" are "pusher-123:<channel>" and the like (see
@@ -242,8 +243,8 @@ func newPusherApps(list []PusherApp) (*pusherApps, error) {
 			return nil, fmt.Errorf("herald: pusher app id %q is listed twice", app.ID)
 		case a.byKey[app.Key] != nil:
 			return nil, fmt.Errorf("herald: pusher app key of app %q is another app's too", app.ID)
-		case app.MaxConnections < 0 || app.HistorySize < 0 || app.ActivityTimeout < 0:
-			return nil, fmt.Errorf("herald: pusher app %q: max connections, history size and activity timeout must be 0 or more", app.ID)
+		case app.HistorySize < 0 || app.ActivityTimeout < 0:
+			return nil, fmt.Errorf("herald: pusher app %q: history size and activity timeout must be 0 or more", app.ID)
 		case !protocol.ValidChannel(app.prefix()+pusherPresenceCache) || strings.ContainsAny(app.prefix(), ":#"):
 			return nil, fmt.Errorf("herald: pusher app %q: namespace %q is not a namespace name", app.ID, app.prefix())
 		}

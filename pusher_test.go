@@ -257,6 +257,18 @@ func TestPusherAppsConfig(t *testing.T) {
 	}
 }
 
+// An app's MaxConnections follows the one rule for limits: NoLimit (any
+// negative value) is no cap, as zero is.
+func TestPusherMaxConnectionsNoLimit(t *testing.T) {
+	t.Parallel()
+	ts := pusherServer(t, PusherApp{ID: "1", Key: "one", Secret: "s", MaxConnections: NoLimit})
+	for i := range 3 {
+		if f := ts.pusherDial(t, "/app/one?protocol=7").read(); f.Event != "pusher:connection_established" {
+			t.Fatalf("connection %d: got %+v", i+1, f)
+		}
+	}
+}
+
 func TestPusherConnectRefusals(t *testing.T) {
 	t.Parallel()
 	ts := pusherServer(t, PusherApp{ID: "1", Key: "one", Secret: "s", MaxConnections: 1})

@@ -105,18 +105,7 @@ func (n *Node) servePusher(w http.ResponseWriter, r *http.Request) {
 	if welcome { // in before the welcome, as a herald.v1 connect reply
 		s.welcome()
 	}
-	n.mu.Lock()
-	closing, draining := n.closing, n.draining
-	n.mu.Unlock()
-	switch { // Drain or Shutdown began after admit and may have missed c
-	case draining:
-		c.close(CloseServiceRestart, "server restarting, reconnect")
-	case closing:
-		c.close(CloseGoingAway, "server shutting down")
-	}
-	if n.cfg.OnConnect != nil {
-		n.cfg.OnConnect(ClientInfo{ID: c.id, RemoteAddr: remote})
-	}
+	n.connected(c, ClientInfo{ID: c.id, RemoteAddr: remote})
 	n.log.Debug("pusher client connected", "client", c.id, "remote", remote)
 	c.startReader(hs.deflate)
 }

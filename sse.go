@@ -587,18 +587,7 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	n.hub.addConn(c)
 	n.subscribeSSE(r.Context(), c, s, &req)
 	n.admitConn(c)
-	n.mu.Lock()
-	closing, draining := n.closing, n.draining
-	n.mu.Unlock()
-	switch { // Drain or Shutdown began after admit and may have missed c
-	case draining:
-		c.close(CloseServiceRestart, "server restarting, reconnect")
-	case closing:
-		c.close(CloseGoingAway, "server shutting down")
-	}
-	if n.cfg.OnConnect != nil {
-		n.cfg.OnConnect(ClientInfo{ID: c.id, UserID: c.user, Info: c.info, SSE: true, RemoteAddr: remote})
-	}
+	n.connected(c, ClientInfo{ID: c.id, UserID: c.user, Info: c.info, SSE: true, RemoteAddr: remote})
 	n.log.Debug("connected", "client", c.id, "user", c.user, "sse", true, "remote", remote)
 
 	select {

@@ -177,7 +177,7 @@ func publishRetry(t *testing.T, n *testNode, ch, data string) herald.PublishResu
 	key := fmt.Sprintf("retry-%s-%s", ch, data)
 	deadline := time.Now().Add(waitFor)
 	for {
-		res, err := n.Publish(ctxT(t), ch, []byte(data), herald.IdempotencyKey(key))
+		res, err := n.Publish(ctxT(t), ch, []byte(data), herald.WithIdempotencyKey(key))
 		if err == nil {
 			return res
 		}

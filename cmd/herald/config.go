@@ -1095,6 +1095,21 @@ func (c *Config) validate(src sources) error {
 	if c.MessageBurst != 0 && c.MessageRate == 0 {
 		return errors.New("message_burst set without message_rate: set message_rate too")
 	}
+	if err := c.validateBroker(); err != nil {
+		return err
+	}
+	if err := c.validatePusherApps(); err != nil {
+		return err
+	}
+	if err := c.Webhooks.validate(c.Namespaces, c.pusherWebhooks()); err != nil {
+		return err
+	}
+	return c.Hooks.validate(c.Webhooks.URL != "")
+}
+
+// validateBroker checks that the broker's settings go with the broker
+// chosen.
+func (c *Config) validateBroker() error {
 	if c.RedisURL != "" && c.RedisAddr != "" {
 		return errors.New("redis_url and redis_addr both set: set one of them (redis_addr HOST:PORT means redis_url redis://HOST:PORT/0)")
 	}
@@ -1115,13 +1130,7 @@ func (c *Config) validate(src sources) error {
 	if c.NATSReplicas < 0 || c.NATSReplicas > 5 {
 		return fmt.Errorf("nats_replicas %d: want 1 to 5 (JetStream's limit)", c.NATSReplicas)
 	}
-	if err := c.validatePusherApps(); err != nil {
-		return err
-	}
-	if err := c.Webhooks.validate(c.Namespaces, c.pusherWebhooks()); err != nil {
-		return err
-	}
-	return c.Hooks.validate(c.Webhooks.URL != "")
+	return nil
 }
 
 // maxMessageSize and maxQueueBytes are the sizes the node runs with,
@@ -1245,10 +1254,9 @@ func redactURLs(v string) string {
 // keySettings lists the settings that turn token authentication on.
 const keySettings = "jwt_secret_file, jwt_secret, jwt_rsa_public_key, jwt_ecdsa_public_key or jwks_url"
 
-// writeServeUsage writes the help text of `herald serve`.
-func writeServeUsage(w io.Writer) {
-	var b strings.Builder
-	b.WriteString(`Usage: herald serve [flags]
+// serveUsageHead is the help text of `herald serve` before the table of
+// settings.
+const serveUsageHead = `Usage: herald serve [flags]
 
 Runs a Herald server: the WebSocket protocol endpoint at /ws (subprotocol
 herald.v1), raw relay mode at /ws/raw?channel=NAME, a demo chat page at /,
@@ -1267,9 +1275,9 @@ With broker redis or nats, several servers share channels, presence and
 history. On SIGINT or SIGTERM the server drains (drain_window), then shuts
 down (shutdown_timeout). SIGHUP reloads log_level, api_key, admin_password,
 metrics, drain_window, shutdown_timeout, the TLS certificate, the connection
-limits and message rate, allowed_origins, allow_any_origin and namespaces (open connections
-and subscriptions stay), trusted_proxies and forwarded_header, and logs every other changed setting as needing a
-restart.
+limits and message rate, allowed_origins, allow_any_origin and namespaces
+(open connections and subscriptions stay), trusted_proxies and
+forwarded_header, and logs every other changed setting as needing a restart.
 
 Without a key (jwt_secret_file, jwt_secret, jwt_rsa_public_key,
 jwt_ecdsa_public_key or jwks_url) the server is OPEN: anyone who reaches it
@@ -1296,14 +1304,19 @@ each publication as a delta against the previous one. See PROTOCOL.md.
 Each setting is read from its flag, else from its environment variable, else
 from the YAML config file (same name as the flag, with underscores), else
 from its default. Durations are a number and a unit (500ms, 30s, 1m30s, 2h);
-sizes are in bytes; zero means the default. max_queue_bytes must be at least twice
-max_message_size (a connection's queue holds a message being written and one
-waiting), or the server refuses to start.
+sizes are in bytes; zero means the default. max_queue_bytes must be at least
+twice max_message_size (a connection's queue holds a message being written and
+one waiting), or the server refuses to start.
 
   --config FILE
         YAML config file
         env HERALD_CONFIG, default none
-`)
+`
+
+// writeServeUsage writes the help text of `herald serve`.
+func writeServeUsage(w io.Writer) {
+	var b strings.Builder
+	b.WriteString(serveUsageHead)
 	for _, s := range settings {
 		head := "  --" + s.flagName()
 		if s.arg != "" {

@@ -41,11 +41,7 @@ func applyConfigFile(cfg *Config, path string, src sources) error {
 		var s *setting
 		if name != "namespaces" && name != "pusher_apps" {
 			if s = lookupSettingByName(name); s == nil || k.Kind != yaml.ScalarNode {
-				hint := "herald help serve lists every setting"
-				if guess := didYouMean(name, settingNames()); guess != "" {
-					hint = guess + " (" + hint + ")"
-				}
-				return fmt.Errorf("unknown setting %s (config file %s line %d): %s", render(k), path, k.Line, hint)
+				return unknownSetting(k, path)
 			}
 		}
 		source := f.source(raw.Line)
@@ -78,6 +74,16 @@ func applyConfigFile(cfg *Config, path string, src sources) error {
 		src[name] = source
 	}
 	return nil
+}
+
+// unknownSetting is the error of a key of the file that names no setting,
+// with the setting it likely meant.
+func unknownSetting(k *yaml.Node, path string) error {
+	hint := "herald help serve lists every setting"
+	if guess := didYouMean(k.Value, settingNames()); guess != "" {
+		hint = guess + " (" + hint + ")"
+	}
+	return fmt.Errorf("unknown setting %s (config file %s line %d): %s", render(k), path, k.Line, hint)
 }
 
 // readConfigFile reads the YAML file at path and returns its mapping of

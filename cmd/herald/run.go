@@ -48,11 +48,8 @@ func executeWith(ctx context.Context, args, env []string, stdout, logOut io.Writ
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "serve":
 		cfg, err := parseServeConfig(rest, env, stdout)
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
 		if err != nil {
-			return err
+			return helpIsDone(err)
 		}
 		return serve(ctx, cfg, serveOptions{
 			logOut: logOut,
@@ -62,23 +59,11 @@ func executeWith(ctx context.Context, args, env []string, stdout, logOut io.Writ
 			load: func() (Config, error) { return parseServeConfig(rest, env, io.Discard) },
 		})
 	case "pub":
-		err := publish(ctx, rest, env, os.Stdin, stdout)
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+		return helpIsDone(publish(ctx, rest, env, os.Stdin, stdout))
 	case "token":
-		err := mintToken(rest, env, stdout)
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+		return helpIsDone(mintToken(rest, env, stdout))
 	case "probe":
-		err := probe(ctx, rest, stdout)
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+		return helpIsDone(probe(ctx, rest, stdout))
 	case "bench":
 		// The load generator is kept out of the server binary.
 		return errors.New("herald has no bench command: the load generator is its own program, herald-bench " +
@@ -91,6 +76,15 @@ func executeWith(ctx context.Context, args, env []string, stdout, logOut io.Writ
 	default:
 		return fmt.Errorf("unknown command %q; run herald help", cmd)
 	}
+}
+
+// helpIsDone returns a command's error, except flag.ErrHelp: -h or --help
+// printed the usage, which is success.
+func helpIsDone(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	return err
 }
 
 func help(topics []string, w io.Writer) error {

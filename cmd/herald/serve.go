@@ -168,15 +168,9 @@ func (in *instance) newNode(ctx, authCtx context.Context) (closeBroker func(), e
 		closeBroker()
 		return nil, err
 	}
-	if in.cfg.Webhooks.URL != "" || in.cfg.pusherWebhooks() {
-		_, in.webhookStoreShared = broker.(herald.EventStoreProvider)
-		// Nodes joined by a broker that keeps no outbox would each think
-		// they hold every user alone: one event per node, not per
-		// happening. Refuse rather than send those.
-		if broker != nil && !in.webhookStoreShared {
-			closeBroker()
-			return nil, fmt.Errorf("webhooks on (webhook_url or a Pusher app's webhooks), but broker %s keeps no webhook outbox (herald.EventStoreProvider): use broker redis, or memory for one node", in.cfg.Broker)
-		}
+	if err := in.checkWebhookOutbox(broker); err != nil {
+		closeBroker()
+		return nil, err
 	}
 	nodeCfg := in.cfg.nodeConfig(in.logger)
 	nodeCfg.Broker = broker
@@ -206,6 +200,21 @@ func (in *instance) newNode(ctx, authCtx context.Context) (closeBroker func(), e
 			hooks.Close()
 		}
 	}, nil
+}
+
+// checkWebhookOutbox refuses webhooks on a broker that keeps no outbox
+// for them, and records whether the outbox is shared. Nodes joined by a
+// broker that keeps none would each think they hold every user alone: one
+// event per node, not per happening. Refuse rather than send those.
+func (in *instance) checkWebhookOutbox(broker herald.Broker) error {
+	if in.cfg.Webhooks.URL == "" && !in.cfg.pusherWebhooks() {
+		return nil
+	}
+	_, in.webhookStoreShared = broker.(herald.EventStoreProvider)
+	if broker != nil && !in.webhookStoreShared {
+		return fmt.Errorf("webhooks on (webhook_url or a Pusher app's webhooks), but broker %s keeps no webhook outbox (herald.EventStoreProvider): use broker redis, or memory for one node", in.cfg.Broker)
+	}
+	return nil
 }
 
 // mount sets up what the routes serve around the node — metrics, the HTTP
