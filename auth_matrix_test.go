@@ -17,7 +17,7 @@ import (
 )
 
 // TestTokenMatrix presents every kind of token on every transport that
-// carries one. All of them go through Node.verifyToken; this test is what
+// carries one (the Pusher endpoint takes none: its apps sign channels). All of them go through Node.verifyToken; this test is what
 // keeps a transport from drifting away from it again (a subscription token
 // once logged its holder in through the handshake, while connect refused it).
 func TestTokenMatrix(t *testing.T) {
@@ -101,6 +101,32 @@ func TestTokenMatrix(t *testing.T) {
 				}
 				handshake(t, raw+"&token="+url.QueryEscape(k.token), nil, k.conn)
 			})
+			// SSE takes the same tokens as a handshake, in the header or
+			// the query: a refused token is 401 before the stream, an
+			// accepted one is alice's (mallory's: 403 on alice's channel).
+			sse := func(t *testing.T, query url.Values, hdr http.Header) {
+				t.Helper()
+				query.Set("channel", "dm:#alice,bob")
+				want := http.StatusUnauthorized
+				switch {
+				case k.name == "another user":
+					want = http.StatusForbidden
+				case k.conn:
+					want = http.StatusOK
+				}
+				c, resp, body := sseGet(t, ts.srv.URL+"/sse?"+query.Encode(), hdr)
+				if c != nil {
+					c.close()
+				}
+				if resp.StatusCode != want {
+					t.Fatalf("status %d (%s), want %d", resp.StatusCode, body, want)
+				}
+				if k.name == "subscription token" && !strings.Contains(body, "a subscription token cannot authenticate a connection") {
+					t.Fatalf("refusal %q does not say why", body)
+				}
+			}
+			t.Run("/sse header", func(t *testing.T) { sse(t, url.Values{}, bearer) })
+			t.Run("/sse query", func(t *testing.T) { sse(t, url.Values{"token": {k.token}}, nil) })
 			t.Run("connect", func(t *testing.T) {
 				c := ts.client(t)
 				m := c.connect(k.token)

@@ -71,8 +71,9 @@ type Namespace struct {
 	// from the server (Node.Publish, the HTTP API) is always allowed.
 	//
 	// A channel whose name contains '#' is user-limited: the comma-separated
-	// user ids after the last '#' ("dm:#alice,bob") may do all four, and
-	// nobody else may do any, whatever these say.
+	// user ids after the first '#' ("dm:#alice,bob"; in "dm:#a#b,c" the
+	// users "a#b" and "c") may do all four, and nobody else may do any,
+	// whatever these say.
 	AllowSubscribe Permission
 	AllowPublish   Permission
 	AllowPresence  Permission

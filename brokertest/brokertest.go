@@ -3,8 +3,8 @@
 // natsbroker run the same tests, so they keep the same semantics. It is
 // public, as testing/fstest is, so that a broker written outside this
 // module can prove the same: call Run (and RunPresence, RunCrossNode,
-// RunLiveSubscribe, RunUnsubscribeUser, and RunRestart and RunDeadLink with
-// a server of the test's own) from its tests.
+// RunLiveSubscribe, RunUnsubscribeUser, RunHistoryReset, and RunRestart
+// and RunDeadLink with a server of the test's own) from its tests.
 //
 // Run and RunPresence take a factory. The factory returns a new, not yet
 // registered nor running, instance and arranges its cleanup (t.Cleanup); the

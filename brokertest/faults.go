@@ -261,3 +261,58 @@ func metric(t *testing.T, n *testNode, name string) float64 {
 	}
 	return v
 }
+
+// RunHistoryReset runs two nodes, A and B, on one broker; reset removes
+// the channel's history at the broker while every link stays up (keys
+// deleted or evicted, a FLUSHALL), so no outage tells the nodes. The next
+// publication starts a new epoch at offset 1. It checks that the epoch it
+// carries reaches both nodes and closes their subscribers with 4006
+// before they are sent anything under the old epoch (offset 1 again,
+// colliding with what they hold), and that a client that resubscribes
+// with its last position is told recovered:false, epoch_changed, with the
+// new epoch, and then gets live publications in order.
+func RunHistoryReset(t *testing.T, newBroker func(t *testing.T) herald.Broker, reset func(t *testing.T, channel string)) {
+	a := startNode(t, newBroker(t))
+	b := startNode(t, newBroker(t))
+	const ch = "chat:reset"
+
+	x := dialNode(t, a, "x")
+	y := dialNode(t, b, "y")
+	pos := subscribePos(t, x, ch, nil)
+	if got := subscribePos(t, y, ch, nil); got.position != pos.position {
+		t.Fatalf("positions differ across nodes: %+v and %+v", got.position, pos.position)
+	}
+	publishNode(t, b, ch, `"before-1"`)
+	publishNode(t, b, ch, `"before-2"`)
+	expectPubs(t, x, pos.Offset+1, `"before-1"`, `"before-2"`)
+	expectPubs(t, y, pos.Offset+1, `"before-1"`, `"before-2"`)
+	seen := position{Offset: pos.Offset + 2, Epoch: pos.Epoch}
+
+	reset(t, ch)
+	first := publishNode(t, b, ch, `"after-1"`)
+	if first.Epoch == seen.Epoch || first.Offset != 1 {
+		t.Fatalf("publish after the reset: %+v, want offset 1 in a new epoch (not %q)", first.StreamPosition, seen.Epoch)
+	}
+	for name, c := range map[string]*wsClient{"A's subscriber": x, "B's subscriber": y} {
+		f, err := c.readPush()
+		var ce *websocket.CloseError
+		switch {
+		case errors.As(err, &ce) && herald.CloseCode(ce.Code) == herald.CloseResubscribe:
+		case err != nil:
+			t.Fatalf("%s: %v, want close %d", name, err, herald.CloseResubscribe)
+		default:
+			t.Fatalf("%s got %s %s at offset %d under the old epoch, want close %d", name, f.Push, f.Data, f.Offset, herald.CloseResubscribe)
+		}
+	}
+
+	x2 := dialNode(t, a, "x")
+	got := subscribePos(t, x2, ch, &seen)
+	if got.Recovered == nil || *got.Recovered || got.Reason != "epoch_changed" || got.position != (position{Offset: first.Offset, Epoch: first.Epoch}) {
+		t.Fatalf("resubscribe after the reset: %+v, want recovered:false, epoch_changed at %+v", got, first.StreamPosition)
+	}
+	live := publishNode(t, b, ch, `"live"`)
+	expectPubs(t, x2, first.Offset+1, `"live"`)
+	if live.Offset != first.Offset+1 || live.Epoch != first.Epoch {
+		t.Fatalf("live publication at %+v, want offset %d in epoch %q", live.StreamPosition, first.Offset+1, first.Epoch)
+	}
+}

@@ -43,7 +43,9 @@
 //     same offset, and since the PUBLISH happens inside the same script,
 //     every subscriber receives a channel's publications in offset order.
 //   - history: create the meta if missing (so the first read fixes the
-//     epoch), drop the expired prefix, select by Since/Limit/Reverse with
+//     epoch; a history list left without its meta, say evicted alone under
+//     maxmemory, is of a lost epoch and is dropped, by publish too), drop
+//     the expired prefix, select by Since/Limit/Reverse with
 //     index arithmetic (offsets are consecutive) and LRANGE.
 //   - presence add/remove/get/stats: each first drops the entries whose
 //     ZSET score has passed (keeping the user counts right), then acts.

@@ -54,6 +54,7 @@ if size > 0 then
   if not epoch then
     epoch = ARGV[7]
     redis.call('hset', KEYS[1], 'e', epoch)
+    redis.call('del', KEYS[2]) -- of a lost epoch (see the history script)
   end
   local top = string.format('%d', redis.call('hincrby', KEYS[1], 't', 1))
   redis.call('pexpire', KEYS[1], ARGV[4])
@@ -72,7 +73,9 @@ return {0, res}
 `)
 
 // historyScript reads history, creating the meta (and so fixing the epoch)
-// on the first read, and trimming what expired.
+// on the first read, and trimming what expired. Both scripts drop a history
+// list they find without its meta: its epoch is gone, and its publications
+// would otherwise be read back at offsets of the new one.
 //
 // KEYS: meta hash, history list.
 // ARGV: epoch to use if new, meta TTL ms, since given (0/1), since offset,
@@ -83,6 +86,10 @@ local epoch = redis.call('hget', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[1]
   redis.call('hset', KEYS[1], 'e', epoch)
+  -- The meta outlives the list (its TTL is never shorter), so a list
+  -- without a meta belongs to an epoch that was lost (the meta evicted
+  -- alone, or deleted): its publications are not of the new epoch.
+  redis.call('del', KEYS[2])
 end
 local mttl = tonumber(ARGV[2])
 if redis.call('pttl', KEYS[1]) < mttl then redis.call('pexpire', KEYS[1], mttl) end

@@ -97,6 +97,12 @@ func TestConfigPrecedence(t *testing.T) {
 		{"nats_url", "nats://a:1", "nats://b:2,nats://c:3", "tls://d:4", func(c Config) any { return c.NATSURL },
 			"", "nats://a:1", "nats://b:2,nats://c:3", "tls://d:4", []string{"HERALD_BROKER=nats"}},
 		{"broker_prefix", "a", "b_2", "c-3", func(c Config) any { return c.BrokerPrefix }, "herald", "a", "b_2", "c-3", nil},
+		// How fast a dead broker link is noticed (broker.go passes them to
+		// redisbroker.Options.PingTimeout and natsbroker.Options.PingInterval).
+		{"redis_ping_timeout", "5s", "6s", "1500ms", func(c Config) any { return c.RedisPingTimeout },
+			3 * time.Second, 5 * time.Second, 6 * time.Second, 1500 * time.Millisecond, nil},
+		{"nats_ping_interval", "4s", "5s", "500ms", func(c Config) any { return c.NATSPingInterval },
+			2 * time.Second, 4 * time.Second, 5 * time.Second, 500 * time.Millisecond, nil},
 		{"api_key", "file-api-key-0123456789", "env-api-key-0123456789", "flag-api-key-0123456789",
 			func(c Config) any { return string(c.APIKey) }, "", "file-api-key-0123456789", "env-api-key-0123456789", "flag-api-key-0123456789", nil},
 		{"api_key_file", "/a", "/b", "/c", func(c Config) any { return c.APIKeyFile }, "", "/a", "/b", "/c", nil},
