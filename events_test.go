@@ -373,3 +373,57 @@ func TestWebhookShutdownKeepsPublications(t *testing.T) {
 	}
 	b.waitFor(t, want...)
 }
+
+// A node that stops while its users move to another node (a drain, a
+// restart) keeps what they held for the grace before it releases: the
+// user who reconnects elsewhere within the grace is no offline event and
+// no second online one. Without the wait the stopping node released ann
+// at once, before her new connection was held.
+func TestWebhookShutdownWaitsGrace(t *testing.T) {
+	t.Parallel()
+	b := &backend{}
+	shared := NewMemoryEventStore()
+	cfg := webhookConfig(b, shared)
+	cfg.Webhooks.Grace = 2 * time.Second
+	cfg.Logger = testLogger(t)
+	stopping, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newHTTPTestServer(stopping)
+	t.Cleanup(srv.Close)
+	runDone := make(chan error, 1)
+	go func() { runDone <- stopping.Run(context.Background()) }()
+	other := newTestServer(t, cfg)
+
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", as("ann"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	b.waitFor(t, "user.online ann")
+
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- stopping.Shutdown(ctx)
+	}()
+	// ann is told to go, and comes back on the other node a little later
+	// (within the grace, after the stopping node's connections are gone).
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		if _, _, err := ws.ReadMessage(); err != nil {
+			break
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	other.dial(t, "/ws", as("ann"))
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-runDone; err != nil {
+		t.Fatal(err)
+	}
+	b.quiet(t, time.Second, "user.online ann")
+}
