@@ -31,7 +31,9 @@ type eventTracker struct {
 	// that sync sends them to the store in that order.
 	seq  uint64
 	wake chan struct{} // cap 1: a sync is wanted
-	// lastBeat is when the last Beat succeeded (beat's goroutine only).
+	// lastBeat is when the last Beat that succeeded was begun: the store
+	// keeps this node alive until NodeTTL after that, at the latest (the
+	// answer may come much later). Beat's goroutine only.
 	lastBeat time.Time
 
 	syncMu sync.Mutex
@@ -390,11 +392,14 @@ func (t *eventTracker) run(ctx context.Context) {
 // beats stopped reaching the store for NodeTTL may have been taken for
 // dead and reaped by another (its keys released, their off-events sent):
 // it then holds everything again, so that what it still holds is online
-// again, and what leaves later is told.
+// again, and what leaves later is told. The gap is measured from the start
+// of the last successful Beat, not its answer: a late answer does not
+// move the store's expiry, so it must not hide a lapse.
 func (t *eventTracker) beat(ctx context.Context) {
 	tick := time.NewTicker(t.cfg.NodeTTL / 3)
 	defer tick.Stop()
 	for {
+		begun := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, t.n.cfg.BrokerTimeout)
 		err := t.store.Beat(cctx, t.n.id, t.cfg.NodeTTL)
 		cancel()
@@ -413,7 +418,7 @@ func (t *eventTracker) beat(ctx context.Context) {
 				t.mu.Unlock()
 				t.poke()
 			}
-			t.lastBeat = time.Now()
+			t.lastBeat = begun
 		}
 		select {
 		case <-ctx.Done():
