@@ -32,7 +32,9 @@ import (
 // Grace: a user or channel whose last connection here went away is
 // released only after Grace, so a page reload or a drain that moves
 // connections to another node does not make it flap offline and online.
-// Members and publications are not delayed.
+// A node that stops waits out those graces before its final release (with
+// a store shared with other nodes; within half of what is left of its
+// Shutdown's deadline). Members and publications are not delayed.
 //
 // One node at a time delivers (a lease in the store, renewed before each
 // call); the others record. Events are in Event; the batch order is

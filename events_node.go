@@ -31,10 +31,16 @@ type eventTracker struct {
 	// that sync sends them to the store in that order.
 	seq  uint64
 	wake chan struct{} // cap 1: a sync is wanted
-	// lastBeat is when the last Beat succeeded (beat's goroutine only).
+	// lastBeat is when the last Beat that succeeded was begun: the store
+	// keeps this node alive until NodeTTL after that, at the latest (the
+	// answer may come much later). Beat's goroutine only.
 	lastBeat time.Time
 
 	syncMu sync.Mutex
+
+	// shared: the store is shared with other nodes (the Broker's, or
+	// Webhooks.Store), not one made in-process for this node alone.
+	shared bool
 
 	deliverer
 }
@@ -84,15 +90,15 @@ func newEventTracker(n *Node, cfg Webhooks) *eventTracker {
 		n.log.Warn("webhooks: Timeout plus BrokerTimeout reach NodeTTL: a delivery may outlast the lease, and another node deliver the same events (at least once still holds)",
 			"timeout", cfg.Timeout, "broker_timeout", n.cfg.BrokerTimeout, "node_ttl", cfg.NodeTTL)
 	}
-	store := cfg.Store
+	store, shared := cfg.Store, true
 	if store == nil {
 		if p, ok := n.broker.(EventStoreProvider); ok {
 			store = p.EventStore()
 		} else {
-			store = NewMemoryEventStore()
+			store, shared = NewMemoryEventStore(), false
 		}
 	}
-	t := &eventTracker{n: n, cfg: cfg, store: store, keys: make(map[string]*holding), wake: make(chan struct{}, 1)}
+	t := &eventTracker{n: n, cfg: cfg, store: store, shared: shared, keys: make(map[string]*holding), wake: make(chan struct{}, 1)}
 	t.deliverer.init(t)
 	return t
 }
@@ -386,11 +392,14 @@ func (t *eventTracker) run(ctx context.Context) {
 // beats stopped reaching the store for NodeTTL may have been taken for
 // dead and reaped by another (its keys released, their off-events sent):
 // it then holds everything again, so that what it still holds is online
-// again, and what leaves later is told.
+// again, and what leaves later is told. The gap is measured from the start
+// of the last successful Beat, not its answer: a late answer does not
+// move the store's expiry, so it must not hide a lapse.
 func (t *eventTracker) beat(ctx context.Context) {
 	tick := time.NewTicker(t.cfg.NodeTTL / 3)
 	defer tick.Stop()
 	for {
+		begun := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, t.n.cfg.BrokerTimeout)
 		err := t.store.Beat(cctx, t.n.id, t.cfg.NodeTTL)
 		cancel()
@@ -409,7 +418,7 @@ func (t *eventTracker) beat(ctx context.Context) {
 				t.mu.Unlock()
 				t.poke()
 			}
-			t.lastBeat = time.Now()
+			t.lastBeat = begun
 		}
 		select {
 		case <-ctx.Done():
@@ -419,11 +428,13 @@ func (t *eventTracker) beat(ctx context.Context) {
 	}
 }
 
-// finish is the final flush, once every connection has ended: it records
+// finish is the final flush, once every connection has ended: it waits
+// out the grace of what the last connections held (awaitGrace), records
 // what is queued, releases everything this node holds (Reap of itself:
 // the off-events of what no other node holds), and, if this node leads,
 // delivers what it can before ctx ends.
 func (t *eventTracker) finish(ctx context.Context) {
+	t.awaitGrace(ctx)
 	t.sync(ctx, true)
 	cctx, cancel := context.WithTimeout(ctx, t.n.cfg.BrokerTimeout)
 	_, err := t.store.Reap(cctx, t.n.id, func(key string) *Event { return offEvent(key, time.Now()) })
@@ -433,4 +444,43 @@ func (t *eventTracker) finish(ctx context.Context) {
 	}
 	t.deliverer.drain(ctx)
 	t.deliverer.resign(ctx)
+}
+
+// awaitGrace waits, with a store shared with other nodes, until the grace
+// of every user and channel whose last connection or subscriber here went
+// away has passed, as it would on a node that keeps running: a drain or a
+// restart sends clients to other nodes, which hold them again within the
+// grace, so that this node's release then tells nothing (no offline and
+// online again). Meanwhile the tracker's loop releases what comes due. It
+// spends at most half of what is left of ctx, so that the flush keeps
+// time. An in-process store has no other node to move to: no wait.
+func (t *eventTracker) awaitGrace(ctx context.Context) {
+	if !t.shared {
+		return
+	}
+	var until time.Time
+	t.mu.Lock()
+	for _, h := range t.keys {
+		if h.grace && h.count == 0 && !h.gone.IsZero() {
+			if end := h.gone.Add(t.cfg.Grace); end.After(until) {
+				until = end
+			}
+		}
+	}
+	t.mu.Unlock()
+	if dl, ok := ctx.Deadline(); ok {
+		if half := time.Now().Add(time.Until(dl) / 2); half.Before(until) {
+			until = half
+		}
+	}
+	d := time.Until(until)
+	if d <= 0 {
+		return
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+	case <-timer.C:
+	}
 }

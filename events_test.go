@@ -373,3 +373,124 @@ func TestWebhookShutdownKeepsPublications(t *testing.T) {
 	}
 	b.waitFor(t, want...)
 }
+
+// A node that stops while its users move to another node (a drain, a
+// restart) keeps what they held for the grace before it releases: the
+// user who reconnects elsewhere within the grace is no offline event and
+// no second online one. Without the wait the stopping node released ann
+// at once, before her new connection was held.
+func TestWebhookShutdownWaitsGrace(t *testing.T) {
+	t.Parallel()
+	b := &backend{}
+	shared := NewMemoryEventStore()
+	cfg := webhookConfig(b, shared)
+	cfg.Webhooks.Grace = 2 * time.Second
+	cfg.Logger = testLogger(t)
+	stopping, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newHTTPTestServer(stopping)
+	t.Cleanup(srv.Close)
+	runDone := make(chan error, 1)
+	go func() { runDone <- stopping.Run(context.Background()) }()
+	other := newTestServer(t, cfg)
+
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", as("ann"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	b.waitFor(t, "user.online ann")
+
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- stopping.Shutdown(ctx)
+	}()
+	// ann is told to go, and comes back on the other node a little later
+	// (within the grace, after the stopping node's connections are gone).
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		if _, _, err := ws.ReadMessage(); err != nil {
+			break
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	other.dial(t, "/ws", as("ann"))
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-runDone; err != nil {
+		t.Fatal(err)
+	}
+	b.quiet(t, time.Second, "user.online ann")
+}
+
+// lateBeats is an EventStore whose Beats, once armed, go wrong twice in a
+// row, as a slow network makes them: the first is stored but answered
+// late (when the test says), the second is stored late (when the test
+// says). Timing faults no real store makes on demand.
+type lateBeats struct {
+	EventStore
+	mu      sync.Mutex
+	phase   int            // 1: the next Beat answers late; 2: the next is stored late
+	wrote   chan time.Time // phase 1 stored, at
+	answer  chan struct{}  // phase 1 may answer
+	entered chan struct{}  // phase 2 began
+	store   chan struct{}  // phase 2 may store
+}
+
+func (s *lateBeats) Beat(ctx context.Context, node string, ttl time.Duration) error {
+	s.mu.Lock()
+	phase := s.phase
+	if phase == 1 || phase == 2 {
+		s.phase++
+	}
+	s.mu.Unlock()
+	switch phase {
+	case 1:
+		err := s.EventStore.Beat(ctx, node, ttl)
+		s.wrote <- time.Now()
+		<-s.answer
+		return err
+	case 2:
+		s.entered <- struct{}{}
+		<-s.store
+	}
+	return s.EventStore.Beat(ctx, node, ttl)
+}
+
+// A beat stored at once but answered just before the node's beat expires,
+// then one stored after the expiry: between them the node was taken for
+// dead and its users released (here by itself, the leader). The gap
+// between the two answers is under NodeTTL, but the store's gap was not:
+// the node holds everything again, so ann, still connected, is online
+// again. (Measured between answers, the lapse went unseen and ann stayed
+// offline while connected.)
+func TestWebhookLateBeatAnswer(t *testing.T) {
+	t.Parallel()
+	b := &backend{}
+	store := &lateBeats{EventStore: NewMemoryEventStore(), wrote: make(chan time.Time, 1),
+		answer: make(chan struct{}), entered: make(chan struct{}, 1), store: make(chan struct{})}
+	cfg := webhookConfig(b, store)
+	ttl := cfg.Webhooks.NodeTTL
+	ts := newTestServer(t, cfg)
+	ts.dial(t, "/ws", as("ann"))
+	b.waitFor(t, "user.online ann")
+
+	store.mu.Lock()
+	store.phase = 1
+	store.mu.Unlock()
+	wrote := <-store.wrote
+	// Answered a little before the stored beat expires.
+	time.Sleep(time.Until(wrote.Add(ttl * 9 / 10)))
+	close(store.answer)
+	<-store.entered
+	// The next beat is not stored yet: the node's beat expires, and its
+	// own reap (it leads) releases ann.
+	b.waitFor(t, "user.online ann", "user.offline ann")
+	close(store.store)
+	b.waitFor(t, "user.online ann", "user.offline ann", "user.online ann")
+}

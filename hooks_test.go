@@ -147,6 +147,10 @@ func TestSlowHookHoldsOnlyItsConnection(t *testing.T) {
 	if v := hookCount(t, ts.node, "connect", "failed"); v != 1 {
 		t.Fatalf("failed connect hook calls: %v", v)
 	}
+	// Both calls' durations are in the latency histogram, the failed one too.
+	if v := scrape(t, ts.node)["herald_hook_duration_seconds{hook=connect}_count"]; v != 2 {
+		t.Fatalf("connect hook durations observed: %v, want 2", v)
+	}
 }
 
 func TestSubscribeHook(t *testing.T) {

@@ -317,6 +317,16 @@ func (s *eventStore) update(ctx context.Context, key string, f func(h []string) 
 		return false, err
 	}
 	subj := s.keySubject(key)
+	// zeroID is the message id of a first state, written when the subject
+	// has no message. "k.<subject>.0" may already be taken within the
+	// stream's duplicate window by an earlier first state since removed
+	// (the key was released, delivered and compacted away, then held
+	// again): the server then answers every attempt as a duplicate of
+	// that gone message. Each such answer names the message that took the
+	// id; zeroID then moves on to "k.<subject>.0.<its sequence>", a chain
+	// that every node holding the key follows alike, so two first states
+	// still collide.
+	zeroID := "k." + subj + ".0"
 	for attempt := range maxAttempts {
 		var cur evState
 		var last uint64
@@ -347,9 +357,25 @@ func (s *eventStore) update(ctx context.Context, key string, f func(h []string) 
 			// See offsetMsgID: the expected-sequence check alone let two
 			// nodes' updates of one state both in (two "on" events in a
 			// row, TestClusterConformance/EventStore).
-			popts = append(popts, jetstream.WithMsgID("k."+subj+"."+strconv.FormatUint(last, 10)))
+			id := "k." + subj + "." + strconv.FormatUint(last, 10)
+			if last == 0 {
+				id = zeroID
+			}
+			popts = append(popts, jetstream.WithMsgID(id))
 		}
 		ack, err := s.b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: body}, popts...)
+		if err == nil && ack.Duplicate && last == 0 && ack.Sequence != 0 {
+			// A first state's id taken: by another node's first state
+			// (it exists: read the key again), or by one since removed.
+			_, gerr := stream.GetMsg(ctx, ack.Sequence)
+			switch {
+			case errors.Is(gerr, jetstream.ErrMsgNotFound):
+				zeroID = "k." + subj + ".0." + strconv.FormatUint(ack.Sequence, 10)
+				continue
+			case gerr != nil:
+				return false, s.fail("read a key's state", gerr)
+			}
+		}
 		if isWrongLastSeq(err) || (err == nil && ack.Duplicate) {
 			if err := pause(ctx, attempt); err != nil {
 				return false, err
