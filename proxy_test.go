@@ -290,6 +290,79 @@ func TestTrustedProxiesOverTheWire(t *testing.T) {
 	}
 }
 
+// SSE behind a trusted proxy: a stream is counted against the per-IP cap,
+// and shown to OnConnect, under the address the proxy forwarded, exactly
+// as a WebSocket is; from an untrusted peer the header is ignored.
+func TestTrustedProxiesSSE(t *testing.T) {
+	t.Parallel()
+	var seen remotes
+	ts := newTestServer(t, Config{
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+		Limits:         Limits{MaxConnectionsPerIP: 1},
+		OnConnect: func(c ClientInfo) {
+			if c.SSE {
+				seen.add(c.RemoteAddr)
+			}
+		},
+	})
+	// A client dialling from local, one connection per request (a kept-
+	// alive one would carry the next request from the same address anyway).
+	from := func(local string) *http.Client {
+		nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: 5 * time.Second}
+		if c, err := nd.Dial("tcp", ts.srv.Listener.Addr().String()); err != nil {
+			if strings.Contains(err.Error(), "assign requested address") {
+				t.Skipf("cannot dial from %s on this host: %v", local, err)
+			}
+			t.Fatalf("dial from %s: %v", local, err)
+		} else {
+			c.Close()
+		}
+		tr := &http.Transport{DialContext: nd.DialContext, DisableKeepAlives: true}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr}
+	}
+	proxy, stranger := from("127.0.0.1"), from("127.0.0.2")
+	open := func(hc *http.Client, xff string) int {
+		t.Helper()
+		c, resp, body := sseGetWith(t, hc, ts.sseURL(nil, "x"), http.Header{"X-Forwarded-For": {xff}})
+		if c != nil {
+			c.subscribed("x") // the stream is up; it stays open until the test ends
+		} else if resp.StatusCode != http.StatusTooManyRequests {
+			t.Fatalf("X-Forwarded-For %q: %d %s", xff, resp.StatusCode, body)
+		}
+		return resp.StatusCode
+	}
+
+	// Through the trusted proxy: the forwarded client, counted as itself.
+	if st := open(proxy, "203.0.113.7"); st != http.StatusOK {
+		t.Fatalf("first stream of 203.0.113.7: %d", st)
+	}
+	if got := seen.after(t, 1); !seenOnce(got, is("203.0.113.7")) {
+		t.Fatalf("OnConnect saw %q, want 203.0.113.7", got)
+	}
+	if st := open(proxy, "203.0.113.7"); st != http.StatusTooManyRequests {
+		t.Fatalf("second stream of 203.0.113.7: %d, want 429", st)
+	}
+	if st := open(proxy, "203.0.113.8"); st != http.StatusOK {
+		t.Fatalf("another client behind the proxy: %d, want 200", st)
+	}
+	// The client's own entry, left of what the proxy appended, is ignored.
+	if st := open(proxy, "198.51.100.1, 203.0.113.7"); st != http.StatusTooManyRequests {
+		t.Fatalf("spoofed X-Forwarded-For: %d, want 429 (counted as 203.0.113.7)", st)
+	}
+
+	// From an untrusted peer the header counts for nothing.
+	if st := open(stranger, "203.0.113.50"); st != http.StatusOK {
+		t.Fatalf("untrusted peer: %d", st)
+	}
+	if got := seen.after(t, 3); !seenOnce(got, hasPrefix("127.0.0.2:")) || !seenOnce(got, is("203.0.113.8")) {
+		t.Fatalf("OnConnect saw %q: want 203.0.113.8 and the untrusted peer as 127.0.0.2:port", got)
+	}
+	if st := open(stranger, "203.0.113.51"); st != http.StatusTooManyRequests {
+		t.Fatalf("untrusted peer claiming another address: %d, want 429 (counted as 127.0.0.2)", st)
+	}
+}
+
 // With ForwardedHeader Forwarded only that header is read: a client's
 // X-Forwarded-For, which a proxy writing Forwarded passes on untouched,
 // counts for nothing. And SetTrustedProxies changes the policy for the

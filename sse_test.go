@@ -49,13 +49,20 @@ func (ts *testServer) sseURL(extra url.Values, channels ...string) string {
 // refused request (its body read), or a client for a stream.
 func sseGet(t testing.TB, u string, hdr http.Header) (*sseClient, *http.Response, string) {
 	t.Helper()
+	return sseGetWith(t, http.DefaultClient, u, hdr)
+}
+
+// sseGetWith is sseGet through hc (a client dialling from a chosen
+// address, say).
+func sseGetWith(t testing.TB, hc *http.Client, u string, hdr http.Header) (*sseClient, *http.Response, string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
 	req.Header.Set("Accept", "text/event-stream")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		cancel()
 		t.Fatalf("GET %s: %v", u, err)

@@ -81,7 +81,7 @@ async function defaultWebSocket() {
     (m) => m.WebSocket ?? m.default,
     () => {
       wsPackage = undefined; // let a later attempt try again
-      throw new Error('herald-client: no WebSocket in this runtime; install the "ws" package or pass options.WebSocket');
+      throw new Error('@heraldhq/client: no WebSocket in this runtime; install the "ws" package or pass options.WebSocket');
     },
   );
   return wsPackage;
@@ -808,7 +808,7 @@ export class Herald {
     try {
       msg = decodeFrame(raw);
     } catch (err) {
-      console.warn('herald-client: ignoring an undecodable frame:', err.message);
+      console.warn('@heraldhq/client: ignoring an undecodable frame:', err.message);
       return;
     }
     if (msg === null || typeof msg !== 'object') return;
@@ -819,7 +819,7 @@ export class Herald {
     const req = this._pending.get(msg.id);
     if (!req) {
       // id 0 answers a command the server could not read: a bug on our side.
-      if (msg.id === 0) console.warn('herald-client: the server could not read a command:', msg.error?.message);
+      if (msg.id === 0) console.warn('@heraldhq/client: the server could not read a command:', msg.error?.message);
       return; // otherwise, the reply to a request that already timed out
     }
     this._pending.delete(msg.id);
@@ -857,7 +857,7 @@ export class Herald {
       sub._onPush(msg, raw);
     } else if (!this._warned.has(msg.channel)) {
       this._warned.add(msg.channel);
-      console.warn(`herald-client: ignoring ${msg.push} pushes for "${msg.channel}": no subscription (logged once per channel)`);
+      console.warn(`@heraldhq/client: ignoring ${msg.push} pushes for "${msg.channel}": no subscription (logged once per channel)`);
     }
   }
 
@@ -924,7 +924,7 @@ export class Herald {
   _openSSE(gen, token) {
     const ES = this._EventSource ?? globalThis.EventSource;
     if (typeof ES !== 'function') {
-      const err = new Error('herald-client: no EventSource in this runtime; pass options.EventSource (the "eventsource" package in Node)');
+      const err = new Error('@heraldhq/client: no EventSource in this runtime; pass options.EventSource (the "eventsource" package in Node)');
       this._giveUp(ABNORMAL_CLOSURE, err.message, err);
       return;
     }
@@ -953,7 +953,7 @@ export class Herald {
         try {
           msg = JSON.parse(ev.data);
         } catch {
-          console.warn(`herald-client: ignoring an undecodable ${name} event`);
+          console.warn(`@heraldhq/client: ignoring an undecodable ${name} event`);
           return;
         }
         if (msg !== null && typeof msg === 'object') fn(msg);
@@ -1418,7 +1418,7 @@ export class Subscription {
       try {
         out = this.client._applyDelta(base.bytes, msg.data);
       } catch (err) {
-        console.warn(`herald-client: a delta of "${this.channel}" does not apply (${err.message}): resubscribing`);
+        console.warn(`@heraldhq/client: a delta of "${this.channel}" does not apply (${err.message}): resubscribing`);
         return this._resync();
       }
       this._base = { bytes: out, binary: base.binary };

@@ -5,6 +5,7 @@
 
 import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { EventSource } from 'eventsource';
 
 import { Herald } from '../index.js';
@@ -111,4 +112,41 @@ test('sse: a lost stream reconnects and recovers what was published meanwhile, i
     [1, 2, 3, 4],
   );
   assert.equal(sub.offset, 4);
+});
+
+test('sse: a stream refused with 503 (a draining node) is opened again, where EventSource alone gives up', async (t) => {
+  // In front of the server: the first two requests for the stream are
+  // answered 503, as a node that is draining answers them; an EventSource
+  // fails for good on such an answer (readyState CLOSED), so the client
+  // must open a new one itself. Later requests are sent on to the server's
+  // /sse (a redirect, with their query).
+  const target = new URL(server.url).host;
+  const paths = [];
+  const front = http.createServer((req, res) => {
+    paths.push(req.url);
+    if (paths.length <= 2) {
+      res.writeHead(503, { 'Content-Type': 'text/plain' });
+      res.end('Service Unavailable: server shutting down');
+      return;
+    }
+    res.writeHead(307, { Location: `http://${target}${req.url}` });
+    res.end();
+  });
+  await new Promise((resolve) => front.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise((resolve) => front.close(resolve)));
+
+  const c = newClient(server.url, { sse: true, sseUrl: `http://127.0.0.1:${front.address().port}/sse` });
+  const ch = uniq('hist:refused-');
+  const inbox = new Inbox();
+  const sub = c.subscribe(ch, { onMessage: inbox.push });
+  await within(10000, 'connect after two refusals', c.connect());
+  await within(5000, 'subscribed', sub.ready);
+  assert.equal(c.transport, 'sse');
+  assert.ok(paths.length >= 3, `requests: ${paths.join(' ')}`);
+  assert.ok(paths.every((p) => p.startsWith('/sse?') && p.includes(`channel=${encodeURIComponent(ch)}`)), paths.join(' '));
+
+  const ws = newClient(server.url);
+  await within(5000, 'ws connect', ws.connect());
+  await ws.publish(ch, 'after the refusals');
+  assert.equal((await inbox.count(1))[0][0], 'after the refusals');
 });
