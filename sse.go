@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -529,6 +530,34 @@ func (n *Node) permitSSE(id *identity, req *sseRequest) *handshakeRefusal {
 // serveSSE runs one SSE connection: every refusal is an HTTP error before
 // the stream begins; then it subscribes the channels, each announced by a
 // subscribed event (with recovery's outcome), and waits for the end.
+// sseRetryLater answers a stream the node cannot take now (it is draining
+// or stopping, it is full, the connect hook's backend is down) with an
+// empty stream that ends at once: a retry: hint and a close event with the
+// code a WebSocket client would get, 1012, 1001 or 1013. Browsers' own
+// EventSource gives up for good on any status but 200 (HTML standard,
+// "fail the connection") and reconnects after a stream that ends; a 503
+// would leave a page behind a restarting single node deaf until reloaded.
+// The hint spreads the reconnects over 1 to 3 seconds.
+func (n *Node) sseRetryLater(w http.ResponseWriter, r *http.Request, reason string) {
+	n.mu.Lock()
+	draining, closing := n.draining, n.closing
+	n.mu.Unlock()
+	code := CloseTryAgainLater
+	switch {
+	case draining:
+		code = CloseServiceRestart
+	case closing:
+		code = CloseGoingAway
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	sseCORS(h, r)
+	w.WriteHeader(http.StatusOK)
+	b := fmt.Appendf(nil, "retry: %d\n", 1000+rand.IntN(2000))
+	_, _ = w.Write(append(b, sseClose(code, reason)...))
+}
+
 func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	req, no := n.checkSSE(w, r)
 	ip, remote := n.clientAddr(r)
@@ -546,6 +575,10 @@ func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if no != nil {
+		if no.status == http.StatusServiceUnavailable {
+			n.sseRetryLater(w, r, no.msg)
+			return
+		}
 		http.Error(w, no.msg, no.status)
 		return
 	}

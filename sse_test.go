@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -566,11 +567,57 @@ func TestSSEDrainAndShutdown(t *testing.T) {
 			t.Fatalf("close %d, want %d", code, CloseServiceRestart)
 		}
 	}
-	// Draining: new streams are refused before they begin.
-	if _, resp, _ := sseGet(t, ts.sseURL(nil, "x"), nil); resp.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("while draining: %d", resp.StatusCode)
+	// Draining: a new stream ends at once with 1012 and a retry hint, so a
+	// browser's EventSource tries again (a 503 would end it for good).
+	if code, retry := sseRefusal(t, ts.sseURL(nil, "x")); code != CloseServiceRestart || retry < 1000 || retry > 3000 {
+		t.Fatalf("while draining: close %d, retry %d ms", code, retry)
 	}
 	waitFor(t, "every stream's end", func() bool { return ts.node.hub.numConns() == 0 })
+}
+
+// sseRefusal opens a stream the node refuses for now and returns the close
+// code and the retry: hint (ms) of the empty stream it answers with.
+func sseRefusal(t *testing.T, u string) (CloseCode, int) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, u, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body) // it ends by itself
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("status %d, type %q: %s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	var retry int
+	var m struct{ Code CloseCode }
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "retry: "); ok {
+			retry, _ = strconv.Atoi(v)
+		}
+		if v, ok := strings.CutPrefix(line, "data: "); ok {
+			_ = json.Unmarshal([]byte(v), &m)
+		}
+	}
+	if !strings.Contains(string(body), "event: close\n") {
+		t.Fatalf("no close event: %q", body)
+	}
+	return m.Code, retry
+}
+
+// A full node answers a new stream with 1013 and a retry hint, not a 503.
+func TestSSEFullNodeRetries(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{Limits: Limits{MaxConnections: 1}})
+	a := ts.sse(t, nil, "x")
+	a.subscribed("x")
+	if code, retry := sseRefusal(t, ts.sseURL(nil, "x")); code != CloseTryAgainLater || retry < 1000 || retry > 3000 {
+		t.Fatalf("full: close %d, retry %d ms", code, retry)
+	}
 }
 
 func TestSSESlowConsumer(t *testing.T) {
