@@ -85,3 +85,54 @@ func TestParkedReaderDeadline(t *testing.T) {
 		t.Fatalf("close %v after %v", ce, time.Since(start))
 	}
 }
+
+// mute makes a client that reads but never answers the server's close
+// frame (nor its pings), as a client that has stopped caring would.
+func mute(c *testClient) {
+	c.ws.SetCloseHandler(func(int, string) error { return nil })
+	c.ws.SetPingHandler(func(string) error { return nil })
+}
+
+// A parked reader honours the close handshake's CloseGrace: a client that
+// never answers Shutdown's close is let go after CloseGrace, long before
+// its heartbeat deadline (25s+10s), so Shutdown returns in time.
+func TestParkedReaderCloseGrace(t *testing.T) {
+	ts := newTestServer(t, Config{CloseGrace: 200 * time.Millisecond})
+	clients := make([]*testClient, 20)
+	for i := range clients {
+		clients[i] = ts.client(t)
+		clients[i].subscribe("x")
+		mute(clients[i])
+	}
+	waitFor(t, "every reader parked", func() bool { return readers() == 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := ts.node.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v (a parked reader missed its CloseGrace)", err)
+	}
+}
+
+// Shutdown's cut reaches parked readers: with a CloseGrace longer than
+// the test, the clients that never answer are cut when ctx ends, and
+// Shutdown returns then (node.wg: every connection finished).
+func TestParkedReaderShutdownCut(t *testing.T) {
+	ts := newTestServer(t, Config{CloseGrace: time.Hour})
+	for range 20 {
+		c := ts.client(t)
+		c.subscribe("x")
+		mute(c)
+	}
+	waitFor(t, "every reader parked", func() bool { return readers() == 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- ts.node.Shutdown(ctx) }()
+	select {
+	case err := <-done:
+		if err != context.DeadlineExceeded {
+			t.Fatalf("Shutdown: %v, want the deadline's error", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Shutdown hangs after its deadline: a cut reader never woke")
+	}
+}
