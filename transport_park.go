@@ -145,9 +145,13 @@ func (c *conn) parkTimeout() {
 // closeReadBy sets the read deadline of the close handshake, from the
 // writer: a parked reader wakes to park again with it.
 func (c *conn) closeReadBy(t time.Time) {
+	// closeBy first, the socket's deadline second: a reader extending the
+	// heartbeat's deadline meanwhile (it saw no close yet) sets it, then
+	// loads closeBy, so whichever way they interleave the last deadline
+	// set is this one (extendReadDeadline).
+	c.closeBy.Store(&t)
 	_ = c.nc.SetReadDeadline(t)
 	if parkable && c.rc != nil {
-		c.closeBy.Store(&t)
 		c.wake()
 	}
 }
