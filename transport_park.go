@@ -33,9 +33,12 @@ var errWouldBlock = errors.New("would block")
 // parkState is the read side's parking state, in the transport.
 type parkState struct {
 	rstate     atomic.Int32
-	parkBroken atomic.Bool  // the poller failed this connection: wait in Go's netpoller
-	closeBy    atomic.Int64 // the close handshake's read deadline (UnixNano), 0 before
-	timerFired atomic.Bool  // ptimer fired since it was last set
+	parkBroken atomic.Bool // the poller failed this connection: wait in Go's netpoller
+	// closeBy is the close handshake's read deadline, nil before. A
+	// time.Time, not UnixNano: it keeps the monotonic reading the socket's
+	// deadline is measured by, so a step of the wall clock moves neither.
+	closeBy    atomic.Pointer[time.Time]
+	timerFired atomic.Bool // ptimer fired since it was last set
 
 	// Reader goroutine only.
 	mayPark    bool    // set by fill for tryRead: park rather than wait
@@ -70,8 +73,8 @@ func (c *conn) wake() {
 // heartbeat's, or the close handshake's if that is sooner. Reader only.
 func (c *conn) parkDeadline() time.Time {
 	d := c.rdeadline
-	if cb := c.closeBy.Load(); cb != 0 && cb < d.UnixNano() {
-		d = time.Unix(0, cb)
+	if cb := c.closeBy.Load(); cb != nil && (d.IsZero() || cb.Before(d)) {
+		d = *cb
 	}
 	return d
 }
@@ -142,9 +145,13 @@ func (c *conn) parkTimeout() {
 // closeReadBy sets the read deadline of the close handshake, from the
 // writer: a parked reader wakes to park again with it.
 func (c *conn) closeReadBy(t time.Time) {
+	// closeBy first, the socket's deadline second: a reader extending the
+	// heartbeat's deadline meanwhile (it saw no close yet) sets it, then
+	// loads closeBy, so whichever way they interleave the last deadline
+	// set is this one (extendReadDeadline).
+	c.closeBy.Store(&t)
 	_ = c.nc.SetReadDeadline(t)
 	if parkable && c.rc != nil {
-		c.closeBy.Store(t.UnixNano())
 		c.wake()
 	}
 }

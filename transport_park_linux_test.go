@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/heraldhq/herald/protocol"
 )
 
@@ -83,5 +87,114 @@ func TestParkedReaderDeadline(t *testing.T) {
 	start := time.Now()
 	if ce := c.expectClose(); CloseCode(ce.Code) != CloseNoPong {
 		t.Fatalf("close %v after %v", ce, time.Since(start))
+	}
+}
+
+// mute makes a client that reads but never answers the server's close
+// frame (nor its pings), as a client that has stopped caring would.
+func mute(c *testClient) {
+	c.ws.SetCloseHandler(func(int, string) error { return nil })
+	c.ws.SetPingHandler(func(string) error { return nil })
+}
+
+// A parked reader honours the close handshake's CloseGrace: a client that
+// never answers Shutdown's close is let go after CloseGrace, long before
+// its heartbeat deadline (25s+10s), so Shutdown returns in time.
+func TestParkedReaderCloseGrace(t *testing.T) {
+	ts := newTestServer(t, Config{CloseGrace: 200 * time.Millisecond})
+	clients := make([]*testClient, 20)
+	for i := range clients {
+		clients[i] = ts.client(t)
+		clients[i].subscribe("x")
+		mute(clients[i])
+	}
+	waitFor(t, "every reader parked", func() bool { return readers() == 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := ts.node.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v (a parked reader missed its CloseGrace)", err)
+	}
+}
+
+// Shutdown's cut reaches parked readers: with a CloseGrace longer than
+// the test, the clients that never answer are cut when ctx ends, and
+// Shutdown returns then (node.wg: every connection finished).
+func TestParkedReaderShutdownCut(t *testing.T) {
+	ts := newTestServer(t, Config{CloseGrace: time.Hour})
+	for range 20 {
+		c := ts.client(t)
+		c.subscribe("x")
+		mute(c)
+	}
+	waitFor(t, "every reader parked", func() bool { return readers() == 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- ts.node.Shutdown(ctx) }()
+	select {
+	case err := <-done:
+		if err != context.DeadlineExceeded {
+			t.Fatalf("Shutdown: %v, want the deadline's error", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Shutdown hangs after its deadline: a cut reader never woke")
+	}
+}
+
+// A TLS connection (crypto/tls: no descriptor to read from) cannot park:
+// its reader waits in a goroutine, and it reads, answers and closes as a
+// plain one does, alongside plain connections that park.
+func TestTLSReaderDoesNotPark(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	tsrv := httptest.NewUnstartedServer(ts.node.Handler())
+	tsrv.StartTLS()
+	defer tsrv.Close()
+	d := websocket.Dialer{
+		Subprotocols:    []string{protocol.Subprotocol},
+		TLSClientConfig: tsrv.Client().Transport.(*http.Transport).TLSClientConfig,
+	}
+	ws, _, err := d.Dial("wss"+strings.TrimPrefix(tsrv.URL, "https"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	tc := &testClient{t: t, ws: ws}
+	tc.subscribe("x")
+	plain := ts.client(t)
+	plain.subscribe("x")
+	// The plain reader parks; the TLS one keeps its goroutine.
+	waitFor(t, "the plain reader parked", func() bool { return readers() == 1 })
+	if _, err := ts.node.Publish(t.Context(), "x", []byte(`7`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*testClient{tc, plain} {
+		if m := c.readJSON(); m.Push != "pub" || string(m.Data) != "7" {
+			t.Fatalf("got %+v", m)
+		}
+	}
+	// The TLS reader reads a command: its publication reaches both.
+	tc.send(protocol.Command{Cmd: "publish", Channel: "x", Data: []byte(`8`)})
+	for _, c := range []*testClient{tc, plain} {
+		for {
+			m := c.readJSON()
+			if m.Push == "pub" && string(m.Data) == "8" {
+				break
+			}
+			if m.Push != "" || m.Error != nil {
+				t.Fatalf("got %+v", m)
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- ts.node.Shutdown(ctx) }()
+	for _, c := range []*testClient{tc, plain} {
+		if ce := c.expectClose(); CloseCode(ce.Code) != CloseGoingAway {
+			t.Fatalf("close %v", ce)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
 	}
 }

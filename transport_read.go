@@ -252,6 +252,11 @@ func (c *conn) extendReadDeadline() {
 	}
 	c.rdeadline = now.Add(d)
 	_ = c.nc.SetReadDeadline(c.rdeadline)
+	if cb := c.closeBy.Load(); cb != nil {
+		// The writer sent its close frame since isClosing above, and its
+		// deadline may have come before ours: CloseGrace stands.
+		_ = c.nc.SetReadDeadline(*cb)
+	}
 }
 
 // readFailed decides how the connection ends after a read error.
