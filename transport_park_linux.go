@@ -1,11 +1,11 @@
 package herald
 
 import (
-	"encoding/binary"
-	"fmt"
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/heraldhq/herald/internal/epoll"
 )
 
 // parkable: an idle reader may park in the node's poller (below) instead of
@@ -43,19 +43,9 @@ type poller struct {
 
 // startPoller makes the poller and starts its goroutine, which stop ends.
 func startPoller() (*poller, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	epfd, wake, err := epoll.New()
 	if err != nil {
-		return nil, fmt.Errorf("epoll_create1: %w", err)
-	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(epfd)
-		return nil, fmt.Errorf("eventfd: %w", err)
-	}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
-		unix.Close(wake)
-		unix.Close(epfd)
-		return nil, fmt.Errorf("epoll_ctl: %w", err)
+		return nil, err
 	}
 	p := &poller{epfd: epfd, wake: wake, done: make(chan struct{}), conns: map[int32]*conn{}}
 	go p.run()
@@ -147,9 +137,7 @@ func (p *poller) forget(c *conn, fd int32) {
 // stop ends the poller's goroutine and waits for it. Every connection must
 // be gone: a reader still parked would never wake.
 func (p *poller) stop() {
-	var one [8]byte
-	binary.NativeEndian.PutUint64(one[:], 1)
-	_, _ = unix.Write(p.wake, one[:])
+	epoll.Wake(p.wake)
 	<-p.done
 	p.mu.Lock()
 	p.conns = nil

@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 	"golang.org/x/sys/unix"
 
+	"github.com/heraldhq/herald/internal/epoll"
 	"github.com/heraldhq/herald/internal/wsframe"
 	"github.com/heraldhq/herald/protocol"
 )
@@ -80,29 +81,17 @@ func newRxPool(r *runner) (*rxPool, error) {
 }
 
 func newRxLoop(r *runner) (*rxLoop, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	epfd, wake, err := epoll.New()
 	if err != nil {
-		return nil, fmt.Errorf("epoll_create1: %w", err)
-	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(epfd)
-		return nil, fmt.Errorf("eventfd: %w", err)
-	}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
-		unix.Close(wake)
-		unix.Close(epfd)
-		return nil, fmt.Errorf("epoll_ctl: %w", err)
+		return nil, err
 	}
 	return &rxLoop{r: r, epfd: epfd, wake: wake, buf: make([]byte, 64<<10), conns: map[int32]*rxConn{}}, nil
 }
 
 // stop makes every loop close its sockets and end; r.wg waits for them.
 func (p *rxPool) stop() {
-	var one [8]byte
-	binary.NativeEndian.PutUint64(one[:], 1)
 	for _, l := range p.loops {
-		_, _ = unix.Write(l.wake, one[:])
+		epoll.Wake(l.wake)
 	}
 }
 
