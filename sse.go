@@ -527,9 +527,6 @@ func (n *Node) permitSSE(id *identity, req *sseRequest) *handshakeRefusal {
 	return nil
 }
 
-// serveSSE runs one SSE connection: every refusal is an HTTP error before
-// the stream begins; then it subscribes the channels, each announced by a
-// subscribed event (with recovery's outcome), and waits for the end.
 // sseRetryLater answers a stream the node cannot take now (it is draining
 // or stopping, it is full, the connect hook's backend is down) with an
 // empty stream that ends at once: a retry: hint and a close event with the
@@ -558,6 +555,11 @@ func (n *Node) sseRetryLater(w http.ResponseWriter, r *http.Request, reason stri
 	_, _ = w.Write(append(b, sseClose(code, reason)...))
 }
 
+// serveSSE runs one SSE connection: every refusal comes before the stream
+// begins, as an HTTP error, or as sseRetryLater's empty stream when the
+// node cannot take it now (a 503); then it subscribes the channels, each
+// announced by a subscribed event (with recovery's outcome), and waits for
+// the end.
 func (n *Node) serveSSE(w http.ResponseWriter, r *http.Request) {
 	req, no := n.checkSSE(w, r)
 	ip, remote := n.clientAddr(r)

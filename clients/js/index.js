@@ -919,7 +919,9 @@ export class Herald {
    * opens a new one, with a fresh token and the positions reached. The
    * stream's channels are fixed, so subscribe() and unsubscribe() open a
    * new one. With no subscription there is no stream to open: the client
-   * is connected with nothing to receive.
+   * is connected with nothing to receive. A stream counts as a connection
+   * at its first event other than close: one that ends with a close event
+   * before (a node that cannot take it now) is a failed attempt.
    */
   _openSSE(gen, token) {
     const ES = this._EventSource ?? globalThis.EventSource;
@@ -956,11 +958,16 @@ export class Herald {
           console.warn(`@heraldhq/client: ignoring an undecodable ${name} event`);
           return;
         }
-        if (msg !== null && typeof msg === 'object') fn(msg);
+        if (msg === null || typeof msg !== 'object') return;
+        // Connected at the stream's first event other than close (each
+        // channel's subscribed comes first), not when it opens: a node that
+        // cannot take the stream now (draining, stopping, full) answers 200
+        // with nothing but a close event, and a stream taken for a
+        // connection would resolve connect() and start the backoff over at
+        // every such refusal.
+        if (name !== 'close') this._sseOpened(gen);
+        fn(msg);
       });
-    es.onopen = () => {
-      if (es === this._socket) this._sseOpened(gen);
-    };
     es.onerror = () => {
       if (es === this._socket) this._attemptFailed(this._generation, 'event stream error');
     };
@@ -988,7 +995,7 @@ export class Herald {
     });
   }
 
-  /** The event stream is open (or there is none to open): connected. */
+  /** The event stream delivered its first event (or there is none to open): connected. */
   _sseOpened(gen) {
     if (gen !== this._generation || this._state === 'connected') return;
     clearTimeout(this._openTimer);

@@ -150,3 +150,48 @@ test('sse: a stream refused with 503 (a draining node) is opened again, where Ev
   await ws.publish(ch, 'after the refusals');
   assert.equal((await inbox.count(1))[0][0], 'after the refusals');
 });
+
+test('sse: a stream a node cannot take now (200, retry hint, close 1013) is not a connection, and the backoff grows', async (t) => {
+  // A draining, stopping or full node answers a new stream with 200, a
+  // retry: hint and a close event (1012, 1001, 1013), so that a browser's
+  // EventSource tries again. The client must not take such a stream for a
+  // connection: it would report connected, resolve connect() and start its
+  // backoff over at every refusal, reconnecting at the shortest delay for
+  // as long as the node refuses. Here the first three streams are refused
+  // so; later ones are sent on to the server's /sse.
+  const target = new URL(server.url).host;
+  const paths = [];
+  const front = http.createServer((req, res) => {
+    paths.push(req.url);
+    if (paths.length <= 3) {
+      res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
+      res.end('retry: 1000\nevent: close\ndata: {"code":1013,"reason":"Service Unavailable: too many connections"}\n\n');
+      return;
+    }
+    res.writeHead(307, { Location: `http://${target}${req.url}` });
+    res.end();
+  });
+  await new Promise((resolve) => front.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise((resolve) => front.close(resolve)));
+
+  const c = newClient(server.url, { sse: true, sseUrl: `http://127.0.0.1:${front.address().port}/sse` });
+  const states = recordStates(c);
+  const ch = uniq('hist:later-');
+  const inbox = new Inbox();
+  const sub = c.subscribe(ch, { onMessage: inbox.push });
+  await within(15000, 'connect after three refusals', c.connect());
+  await within(5000, 'subscribed', sub.ready);
+  assert.ok(paths.length >= 4, `requests: ${paths.join(' ')}`);
+
+  const seen = states.items.map((s) => s.state);
+  assert.equal(seen.indexOf('connected'), seen.lastIndexOf('connected'), `connected more than once: ${seen.join(' ')}`);
+  const closes = states.items.filter((s) => s.state === 'disconnected').map((s) => s.code);
+  assert.deepEqual(closes.slice(0, 3), [1013, 1013, 1013], seen.join(' '));
+  const attempts = states.items.filter((s) => s.state === 'connecting').map((s) => s.attempt);
+  assert.deepEqual(attempts.slice(0, 4), [0, 1, 2, 3], `each refusal is a failed attempt: ${attempts.join(' ')}`);
+
+  const ws = newClient(server.url);
+  await within(5000, 'ws connect', ws.connect());
+  await ws.publish(ch, 'once taken');
+  assert.equal((await inbox.count(1))[0][0], 'once taken');
+});
