@@ -118,8 +118,8 @@ export interface HeraldOptions {
   /**
    * Server-Sent Events, for receiving where a WebSocket cannot connect.
    * false (default): WebSocket only. true: SSE only. 'fallback': SSE once a
-   * WebSocket attempt fails without opening (until connect() is called
-   * again). Over SSE the client is receive-only: subscriptions, messages,
+   * WebSocket attempt fails without opening, if none has opened since
+   * connect() (until connect() is called again). Over SSE the client is receive-only: subscriptions, messages,
    * join/leave, recovery and onRecoveryFailed work as over a WebSocket, but
    * publish, rpc, history, presence and ping reject with code
    * "receive_only" (publish over the HTTP API, or a WebSocket).

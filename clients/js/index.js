@@ -242,6 +242,7 @@ export class Herald {
     this._EventSource = options.EventSource;
     this._transport = 'websocket'; // or 'sse'
     this._wsOpened = false; // the current WebSocket opened (its handshake passed)
+    this._wsEverOpened = false; // a WebSocket opened since connect(): WebSocket works here
     this._reopening = false;
     const retry = options.publishRetry ?? true;
     this._publishRetry = retry !== false;
@@ -330,6 +331,7 @@ export class Herald {
       this._active = true;
       this._attempt = 0;
       this._firstAttempt = true;
+      this._wsEverOpened = false;
       this._transport = this._sse === true ? 'sse' : 'websocket';
       this._open();
     }
@@ -405,7 +407,7 @@ export class Herald {
     this._wsOpened = false;
     ws.binaryType = 'arraybuffer';
     ws.onopen = () => {
-      if (ws === this._socket) this._wsOpened = true;
+      if (ws === this._socket) this._wsOpened = this._wsEverOpened = true;
       this._onOpen(ws, gen, token, data);
     };
     ws.onmessage = (ev) => this._onFrame(ws, ev.data);
@@ -562,9 +564,12 @@ export class Herald {
     }
     this._failSent();
     for (const sub of this._subs.values()) sub._connectionLost();
-    if (this._sse === 'fallback' && this._transport === 'websocket' && !this._wsOpened) {
-      // The WebSocket did not even open (a proxy that breaks the upgrade,
-      // say): receive over SSE from now on, until connect() is called anew.
+    if (this._sse === 'fallback' && this._transport === 'websocket' && !this._wsEverOpened) {
+      // No WebSocket has opened since connect() (a proxy that breaks the
+      // upgrade, say): receive over SSE from now on, until connect() is
+      // called anew. One that opened before proves WebSocket works here: a
+      // later attempt refused (a node restarting, a 503 while it drains)
+      // is retried as a WebSocket, not turned into a receive-only stream.
       this._transport = 'sse';
     }
     if (isFinalClose(code)) {

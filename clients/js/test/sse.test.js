@@ -6,6 +6,7 @@
 import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import { EventSource } from 'eventsource';
 
 import { Herald } from '../index.js';
@@ -194,4 +195,58 @@ test('sse: a stream a node cannot take now (200, retry hint, close 1013) is not 
   await within(5000, 'ws connect', ws.connect());
   await ws.publish(ch, 'once taken');
   assert.equal((await inbox.count(1))[0][0], 'once taken');
+});
+
+test('sse: fallback stays on WebSocket once one has opened, when a later attempt is refused (a node restarting)', async (t) => {
+  // In front of the server: upgrades are passed through to it, except while
+  // refusing is set, when they get 503 as a restarting node answers them.
+  const target = new URL(server.url);
+  let refusing = 0;
+  const sockets = new Set();
+  const front = http.createServer((req, res) => {
+    res.writeHead(307, { Location: `http://${target.host}${req.url}` });
+    res.end();
+  });
+  front.on('upgrade', (req, sock, head) => {
+    sockets.add(sock);
+    if (refusing > 0) {
+      refusing--;
+      sock.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
+    const up = net.connect(Number(target.port), target.hostname, () => {
+      let raw = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) raw += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      up.write(raw + '\r\n');
+      if (head.length) up.write(head);
+      sock.pipe(up).pipe(sock);
+    });
+    sockets.add(up);
+    up.on('error', () => sock.destroy());
+    sock.on('error', () => up.destroy());
+  });
+  await new Promise((resolve) => front.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise((resolve) => {
+    for (const s of sockets) s.destroy();
+    front.close(resolve);
+  }));
+
+  const url = `ws://127.0.0.1:${front.address().port}/ws`;
+  const c = newClient(url, { sse: 'fallback', sseUrl: `http://127.0.0.1:${front.address().port}/sse` });
+  await within(5000, 'connect over WebSocket', c.connect());
+  assert.equal(c.transport, 'websocket');
+
+  // The node "restarts": its sockets are cut and the next two attempts refused.
+  refusing = 2;
+  for (const s of sockets) s.destroy();
+  await waitFor(() => c.state !== 'connected', 5000, 'disconnected');
+  await waitFor(() => c.state === 'connected', 10000, 'reconnected');
+  assert.equal(refusing, 0, 'both refusals were met');
+  assert.equal(c.transport, 'websocket', 'still on WebSocket after refused attempts');
+  const ch = uniq('fallback-stays-');
+  const inbox = new Inbox();
+  const sub = c.subscribe(ch, { onMessage: inbox.push });
+  await within(5000, 'subscribed', sub.ready);
+  await within(5000, 'publish (not receive_only)', c.publish(ch, 'still two-way'));
+  assert.equal((await inbox.count(1))[0][0], 'still two-way');
 });
