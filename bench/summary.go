@@ -196,26 +196,18 @@ func summaryMain(args []string, w io.Writer) error {
 					}
 				}
 			}
-			step := func(f func(StepResult) float64) func(savedRun) (float64, bool) {
-				return func(r savedRun) (float64, bool) {
-					if i >= len(r.steps) {
-						return 0, false
-					}
-					return f(r.steps[i]), true
-				}
-			}
 			fmt.Fprintf(w, "| %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 				scenarioName(p), p.Label, rate, passed, ran,
-				medianOf(runs, step(func(s StepResult) float64 { return s.DeliveredPerSec }), "%.0f"),
-				medianOf(runs, step(func(s StepResult) float64 { return float64(s.Lost) }), "%.0f"),
-				medianOf(runs, step(func(s StepResult) float64 { return float64(s.SubscribersCut) }), "%.0f"),
-				medianOf(runs, step(func(s StepResult) float64 { return s.OnTimePct }), "%.1f"),
-				medianOf(runs, step(func(s StepResult) float64 { return s.Latency.P50 }), "%.1f"),
-				medianOf(runs, step(func(s StepResult) float64 { return s.Latency.P90 }), "%.1f"),
-				medianOf(runs, step(func(s StepResult) float64 { return s.Latency.P99 }), "%.1f"),
-				medianOf(runs, step(func(s StepResult) float64 { return s.Latency.P999 }), "%.1f"),
-				medianOf(runs, step(func(s StepResult) float64 { return s.Latency.Max }), "%.0f"),
-				medianOf(runs, step(func(s StepResult) float64 { return s.CPUPerMillion }), "%.2f"))
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return s.DeliveredPerSec }), "%.0f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return float64(s.Lost) }), "%.0f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return float64(s.SubscribersCut) }), "%.0f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return s.OnTimePct }), "%.1f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return s.Latency.P50 }), "%.1f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return s.Latency.P90 }), "%.1f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return s.Latency.P99 }), "%.1f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return s.Latency.P999 }), "%.1f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return s.Latency.Max }), "%.0f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return s.CPUPerMillion }), "%.2f"))
 		}
 	}
 	return crossTable(w, groups, slices.DeleteFunc(keys, isHistory), *ref)
@@ -269,21 +261,13 @@ func churnTable(w io.Writer, groups map[string][]savedRun, keys []string) {
 					}
 				}
 			}
-			step := func(f func(StepResult) float64) func(savedRun) (float64, bool) {
-				return func(r savedRun) (float64, bool) {
-					if i >= len(r.steps) {
-						return 0, false
-					}
-					return f(r.steps[i]), true
-				}
-			}
 			fmt.Fprintf(w, "| %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s |\n", scenarioName(runs[0].plan), runs[0].plan.Label, rate, passed, ran,
-				medianOf(runs, step(func(s StepResult) float64 { return float64(s.Cycles) }), "%.0f"),
-				medianOf(runs, step(func(s StepResult) float64 { return float64(s.CyclesFailed) }), "%.0f"),
-				medianOf(runs, step(func(s StepResult) float64 { return s.OnTimePct }), "%.1f"),
-				medianOf(runs, step(func(s StepResult) float64 { return s.Latency.P50 }), "%.1f"),
-				medianOf(runs, step(func(s StepResult) float64 { return s.Latency.P99 }), "%.1f"),
-				medianOf(runs, step(func(s StepResult) float64 { return s.CPUPerKCycles }), "%.3f"))
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return float64(s.Cycles) }), "%.0f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return float64(s.CyclesFailed) }), "%.0f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return s.OnTimePct }), "%.1f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return s.Latency.P50 }), "%.1f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return s.Latency.P99 }), "%.1f"),
+				medianOf(runs, stepAt(i, func(s StepResult) float64 { return s.CPUPerKCycles }), "%.3f"))
 		}
 	}
 	fmt.Fprintln(w)
@@ -447,4 +431,15 @@ func scenarioName(p PlanRecord) string {
 		s += "-tls"
 	}
 	return s
+}
+
+// stepAt reads f of a run's i-th step, for medianOf; a run that stopped
+// before step i has no value there.
+func stepAt(i int, f func(StepResult) float64) func(savedRun) (float64, bool) {
+	return func(r savedRun) (float64, bool) {
+		if i >= len(r.steps) {
+			return 0, false
+		}
+		return f(r.steps[i]), true
+	}
 }
