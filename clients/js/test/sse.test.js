@@ -33,6 +33,30 @@ function newClient(url, options = {}) {
   return c;
 }
 
+/**
+ * startFront starts an HTTP server in front of the test's herald serve:
+ * refuse(req, res, n) answers the n-th request (from 1) itself and returns
+ * true, or returns false to have it redirected (307, query kept) to the
+ * server. It is closed after the test t; its sockets are in front.sockets.
+ */
+async function startFront(t, refuse) {
+  const target = new URL(server.url).host;
+  let n = 0;
+  const front = http.createServer((req, res) => {
+    if (refuse(req, res, ++n)) return;
+    res.writeHead(307, { Location: `http://${target}${req.url}` });
+    res.end();
+  });
+  front.sockets = new Set();
+  await new Promise((resolve) => front.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise((resolve) => {
+    for (const s of front.sockets) s.destroy();
+    front.close(resolve);
+  }));
+  front.base = `127.0.0.1:${front.address().port}`;
+  return front;
+}
+
 test('sse: true receives publications and binary payloads; publish is receive_only', async () => {
   const c = newClient(server.url, { sse: true });
   const states = recordStates(c);
@@ -121,22 +145,16 @@ test('sse: a stream refused with 503 (a draining node) is opened again, where Ev
   // fails for good on such an answer (readyState CLOSED), so the client
   // must open a new one itself. Later requests are sent on to the server's
   // /sse (a redirect, with their query).
-  const target = new URL(server.url).host;
   const paths = [];
-  const front = http.createServer((req, res) => {
+  const front = await startFront(t, (req, res) => {
     paths.push(req.url);
-    if (paths.length <= 2) {
-      res.writeHead(503, { 'Content-Type': 'text/plain' });
-      res.end('Service Unavailable: server shutting down');
-      return;
-    }
-    res.writeHead(307, { Location: `http://${target}${req.url}` });
-    res.end();
+    if (paths.length > 2) return false;
+    res.writeHead(503, { 'Content-Type': 'text/plain' });
+    res.end('Service Unavailable: server shutting down');
+    return true;
   });
-  await new Promise((resolve) => front.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise((resolve) => front.close(resolve)));
 
-  const c = newClient(server.url, { sse: true, sseUrl: `http://127.0.0.1:${front.address().port}/sse` });
+  const c = newClient(server.url, { sse: true, sseUrl: `http://${front.base}/sse` });
   const ch = uniq('hist:refused-');
   const inbox = new Inbox();
   const sub = c.subscribe(ch, { onMessage: inbox.push });
@@ -160,22 +178,16 @@ test('sse: a stream a node cannot take now (200, retry hint, close 1013) is not 
   // backoff over at every refusal, reconnecting at the shortest delay for
   // as long as the node refuses. Here the first three streams are refused
   // so; later ones are sent on to the server's /sse.
-  const target = new URL(server.url).host;
   const paths = [];
-  const front = http.createServer((req, res) => {
+  const front = await startFront(t, (req, res) => {
     paths.push(req.url);
-    if (paths.length <= 3) {
-      res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
-      res.end('retry: 1000\nevent: close\ndata: {"code":1013,"reason":"Service Unavailable: too many connections"}\n\n');
-      return;
-    }
-    res.writeHead(307, { Location: `http://${target}${req.url}` });
-    res.end();
+    if (paths.length > 3) return false;
+    res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
+    res.end('retry: 1000\nevent: close\ndata: {"code":1013,"reason":"Service Unavailable: too many connections"}\n\n');
+    return true;
   });
-  await new Promise((resolve) => front.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise((resolve) => front.close(resolve)));
 
-  const c = newClient(server.url, { sse: true, sseUrl: `http://127.0.0.1:${front.address().port}/sse` });
+  const c = newClient(server.url, { sse: true, sseUrl: `http://${front.base}/sse` });
   const states = recordStates(c);
   const ch = uniq('hist:later-');
   const inbox = new Inbox();
@@ -202,11 +214,8 @@ test('sse: fallback stays on WebSocket once one has opened, when a later attempt
   // refusing is set, when they get 503 as a restarting node answers them.
   const target = new URL(server.url);
   let refusing = 0;
-  const sockets = new Set();
-  const front = http.createServer((req, res) => {
-    res.writeHead(307, { Location: `http://${target.host}${req.url}` });
-    res.end();
-  });
+  const front = await startFront(t, () => false);
+  const sockets = front.sockets;
   front.on('upgrade', (req, sock, head) => {
     sockets.add(sock);
     if (refusing > 0) {
@@ -225,14 +234,8 @@ test('sse: fallback stays on WebSocket once one has opened, when a later attempt
     up.on('error', () => sock.destroy());
     sock.on('error', () => up.destroy());
   });
-  await new Promise((resolve) => front.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise((resolve) => {
-    for (const s of sockets) s.destroy();
-    front.close(resolve);
-  }));
 
-  const url = `ws://127.0.0.1:${front.address().port}/ws`;
-  const c = newClient(url, { sse: 'fallback', sseUrl: `http://127.0.0.1:${front.address().port}/sse` });
+  const c = newClient(`ws://${front.base}/ws`, { sse: 'fallback', sseUrl: `http://${front.base}/sse` });
   await within(5000, 'connect over WebSocket', c.connect());
   assert.equal(c.transport, 'websocket');
 
