@@ -205,13 +205,10 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 		rb = &recoverBuf{}
 		e.rec.Store(rb)
 	}
-	if perr := n.addSub(c, channel, e, rb != nil); perr != nil {
+	if perr := n.addSub(c, channel, e, ns, rb != nil); perr != nil {
 		return nil, nil, perr
 	}
 	res := &protocol.SubscribeResult{Delta: e.delta}
-	if e.delta {
-		n.trackDelta(c, channel, ns)
-	}
 	finish := func() {}
 	if rb != nil {
 		hopts := HistoryOptions{Limit: 0}
@@ -395,10 +392,15 @@ func recoverable(since *protocol.Position, h HistoryResult) (bool, string) {
 // channel gets its first local subscriber. For a channel with history it
 // starts tracking the channel's continuity first (see stream), so that
 // nothing the broker delivers goes unrecorded.
-func (n *Node) addSub(c *conn, channel string, e *subEntry, history bool) *Error {
+func (n *Node) addSub(c *conn, channel string, e *subEntry, ns *Namespace, history bool) *Error {
 	l := &n.subLocks[n.hub.index(channel)%len(n.subLocks)]
 	l.Lock()
 	defer l.Unlock()
+	if e.delta {
+		// Before the hub has e: a publication fanned out to it from then
+		// on is the channel's previous one for the next, its delta base.
+		n.trackDelta(channel, ns)
+	}
 	if n.hub.addSub(channel, c, e) {
 		if e.chEvents {
 			n.events.channelUp(channel)
@@ -411,6 +413,7 @@ func (n *Node) addSub(c *conn, channel string, e *subEntry, history bool) *Error
 		if err := n.broker.Subscribe(ctx, channel); err != nil {
 			n.streams.Delete(channel)
 			n.hub.removeSub(channel, c)
+			n.untrackDelta(channel) // e was its first subscriber
 			if e.chEvents {
 				n.events.channelDown(channel)
 			}

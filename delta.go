@@ -124,17 +124,9 @@ func wantDelta(c *conn, ns *Namespace, asked string) bool {
 }
 
 // trackDelta makes the node keep the channel's previous publication, for a
-// delta subscription of c that is in the hub.
-func (n *Node) trackDelta(c *conn, channel string, ns *Namespace) {
-	l := &n.subLocks[n.hub.index(channel)%len(n.subLocks)]
-	l.Lock()
-	defer l.Unlock()
-	c.mu.Lock()
-	_, in := c.channels[channel]
-	c.mu.Unlock()
-	if !in {
-		return // unsubscribed meanwhile: removeSubscription has run
-	}
+// delta subscription about to join the hub. The channel's subLock is held
+// (addSub).
+func (n *Node) trackDelta(channel string, ns *Namespace) {
 	v, ok := n.delta.stats.Load(ns.Name)
 	if !ok {
 		v, _ = n.delta.stats.LoadOrStore(ns.Name, new(deltaCounters))
