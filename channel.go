@@ -238,7 +238,7 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 		finish = func() {
 			for _, p := range recovered {
 				if skipOrigin == "" || p.Origin != skipOrigin {
-					c.enqueuePub(p, n.encodePub(p, c.form), n.subMeta(p, e))
+					c.enqueuePub(p, n.encodePub(p, c.form), n.subMeta(p, e), nil)
 				}
 			}
 			rb.mu.Lock()
@@ -253,7 +253,7 @@ func (n *Node) subscribeCheckedAs(c *conn, ns *Namespace, channel string, since 
 				if e.members != nil && p.Kind != KindPublication && !e.members.admit(p, f) {
 					continue
 				}
-				c.enqueuePub(p, f, n.subMeta(p, e))
+				c.enqueuePub(p, f, n.subMeta(p, e), nil)
 				if e.delta && p.Kind == KindPublication {
 					// Sent full, it is a base: the next live one may be its
 					// delta. (The fan-out, which else writes deltaLast,
@@ -632,6 +632,7 @@ func (n *Node) HandlePublication(pub *Publication) {
 	dx := n.deltaBegin(pub)
 	defer dx.end()
 	m := n.overflowMeta(pub)
+	var fl inlineFlush // the few subscribers this goroutine writes itself
 	n.hub.forEachSub(pub.Channel, func(c *conn, e *subEntry) {
 		if rb := e.rec.Load(); rb != nil && e.buffer(rb, pub) {
 			return
@@ -656,11 +657,12 @@ func (n *Node) HandlePublication(pub *Publication) {
 		if m.pub != nil {
 			m.sub = e
 		}
-		if e.delta && n.sendDelta(&dx, c, e, f, m) {
+		if e.delta && n.sendDelta(&dx, c, e, f, m, &fl) {
 			return
 		}
-		c.enqueuePub(pub, f, m)
+		c.enqueuePub(pub, f, m, &fl)
 	})
+	fl.flush()
 }
 
 // encodePub builds the frame of a publication or presence event in one wire form.

@@ -125,13 +125,18 @@ func (c *conn) enqueue(frame []byte) bool {
 // by m for the overflow policy of its namespace (overflowMeta): as enqueue,
 // except that a full queue may make room by that policy, and that on an SSE
 // connection a publication with an offset goes with the event id that
-// carries the connection's new position.
-func (c *conn) enqueuePub(pub *Publication, frame []byte, m qmeta) {
+// carries the connection's new position. With fl, a writer to start is
+// left to fl where the writer pool would write (inlineFlush).
+func (c *conn) enqueuePub(pub *Publication, frame []byte, m qmeta, fl *inlineFlush) {
 	if c.sse != nil {
 		c.sse.deliver(pub, frame, m)
 		return
 	}
 	_, start, cut := c.out.pushMeta(frame, m)
+	if fl != nil && start && cut == 0 && poolWrites && c.rc != nil {
+		fl.add(c)
+		return
+	}
 	c.pushed(start, cut)
 }
 

@@ -186,7 +186,7 @@ func jsonSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\n' || b == 
 // previous publication is the delta's base and the delta is worth it, and
 // reports whether it did; otherwise the caller queues full. Fan-out only
 // (it writes e.deltaLast).
-func (n *Node) sendDelta(dx *deltaPub, c *conn, e *subEntry, full []byte, m qmeta) bool {
+func (n *Node) sendDelta(dx *deltaPub, c *conn, e *subEntry, full []byte, m qmeta, fl *inlineFlush) bool {
 	if dx.pub == nil {
 		// A join or leave (deltaBegin takes only publications): it goes
 		// full and leaves the chain of publications as it is.
@@ -203,7 +203,7 @@ func (n *Node) sendDelta(dx *deltaPub, c *conn, e *subEntry, full []byte, m qmet
 	if f == nil {
 		return false
 	}
-	c.enqueuePubFull(dx.pub, f, full, m)
+	c.enqueuePubFull(dx.pub, f, full, m, fl)
 	dx.sent++
 	dx.saved += uint64(len(full) - len(f))
 	return true
@@ -214,9 +214,9 @@ func (n *Node) sendDelta(dx *deltaPub, c *conn, e *subEntry, full []byte, m qmet
 // policy that drops or replaces a queued publication of the channel
 // (conflate, drop_oldest) swaps every delta queued after it for its full
 // frame, so that a delta is only ever applied on its exact base.
-func (c *conn) enqueuePubFull(pub *Publication, frame, full []byte, m qmeta) {
+func (c *conn) enqueuePubFull(pub *Publication, frame, full []byte, m qmeta, fl *inlineFlush) {
 	m.full = full
-	c.enqueuePub(pub, frame, m)
+	c.enqueuePub(pub, frame, m, fl)
 }
 
 // frame returns the delta frame for form, nil when the delta is not

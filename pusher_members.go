@@ -69,7 +69,7 @@ func (m *pusherMembers) ready(c *conn, users []string) {
 	}
 	for _, p := range m.pending {
 		if m.changesLocked(p.pub) {
-			c.enqueuePub(p.pub, p.frame, qmeta{})
+			c.enqueuePub(p.pub, p.frame, qmeta{}, nil)
 		}
 	}
 	m.pending, m.isReady = nil, true

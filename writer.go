@@ -32,7 +32,8 @@ type writerPool struct {
 	mu      sync.Mutex // guards the fields below
 	ready   []*conn    // connections holding the writer role, waiting for a worker; FIFO from head
 	head    int
-	running int // workers started and not yet exited
+	running int    // workers started and not yet exited
+	started uint64 // workers ever started (tests read it)
 }
 
 func newWriterPool(workers int) *writerPool {
@@ -52,11 +53,19 @@ func (p *writerPool) add(c *conn) {
 	start := p.running < p.max
 	if start {
 		p.running++
+		p.started++
 	}
 	p.mu.Unlock()
 	if start {
 		go p.workFn()
 	}
+}
+
+// workersStarted returns how many workers the pool has started.
+func (p *writerPool) workersStarted() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.started
 }
 
 // maxIdleReady is the largest ready list (in connections) the pool keeps
@@ -147,4 +156,70 @@ func (c *conn) flushNow(w *nbWriter) {
 	if c.out.done(batch) {
 		c.node.writers.add(c)
 	}
+}
+
+// maxInlineFlush is the most connections a fan-out writes on its own
+// goroutine (inlineFlush); a larger one goes to the pool.
+const maxInlineFlush = 8
+
+// inlineFlush lets a fan-out write to a few subscribers itself instead of
+// handing each to the writer pool. In rooms of two, or a channel's few
+// subscribers on each node, waking a pool worker per delivery cost more
+// than the write: a goroutine started, scheduled on the other core and
+// ended for every one or two write(2) calls, which is where most of the
+// context switches of the history profile (docs/benchmarks.md) came from.
+// The goroutine that fans out (a publisher's reader on the in-memory
+// broker, the broker's receiver otherwise) then makes those few
+// non-blocking writes after the fan-out, outside the hub's lock.
+//
+// A connection goes on the list when a push of the fan-out took its writer
+// role; it holds the role, with frames queued and no writer, until flush,
+// so pushes of other goroutines meanwhile only queue behind. Past
+// maxInlineFlush connections the list spills: they and every later one
+// go to the pool at once, and a large fan-out is written as before, on
+// both cores. The zero value is ready; the fan-out's goroutine owns it.
+type inlineFlush struct {
+	conns   [maxInlineFlush]*conn
+	n       int
+	spilled bool
+}
+
+// add takes c, which holds the writer role and has frames queued.
+func (fl *inlineFlush) add(c *conn) {
+	switch {
+	case fl.spilled:
+		c.node.writers.add(c)
+	case fl.n < len(fl.conns):
+		fl.conns[fl.n] = c
+		fl.n++
+	default:
+		fl.spilled = true
+		for _, q := range fl.conns[:fl.n] {
+			q.node.writers.add(q)
+		}
+		clear(fl.conns[:])
+		fl.n = 0
+		c.node.writers.add(c)
+	}
+}
+
+// flush writes for the connections taken, one batch each without
+// blocking, as a pool worker would (flushNow): what a socket does not take
+// goes to that connection's writeLoop, more queued meanwhile to the pool.
+// No hub lock may be held. A broker's delivery lock may be (the memory
+// broker's stripe lock, the Redis and NATS brokers' per-channel delivery
+// locks are held across HandlePublication to keep a channel's order), and
+// that is why flush never blocks and writes to at most maxInlineFlush
+// sockets: the lock is held a few non-blocking write(2) calls longer.
+func (fl *inlineFlush) flush() {
+	if fl.n == 0 {
+		return
+	}
+	w := nbWriters.Get().(*nbWriter)
+	for i, c := range fl.conns[:fl.n] {
+		fl.conns[i] = nil
+		c.flushNow(w)
+	}
+	nbWriters.Put(w)
+	fl.n = 0
 }

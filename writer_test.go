@@ -131,3 +131,57 @@ func TestWriterPoolReadyList(t *testing.T) {
 		t.Fatalf("after the last one: next %v, running %d", c, p.running)
 	}
 }
+
+// TestSmallFanOutWritesInline: a publication to a few subscribers is
+// written by the goroutine that fans it out, with no pool worker woken for
+// it (inlineFlush); to more than maxInlineFlush it goes to the pool. Every
+// subscriber gets every publication, in order, either way.
+func TestSmallFanOutWritesInline(t *testing.T) {
+	if !poolWrites {
+		t.Skip("no writer pool on this platform")
+	}
+	t.Parallel()
+	ts := newTestServer(t, Config{})
+	fanOut := func(subscribers, pubs int) (workers uint64) {
+		t.Helper()
+		channel := fmt.Sprintf("room%d", subscribers)
+		clients := make([]*testClient, subscribers)
+		for i := range clients {
+			clients[i] = ts.client(t)
+			clients[i].mustOK(protocol.Command{Cmd: "connect"})
+			clients[i].subscribe(channel)
+		}
+		// Wait for the subscribe replies' writers to be gone: a worker
+		// that is still running would take the fan-outs' connections.
+		waitFor(t, "writer pool idle", func() bool {
+			ts.node.writers.mu.Lock()
+			defer ts.node.writers.mu.Unlock()
+			return ts.node.writers.running == 0
+		})
+		before := ts.node.writers.workersStarted()
+		for i := range pubs {
+			if _, err := ts.node.Publish(context.Background(), channel, []byte(fmt.Sprint(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		workers = ts.node.writers.workersStarted() - before
+		for ci, c := range clients {
+			for i := range pubs {
+				m := c.readJSON()
+				if m.Push != protocol.PushPub || string(m.Data) != fmt.Sprint(i) {
+					t.Fatalf("%d subscribers: client %d: want publication %d, got %+v", subscribers, ci, i, m)
+				}
+			}
+		}
+		return workers
+	}
+	if w := fanOut(2, 100); w != 0 {
+		t.Errorf("100 publications to 2 subscribers started %d pool workers, want 0", w)
+	}
+	if w := fanOut(maxInlineFlush, 20); w != 0 {
+		t.Errorf("20 publications to %d subscribers started %d pool workers, want 0", maxInlineFlush, w)
+	}
+	if w := fanOut(maxInlineFlush+4, 20); w == 0 {
+		t.Errorf("20 publications to %d subscribers started no pool worker", maxInlineFlush+4)
+	}
+}
