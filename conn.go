@@ -121,6 +121,24 @@ func (c *conn) enqueue(frame []byte) bool {
 	return ok
 }
 
+// enqueueWrite is enqueue for the reader's replies: a push that takes the
+// writer role where the writer pool would write is written at once, by the
+// calling goroutine, without blocking, as a pool worker would (flushNow).
+// A reply answers one client's command, so that client's reader is the
+// one goroutine that has to be running anyway; handing the write to a pool
+// worker started a goroutine on the other core for one write(2).
+func (c *conn) enqueueWrite(frame []byte) bool {
+	ok, start, cut := c.out.push(frame)
+	if start && cut == 0 && poolWrites && c.rc != nil {
+		w := nbWriters.Get().(*nbWriter)
+		c.flushNow(w)
+		nbWriters.Put(w)
+		return ok
+	}
+	c.pushed(start, cut)
+	return ok
+}
+
 // enqueuePub pushes the frame of pub (an encodePub of c.form), described
 // by m for the overflow policy of its namespace (overflowMeta): as enqueue,
 // except that a full queue may make room by that policy, and that on an SSE

@@ -73,7 +73,8 @@ func (s *v1Session) stop() {
 
 // reply queues the reply to command id: an error, or a result (encoded
 // with encoding/json, unless it is a json.RawMessage, which is sent byte
-// for byte).
+// for byte), and writes it at once if nothing else was being written
+// (enqueueWrite). Reader goroutine only, as every command is handled there.
 func (s *v1Session) reply(id uint64, result any, perr *protocol.Error) {
 	r := protocol.Reply{ID: id, Error: perr}
 	if raw, ok := result.(json.RawMessage); ok && perr == nil {
@@ -86,7 +87,7 @@ func (s *v1Session) reply(id uint64, result any, perr *protocol.Error) {
 			r.Result = b
 		}
 	}
-	s.c.enqueue(s.c.frame(wsframe.OpText, protocol.AppendReply(nil, r)))
+	s.c.enqueueWrite(s.c.frame(wsframe.OpText, protocol.AppendReply(nil, r)))
 }
 
 // fail replies to command id with a refusal (see toProto).

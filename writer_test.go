@@ -185,3 +185,31 @@ func TestSmallFanOutWritesInline(t *testing.T) {
 		t.Errorf("20 publications to %d subscribers started no pool worker", maxInlineFlush+4)
 	}
 }
+
+// TestRepliesWriteInline: the reply to a command is written by the
+// connection's reader, which handled the command, with no pool worker
+// woken for it (enqueueWrite); replies still come one per command, in order.
+func TestRepliesWriteInline(t *testing.T) {
+	if !poolWrites {
+		t.Skip("no writer pool on this platform")
+	}
+	t.Parallel()
+	ts := newTestServer(t, Config{})
+	c := ts.client(t)
+	c.mustOK(protocol.Command{Cmd: "connect"})
+	waitFor(t, "writer pool idle", func() bool {
+		ts.node.writers.mu.Lock()
+		defer ts.node.writers.mu.Unlock()
+		return ts.node.writers.running == 0
+	})
+	before := ts.node.writers.workersStarted()
+	for i := range 100 {
+		m := c.call(protocol.Command{Cmd: protocol.CmdPing})
+		if m.Error != nil {
+			t.Fatalf("ping %d: %+v", i, m.Error)
+		}
+	}
+	if w := ts.node.writers.workersStarted() - before; w != 0 {
+		t.Errorf("100 replies started %d pool workers, want 0", w)
+	}
+}
