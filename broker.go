@@ -200,3 +200,21 @@ type Broker interface {
 	// PublishControl sends a control message to every node, this one included.
 	PublishControl(ctx context.Context, data []byte) error
 }
+
+// BatchPublisher is a Broker that can publish several publications in one
+// round trip. A client that sends publish commands back to back without
+// waiting for the replies gets them published together: the node collects
+// the publishes that one read from the client's socket completed and hands
+// them over in one call, instead of one round trip each, which on a
+// networked broker caps one connection at one publication per round trip
+// (docs/benchmarks.md, "Publish batches").
+//
+// PublishBatch publishes pubs[i] with opts[i] as Publish would and stores
+// its outcome in res[i] and errs[i] (the three slices have pubs' length).
+// Publications of one channel take effect in the order of pubs, and the
+// Broker's ordering guarantee holds as if Publish had been called for each
+// in turn; publications of different channels may take effect in any
+// order. An error for one publication says nothing of the others.
+type BatchPublisher interface {
+	PublishBatch(ctx context.Context, pubs []*Publication, opts []PublishOptions, res []PublishResult, errs []error)
+}

@@ -612,6 +612,26 @@ func (n *Node) publish(ctx context.Context, pub *Publication, opts PublishOption
 	return res, nil
 }
 
+// publishBatch publishes pubs[i] with opts[i] and stores the outcomes in
+// res[i] and errs[i], as publish would one by one: in one call to a broker
+// that is a BatchPublisher, else one Publish each, in turn.
+func (n *Node) publishBatch(ctx context.Context, pubs []*Publication, opts []PublishOptions, res []PublishResult, errs []error) {
+	bp, ok := n.broker.(BatchPublisher)
+	if !ok || len(pubs) == 1 || n.ctx.Err() != nil {
+		for i, pub := range pubs {
+			res[i], errs[i] = n.publish(ctx, pub, opts[i])
+		}
+		return
+	}
+	n.metrics.pubBatches.Add(1)
+	bp.PublishBatch(ctx, pubs, opts, res, errs)
+	for i, err := range errs {
+		if err != nil {
+			errs[i] = unavailable("publish failed", err)
+		}
+	}
+}
+
 // HandlePublication implements BrokerHandler: it fans pub out to the local
 // subscribers of its channel. Each wire form is encoded at most once and the
 // same bytes are queued to every subscriber that reads that form; nothing is

@@ -29,6 +29,7 @@ type nodeMetrics struct {
 	limitHits     atomic.Uint64
 	brokerOutages atomic.Uint64 // broker links lost (HandleOutage)
 	resubscribes  atomic.Uint64 // subscribers closed with 4006
+	pubBatches    atomic.Uint64 // PublishBatch calls (BatchPublisher)
 
 	broadcast prometheus.Histogram
 	// Hook calls by hook and result (ok, refused, failed, dropped), and
@@ -100,6 +101,7 @@ func (n *Node) initMetrics() {
 		published("client", &m.pubClient),
 		published("raw", &m.pubRaw),
 		published("server", &m.pubServer),
+		counter("herald_publish_batches_total", "Batches of client publishes handed to the broker in one call (a client that sends publishes back to back gets them published in one round trip; see herald.BatchPublisher).", &m.pubBatches),
 		counter("herald_slow_consumer_disconnects_total", "Clients cut because their outbound queue overflowed (close 4001).", &m.slowConsumers),
 		counter("herald_socket_full_total", "Times a client's socket did not take every queued frame at once, so that a goroutine waits for that client to read (a sign of slow clients or a congested network).", &m.socketFull),
 		counter("herald_dropped_messages_total", "Frames dropped from the queues of clients cut as slow consumers.", &m.dropped),

@@ -47,14 +47,17 @@ import (
 // SetNamespaces, SetSettings); the rest
 // of its Config is fixed by New.
 type Node struct {
-	cfg      Config
-	log      *slog.Logger
-	broker   Broker
-	hub      *hub
-	metrics  nodeMetrics
-	overflow overflowRegistry // conflated and dropped counts, by namespace
-	presence PresenceManager
-	writers  *writerPool // writes for connections whose sockets keep up (writer.go)
+	cfg    Config
+	log    *slog.Logger
+	broker Broker
+	// batchPublish: broker is a BatchPublisher, so the herald.v1 session
+	// batches a client's back-to-back publishes (session_v1.go).
+	batchPublish bool
+	hub          *hub
+	metrics      nodeMetrics
+	overflow     overflowRegistry // conflated and dropped counts, by namespace
+	presence     PresenceManager
+	writers      *writerPool // writes for connections whose sockets keep up (writer.go)
 
 	// pollMu guards poll and pollErr: the poller where idle readers park
 	// (transport_park_linux.go), started by the first reader to park and
@@ -172,6 +175,7 @@ func New(cfg Config) (*Node, error) {
 	if n.broker == nil {
 		n.broker = NewMemoryBroker()
 	}
+	_, n.batchPublish = n.broker.(BatchPublisher)
 	if n.presence == nil {
 		if pm, ok := n.broker.(PresenceManager); ok {
 			n.presence = pm

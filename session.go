@@ -24,6 +24,11 @@ type session interface {
 	// stop ends what the session runs by itself (timers), as the
 	// connection ends.
 	stop()
+	// readDone is called by the reader after handling what one read from
+	// the socket completed (and before it waits for more, or ends): the
+	// session finishes what it held back meanwhile (the herald.v1
+	// session's batched publishes).
+	readDone()
 }
 
 // expiry closes a connection when the credentials it was admitted with

@@ -154,6 +154,8 @@ func (s *pusherSession) welcome() {
 	s.send("pusher:connection_established", "", string(data))
 }
 
+func (s *pusherSession) readDone() {}
+
 func (s *pusherSession) stop() {
 	if s.counted {
 		s.c.node.pusherConns.of(s.app.ID).Add(-1)

@@ -18,7 +18,8 @@ type rawSession struct {
 
 var _ session = (*rawSession)(nil)
 
-func (s *rawSession) stop() { s.exp.stop() }
+func (s *rawSession) stop()     { s.exp.stop() }
+func (s *rawSession) readDone() {}
 
 func (s *rawSession) message(msg []byte, binary bool) {
 	c, n := s.c, s.c.node

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +36,25 @@ type v1Session struct {
 	// connect (reader only).
 	header http.Header
 	url    string
+
+	// pend holds publishes read but not yet handed to the broker (reader
+	// only; see flushPubs).
+	pend pendingPubs
 }
+
+// pendingPubs are a client's publishes waiting to go to the broker
+// together: the i-th of each slice belongs to the i-th publish.
+type pendingPubs struct {
+	ids    []uint64
+	pubs   []*Publication
+	opts   []PublishOptions
+	events []bool // its namespace sends publication webhooks
+	res    []PublishResult
+	errs   []error
+}
+
+// maxPublishBatch bounds the publishes one batch hands to the broker.
+const maxPublishBatch = 64
 
 var _ session = (*v1Session)(nil)
 
@@ -76,6 +95,9 @@ func (s *v1Session) stop() {
 // for byte), and writes it at once if nothing else was being written
 // (enqueueWrite). Reader goroutine only, as every command is handled there.
 func (s *v1Session) reply(id uint64, result any, perr *protocol.Error) {
+	// Replies go in the order of the commands: those of batched publishes
+	// read before this command first.
+	s.flushPubs()
 	r := protocol.Reply{ID: id, Error: perr}
 	if raw, ok := result.(json.RawMessage); ok && perr == nil {
 		r.Result = raw
@@ -96,12 +118,17 @@ func (s *v1Session) fail(id uint64, err error) { s.reply(id, nil, toProto(err)) 
 func (s *v1Session) message(msg []byte, binary bool) {
 	c, n := s.c, s.c.node
 	cmd, payload, err := protocol.DecodeCommand(msg, binary)
+	if err != nil || cmd.Cmd != protocol.CmdPublish {
+		// Batched publishes take effect before any other command.
+		s.flushPubs()
+	}
 	// The rate first, so that floods of garbage are paced too.
 	switch c.limit() {
 	case refused:
 		s.reply(cmd.ID, nil, protocol.Errorf(protocol.CodeRateLimited, "more than %g messages per second; slow down", float64(c.limiter.Limit())))
 		return
 	case flooding:
+		s.flushPubs()
 		c.close(CloseRateLimited, "message rate limit exceeded")
 		return
 	}
@@ -181,23 +208,77 @@ func (s *v1Session) publish(cmd protocol.Command, payload []byte, binary bool) {
 		return
 	}
 	n.metrics.pubClient.Add(1)
+	opts := ns.publishOptions(cmd.IdempotencyKey, n.cfg.IdempotencyWindow)
+	if n.batchPublish {
+		p := &s.pend
+		p.ids = append(p.ids, cmd.ID)
+		p.pubs = append(p.pubs, pub)
+		p.opts = append(p.opts, opts)
+		p.events = append(p.events, ns.PublishEvents)
+		if len(p.pubs) == maxPublishBatch {
+			s.flushPubs()
+		}
+		return
+	}
 	ctx, cancel := n.opCtx()
 	defer cancel()
-	res, err := n.publish(ctx, pub, ns.publishOptions(cmd.IdempotencyKey, n.cfg.IdempotencyWindow))
-	if err != nil {
-		n.log.Warn("publish failed", "channel", cmd.Channel, "err", err)
-		s.fail(cmd.ID, err)
+	res, err := n.publish(ctx, pub, opts)
+	s.published(cmd.ID, pub, ns.PublishEvents, res, err)
+}
+
+// readDone implements session: the publishes of this read go to the broker.
+func (s *v1Session) readDone() { s.flushPubs() }
+
+// flushPubs hands the batched publishes to the broker in one call and
+// replies to each. Publishes are batched only with a broker that is a
+// BatchPublisher, and only while the reader handles what one read from the
+// socket completed: the batch goes before any other command takes effect,
+// before any other reply, and before the reader waits for more (readDone),
+// so a client sees no difference but the time saved, and a client that
+// waits for each reply sends batches of one.
+func (s *v1Session) flushPubs() {
+	p := &s.pend
+	k := len(p.pubs)
+	if k == 0 {
 		return
 	}
-	if ns.PublishEvents && n.events != nil && !res.Duplicate {
+	n := s.c.node
+	p.res = slices.Grow(p.res[:0], k)[:k]
+	clear(p.res)
+	p.errs = slices.Grow(p.errs[:0], k)[:k]
+	ctx, cancel := n.opCtx()
+	n.publishBatch(ctx, p.pubs, p.opts, p.res, p.errs)
+	cancel()
+	ids, pubs, events, res, errs := p.ids, p.pubs, p.events, p.res, p.errs
+	// Emptied before the replies, which flush first: this batch is done.
+	p.ids, p.pubs, p.opts, p.events = p.ids[:0], p.pubs[:0], p.opts[:0], p.events[:0]
+	for i := range k {
+		s.published(ids[i], pubs[i], events[i], res[i], errs[i])
+	}
+	clear(pubs[:k])
+	clear(p.opts[:k])
+	clear(errs)
+}
+
+// published replies to the publish command id of pub, whose broker
+// publish gave res or err, and sends its webhook event where its namespace
+// (events) asks for one.
+func (s *v1Session) published(id uint64, pub *Publication, events bool, res PublishResult, err error) {
+	n := s.c.node
+	if err != nil {
+		n.log.Warn("publish failed", "channel", pub.Channel, "err", err)
+		s.fail(id, err)
+		return
+	}
+	if events && n.events != nil && !res.Duplicate {
 		pub.Offset = res.Offset
-		n.events.published(c, pub)
+		n.events.published(s.c, pub)
 	}
 	if res.Offset == 0 && !res.Duplicate {
-		s.reply(cmd.ID, nil, nil)
+		s.reply(id, nil, nil)
 		return
 	}
-	s.reply(cmd.ID, protocol.PublishResult{Offset: res.Offset, Epoch: res.Epoch, Duplicate: res.Duplicate}, nil)
+	s.reply(id, protocol.PublishResult{Offset: res.Offset, Epoch: res.Epoch, Duplicate: res.Duplicate}, nil)
 }
 
 func (s *v1Session) history(cmd protocol.Command) {

@@ -266,6 +266,7 @@ const (
 
 func (s *sseSession) message([]byte, bool) {} // never called: no reader
 func (s *sseSession) stop()                { s.exp.stop() }
+func (s *sseSession) readDone()            {}
 
 // deliver pushes a publication's event; one with an offset moves its
 // channel's position, and goes with the id that says so.

@@ -85,6 +85,7 @@ func (c *conn) readLoop() {
 		}
 		handled, ok := c.consume(p)
 		c.releaseChunk()
+		c.sess.readDone()
 		if !ok {
 			c.finish()
 			return

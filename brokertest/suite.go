@@ -39,6 +39,7 @@ func Run(t *testing.T, newBroker func(t *testing.T) herald.Broker, opts ...Optio
 		{"SubscribeThenPublishOtherNode", testSubscribeSeam},
 		{"OrderingTwoNodes", testOrderingTwoNodes},
 		{"ControlTwoNodes", testControlTwoNodes},
+		{"PublishBatch", testPublishBatch},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -568,5 +569,67 @@ func testControlTwoNodes(t *testing.T, newBroker func(*testing.T) herald.Broker,
 	rec2, _ := Start(t, b2)
 	for i, from := range []herald.Broker{b1, b2} {
 		publishControlUntil(t, from, []byte(fmt.Sprintf(`{"op":"all","from":%d}`, i+1)), rec1, rec2)
+	}
+}
+
+// testPublishBatch, for a broker that is a herald.BatchPublisher: a batch
+// over three channels is published in order per channel, with contiguous
+// offsets, a repeated idempotency key answered as a duplicate of the
+// publication earlier in the same batch, and results as Publish gives.
+func testPublishBatch(t *testing.T, newBroker func(*testing.T) herald.Broker, _ config) {
+	b := newBroker(t)
+	bp, ok := b.(herald.BatchPublisher)
+	if !ok {
+		t.Skip("the broker is not a herald.BatchPublisher")
+	}
+	rec, _ := Start(t, b)
+	chans := []string{chanName(t, "a"), chanName(t, "b"), chanName(t, "c")}
+	for _, ch := range chans {
+		subscribe(t, b, ch)
+	}
+	publish(t, b, chans[0], "before", hist) // offset 1 of chans[0]
+	var (
+		pubs []*herald.Publication
+		opts []herald.PublishOptions
+	)
+	for i := range 90 {
+		o := hist
+		if i%10 == 9 { // the same key as the publication before it, of the same channel
+			o.IdempotencyKey, o.IdempotencyWindow = fmt.Sprint("k", i-3), time.Minute
+		} else if i%10 == 6 {
+			o.IdempotencyKey, o.IdempotencyWindow = fmt.Sprint("k", i), time.Minute
+		}
+		pubs = append(pubs, &herald.Publication{Channel: chans[i%3], Data: []byte(strconv.Itoa(i))})
+		opts = append(opts, o)
+	}
+	res := make([]herald.PublishResult, len(pubs))
+	errs := make([]error, len(pubs))
+	bp.PublishBatch(ctxT(t), pubs, opts, res, errs)
+	next := map[string]uint64{chans[0]: 2, chans[1]: 1, chans[2]: 1}
+	want := map[string][]string{chans[0]: {"before"}}
+	for i, pub := range pubs {
+		if errs[i] != nil {
+			t.Fatalf("publication %d: %v", i, errs[i])
+		}
+		if i%10 == 9 {
+			if !res[i].Duplicate || res[i].StreamPosition != res[i-3].StreamPosition {
+				t.Errorf("publication %d repeats the key of %d: %+v, want %+v marked Duplicate", i, i-3, res[i], res[i-3].StreamPosition)
+			}
+			continue
+		}
+		if res[i].Duplicate || res[i].Offset != next[pub.Channel] || res[i].Epoch == "" || pub.Offset != res[i].Offset {
+			t.Errorf("publication %d: %+v (pub offset %d), want offset %d", i, res[i], pub.Offset, next[pub.Channel])
+		}
+		next[pub.Channel]++
+		want[pub.Channel] = append(want[pub.Channel], string(pub.Data))
+	}
+	for _, ch := range chans {
+		got := rec.WaitPubs(t, ch, len(want[ch]))
+		if !slices.Equal(datas(got), want[ch]) {
+			t.Errorf("%s: delivered %q, want %q", ch, datas(got), want[ch])
+		}
+		if o := offsets(got); !slices.Equal(o, seq(1, uint64(len(want[ch])))) {
+			t.Errorf("%s: delivered offsets %v, want 1…%d", ch, o, len(want[ch]))
+		}
 	}
 }

@@ -136,6 +136,15 @@ func TestCrossNode(t *testing.T) {
 	brokertest.RunCrossNode(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
 }
 
+// TestPipelinedPublish: publishes sent back to back (one at a time here:
+// the NATS broker publishes no batches) get their replies and deliveries
+// in order.
+func TestPipelinedPublish(t *testing.T) {
+	natsURL(t)
+	t.Parallel()
+	brokertest.RunPipelinedPublish(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
+}
+
 // TestUnsubscribeUser: unsubscribing a user does not stall the broker's
 // delivery (the node does not call the broker back on its goroutine).
 func TestUnsubscribeUser(t *testing.T) {

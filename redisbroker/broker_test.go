@@ -158,6 +158,14 @@ func TestCrossNode(t *testing.T) {
 	brokertest.RunCrossNode(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
 }
 
+// TestPipelinedPublish: publishes sent back to back go to Redis in
+// batches, with replies and deliveries in order.
+func TestPipelinedPublish(t *testing.T) {
+	redisURL(t)
+	t.Parallel()
+	brokertest.RunPipelinedPublish(t, func(t *testing.T) herald.Broker { return newBroker(t, testOpts{}) })
+}
+
 // TestUnsubscribeUser: unsubscribing a user does not stall the broker's
 // delivery (the node does not call the broker back on its goroutine).
 func TestUnsubscribeUser(t *testing.T) {

@@ -1,6 +1,11 @@
 package redisbroker
 
-import "github.com/redis/rueidis"
+import (
+	"crypto/sha1"
+	"encoding/hex"
+
+	"github.com/redis/rueidis"
+)
 
 // Every write that must be atomic is one Lua script, so no two nodes can
 // interleave inside it. Scripts take the time from Redis (TIME), never from
@@ -41,7 +46,12 @@ end
 // publish command (publish, or spublish in a Cluster).
 // Returns {1, "<offset> <epoch>"} for a duplicate, {0, "<offset> <epoch>"}
 // otherwise ("0 " without history).
-var publishScript = rueidis.NewLuaScript(luaNow + luaTrim + `
+var publishScript = rueidis.NewLuaScript(publishSrc)
+
+// publishSHA is publishScript's SHA-1, for EVALSHA in a batch (PublishBatch).
+var publishSHA = func() string { sum := sha1.Sum([]byte(publishSrc)); return hex.EncodeToString(sum[:]) }()
+
+const publishSrc = luaNow + luaTrim + `
 local win = tonumber(ARGV[5])
 if win > 0 then
   local r = redis.call('get', KEYS[3])
@@ -70,7 +80,7 @@ else
 end
 if win > 0 then redis.call('set', KEYS[3], res, 'PX', win) end
 return {0, res}
-`)
+`
 
 // historyScript reads history, creating the meta (and so fixing the epoch)
 // on the first read, and trimming what expired. Both scripts drop a history
