@@ -139,6 +139,21 @@ func (c *conn) enqueueWrite(frame []byte) bool {
 	return ok
 }
 
+// enqueueHeld is enqueue for a frame that more will follow at once: a
+// push that takes the writer role where the writer pool would write is
+// left to fl, whose flush writes everything queued by then in one write
+// (inlineFlush). The caller flushes fl before it does anything that may
+// wait.
+func (c *conn) enqueueHeld(frame []byte, fl *inlineFlush) bool {
+	ok, start, cut := c.out.push(frame)
+	if start && cut == 0 && poolWrites && c.rc != nil {
+		fl.add(c)
+		return ok
+	}
+	c.pushed(start, cut)
+	return ok
+}
+
 // enqueuePub pushes the frame of pub (an encodePub of c.form), described
 // by m for the overflow policy of its namespace (overflowMeta): as enqueue,
 // except that a full queue may make room by that policy, and that on an SSE

@@ -18,6 +18,7 @@ type nodeMetrics struct {
 	bytesIn       atomic.Uint64
 	framesOut     atomic.Uint64
 	bytesOut      atomic.Uint64
+	writes        atomic.Uint64 // batches of frames handed to client sockets
 	pubClient     atomic.Uint64 // publications by protocol clients
 	pubRaw        atomic.Uint64 // by raw-mode clients
 	pubServer     atomic.Uint64 // by Node.Publish (Go code, the HTTP API)
@@ -98,6 +99,7 @@ func (n *Node) initMetrics() {
 		counter("herald_received_bytes_total", "Bytes of WebSocket messages received from clients.", &m.bytesIn),
 		counter("herald_messages_sent_total", "WebSocket frames written to clients (pushes, replies, control frames).", &m.framesOut),
 		counter("herald_sent_bytes_total", "Bytes written to client sockets.", &m.bytesOut),
+		counter("herald_socket_writes_total", "Writes to client sockets, each of every frame queued at the time in one write or writev call (finished with more if the socket took part of it); herald_messages_sent_total over this is the frames per write.", &m.writes),
 		published("client", &m.pubClient),
 		published("raw", &m.pubRaw),
 		published("server", &m.pubServer),

@@ -40,6 +40,10 @@ type v1Session struct {
 	// pend holds publishes read but not yet handed to the broker (reader
 	// only; see flushPubs).
 	pend pendingPubs
+	// held, while flushPubs replies to a batch, takes the write of the
+	// replies so that they go out in one write, not one each (reader only).
+	held    inlineFlush
+	holding bool
 }
 
 // pendingPubs are a client's publishes waiting to go to the broker
@@ -109,7 +113,12 @@ func (s *v1Session) reply(id uint64, result any, perr *protocol.Error) {
 			r.Result = b
 		}
 	}
-	s.c.enqueueWrite(s.c.frame(wsframe.OpText, protocol.AppendReply(nil, r)))
+	frame := s.c.frame(wsframe.OpText, protocol.AppendReply(nil, r))
+	if s.holding {
+		s.c.enqueueHeld(frame, &s.held)
+		return
+	}
+	s.c.enqueueWrite(frame)
 }
 
 // fail replies to command id with a refusal (see toProto).
@@ -252,9 +261,15 @@ func (s *v1Session) flushPubs() {
 	ids, pubs, events, res, errs := p.ids, p.pubs, p.events, p.res, p.errs
 	// Emptied before the replies, which flush first: this batch is done.
 	p.ids, p.pubs, p.opts, p.events = p.ids[:0], p.pubs[:0], p.opts[:0], p.events[:0]
+	// The replies go out together, in one write: nothing between them
+	// waits (published only queues, and webhook events are appended to
+	// the outbox).
+	s.holding = true
 	for i := range k {
 		s.published(ids[i], pubs[i], events[i], res[i], errs[i])
 	}
+	s.holding = false
+	s.held.flush()
 	clear(pubs[:k])
 	clear(p.opts[:k])
 	clear(errs)

@@ -86,6 +86,7 @@ func (c *conn) writeLoop() {
 			_ = c.nc.SetWriteDeadline(c.wdeadline)
 		}
 		written, err := c.writeFrames(batch)
+		c.node.metrics.writes.Add(1)
 		c.node.metrics.framesOut.Add(uint64(len(batch)))
 		c.node.metrics.bytesOut.Add(uint64(written))
 		clear(batch)

@@ -129,6 +129,7 @@ func (c *conn) flushNow(w *nbWriter) {
 		return
 	}
 	written, err := w.write(c.rc, batch)
+	c.node.metrics.writes.Add(1)
 	c.node.metrics.bytesOut.Add(uint64(written))
 	done := 0 // frames written whole
 	for done < len(batch) && written >= len(batch[done]) {
@@ -206,11 +207,12 @@ func (fl *inlineFlush) add(c *conn) {
 // flush writes for the connections taken, one batch each without
 // blocking, as a pool worker would (flushNow): what a socket does not take
 // goes to that connection's writeLoop, more queued meanwhile to the pool.
-// No hub lock may be held. A broker's delivery lock may be (the memory
-// broker's stripe lock, the Redis and NATS brokers' per-channel delivery
-// locks are held across HandlePublication to keep a channel's order), and
-// that is why flush never blocks and writes to at most maxInlineFlush
-// sockets: the lock is held a few non-blocking write(2) calls longer.
+// No hub lock may be held. A broker's delivery lock may be: the memory
+// broker's stripe lock, the Redis broker's shard read lock and the NATS
+// broker's per-channel delivery lock are held across HandlePublication to
+// keep a channel's order. That is why flush never blocks and writes to at
+// most maxInlineFlush sockets: the lock is held a few non-blocking
+// write(2) calls longer.
 func (fl *inlineFlush) flush() {
 	if fl.n == 0 {
 		return

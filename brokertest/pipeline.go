@@ -46,6 +46,7 @@ func RunPipelinedPublish(t *testing.T, newBroker func(t *testing.T) herald.Broke
 		payload, _ := json.Marshal(cmd)
 		wire = appendMaskedText(wire, payload)
 	}
+	writes0 := metric(t, nodeA, "herald_socket_writes_total")
 	if _, err := alice.ws.NetConn().Write(wire); err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +99,11 @@ func RunPipelinedPublish(t *testing.T, newBroker func(t *testing.T) herald.Broke
 		batches := int(metric(t, nodeA, "herald_publish_batches_total"))
 		if batches == 0 || batches*2 > total {
 			t.Errorf("%d publishes in one write went in %d batches; want at least one, of two or more on average", total, batches)
+		}
+		// Alice is node A's only client: its writes are her replies, and a
+		// batch's replies go out in one write (a heartbeat ping may add one).
+		if writes := int(metric(t, nodeA, "herald_socket_writes_total") - writes0); writes > batches+1 {
+			t.Errorf("the replies to %d publishes in %d batches took %d socket writes; want one a batch", total, batches, writes)
 		}
 	}
 }
