@@ -129,7 +129,7 @@ func (c *conn) enqueue(frame []byte) bool {
 // worker started a goroutine on the other core for one write(2).
 func (c *conn) enqueueWrite(frame []byte) bool {
 	ok, start, cut := c.out.push(frame)
-	if start && cut == 0 && poolWrites && c.rc != nil {
+	if start && cut == 0 && c.pooled() {
 		w := nbWriters.Get().(*nbWriter)
 		c.flushNow(w)
 		nbWriters.Put(w)
@@ -146,7 +146,7 @@ func (c *conn) enqueueWrite(frame []byte) bool {
 // wait.
 func (c *conn) enqueueHeld(frame []byte, fl *inlineFlush) bool {
 	ok, start, cut := c.out.push(frame)
-	if start && cut == 0 && poolWrites && c.rc != nil {
+	if start && cut == 0 && c.pooled() {
 		fl.add(c)
 		return ok
 	}
@@ -166,7 +166,7 @@ func (c *conn) enqueuePub(pub *Publication, frame []byte, m qmeta, fl *inlineFlu
 		return
 	}
 	_, start, cut := c.out.pushMeta(frame, m)
-	if fl != nil && start && cut == 0 && poolWrites && c.rc != nil {
+	if fl != nil && start && cut == 0 && c.pooled() {
 		fl.add(c)
 		return
 	}

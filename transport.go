@@ -52,12 +52,18 @@ type transport struct {
 // role: a writer-pool worker where the socket has a descriptor to write to
 // without blocking, else the connection's own writeLoop.
 func (c *conn) startWriter() {
-	if poolWrites && c.rc != nil {
+	if c.pooled() {
 		c.node.writers.add(c)
 	} else {
 		go c.writeLoopFn()
 	}
 }
+
+// pooled reports whether the writer pool writes for c: a socket with a
+// descriptor, on a system where the pool's non-blocking writes work. Where
+// it does, a goroutine that took c's writer role may make the pool's
+// non-blocking write itself (flushNow) instead of waking a worker.
+func (c *conn) pooled() bool { return poolWrites && c.rc != nil }
 
 // writeLoop writes queued frames until the queue is empty, taking everything
 // queued at once (at most writeLoopBatch messages of a queue that an
