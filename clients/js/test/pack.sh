@@ -85,12 +85,16 @@ const timer = setTimeout(() => {
 }, 15_000);
 const c = new Herald(`ws://${process.argv[2]}/ws`);
 await c.connect();
+let published;
 const got = new Promise((resolve) => {
   const room = c.subscribe('chat:pack', { onMessage: resolve });
-  room.ready.then(() => room.publish({ name: 'pack', text: 'installed from the tarball' }));
+  published = room.ready.then(() => room.publish({ name: 'pack', text: 'installed from the tarball' }));
 });
 const data = await got;
 if (data?.text !== 'installed from the tarball') throw new Error(`received ${JSON.stringify(data)}`);
+// The publisher's own push comes before the publish's reply (PROTOCOL.md,
+// Guarantees): wait for the reply too, or disconnect() rejects the publish.
+await published;
 c.disconnect();
 clearTimeout(timer);
 console.log(`ok: ${c.url} published and received`, JSON.stringify(data));
