@@ -616,15 +616,14 @@ func (n *Node) publish(ctx context.Context, pub *Publication, opts PublishOption
 // res[i] and errs[i], as publish would one by one: in one call to a broker
 // that is a BatchPublisher, else one Publish each, in turn.
 func (n *Node) publishBatch(ctx context.Context, pubs []*Publication, opts []PublishOptions, res []PublishResult, errs []error) {
-	bp, ok := n.broker.(BatchPublisher)
-	if !ok || len(pubs) == 1 || n.ctx.Err() != nil {
+	if n.batcher == nil || len(pubs) == 1 || n.ctx.Err() != nil {
 		for i, pub := range pubs {
 			res[i], errs[i] = n.publish(ctx, pub, opts[i])
 		}
 		return
 	}
 	n.metrics.pubBatches.Add(1)
-	bp.PublishBatch(ctx, pubs, opts, res, errs)
+	n.batcher.PublishBatch(ctx, pubs, opts, res, errs)
 	for i, err := range errs {
 		if err != nil {
 			errs[i] = unavailable("publish failed", err)

@@ -50,14 +50,15 @@ type Node struct {
 	cfg    Config
 	log    *slog.Logger
 	broker Broker
-	// batchPublish: broker is a BatchPublisher, so the herald.v1 session
-	// batches a client's back-to-back publishes (session_v1.go).
-	batchPublish bool
-	hub          *hub
-	metrics      nodeMetrics
-	overflow     overflowRegistry // conflated and dropped counts, by namespace
-	presence     PresenceManager
-	writers      *writerPool // writes for connections whose sockets keep up (writer.go)
+	// batcher is broker when it is a BatchPublisher (else nil): the
+	// herald.v1 session then batches a client's back-to-back publishes
+	// (session_v1.go).
+	batcher  BatchPublisher
+	hub      *hub
+	metrics  nodeMetrics
+	overflow overflowRegistry // conflated and dropped counts, by namespace
+	presence PresenceManager
+	writers  *writerPool // writes for connections whose sockets keep up (writer.go)
 
 	// pollMu guards poll and pollErr: the poller where idle readers park
 	// (transport_park_linux.go), started by the first reader to park and
@@ -175,7 +176,7 @@ func New(cfg Config) (*Node, error) {
 	if n.broker == nil {
 		n.broker = NewMemoryBroker()
 	}
-	_, n.batchPublish = n.broker.(BatchPublisher)
+	n.batcher, _ = n.broker.(BatchPublisher)
 	if n.presence == nil {
 		if pm, ok := n.broker.(PresenceManager); ok {
 			n.presence = pm

@@ -218,7 +218,7 @@ func (s *v1Session) publish(cmd protocol.Command, payload []byte, binary bool) {
 	}
 	n.metrics.pubClient.Add(1)
 	opts := ns.publishOptions(cmd.IdempotencyKey, n.cfg.IdempotencyWindow)
-	if n.batchPublish {
+	if n.batcher != nil {
 		p := &s.pend
 		p.ids = append(p.ids, cmd.ID)
 		p.pubs = append(p.pubs, pub)

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/rueidis"
-
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/brokertest"
 )
@@ -16,7 +14,6 @@ import (
 // publish script (as after a restart, here SCRIPT FLUSH) is published all
 // the same, in order, each publication once.
 func TestPublishBatchNoScript(t *testing.T) {
-	u := redisURL(t)
 	b := newBroker(t, testOpts{})
 	rec, _ := brokertest.Start(t, b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -25,16 +22,7 @@ func TestPublishBatchNoScript(t *testing.T) {
 	if err := b.Subscribe(ctx, ch); err != nil {
 		t.Fatal(err)
 	}
-	opt, err := rueidis.ParseURL(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.DisableCache = true
-	rc, err := rueidis.NewClient(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
+	rc := rawClient(t)
 	if err := rc.Do(ctx, rc.B().ScriptFlush().Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
