@@ -16,6 +16,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/internal/faultproxy"
+	"github.com/heraldhq/herald/protocol"
 )
 
 // Restartable is a broker server of the test's own that the test can kill
@@ -112,6 +113,28 @@ func RunDeadLink(t *testing.T, newBroker func(t *testing.T, addr string) herald.
 	}
 	if n := metric(t, a, "herald_broker_outages_total"); n < 1 {
 		t.Fatalf("herald_broker_outages_total = %v, want at least 1", n)
+	}
+
+	// Publishes pipelined into A meanwhile (a batch, with a broker that
+	// batches) each get an unavailable error, in order, within the
+	// broker timeout, and the client's connection stays usable.
+	p := dialNode(t, a, "p")
+	p.call(t, map[string]any{"cmd": "ping"})
+	var wire []byte
+	for i := range 5 {
+		cmd, _ := json.Marshal(map[string]any{"id": i + 100, "cmd": "publish", "channel": ch, "data": i})
+		wire = appendMaskedText(wire, cmd)
+	}
+	if _, err := p.ws.NetConn().Write(wire); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if f := p.read(t); f.ID != uint64(i+100) || f.Error == nil || f.Error.Code != string(protocol.CodeUnavailable) {
+			t.Fatalf("reply %d to a publish over the dead link: %+v, want id %d with error %s", i, f, i+100, protocol.CodeUnavailable)
+		}
+	}
+	if f := p.call(t, map[string]any{"cmd": "ping"}); f.Error != nil {
+		t.Fatalf("ping after the failed publishes: %+v", f.Error)
 	}
 
 	// The client moves to B and recovers what was published meanwhile.
