@@ -40,6 +40,7 @@ func Run(t *testing.T, newBroker func(t *testing.T) herald.Broker, opts ...Optio
 		{"OrderingTwoNodes", testOrderingTwoNodes},
 		{"ControlTwoNodes", testControlTwoNodes},
 		{"PublishBatch", testPublishBatch},
+		{"PublishBatchTwoNodes", testPublishBatchTwoNodes},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -631,5 +632,108 @@ func testPublishBatch(t *testing.T, newBroker func(*testing.T) herald.Broker, _ 
 		if o := offsets(got); !slices.Equal(o, seq(1, uint64(len(want[ch])))) {
 			t.Errorf("%s: delivered offsets %v, want 1…%d", ch, o, len(want[ch]))
 		}
+	}
+}
+
+// testPublishBatchTwoNodes, for a BatchPublisher on a multi-node backend:
+// four publishers, two on each node, send batches to the same two channels
+// at once, so that a batch's expectations of a channel's position are
+// overtaken by the other node's publications. Every publication is
+// published once, without an error; each channel's offsets are 1…N with no
+// gap or repeat, each publisher's publications in its order, the same on
+// both nodes and in history; and each result carries the offset its
+// publication was delivered with.
+func testPublishBatchTwoNodes(t *testing.T, newBroker func(*testing.T) herald.Broker, cfg config) {
+	cfg.needMultiNode(t)
+	b1, b2 := newBroker(t), newBroker(t)
+	if _, ok := b1.(herald.BatchPublisher); !ok {
+		t.Skip("the broker is not a herald.BatchPublisher")
+	}
+	rec1, _ := Start(t, b1)
+	rec2, _ := Start(t, b2)
+	chans := []string{chanName(t, "a"), chanName(t, "b")}
+	for _, ch := range chans {
+		subscribe(t, b1, ch)
+		subscribe(t, b2, ch)
+	}
+	const publishers, batches, size = 4, 10, 8 // per batch, alternating channels
+	opts := herald.PublishOptions{HistorySize: publishers * batches * size, HistoryTTL: time.Minute}
+	offsetOf := make([]map[string]uint64, publishers) // per publisher: data -> result offset
+	var wg sync.WaitGroup
+	for g := range publishers {
+		bp := []herald.Broker{b1, b2}[g%2].(herald.BatchPublisher)
+		offsetOf[g] = make(map[string]uint64)
+		wg.Go(func() {
+			n := 0
+			for range batches {
+				pubs := make([]*herald.Publication, size)
+				o := make([]herald.PublishOptions, size)
+				for k := range pubs {
+					pubs[k] = &herald.Publication{Channel: chans[k%2], Data: fmt.Appendf(nil, "%d:%d", g, n)}
+					o[k] = opts
+					n++
+				}
+				res, errs := make([]herald.PublishResult, size), make([]error, size)
+				bp.PublishBatch(ctxT(t), pubs, o, res, errs)
+				for k, err := range errs {
+					if err != nil {
+						t.Errorf("publisher %d, %s: %v", g, pubs[k].Data, err)
+						return
+					}
+					if res[k].Duplicate || res[k].Offset == 0 {
+						t.Errorf("publisher %d, %s: result %+v, want a fresh offset", g, pubs[k].Data, res[k])
+					}
+					offsetOf[g][string(pubs[k].Data)] = res[k].Offset
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	per := publishers * batches * size / 2
+	for _, ch := range chans {
+		got1, got2 := rec1.WaitPubs(t, ch, per), rec2.WaitPubs(t, ch, per)
+		for _, got := range [][]*herald.Publication{got1, got2} {
+			if o := offsets(got); !slices.Equal(o, seq(1, uint64(per))) {
+				t.Fatalf("%s: offsets delivered %v, want 1..%d in order", ch, o, per)
+			}
+			checkPublisherOrder(t, got, publishers, 2)
+		}
+		if !slices.Equal(datas(got1), datas(got2)) {
+			t.Errorf("%s: the two nodes received different sequences", ch)
+		}
+		for _, p := range got1 {
+			g, _, _ := strings.Cut(string(p.Data), ":")
+			gi, _ := strconv.Atoi(g)
+			if r := offsetOf[gi][string(p.Data)]; r != p.Offset {
+				t.Errorf("%s: %s was delivered with offset %d, its publisher was told %d", ch, p.Data, p.Offset, r)
+			}
+		}
+		h := history(t, b2, ch, herald.HistoryOptions{Limit: -1})
+		if !slices.Equal(datas(h.Publications), datas(got1)) {
+			t.Errorf("%s: history order differs from delivery order", ch)
+		}
+	}
+}
+
+// checkPublisherOrder is checkPerPublisherOrder for one of stride channels
+// that each publisher's numbered publications go to in turn: each
+// publisher's numbers rise by stride.
+func checkPublisherOrder(t *testing.T, got []*herald.Publication, publishers, stride int) {
+	t.Helper()
+	last := make([]int, publishers)
+	for i := range last {
+		last[i] = -1
+	}
+	for _, p := range got {
+		g, i, _ := strings.Cut(string(p.Data), ":")
+		gi, _ := strconv.Atoi(g)
+		ii, _ := strconv.Atoi(i)
+		if last[gi] >= 0 && ii != last[gi]+stride {
+			t.Fatalf("publisher %d: got publication %d after %d (out of order, lost or duplicated)", gi, ii, last[gi])
+		}
+		last[gi] = ii
 	}
 }
