@@ -405,7 +405,10 @@ func (b *Broker) setup(ctx context.Context) error {
 	if b.opts.LiveOnly {
 		return nil
 	}
-	if b.js, err = jetstream.New(b.nc); err != nil {
+	// An asynchronous publish (PublishBatch) whose caller gave up waiting
+	// stays pending in nats.go until its acknowledgement comes; the
+	// timeout bounds how long, should none ever come.
+	if b.js, err = jetstream.New(b.nc, jetstream.WithPublishAsyncTimeout(asyncAckTimeout)); err != nil {
 		return fmt.Errorf("natsbroker: %w", err)
 	}
 	if _, err := b.js.AccountInfo(ctx); err != nil {
@@ -902,20 +905,27 @@ func (b *Broker) Publish(ctx context.Context, pub *herald.Publication, opts hera
 
 const maxAttempts = 200
 
-func (b *Broker) stripe(channel string) *stripe {
-	return &b.stripes[maphash.String(b.seed, channel)%uint64(len(b.stripes))]
+// asyncAckTimeout bounds the wait for an asynchronous publish's
+// acknowledgement (PublishBatch), longer than any caller's context should be.
+const asyncAckTimeout = 30 * time.Second
+
+func (b *Broker) stripe(channel string) *stripe { return &b.stripes[b.stripeIndex(channel)] }
+
+func (b *Broker) stripeIndex(channel string) int {
+	return int(maphash.String(b.seed, channel) % uint64(len(b.stripes)))
 }
 
 func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, body []byte, opts herald.PublishOptions) (herald.PublishResult, error) {
-	subj := b.subjHistory + token(pub.Channel)
 	st := b.stripe(pub.Channel)
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	var popts []jetstream.PublishOpt
-	if opts.IdempotencyKey != "" {
-		popts = append(popts, jetstream.WithMsgID(idemID(pub.Channel, opts.IdempotencyKey)))
-	}
-	offsetID := opts.IdempotencyKey == "" && b.opts.Replicas > 1
+	return b.publishHistoryLocked(ctx, st, pub, body, opts)
+}
+
+// publishHistoryLocked is publishHistory with st, the channel's stripe,
+// locked by the caller.
+func (b *Broker) publishHistoryLocked(ctx context.Context, st *stripe, pub *herald.Publication, body []byte, opts herald.PublishOptions) (herald.PublishResult, error) {
+	subj := b.subjHistory + token(pub.Channel)
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		last, ok := st.last[pub.Channel]
 		if !ok {
@@ -924,16 +934,8 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 				return herald.PublishResult{}, err
 			}
 		}
-		if offsetID {
-			popts = []jetstream.PublishOpt{jetstream.WithMsgID(offsetMsgID(pub.Channel, last.seq))}
-		}
-		hdr := nats.Header{}
-		hdr.Set(hdrOffset, strconv.FormatUint(last.offset+1, 10))
-		hdr.Set(hdrEpoch, last.epoch)
-		hdr.Set(hdrExpires, strconv.FormatInt(time.Now().Add(max(opts.HistoryTTL, 0)).UnixMilli(), 10))
-		hdr.Set(hdrSize, strconv.Itoa(opts.HistorySize))
-		msg := &nats.Msg{Subject: subj, Header: hdr, Data: body}
-		ack, err := b.js.PublishMsg(ctx, msg, append(popts, jetstream.WithExpectLastSequencePerSubject(last.seq))...)
+		msg, popts := b.historyMsg(subj, pub, body, opts, last)
+		ack, err := b.js.PublishMsg(ctx, msg, popts...)
 		if isWrongLastSeq(err) {
 			delete(st.last, pub.Channel) // another node published: read again
 			if attempt > 3 {
@@ -946,7 +948,7 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 			b.storeLost(err)
 			return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to publish to history: %w", err)
 		}
-		if ack.Duplicate && offsetID {
+		if ack.Duplicate && b.offsetIDs(opts) {
 			// Another node's publish took this offset (see offsetMsgID).
 			delete(st.last, pub.Channel)
 			continue
@@ -963,14 +965,47 @@ func (b *Broker) publishHistory(ctx context.Context, pub *herald.Publication, bo
 		if ack.Duplicate {
 			return b.duplicate(ctx, ack.Sequence)
 		}
-		if st.last == nil || len(st.last) > 10000 {
-			st.last = make(map[string]lastMsg)
-		}
-		st.last[pub.Channel] = lastMsg{seq: ack.Sequence, offset: last.offset + 1, epoch: last.epoch}
-		pub.Offset, pub.Epoch = last.offset+1, last.epoch
-		return herald.PublishResult{StreamPosition: herald.StreamPosition{Offset: pub.Offset, Epoch: last.epoch}}, nil
+		return st.stored(pub, last, ack.Sequence), nil
 	}
 	return herald.PublishResult{}, fmt.Errorf("natsbroker: failed to publish to %q: %d conflicting attempts", pub.Channel, maxAttempts)
+}
+
+// offsetIDs reports whether a history publish with opts carries the
+// offset's message ID (offsetMsgID): on a replicated stream, without an
+// idempotency key of its own.
+func (b *Broker) offsetIDs(opts herald.PublishOptions) bool {
+	return opts.IdempotencyKey == "" && b.opts.Replicas > 1
+}
+
+// historyMsg is the JetStream message, and its publish options, that
+// stores pub as the publication after last in its channel's history
+// subject subj: accepted only if last is still the subject's last message.
+func (b *Broker) historyMsg(subj string, pub *herald.Publication, body []byte, opts herald.PublishOptions, last lastMsg) (*nats.Msg, []jetstream.PublishOpt) {
+	popts := make([]jetstream.PublishOpt, 0, 2)
+	switch {
+	case opts.IdempotencyKey != "":
+		popts = append(popts, jetstream.WithMsgID(idemID(pub.Channel, opts.IdempotencyKey)))
+	case b.offsetIDs(opts):
+		popts = append(popts, jetstream.WithMsgID(offsetMsgID(pub.Channel, last.seq)))
+	}
+	popts = append(popts, jetstream.WithExpectLastSequencePerSubject(last.seq))
+	hdr := nats.Header{}
+	hdr.Set(hdrOffset, strconv.FormatUint(last.offset+1, 10))
+	hdr.Set(hdrEpoch, last.epoch)
+	hdr.Set(hdrExpires, strconv.FormatInt(time.Now().Add(max(opts.HistoryTTL, 0)).UnixMilli(), 10))
+	hdr.Set(hdrSize, strconv.Itoa(opts.HistorySize))
+	return &nats.Msg{Subject: subj, Header: hdr, Data: body}, popts
+}
+
+// stored records that pub was stored as the publication after last, at
+// stream sequence seq, and returns its result. st.mu must be held.
+func (st *stripe) stored(pub *herald.Publication, last lastMsg, seq uint64) herald.PublishResult {
+	if st.last == nil || len(st.last) > 10000 {
+		st.last = make(map[string]lastMsg)
+	}
+	st.last[pub.Channel] = lastMsg{seq: seq, offset: last.offset + 1, epoch: last.epoch}
+	pub.Offset, pub.Epoch = last.offset+1, last.epoch
+	return herald.PublishResult{StreamPosition: herald.StreamPosition{Offset: pub.Offset, Epoch: last.epoch}}
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
