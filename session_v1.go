@@ -37,11 +37,19 @@ type v1Session struct {
 	header http.Header
 	url    string
 
-	// pend holds publishes read but not yet handed to the broker (reader
-	// only; see flushPubs).
+	// batch is the state of publish batches (reader only; see flushPubs),
+	// made at the connection's first publish through a BatchPublisher:
+	// the many connections that only subscribe do not carry it (it would
+	// more than triple the session's size, 96 bytes to 320).
+	batch *pubBatch
+}
+
+// pubBatch is a session's publish batches.
+type pubBatch struct {
+	// pend holds publishes read but not yet handed to the broker.
 	pend pendingPubs
 	// held, while flushPubs replies to a batch, takes the write of the
-	// replies so that they go out in one write, not one each (reader only).
+	// replies so that they go out in one write, not one each.
 	held    inlineFlush
 	holding bool
 }
@@ -114,8 +122,8 @@ func (s *v1Session) reply(id uint64, result any, perr *protocol.Error) {
 		}
 	}
 	frame := s.c.frame(wsframe.OpText, protocol.AppendReply(nil, r))
-	if s.holding {
-		s.c.enqueueHeld(frame, &s.held)
+	if b := s.batch; b != nil && b.holding {
+		s.c.enqueueHeld(frame, &b.held)
 		return
 	}
 	s.c.enqueueWrite(frame)
@@ -219,7 +227,10 @@ func (s *v1Session) publish(cmd protocol.Command, payload []byte, binary bool) {
 	n.metrics.pubClient.Add(1)
 	opts := ns.publishOptions(cmd.IdempotencyKey, n.cfg.IdempotencyWindow)
 	if n.batcher != nil {
-		p := &s.pend
+		if s.batch == nil {
+			s.batch = new(pubBatch)
+		}
+		p := &s.batch.pend
 		p.ids = append(p.ids, cmd.ID)
 		p.pubs = append(p.pubs, pub)
 		p.opts = append(p.opts, opts)
@@ -246,11 +257,12 @@ func (s *v1Session) readDone() { s.flushPubs() }
 // so a client sees no difference but the time saved, and a client that
 // waits for each reply sends batches of one.
 func (s *v1Session) flushPubs() {
-	p := &s.pend
-	k := len(p.pubs)
-	if k == 0 {
+	b := s.batch
+	if b == nil || len(b.pend.pubs) == 0 {
 		return
 	}
+	p := &b.pend
+	k := len(p.pubs)
 	n := s.c.node
 	p.res = slices.Grow(p.res[:0], k)[:k]
 	clear(p.res)
@@ -264,12 +276,12 @@ func (s *v1Session) flushPubs() {
 	// The replies go out together, in one write: nothing between them
 	// waits (published only queues, and webhook events are appended to
 	// the outbox).
-	s.holding = true
+	b.holding = true
 	for i := range k {
 		s.published(ids[i], pubs[i], events[i], res[i], errs[i])
 	}
-	s.holding = false
-	s.held.flush()
+	b.holding = false
+	b.held.flush()
 	clear(pubs[:k])
 	clear(p.opts[:k])
 	clear(errs)
