@@ -48,6 +48,10 @@
 // that one node publishes to costs one round trip per publish; channels
 // written by several nodes at once cost an extra read per conflict, and
 // their throughput is bounded by about one publish per round trip.
+// A batch (PublishBatch: the publishes one client pipelined) sends the
+// next publish of each of its channels at once, asynchronously, and waits
+// for their acknowledgements before the next round, so it costs as many
+// round trips as its busiest channel has publishes, not one each.
 //
 // Delivery: the stream republishes every stored message, in stream order,
 // on P.d.T (RePublish). Only stored messages are republished, so a refused
