@@ -94,17 +94,42 @@ var errEarlyData = errors.New("the client sent data before the handshake's answe
 // accept answers a checked handshake with 101 Switching Protocols, within
 // Config.HandshakeTimeout, and returns the socket, now the connection's.
 func (n *Node) accept(w http.ResponseWriter, hs handshake) (net.Conn, error) {
+	nc, resp, err := n.hijack(w, hs)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.switchProtocols(nc, resp); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return nc, nil
+}
+
+// switchProtocols writes resp, the 101 of hijack, within
+// Config.HandshakeTimeout.
+func (n *Node) switchProtocols(nc net.Conn, resp []byte) error {
+	_ = nc.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
+	if _, err := nc.Write(resp); err != nil {
+		return err
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return nil
+}
+
+// hijack takes the socket of a checked handshake and returns it with the
+// 101 Switching Protocols that answers it, not yet written.
+func (n *Node) hijack(w http.ResponseWriter, hs handshake) (net.Conn, []byte, error) {
 	nc, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		// A ResponseWriter that cannot hand over its connection (a
 		// middleware's wrapper without Unwrap, HTTP/2): it can still answer.
 		http.Error(w, "Internal Server Error: the connection cannot be taken over for a WebSocket", http.StatusInternalServerError)
-		return nil, err
+		return nil, nil, err
 	}
 	if brw.Reader.Buffered() > 0 {
 		_, _ = nc.Write([]byte("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"))
 		nc.Close()
-		return nil, errEarlyData
+		return nil, nil, errEarlyData
 	}
 	sum := sha1.Sum([]byte(hs.key + acceptGUID))
 	resp := make([]byte, 0, 256)
@@ -121,13 +146,7 @@ func (n *Node) accept(w http.ResponseWriter, hs handshake) (net.Conn, error) {
 		resp = append(resp, hs.deflateParams...)
 	}
 	resp = append(resp, "\r\n\r\n"...)
-	_ = nc.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
-	if _, err := nc.Write(resp); err != nil {
-		nc.Close()
-		return nil, err
-	}
-	_ = nc.SetDeadline(time.Time{})
-	return nc, nil
+	return nc, resp, nil
 }
 
 // acceptDeflate picks the first of the client's permessage-deflate offers

@@ -408,3 +408,33 @@ func hookCount(t *testing.T, n *Node, hook, result string) float64 {
 	}
 	return 0
 }
+
+// A raw connection is subscribed when its client has the 101: a
+// publication made as soon as the dial returns reaches it, however long
+// the subscribe hook took; a refusal still comes as a close after the 101.
+// (The 101 used to go out before the subscription was made, so such a
+// publication could be lost: the bench's raw readers lost one in CI.)
+func TestRawSubscribedAtSwitchingProtocols(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, Config{Namespaces: hookNamespaces, Hooks: Hooks{
+		SubscribeNamespaces: []string{"p"},
+		Subscribe: func(ctx context.Context, e *SubscribeEvent) (*SubscribeReply, error) {
+			time.Sleep(200 * time.Millisecond) // a backend that takes its time
+			if e.Channel == "p:closed" {
+				return nil, Refuse("members_only", "no")
+			}
+			return &SubscribeReply{}, nil
+		},
+	}})
+	raw := ts.dial(t, "/ws/raw?channel=p:room", nil)
+	if _, err := ts.node.Publish(context.Background(), "p:room", []byte(`{"n":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if op, b := raw.read(); op != websocket.TextMessage || string(b) != `{"n":1}` {
+		t.Fatalf("got %d %q, want the publication made right after the dial", op, b)
+	}
+	refused := ts.dial(t, "/ws/raw?channel=p:closed", nil)
+	if ce := refused.expectClose(); ce.Code != int(ClosePolicyViolation) {
+		t.Fatalf("refused raw subscription: %v, want close %d", ce, ClosePolicyViolation)
+	}
+}

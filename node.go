@@ -436,7 +436,7 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		return
 	}
 	lim := n.limits.Load() // before the 101: see newConn
-	nc, err := n.accept(w, hs)
+	nc, resp, err := n.hijack(w, hs)
 	if err != nil {
 		n.log.Info("websocket handshake failed", "remote", remote, "err", err)
 		n.release(ip, id.user)
@@ -444,6 +444,10 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 	}
 	c := n.newConn(nc, hs, id, ip, raw, lim)
 	c.remote = remote
+	// A raw connection is subscribed before its client has the 101: a
+	// publication made once the client is connected reaches it. What is
+	// delivered meanwhile waits in its queue, held until the 101 is out.
+	c.out.hold()
 	n.hub.addConn(c)
 	if raw {
 		s := &rawSession{c: c, channel: rawCh}
@@ -463,6 +467,15 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		c.subMu.Unlock()
 	} else {
 		c.sess = newV1Session(c, id, r)
+	}
+	if err := n.switchProtocols(nc, resp); err != nil {
+		// The reader and writer fail on the closed socket and take the
+		// connection down the usual way.
+		n.log.Info("websocket handshake failed", "remote", remote, "err", err)
+		nc.Close()
+	}
+	if c.out.resume() {
+		c.startWriter()
 	}
 	if raw || (id.authed && n.cfg.Hooks.Connect == nil) {
 		n.admitConn(c)

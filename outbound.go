@@ -306,6 +306,20 @@ func (o *outbound) done(batch [][]byte) (more bool) {
 	return true
 }
 
+// hold takes the writer role before anything is queued: frames pushed
+// meanwhile wait, in order, until resume. (Node.serve holds a raw
+// connection's queue while it subscribes it, before its 101 is written.)
+func (o *outbound) hold() {
+	o.mu.Lock()
+	o.writing = true
+	o.mu.Unlock()
+}
+
+// resume gives back the role taken by hold, unless frames were queued
+// meanwhile: then it reports start, and the caller, who keeps the role,
+// must start a writer.
+func (o *outbound) resume() (start bool) { return o.done(nil) }
+
 // fail ends the queue after the socket failed: nothing more is sent, and
 // the role is given back.
 func (o *outbound) fail() {
