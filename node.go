@@ -469,8 +469,10 @@ func (n *Node) serve(w http.ResponseWriter, r *http.Request, raw bool) {
 		c.sess = newV1Session(c, id, r)
 	}
 	if err := n.switchProtocols(nc, resp); err != nil {
-		// The reader and writer fail on the closed socket and take the
-		// connection down the usual way.
+		// The client is gone. The reader and writer fail on the closed
+		// socket and take the connection down the usual way: OnConnect
+		// and then OnDisconnect run for it, as for a client that left
+		// at once.
 		n.log.Info("websocket handshake failed", "remote", remote, "err", err)
 		nc.Close()
 	}
