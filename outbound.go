@@ -307,8 +307,9 @@ func (o *outbound) done(batch [][]byte) (more bool) {
 }
 
 // hold takes the writer role before anything is queued: frames pushed
-// meanwhile wait, in order, until resume. (Node.serve holds a raw
-// connection's queue while it subscribes it, before its 101 is written.)
+// meanwhile wait, in order, until resume. (Node.serve holds a new
+// connection's queue until its 101 is written: a raw connection is
+// subscribed before that, and its deliveries must not precede the 101.)
 func (o *outbound) hold() {
 	o.mu.Lock()
 	o.writing = true
