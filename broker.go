@@ -207,7 +207,9 @@ type Broker interface {
 // the publishes that one read from the client's socket completed and hands
 // them over in one call, instead of one round trip each, which on a
 // networked broker caps one connection at one publication per round trip
-// (docs/benchmarks.md, "Publish batches").
+// (docs/benchmarks.md, "Publish batches"). Whatever the broker, the
+// replies to a batch go out to the client in one write, not one each; the
+// in-memory broker is a BatchPublisher for that alone.
 //
 // PublishBatch publishes pubs[i] with opts[i] as Publish would and stores
 // its outcome in res[i] and errs[i] (the three slices have pubs' length).

@@ -220,6 +220,11 @@ func (s *v1Session) publish(cmd protocol.Command, payload []byte, binary bool) {
 		return
 	}
 	pub := &Publication{Channel: cmd.Channel, Data: bytes.Clone(payload), Binary: binary, Origin: c.id, Key: cmd.Key}
+	if n.cfg.Hooks.Publish != nil && hookOn(n.cfg.Hooks.PublishNamespaces, pub.Channel) {
+		// The hook waits for the backend: the publishes read before this
+		// one are not held back with it.
+		s.flushPubs()
+	}
 	if perr := n.publishHook(c, pub, true); perr != nil {
 		s.fail(cmd.ID, perr)
 		return
