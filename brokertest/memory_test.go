@@ -32,6 +32,16 @@ func TestMemoryEventStore(t *testing.T) {
 	})
 }
 
+// Pipelined publishes on one node: the memory broker is a BatchPublisher,
+// and a batch's replies go out in one write.
+func TestMemoryPipelinedPublish(t *testing.T) {
+	// The suite counts batches and writes only for a BatchPublisher.
+	if _, ok := herald.Broker(herald.NewMemoryBroker()).(herald.BatchPublisher); !ok {
+		t.Fatal("herald.MemoryBroker is not a herald.BatchPublisher: pipelined publishes get a write per reply")
+	}
+	brokertest.RunPipelinedPublishOneNode(t, func(t *testing.T) herald.Broker { return herald.NewMemoryBroker() })
+}
+
 func TestMemoryOverflow(t *testing.T) {
 	brokertest.RunOverflow(t, func(t *testing.T) herald.Broker { return herald.NewMemoryBroker() })
 }
