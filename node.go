@@ -67,6 +67,11 @@ type Node struct {
 	pollMu  sync.Mutex
 	poll    *poller
 	pollErr error
+	// linger is how long a reader waits in Go's netpoller after a data
+	// message before it parks, once its connection has been open
+	// lingerAfter (lingerFor, lingerAfter; a test sets them before any
+	// connection).
+	linger, lingerAfter time.Duration
 
 	originWarned *originWarnings
 
@@ -177,6 +182,7 @@ func New(cfg Config) (*Node, error) {
 		n.broker = NewMemoryBroker()
 	}
 	n.batcher, _ = n.broker.(BatchPublisher)
+	n.linger, n.lingerAfter = lingerFor, lingerAfter
 	if n.presence == nil {
 		if pm, ok := n.broker.(PresenceManager); ok {
 			n.presence = pm

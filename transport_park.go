@@ -41,9 +41,12 @@ type parkState struct {
 	timerFired atomic.Bool // ptimer fired since it was last set
 
 	// Reader goroutine only.
-	mayPark    bool    // set by fill for tryRead: park rather than wait
-	wouldBlock bool    // tryRead's result: nothing to read, and mayPark
-	poll       *poller // the poller pfd was armed in, nil before
+	mayPark    bool      // set by fill for tryRead: park rather than wait
+	wouldBlock bool      // tryRead's result: nothing to read, and mayPark
+	lingerDL   bool      // the socket's read deadline is lingerTill's, not the real one
+	lingerTill time.Time // after a data message: wait in the netpoller until then
+	lingerFrom time.Time // data messages before it do not make the reader linger
+	poll       *poller   // the poller pfd was armed in, nil before
 	pfd        int32
 	ptimer     *time.Timer // wakes the parked reader to see its deadline pass
 	ptimerAt   time.Time   // when ptimer fires
@@ -84,6 +87,61 @@ func (c *conn) parkDeadline() time.Time {
 // (once it has passed, the netpoller reports the timeout). Reader only.
 func (c *conn) canPark() bool {
 	return parkable && c.rc != nil && !c.parkBroken.Load() && time.Now().Before(c.parkDeadline())
+}
+
+// lingerFor is how long (Node.linger) a reader that has just handled a data message
+// waits for the next one in Go's netpoller, in its goroutine, before it
+// parks. A connection that sent one message often sends another soon (a
+// publisher, a game, a cursor); parking and waking cost an epoll_ctl, a
+// wake-up of the poller, a new goroutine and the regrowth of its stack:
+// lingering took 19–23% off the node's CPU per delivery in the many-rooms
+// benchmark at 2,000–10,000 publications/s and 4% at 20,000 (where the
+// publishers' reads hold more each), four publishers having parked after
+// every read (docs/benchmarks.md). A lingering reader keeps its
+// goroutine meanwhile, so it is for connections that sent a message in the
+// last lingerFor only, and only once they have been open lingerAfter: the
+// messages of a connection's first second are mostly its handshake (connect,
+// subscribes), after which most connections fall silent, and a reader that
+// lingered then would only hold a grown stack a little longer (S1, churn).
+const (
+	lingerFor   = 50 * time.Millisecond
+	lingerAfter = time.Second
+)
+
+// linger reports whether the reader should wait for readability in Go's
+// netpoller rather than park, because it handled a data message less than
+// Node.linger ago, and bounds that wait: the socket's read deadline becomes
+// the linger's end (set once per linger, not per read: the end moves with
+// every message, and a deadline that comes while the linger goes on is set
+// again). Reader only.
+func (c *conn) linger() bool {
+	if c.lingerTill.IsZero() || !time.Now().Before(c.lingerTill) || !c.lingerTill.Before(c.parkDeadline()) {
+		return false
+	}
+	if !c.lingerDL {
+		c.lingerDL = true
+		c.setReadDeadline(c.lingerTill)
+	}
+	return true
+}
+
+// endLinger gives the socket back its real read deadline (the heartbeat's,
+// or the close handshake's). Reader only.
+func (c *conn) endLinger() {
+	c.lingerDL = false
+	c.setReadDeadline(c.rdeadline)
+}
+
+// setReadDeadline sets the socket's read deadline to t, or to the close
+// handshake's if that is sooner. The writer sets closeBy and then the
+// socket's deadline (closeReadBy); the reader sets its own and then loads
+// closeBy: whichever way they interleave, the close handshake's deadline
+// is not lost. Reader only.
+func (c *conn) setReadDeadline(t time.Time) {
+	_ = c.nc.SetReadDeadline(t)
+	if cb := c.closeBy.Load(); cb != nil && cb.Before(t) {
+		_ = c.nc.SetReadDeadline(*cb)
+	}
 }
 
 // park gives up the reader's goroutine until a wake-up. It reports false

@@ -198,3 +198,79 @@ func TestTLSReaderDoesNotPark(t *testing.T) {
 		t.Fatalf("Shutdown: %v", err)
 	}
 }
+
+// A reader that has just handled a data message lingers in Go's netpoller,
+// keeping its goroutine, instead of parking after every read (a publisher
+// would pay a park and a wake-up per message); it parks once the linger
+// has passed with nothing more to read. A subscriber that sends nothing,
+// and a connection in its first lingerAfter, park at once. Not parallel:
+// it counts every reader goroutine.
+func TestReaderLingersAfterMessage(t *testing.T) {
+	ts := newTestServer(t, Config{})
+	ts.node.linger, ts.node.lingerAfter = 10*time.Second, 0 // before any connection: read by its readers
+	idle := ts.client(t)
+	mute(idle) // sends nothing after the handshake
+	waitFor(t, "the idle reader parked", func() bool { return readers() == 0 })
+
+	// A connection younger than lingerAfter (its handshake's messages)
+	// parks at once, however long the linger would be.
+	young := newTestServer(t, Config{})
+	young.node.linger, young.node.lingerAfter = 20*time.Second, time.Hour
+	y := young.client(t)
+	y.subscribe("y")
+	y.mustOK(protocol.Command{Cmd: "publish", Channel: "x", Data: []byte(`1`)})
+	waitFor(t, "the young connection's reader parked", func() bool { return readers() == 0 })
+
+	pub := ts.client(t)
+	for i := range 20 {
+		pub.mustOK(protocol.Command{Cmd: "publish", Channel: "x", Data: fmt.Appendf(nil, "%d", i)})
+	}
+	// Well inside the 10 s linger: the publisher's reader has not parked.
+	time.Sleep(100 * time.Millisecond)
+	if n := readers(); n != 1 {
+		t.Fatalf("%d reader goroutines 100ms after the publisher's last message, want its one lingering", n)
+	}
+	// It still reads and answers while lingering.
+	pub.mustOK(protocol.Command{Cmd: "ping"})
+
+	short := newTestServer(t, Config{})
+	short.node.lingerAfter = 0
+	c := short.client(t)
+	c.mustOK(protocol.Command{Cmd: "publish", Channel: "x", Data: []byte(`1`)})
+	waitFor(t, "readers parked after the linger", func() bool { return readers() == 1 }) // pub's, still lingering
+	// The linger's end is not the connection's: it parked, and still answers.
+	c.mustOK(protocol.Command{Cmd: "ping"})
+	if got := short.node.Stats().Connections; got != 1 {
+		t.Fatalf("%d connections after the linger, want 1", got)
+	}
+}
+
+// A lingering reader honours the close handshake's CloseGrace, as a parked
+// one does: a client that published (its reader lingers for 10 s) and never
+// answers Shutdown's close is let go after CloseGrace, and Shutdown returns.
+func TestLingeringReaderCloseGrace(t *testing.T) {
+	ts := newTestServer(t, Config{CloseGrace: 200 * time.Millisecond})
+	ts.node.linger, ts.node.lingerAfter = 10*time.Second, 0
+	c := ts.client(t)
+	c.mustOK(protocol.Command{Cmd: "publish", Channel: "x", Data: []byte(`1`)})
+	mute(c)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ts.node.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v (a lingering reader missed its CloseGrace)", err)
+	}
+}
+
+// A lingering reader whose client goes silent still gets its heartbeat
+// deadline: with a linger shorter than the deadline, no pong in time closes
+// it with 4002, after the linger gave way to parking.
+func TestLingeringReaderDeadline(t *testing.T) {
+	ts := newTestServer(t, Config{PingInterval: 200 * time.Millisecond, PongTimeout: 300 * time.Millisecond})
+	ts.node.linger, ts.node.lingerAfter = 100*time.Millisecond, 0
+	c := ts.client(t)
+	c.ws.SetPingHandler(func(string) error { return nil }) // never pong
+	c.mustOK(protocol.Command{Cmd: "publish", Channel: "x", Data: []byte(`1`)})
+	if ce := c.expectClose(); CloseCode(ce.Code) != CloseNoPong {
+		t.Fatalf("close %v, want %d", ce, CloseNoPong)
+	}
+}

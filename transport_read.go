@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -59,6 +60,7 @@ func (c *conn) startReader(deflate bool) {
 	c.dec.Deflate = deflate
 	if c.rc != nil {
 		c.tryReadFn = c.tryRead
+		c.lingerFrom = time.Now().Add(c.node.lingerAfter)
 	} else {
 		c.rbuf = make([]byte, cfg.ReadBufferSize)
 	}
@@ -84,6 +86,11 @@ func (c *conn) readLoop() {
 			return
 		}
 		handled, ok := c.consume(p)
+		if handled && c.rc != nil {
+			if now := time.Now(); now.After(c.lingerFrom) {
+				c.lingerTill = now.Add(c.node.linger)
+			}
+		}
 		c.releaseChunk()
 		c.sess.readDone()
 		if !ok {
@@ -108,8 +115,26 @@ func (c *conn) fill() ([]byte, error) {
 		}
 		return nil, err
 	}
-	c.mayPark = c.canPark()
-	if err := c.rc.Read(c.tryReadFn); err != nil {
+	for {
+		c.mayPark = c.canPark()
+		if c.mayPark && c.linger() {
+			c.mayPark = false
+		} else if c.lingerDL {
+			c.endLinger()
+		}
+		err := c.rc.Read(c.tryReadFn)
+		if err == nil {
+			break
+		}
+		if c.lingerDL && errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(c.parkDeadline()) {
+			// The linger's deadline, not the connection's: linger on if
+			// messages since it was set moved the linger's end, else park.
+			c.endLinger()
+			if time.Now().Before(c.lingerTill) {
+				continue
+			}
+			return nil, errWouldBlock
+		}
 		return nil, err // a deadline, or the socket was closed
 	}
 	if c.wouldBlock {
@@ -252,6 +277,7 @@ func (c *conn) extendReadDeadline() {
 		return
 	}
 	c.rdeadline = now.Add(d)
+	c.lingerDL = false // the socket's deadline is the real one again
 	_ = c.nc.SetReadDeadline(c.rdeadline)
 	if cb := c.closeBy.Load(); cb != nil {
 		// The writer sent its close frame since isClosing above, and its
