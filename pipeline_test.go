@@ -2,7 +2,6 @@ package herald
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"testing"
 
@@ -37,7 +36,7 @@ func TestPipelinedPublishHookNotHeld(t *testing.T) {
 	var wire []byte
 	for i, ch := range []string{"room", "h:kept"} {
 		payload, _ := json.Marshal(map[string]any{"id": i + 100, "cmd": "publish", "channel": ch, "data": i})
-		wire = appendMaskedText(wire, payload)
+		wire = append(wire, rawFrame(true, 0, 1, payload)...) // a final, masked text frame
 	}
 	if _, err := alice.ws.NetConn().Write(wire); err != nil {
 		t.Fatal(err)
@@ -53,19 +52,4 @@ func TestPipelinedPublishHookNotHeld(t *testing.T) {
 	if m := alice.readJSON(); m.ID != 101 || m.Error != nil {
 		t.Fatalf("alice got %+v, want the reply to her second publish", m)
 	}
-}
-
-// appendMaskedText appends a client's text frame of payload: masked, as a
-// client's must be, with a zero key (which leaves the bytes as they are).
-func appendMaskedText(b, payload []byte) []byte {
-	b = append(b, 0x81)
-	switch n := len(payload); {
-	case n < 126:
-		b = append(b, 0x80|byte(n))
-	default:
-		b = append(b, 0x80|126)
-		b = binary.BigEndian.AppendUint16(b, uint16(n))
-	}
-	b = append(b, 0, 0, 0, 0)
-	return append(b, payload...)
 }
