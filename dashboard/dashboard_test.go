@@ -462,6 +462,25 @@ func TestOverflowStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	wstest.WaitFor(t, "the subscriptions", func() bool { st := n.Stats(); return st.Channels["px:eu"] == 1 && st.Channels["d:x"] == 1 })
+	// A subscription is counted, and its reply sent, before its subscribe
+	// has finished; publications meanwhile are held and then sent full, so
+	// fewer would be deltas. Commands are handled in order: the reply to a
+	// ping sent after the subscribes says they have finished.
+	if err := ws.WriteJSON(map[string]any{"id": 3, "cmd": "ping"}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		var r struct {
+			ID    uint64          `json:"id"`
+			Error *protocol.Error `json:"error"`
+		}
+		if err := ws.ReadJSON(&r); err != nil || r.Error != nil {
+			t.Fatalf("before the ping's reply: %+v, %v", r, err)
+		}
+		if r.ID == 3 {
+			break
+		}
+	}
 	// Small changes to a larger state: after the first, deltas.
 	for i := range 4 {
 		state := fmt.Appendf(nil, `{"tick":%d,"pad":%q}`, i, strings.Repeat("s", 400))
