@@ -472,6 +472,9 @@ func TestPublishWithoutRetry(t *testing.T) {
 	if !errors.As(err, &perr) || perr.IdempotencyKey == "" || perr.Attempts < 2 || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Publish = %v, want a PublishError with the key, after attempts, past RetryTimeout", err)
 	}
+	// The last attempt was sent as the deadline passed: the fake server may
+	// log it only after Publish has returned.
+	waitFor(t, "every attempt at the fake server", func() bool { return len(log.keys())-before >= perr.Attempts })
 	if keys := log.keys()[before:]; len(keys) != perr.Attempts || slices.ContainsFunc(keys, func(k string) bool { return k != perr.IdempotencyKey }) {
 		t.Errorf("keys %q for %d attempts of key %q", keys, perr.Attempts, perr.IdempotencyKey)
 	}
