@@ -278,12 +278,9 @@ func (c *conn) extendReadDeadline() {
 	}
 	c.rdeadline = now.Add(d)
 	c.lingerDL = false // the socket's deadline is the real one again
-	_ = c.nc.SetReadDeadline(c.rdeadline)
-	if cb := c.closeBy.Load(); cb != nil {
-		// The writer sent its close frame since isClosing above, and its
-		// deadline may have come before ours: CloseGrace stands.
-		_ = c.nc.SetReadDeadline(*cb)
-	}
+	// The writer may have sent its close frame since isClosing above:
+	// setReadDeadline keeps its CloseGrace deadline if that is sooner.
+	c.setReadDeadline(c.rdeadline)
 }
 
 // readFailed decides how the connection ends after a read error.
