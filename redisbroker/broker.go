@@ -140,25 +140,32 @@ type Broker struct {
 	log  *slog.Logger
 	h    herald.BrokerHandler
 
-	// shards are set by New and never change. With one Redis there is one;
-	// with Options.Shards, one per server, in the order given; with a
-	// Cluster, one per master.
-	shards []*shard
-	// slots maps a Cluster slot to the shard of its master (nil unless
-	// cluster); ring picks a shard for Options.Shards.
+	// shardList holds the shards, read with allShards. With one Redis
+	// there is one; with Options.Shards, one per server, in the order
+	// given, set by New and never changed; with a Cluster, one per master,
+	// and applyRanges appends one for a master added later (never removes
+	// one: shard indexes in slots stay valid).
+	shardList atomic.Pointer[[]*shard]
+	// slots maps a Cluster slot to the index of its master's shard (nil
+	// unless cluster); ring picks a shard for Options.Shards.
 	cluster bool
 	slots   atomic.Pointer[[]uint16] // replaced whole by applyRanges
 	ring    []ringNode
 	closers []func() // clients to close
-	// Cluster only: defaultHost is the host of a master that CLUSTER
-	// SLOTS lists without one; remapMu serialises applyRanges; moved
-	// holds the channels that moved to another master until reportMoves
-	// (Run's) hands them to the node, woken by movedSignal.
+	// Cluster only: clusterCO is the cluster client's options, from which
+	// a shard's pub/sub client of one master is made; defaultHost is the
+	// host of a master that CLUSTER SLOTS lists without one; remapMu
+	// serialises applyRanges; moved holds the channels that moved to
+	// another master until reportMoves (Run's) hands them to the node,
+	// woken by movedSignal; addedSignal tells Run that applyRanges added
+	// a shard, which Run starts.
+	clusterCO   rueidis.ClientOption
 	defaultHost string
 	remapMu     sync.Mutex
 	movedMu     sync.Mutex
 	moved       map[string]bool
 	movedSignal chan struct{}
+	addedSignal chan struct{}
 
 	pubPrefix string // pub/sub channel name of herald channel c: pubPrefix + c (+ "}" in a Cluster)
 	ctrlChan  string
@@ -205,7 +212,8 @@ func New(opts Options) (*Broker, error) {
 	var err error
 	switch {
 	case len(opts.Cluster) > 0:
-		b.cluster, b.pubPrefix, b.movedSignal = true, opts.Prefix+":s:{", make(chan struct{}, 1)
+		b.cluster, b.pubPrefix = true, opts.Prefix+":s:{"
+		b.movedSignal, b.addedSignal = make(chan struct{}, 1), make(chan struct{}, 1)
 		err = b.setUpCluster()
 	case len(opts.Shards) > 0:
 		err = b.setUpShards()
@@ -276,7 +284,7 @@ func (b *Broker) setUpSingle() error {
 	if err != nil {
 		return err
 	}
-	b.shards = []*shard{newShard(b, strings.Join(co.InitAddress, ","), c)}
+	b.shardList.Store(&[]*shard{newShard(b, strings.Join(co.InitAddress, ","), c)})
 	return nil
 }
 
@@ -305,7 +313,7 @@ func (b *Broker) Register(h herald.BrokerHandler) { b.h = h }
 // unreachable.
 func (b *Broker) Healthy() error {
 	var errs []error
-	for _, s := range b.shards {
+	for _, s := range b.allShards() {
 		err := s.healthy()
 		if err == nil {
 			return nil
@@ -318,8 +326,9 @@ func (b *Broker) Healthy() error {
 // ShardsHealth reports each shard's pub/sub state, keyed by its name (the
 // server's address, or a Cluster master's first slot): nil while up.
 func (b *Broker) ShardsHealth() map[string]error {
-	out := make(map[string]error, len(b.shards))
-	for _, s := range b.shards {
+	shards := b.allShards()
+	out := make(map[string]error, len(shards))
+	for _, s := range shards {
 		out[s.name] = s.healthy()
 	}
 	return out
@@ -331,7 +340,8 @@ func (b *Broker) ShardsHealth() map[string]error {
 // channels, if the handler has it), reconnects with exponential backoff
 // (50ms to 5s, jittered), re-SUBSCRIBEs every channel and tells the
 // handler again (HandleReconnect or HandlePartialReconnect). It also
-// refreshes the presence entries this node added. It returns ctx's error.
+// refreshes the presence entries this node added, and in a Cluster runs
+// the shards of masters added while it runs. It returns ctx's error.
 func (b *Broker) Run(ctx context.Context) error {
 	if b.closed.Load() {
 		return ErrClosed
@@ -344,18 +354,38 @@ func (b *Broker) Run(ctx context.Context) error {
 	if b.cluster {
 		wg.Go(func() { b.reportMoves(ctx) })
 	}
-	errs := make(chan error, len(b.shards))
-	for _, s := range b.shards {
-		wg.Go(func() { errs <- s.run(ctx) })
+	// Every shard runs until ctx is done, or all return ErrClosed: the
+	// first to return ends Run, and the others' errors are not needed.
+	errs := make(chan error, 1)
+	started := 0
+	startNew := func() {
+		shards := b.allShards()
+		for _, s := range shards[started:] {
+			wg.Go(func() {
+				err := s.run(ctx)
+				select {
+				case errs <- err:
+				default:
+				}
+			})
+		}
+		started = len(shards)
 	}
-	err := <-errs // every shard runs until ctx is done, or all return ErrClosed
-	cancel()
-	return err
+	startNew()
+	for {
+		select {
+		case err := <-errs:
+			cancel()
+			return err
+		case <-b.addedSignal: // nil unless cluster
+			startNew()
+		}
+	}
 }
 
 // outage and reconnect tell the handler about one shard's link.
 func (b *Broker) outage(s *shard, err error) {
-	if ph, ok := b.h.(herald.PartialBrokerHandler); ok && len(b.shards) > 1 {
+	if ph, ok := b.h.(herald.PartialBrokerHandler); ok && b.sharded() {
 		ph.HandlePartialOutage(fmt.Errorf("shard %s: %w", s.name, err), s.owns)
 		return
 	}
@@ -363,22 +393,35 @@ func (b *Broker) outage(s *shard, err error) {
 }
 
 func (b *Broker) reconnect(s *shard) {
-	if ph, ok := b.h.(herald.PartialBrokerHandler); ok && len(b.shards) > 1 {
+	if ph, ok := b.h.(herald.PartialBrokerHandler); ok && b.sharded() {
 		ph.HandlePartialReconnect(s.owns)
 		return
 	}
 	b.h.HandleReconnect()
 }
 
+// allShards returns the shards. The slice is never modified: a shard
+// added to a Cluster's broker comes in a new one.
+func (b *Broker) allShards() []*shard { return *b.shardList.Load() }
+
+// sharded reports whether an outage may concern only some channels: with
+// several shards, and in a Cluster (which may gain masters).
+func (b *Broker) sharded() bool { return b.cluster || len(b.allShards()) > 1 }
+
 // shardOf returns the shard that carries channel.
 func (b *Broker) shardOf(channel string) *shard {
-	switch {
-	case len(b.shards) == 1:
-		return b.shards[0]
-	case b.cluster:
-		return b.shards[(*b.slots.Load())[slotOf(channel)]]
+	if b.cluster {
+		// The table first: applyRanges stores a new shard before the
+		// table that refers to it, and the list only grows, so the
+		// index is in the list loaded after.
+		i := (*b.slots.Load())[slotOf(channel)]
+		return b.allShards()[i]
 	}
-	return b.shards[rendezvous(b.ring, channel)]
+	shards := b.allShards()
+	if len(shards) == 1 {
+		return shards[0]
+	}
+	return shards[rendezvous(b.ring, channel)]
 }
 
 // ShardOf names the shard that carries channel, as ShardsHealth does: the
@@ -435,7 +478,7 @@ func (b *Broker) Subscribe(ctx context.Context, channel string) error {
 func (b *Broker) Unsubscribe(ctx context.Context, channel string) error {
 	shards := []*shard{b.shardOf(channel)}
 	if b.cluster {
-		shards = b.shards // a channel moving between masters may still be on its old one
+		shards = b.allShards() // a channel moving between masters may still be on its old one
 	}
 	var errs []error
 	for _, s := range shards {
@@ -682,9 +725,10 @@ func (b *Broker) PublishControl(ctx context.Context, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	client := b.shards[0].cmd
+	shards := b.allShards()
+	client := shards[0].cmd
 	if !b.cluster {
-		for _, s := range b.shards {
+		for _, s := range shards {
 			if s.healthy() == nil {
 				client = s.cmd
 				break

@@ -3,6 +3,7 @@ package redisbroker_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -130,7 +131,10 @@ func TestShards(t *testing.T) {
 // TestCluster: the suites against a Redis Cluster of three masters.
 func TestCluster(t *testing.T) {
 	t.Parallel()
-	nodes := testserver.RedisCluster(t, testserver.PortBlock(t, clusterPorts, shardPorts, 3, 10000), 3)
+	// Five ports: three masters, a replica for Failover and a master
+	// added by AddMaster.
+	base := testserver.PortBlock(t, clusterPorts, shardPorts, 5, 10000)
+	nodes := testserver.RedisCluster(t, base, 3)
 	mk := func(t *testing.T, o redisbroker.Options) *redisbroker.Broker {
 		o.Cluster, o.Prefix, o.Logger = urls(nodes[:1]), ownPrefix(t), logger(t, false)
 		b, err := redisbroker.New(o)
@@ -167,6 +171,11 @@ func TestCluster(t *testing.T) {
 			}
 		}
 		controlWithout(t, b, rec, first, "slot 0")
+	})
+	t.Run("Failover", func(t *testing.T) { testFailover(t, nodes, base+3, mk(t, redisbroker.Options{})) })
+	// Last: it leaves a fourth master with a slot, killed when it ends.
+	t.Run("AddMaster", func(t *testing.T) {
+		testAddMaster(t, nodes, base+4, mk(t, redisbroker.Options{}), mk(t, redisbroker.Options{}))
 	})
 }
 
@@ -229,6 +238,47 @@ func testReshard(t *testing.T, nodes []*testserver.Server, b *redisbroker.Broker
 	rec.WaitPubs(t, ch, 1)
 
 	testserver.MoveSlot(t, nodes, redisbroker.SlotOf(ch), last, first)
+	publishUntilDelivered(t, b, rec, ch)
+	if got, want := b.ShardOf(ch), "slot 0"; got != want {
+		t.Errorf("channel on shard %q after the move, want %q", got, want)
+	}
+	checkHistoryMoved(t, b, ch, res)
+}
+
+// lastMaster returns the master with the highest first slot, and a channel
+// it serves whose slot is not that first one.
+func lastMaster(t *testing.T, nodes []*testserver.Server, b *redisbroker.Broker) (*testserver.Server, string) {
+	var last *testserver.Server
+	for _, n := range nodes {
+		if fs := testserver.FirstSlot(t, n); fs > 0 && (last == nil || fs > testserver.FirstSlot(t, last)) {
+			last = n
+		}
+	}
+	name := fmt.Sprintf("slot %d", testserver.FirstSlot(t, last))
+	for i := 0; ; i++ {
+		c := "chat:" + randHex(3) + "-" + strconv.Itoa(i)
+		if b.ShardOf(c) == name && redisbroker.SlotOf(c) != testserver.FirstSlot(t, last) {
+			return last, c
+		}
+	}
+}
+
+// channelInSlot returns a new channel name whose slot is slot.
+func channelInSlot(slot int) string {
+	for i := 0; ; i++ {
+		if c := "chat:same-slot-" + strconv.Itoa(i); redisbroker.SlotOf(c) == slot {
+			return c
+		}
+	}
+}
+
+// publishUntilDelivered publishes "after-N" to ch through b until one of
+// them reaches rec (a channel that just moved is delivered again once its
+// shard has subscribed it where it is now).
+func publishUntilDelivered(t *testing.T, b *redisbroker.Broker, rec *brokertest.Recorder, ch string) {
+	t.Helper()
+	ctx := context.Background()
+	hist := herald.PublishOptions{HistorySize: 1000, HistoryTTL: time.Minute}
 	i := 0
 	brokertest.Eventually(t, func() bool {
 		i++
@@ -242,15 +292,19 @@ func testReshard(t *testing.T, nodes []*testserver.Server, b *redisbroker.Broker
 			}
 		}
 		return false
-	}, func() string { return "nothing delivered from the channel's new master" })
-	if got, want := b.ShardOf(ch), "slot 0"; got != want {
-		t.Errorf("channel on shard %q after the move, want %q", got, want)
-	}
-	h, err := b.History(ctx, ch, herald.HistoryOptions{Limit: -1})
+	}, func() string { return "nothing of " + ch + " delivered from its new master" })
+}
+
+// checkHistoryMoved checks that ch's history, whose first publication was
+// first, moved with its slot: same epoch, consecutive offsets.
+func checkHistoryMoved(t *testing.T, b *redisbroker.Broker, ch string, first herald.PublishResult) {
+	t.Helper()
+	res := first
+	h, err := b.History(context.Background(), ch, herald.HistoryOptions{Limit: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Position.Epoch != res.Epoch || len(h.Publications) == 0 || string(h.Publications[0].Data) != "before" {
+	if h.Position.Epoch != res.Epoch || len(h.Publications) < 2 || string(h.Publications[0].Data) != "before" {
 		t.Fatalf("history after the move: epoch %q (want %q), %d publications, first %q", h.Position.Epoch, res.Epoch, len(h.Publications), h.Publications[0].Data)
 	}
 	for k, p := range h.Publications {
@@ -258,4 +312,96 @@ func testReshard(t *testing.T, nodes []*testserver.Server, b *redisbroker.Broker
 			t.Fatalf("offset %d at %d, want consecutive from %d", p.Offset, k, res.Offset)
 		}
 	}
+}
+
+// testAddMaster adds a fourth master to the running cluster and moves the
+// slot of a subscribed channel with history to it. b, subscribed before,
+// gets a shard for the new master and delivers the channel again from
+// there; other, started before the move and subscribing only after it,
+// is answered MOVED by the old master and subscribes on the new one. No
+// node restarts, and the history moved with the slot.
+func testAddMaster(t *testing.T, nodes []*testserver.Server, port int, b, other *redisbroker.Broker) {
+	rec, _ := brokertest.Start(t, b)
+	otherRec, _ := brokertest.Start(t, other)
+	from, ch := lastMaster(t, nodes, b)
+	ctx := context.Background()
+	if err := b.Subscribe(ctx, ch); err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.Publish(ctx, &herald.Publication{Channel: ch, Data: []byte("before")}, herald.PublishOptions{HistorySize: 1000, HistoryTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.WaitPubs(t, ch, 1)
+	if n := len(b.ShardsHealth()); n != 3 {
+		t.Fatalf("%d shards before the master is added, want 3", n)
+	}
+
+	added := testserver.AddClusterMaster(t, nodes, port)
+	slot := redisbroker.SlotOf(ch)
+	testserver.MoveSlot(t, append(slices.Clone(nodes), added), slot, from, added)
+
+	publishUntilDelivered(t, b, rec, ch)
+	name := fmt.Sprintf("slot %d", slot) // the new master's first slot, which no shard had at New
+	if got := b.ShardOf(ch); got != name {
+		t.Errorf("channel on shard %q after the move, want %q (shards: %v)", got, name, b.ShardsHealth())
+	}
+	if h := b.ShardsHealth(); len(h) != 4 || h[name] != nil {
+		t.Errorf("shards after the move: %v, want four, %q up", h, name)
+	}
+	checkHistoryMoved(t, b, ch, res)
+
+	// A channel in the moved slot that other subscribes to only now: the
+	// old master answers MOVED, and other subscribes on the new one.
+	ch2 := channelInSlot(slot)
+	if err := other.Subscribe(ctx, ch2); err != nil {
+		t.Fatalf("subscribe to %s, whose slot moved to the added master: %v", ch2, err)
+	}
+	if got := other.ShardOf(ch2); got != name {
+		t.Errorf("%s on shard %q of the other broker, want %q", ch2, got, name)
+	}
+	if _, err := b.Publish(ctx, &herald.Publication{Channel: ch2, Data: []byte("to-other")}, herald.PublishOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	otherRec.WaitPubs(t, ch2, 1)
+}
+
+// testFailover gives the last master a replica and fails over to it while
+// a channel with history is subscribed: the master's shard follows the
+// replica (no new shard), delivers the channel again from it, and the
+// history is whole. Then it fails back, so that the cluster is as before.
+func testFailover(t *testing.T, nodes []*testserver.Server, port int, b *redisbroker.Broker) {
+	rec, _ := brokertest.Start(t, b)
+	master, ch := lastMaster(t, nodes, b)
+	name := b.ShardOf(ch)
+	replica := testserver.AddClusterReplica(t, nodes, port, master)
+	ctx := context.Background()
+	if err := b.Subscribe(ctx, ch); err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.Publish(ctx, &herald.Publication{Channel: ch, Data: []byte("before")}, herald.PublishOptions{HistorySize: 1000, HistoryTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.WaitPubs(t, ch, 1)
+
+	for i, to := range []*testserver.Server{replica, master} { // over, then back
+		testserver.Failover(t, to)
+		before := len(rec.Pubs(ch))
+		brokertest.Eventually(t, func() bool {
+			_, err := b.Publish(ctx, &herald.Publication{Channel: ch, Data: []byte("after-" + strconv.Itoa(i))}, herald.PublishOptions{HistorySize: 1000, HistoryTTL: time.Minute})
+			if err != nil {
+				t.Logf("publish after the failover to %s: %v", to, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+			return len(rec.Pubs(ch)) > before
+		}, func() string { return "nothing delivered after the failover to " + to.String() })
+		if got := b.ShardOf(ch); got != name {
+			t.Errorf("channel on shard %q after the failover to %s, want %q", got, to, name)
+		}
+		if h := b.ShardsHealth(); len(h) != 3 {
+			t.Errorf("shards after the failover to %s: %v, want the same three", to, h)
+		}
+	}
+	checkHistoryMoved(t, b, ch, res)
 }

@@ -209,18 +209,27 @@
 // handed to the node's reconnect check (HandlePartialReconnect), which
 // finds what they missed meanwhile. A Subscribe answered MOVED does the
 // same. The keys move with the slot (MIGRATE), so history, positions and
-// epochs survive (TestCluster/Reshard). Masters added after New get no
-// shard: slots moved to one stay with the shard of their old master,
-// whose connection then fails to subscribe them (logged, ShardsHealth):
-// restart the nodes after adding masters. A master failover loses what
-// the old master had not replicated, as with Sentinel.
+// epochs survive (TestCluster/Reshard). A master that gets slots after New
+// (one added with redis-cli --cluster add-node) gets a shard then, named
+// "slot N" after the first slot it was seen with, which Run starts
+// (TestCluster/AddMaster; cmd/herald's TestServeRedisClusterAddMaster with
+// WebSocket clients on two nodes); the shards list only grows, so a master
+// that gives away all its slots keeps an idle shard until the node
+// restarts. A master that no shard follows but whose slots belonged to a
+// master that serves none any more is a replica that took over: the old
+// master's shard follows it (TestCluster/Failover, a manual failover and
+// back). A master failover loses what the old master had not replicated,
+// as with Sentinel (a manual one, CLUSTER FAILOVER, first lets the
+// replica catch up).
 //
 // Tests (cluster_test.go) start their own servers from Debian's binaries:
 // three redis-server as shards, and three joined by redis-cli --cluster
 // create; the conformance, presence and event store suites and the cross
 // node test pass on both, TestShards/Outage and TestCluster/Outage kill
-// one server and check that only its channels' subscribers are told, and
-// TestCluster/Reshard moves a subscribed channel's slot between masters.
+// one server and check that only its channels' subscribers are told,
+// TestCluster/Reshard moves a subscribed channel's slot between masters,
+// TestCluster/Failover fails a master over to a replica and back, and
+// TestCluster/AddMaster moves one to a master added while the broker runs.
 //
 // # Why rueidis
 //

@@ -55,7 +55,7 @@ func (s *eventStore) ekey(kind string) string {
 
 // client runs the store's commands: the first shard's (a Cluster's client
 // routes them to the slot of {webhooks}).
-func (s *eventStore) client() rueidis.Client { return s.b.shards[0].cmd }
+func (s *eventStore) client() rueidis.Client { return s.b.allShards()[0].cmd }
 
 func (s *eventStore) holdersKey(key string) string { return s.ekey("k:" + key) }
 func (s *eventStore) nodeKey(node string) string   { return s.ekey("n:" + node) }

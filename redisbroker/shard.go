@@ -43,7 +43,8 @@ type shard struct {
 	// dial returns the client whose Dedicate gives a pub/sub connection,
 	// and a function to release it once the connection is done with.
 	dial func(ctx context.Context) (rueidis.Client, func(), error)
-	// sessions counts pub/sub connections made (run's goroutine only).
+	// sessions counts pub/sub connections made (run's goroutine only,
+	// once run has started).
 	sessions int
 
 	mu      sync.RWMutex
@@ -73,6 +74,20 @@ func newShard(b *Broker, name string, cmd rueidis.Client) *shard {
 	}
 	s.dial = func(context.Context) (rueidis.Client, func(), error) { return cmd, func() {}, nil }
 	return s
+}
+
+// followed returns the id of the Cluster master s follows.
+func (s *shard) followed() string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.nodeID
+}
+
+// follow makes s follow the Cluster master id from its next connection.
+func (s *shard) follow(id string) {
+	s.mu.Lock()
+	s.nodeID = id
+	s.mu.Unlock()
 }
 
 // owns reports whether channel travels on s (for the handler's partial

@@ -70,6 +70,8 @@ func shardID(co rueidis.ClientOption) string {
 }
 
 func (b *Broker) setUpShards() error {
+	var shards []*shard
+	defer func() { b.shardList.Store(&shards) }()
 	seen := make(map[string]bool)
 	for i, u := range b.opts.Shards {
 		co, err := b.clientOption(u)
@@ -94,7 +96,7 @@ func (b *Broker) setUpShards() error {
 		if err != nil {
 			b.log.Warn("redis shard unreachable at start", "shard", id, "err", err)
 		}
-		b.shards = append(b.shards, newShard(b, id, c))
+		shards = append(shards, newShard(b, id, c))
 		b.ring = append(b.ring, ringNode{seed: mix64(fnv64(id))})
 	}
 	return nil
@@ -104,9 +106,10 @@ func (b *Broker) setUpShards() error {
 // rueidis cluster client, which routes each by the slot of its keys (a
 // channel's keys share the slot of its hash tag, so every script touches
 // one slot). Sharded pub/sub needs a connection to the master that owns a
-// channel's slot, so each master found at New is a shard with a pub/sub
-// connection of its own; a shard finds its master again (CLUSTER SLOTS) at
-// each reconnect, so a failover to a replica is followed.
+// channel's slot, so each master is a shard with a pub/sub connection of
+// its own: those found at New, and those that get slots later (found by
+// applyRanges). A shard finds its master again (CLUSTER SLOTS) at each
+// reconnect, so a failover to a replica is followed.
 
 const clusterSlots = 16384
 
@@ -166,7 +169,7 @@ func clusterSlotRanges(ctx context.Context, c rueidis.Client, defaultHost string
 // controlShard is the shard whose connection hands control messages on in
 // a Cluster: the first one that is up.
 func (b *Broker) controlShard() *shard {
-	for _, s := range b.shards {
+	for _, s := range b.allShards() {
 		if s.healthy() == nil {
 			return s
 		}
@@ -190,6 +193,7 @@ func (b *Broker) setUpCluster() error {
 	if err != nil {
 		return err
 	}
+	b.clusterCO = co
 	b.defaultHost, _, _ = net.SplitHostPort(co.InitAddress[0])
 	ctx, cancel := context.WithTimeout(context.Background(), b.opts.ConnectWait)
 	defer cancel()
@@ -199,27 +203,35 @@ func (b *Broker) setUpCluster() error {
 	}
 	table := make([]uint16, clusterSlots)
 	covered := 0
+	var shards []*shard
 	byID := make(map[string]int) // master id -> index of its shard
 	for _, r := range ranges {
 		i, ok := byID[r.id]
 		if !ok {
-			s := newShard(b, "slot "+strconv.Itoa(r.first), client)
-			s.nodeID, s.firstSlot = r.id, r.first
-			s.dial = b.masterDialer(s, co)
-			i = len(b.shards)
+			i = len(shards)
 			byID[r.id] = i
-			b.shards = append(b.shards, s)
+			shards = append(shards, b.newMasterShard(client, "slot "+strconv.Itoa(r.first), r))
 		}
 		for slot := max(r.first, 0); slot <= r.last && slot < clusterSlots; slot++ {
 			table[slot] = uint16(i)
 			covered++
 		}
 	}
+	b.shardList.Store(&shards)
 	if covered != clusterSlots {
 		return fmt.Errorf("redisbroker: the cluster serves %d of %d slots (cluster_state is not ok)", covered, clusterSlots)
 	}
 	b.slots.Store(&table)
 	return nil
+}
+
+// newMasterShard returns the shard of the master that serves r, named
+// name, whose commands go through the cluster client cmd.
+func (b *Broker) newMasterShard(cmd rueidis.Client, name string, r slotRange) *shard {
+	s := newShard(b, name, cmd)
+	s.nodeID, s.firstSlot = r.id, r.first
+	s.dial = b.masterDialer(s, b.clusterCO)
+	return s
 }
 
 // masterDialer returns a shard's dial: it reads the cluster's slots
@@ -259,9 +271,7 @@ func (b *Broker) masterDialer(s *shard, co rueidis.ClientOption) func(context.Co
 // followMaster finds the address of the master s follows in ranges, and
 // adopts a new master id when its own serves nothing (see masterDialer).
 func (b *Broker) followMaster(s *shard, ranges []slotRange) string {
-	s.mu.RLock()
-	id := s.nodeID
-	s.mu.RUnlock()
+	id := s.followed()
 	for _, r := range ranges {
 		if r.id == id {
 			return r.addr
@@ -269,17 +279,16 @@ func (b *Broker) followMaster(s *shard, ranges []slotRange) string {
 	}
 	slot := s.firstSlot
 	table := *b.slots.Load()
+	shards := b.allShards()
 	for i, owner := range table {
-		if b.shards[owner] == s {
+		if shards[owner] == s {
 			slot = i
 			break
 		}
 	}
 	for _, r := range ranges {
 		if r.first <= slot && slot <= r.last {
-			s.mu.Lock()
-			s.nodeID = r.id
-			s.mu.Unlock()
+			s.follow(r.id)
 			b.log.Info("redis cluster: shard follows another master", "shard", s.name, "addr", r.addr)
 			return r.addr
 		}
@@ -288,35 +297,73 @@ func (b *Broker) followMaster(s *shard, ranges []slotRange) string {
 }
 
 // applyRanges brings the slot table up to date with ranges (CLUSTER
-// SLOTS): each slot goes to the shard that follows its master (a slot of
-// a master no shard follows, one added after New, stays where it was:
-// restart the nodes after adding masters). The channels whose slot moved
-// to another shard are moved there: taken out of the old shard's
-// subscriptions, subscribed on the new one's connection, and handed to
-// the node's reconnect check (their subscribers were closed when the old
-// shard's link was lost; publications made while they moved are found as
-// a gap). Called by each shard's dial, and by Subscribe when Redis says a
-// channel's slot MOVED.
+// SLOTS): each slot goes to the shard that follows its master. A master
+// no shard follows takes the shard of its first slot's old master if that
+// master serves nothing any more (a replica took over), else it gets a
+// new shard (a master added to the cluster), which Run starts. The
+// channels whose slot moved to another shard are moved there: taken out
+// of the old shard's subscriptions, subscribed on the new one's
+// connection (a new shard's first connection subscribes them), and handed
+// to the node's reconnect check (their subscribers were closed when the
+// old shard's link was lost; publications made while they moved are found
+// as a gap). Called by each shard's dial, and by Subscribe when Redis says
+// a channel's slot MOVED.
 func (b *Broker) applyRanges(ctx context.Context, ranges []slotRange) {
 	b.remapMu.Lock()
 	defer b.remapMu.Unlock()
-	byID := make(map[string]uint16, len(b.shards))
-	for i, s := range b.shards {
+	shards := b.allShards()
+	byID := make(map[string]uint16, len(shards))
+	for i, s := range shards {
 		s.mu.RLock()
 		byID[s.nodeID] = uint16(i)
 		s.mu.RUnlock()
 	}
-	table := slices.Clone(*b.slots.Load())
+	serving := make(map[string]bool, len(ranges))
 	for _, r := range ranges {
-		if i, ok := byID[r.id]; ok {
-			for slot := max(r.first, 0); slot <= r.last && slot < clusterSlots; slot++ {
-				table[slot] = i
-			}
+		serving[r.id] = true
+	}
+	table := slices.Clone(*b.slots.Load())
+	added := false
+	for _, r := range ranges {
+		if _, ok := byID[r.id]; ok || r.first < 0 || r.first >= clusterSlots {
+			continue
+		}
+		i := table[r.first]
+		if old := shards[i]; !serving[old.followed()] {
+			old.follow(r.id)
+			b.log.Info("redis cluster: shard follows another master", "shard", old.name, "addr", r.addr)
+		} else {
+			i = uint16(len(shards))
+			shards = append(shards, b.newMasterShard(shards[0].cmd, b.freeShardName(shards, r), r))
+			added = true
+			b.log.Info("redis cluster: a master got slots: new shard", "shard", shards[i].name, "addr", r.addr)
+		}
+		byID[r.id] = i
+	}
+	if added {
+		// Before the table that refers to them (see shardOf); sessions
+		// = 1: a new shard's first connection is a reconnect for the
+		// channels that moved to it.
+		for _, s := range shards[len(b.allShards()):] {
+			s.sessions = 1
+		}
+		b.shardList.Store(&shards)
+	}
+	for _, r := range ranges {
+		i := byID[r.id]
+		for slot := max(r.first, 0); slot <= r.last && slot < clusterSlots; slot++ {
+			table[slot] = i
 		}
 	}
 	b.slots.Store(&table)
+	if added {
+		select {
+		case b.addedSignal <- struct{}{}:
+		default: // Run has a signal pending: it starts these too
+		}
+	}
 	moved := make(map[string]bool)
-	for _, s := range b.shards {
+	for _, s := range shards {
 		for _, ch := range s.release() {
 			moved[ch] = true
 			b.shardOf(ch).adopt(ctx, ch)
@@ -336,6 +383,19 @@ func (b *Broker) applyRanges(ctx context.Context, ranges []slotRange) {
 	case b.movedSignal <- struct{}{}:
 	default: // reportMoves has a signal pending: it takes these too
 	}
+}
+
+// freeShardName names the new shard of the master that serves r: "slot
+// N" of its first slot, unless a shard has that name (it had slot N at
+// New), then with the master's id.
+func (b *Broker) freeShardName(shards []*shard, r slotRange) string {
+	name := "slot " + strconv.Itoa(r.first)
+	for _, s := range shards {
+		if s.name == name {
+			return name + " (" + r.id + ")"
+		}
+	}
+	return name
 }
 
 // reportMoves hands the channels that moved to another master to the
@@ -363,7 +423,7 @@ func (b *Broker) reportMoves(ctx context.Context) {
 // refreshSlots reads the cluster's slots and applies them (see
 // applyRanges).
 func (b *Broker) refreshSlots(ctx context.Context) error {
-	ranges, err := clusterSlotRanges(ctx, b.shards[0].cmd, b.defaultHost)
+	ranges, err := clusterSlotRanges(ctx, b.allShards()[0].cmd, b.defaultHost)
 	if err != nil {
 		return err
 	}

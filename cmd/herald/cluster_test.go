@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/rueidis"
 
+	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/internal/testenv"
 	"github.com/heraldhq/herald/internal/testserver"
 )
@@ -319,6 +321,86 @@ func testCluster(t *testing.T, flags []string) {
 	for name, s := range nodes {
 		if err := s.stop(t); err != nil {
 			t.Errorf("node %s: %v\nlogs:\n%s", name, err, s.logs)
+		}
+	}
+}
+
+// TestServeRedisClusterAddMaster: two nodes on a Redis Cluster of three
+// masters, a client on A subscribed to a channel with history; a fourth
+// master joins the cluster and the channel's slot moves to it, with no
+// node restarted. The client is told to resubscribe (4006), recovers on A
+// what was published during the move, and then gets B's publications live
+// from the new master.
+func TestServeRedisClusterAddMaster(t *testing.T) {
+	t.Parallel()
+	// Ports: the cluster in 17090-17098 as redisClusterMode's, the added
+	// master on 17099, which no block of three there takes.
+	nodes := testserver.RedisCluster(t, testserver.PortBlock(t, 17090, 17100, 3, 10000), 3)
+	addPort := testserver.PortBlock(t, 17099, 17100, 1, 10000)
+	cfg := writeFile(t, `namespaces:
+  - name: chat
+    history_size: 100
+    history_ttl: 5m
+`)
+	flags := []string{"--broker", "redis", "--redis-cluster", "--redis-url", "redis://" + nodes[0].Addr(),
+		"--config", cfg, "--close-grace", "200ms"}
+	srvA, srvB := startServer(t, nil, flags...), startServer(t, nil, flags...)
+	for _, s := range []*server{srvA, srvB} {
+		waitFor(t, "node ready (its broker connected)", func() bool {
+			resp, _ := httpGet(t, "http://"+s.addr+"/readyz")
+			return resp.StatusCode == http.StatusOK
+		})
+	}
+	const ch = "chat:grows"
+	a := mustDialWS(t, "ws://"+srvA.addr+"/ws", nil)
+	res := call(t, a, `{"id":1,"cmd":"subscribe","channel":"`+ch+`"}`)
+	var pos struct {
+		Offset uint64 `json:"offset"`
+		Epoch  string `json:"epoch"`
+	}
+	if err := json.Unmarshal(res.Result, &pos); err != nil || pos.Epoch == "" {
+		t.Fatalf("subscribe result %s: want an offset and epoch", res.Result)
+	}
+	b := mustDialWS(t, "ws://"+srvB.addr+"/ws", nil)
+	publish := func(id int, data string) {
+		t.Helper()
+		callAmid(t, b, uint64(id), fmt.Sprintf(`{"id":%d,"cmd":"publish","channel":"%s","data":%s}`, id, ch, data))
+	}
+	publish(2, `"before"`)
+	if m := nextPub(t, a); string(m.Data) != `"before"` || m.Offset != pos.Offset+1 {
+		t.Fatalf("A got %+v, want B's publication at offset %d", m, pos.Offset+1)
+	}
+
+	added := testserver.AddClusterMaster(t, nodes, addPort)
+	slot := testserver.KeySlot(t, nodes[0], ch)
+	from := testserver.SlotOwner(t, nodes, slot)
+	if from == nil {
+		t.Fatalf("no master serves slot %d", slot)
+	}
+	testserver.MoveSlot(t, append(slices.Clone(nodes), added), slot, from, added)
+	if code := expectClose(t, a); code != int(herald.CloseResubscribe) {
+		t.Fatalf("A's client closed with %d, want %d (resubscribe)", code, herald.CloseResubscribe)
+	}
+	publish(3, `"during"`)
+
+	back := mustDialWS(t, "ws://"+srvA.addr+"/ws", nil)
+	res = call(t, back, fmt.Sprintf(`{"id":1,"cmd":"subscribe","channel":"%s","since":{"offset":%d,"epoch":"%s"}}`, ch, pos.Offset+1, pos.Epoch))
+	var rec struct {
+		Recovered bool `json:"recovered"`
+	}
+	if err := json.Unmarshal(res.Result, &rec); err != nil || !rec.Recovered {
+		t.Fatalf("resubscribe on A after the move: %s, want recovered", res.Result)
+	}
+	if m := nextPub(t, back); string(m.Data) != `"during"` || m.Offset != pos.Offset+2 {
+		t.Fatalf("recovered %+v, want \"during\" at offset %d", m, pos.Offset+2)
+	}
+	publish(4, `"after"`)
+	if m := nextPub(t, back); string(m.Data) != `"after"` || m.Offset != pos.Offset+3 {
+		t.Fatalf("live after the move: %+v, want \"after\" at offset %d", m, pos.Offset+3)
+	}
+	for _, s := range []*server{srvA, srvB} {
+		if err := s.stop(t); err != nil {
+			t.Errorf("%v\nlogs:\n%s", err, s.logs)
 		}
 	}
 }

@@ -110,9 +110,7 @@ func RedisCluster(t testing.TB, base, n int) []*Server {
 	var nodes []*Server
 	var addrs []string
 	for i := range n {
-		s := RedisAt(t, base+i, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
-			// A master that is down fails only its slots (the default fails them all).
-			"--cluster-require-full-coverage", "no")
+		s := RedisAt(t, base+i, clusterArgs...)
 		nodes = append(nodes, s)
 		addrs = append(addrs, s.Addr())
 	}
@@ -123,20 +121,53 @@ func RedisCluster(t testing.TB, base, n int) []*Server {
 	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
+	waitClusterOK(t, nodes, "")
+	return nodes
+}
+
+// clusterArgs are the redis-server arguments of a Cluster node.
+var clusterArgs = []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+	// A master that is down fails only its slots (the default fails them all).
+	"--cluster-require-full-coverage", "no"}
+
+// waitClusterOK waits up to 30 s until every node reports cluster_state:ok
+// and, if id is not empty, lists the node id in CLUSTER NODES.
+func waitClusterOK(t testing.TB, nodes []*Server, id string) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for _, s := range nodes {
 		for {
 			info, err := redisCommand(s.Addr(), "CLUSTER", "INFO")
-			if err == nil && strings.Contains(info, "cluster_state:ok") {
+			known := id == ""
+			if err == nil && !known {
+				out, err2 := redisCommand(s.Addr(), "CLUSTER", "NODES")
+				known = err2 == nil && strings.Contains(out, id)
+			}
+			if err == nil && known && strings.Contains(info, "cluster_state:ok") {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: cluster_state not ok within 30s: %q %v", s, info, err)
+				t.Fatalf("%s: cluster_state not ok (or node %q unknown) within 30s: %q %v", s, id, info, err)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	return nodes
+}
+
+// AddClusterMaster starts a redis-server on port (bus port port+10000),
+// joins it to the Cluster of nodes as a master without slots (redis-cli
+// --cluster add-node), and waits until every node knows it. Give it slots
+// with MoveSlot.
+func AddClusterMaster(t testing.TB, nodes []*Server, port int) *Server {
+	t.Helper()
+	s := RedisAt(t, port, clusterArgs...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "redis-cli", "--cluster", "add-node", s.Addr(), nodes[0].Addr()).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster add-node: %v\n%s", err, out)
+	}
+	waitClusterOK(t, append(slices.Clone(nodes), s), NodeID(t, s))
+	return s
 }
 
 // redisCommand sends one command (inline) and returns the reply's text:
@@ -187,6 +218,64 @@ func FirstSlot(t testing.TB, s *Server) int {
 		}
 	}
 	return -1
+}
+
+// AddClusterReplica starts a redis-server on port (bus port port+10000),
+// joins it to the Cluster of nodes as a replica of master, and waits until
+// it has synced with it.
+func AddClusterReplica(t testing.TB, nodes []*Server, port int, master *Server) *Server {
+	t.Helper()
+	s := RedisAt(t, port, clusterArgs...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "redis-cli", "--cluster", "add-node", s.Addr(), master.Addr(),
+		"--cluster-slave", "--cluster-master-id", NodeID(t, master)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli --cluster add-node --cluster-slave: %v\n%s", err, out)
+	}
+	waitClusterOK(t, append(slices.Clone(nodes), s), NodeID(t, s))
+	waitFor(t, s, "INFO", "replication", "master_link_status:up")
+	return s
+}
+
+// Failover makes replica the master of its master's slots by a manual
+// failover (CLUSTER FAILOVER, which first lets it catch up with the
+// master: nothing acknowledged is lost), and waits until it reports
+// itself master. A master votes once per two node timeouts for one set of
+// slots, so a failover soon after another may be aborted (after 5 s): it
+// is asked again, for up to 45 s.
+func Failover(t testing.TB, replica *Server) {
+	t.Helper()
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		if out, err := redisCommand(replica.Addr(), "CLUSTER", "FAILOVER"); err != nil || !strings.HasPrefix(out, "+OK") {
+			t.Fatalf("%s: CLUSTER FAILOVER: %q %v", replica, out, err)
+		}
+		for try := time.Now().Add(7 * time.Second); time.Now().Before(try); time.Sleep(50 * time.Millisecond) {
+			if out, err := redisCommand(replica.Addr(), "INFO", "replication"); err == nil && strings.Contains(out, "role:master") {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not master 45s after CLUSTER FAILOVER", replica)
+		}
+	}
+}
+
+// waitFor waits up to 30 s until the reply of a command to s contains want.
+func waitFor(t testing.TB, s *Server, cmd, arg, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := redisCommand(s.Addr(), cmd, arg)
+		if err == nil && strings.Contains(out, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s %s has no %q within 30s: %q %v", s, cmd, arg, want, out, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // NATSCluster starts n nats-servers with JetStream joined by routes into
@@ -256,6 +345,47 @@ func jetStreamReady(addr string) error {
 	defer cancel()
 	_, err = js.AccountInfo(ctx)
 	return err
+}
+
+// KeySlot returns the Cluster slot of key (CLUSTER KEYSLOT on s).
+func KeySlot(t testing.TB, s *Server, key string) int {
+	t.Helper()
+	out, err := redisCommand(s.Addr(), "CLUSTER", "KEYSLOT", key)
+	n, err2 := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(out, ":")))
+	if err != nil || err2 != nil {
+		t.Fatalf("%s: CLUSTER KEYSLOT %s: %q %v", s, key, out, err)
+	}
+	return n
+}
+
+// SlotOwner returns the node of nodes that serves slot, from its own
+// CLUSTER NODES line ("myself"), or nil.
+func SlotOwner(t testing.TB, nodes []*Server, slot int) *Server {
+	t.Helper()
+	for _, s := range nodes {
+		out, err := redisCommand(s.Addr(), "CLUSTER", "NODES")
+		if err != nil {
+			t.Fatalf("%s: CLUSTER NODES: %v", s, err)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			f := strings.Fields(line)
+			if len(f) < 9 || !strings.Contains(f[2], "myself") {
+				continue
+			}
+			for _, r := range f[8:] {
+				first, last, ok := strings.Cut(r, "-")
+				if !ok {
+					last = first
+				}
+				lo, err1 := strconv.Atoi(first)
+				hi, err2 := strconv.Atoi(last)
+				if err1 == nil && err2 == nil && lo <= slot && slot <= hi {
+					return s
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // NodeID returns a Cluster node's id (CLUSTER MYID).
