@@ -169,7 +169,10 @@ type Broker struct {
 	stream jetstream.Stream   // nil when live-only
 	idemKV jetstream.KeyValue // nil when live-only
 	presKV jetstream.KeyValue // nil when live-only
-	ctrl   *nats.Subscription
+	// presStream is presKV's stream (KV_<bucket>): Presence checks a watch
+	// against its list of keys, and RemovePresence purges a key there.
+	presStream jetstream.Stream
+	ctrl       *nats.Subscription
 
 	subjDeliver string // prefix of delivery subjects
 	subjHistory string // prefix of history subjects
@@ -475,8 +478,12 @@ func (b *Broker) ensure(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("natsbroker: failed to create the presence bucket: %w", err)
 	}
+	presStream, err := b.js.Stream(ctx, "KV_"+p+"_presence")
+	if err != nil {
+		return fmt.Errorf("natsbroker: failed to look up the presence bucket's stream: %w", err)
+	}
 	if update {
-		b.stream, b.idemKV, b.presKV = stream, idemKV, presKV
+		b.stream, b.idemKV, b.presKV, b.presStream = stream, idemKV, presKV, presStream
 	}
 	if b.evOn.Load() {
 		return b.ensureEvents(ctx)

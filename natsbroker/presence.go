@@ -52,7 +52,12 @@ func (b *Broker) AddPresence(ctx context.Context, channel string, p herald.Clien
 	return nil
 }
 
-// RemovePresence implements herald.PresenceManager: a KV Delete.
+// RemovePresence implements herald.PresenceManager: a KV Delete, which
+// leaves a marker until the bucket's TTL. (A purge of the key would leave
+// none, but it is a JetStream API request, which a replicated stream
+// electing a leader does not answer; tried, a node's shutdown in
+// TestClusterServerKilled then outlasted its 5 s once. A delete is a
+// publish, which nats.go retries.)
 func (b *Broker) RemovePresence(ctx context.Context, channel, clientID string) error {
 	if b.presKV == nil {
 		return ErrNoJetStream
@@ -79,8 +84,21 @@ func (b *Broker) RemovePresence(ctx context.Context, channel, clientID string) e
 	return nil
 }
 
+// presSubject is the subject of a presence key in the bucket's stream.
+func (b *Broker) presSubject(key string) string {
+	return "$KV." + b.opts.Prefix + "_presence." + key
+}
+
 // Presence implements herald.PresenceManager: a KV watch of the channel's
-// keys, read up to the current state (an ordered consumer, one per call).
+// keys, read up to the current state (an ordered consumer, one per call),
+// then checked against the keys the bucket's stream holds now, one stream
+// info request. The watch alone is not enough: it ends when a message
+// says nothing is pending, and a key refreshed during the watch made
+// nats-server 2.9.10 say so early (3 reads in 6,000 got one entry of
+// three while one of them was put again and again; a live client then
+// looked gone). A key the stream holds that the watch gave neither as an entry
+// nor as deleted is read on its own; an entry the watch gave whose key is
+// gone since is left out.
 func (b *Broker) Presence(ctx context.Context, channel string) (map[string]herald.ClientPresence, error) {
 	if b.presKV == nil {
 		return nil, ErrNoJetStream
@@ -88,29 +106,75 @@ func (b *Broker) Presence(ctx context.Context, channel string) (map[string]heral
 	if err := b.Healthy(); err != nil {
 		return nil, fmt.Errorf("natsbroker: failed to read presence: %w", err)
 	}
-	w, err := b.presKV.Watch(ctx, presenceFilter(channel)+"*", jetstream.IgnoreDeletes())
+	seen, deleted, err := b.watchPresence(ctx, channel)
+	if err != nil {
+		return nil, err
+	}
+	info, err := b.presStream.Info(ctx, jetstream.WithSubjectFilter(b.presSubject(presenceFilter(channel)+"*")))
 	if err != nil {
 		b.storeLost(err)
 		return nil, fmt.Errorf("natsbroker: failed to read presence: %w", err)
 	}
+	out := make(map[string]herald.ClientPresence, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		if p, ok := seen[subj]; ok {
+			out[p.Client] = p
+			continue
+		}
+		if deleted[subj] {
+			continue
+		}
+		m, err := b.presStream.GetLastMsgForSubject(ctx, subj)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			continue // removed since
+		case err != nil:
+			b.storeLost(err)
+			return nil, fmt.Errorf("natsbroker: failed to read presence: %w", err)
+		case m.Header.Get("KV-Operation") != "":
+			continue // a delete marker: removed since
+		}
+		var p herald.ClientPresence
+		if json.Unmarshal(m.Data, &p) == nil {
+			out[p.Client] = p
+		}
+	}
+	return out, nil
+}
+
+// watchPresence reads the channel's presence keys with a KV watch, up to
+// where it says it is caught up: the entries, and the keys whose last
+// message is a delete marker (a client removed, whose marker stays until
+// the bucket's TTL), both keyed by their stream subject.
+func (b *Broker) watchPresence(ctx context.Context, channel string) (seen map[string]herald.ClientPresence, deleted map[string]bool, err error) {
+	w, err := b.presKV.Watch(ctx, presenceFilter(channel)+"*")
+	if err != nil {
+		b.storeLost(err)
+		return nil, nil, fmt.Errorf("natsbroker: failed to read presence: %w", err)
+	}
 	defer func() { _ = w.Stop() }()
-	out := make(map[string]herald.ClientPresence)
+	seen, deleted = make(map[string]herald.ClientPresence), make(map[string]bool)
 	for {
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		case e, ok := <-w.Updates():
 			if !ok {
-				return nil, errors.New("natsbroker: presence watch ended early")
+				return nil, nil, errors.New("natsbroker: presence watch ended early")
 			}
 			if e == nil { // caught up
-				return out, nil
+				return seen, deleted, nil
+			}
+			subj := b.presSubject(e.Key())
+			if e.Operation() != jetstream.KeyValuePut {
+				deleted[subj] = true
+				continue
 			}
 			var p herald.ClientPresence
 			if err := json.Unmarshal(e.Value(), &p); err != nil {
 				continue
 			}
-			out[p.Client] = p
+			seen[subj] = p
 		}
 	}
 }
