@@ -84,6 +84,21 @@ func TestClusterConformance(t *testing.T) {
 			brokertest.Skip(seam, "interest propagates between NATS servers asynchronously"))
 	})
 	t.Run("CrossNode", func(t *testing.T) { t.Parallel(); brokertest.RunCrossNode(t, newB) })
+	// Presence, each manager on another server: ReadWhileRefreshed failed
+	// in one run of three before Presence checked its watch against the
+	// stream's list of keys.
+	t.Run("Presence", func(t *testing.T) {
+		t.Parallel()
+		const ttl = 4 * time.Second
+		brokertest.RunPresence(t, func(t *testing.T) herald.PresenceManager {
+			first := int(n.Add(1))
+			var urls []string
+			for i := range srvs {
+				urls = append(urls, "nats://"+srvs[(first+i)%len(srvs)].Addr())
+			}
+			return clusterBroker(t, strings.Join(urls, ","), prefixOwn(t), ttl)
+		}, brokertest.PresenceTTL(ttl))
+	})
 	// The webhooks' outbox, two nodes on two servers sharing it, the whole
 	// suite: OneEventPerEdge (eight writers on one key) failed in 2 of 4
 	// runs before a key state's read was asked again when it got no
