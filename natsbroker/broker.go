@@ -169,8 +169,9 @@ type Broker struct {
 	stream jetstream.Stream   // nil when live-only
 	idemKV jetstream.KeyValue // nil when live-only
 	presKV jetstream.KeyValue // nil when live-only
-	// presStream is presKV's stream (KV_<bucket>): Presence checks a watch
-	// against its list of keys, and RemovePresence purges a key there.
+	// presStream is presKV's stream (KV_<bucket>): Presence checks its
+	// watch against the stream's list of keys, and reads there a key the
+	// watch skipped.
 	presStream jetstream.Stream
 	ctrl       *nats.Subscription
 

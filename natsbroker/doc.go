@@ -273,18 +273,18 @@
 // after a client's subscribe, has not failed; a channel without history
 // is at most once anyway); and a
 // presence read can miss an entry just added, since the watcher's consumer
-// may sit on a replica that lags (Presence's check of the watch against
-// the stream's list of keys asks the leader, which should close this; the
-// presence suite, run on the cluster since, has not shown either way).
-// The webhooks' event store runs its
-// whole suite on the cluster (TestClusterConformance/EventStore). In its
-// test of eight nodes holding and releasing one key at once, the first
-// reads of the key's state by one broker, right after the events stream
-// was made, got no answer at all in two runs of three (each waited out
-// the 5 s request timeout and failed); asked again, they were answered.
-// So each read of a key's state waits at most a second and is asked again
-// while the caller's context lasts (see reread); why the servers stay
-// silent was not found. The state updates carry the
+// may sit on a replica that lags (Presence now checks its watch against
+// the list of keys the stream's leader gives, which should close this by
+// reasoning; the presence suite, which runs on the cluster too, does not
+// catch it either way). The webhooks' event store runs its whole suite on
+// the cluster (TestClusterConformance/EventStore). In its test of eight
+// nodes holding and releasing one key at once, the first reads of the
+// key's state by one broker, right after the events stream was made, got
+// no answer at all: without a retry, in two runs of four, each waited out
+// the 5 s request timeout and failed; asked again a second later, each
+// was answered. So each read of a key's state waits at most a second and
+// is asked again while the caller's context lasts (see reread); why the
+// servers stay silent was not found. The state updates carry the
 // same message-id guard as publications (without it that test saw two
 // "on" events in a row). A key's first state's id, "k.<subject>.0",
 // would repeat when the key is held again after its state was compacted

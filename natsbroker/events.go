@@ -408,11 +408,11 @@ func (s *eventStore) update(ctx context.Context, key string, f func(h []string) 
 // flushTimeout when it has no deadline) if an attempt got no answer. On a
 // three-server cluster (nats-server 2.9.10), the first reads of a key's
 // state right after the events stream was made sometimes got no answer at
-// all, not even an error: in two runs of three of
-// TestClusterConformance/EventStore/OneEventPerEdge, all four readers of
-// one of its two nodes, each waiting out the whole request timeout (5 s)
-// and failing. Asked again a second later, each was answered. Why the
-// servers stay silent was not found; the retry is what makes it work.
+// all, not even an error: in TestClusterConformance/EventStore/
+// OneEventPerEdge, all four readers of one of its two nodes, in two runs
+// of three; without this retry each waited out the request timeout (5 s)
+// and failed. Asked again a second later, each was answered. Why the
+// servers stay silent was not found.
 func (s *eventStore) reread(ctx context.Context, what string, read func(ctx context.Context) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
