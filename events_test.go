@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -493,4 +494,43 @@ func TestWebhookLateBeatAnswer(t *testing.T) {
 	b.waitFor(t, "user.online ann", "user.offline ann")
 	close(store.store)
 	b.waitFor(t, "user.online ann", "user.offline ann", "user.online ann")
+}
+
+// A backend that answers user.online with a publication on a channel its
+// connect hook gave the connection reaches that connection: the user
+// counts as online only once the connect hook's channels are subscribed.
+// Each user here connects once and waits for the publication its own
+// user.online brings (when user.online was counted before the channels
+// were subscribed, this test failed in three runs of three).
+func TestWebhookOnlineAfterConnectChannels(t *testing.T) {
+	t.Parallel()
+	var ts *testServer
+	ts = newTestServer(t, Config{
+		Namespaces: []Namespace{{Name: "users", AllowSubscribe: PermNobody, AllowPublish: PermNobody}},
+		Hooks: Hooks{Connect: func(_ context.Context, e *ConnectEvent) (*ConnectReply, error) {
+			return &ConnectReply{UserID: e.Header.Get("X-User"), Channels: []string{"users:online"}}, nil
+		}},
+		Webhooks: Webhooks{Users: true, Deliver: func(ctx context.Context, events []Event) error {
+			for _, e := range events {
+				if e.Kind == EventUserOnline {
+					if _, err := ts.node.Publish(ctx, "users:online", []byte(strconv.Quote(e.User))); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}},
+	})
+	for i := range 60 {
+		user := "u" + strconv.Itoa(i)
+		c := ts.dial(t, "/ws", as(user))
+		c.mustOK(protocol.Command{Cmd: "connect"})
+		for {
+			m := c.readJSON() // fails after 5 s: the publication never came
+			if m.Push == protocol.PushPub && string(m.Data) == strconv.Quote(user) {
+				break
+			}
+		}
+		c.ws.Close()
+	}
 }

@@ -51,9 +51,19 @@ func (n *Node) UnsubscribeClient(ctx context.Context, clientID, channel string) 
 // admitConn marks c as in (conn.admitted): from now on the server may
 // subscribe it, and webhooks count its user.
 func (n *Node) admitConn(c *conn) {
-	if c.admitted.Swap(true) {
-		return
+	if n.admitQuietly(c) {
+		n.countUser(c)
 	}
+}
+
+// admitQuietly marks c as in without counting its user for webhooks yet,
+// and reports whether it was not in before: then the caller counts the
+// user (countUser) later on c's reader goroutine, where unregister, which
+// counts it gone, runs after it.
+func (n *Node) admitQuietly(c *conn) bool { return !c.admitted.Swap(true) }
+
+// countUser counts c's user online for webhooks (see eventTracker).
+func (n *Node) countUser(c *conn) {
 	c.mu.Lock()
 	user := c.user
 	c.mu.Unlock()

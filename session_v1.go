@@ -450,9 +450,15 @@ func (s *v1Session) connect(cmd protocol.Command) {
 	}
 	// In before the reply goes: a client that acts on it (its backend
 	// subscribing it server-side) must find the connection in.
-	n.admitConn(c)
+	first := n.admitQuietly(c)
 	s.reply(cmd.ID, res, nil)
 	if !refresh && (hooked != nil && len(hooked.Channels) > 0 || len(cmd.Subs) > 0) {
 		s.connectSubs(hooked, cmd.Subs)
+	}
+	if first {
+		// The user counts as online (user.online) once the connection
+		// has the channels its connect gave it: a backend that answers
+		// user.online with a publication on one of them reaches it.
+		n.countUser(c)
 	}
 }
