@@ -137,9 +137,20 @@ type slotRange struct {
 	addr, id    string
 }
 
-// clusterSlotRanges asks the cluster which master owns which slots.
+// clusterSlotRanges asks the cluster which master owns which slots. The
+// cluster client sends the keyless CLUSTER SLOTS to any node it knows,
+// replicas included, and one that is down (a dead replica stays listed
+// until the cluster forgets it) fails the call: it is asked again, up to
+// 8 times while ctx lasts, each time of a node picked anew.
 func clusterSlotRanges(ctx context.Context, c rueidis.Client, defaultHost string) ([]slotRange, error) {
-	entries, err := c.Do(ctx, c.B().ClusterSlots().Build()).ToArray()
+	var entries []rueidis.RedisMessage
+	var err error
+	for range 8 {
+		entries, err = c.Do(ctx, c.B().ClusterSlots().Build()).ToArray()
+		if _, redisErr := rueidis.IsRedisErr(err); err == nil || redisErr || ctx.Err() != nil {
+			break
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("failed to read CLUSTER SLOTS: %w", err)
 	}
