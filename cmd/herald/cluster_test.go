@@ -405,7 +405,7 @@ func TestServeRedisClusterAddMaster(t *testing.T) {
 				published = true
 			}
 			_ = back.SetReadDeadline(time.Now().Add(10 * time.Second))
-			_, b, err := back.ReadMessage()
+			_, msg, err := back.ReadMessage()
 			var ce *websocket.CloseError
 			if errors.As(err, &ce) && ce.Code == int(herald.CloseResubscribe) {
 				t.Logf("told to resubscribe again after offset %d", last)
@@ -415,15 +415,15 @@ func TestServeRedisClusterAddMaster(t *testing.T) {
 				t.Fatalf("read after the move: %v", err)
 			}
 			var m pushMsg
-			if err := json.Unmarshal(b, &m); err != nil {
-				t.Fatalf("not JSON: %s", b)
+			if err := json.Unmarshal(msg, &m); err != nil {
+				t.Fatalf("not JSON: %s", msg)
 			}
 			if m.ID == 1 {
 				var rec struct {
 					Recovered bool `json:"recovered"`
 				}
 				if err := json.Unmarshal(m.Result, &rec); err != nil || !rec.Recovered {
-					t.Fatalf("resubscribe on A after the move: %s, want recovered", b)
+					t.Fatalf("resubscribe on A after the move: %s, want recovered", msg)
 				}
 				continue
 			}
